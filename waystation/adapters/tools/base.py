@@ -1,0 +1,171 @@
+"""What a network tool is: the Tool protocol, its delivery result, and the registry of tools."""
+
+from __future__ import annotations
+
+import email.utils
+import http.cookiejar
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any, Protocol
+
+import httpx
+
+from waystation import timeutil
+from waystation.errors import UnknownTool
+
+# A delivery's result is stored in the task row, served by the API and handed back to the model as
+# a tool result. Capping it keeps one chatty destination from bloating the database, the process's
+# memory and the model's context window; reading stops there, so a huge (or endless) body costs
+# no more than this.
+MAX_RESULT_BYTES = 64 * 1024
+
+# Response headers worth keeping: enough to act on the answer (retry, follow, cache). Everything
+# else is dropped, which is what keeps cookies and auth challenges out of tasks and receipts.
+KEPT_RESPONSE_HEADERS = ("content-type", "retry-after", "location", "etag")
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """The destination's answer to one delivery (any status: classifying it is the queue's job)."""
+
+    status: int
+    headers: dict[str, str]
+    body: str
+    truncated: bool
+    retry_after_s: float | None
+    duration_ms: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "status": self.status,
+            "headers": dict(self.headers),
+            "body": self.body,
+            "truncated": self.truncated,
+            "retry_after_s": self.retry_after_s,
+            "duration_ms": self.duration_ms,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> DeliveryResult:
+        # Strict on purpose: a stored result that does not look like one is a bug to surface,
+        # not something to paper over with defaults.
+        status, headers, body = data.get("status"), data.get("headers"), data.get("body")
+        truncated, retry_after = data.get("truncated"), data.get("retry_after_s")
+        duration = data.get("duration_ms")
+        if not isinstance(status, int) or isinstance(status, bool):
+            raise ValueError(f"delivery result: status must be an integer, not {status!r}")
+        if not isinstance(headers, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            raise ValueError("delivery result: headers must be an object of strings")
+        if not isinstance(body, str):
+            raise ValueError("delivery result: body must be a string")
+        if not isinstance(truncated, bool):
+            raise ValueError("delivery result: truncated must be a boolean")
+        if isinstance(retry_after, bool) or not isinstance(retry_after, int | float | None):
+            raise ValueError("delivery result: retry_after_s must be a number or null")
+        if not isinstance(duration, int) or isinstance(duration, bool):
+            raise ValueError("delivery result: duration_ms must be an integer")
+        return cls(
+            status=status,
+            headers=dict(headers),
+            body=body,
+            truncated=truncated,
+            retry_after_s=None if retry_after is None else float(retry_after),
+            duration_ms=duration,
+        )
+
+
+def kept_headers(headers: httpx.Headers) -> dict[str, str]:
+    return {name: headers[name] for name in KEPT_RESPONSE_HEADERS if name in headers}
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After value (delta-seconds or HTTP-date); None if absent/invalid.
+
+    A date in the past means "now" (0.0). Fractional seconds are accepted though RFC 9110 says
+    integer, because being lenient costs nothing here and a server that sends them means it.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" in the date: RFC 5322 says UTC with unknown local zone
+        when = when.replace(tzinfo=UTC)
+    current = timeutil.now() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+class Tool(Protocol):
+    name: str
+    description: str
+    needs_network: bool
+    parameters: dict[str, object]  # JSON Schema of the args, for telling a model about the tool
+
+    def validate(self, args: object) -> dict[str, Any]:
+        """Normalized args (equal calls normalize equal), or raise InvalidArguments."""
+        ...
+
+    def destination_host(self, args: Mapping[str, Any]) -> str:
+        """host[:port] of the destination of validated args, for per-host concurrency limits."""
+        ...
+
+    async def deliver(
+        self, client: httpx.AsyncClient, args: Mapping[str, Any], idempotency_key: str, timeout_s: float
+    ) -> DeliveryResult:
+        """Deliver validated args once. Any HTTP answer is a DeliveryResult; no answer
+        (connection, DNS, timeout) raises NetworkUnreachable."""
+        ...
+
+
+class ToolRegistry:
+    def __init__(self, tools: Iterable[Tool]) -> None:
+        self._tools: dict[str, Tool] = {}
+        for tool in tools:
+            if tool.name in self._tools:
+                raise ValueError(f"two tools are named {tool.name!r}")
+            self._tools[tool.name] = tool
+
+    def get(self, name: str) -> Tool:
+        try:
+            return self._tools[name]
+        except KeyError:
+            raise UnknownTool(name, self.names()) from None
+
+    def names(self) -> list[str]:
+        return list(self._tools)
+
+    def __iter__(self) -> Iterator[Tool]:
+        return iter(list(self._tools.values()))
+
+
+def default_tools() -> ToolRegistry:
+    # Imported here because http.py imports this module.
+    from waystation.adapters.tools.http import HttpRequestTool, WebFetchTool
+
+    return ToolRegistry([HttpRequestTool(), WebFetchTool()])
+
+
+def new_client() -> httpx.AsyncClient:
+    """An httpx client fit for deliveries: no cookie jar, no redirects (proxy env is honoured).
+
+    httpx keeps every Set-Cookie in the client's jar and sends it back on later requests; a
+    long-lived delivery client would silently carry one task's session into another's, so the
+    jar refuses everything. Redirects are not followed because a 3xx is the destination's answer
+    to classify (and httpx would turn a redirected POST into a GET).
+    """
+    no_cookies = http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.AsyncClient(cookies=no_cookies, follow_redirects=False)

@@ -1,0 +1,299 @@
+"""The HTTP tools: http_request (a method, headers, a body or JSON) and web_fetch (GET a URL)."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import json
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from waystation import __version__
+from waystation.adapters.tools.base import (
+    MAX_RESULT_BYTES,
+    DeliveryResult,
+    kept_headers,
+    parse_retry_after,
+)
+from waystation.errors import DeliveryError, InvalidArguments, NetworkUnreachable
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+USER_AGENT = f"waystation/{__version__}"
+
+# Args are stored in the task row, echoed by the API and compared byte for byte when a client
+# re-submits an idempotency key, and a parked task may wait days; a bounded body keeps all of that
+# cheap and well under the socket API's 8 MiB request limit. A bigger body from a model is almost
+# certainly a mistake, and it is better refused when the call is made than when it is delivered.
+MAX_REQUEST_BODY_BYTES = 1024 * 1024
+
+# RFC 9110 token: what a header name may be. Anything else (spaces, colons, CR/LF) could split
+# or smuggle headers, and httpx/h11 would refuse it only at delivery time.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Visible ASCII, space and tab. httpx encodes str header values as ASCII, so anything else would
+# fail at delivery time instead of now.
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+# Headers the agent owns: the task's key must be the one the queue chose (that is the point of
+# it), the User-Agent says who is calling, and the framing headers are computed from the body.
+_RESERVED_HEADERS = {
+    "idempotency-key": "is set by waystation from the task's idempotency key",
+    "user-agent": f"is set by waystation ({USER_AGENT})",
+    "content-length": "is computed from the body",
+    "transfer-encoding": "is chosen by the HTTP client",
+}
+
+
+def _shown(value: object, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _json_type(value: object) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array"}
+    if value is None:
+        return "null"
+    if isinstance(value, Mapping):
+        return "an object"
+    return names.get(type(value), type(value).__name__)
+
+
+def _check_keys(tool: str, args: object, allowed: tuple[str, ...]) -> Mapping[str, Any]:
+    if not isinstance(args, Mapping):
+        raise InvalidArguments(tool, f"arguments must be a JSON object, not {_json_type(args)}")
+    unknown = sorted(str(key) for key in args if key not in allowed)
+    if unknown:
+        raise InvalidArguments(
+            tool, f"unknown argument(s) {', '.join(unknown)}; {tool} takes {', '.join(allowed)}"
+        )
+    return args
+
+
+def _check_url(tool: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidArguments(tool, f"url is required and must be a string, not {_json_type(value)}")
+    problem = f"url must be an absolute http:// or https:// URL with a host, not {_shown(value)}"
+    # httpx quietly percent-encodes spaces (even in the host), so a URL with whitespace would be
+    # delivered somewhere other than what it says.
+    if any(ch <= " " or ch == "\x7f" for ch in value):
+        raise InvalidArguments(tool, f"{problem} (it contains whitespace or control characters)")
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        raise InvalidArguments(tool, f"{problem} ({exc})") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise InvalidArguments(tool, problem)
+    if url.port is not None and not 0 < url.port < 65536:
+        raise InvalidArguments(tool, f"{problem} (port {url.port} is out of range)")
+    return value
+
+
+def _check_headers(tool: str, value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidArguments(tool, f"headers must be an object of strings, not {_json_type(value)}")
+    headers: dict[str, str] = {}
+    for name, text in value.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise InvalidArguments(
+                tool, f"header name {_shown(name)} is not a valid HTTP header name (no space, colon, CR, LF)"
+            )
+        if not isinstance(text, str):
+            raise InvalidArguments(tool, f"header {name!r} must have a string value, not {_json_type(text)}")
+        if "\r" in text or "\n" in text:
+            raise InvalidArguments(tool, f"header {name!r} value must not contain CR or LF")
+        if not _HEADER_VALUE.fullmatch(text):
+            raise InvalidArguments(tool, f"header {name!r} value must be printable ASCII")
+        # Names are case-insensitive: lower case makes equal calls normalize equal.
+        lowered = name.lower()
+        if lowered in _RESERVED_HEADERS:
+            raise InvalidArguments(tool, f"header {name!r} cannot be given: it {_RESERVED_HEADERS[lowered]}")
+        if lowered in headers:
+            raise InvalidArguments(tool, f"header {name!r} is given twice (header names ignore case)")
+        # HTTP ignores surrounding whitespace, and h11 refuses to send it.
+        headers[lowered] = text.strip(" \t")
+    return headers
+
+
+def _check_size(tool: str, what: str, encoded: bytes) -> None:
+    if len(encoded) > MAX_REQUEST_BODY_BYTES:
+        raise InvalidArguments(
+            tool, f"{what} is {len(encoded)} bytes; the limit is {MAX_REQUEST_BODY_BYTES} bytes (1 MiB)"
+        )
+
+
+def _encode_json(value: object) -> bytes:
+    # The same encoding httpx uses for json=, done here so the size check measures what is sent.
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _destination_host(url_text: str) -> str:
+    url = httpx.URL(url_text)
+    host = f"[{url.host}]" if ":" in url.host else url.host  # an IPv6 literal keeps its brackets
+    return host if url.port is None else f"{host}:{url.port}"
+
+
+async def _send(
+    tool: str,
+    client: httpx.AsyncClient,
+    request_args: Mapping[str, Any],
+    idempotency_key: str,
+    timeout_s: float,
+) -> DeliveryResult:
+    """One HTTP exchange. No answer raises NetworkUnreachable; any answer is a DeliveryResult."""
+    if not _HEADER_VALUE.fullmatch(idempotency_key) or not idempotency_key.strip():
+        raise InvalidArguments(tool, "the idempotency key must be non-empty printable ASCII")
+    url = request_args["url"]
+    host = _destination_host(url)
+    headers = {**request_args.get("headers", {}), "idempotency-key": idempotency_key}
+    headers["user-agent"] = USER_AGENT
+    content: bytes | None = None
+    if request_args.get("json") is not None:
+        content = _encode_json(request_args["json"])
+        headers.setdefault("content-type", "application/json")
+    elif request_args.get("body") is not None:
+        content = request_args["body"].encode()
+    request = client.build_request(
+        request_args.get("method", "GET"), url, headers=headers, content=content, timeout=timeout_s
+    )
+    # httpx's timeouts are per operation (connect, each read); the deadline bounds the whole
+    # delivery, so a server trickling a byte at a time cannot hold a queue slot forever.
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout_at(deadline):
+            response = await client.send(request, stream=True)
+    except (TimeoutError, httpx.TimeoutException) as exc:
+        raise NetworkUnreachable(f"{host}: no answer within {timeout_s:g}s") from exc
+    except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
+        # The host only, never the URL: a URL can carry credentials, and this text is stored.
+        raise NetworkUnreachable(f"{host}: {type(exc).__name__}: {exc}") from exc
+    except (httpx.LocalProtocolError, httpx.UnsupportedProtocol) as exc:
+        # Validation should have caught it; retrying would fail the same way.
+        raise InvalidArguments(tool, f"the request cannot be sent: {exc}") from exc
+    except httpx.TooManyRedirects as exc:
+        raise DeliveryError(f"{host}: too many redirects") from exc
+
+    data = bytearray()
+    truncated = False
+    try:
+        async with asyncio.timeout_at(deadline):
+            async for chunk in response.aiter_bytes():
+                data += chunk
+                if len(data) > MAX_RESULT_BYTES:
+                    truncated = True
+                    break
+    except (TimeoutError, httpx.TransportError, httpx.DecodingError):
+        # The status and headers are in: the destination has answered, and the queue must settle
+        # on that answer. Calling it unreachable now would re-deliver a request that has already
+        # taken effect. What we got of the body is kept and marked as incomplete.
+        truncated = True
+    finally:
+        with contextlib.suppress(httpx.TransportError):
+            await response.aclose()
+    return DeliveryResult(
+        status=response.status_code,
+        headers=kept_headers(response.headers),
+        body=_decode(bytes(data[:MAX_RESULT_BYTES]), response.charset_encoding, final=not truncated),
+        truncated=truncated,
+        retry_after_s=parse_retry_after(response.headers.get("retry-after")),
+        duration_ms=round((time.monotonic() - started) * 1000),
+    )
+
+
+def _decode(data: bytes, charset: str | None, *, final: bool) -> str:
+    encoding = "utf-8"
+    if charset:
+        with contextlib.suppress(LookupError):
+            encoding = codecs.lookup(charset).name
+    # Not final when cut short: a character split by the cut is dropped rather than garbled.
+    return codecs.getincrementaldecoder(encoding)(errors="replace").decode(data, final=final)
+
+
+class HttpRequestTool:
+    name = "http_request"
+    description = (
+        "Send an HTTP request. Delivered now when online, otherwise queued and delivered once with "
+        "an Idempotency-Key header when connectivity returns."
+    )
+    needs_network = True
+    parameters: dict[str, object] = {
+        "type": "object",
+        "properties": {
+            "method": {"type": "string", "enum": list(METHODS), "default": "GET"},
+            "url": {"type": "string", "description": "absolute http:// or https:// URL"},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            "body": {"type": "string", "description": "request body as text (not with json)"},
+            "json": {"description": "any JSON value, sent as application/json (not with body)"},
+        },
+        "required": ["url"],
+        "additionalProperties": False,
+    }
+    _keys = ("method", "url", "headers", "body", "json")
+
+    def validate(self, args: object) -> dict[str, Any]:
+        given = _check_keys(self.name, args, self._keys)
+        method = given.get("method", "GET")
+        if not isinstance(method, str) or method.upper() not in METHODS:
+            raise InvalidArguments(self.name, f"method {_shown(method)} is not one of {', '.join(METHODS)}")
+        normalized: dict[str, Any] = {
+            "method": method.upper(),
+            "url": _check_url(self.name, given.get("url")),
+            "headers": _check_headers(self.name, given.get("headers")),
+        }
+        # null counts as absent for both: models often send every optional key.
+        body, payload = given.get("body"), given.get("json")
+        if body is not None and payload is not None:
+            raise InvalidArguments(self.name, "give body or json, not both")
+        if body is not None:
+            if not isinstance(body, str):
+                raise InvalidArguments(
+                    self.name, f"body must be a string, not {_json_type(body)} (use json for a JSON value)"
+                )
+            _check_size(self.name, "body", body.encode())
+            normalized["body"] = body
+        elif payload is not None:
+            try:
+                encoded = _encode_json(payload)
+            except (TypeError, ValueError):
+                raise InvalidArguments(self.name, "json must be a JSON value (no NaN or Infinity)") from None
+            _check_size(self.name, "json", encoded)
+            normalized["json"] = json.loads(encoded)  # plain JSON types only, detached from the caller's
+        return normalized
+
+    def destination_host(self, args: Mapping[str, Any]) -> str:
+        return _destination_host(args["url"])
+
+    async def deliver(
+        self, client: httpx.AsyncClient, args: Mapping[str, Any], idempotency_key: str, timeout_s: float
+    ) -> DeliveryResult:
+        return await _send(self.name, client, args, idempotency_key, timeout_s)
+
+
+class WebFetchTool:
+    name = "web_fetch"
+    description = "Fetch a web page (HTTP GET) and return its text, up to 64 KiB."
+    needs_network = True
+    parameters: dict[str, object] = {
+        "type": "object",
+        "properties": {"url": {"type": "string", "description": "absolute http:// or https:// URL"}},
+        "required": ["url"],
+        "additionalProperties": False,
+    }
+
+    def validate(self, args: object) -> dict[str, Any]:
+        given = _check_keys(self.name, args, ("url",))
+        return {"url": _check_url(self.name, given.get("url"))}
+
+    def destination_host(self, args: Mapping[str, Any]) -> str:
+        return _destination_host(args["url"])
+
+    async def deliver(
+        self, client: httpx.AsyncClient, args: Mapping[str, Any], idempotency_key: str, timeout_s: float
+    ) -> DeliveryResult:
+        request_args = {"method": "GET", "url": args["url"]}
+        return await _send(self.name, client, request_args, idempotency_key, timeout_s)

@@ -1,0 +1,139 @@
+"""The agent's wiring and lifecycle: one AsyncExitStack, each component registering its own cleanup.
+
+Start-up order is the order of dependence (lock, database, recovery, monitor, flusher, socket),
+and the stack unwinds it in reverse, so on SIGTERM the socket stops accepting first, in-flight
+deliveries go back to `pending`, and the database closes last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from waystation import __version__
+from waystation.adapters.tools import default_tools, new_client
+from waystation.agent.api import create_app
+from waystation.agent.connectivity import ConnectivityMonitor
+from waystation.agent.events import EventBus
+from waystation.agent.jobs import Housekeeping
+from waystation.agent.peer import PeerCheckedUnixSite, SocketError, bind_unix_socket, prepare_socket_dir
+from waystation.agent.services import Services
+from waystation.config import Paths, Settings
+from waystation.db import Database
+from waystation.queue.flusher import Flusher
+from waystation.queue.store import TaskStore
+
+log = structlog.get_logger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run the agent until SIGTERM/SIGINT (or `stop` is set)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    async with contextlib.AsyncExitStack() as stack:
+        prepare_socket_dir(paths.socket)
+        stack.enter_context(single_instance(paths.socket))
+        db = await Database.open(paths.database, check=True)
+        stack.push_async_callback(db.close)
+        store = TaskStore(db, settings.queue)
+        recovered = await store.recover(all_running=True)
+        if recovered:
+            log.info("returned tasks left running by the last run to pending", count=recovered)
+
+        events = EventBus()
+        stack.callback(events.close)
+        client = new_client()
+        stack.push_async_callback(client.aclose)
+
+        def connectivity_changed(snapshot: dict[str, object]) -> None:
+            events.publish("connectivity", snapshot)
+            flusher.connectivity_changed(str(snapshot["state"]))
+
+        # The monitor calls back only once entered, by which time the flusher exists.
+        monitor = ConnectivityMonitor(settings.connectivity, on_change=connectivity_changed)
+        tools = default_tools()
+        flusher = Flusher(
+            store, tools, monitor, settings.queue, client, lambda t, r: services.task_changed(t, r)
+        )
+        services = Services(paths, settings, db, store, tools, events, monitor, flusher)
+        await stack.enter_async_context(monitor)
+
+        flushing = asyncio.create_task(flusher.run(), name="flusher")
+        stack.push_async_callback(_cancel, flushing)
+        housekeeping = Housekeeping(services)
+        housekeeping.start()
+        stack.callback(housekeeping.stop)
+        await housekeeping.expire()
+
+        runner = web.AppRunner(create_app(services), handle_signals=False, access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        sock = bind_unix_socket(paths.socket)
+        stack.callback(_unlink, paths.socket)
+        await PeerCheckedUnixSite(runner, sock, paths.socket).start()
+        # Shut streams before the runner waits on open connections (it would wait on SSE forever).
+        stack.callback(events.close)
+
+        log.info("agent ready", socket=str(paths.socket), database=str(paths.database), version=__version__)
+        sd_notify("READY=1")
+        await stop.wait()
+        log.info("agent stopping")
+        sd_notify("STOPPING=1")
+    for sig in STOP_SIGNALS:
+        loop.remove_signal_handler(sig)
+
+
+@contextlib.contextmanager
+def single_instance(socket_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside the socket for the agent's life.
+
+    The lock, not the socket file, says whether an agent runs: a socket left by a crash is
+    removed safely, and a second agent on the same home refuses instead of stealing the socket.
+    """
+    lock_path = socket_path.with_name(socket_path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SocketError(f"another agent is already running on {socket_path}") from None
+    try:
+        _unlink(socket_path)  # stale: its agent is gone, since we hold the lock
+        yield
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd about our state when it started us with Type=notify; a no-op otherwise."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(message.encode(), address)

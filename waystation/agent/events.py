@@ -1,0 +1,84 @@
+"""The agent's event stream: connectivity, task, turn and receipt events, numbered for resumption.
+
+Events are kept in a bounded ring so a client that reconnects with `Last-Event-ID` gets what it
+missed. A subscriber that cannot keep up is dropped rather than growing memory without bound; it
+reconnects with its last id and catches up from the ring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from waystation import timeutil
+
+HISTORY = 2048
+SUBSCRIBER_BUFFER = 1024
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    kind: str  # connectivity | task | turn | receipt
+    data: dict[str, Any]
+
+    def to_sse(self) -> bytes:
+        payload = json.dumps(self.data, separators=(",", ":"))
+        return f"id: {self.id}\nevent: {self.kind}\ndata: {payload}\n\n".encode()
+
+
+class _Dropped(Exception):
+    pass
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._history: collections.deque[Event] = collections.deque(maxlen=HISTORY)
+        self._subscribers: set[asyncio.Queue[Event | None]] = set()
+        # Event ids restart with the process; the boot stamp lets a client tell a new agent apart.
+        self.boot = timeutil.iso(timeutil.now())
+
+    def publish(self, kind: str, data: dict[str, Any]) -> Event:
+        event = Event(next(self._ids), kind, data)
+        self._history.append(event)
+        for queue in list(self._subscribers):
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                self._subscribers.discard(queue)
+                queue.get_nowait()  # make room for the end-of-stream marker
+                queue.put_nowait(None)
+        return event
+
+    async def subscribe(self, last_event_id: int | None = None) -> AsyncIterator[Event]:
+        queue: asyncio.Queue[Event | None] = asyncio.Queue(SUBSCRIBER_BUFFER)
+        self._subscribers.add(queue)
+        try:
+            if last_event_id is not None:
+                for event in list(self._history):
+                    if event.id > last_event_id:
+                        yield event
+            while True:
+                live = await queue.get()
+                if live is None:
+                    return  # too slow, or shutting down: the client reconnects with Last-Event-ID
+                if last_event_id is None or live.id > last_event_id:
+                    yield live
+        finally:
+            self._subscribers.discard(queue)
+
+    def close(self) -> None:
+        """End every open stream (shutdown)."""
+        for queue in list(self._subscribers):
+            try:
+                queue.put_nowait(None)
+            except asyncio.QueueFull:
+                queue.get_nowait()
+                queue.put_nowait(None)
+        self._subscribers.clear()

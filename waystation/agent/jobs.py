@@ -1,0 +1,66 @@
+"""Scheduled housekeeping on apscheduler's asyncio scheduler: expiry, lease reaping, WAL checkpoints.
+
+Each job is a plain coroutine method so it can be tested without the scheduler; the scheduler
+only decides when. Intervals are minutes apart: an idle agent should stay asleep.
+"""
+
+from __future__ import annotations
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from waystation.agent.services import Services
+from waystation.errors import DatabaseError
+
+log = structlog.get_logger(__name__)
+
+EXPIRY_INTERVAL_S = 60
+REAP_INTERVAL_S = 60
+CHECKPOINT_INTERVAL_S = 600
+
+
+class Housekeeping:
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._scheduler = AsyncIOScheduler()
+
+    def start(self) -> None:
+        add = self._scheduler.add_job
+        add(self.expire, "interval", seconds=EXPIRY_INTERVAL_S, id="expire", coalesce=True, max_instances=1)
+        add(self.reap, "interval", seconds=REAP_INTERVAL_S, id="reap", coalesce=True, max_instances=1)
+        add(self.checkpoint, "interval", seconds=CHECKPOINT_INTERVAL_S, id="checkpoint", coalesce=True)
+        self._scheduler.start()
+
+    def stop(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+
+    async def expire(self) -> int:
+        """Pending tasks past retention become `expired` with a tombstone receipt each."""
+        try:
+            expired = await self._services.store.expire_due()
+        except DatabaseError as exc:
+            log.error("expiry sweep failed", error=exc.message)
+            return 0
+        for task, receipt in expired:
+            log.info("task expired", task_id=task.id)
+            self._services.task_changed(task, receipt)
+        return len(expired)
+
+    async def reap(self) -> int:
+        """Leases that outlived their delivery are abandoned: those tasks go back to pending."""
+        try:
+            reclaimed = await self._services.store.recover()
+        except DatabaseError as exc:
+            log.error("lease reaping failed", error=exc.message)
+            return 0
+        if reclaimed:
+            log.warning("reclaimed abandoned leases", count=reclaimed)
+            self._services.flusher.wake()
+        return reclaimed
+
+    async def checkpoint(self) -> None:
+        try:
+            await self._services.db.checkpoint()
+        except DatabaseError as exc:
+            log.error("WAL checkpoint failed", error=exc.message)

@@ -1,0 +1,195 @@
+"""Settings from `config.toml` and `WAYSTATION_<SECTION>__<KEY>` overrides, and the state paths.
+
+Every key is optional and typed by its dataclass field. A bad file, an unknown key or a value of
+the wrong type raises ConfigError naming the key, so the agent never starts half-configured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import platformdirs
+
+from waystation.errors import ConfigError
+
+ENV_PREFIX = "WAYSTATION_"
+APP_NAME = "waystation"
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    default_route: str = "local"
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    path: str = ""
+    backend: Literal["auto", "llamacpp", "mlx"] = "auto"
+    idle_unload_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class ConnectivitySettings:
+    mode: Literal["auto", "online", "offline"] = "auto"
+    probe_url: str = "http://connectivitycheck.gstatic.com/generate_204"
+    expect_status: int = 204
+    probe_timeout_s: float = 3.0
+    # How often to probe while online; offline probes back off from 1 s up to this.
+    online_probe_interval_s: float = 300.0
+    offline_probe_max_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    max_attempts: int = 8
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 3600.0
+    retention_days: float = 7.0
+    concurrency: int = 4
+    # At most this many deliveries in flight to one destination host.
+    per_host: int = 2
+    # Delivery timeout; a lease lasts this long plus a margin before it counts as abandoned.
+    delivery_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    connectivity: ConnectivitySettings = field(default_factory=ConnectivitySettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
+
+
+@dataclass(frozen=True)
+class Paths:
+    config_file: Path
+    database: Path
+    socket: Path
+    logs: Path
+
+    @classmethod
+    def resolve(cls, env: typing.Mapping[str, str] | None = None) -> Paths:
+        env = os.environ if env is None else env
+        home = env.get("WAYSTATION_HOME")
+        if home:
+            root = Path(home).expanduser()
+            paths = cls(root / "config.toml", root / "waystation.db", root / "waystation.sock", root / "logs")
+        else:
+            state = Path(platformdirs.user_state_dir(APP_NAME))
+            runtime = env.get("XDG_RUNTIME_DIR")
+            if sys.platform.startswith("linux") and runtime:
+                socket_dir = Path(runtime) / APP_NAME
+            else:
+                socket_dir = state
+            paths = cls(
+                Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml",
+                Path(platformdirs.user_data_dir(APP_NAME)) / "waystation.db",
+                socket_dir / "waystation.sock",
+                state / "logs",
+            )
+        if env.get("WAYSTATION_SOCKET"):
+            paths = dataclasses.replace(paths, socket=Path(env["WAYSTATION_SOCKET"]).expanduser())
+        return paths
+
+
+def load_settings(paths: Paths, env: typing.Mapping[str, str] | None = None) -> Settings:
+    """Read the config file (if any), then apply environment overrides, validating each key."""
+    env = os.environ if env is None else env
+    raw: dict[str, dict[str, Any]] = {}
+    if paths.config_file.exists():
+        try:
+            with paths.config_file.open("rb") as f:
+                loaded = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(paths.config_file), f"not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(str(paths.config_file), f"cannot read: {exc.strerror}") from None
+        for section, values in loaded.items():
+            if not isinstance(values, dict):
+                raise ConfigError(section, "expected a [section] table")
+            raw[section] = dict(values)
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        raw.setdefault(section, {})[key] = _from_env(name, value)
+    return _build(raw)
+
+
+def _from_env(name: str, value: str) -> Any:
+    # Environment values are strings; TOML parsing gives numbers and booleans their type,
+    # and anything that is not a TOML literal stays a string.
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def _build(raw: dict[str, dict[str, Any]]) -> Settings:
+    hints = typing.get_type_hints(Settings)
+    sections: dict[str, Any] = {}
+    for section, values in raw.items():
+        if section not in hints:
+            raise ConfigError(section, f"unknown section; known: {', '.join(hints)}")
+        cls = hints[section]
+        fields = typing.get_type_hints(cls)
+        checked = {}
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            if key not in fields:
+                raise ConfigError(dotted, f"unknown key; known: {', '.join(fields)}")
+            checked[key] = _check(dotted, fields[key], value)
+        sections[section] = cls(**checked)
+    settings = Settings(**sections)
+    _check_ranges(settings)
+    return settings
+
+
+def _check(key: str, kind: Any, value: Any) -> Any:
+    if get_origin(kind) is Literal:
+        choices = get_args(kind)
+        if value not in choices:
+            raise ConfigError(key, f"{value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is str and isinstance(value, str):
+        return value
+    if kind is bool and isinstance(value, bool):
+        return value
+    raise ConfigError(key, f"expected {kind.__name__}, got {value!r}")
+
+
+def _check_ranges(s: Settings) -> None:
+    positive = {
+        "connectivity.probe_timeout_s": s.connectivity.probe_timeout_s,
+        "connectivity.online_probe_interval_s": s.connectivity.online_probe_interval_s,
+        "connectivity.offline_probe_max_s": s.connectivity.offline_probe_max_s,
+        "queue.max_attempts": s.queue.max_attempts,
+        "queue.backoff_base_s": s.queue.backoff_base_s,
+        "queue.backoff_max_s": s.queue.backoff_max_s,
+        "queue.retention_days": s.queue.retention_days,
+        "queue.concurrency": s.queue.concurrency,
+        "queue.per_host": s.queue.per_host,
+        "queue.delivery_timeout_s": s.queue.delivery_timeout_s,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(key, f"must be greater than 0, got {value}")
+    if s.queue.backoff_max_s < s.queue.backoff_base_s:
+        raise ConfigError("queue.backoff_max_s", "must not be less than queue.backoff_base_s")
+    if s.model.idle_unload_s < 0:
+        raise ConfigError("model.idle_unload_s", "must be 0 (never) or more")
+    if not 100 <= s.connectivity.expect_status <= 599:
+        raise ConfigError("connectivity.expect_status", "must be an HTTP status code")
+    if not s.connectivity.probe_url.startswith(("http://", "https://")):
+        raise ConfigError("connectivity.probe_url", "must be an http:// or https:// URL")

@@ -1,0 +1,271 @@
+"""The one SQLite database: connections, pragmas, schema migrations, and group commit.
+
+Durability: the database runs in WAL mode with `synchronous=FULL`. In WAL, FULL syncs the WAL
+file at every commit, so a transaction that returned from COMMIT survives both `kill -9` and power
+loss. `NORMAL` would only sync at checkpoints: safe against a crashed process, but the last
+acknowledged commits can vanish when the power goes. We acknowledge a task only after COMMIT, so
+FULL is the level that keeps that promise. To stay fast anyway, concurrent writes are grouped into
+one transaction (group commit): one fsync acknowledges every write in the batch.
+
+Two processes (the agent, and the CLI writing directly when no agent runs) share the file safely:
+every write transaction starts with `BEGIN IMMEDIATE` (it takes the write lock up front, so no
+transaction fails half-way on a lock upgrade) and waits up to `busy_timeout` for the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+import structlog
+
+from waystation.errors import (
+    DatabaseCorrupt,
+    DatabaseError,
+    DatabaseLocked,
+    DatabaseReadOnly,
+    DatabaseTooNew,
+    DiskFull,
+    WaystationError,
+)
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+WriteOp = Callable[[aiosqlite.Connection], Awaitable[T]]
+
+BUSY_TIMEOUT_MS = 5000
+MAX_BATCH = 512
+
+MIGRATIONS: list[str] = [
+    # 1: the queue and the receipt chain.
+    """
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        tool TEXT NOT NULL,
+        args TEXT NOT NULL,                 -- canonical JSON of the validated arguments
+        idempotency_key TEXT NOT NULL UNIQUE,
+        host TEXT NOT NULL,                 -- destination host, for per-host concurrency
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        net_failures INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        lease_expires_at REAL,
+        last_error TEXT,
+        result TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        turn_id TEXT
+    );
+    CREATE INDEX tasks_due ON tasks (state, next_attempt_at);
+    CREATE INDEX tasks_turn ON tasks (turn_id) WHERE turn_id IS NOT NULL;
+    CREATE TABLE receipts (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        task_id TEXT,
+        turn_id TEXT,
+        body TEXT NOT NULL,                 -- the receipt's canonical JSON, hash included
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX receipts_task ON receipts (task_id) WHERE task_id IS NOT NULL;
+    CREATE INDEX receipts_turn ON receipts (turn_id) WHERE turn_id IS NOT NULL;
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# SQLite primary result codes (the low byte of an extended code).
+_BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 8, 10, 11, 13, 14, 26
+
+
+def translate(exc: sqlite3.Error, path: Path) -> DatabaseError:
+    """A sqlite3 error as one of ours, chosen by SQLite's result code, never by message text."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code in (_BUSY, _LOCKED):
+        return DatabaseLocked(path, "locked by another process; try again, or stop the other writer")
+    if code == _READONLY:
+        return DatabaseReadOnly(path, "read-only: make the file and its directory writable")
+    if code in (_CORRUPT, _NOTADB):
+        return DatabaseCorrupt(
+            path, "not a Waystation database or damaged; move it aside and restore from a backup"
+        )
+    if code == _FULL:
+        return DiskFull(path, "disk full: free some space; nothing unacknowledged was kept")
+    if code == _CANTOPEN:
+        return DatabaseError(path, "cannot open: check the path and its permissions")
+    if code == _IOERR:
+        return DatabaseError(path, "I/O error (is the disk full or failing?)")
+    return DatabaseError(path, f"SQLite error {getattr(exc, 'sqlite_errorname', type(exc).__name__)}")
+
+
+class Database:
+    """A writer connection fed by a group-commit loop, and a read-only connection beside it."""
+
+    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._pending: asyncio.Queue[tuple[WriteOp[Any], asyncio.Future[Any]]] = asyncio.Queue()
+        self._loop_task = asyncio.create_task(self._commit_loop(), name="db-group-commit")
+
+    @classmethod
+    async def open(cls, path: Path, *, check: bool = False) -> Database:
+        """Open (creating if needed) and migrate; `check` also runs SQLite's quick_check."""
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        writer = reader = None
+        try:
+            writer = await _connect(path)
+            await _migrate(writer, path)
+            if check:
+                row = await (await writer.execute("PRAGMA quick_check")).fetchone()
+                if row is None or row[0] != "ok":
+                    raise DatabaseCorrupt(path, f"integrity check failed: {row[0] if row else '?'}")
+            reader = await _connect(path)
+            await reader.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            await _close_all(writer, reader)
+            raise translate(exc, path) from None
+        except BaseException:
+            await _close_all(writer, reader)
+            raise
+        return cls(path, writer, reader)
+
+    async def close(self) -> None:
+        self._loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._loop_task
+        await _close_all(self._writer, self._reader)
+
+    async def __aenter__(self) -> Database:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def write(self, op: WriteOp[T]) -> T:
+        """Run `op` in a write transaction, grouped with concurrent ones; return once committed.
+
+        A WaystationError raised by `op` rolls back only that op (a savepoint) and is raised
+        here; a database error fails the whole batch, and nothing of it was committed.
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.put_nowait((op, future))
+        return await future
+
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            cursor = await self._reader.execute(sql, tuple(params))
+            return list(await cursor.fetchall())
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from None
+
+    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def checkpoint(self) -> None:
+        """Fold the WAL back into the database file (TRUNCATE keeps the WAL from growing)."""
+
+        async def op(conn: aiosqlite.Connection) -> None:
+            return None
+
+        await self.write(op)  # wait for in-flight batches first
+        try:
+            await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from None
+
+    async def _commit_loop(self) -> None:
+        while True:
+            batch = [await self._pending.get()]
+            while not self._pending.empty() and len(batch) < MAX_BATCH:
+                batch.append(self._pending.get_nowait())
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[tuple[WriteOp[Any], asyncio.Future[Any]]]) -> None:
+        conn = self._writer
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+            for op, future in batch:
+                await conn.execute("SAVEPOINT op")
+                try:
+                    result = await op(conn)
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:  # the op's own failure: undo it alone
+                    await conn.execute("ROLLBACK TO op")
+                    await conn.execute("RELEASE op")
+                    if not isinstance(exc, WaystationError):
+                        log.exception("write op failed")
+                    outcomes.append((future, None, exc))
+                else:
+                    await conn.execute("RELEASE op")
+                    outcomes.append((future, result, None))
+            await conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                await conn.execute("ROLLBACK")
+            failure = translate(exc, self.path)
+            log.error("write batch failed", error=failure.message, size=len(batch))
+            outcomes = [(future, None, failure) for _, future in batch]
+        for future, result, error in outcomes:
+            if future.done():
+                continue  # the caller went away; the write stands (it is idempotent by key)
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
+    conn = await aiosqlite.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.row_factory = sqlite3.Row
+    await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    row = await (await conn.execute("PRAGMA journal_mode = WAL")).fetchone()
+    if row is None or row[0] != "wal":
+        raise DatabaseError(path, f"could not enable WAL (journal_mode={row[0] if row else '?'})")
+    await conn.execute("PRAGMA synchronous = FULL")
+    await conn.execute("PRAGMA foreign_keys = ON")
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o600)
+    return conn
+
+
+async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
+    await conn.execute("BEGIN IMMEDIATE")  # another process may be migrating the same file
+    try:
+        row = await (await conn.execute("PRAGMA user_version")).fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise DatabaseTooNew(
+                path,
+                f"schema version {version} is newer than this Waystation knows ({SCHEMA_VERSION}); "
+                "upgrade waystation",
+            )
+        for number in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {number + 1}")
+            log.info("database migrated", path=str(path), version=number + 1)
+        await conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            await conn.execute("ROLLBACK")
+        raise
+
+
+async def _close_all(*conns: aiosqlite.Connection | None) -> None:
+    for conn in conns:
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await conn.close()

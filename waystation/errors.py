@@ -1,0 +1,178 @@
+"""One exception tree for Waystation.
+
+    WaystationError                  code, message, http_status, exit_code
+    ├── ConfigError(key)             a bad config file or value; start-up stops
+    ├── DatabaseError(path)          the database file cannot be used
+    │   ├── DatabaseLocked           another process holds the write lock too long
+    │   ├── DatabaseReadOnly         the file or its directory is not writable
+    │   ├── DatabaseCorrupt          not a SQLite database, or damaged
+    │   ├── DatabaseTooNew           written by a newer Waystation (schema version)
+    │   └── DiskFull                 no space left for the write
+    ├── InputError                   the caller's request is wrong (4xx)
+    │   ├── MalformedRequest         not JSON, or not the expected shape (400)
+    │   ├── BodyTooLarge             over the documented limit (413)
+    │   ├── UnknownTool(tool)        (422)
+    │   ├── InvalidArguments(tool)   (422)
+    │   ├── NotFound(kind, ident)    (404)
+    │   ├── IdempotencyConflict(key) same key, other arguments (409)
+    │   └── InvalidTransition(...)   e.g. cancelling a task that is done (409)
+    ├── AgentNotRunning(socket)      a command that needs the agent found none (exit 3)
+    ├── RouteRefused(route, reason)  fail-closed: the named route cannot run (exit 4)
+    └── DeliveryError                a tool delivery did not get an answer
+        └── NetworkUnreachable       connection, DNS or timeout: transient, no attempt counted
+
+Foreign exceptions (sqlite3, httpx, ...) are translated into these at the adapter boundary,
+by error code or exception type, never by their message text.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class WaystationError(Exception):
+    code: ClassVar[str] = "internal_error"
+    http_status: ClassVar[int] = 500
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_json(self) -> dict[str, object]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class ConfigError(WaystationError):
+    code = "config_error"
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"config: {key}: {message}")
+        self.key = key
+
+
+class DatabaseError(WaystationError):
+    code = "database_error"
+    http_status = 503
+
+    def __init__(self, path: object, message: str) -> None:
+        super().__init__(f"database {path}: {message}")
+        self.path = path
+
+
+class DatabaseLocked(DatabaseError):
+    code = "database_locked"
+
+
+class DatabaseReadOnly(DatabaseError):
+    code = "database_read_only"
+
+
+class DatabaseCorrupt(DatabaseError):
+    code = "database_corrupt"
+
+
+class DatabaseTooNew(DatabaseError):
+    code = "database_too_new"
+
+
+class DiskFull(DatabaseError):
+    code = "disk_full"
+    http_status = 507
+
+
+class InputError(WaystationError):
+    code = "bad_request"
+    http_status = 400
+
+
+class MalformedRequest(InputError):
+    code = "malformed_request"
+
+
+class BodyTooLarge(InputError):
+    code = "body_too_large"
+    http_status = 413
+
+
+class UnknownTool(InputError):
+    code = "unknown_tool"
+    http_status = 422
+
+    def __init__(self, tool: str, known: list[str]) -> None:
+        super().__init__(f"unknown tool {tool!r}; known tools: {', '.join(sorted(known))}")
+        self.tool = tool
+
+
+class InvalidArguments(InputError):
+    code = "invalid_arguments"
+    http_status = 422
+
+    def __init__(self, tool: str, message: str) -> None:
+        super().__init__(f"{tool}: {message}")
+        self.tool = tool
+
+
+class NotFound(InputError):
+    code = "not_found"
+    http_status = 404
+
+    def __init__(self, kind: str, ident: str) -> None:
+        super().__init__(f"no {kind} with id {ident!r}")
+        self.kind = kind
+        self.ident = ident
+
+
+class IdempotencyConflict(InputError):
+    code = "idempotency_conflict"
+    http_status = 409
+
+    def __init__(self, key: str, task_id: str) -> None:
+        super().__init__(f"idempotency key {key!r} already names task {task_id} with other arguments")
+        self.key = key
+        self.task_id = task_id
+
+
+class InvalidTransition(InputError):
+    code = "invalid_transition"
+    http_status = 409
+
+    def __init__(self, task_id: str, state: str, action: str) -> None:
+        super().__init__(f"cannot {action} task {task_id}: it is {state}")
+        self.task_id = task_id
+        self.state = state
+        self.action = action
+
+
+class AgentNotRunning(WaystationError):
+    code = "agent_not_running"
+    http_status = 503
+    exit_code = 3
+
+    def __init__(self, socket_path: object) -> None:
+        super().__init__(
+            f"the agent is not running (no answer on {socket_path}); start it with `waystation run`"
+        )
+        self.socket_path = socket_path
+
+
+class RouteRefused(WaystationError):
+    code = "route_refused"
+    http_status = 409
+    exit_code = 4
+
+    def __init__(self, route: str, reason: str) -> None:
+        super().__init__(f"route {route!r} refused the turn: {reason}")
+        self.route = route
+        self.reason = reason
+
+
+class DeliveryError(WaystationError):
+    code = "delivery_error"
+    http_status = 502
+
+
+class NetworkUnreachable(DeliveryError):
+    """No answer from the destination: retried without counting an attempt."""
+
+    code = "network_unreachable"

@@ -1,0 +1,182 @@
+"""Drains the store while connectivity says online. It only drives; policy and store decide.
+
+The flusher sleeps on one event. It is woken when connectivity turns online, when a task is
+added, when a delivery finishes, or when the next retry falls due, so an idle agent does not poll
+and a returning network starts deliveries at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import httpx
+import structlog
+
+from waystation import timeutil
+from waystation.adapters.tools import ToolRegistry
+from waystation.config import QueueSettings
+from waystation.errors import DatabaseError, DeliveryError, InvalidArguments, NetworkUnreachable, UnknownTool
+from waystation.queue.policy import Outcome, classify, decide
+from waystation.queue.store import Task, TaskStore
+
+log = structlog.get_logger(__name__)
+
+Settled = Callable[[Task, dict[str, Any] | None], None]
+
+
+class Connectivity(Protocol):
+    @property
+    def state(self) -> str: ...
+
+    def report_network_error(self) -> None: ...
+
+
+class Flusher:
+    def __init__(
+        self,
+        store: TaskStore,
+        tools: ToolRegistry,
+        connectivity: Connectivity,
+        settings: QueueSettings,
+        client: httpx.AsyncClient,
+        on_settled: Settled,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._tools = tools
+        self._connectivity = connectivity
+        self._settings = settings
+        self._client = client
+        self._on_settled = on_settled
+        self._rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._per_host: collections.Counter[str] = collections.Counter()
+        self._refresh_due = False
+        self.deliveries = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def connectivity_changed(self, state: str) -> None:
+        if state == "online":
+            self._refresh_due = True
+            self.wake()
+
+    async def run(self) -> None:
+        """Deliver until cancelled; on cancellation give every in-flight task back as pending."""
+        try:
+            while True:
+                self._wake.clear()
+                timeout = await self._fill()
+                if self._refresh_due:
+                    # Back online: tasks that only lacked a network must not sit out the backoff
+                    # meant for an unreachable host. Due tasks already went out in _fill above.
+                    self._refresh_due = False
+                    with contextlib.suppress(DatabaseError):
+                        if await self._store.make_due(unreachable_only=True):
+                            continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+        finally:
+            await self._give_back()
+
+    async def _fill(self) -> float | None:
+        """Lease and start deliveries up to the limits; return how long to sleep (None: until woken)."""
+        if self._connectivity.state != "online":
+            return None
+        free = self._settings.concurrency - len(self._in_flight)
+        if free > 0:
+            try:
+                leased = await self._store.lease(free, self._per_host, self._settings.per_host)
+            except DatabaseError as exc:
+                log.error("cannot lease tasks", error=exc.message)
+                return 5.0
+            for task in leased:
+                self._start(task)
+            if leased:
+                return 0 if len(leased) == free else None
+        if self._in_flight:
+            return None  # a finishing delivery wakes us
+        next_due = await self._store.next_due_at()
+        return None if next_due is None else max(0.0, next_due - timeutil.now())
+
+    def _start(self, task: Task) -> None:
+        self._per_host[task.host] += 1
+        delivery = asyncio.create_task(self._deliver(task), name=f"deliver-{task.id}")
+        self._in_flight[task.id] = delivery
+
+        def finished(_: asyncio.Task[None]) -> None:
+            self._in_flight.pop(task.id, None)
+            self._per_host[task.host] -= 1
+            if self._per_host[task.host] <= 0:
+                del self._per_host[task.host]
+            self.wake()
+
+        delivery.add_done_callback(finished)
+
+    async def _deliver(self, task: Task) -> None:
+        started = time.perf_counter()
+        status: int | None = None
+        result: dict[str, Any] | None = None
+        retry_after: float | None = None
+        error: str | None = None
+        try:
+            tool = self._tools.get(task.tool)
+            answer = await tool.deliver(
+                self._client, task.args, task.idempotency_key, self._settings.delivery_timeout_s
+            )
+            status, result, retry_after = answer.status, answer.to_json(), answer.retry_after_s
+            outcome = classify(status)
+        except NetworkUnreachable as exc:
+            outcome, error = Outcome.UNREACHABLE, exc.message
+            self._connectivity.report_network_error()
+        except (UnknownTool, InvalidArguments) as exc:
+            # The tool went away in an upgrade, or httpx refused what validation let through:
+            # no later attempt can succeed.
+            outcome, error = Outcome.DEAD, exc.message
+        except DeliveryError as exc:
+            outcome, error = Outcome.UNREACHABLE, exc.message
+        decision = decide(
+            outcome=outcome,
+            status=status,
+            attempts=task.attempts,
+            net_failures=task.net_failures,
+            now=timeutil.now(),
+            settings=self._settings,
+            rng=self._rng,
+            retry_after_s=retry_after,
+            error=error,
+        )
+        duration_ms = int((time.perf_counter() - started) * 1000)
+        try:
+            settled, receipt = await self._store.settle(task, decision, result, duration_ms)
+        except DatabaseError as exc:
+            # The delivery happened but could not be recorded: the task stays running and is
+            # reclaimed, then delivered again with the same Idempotency-Key.
+            log.error("cannot record delivery", task_id=task.id, error=exc.message)
+            return
+        self.deliveries += 1
+        log.debug("delivered", task_id=task.id, state=str(settled.state), status=status)
+        self._on_settled(settled, receipt)
+
+    async def _give_back(self) -> None:
+        running = list(self._in_flight.values())
+        ids = list(self._in_flight)
+        for delivery in running:
+            delivery.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        if ids:
+            with contextlib.suppress(DatabaseError):
+                returned = await self._store.release(ids)
+                log.info("returned in-flight tasks to pending", count=returned)

@@ -1,0 +1,350 @@
+"""SQLite persistence of tasks: enqueue, lease, settle, recover. It only persists; policy decides.
+
+Every state change that ends a task (done, dead, cancelled, expired) writes the task's receipt in
+the same transaction, so a settled task without its receipt, or the reverse, cannot exist.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from waystation import receipts, timeutil
+from waystation.config import QueueSettings
+from waystation.db import Database
+from waystation.errors import IdempotencyConflict, InvalidTransition, NotFound
+from waystation.queue.policy import CANCELLABLE, RETRYABLE, SETTLED, Decision, TaskState
+from waystation.receipts import ReceiptDraft, RouteInfo
+
+# A lease outlives the delivery timeout by this margin before it counts as abandoned.
+LEASE_MARGIN_S = 30.0
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    tool: str
+    args: dict[str, Any]
+    idempotency_key: str
+    host: str
+    state: TaskState
+    attempts: int
+    net_failures: int
+    next_attempt_at: float
+    lease_expires_at: float | None
+    last_error: str | None
+    result: dict[str, Any] | None
+    created_at: float
+    updated_at: float
+    expires_at: float
+    turn_id: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Task:
+        return cls(
+            id=row["id"],
+            tool=row["tool"],
+            args=json.loads(row["args"]),
+            idempotency_key=row["idempotency_key"],
+            host=row["host"],
+            state=TaskState(row["state"]),
+            attempts=row["attempts"],
+            net_failures=row["net_failures"],
+            next_attempt_at=row["next_attempt_at"],
+            lease_expires_at=row["lease_expires_at"],
+            last_error=row["last_error"],
+            result=json.loads(row["result"]) if row["result"] else None,
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            expires_at=row["expires_at"],
+            turn_id=row["turn_id"],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The contract's task object."""
+        return {
+            "id": self.id,
+            "tool": self.tool,
+            "args": self.args,
+            "idempotency_key": self.idempotency_key,
+            "state": str(self.state),
+            "attempts": self.attempts,
+            "next_attempt_at": timeutil.iso(self.next_attempt_at) if self.state == "pending" else None,
+            "last_error": self.last_error,
+            "result": self.result,
+            "created_at": timeutil.iso(self.created_at),
+            "updated_at": timeutil.iso(self.updated_at),
+            "expires_at": timeutil.iso(self.expires_at),
+            "turn_id": self.turn_id,
+        }
+
+    @property
+    def route(self) -> RouteInfo:
+        """How a task's receipt names what ran: the tool, to its destination, with no credential."""
+        return RouteInfo(name=self.tool, provider=self.host, auth_lane="none", cost_lane="local")
+
+
+@dataclass(frozen=True)
+class NewTask:
+    tool: str
+    args: dict[str, Any]  # already validated by the tool
+    host: str
+    idempotency_key: str | None = None
+    expires_at: float | None = None
+    turn_id: str | None = None
+
+
+class TaskStore:
+    def __init__(self, db: Database, settings: QueueSettings) -> None:
+        self.db = db
+        self.settings = settings
+
+    # --- writes -------------------------------------------------------------------------------
+
+    async def enqueue(self, new: NewTask) -> tuple[Task, bool]:
+        """Park a task; (task, created). Same key and args: the existing task, created False."""
+        return await self.db.write(lambda conn: self.insert(conn, new))
+
+    async def insert(self, conn: aiosqlite.Connection, new: NewTask) -> tuple[Task, bool]:
+        """The enqueue itself, for callers that commit it together with other writes (a turn)."""
+        now = timeutil.now()
+        task_id = receipts.new_id("t")
+        key = new.idempotency_key or f"waystation-{task_id}"
+        args = receipts.canonical_json(new.args)
+        expires_at = new.expires_at or now + self.settings.retention_days * 86400
+        cursor = await conn.execute(
+            "INSERT INTO tasks (id, tool, args, idempotency_key, host, state, next_attempt_at,"
+            " created_at, updated_at, expires_at, turn_id)"
+            " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
+            (task_id, new.tool, args, key, new.host, now, now, now, expires_at, new.turn_id),
+        )
+        if cursor.rowcount == 1:
+            return await _load(conn, task_id), True
+        row = await (await conn.execute("SELECT * FROM tasks WHERE idempotency_key = ?", (key,))).fetchone()
+        assert row is not None  # the conflict that stopped the insert is this row
+        existing = Task.from_row(row)
+        if existing.tool != new.tool or row["args"] != args:
+            raise IdempotencyConflict(key, existing.id)
+        return existing, False
+
+    async def lease(self, limit: int, in_flight: Mapping[str, int], per_host: int) -> list[Task]:
+        """Mark up to `limit` due tasks running, at most `per_host` in flight to any one host."""
+
+        async def op(conn: aiosqlite.Connection) -> list[Task]:
+            now = timeutil.now()
+            rows = await (
+                await conn.execute(
+                    "SELECT * FROM tasks WHERE state = 'pending' AND next_attempt_at <= ?"
+                    " ORDER BY next_attempt_at LIMIT ?",
+                    (now, limit * 8),
+                )
+            ).fetchall()
+            counts = dict(in_flight)
+            chosen: list[Task] = []
+            for row in rows:
+                if len(chosen) == limit:
+                    break
+                if counts.get(row["host"], 0) < per_host:
+                    counts[row["host"]] = counts.get(row["host"], 0) + 1
+                    chosen.append(Task.from_row(row))
+            lease_until = now + self.settings.delivery_timeout_s + LEASE_MARGIN_S
+            await conn.executemany(
+                "UPDATE tasks SET state = 'running', lease_expires_at = ?, updated_at = ? WHERE id = ?",
+                [(lease_until, now, t.id) for t in chosen],
+            )
+            return [
+                Task(**{**t.__dict__, "state": TaskState.RUNNING, "lease_expires_at": lease_until})
+                for t in chosen
+            ]
+
+        return await self.db.write(op)
+
+    async def settle(
+        self, task: Task, decision: Decision, result: Mapping[str, Any] | None, duration_ms: int
+    ) -> tuple[Task, dict[str, Any] | None]:
+        """Record a delivery's decision; a final state commits with its task receipt."""
+
+        async def op(conn: aiosqlite.Connection) -> tuple[Task, dict[str, Any] | None]:
+            now = timeutil.now()
+            cursor = await conn.execute(
+                "UPDATE tasks SET state = ?, attempts = ?, net_failures = ?, next_attempt_at = ?,"
+                " lease_expires_at = NULL, last_error = ?, result = COALESCE(?, result), updated_at = ?"
+                " WHERE id = ? AND state = 'running'",
+                (
+                    str(decision.state),
+                    decision.attempts,
+                    decision.net_failures,
+                    decision.next_attempt_at,
+                    decision.error,
+                    receipts.canonical_json(result) if result is not None else None,
+                    now,
+                    task.id,
+                ),
+            )
+            if cursor.rowcount != 1:
+                # Cancelled or reclaimed while in flight: the delivery still happened, so keep
+                # its answer, but the task's state is no longer ours to change.
+                return await _load(conn, task.id), None
+            settled = await _load(conn, task.id)
+            receipt = None
+            if settled.state in SETTLED:
+                receipt = await receipts.append(conn, _task_receipt(settled, duration_ms))
+            return settled, receipt
+
+        return await self.db.write(op)
+
+    async def release(self, task_ids: list[str]) -> int:
+        """Give leased tasks back (shutdown): they go to pending, due at once, nothing counted."""
+
+        async def op(conn: aiosqlite.Connection) -> int:
+            cursor = await conn.executemany(
+                "UPDATE tasks SET state = 'pending', lease_expires_at = NULL, next_attempt_at = ?,"
+                " updated_at = ? WHERE id = ? AND state = 'running'",
+                [(timeutil.now(), timeutil.now(), i) for i in task_ids],
+            )
+            return cursor.rowcount
+
+        return await self.db.write(op)
+
+    async def recover(self, *, all_running: bool = False) -> int:
+        """Reclaim abandoned leases (all running tasks at start: no other agent can hold one)."""
+
+        async def op(conn: aiosqlite.Connection) -> int:
+            now = timeutil.now()
+            cursor = await conn.execute(
+                "UPDATE tasks SET state = 'pending', lease_expires_at = NULL, next_attempt_at = ?,"
+                " updated_at = ? WHERE state = 'running' AND (? OR lease_expires_at <= ?)",
+                (now, now, all_running, now),
+            )
+            return cursor.rowcount
+
+        return await self.db.write(op)
+
+    async def make_due(self, *, unreachable_only: bool = False) -> int:
+        """Pending tasks become due now: all of them (a flush), or only those that lacked a network
+        (connectivity is back: they should not sit out a backoff meant for an unreachable host)."""
+
+        async def op(conn: aiosqlite.Connection) -> int:
+            now = timeutil.now()
+            cursor = await conn.execute(
+                "UPDATE tasks SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at > ?"
+                " AND (net_failures > 0 OR NOT ?)",
+                (now, now, unreachable_only),
+            )
+            return cursor.rowcount
+
+        return await self.db.write(op)
+
+    async def retry(self, task_id: str) -> Task:
+        """Due now, attempts from zero: for dead, cancelled or expired tasks, or to hurry one."""
+
+        async def op(conn: aiosqlite.Connection) -> Task:
+            task = await _load(conn, task_id)
+            if task.state not in RETRYABLE:
+                raise InvalidTransition(task.id, task.state, "retry")
+            now = timeutil.now()
+            await conn.execute(
+                "UPDATE tasks SET state = 'pending', attempts = 0, net_failures = 0, next_attempt_at = ?,"
+                " expires_at = MAX(expires_at, ?), updated_at = ? WHERE id = ?",
+                (now, now + self.settings.retention_days * 86400, now, task_id),
+            )
+            return await _load(conn, task_id)
+
+        return await self.db.write(op)
+
+    async def cancel(self, task_id: str) -> tuple[Task, dict[str, Any]]:
+        async def op(conn: aiosqlite.Connection) -> tuple[Task, dict[str, Any]]:
+            task = await _load(conn, task_id)
+            if task.state not in CANCELLABLE:
+                raise InvalidTransition(task.id, task.state, "cancel")
+            await _set_state(conn, task_id, TaskState.CANCELLED, "cancelled by request")
+            task = await _load(conn, task_id)
+            return task, await receipts.append(conn, _task_receipt(task, 0))
+
+        return await self.db.write(op)
+
+    async def expire_due(self) -> list[tuple[Task, dict[str, Any]]]:
+        """Pending tasks past their expiry become `expired`, each with a tombstone receipt."""
+
+        async def op(conn: aiosqlite.Connection) -> list[tuple[Task, dict[str, Any]]]:
+            rows = await (
+                await conn.execute(
+                    "SELECT id FROM tasks WHERE state = 'pending' AND expires_at <= ? LIMIT 1000",
+                    (timeutil.now(),),
+                )
+            ).fetchall()
+            expired = []
+            for (task_id,) in rows:
+                await _set_state(conn, task_id, TaskState.EXPIRED, "expired before it could be delivered")
+                task = await _load(conn, task_id)
+                expired.append((task, await receipts.append(conn, _task_receipt(task, 0))))
+            return expired
+
+        return await self.db.write(op)
+
+    # --- reads --------------------------------------------------------------------------------
+
+    async def get(self, task_id: str) -> Task:
+        row = await self.db.fetchone("SELECT * FROM tasks WHERE id = ?", (task_id,))
+        if row is None:
+            raise NotFound("task", task_id)
+        return Task.from_row(row)
+
+    async def list(self, state: TaskState | None = None, limit: int = 100) -> list[Task]:
+        if state is None:
+            rows = await self.db.fetchall("SELECT * FROM tasks ORDER BY created_at DESC LIMIT ?", (limit,))
+        else:
+            rows = await self.db.fetchall(
+                "SELECT * FROM tasks WHERE state = ? ORDER BY created_at DESC LIMIT ?", (str(state), limit)
+            )
+        return [Task.from_row(r) for r in rows]
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self.db.fetchall("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+        counts = {str(s): 0 for s in TaskState}
+        counts.update({state: n for state, n in rows})
+        return counts
+
+    async def next_due_at(self) -> float | None:
+        row = await self.db.fetchone("SELECT MIN(next_attempt_at) FROM tasks WHERE state = 'pending'")
+        return row[0] if row else None
+
+    async def for_turn(self, turn_id: str) -> builtins.list[Task]:
+        rows = await self.db.fetchall("SELECT * FROM tasks WHERE turn_id = ? ORDER BY created_at", (turn_id,))
+        return [Task.from_row(r) for r in rows]
+
+
+async def _load(conn: aiosqlite.Connection, task_id: str) -> Task:
+    row = await (await conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,))).fetchone()
+    if row is None:
+        raise NotFound("task", task_id)
+    return Task.from_row(row)
+
+
+async def _set_state(conn: aiosqlite.Connection, task_id: str, state: TaskState, error: str) -> None:
+    await conn.execute(
+        "UPDATE tasks SET state = ?, last_error = ?, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+        (str(state), error, timeutil.now(), task_id),
+    )
+
+
+def _task_receipt(task: Task, duration_ms: int) -> ReceiptDraft:
+    if task.state == TaskState.DONE:
+        status, reason = "ok", f"delivered after {task.attempts} attempt(s)"
+    else:
+        status, reason = "error", f"{task.state}: {task.last_error}"
+    return ReceiptDraft(
+        kind="task",
+        status=status,  # type: ignore[arg-type]
+        reason=reason,
+        route=task.route,
+        duration_ms=duration_ms,
+        task_id=task.id,
+        turn_id=task.turn_id,
+    )

@@ -1,0 +1,162 @@
+"""Receipts: what ran, through which lanes, at what cost, chained by SHA-256.
+
+Each receipt's `hash` is SHA-256 over its canonical JSON (sorted keys, no whitespace) without the
+`hash` field, and that JSON includes `prev_hash`, the hash of the receipt before it. Changing,
+removing or reordering any receipt breaks every link after it, and `verify` names the first break.
+
+Receipts are appended only inside a write transaction (`Database.write`), which holds SQLite's
+write lock: reading the chain head and inserting the next link can never interleave with another
+writer, in this process or another, so the chain never forks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import aiosqlite
+
+from waystation import timeutil
+from waystation.db import Database
+from waystation.errors import NotFound
+
+GENESIS_HASH = "0" * 64
+Status = Literal["ok", "parked", "refused", "error"]
+
+
+def canonical_json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def new_id(prefix: str) -> str:
+    """A sortable, unguessable id: milliseconds since the epoch in hex, then 40 random bits."""
+    return f"{prefix}_{int(timeutil.now() * 1000):011x}{secrets.token_hex(5)}"
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    name: str
+    provider: str
+    auth_lane: str
+    cost_lane: str
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ReceiptDraft:
+    """A receipt before it is chained: everything but id, created_at and the hashes."""
+
+    kind: Literal["turn", "task"]
+    status: Status
+    route: RouteInfo
+    reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    credits_used: float = 0
+    duration_ms: int = 0
+    turn_id: str | None = None
+    task_id: str | None = None
+    deferred_task_ids: tuple[str, ...] = ()
+
+
+def receipt_hash(body: Mapping[str, Any]) -> str:
+    unhashed = {k: v for k, v in body.items() if k != "hash"}
+    return hashlib.sha256(canonical_json(unhashed).encode()).hexdigest()
+
+
+async def append(conn: aiosqlite.Connection, draft: ReceiptDraft) -> dict[str, Any]:
+    """Chain `draft` onto the head and insert it; call only inside `Database.write`."""
+    row = await (await conn.execute("SELECT hash FROM receipts ORDER BY seq DESC LIMIT 1")).fetchone()
+    body: dict[str, Any] = {
+        "id": new_id("r"),
+        "kind": draft.kind,
+        "created_at": timeutil.iso(timeutil.now()),
+        "status": draft.status,
+        "reason": draft.reason,
+        "route": asdict(draft.route),
+        "usage": asdict(draft.usage),
+        "credits_used": draft.credits_used,
+        "duration_ms": draft.duration_ms,
+        "turn_id": draft.turn_id,
+        "task_id": draft.task_id,
+        "deferred_task_ids": list(draft.deferred_task_ids),
+        "prev_hash": row[0] if row else GENESIS_HASH,
+    }
+    body["hash"] = receipt_hash(body)
+    await conn.execute(
+        "INSERT INTO receipts (id, kind, task_id, turn_id, body, hash) VALUES (?, ?, ?, ?, ?, ?)",
+        (body["id"], draft.kind, draft.task_id, draft.turn_id, canonical_json(body), body["hash"]),
+    )
+    return body
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    count: int
+    first_broken_id: str | None = None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def verify(rows: Iterable[sqlite3.Row | tuple[str, str, str]]) -> Verification:
+    """Check stored receipts (id, body, hash) in chain order; name the first one that breaks it."""
+    previous = GENESIS_HASH
+    count = 0
+    for ident, text, stored_hash in rows:
+        count += 1
+        try:
+            body = json.loads(text)
+        except json.JSONDecodeError:
+            return Verification(False, count, ident, "stored body is not valid JSON")
+        if not isinstance(body, dict) or body.get("id") != ident:
+            return Verification(False, count, ident, "stored body does not belong to this receipt")
+        if body.get("prev_hash") != previous:
+            return Verification(False, count, ident, "prev_hash does not match the receipt before it")
+        actual = receipt_hash(body)
+        if actual != body.get("hash") or actual != stored_hash:
+            return Verification(False, count, ident, "hash does not match the receipt's content")
+        previous = actual
+    return Verification(True, count)
+
+
+async def list_receipts(db: Database, after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """Receipts in chain order, oldest first, starting after the receipt `after` (an id)."""
+    start = 0
+    if after is not None:
+        row = await db.fetchone("SELECT seq FROM receipts WHERE id = ?", (after,))
+        if row is None:
+            raise NotFound("receipt", after)
+        start = row[0]
+    rows = await db.fetchall("SELECT body FROM receipts WHERE seq > ? ORDER BY seq LIMIT ?", (start, limit))
+    return [json.loads(r[0]) for r in rows]
+
+
+async def latest_receipts(db: Database, limit: int) -> list[dict[str, Any]]:
+    """The newest `limit` receipts, still in chain order."""
+    rows = await db.fetchall("SELECT body FROM receipts ORDER BY seq DESC LIMIT ?", (limit,))
+    return [json.loads(r[0]) for r in reversed(rows)]
+
+
+async def get_receipt(db: Database, ident: str) -> dict[str, Any]:
+    row = await db.fetchone("SELECT body FROM receipts WHERE id = ?", (ident,))
+    if row is None:
+        raise NotFound("receipt", ident)
+    body: dict[str, Any] = json.loads(row[0])
+    return body
+
+
+async def verify_database(db: Database) -> Verification:
+    return verify(await db.fetchall("SELECT id, body, hash FROM receipts ORDER BY seq"))
