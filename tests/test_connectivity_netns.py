@@ -183,9 +183,11 @@ def test_link_down_and_up_is_noticed_through_netlink(two_namespaces: tuple[str, 
 
         # Stay offline until the backoff plans a long sleep (1, 2, 4, then 8 s).
         long_sleep = lines.expect(
-            lambda item: item.get("event") == "connectivity.sleep"
-            and item.get("state") == "offline"
-            and (item.get("next_probe_in_s") or 0) >= 8,
+            lambda item: (
+                item.get("event") == "connectivity.sleep"
+                and item.get("state") == "offline"
+                and (item.get("next_probe_in_s") or 0) >= 8
+            ),
             timeout=15,
         )
         up_at = time.time()

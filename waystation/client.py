@@ -1,0 +1,324 @@
+"""A small synchronous client of the agent's socket API, and the command line's way to its data.
+
+`AgentClient` speaks HTTP over the Unix socket and turns error answers back into WaystationErrors.
+`Waystation` is what commands use: each operation goes through the agent when it runs and,
+when it does not, straight to the database (`DirectStore`, in cli_direct.py), answering with
+the same JSON objects either way.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import httpx
+
+from waystation import errors
+from waystation.errors import AgentNotRunning, WaystationError
+
+if TYPE_CHECKING:
+    from waystation.cli_direct import DirectStore
+    from waystation.config import Paths
+
+T = TypeVar("T")
+
+BASE_URL = "http://waystation"
+DEFAULT_TIMEOUT_S = 30.0
+PAGE = 1000  # receipts per request when reading the whole chain
+
+
+class RemoteError(WaystationError):
+    """An error answer whose code names no class here (an agent newer than this client)."""
+
+    def __init__(self, code: str, message: str, http_status: int = 500, exit_code: int = 1) -> None:
+        super().__init__(message)
+        # Instance values shadow the class-level defaults for this one error.
+        self.code = code  # type: ignore[misc]
+        self.http_status = http_status  # type: ignore[misc]
+        self.exit_code = exit_code  # type: ignore[misc]
+
+
+def _error_classes() -> dict[str, type[WaystationError]]:
+    found: dict[str, type[WaystationError]] = {}
+    todo: list[type[WaystationError]] = [WaystationError]
+    while todo:
+        cls = todo.pop()
+        if cls.__module__ == errors.__name__:
+            found.setdefault(cls.code, cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def rebuild_error(code: str, message: str, http_status: int) -> WaystationError:
+    """The error an agent answered, as the class its code names (so `except NotFound` works).
+
+    Only the message crosses the socket: structured fields such as NotFound.ident are not set.
+    """
+    cls = _error_classes().get(code)
+    if cls is None:
+        return RemoteError(code, message, http_status)
+    error = cls.__new__(cls)
+    WaystationError.__init__(error, message)
+    return error
+
+
+def _error_from(response: httpx.Response) -> WaystationError:
+    try:
+        detail = response.json()["error"]
+        code, message = str(detail["code"]), str(detail["message"])
+    except (ValueError, KeyError, TypeError):
+        text = response.text.strip().splitlines()
+        hint = f": {text[0][:200]}" if text else ""
+        return RemoteError(
+            f"http_{response.status_code}", f"the agent answered HTTP {response.status_code}{hint}",
+            response.status_code,
+        )
+    return rebuild_error(code, message, response.status_code)
+
+
+def _os_cause(exc: BaseException) -> OSError | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class AgentClient:
+    def __init__(self, socket_path: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.socket_path = socket_path
+        self.timeout_s = timeout_s
+        self._client: httpx.Client | None = None
+
+    @property
+    def http(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(
+                transport=httpx.HTTPTransport(uds=str(self.socket_path)),
+                base_url=BASE_URL,
+                timeout=httpx.Timeout(self.timeout_s, connect=5.0),
+            )
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(
+        self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
+        """The decoded JSON answer (None when empty); an error answer raises its WaystationError."""
+        return self.request_full(method, path, json=json, params=params)[1]
+
+    def request_full(
+        self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None
+    ) -> tuple[int, Any]:
+        """(HTTP status, decoded JSON): for callers that tell 200 from 201."""
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        with self._translated():
+            response = self.http.request(method, path, json=json, params=query)
+        if response.status_code >= 400:
+            raise _error_from(response)
+        if not response.content:
+            return response.status_code, None
+        try:
+            return response.status_code, response.json()
+        except ValueError:
+            raise RemoteError(
+                "bad_answer", f"the agent answered {method} {path} with something that is not JSON"
+            ) from None
+
+    def stream_events(self) -> Iterator[tuple[str, Any]]:
+        """(event, data) from GET /v1/events as they come; data is decoded JSON when it is JSON."""
+        timeout = httpx.Timeout(self.timeout_s, connect=5.0, read=None)
+        with self._translated(), self.http.stream("GET", "/v1/events", timeout=timeout) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise _error_from(response)
+            event, data = "message", []
+            for line in response.iter_lines():
+                if not line:
+                    if data:
+                        text = "\n".join(data)
+                        try:
+                            yield event, json.loads(text)
+                        except ValueError:
+                            yield event, text
+                    event, data = "message", []
+                elif not line.startswith(":"):  # ":..." is a comment (keep-alive)
+                    name, _, value = line.partition(":")
+                    value = value.removeprefix(" ")
+                    if name == "event":
+                        event = value
+                    elif name == "data":
+                        data.append(value)
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        where = self.socket_path
+        try:
+            yield
+        except httpx.ConnectError as exc:
+            cause = _os_cause(exc)
+            if isinstance(cause, FileNotFoundError | ConnectionRefusedError) or not where.exists():
+                raise AgentNotRunning(where) from None
+            reason = cause.strerror if cause is not None and cause.strerror else str(exc)
+            raise RemoteError("agent_unreachable", f"cannot connect to the agent on {where}: {reason}") from None
+        except httpx.TimeoutException:
+            raise RemoteError(
+                "agent_timeout", f"the agent on {where} did not answer within {self.timeout_s:g}s"
+            ) from None
+        except httpx.TransportError as exc:
+            raise RemoteError(
+                "agent_unreachable", f"lost the connection to the agent on {where}: {exc or type(exc).__name__}"
+            ) from None
+
+
+class Waystation:
+    """The operations behind the commands: through the agent, or direct when it is not running."""
+
+    def __init__(self, paths: Paths, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.paths = paths
+        self.agent = AgentClient(paths.socket, timeout_s)
+        self.via_agent: bool | None = None  # known after the first operation
+        self._direct: DirectStore | None = None
+
+    def close(self) -> None:
+        self.agent.close()
+        if self._direct is not None:
+            self._direct.close()
+
+    def __enter__(self) -> Waystation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def direct(self) -> DirectStore:
+        if self._direct is None:
+            from waystation.cli_direct import DirectStore
+
+            self._direct = DirectStore(self.paths)
+        return self._direct
+
+    def _either(self, agent: Callable[[AgentClient], T], direct: Callable[[DirectStore], T]) -> T:
+        if self.via_agent is not False:
+            try:
+                result = agent(self.agent)
+            except AgentNotRunning:
+                if self.via_agent:  # it answered before: it stopped under us, so say so
+                    raise
+                self.via_agent = False
+            else:
+                self.via_agent = True
+                return result
+        return direct(self.direct)
+
+    # --- agent only ------------------------------------------------------------------------
+
+    def need_agent(self, method: str, path: str, body: Any = None) -> Any:
+        result = self.agent.request(method, path, json=body)
+        self.via_agent = True
+        return result
+
+    # --- tasks -------------------------------------------------------------------------------
+
+    def add_task(self, tool: str, args: dict[str, Any], key: str | None) -> tuple[dict[str, Any], bool]:
+        """(task, created)."""
+        body: dict[str, Any] = {"tool": tool, "args": args}
+        if key is not None:
+            body["idempotency_key"] = key
+
+        def agent(client: AgentClient) -> tuple[dict[str, Any], bool]:
+            status, task = client.request_full("POST", "/v1/tasks", json=body)
+            return task, status == 201
+
+        return self._either(agent, lambda d: d.add_task(tool, args, key))
+
+    def list_tasks(self, state: str | None, limit: int) -> list[dict[str, Any]]:
+        return self._either(
+            lambda c: c.request("GET", "/v1/tasks", params={"state": state, "limit": limit}),
+            lambda d: d.list_tasks(state, limit),
+        )
+
+    def get_task(self, task_id: str) -> dict[str, Any]:
+        return self._either(lambda c: c.request("GET", f"/v1/tasks/{_seg(task_id)}"), lambda d: d.get_task(task_id))
+
+    def retry_task(self, task_id: str) -> dict[str, Any]:
+        return self._either(
+            lambda c: c.request("POST", f"/v1/tasks/{_seg(task_id)}/retry"), lambda d: d.retry_task(task_id)
+        )
+
+    def cancel_task(self, task_id: str) -> dict[str, Any]:
+        return self._either(
+            lambda c: c.request("POST", f"/v1/tasks/{_seg(task_id)}/cancel"), lambda d: d.cancel_task(task_id)
+        )
+
+    # --- receipts ----------------------------------------------------------------------------
+
+    def receipts_after(self, after: str | None, limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` receipts after the one named `after` (from the start if None), oldest first."""
+        return self._either(
+            lambda c: c.request("GET", "/v1/receipts", params={"after": after, "limit": limit}),
+            lambda d: d.receipts_after(after, limit),
+        )
+
+    def latest_receipts(self, limit: int) -> list[dict[str, Any]]:
+        """The last `limit` receipts of the chain, oldest first."""
+        def agent(client: AgentClient) -> list[dict[str, Any]]:
+            # The API pages forward from the start; keep the tail as the pages go by.
+            tail: collections.deque[dict[str, Any]] = collections.deque(maxlen=limit)
+            tail.extend(self._pages(client))
+            return list(tail)
+
+        return self._either(agent, lambda d: d.latest_receipts(limit))
+
+    def iter_receipts(self) -> Iterator[dict[str, Any]]:
+        """The whole chain, oldest first, a page at a time."""
+        first = self.receipts_after(None, PAGE)
+        yield from first
+        if not first:
+            return
+        if self.via_agent:
+            yield from self._pages(self.agent, after=first[-1]["id"])
+        else:
+            yield from self.direct.iter_receipts(after=first[-1]["id"])
+
+    def _pages(self, client: AgentClient, after: str | None = None) -> Iterator[dict[str, Any]]:
+        while True:
+            page: list[dict[str, Any]] = client.request(
+                "GET", "/v1/receipts", params={"after": after, "limit": PAGE}
+            )
+            if not page:
+                return
+            yield from page
+            after = page[-1]["id"]
+
+    def get_receipt(self, receipt_id: str) -> dict[str, Any]:
+        return self._either(
+            lambda c: c.request("GET", f"/v1/receipts/{_seg(receipt_id)}"), lambda d: d.get_receipt(receipt_id)
+        )
+
+    def verify_receipts(self) -> dict[str, Any]:
+        """{"ok", "count", "first_broken_id", "reason"}."""
+        return self._either(lambda c: c.request("GET", "/v1/receipts/verify"), lambda d: d.verify_receipts())
+
+
+def _seg(ident: str) -> str:
+    """An id as one URL path segment (an id with '/' or '?' must not reach another route)."""
+    from urllib.parse import quote
+
+    return quote(ident, safe="")
