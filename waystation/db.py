@@ -15,10 +15,11 @@ transaction fails half-way on a lock upgrade) and waits up to `busy_timeout` for
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,7 +39,7 @@ from waystation.errors import (
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-WriteOp = Callable[[aiosqlite.Connection], Awaitable[T]]
+WriteOp = Callable[[sqlite3.Connection], T]
 
 BUSY_TIMEOUT_MS = 5000
 MAX_BATCH = 512
@@ -106,10 +107,21 @@ def translate(exc: sqlite3.Error, path: Path) -> DatabaseError:
 
 
 class Database:
-    """A writer connection fed by a group-commit loop, and a read-only connection beside it."""
+    """One writer thread fed by a group-commit loop, and a read-only aiosqlite connection beside it.
 
-    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    Write ops are plain synchronous functions over the writer's sqlite3 connection, run on its one
+    thread: a whole batch costs one hop to that thread and one fsync, not a hop per statement.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        executor: concurrent.futures.ThreadPoolExecutor,
+        writer: sqlite3.Connection,
+        reader: aiosqlite.Connection,
+    ) -> None:
         self.path = path
+        self._executor = executor
         self._writer = writer
         self._reader = reader
         self._pending: asyncio.Queue[tuple[WriteOp[Any], asyncio.Future[Any]]] = asyncio.Queue()
@@ -119,29 +131,34 @@ class Database:
     async def open(cls, path: Path, *, check: bool = False) -> Database:
         """Open (creating if needed) and migrate; `check` also runs SQLite's quick_check."""
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        writer = reader = None
+        loop = asyncio.get_running_loop()
+        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="waystation-db-writer")
+        writer: sqlite3.Connection | None = None
+        reader: aiosqlite.Connection | None = None
         try:
-            writer = await _connect(path)
-            await _migrate(writer, path)
-            if check:
-                row = await (await writer.execute("PRAGMA quick_check")).fetchone()
-                if row is None or row[0] != "ok":
-                    raise DatabaseCorrupt(path, f"integrity check failed: {row[0] if row else '?'}")
-            reader = await _connect(path)
+            writer = await loop.run_in_executor(executor, _open_writer, path, check)
+            reader = await aiosqlite.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+            reader.row_factory = sqlite3.Row
+            await reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             await reader.execute("PRAGMA query_only = ON")
-        except sqlite3.Error as exc:
-            await _close_all(writer, reader)
-            raise translate(exc, path) from None
-        except BaseException:
-            await _close_all(writer, reader)
+        except BaseException as exc:
+            if reader is not None:
+                await _close_quietly(reader)
+            if writer is not None:
+                await loop.run_in_executor(executor, writer.close)
+            executor.shutdown(wait=False)
+            if isinstance(exc, sqlite3.Error):
+                raise translate(exc, path) from None
             raise
-        return cls(path, writer, reader)
+        return cls(path, executor, writer, reader)
 
     async def close(self) -> None:
         self._loop_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._loop_task
-        await _close_all(self._writer, self._reader)
+        await _close_quietly(self._reader)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._writer.close)
+        self._executor.shutdown(wait=True)
 
     async def __aenter__(self) -> Database:
         return self
@@ -150,7 +167,7 @@ class Database:
         await self.close()
 
     async def write(self, op: WriteOp[T]) -> T:
-        """Run `op` in a write transaction, grouped with concurrent ones; return once committed.
+        """Run `op(conn)` in a write transaction, grouped with concurrent ones; return once committed.
 
         A WaystationError raised by `op` rolls back only that op (a savepoint) and is raised
         here; a database error fails the whole batch, and nothing of it was committed.
@@ -172,79 +189,92 @@ class Database:
 
     async def checkpoint(self) -> None:
         """Fold the WAL back into the database file (TRUNCATE keeps the WAL from growing)."""
+        def run() -> None:
+            self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-        async def op(conn: aiosqlite.Connection) -> None:
-            return None
-
-        await self.write(op)  # wait for in-flight batches first
         try:
-            await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # The writer thread runs one thing at a time, so this never splits a batch.
+            await asyncio.get_running_loop().run_in_executor(self._executor, run)
         except sqlite3.Error as exc:
             raise translate(exc, self.path) from None
 
     async def _commit_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             batch = [await self._pending.get()]
             while not self._pending.empty() and len(batch) < MAX_BATCH:
                 batch.append(self._pending.get_nowait())
-            await self._commit(batch)
+            ops = [op for op, _ in batch]
+            try:
+                outcomes = await loop.run_in_executor(self._executor, self._commit, ops)
+            except DatabaseError as failure:
+                log.error("write batch failed", error=failure.message, size=len(batch))
+                outcomes = [(None, failure)] * len(batch)
+            for (_, future), (result, error) in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue  # the caller went away; the write stands (it is idempotent by key)
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
 
-    async def _commit(self, batch: list[tuple[WriteOp[Any], asyncio.Future[Any]]]) -> None:
+    def _commit(self, ops: list[WriteOp[Any]]) -> list[tuple[Any, BaseException | None]]:
+        """On the writer thread: one transaction, a savepoint per op, one COMMIT (one fsync)."""
         conn = self._writer
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        outcomes: list[tuple[Any, BaseException | None]] = []
         try:
-            await conn.execute("BEGIN IMMEDIATE")
-            for op, future in batch:
-                await conn.execute("SAVEPOINT op")
+            conn.execute("BEGIN IMMEDIATE")
+            for op in ops:
+                conn.execute("SAVEPOINT op")
                 try:
-                    result = await op(conn)
+                    result = op(conn)
                 except sqlite3.Error:
                     raise
                 except Exception as exc:  # the op's own failure: undo it alone
-                    await conn.execute("ROLLBACK TO op")
-                    await conn.execute("RELEASE op")
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
                     if not isinstance(exc, WaystationError):
                         log.exception("write op failed")
-                    outcomes.append((future, None, exc))
+                    outcomes.append((None, exc))
                 else:
-                    await conn.execute("RELEASE op")
-                    outcomes.append((future, result, None))
-            await conn.execute("COMMIT")
+                    conn.execute("RELEASE op")
+                    outcomes.append((result, None))
+            conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                await conn.execute("ROLLBACK")
-            failure = translate(exc, self.path)
-            log.error("write batch failed", error=failure.message, size=len(batch))
-            outcomes = [(future, None, failure) for _, future in batch]
-        for future, result, error in outcomes:
-            if future.done():
-                continue  # the caller went away; the write stands (it is idempotent by key)
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise translate(exc, self.path) from None
+        return outcomes
 
 
-async def _connect(path: Path) -> aiosqlite.Connection:
+def _open_writer(path: Path, check: bool) -> sqlite3.Connection:
     # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
-    conn = await aiosqlite.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-    conn.row_factory = sqlite3.Row
-    await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    row = await (await conn.execute("PRAGMA journal_mode = WAL")).fetchone()
-    if row is None or row[0] != "wal":
-        raise DatabaseError(path, f"could not enable WAL (journal_mode={row[0] if row else '?'})")
-    await conn.execute("PRAGMA synchronous = FULL")
-    await conn.execute("PRAGMA foreign_keys = ON")
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o600)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        row = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if row is None or row[0] != "wal":
+            raise DatabaseError(path, f"could not enable WAL (journal_mode={row[0] if row else '?'})")
+        conn.execute("PRAGMA synchronous = FULL")
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o600)
+        _migrate(conn, path)
+        if check:
+            row = conn.execute("PRAGMA quick_check").fetchone()
+            if row is None or row[0] != "ok":
+                raise DatabaseCorrupt(path, f"integrity check failed: {row[0] if row else '?'}")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
-async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
-    await conn.execute("BEGIN IMMEDIATE")  # another process may be migrating the same file
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    conn.execute("BEGIN IMMEDIATE")  # another process may be migrating the same file
     try:
-        row = await (await conn.execute("PRAGMA user_version")).fetchone()
-        version = int(row[0]) if row else 0
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
             raise DatabaseTooNew(
                 path,
@@ -254,18 +284,16 @@ async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
         for number in range(version, SCHEMA_VERSION):
             for statement in MIGRATIONS[number].split(";"):
                 if statement.strip():
-                    await conn.execute(statement)
-            await conn.execute(f"PRAGMA user_version = {number + 1}")
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
             log.info("database migrated", path=str(path), version=number + 1)
-        await conn.execute("COMMIT")
+        conn.execute("COMMIT")
     except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            await conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
 
 
-async def _close_all(*conns: aiosqlite.Connection | None) -> None:
-    for conn in conns:
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error, ValueError):
-                await conn.close()
+async def _close_quietly(conn: aiosqlite.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error, ValueError):
+        await conn.close()

@@ -19,8 +19,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import aiosqlite
-
 from waystation import timeutil
 from waystation.db import Database
 from waystation.errors import NotFound
@@ -74,9 +72,9 @@ def receipt_hash(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(unhashed).encode()).hexdigest()
 
 
-async def append(conn: aiosqlite.Connection, draft: ReceiptDraft) -> dict[str, Any]:
+def append(conn: sqlite3.Connection, draft: ReceiptDraft) -> dict[str, Any]:
     """Chain `draft` onto the head and insert it; call only inside `Database.write`."""
-    row = await (await conn.execute("SELECT hash FROM receipts ORDER BY seq DESC LIMIT 1")).fetchone()
+    row = conn.execute("SELECT hash FROM receipts ORDER BY seq DESC LIMIT 1").fetchone()
     body: dict[str, Any] = {
         "id": new_id("r"),
         "kind": draft.kind,
@@ -93,7 +91,7 @@ async def append(conn: aiosqlite.Connection, draft: ReceiptDraft) -> dict[str, A
         "prev_hash": row[0] if row else GENESIS_HASH,
     }
     body["hash"] = receipt_hash(body)
-    await conn.execute(
+    conn.execute(
         "INSERT INTO receipts (id, kind, task_id, turn_id, body, hash) VALUES (?, ?, ?, ?, ?, ?)",
         (body["id"], draft.kind, draft.task_id, draft.turn_id, canonical_json(body), body["hash"]),
     )

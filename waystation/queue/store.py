@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
 from waystation import receipts, timeutil
 from waystation.config import QueueSettings
 from waystation.db import Database
@@ -111,22 +109,22 @@ class TaskStore:
         """Park a task; (task, created). Same key and args: the existing task, created False."""
         return await self.db.write(lambda conn: self.insert(conn, new))
 
-    async def insert(self, conn: aiosqlite.Connection, new: NewTask) -> tuple[Task, bool]:
+    def insert(self, conn: sqlite3.Connection, new: NewTask) -> tuple[Task, bool]:
         """The enqueue itself, for callers that commit it together with other writes (a turn)."""
         now = timeutil.now()
         task_id = receipts.new_id("t")
         key = new.idempotency_key or f"waystation-{task_id}"
         args = receipts.canonical_json(new.args)
         expires_at = new.expires_at or now + self.settings.retention_days * 86400
-        cursor = await conn.execute(
+        cursor = conn.execute(
             "INSERT INTO tasks (id, tool, args, idempotency_key, host, state, next_attempt_at,"
             " created_at, updated_at, expires_at, turn_id)"
             " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
             (task_id, new.tool, args, key, new.host, now, now, now, expires_at, new.turn_id),
         )
         if cursor.rowcount == 1:
-            return await _load(conn, task_id), True
-        row = await (await conn.execute("SELECT * FROM tasks WHERE idempotency_key = ?", (key,))).fetchone()
+            return _load(conn, task_id), True
+        row = conn.execute("SELECT * FROM tasks WHERE idempotency_key = ?", (key,)).fetchone()
         assert row is not None  # the conflict that stopped the insert is this row
         existing = Task.from_row(row)
         if existing.tool != new.tool or row["args"] != args:
@@ -136,10 +134,10 @@ class TaskStore:
     async def lease(self, limit: int, in_flight: Mapping[str, int], per_host: int) -> list[Task]:
         """Mark up to `limit` due tasks running, at most `per_host` in flight to any one host."""
 
-        async def op(conn: aiosqlite.Connection) -> list[Task]:
+        def op(conn: sqlite3.Connection) -> list[Task]:
             now = timeutil.now()
-            rows = await (
-                await conn.execute(
+            rows = (
+                conn.execute(
                     "SELECT * FROM tasks WHERE state = 'pending' AND next_attempt_at <= ?"
                     " ORDER BY next_attempt_at LIMIT ?",
                     (now, limit * 8),
@@ -154,7 +152,7 @@ class TaskStore:
                     counts[row["host"]] = counts.get(row["host"], 0) + 1
                     chosen.append(Task.from_row(row))
             lease_until = now + self.settings.delivery_timeout_s + LEASE_MARGIN_S
-            await conn.executemany(
+            conn.executemany(
                 "UPDATE tasks SET state = 'running', lease_expires_at = ?, updated_at = ? WHERE id = ?",
                 [(lease_until, now, t.id) for t in chosen],
             )
@@ -170,9 +168,9 @@ class TaskStore:
     ) -> tuple[Task, dict[str, Any] | None]:
         """Record a delivery's decision; a final state commits with its task receipt."""
 
-        async def op(conn: aiosqlite.Connection) -> tuple[Task, dict[str, Any] | None]:
+        def op(conn: sqlite3.Connection) -> tuple[Task, dict[str, Any] | None]:
             now = timeutil.now()
-            cursor = await conn.execute(
+            cursor = conn.execute(
                 "UPDATE tasks SET state = ?, attempts = ?, net_failures = ?, next_attempt_at = ?,"
                 " lease_expires_at = NULL, last_error = ?, result = COALESCE(?, result), updated_at = ?"
                 " WHERE id = ? AND state = 'running'",
@@ -190,11 +188,11 @@ class TaskStore:
             if cursor.rowcount != 1:
                 # Cancelled or reclaimed while in flight: the delivery still happened, so keep
                 # its answer, but the task's state is no longer ours to change.
-                return await _load(conn, task.id), None
-            settled = await _load(conn, task.id)
+                return _load(conn, task.id), None
+            settled = _load(conn, task.id)
             receipt = None
             if settled.state in SETTLED:
-                receipt = await receipts.append(conn, _task_receipt(settled, duration_ms))
+                receipt = receipts.append(conn, _task_receipt(settled, duration_ms))
             return settled, receipt
 
         return await self.db.write(op)
@@ -202,8 +200,8 @@ class TaskStore:
     async def release(self, task_ids: list[str]) -> int:
         """Give leased tasks back (shutdown): they go to pending, due at once, nothing counted."""
 
-        async def op(conn: aiosqlite.Connection) -> int:
-            cursor = await conn.executemany(
+        def op(conn: sqlite3.Connection) -> int:
+            cursor = conn.executemany(
                 "UPDATE tasks SET state = 'pending', lease_expires_at = NULL, next_attempt_at = ?,"
                 " updated_at = ? WHERE id = ? AND state = 'running'",
                 [(timeutil.now(), timeutil.now(), i) for i in task_ids],
@@ -215,9 +213,9 @@ class TaskStore:
     async def recover(self, *, all_running: bool = False) -> int:
         """Reclaim abandoned leases (all running tasks at start: no other agent can hold one)."""
 
-        async def op(conn: aiosqlite.Connection) -> int:
+        def op(conn: sqlite3.Connection) -> int:
             now = timeutil.now()
-            cursor = await conn.execute(
+            cursor = conn.execute(
                 "UPDATE tasks SET state = 'pending', lease_expires_at = NULL, next_attempt_at = ?,"
                 " updated_at = ? WHERE state = 'running' AND (? OR lease_expires_at <= ?)",
                 (now, now, all_running, now),
@@ -230,9 +228,9 @@ class TaskStore:
         """Pending tasks become due now: all of them (a flush), or only those that lacked a network
         (connectivity is back: they should not sit out a backoff meant for an unreachable host)."""
 
-        async def op(conn: aiosqlite.Connection) -> int:
+        def op(conn: sqlite3.Connection) -> int:
             now = timeutil.now()
-            cursor = await conn.execute(
+            cursor = conn.execute(
                 "UPDATE tasks SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at > ?"
                 " AND (net_failures > 0 OR NOT ?)",
                 (now, now, unreachable_only),
@@ -244,46 +242,46 @@ class TaskStore:
     async def retry(self, task_id: str) -> Task:
         """Due now, attempts from zero: for dead, cancelled or expired tasks, or to hurry one."""
 
-        async def op(conn: aiosqlite.Connection) -> Task:
-            task = await _load(conn, task_id)
+        def op(conn: sqlite3.Connection) -> Task:
+            task = _load(conn, task_id)
             if task.state not in RETRYABLE:
                 raise InvalidTransition(task.id, task.state, "retry")
             now = timeutil.now()
-            await conn.execute(
+            conn.execute(
                 "UPDATE tasks SET state = 'pending', attempts = 0, net_failures = 0, next_attempt_at = ?,"
                 " expires_at = MAX(expires_at, ?), updated_at = ? WHERE id = ?",
                 (now, now + self.settings.retention_days * 86400, now, task_id),
             )
-            return await _load(conn, task_id)
+            return _load(conn, task_id)
 
         return await self.db.write(op)
 
     async def cancel(self, task_id: str) -> tuple[Task, dict[str, Any]]:
-        async def op(conn: aiosqlite.Connection) -> tuple[Task, dict[str, Any]]:
-            task = await _load(conn, task_id)
+        def op(conn: sqlite3.Connection) -> tuple[Task, dict[str, Any]]:
+            task = _load(conn, task_id)
             if task.state not in CANCELLABLE:
                 raise InvalidTransition(task.id, task.state, "cancel")
-            await _set_state(conn, task_id, TaskState.CANCELLED, "cancelled by request")
-            task = await _load(conn, task_id)
-            return task, await receipts.append(conn, _task_receipt(task, 0))
+            _set_state(conn, task_id, TaskState.CANCELLED, "cancelled by request")
+            task = _load(conn, task_id)
+            return task, receipts.append(conn, _task_receipt(task, 0))
 
         return await self.db.write(op)
 
     async def expire_due(self) -> list[tuple[Task, dict[str, Any]]]:
         """Pending tasks past their expiry become `expired`, each with a tombstone receipt."""
 
-        async def op(conn: aiosqlite.Connection) -> list[tuple[Task, dict[str, Any]]]:
-            rows = await (
-                await conn.execute(
+        def op(conn: sqlite3.Connection) -> list[tuple[Task, dict[str, Any]]]:
+            rows = (
+                conn.execute(
                     "SELECT id FROM tasks WHERE state = 'pending' AND expires_at <= ? LIMIT 1000",
                     (timeutil.now(),),
                 )
             ).fetchall()
             expired = []
             for (task_id,) in rows:
-                await _set_state(conn, task_id, TaskState.EXPIRED, "expired before it could be delivered")
-                task = await _load(conn, task_id)
-                expired.append((task, await receipts.append(conn, _task_receipt(task, 0))))
+                _set_state(conn, task_id, TaskState.EXPIRED, "expired before it could be delivered")
+                task = _load(conn, task_id)
+                expired.append((task, receipts.append(conn, _task_receipt(task, 0))))
             return expired
 
         return await self.db.write(op)
@@ -320,15 +318,15 @@ class TaskStore:
         return [Task.from_row(r) for r in rows]
 
 
-async def _load(conn: aiosqlite.Connection, task_id: str) -> Task:
-    row = await (await conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,))).fetchone()
+def _load(conn: sqlite3.Connection, task_id: str) -> Task:
+    row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
     if row is None:
         raise NotFound("task", task_id)
     return Task.from_row(row)
 
 
-async def _set_state(conn: aiosqlite.Connection, task_id: str, state: TaskState, error: str) -> None:
-    await conn.execute(
+def _set_state(conn: sqlite3.Connection, task_id: str, state: TaskState, error: str) -> None:
+    conn.execute(
         "UPDATE tasks SET state = ?, last_error = ?, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
         (str(state), error, timeutil.now(), task_id),
     )
