@@ -16,6 +16,9 @@
     │   ├── NotFound(kind, ident)    (404)
     │   ├── IdempotencyConflict(key) same key, other arguments (409)
     │   └── InvalidTransition(...)   e.g. cancelling a task that is done (409)
+    │   ├── EmptyPrompt              a turn needs a prompt (400)
+    │   └── PromptTooLong            longer than the model's context (400)
+    ├── ModelError(path)             the model file cannot be used: missing, not a model, too big (422)
     ├── AgentNotRunning(socket)      a command that needs the agent found none (exit 3)
     ├── RouteRefused(route, reason)  fail-closed: the named route cannot run (exit 4)
     └── DeliveryError                a tool delivery did not get an answer
@@ -142,6 +145,31 @@ class InvalidTransition(InputError):
         self.task_id = task_id
         self.state = state
         self.action = action
+
+
+class EmptyPrompt(InputError):
+    code = "empty_prompt"
+
+    def __init__(self) -> None:
+        super().__init__("the prompt is empty; say what the turn should do")
+
+
+class PromptTooLong(InputError):
+    code = "prompt_too_long"
+
+    def __init__(self, tokens: int, context: int) -> None:
+        super().__init__(f"the prompt is {tokens} tokens; the model's context holds {context}")
+        self.tokens = tokens
+        self.context = context
+
+
+class ModelError(WaystationError):
+    code = "model_error"
+    http_status = 422
+
+    def __init__(self, path: object, message: str) -> None:
+        super().__init__(f"model {path}: {message}")
+        self.path = path
 
 
 class AgentNotRunning(WaystationError):

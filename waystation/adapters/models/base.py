@@ -1,0 +1,118 @@
+"""What a local model backend is: a Protocol, the records it exchanges, and the tool-call format.
+
+Backends (llama.cpp, MLX, the scripted test double) differ in how they generate; the turn engine
+only sees `ModelBackend.generate`. Messages are OpenAI-style dicts (`role`, `content`, ...), the
+shape every chat template and the OpenAI-compatible endpoint already speak.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+Message = dict[str, Any]
+TokenSink = Callable[[str], None]
+ToolChoice = Literal["auto", "required", "none"]
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool as the model is told about it."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]  # JSON Schema of the arguments
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """The OpenAI shape: arguments as a JSON string."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": json.dumps(self.arguments)},
+        }
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    messages: Sequence[Message]
+    tools: Sequence[ToolSpec] = ()
+    tool_choice: ToolChoice = "auto"
+    max_tokens: int = 256
+    temperature: float = 0.0
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+    cold_load_ms: int | None = None  # set when this generation paid for loading the model
+    first_token_ms: int | None = None
+
+
+class ModelBackend(Protocol):
+    name: str  # llamacpp | mlx | scripted
+    model_path: str
+
+    @property
+    def loaded(self) -> bool: ...
+
+    async def generate(self, request: GenerationRequest, on_token: TokenSink | None = None) -> Generation:
+        """Generate one assistant message; stream text tokens to `on_token` as they come."""
+        ...
+
+    async def unload(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def tool_call_schema(tools: Sequence[ToolSpec], choice: ToolChoice) -> dict[str, Any]:
+    """JSON Schema of one assistant reply when tools are offered: a tool call, or (on "auto")
+    a plain answer. Constraining generation to it makes even a 135M model's calls parse."""
+    calls = [
+        {
+            "type": "object",
+            "properties": {"tool": {"const": t.name}, "arguments": dict(t.parameters)},
+            "required": ["tool", "arguments"],
+        }
+        for t in tools
+    ]
+    answer = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    options = calls if choice == "required" else [*calls, answer]
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def tool_instructions(tools: Sequence[ToolSpec], choice: ToolChoice) -> str:
+    """The system text that tells a model without a tool template how to call tools."""
+    lines = ["You can call these tools:"]
+    for t in tools:
+        lines.append(f"- {t.name}: {t.description} Arguments (JSON Schema): {json.dumps(t.parameters)}")
+    lines.append('To call a tool, reply with JSON only: {"tool": "<name>", "arguments": {...}}.')
+    if choice != "required":
+        lines.append('To answer without a tool, reply with JSON only: {"answer": "<your answer>"}.')
+    return "\n".join(lines)
+
+
+def parse_tool_reply(text: str, call_id: str) -> tuple[str, list[ToolCall]]:
+    """Read a constrained reply: (answer text, tool calls). Unparseable text is the answer itself."""
+    try:
+        reply = json.loads(text)
+    except json.JSONDecodeError:
+        return text, []
+    if isinstance(reply, dict) and isinstance(reply.get("tool"), str):
+        arguments = reply.get("arguments")
+        return "", [ToolCall(call_id, reply["tool"], arguments if isinstance(arguments, dict) else {})]
+    if isinstance(reply, dict) and isinstance(reply.get("answer"), str):
+        return reply["answer"], []
+    return text, []

@@ -1,0 +1,193 @@
+"""llama.cpp through llama-cpp-python: GGUF files, the model's own chat template, streaming.
+
+Tool calls are made reliable with a grammar: when tools are offered, sampling is constrained to
+the JSON Schema of "a call to one of these tools (or, on auto, an answer)", so even a 135M model
+produces a call that parses and names a real tool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from waystation.adapters.models.base import (
+    Generation,
+    GenerationRequest,
+    Message,
+    TokenSink,
+    ToolCall,
+    parse_tool_reply,
+    tool_call_schema,
+    tool_instructions,
+)
+from waystation.adapters.models.threaded import ThreadedBackend
+from waystation.errors import ModelError, PromptTooLong
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_CONTEXT = 4096
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    llm: Any  # llama_cpp.Llama
+    formatter: Any  # llama_cpp.llama_chat_format.Jinja2ChatFormatter: the model's own template
+
+
+class LlamaCppBackend(ThreadedBackend[Loaded]):
+    name = "llamacpp"
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        idle_unload_s: float = 0,
+        n_ctx: int = DEFAULT_CONTEXT,
+        n_threads: int | None = None,
+    ) -> None:
+        super().__init__(model_path, idle_unload_s=idle_unload_s)
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+
+    def load_blocking(self) -> Loaded:
+        path = Path(self.model_path)
+        check_gguf(path)
+        from llama_cpp import Llama  # imported here: the agent starts without paying for it
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        try:
+            llm = Llama(model_path=str(path), n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False)
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(path, f"llama.cpp could not load it ({type(exc).__name__})") from None
+        template = llm.metadata.get("tokenizer.chat_template") or CHATML
+        eos = llm.detokenize([llm.token_eos()], special=True).decode(errors="replace")
+        bos = llm.detokenize([llm.token_bos()], special=True).decode(errors="replace")
+        return Loaded(llm, Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos))
+
+    def unload_blocking(self, handle: Loaded) -> None:
+        handle.llm.close()
+
+    def generate_blocking(self, handle: Loaded, request: GenerationRequest, emit: TokenSink) -> Generation:
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        llm = handle.llm
+        messages = [_plain(m) for m in request.messages]
+        constrained = bool(request.tools) and request.tool_choice != "none"
+        grammar = None
+        if constrained:
+            messages = _with_system(messages, tool_instructions(request.tools, request.tool_choice))
+            schema = json.dumps(_grammar_safe(tool_call_schema(request.tools, request.tool_choice)))
+            grammar = LlamaGrammar.from_json_schema(schema, verbose=False)
+        formatted = handle.formatter(messages=messages)
+        prompt = llm.tokenize(formatted.prompt.encode(), add_bos=False, special=True)
+        if len(prompt) + request.max_tokens > llm.n_ctx():
+            raise PromptTooLong(len(prompt), llm.n_ctx() - request.max_tokens)
+        pieces: list[str] = []
+        finish = "stop"
+        for chunk in llm.create_completion(
+            prompt=prompt,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            stop=formatted.stop,
+            grammar=grammar,
+            stream=True,
+        ):
+            choice = chunk["choices"][0]
+            piece = choice["text"]
+            if piece:
+                pieces.append(piece)
+                if not constrained:  # a constrained reply is JSON for us, not text for the user
+                    emit(piece)
+            finish = choice.get("finish_reason") or finish
+        text = "".join(pieces)
+        tool_calls: list[ToolCall] = []
+        if constrained:
+            text, tool_calls = parse_tool_reply(text, call_id=f"call_{os.urandom(6).hex()}")
+            emit(text)
+        return Generation(
+            text=text,
+            tool_calls=tool_calls,
+            prompt_tokens=len(prompt),
+            completion_tokens=len(pieces),
+            finish_reason="tool_calls" if tool_calls else finish,
+        )
+
+
+def check_gguf(path: Path) -> None:
+    """Refuse early, and clearly, what llama.cpp would refuse late or crash on."""
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ModelError(path, "no such file") from None
+    except IsADirectoryError:
+        raise ModelError(path, "is a directory, not a GGUF file (an MLX model? set model.backend)") from None
+    except OSError as exc:
+        raise ModelError(path, f"cannot read: {exc.strerror}") from None
+    if magic != GGUF_MAGIC:
+        raise ModelError(path, "not a GGUF file")
+    available = _available_memory()
+    if available is not None and size > available:
+        raise ModelError(
+            path, f"too large for memory: {size / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available"
+        )
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _plain(message: Message) -> Message:
+    """Chat templates expect text content; give tool calls and results a textual form."""
+    content = message.get("content")
+    if message.get("tool_calls") and not content:
+        calls = [
+            {"tool": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
+            for c in message["tool_calls"]
+        ]
+        content = json.dumps(calls[0] if len(calls) == 1 else calls)
+    return {"role": message["role"], "content": content if isinstance(content, str) else json.dumps(content)}
+
+
+def _with_system(messages: list[Message], text: str) -> list[Message]:
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": messages[0]["content"] + "\n\n" + text}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
+
+
+def _grammar_safe(schema: Any) -> Any:
+    """The schema the grammar is built from: annotations the converter rejects on untyped
+    schemas are dropped (they constrain nothing), and so are optional free-form properties.
+
+    A small model offered an optional `headers` object or `body` string fills it with rambling
+    until max_tokens; required arguments and optional enums (like `method`) are what it needs.
+    The tool still validates the arguments it receives against its full schema.
+    """
+    if isinstance(schema, list):
+        return [_grammar_safe(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _grammar_safe(v) for k, v in schema.items() if k not in ("description", "default", "title")}
+    if isinstance(schema.get("properties"), dict):
+        required = set(schema.get("required", []))
+        out["properties"] = {
+            name: _grammar_safe(prop)
+            for name, prop in schema["properties"].items()
+            if name in required or "enum" in prop or "const" in prop
+        }
+    return out

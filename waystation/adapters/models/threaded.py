@@ -1,0 +1,112 @@
+"""The common life of a blocking in-process model: one owner thread, lazy load, idle unload.
+
+llama.cpp and MLX generate with blocking calls and are not safe to drive from several threads, so
+every call on a loaded model happens on its one owner thread. Tokens cross to the event loop with
+`call_soon_threadsafe`, so streaming never blocks generation and generation never blocks the loop.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import concurrent.futures
+import dataclasses
+import time
+from typing import Any, Generic, TypeVar
+
+import structlog
+
+from waystation.adapters.models.base import Generation, GenerationRequest, TokenSink
+
+log = structlog.get_logger(__name__)
+
+Handle = TypeVar("Handle")
+
+
+class ThreadedBackend(abc.ABC, Generic[Handle]):
+    name = "threaded"
+
+    def __init__(self, model_path: str, *, idle_unload_s: float = 0) -> None:
+        self.model_path = model_path
+        self._idle_unload_s = idle_unload_s
+        self._owner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"waystation-{self.name}")
+        self._handle: Handle | None = None
+        self._lock = asyncio.Lock()  # one generation at a time; the model has one context
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self.load_ms: int | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._handle is not None
+
+    # --- what a backend provides, all called on the owner thread ------------------------------
+
+    @abc.abstractmethod
+    def load_blocking(self) -> Handle:
+        """Load the model; raise ModelError with a clear message when it cannot be used."""
+
+    @abc.abstractmethod
+    def generate_blocking(self, handle: Handle, request: GenerationRequest, emit: TokenSink) -> Generation:
+        """Generate one reply, calling `emit` with each text piece as it is produced."""
+
+    def unload_blocking(self, handle: Handle) -> None:
+        """Release the model's memory (the default: drop the reference)."""
+        del handle
+
+    # --- the async face -----------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest, on_token: TokenSink | None = None) -> Generation:
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            self._cancel_idle_timer()
+            cold_ms = None
+            if self._handle is None:
+                started = time.perf_counter()
+                self._handle = await loop.run_in_executor(self._owner, self.load_blocking)
+                cold_ms = self.load_ms = int((time.perf_counter() - started) * 1000)
+                log.info("model loaded", backend=self.name, path=self.model_path, load_ms=cold_ms)
+            handle = self._handle
+
+            def emit(piece: str) -> None:
+                if on_token is not None and piece:
+                    loop.call_soon_threadsafe(on_token, piece)
+
+            try:
+                generation = await loop.run_in_executor(
+                    self._owner, self.generate_blocking, handle, request, emit
+                )
+            finally:
+                self._arm_idle_timer(loop)
+        if cold_ms is not None:
+            generation = dataclasses.replace(generation, cold_load_ms=cold_ms)
+        return generation
+
+    async def unload(self) -> None:
+        async with self._lock:
+            self._cancel_idle_timer()
+            handle, self._handle = self._handle, None
+            if handle is not None:
+                await asyncio.get_running_loop().run_in_executor(self._owner, self.unload_blocking, handle)
+                log.info("model unloaded", backend=self.name, path=self.model_path)
+
+    async def close(self) -> None:
+        await self.unload()
+        self._owner.shutdown(wait=True)
+
+    def _arm_idle_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._idle_unload_s > 0:
+            self._idle_timer = loop.call_later(self._idle_unload_s, self._idle_expired)
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _idle_expired(self) -> None:
+        self._idle_timer = None
+        task = asyncio.ensure_future(self.unload())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Future[Any]] = set()
