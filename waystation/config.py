@@ -26,6 +26,8 @@ APP_NAME = "waystation"
 @dataclass(frozen=True)
 class AgentSettings:
     default_route: str = "local"
+    # auto: a turn that parked tool calls resumes by itself once they have all settled.
+    resume: Literal["auto", "off"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ def load_settings(paths: Paths, env: typing.Mapping[str, str] | None = None) -> 
         try:
             with paths.config_file.open("rb") as f:
                 loaded = tomllib.load(f)
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # TOML files are UTF-8
             raise ConfigError(str(paths.config_file), f"not valid TOML: {exc}") from None
         except OSError as exc:
             raise ConfigError(str(paths.config_file), f"cannot read: {exc.strerror}") from None

@@ -79,6 +79,20 @@ MIGRATIONS: list[str] = [
     CREATE INDEX receipts_task ON receipts (task_id) WHERE task_id IS NOT NULL;
     CREATE INDEX receipts_turn ON receipts (turn_id) WHERE turn_id IS NOT NULL;
     """,
+    # 2: turns, kept so a turn that parked tool calls can resume with their real results.
+    """
+    CREATE TABLE turns (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,                -- parked | resuming | done | error
+        request TEXT NOT NULL,              -- the turn request, JSON
+        messages TEXT NOT NULL,             -- the conversation so far, JSON
+        deferred TEXT NOT NULL,             -- {task_id: tool_call_id} of parked calls, JSON
+        steps INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX turns_state ON turns (state)
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -100,10 +114,17 @@ def translate(exc: sqlite3.Error, path: Path) -> DatabaseError:
     if code == _FULL:
         return DiskFull(path, "disk full: free some space; nothing unacknowledged was kept")
     if code == _CANTOPEN:
+        if not _writable(path):  # e.g. a read-only mount: WAL cannot even create its -shm file
+            return DatabaseReadOnly(path, "read-only: make the file and its directory writable")
         return DatabaseError(path, "cannot open: check the path and its permissions")
     if code == _IOERR:
         return DatabaseError(path, "I/O error (is the disk full or failing?)")
     return DatabaseError(path, f"SQLite error {getattr(exc, 'sqlite_errorname', type(exc).__name__)}")
+
+
+def _writable(path: Path) -> bool:
+    """Whether we may write the file and create its -wal and -shm files beside it."""
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
 
 
 class Database:
@@ -259,7 +280,8 @@ def _open_writer(path: Path, check: bool) -> sqlite3.Connection:
             raise DatabaseError(path, f"could not enable WAL (journal_mode={row[0] if row else '?'})")
         conn.execute("PRAGMA synchronous = FULL")
         with contextlib.suppress(OSError):
-            os.chmod(path, 0o600)
+            # Private to its owner, but never made writable: a read-only file stays read-only.
+            os.chmod(path, os.stat(path).st_mode & 0o700)
         _migrate(conn, path)
         if check:
             row = conn.execute("PRAGMA quick_check").fetchone()

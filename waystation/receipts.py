@@ -65,6 +65,7 @@ class ReceiptDraft:
     turn_id: str | None = None
     task_id: str | None = None
     deferred_task_ids: tuple[str, ...] = ()
+    cold_load_ms: int | None = None  # a turn that paid for loading its model says how long
 
 
 def receipt_hash(body: Mapping[str, Any]) -> str:
@@ -88,6 +89,7 @@ def append(conn: sqlite3.Connection, draft: ReceiptDraft) -> dict[str, Any]:
         "turn_id": draft.turn_id,
         "task_id": draft.task_id,
         "deferred_task_ids": list(draft.deferred_task_ids),
+        "cold_load_ms": draft.cold_load_ms,
         "prev_hash": row[0] if row else GENESIS_HASH,
     }
     body["hash"] = receipt_hash(body)

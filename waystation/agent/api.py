@@ -6,15 +6,23 @@ lets a foreign exception escape as an HTML page or a dropped connection.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
 from aiohttp import web
 
 from waystation import receipts, timeutil
+from waystation.agent.api_turns import add_turn_routes
+from waystation.agent.http_common import (
+    MAX_BODY_BYTES,
+    SERVICES,
+    error_response,
+    json_body,
+    optional_str,
+    query_int,
+    services_of,
+)
 from waystation.agent.metrics import render_metrics
 from waystation.agent.services import Services
 from waystation.errors import InputError, MalformedRequest, WaystationError
@@ -23,15 +31,7 @@ from waystation.queue.store import NewTask
 
 log = structlog.get_logger(__name__)
 
-MAX_BODY_BYTES = 8 * 1024 * 1024
-MAX_LIST = 1000
-SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
 @web.middleware
@@ -70,47 +70,8 @@ def create_app(services: Services) -> web.Application:
     app.router.add_get("/v1/receipts/{id}", get_receipt)
     app.router.add_get("/v1/events", events)
     app.router.add_get("/metrics", metrics)
+    add_turn_routes(app)
     return app
-
-
-# --- helpers ------------------------------------------------------------------------------------
-
-
-async def json_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()  # aiohttp enforces client_max_size here (413)
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MalformedRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise MalformedRequest("request body must be a JSON object")
-    return body
-
-
-def query_int(request: web.Request, name: str, default: int, maximum: int = MAX_LIST) -> int:
-    text = request.query.get(name)
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise MalformedRequest(f"query parameter {name} must be an integer") from None
-    if not 1 <= value <= maximum:
-        raise MalformedRequest(f"query parameter {name} must be between 1 and {maximum}")
-    return value
-
-
-def optional_str(body: dict[str, Any], name: str, max_len: int = 255) -> str | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not 0 < len(value) <= max_len:
-        raise MalformedRequest(f"{name} must be a non-empty string of at most {max_len} characters")
-    return value
-
-
-def services_of(request: web.Request) -> Services:
-    return request.app[SERVICES]
 
 
 # --- handlers -----------------------------------------------------------------------------------
@@ -124,8 +85,8 @@ async def status(request: web.Request) -> web.Response:
             "uptime_s": round(time.monotonic() - s.started, 3),
             "connectivity": s.monitor.snapshot(),
             "queue": await s.store.counts(),
-            "model": {"backend": s.settings.model.backend, "path": s.settings.model.path, "loaded": False},
-            "routes": [],
+            "model": s.router.local.model_status(),
+            "routes": s.router.statuses(),
         }
     )
 
@@ -145,7 +106,7 @@ async def put_connectivity(request: web.Request) -> web.Response:
 
 
 async def routes(request: web.Request) -> web.Response:
-    return web.json_response([])
+    return web.json_response(services_of(request).router.statuses())
 
 
 async def create_task(request: web.Request) -> web.Response:

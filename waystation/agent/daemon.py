@@ -20,6 +20,8 @@ import structlog
 from aiohttp import web
 
 from waystation import __version__
+from waystation.adapters.routes import Router
+from waystation.adapters.routes.local import LocalRoute
 from waystation.adapters.tools import default_tools, new_client
 from waystation.agent.api import create_app
 from waystation.agent.connectivity import ConnectivityMonitor
@@ -27,6 +29,7 @@ from waystation.agent.events import EventBus
 from waystation.agent.jobs import Housekeeping
 from waystation.agent.peer import PeerCheckedUnixSite, SocketError, bind_unix_socket, prepare_socket_dir
 from waystation.agent.services import Services
+from waystation.agent.turns import TurnEngine, parked_turns_ready
 from waystation.config import Paths, Settings
 from waystation.db import Database
 from waystation.queue.flusher import Flusher
@@ -68,7 +71,19 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
         flusher = Flusher(
             store, tools, monitor, settings.queue, client, lambda t, r: services.task_changed(t, r)
         )
-        services = Services(paths, settings, db, store, tools, events, monitor, flusher)
+        local = LocalRoute(settings.model)
+        stack.push_async_callback(local.close)
+        router = Router(local, settings.agent.default_route)
+        turns = TurnEngine(
+            db,
+            store,
+            tools,
+            monitor,
+            client,
+            router.resolve,
+            delivery_timeout_s=settings.queue.delivery_timeout_s,
+        )
+        services = Services(paths, settings, db, store, tools, events, monitor, flusher, turns, router)
         await stack.enter_async_context(monitor)
 
         flushing = asyncio.create_task(flusher.run(), name="flusher")
@@ -87,6 +102,8 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
         # Shut streams before the runner waits on open connections (it would wait on SSE forever).
         stack.callback(events.close)
 
+        for turn_id in await parked_turns_ready(db):  # their tasks settled while we were down
+            services.resume_soon(turn_id)
         log.info("agent ready", socket=str(paths.socket), database=str(paths.database), version=__version__)
         sd_notify("READY=1")
         await stop.wait()

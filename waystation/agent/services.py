@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from waystation import __version__
+from waystation.adapters.routes import Router
 from waystation.adapters.tools import ToolRegistry
 from waystation.agent.connectivity import ConnectivityMonitor
 from waystation.agent.events import EventBus
+from waystation.agent.turns import TurnEngine, TurnResult
 from waystation.config import Paths, Settings
 from waystation.db import Database
+from waystation.errors import WaystationError
 from waystation.queue.flusher import Flusher
+from waystation.queue.policy import SETTLED
 from waystation.queue.store import Task, TaskStore
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -26,11 +35,34 @@ class Services:
     events: EventBus
     monitor: ConnectivityMonitor
     flusher: Flusher
+    turns: TurnEngine
+    router: Router
     started: float = field(default_factory=time.monotonic)
     version: str = __version__
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def task_changed(self, task: Task, receipt: dict[str, Any] | None = None) -> None:
         """Announce a task's new state (and its receipt, if it wrote one) on the event stream."""
         self.events.publish("task", task.to_json())
         if receipt is not None:
             self.events.publish("receipt", receipt)
+        if task.turn_id and task.state in SETTLED and self.settings.agent.resume == "auto":
+            self.resume_soon(task.turn_id)
+
+    def turn_finished(self, result: TurnResult, *, resumed: bool = False) -> None:
+        self.events.publish("turn", {**result.to_json(), "resumed": resumed})
+
+    def resume_soon(self, turn_id: str) -> None:
+        """Resume a parked turn in the background once all its tasks have settled."""
+        task = asyncio.create_task(self._resume(turn_id), name=f"resume-{turn_id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _resume(self, turn_id: str) -> None:
+        try:
+            result = await self.turns.resume(turn_id)
+        except WaystationError as exc:
+            log.warning("resumed turn failed", turn_id=turn_id, error=exc.message)
+            return
+        if result is not None:
+            self.turn_finished(result, resumed=True)

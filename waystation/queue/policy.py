@@ -59,7 +59,8 @@ def backoff_delay(attempts: int, settings: QueueSettings, rng: random.Random) ->
     Jitter spreads retries of many tasks that failed together (one destination down), so they do
     not all come back in the same instant.
     """
-    ceiling = min(settings.backoff_max_s, settings.backoff_base_s * 2.0 ** max(attempts - 1, 0))
+    # The exponent is capped: 2.0 ** 1024 overflows, and net_failures has no upper bound.
+    ceiling = min(settings.backoff_max_s, settings.backoff_base_s * 2.0 ** min(max(attempts - 1, 0), 1023))
     return rng.uniform(settings.backoff_base_s, max(settings.backoff_base_s, ceiling))
 
 

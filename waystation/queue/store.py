@@ -96,6 +96,7 @@ class NewTask:
     idempotency_key: str | None = None
     expires_at: float | None = None
     turn_id: str | None = None
+    task_id: str | None = None  # chosen ahead when the caller must name the task before commit
 
 
 class TaskStore:
@@ -112,7 +113,7 @@ class TaskStore:
     def insert(self, conn: sqlite3.Connection, new: NewTask) -> tuple[Task, bool]:
         """The enqueue itself, for callers that commit it together with other writes (a turn)."""
         now = timeutil.now()
-        task_id = receipts.new_id("t")
+        task_id = new.task_id or receipts.new_id("t")
         key = new.idempotency_key or f"waystation-{task_id}"
         args = receipts.canonical_json(new.args)
         expires_at = new.expires_at or now + self.settings.retention_days * 86400

@@ -214,6 +214,14 @@ def _decode(data: bytes, charset: str | None, *, final: bool) -> str:
     return codecs.getincrementaldecoder(encoding)(errors="replace").decode(data, final=final)
 
 
+# The pattern also shapes a model's constrained output: a small model otherwise fills `url` with
+# whatever word is nearest (a tool name, say) instead of the URL in its prompt.
+URL_SCHEMA: dict[str, object] = {
+    "type": "string",
+    "description": "absolute http:// or https:// URL",
+    "pattern": "^https?://[^ ]+$",
+}
+
 class HttpRequestTool:
     name = "http_request"
     description = (
@@ -225,7 +233,7 @@ class HttpRequestTool:
         "type": "object",
         "properties": {
             "method": {"type": "string", "enum": list(METHODS), "default": "GET"},
-            "url": {"type": "string", "description": "absolute http:// or https:// URL"},
+            "url": URL_SCHEMA,
             "headers": {"type": "object", "additionalProperties": {"type": "string"}},
             "body": {"type": "string", "description": "request body as text (not with json)"},
             "json": {"description": "any JSON value, sent as application/json (not with body)"},
@@ -280,7 +288,7 @@ class WebFetchTool:
     needs_network = True
     parameters: dict[str, object] = {
         "type": "object",
-        "properties": {"url": {"type": "string", "description": "absolute http:// or https:// URL"}},
+        "properties": {"url": URL_SCHEMA},
         "required": ["url"],
         "additionalProperties": False,
     }

@@ -1,0 +1,56 @@
+"""What the socket API's handlers share: the services key, body and query parsing, error bodies."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from waystation.agent.services import Services
+from waystation.errors import MalformedRequest
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_LIST = 1000
+SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()  # aiohttp enforces client_max_size here (413)
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MalformedRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise MalformedRequest("request body must be a JSON object")
+    return body
+
+
+def query_int(request: web.Request, name: str, default: int, maximum: int = MAX_LIST) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise MalformedRequest(f"query parameter {name} must be an integer") from None
+    if not 1 <= value <= maximum:
+        raise MalformedRequest(f"query parameter {name} must be between 1 and {maximum}")
+    return value
+
+
+def optional_str(body: dict[str, Any], name: str, max_len: int = 255) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= max_len:
+        raise MalformedRequest(f"{name} must be a non-empty string of at most {max_len} characters")
+    return value
+
+
+def services_of(request: web.Request) -> Services:
+    return request.app[SERVICES]
