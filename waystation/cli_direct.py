@@ -7,10 +7,8 @@ meanwhile (see db.py); reads never create a database that does not exist yet.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from waystation.config import Paths, load_settings
@@ -26,12 +24,9 @@ PAGE = 1000
 
 def quiet_logs() -> None:
     """Library log lines go to stderr, warnings and worse only: stdout belongs to the output."""
-    import structlog
+    from waystation import logs
 
-    structlog.configure(
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-    )
+    logs.configure(logging.WARNING)
 
 
 class DirectStore:
@@ -71,12 +66,6 @@ class DirectStore:
 
     def _exists(self) -> bool:
         return self._db is not None or self.paths.database.exists()
-
-    def _fetchall(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        if not self._exists():
-            return []
-        db, _ = self._open()
-        return self._run(db.fetchall(sql, params))
 
     # --- tasks -------------------------------------------------------------------------------
 
@@ -121,25 +110,32 @@ class DirectStore:
 
     # --- receipts ----------------------------------------------------------------------------
 
+    def _receipts(self, read: Callable[[Database], Coroutine[Any, Any, T]]) -> T:
+        """Run a read of waystation.receipts (the API's own), a bad stored body as one clear error."""
+        db, _ = self._open()
+        try:
+            return self._run(read(db))
+        except ValueError:  # a body that is not JSON: someone edited the table
+            raise DatabaseCorrupt(
+                self.paths.database,
+                "a stored receipt is not valid JSON; `waystation receipts verify` names it",
+            ) from None
+
     def receipts_after(self, after: str | None, limit: int) -> list[dict[str, Any]]:
-        if after is None:
-            rows = self._fetchall("SELECT id, body FROM receipts ORDER BY seq LIMIT ?", (limit,))
-        else:
-            if not self._fetchall("SELECT 1 FROM receipts WHERE id = ?", (after,)):
+        if not self._exists():
+            if after is not None:
                 raise NotFound("receipt", after)
-            rows = self._fetchall(
-                "SELECT id, body FROM receipts WHERE seq > (SELECT seq FROM receipts WHERE id = ?)"
-                " ORDER BY seq LIMIT ?",
-                (after, limit),
-            )
-        return [self._body(r) for r in rows]
+            return []
+        from waystation import receipts
+
+        return self._receipts(lambda db: receipts.list_receipts(db, after, limit))
 
     def latest_receipts(self, limit: int) -> list[dict[str, Any]]:
-        rows = self._fetchall(
-            "SELECT id, body FROM (SELECT seq, id, body FROM receipts ORDER BY seq DESC LIMIT ?) ORDER BY seq",
-            (limit,),
-        )
-        return [self._body(r) for r in rows]
+        if not self._exists():
+            return []
+        from waystation import receipts
+
+        return self._receipts(lambda db: receipts.latest_receipts(db, limit))
 
     def iter_receipts(self, after: str | None = None) -> Iterator[dict[str, Any]]:
         while True:
@@ -150,26 +146,15 @@ class DirectStore:
             after = page[-1]["id"]
 
     def get_receipt(self, receipt_id: str) -> dict[str, Any]:
-        rows = self._fetchall("SELECT id, body FROM receipts WHERE id = ?", (receipt_id,))
-        if not rows:
+        if not self._exists():
             raise NotFound("receipt", receipt_id)
-        return self._body(rows[0])
+        from waystation import receipts
 
-    def _body(self, row: Any) -> dict[str, Any]:
-        ident, text = row[0], row[1]
-        try:
-            body = json.loads(text)
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            raise DatabaseCorrupt(
-                self.paths.database,
-                f"receipt {ident} is not a JSON object; `waystation receipts verify` shows where the chain breaks",
-            )
-        return body
+        return self._receipts(lambda db: receipts.get_receipt(db, receipt_id))
 
     def verify_receipts(self) -> dict[str, Any]:
         from waystation import receipts
 
-        rows = self._fetchall("SELECT id, body, hash FROM receipts ORDER BY seq")
-        return receipts.verify(rows).to_json()
+        if not self._exists():
+            return receipts.Verification(True, 0).to_json()
+        return self._receipts(receipts.verify_database).to_json()

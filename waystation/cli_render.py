@@ -7,8 +7,9 @@ UTF-8 bytes, one document per command (or one per line for JSON Lines).
 from __future__ import annotations
 
 import json
+import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,14 @@ def emit_json(value: object) -> None:
     _write_bytes(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
+def output(value: Any, as_json: bool, human: Callable[[Any], None]) -> None:
+    """`--json`: the value as one JSON document; otherwise the human rendering of it."""
+    if as_json:
+        emit_json(value)
+    else:
+        human(value)
+
+
 def emit_json_lines(values: Iterable[object]) -> int:
     """Canonical JSON (sorted keys, no whitespace), one value per line; how many were written."""
     from waystation.receipts import canonical_json
@@ -65,7 +74,9 @@ def say(text: str) -> None:
 def console() -> Console:
     from rich.console import Console
 
-    return Console(highlight=False)
+    # Piped into grep or a file, rich would assume 80 columns and wrap every long row.
+    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(highlight=False, width=200 if wide else None)
 
 
 # --- values ------------------------------------------------------------------------------------
@@ -142,13 +153,14 @@ def _table(*columns: str) -> Table:
 
 
 def _pairs(rows: Iterable[tuple[str, object]]) -> Table:
+    from rich.console import ConsoleRenderable
     from rich.table import Table
 
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")
     for key, value in rows:
-        grid.add_row(key, value if not isinstance(value, str | int | float | None) else _text(value))
+        grid.add_row(key, value if isinstance(value, ConsoleRenderable) else _text(value))
     return grid
 
 
@@ -238,7 +250,7 @@ def receipt_detail(r: Mapping[str, Any]) -> None:
         ("reason", r.get("reason")),
         ("route", _route(route) + (f" ({route['model']})" if route.get("model") else "")),
         ("lanes", lanes),
-        ("usage", f"{usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} completion tokens"),
+        ("usage", f"{usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} completion"),
         ("credits used", r.get("credits_used")),
         ("duration", f"{r.get('duration_ms', 0)} ms"),
         ("turn", r.get("turn_id")),
@@ -265,9 +277,11 @@ def connectivity_line(c: Mapping[str, Any]) -> Text:
         line.append(f"  since {when(c.get('since'))}")
     probe = c.get("last_probe")
     if isinstance(probe, Mapping):
-        at = probe.get("at") or probe.get("time") or probe.get("checked_at")
-        summary = probe.get("result") or probe.get("status") or probe.get("outcome")
-        line.append(f"  last probe {ago(at)}" + (f": {summary}" if summary is not None else ""), style="dim")
+        if probe.get("ok"):
+            summary = "ok"
+        else:
+            summary = probe.get("error") or (f"HTTP {probe['status']}" if probe.get("status") else "failed")
+        line.append(f"  last probe {ago(probe.get('at'))}: {summary}", style="dim")
     elif probe:
         line.append(f"  last probe {ago(probe)}", style="dim")
     return line
@@ -302,7 +316,8 @@ def status_screen(s: Mapping[str, Any]) -> None:
     out = console()
     uptime = s.get("uptime_s")
     header = Text(f"Waystation {s.get('version', '?')}", style="bold")
-    header.append("  agent running" + (f", up {duration(float(uptime))}" if uptime is not None else ""), "green")
+    up = f", up {duration(float(uptime))}" if isinstance(uptime, int | float) else ""
+    header.append(f"  agent running{up}", "green")
     out.print(header)
     queue = s.get("queue") if isinstance(s.get("queue"), Mapping) else {}
     assert isinstance(queue, Mapping)
@@ -315,18 +330,21 @@ def status_screen(s: Mapping[str, Any]) -> None:
     model = s.get("model") if isinstance(s.get("model"), Mapping) else {}
     assert isinstance(model, Mapping)
     model_line = Text(f"{model.get('backend') or '-'}  {model.get('path') or '(embedded default)'}  ")
-    model_line.append("loaded" if model.get("loaded") else "not loaded", "green" if model.get("loaded") else "dim")
+    loaded = bool(model.get("loaded"))
+    model_line.append("loaded" if loaded else "not loaded", "green" if loaded else "dim")
     conn = s.get("connectivity")
     rows: list[tuple[str, object]] = [
         ("connectivity", connectivity_line(conn) if isinstance(conn, Mapping) else conn),
         ("queue", counts if queue else None),
         ("model", model_line),
     ]
-    out.print(_pairs(rows))
     routes = s.get("routes")
-    if isinstance(routes, list) and routes:
+    table = isinstance(routes, list) and bool(routes) and all(isinstance(r, Mapping) for r in routes)
+    if not table:
+        listed = ", ".join(map(str, routes)) if isinstance(routes, list) else ""
+        rows.append(("routes", listed or "none"))
+    out.print(_pairs(rows))
+    if table:
+        assert isinstance(routes, list)
         out.print()
-        if all(isinstance(r, Mapping) for r in routes):
-            routes_table(routes)
-        else:
-            out.print(_pairs([("routes", ", ".join(map(str, routes)))]))
+        routes_table(routes)

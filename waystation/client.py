@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
+import json as json_module
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -74,7 +74,8 @@ def _error_from(response: httpx.Response) -> WaystationError:
         text = response.text.strip().splitlines()
         hint = f": {text[0][:200]}" if text else ""
         return RemoteError(
-            f"http_{response.status_code}", f"the agent answered HTTP {response.status_code}{hint}",
+            f"http_{response.status_code}",
+            f"the agent answered HTTP {response.status_code}{hint}",
             response.status_code,
         )
     return rebuild_error(code, message, response.status_code)
@@ -116,9 +117,7 @@ class AgentClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request(
-        self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None
-    ) -> Any:
+    def request(self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None) -> Any:
         """The decoded JSON answer (None when empty); an error answer raises its WaystationError."""
         return self.request_full(method, path, json=json, params=params)[1]
 
@@ -142,18 +141,22 @@ class AgentClient:
 
     def stream_events(self) -> Iterator[tuple[str, Any]]:
         """(event, data) from GET /v1/events as they come; data is decoded JSON when it is JSON."""
+        return self.stream_sse("GET", "/v1/events")
+
+    def stream_sse(self, method: str, path: str, json: Any = None) -> Iterator[tuple[str, Any]]:
+        """(event, data) of a Server-Sent Events answer as they come (no read timeout)."""
         timeout = httpx.Timeout(self.timeout_s, connect=5.0, read=None)
-        with self._translated(), self.http.stream("GET", "/v1/events", timeout=timeout) as response:
+        with self._translated(), self.http.stream(method, path, json=json, timeout=timeout) as response:
             if response.status_code >= 400:
                 response.read()
                 raise _error_from(response)
-            event, data = "message", []
+            event, data = "message", list[str]()
             for line in response.iter_lines():
                 if not line:
                     if data:
                         text = "\n".join(data)
                         try:
-                            yield event, json.loads(text)
+                            yield event, json_module.loads(text)
                         except ValueError:
                             yield event, text
                     event, data = "message", []
@@ -175,14 +178,17 @@ class AgentClient:
             if isinstance(cause, FileNotFoundError | ConnectionRefusedError) or not where.exists():
                 raise AgentNotRunning(where) from None
             reason = cause.strerror if cause is not None and cause.strerror else str(exc)
-            raise RemoteError("agent_unreachable", f"cannot connect to the agent on {where}: {reason}") from None
+            raise RemoteError(
+                "agent_unreachable", f"cannot connect to the agent on {where}: {reason}"
+            ) from None
         except httpx.TimeoutException:
             raise RemoteError(
                 "agent_timeout", f"the agent on {where} did not answer within {self.timeout_s:g}s"
             ) from None
         except httpx.TransportError as exc:
             raise RemoteError(
-                "agent_unreachable", f"lost the connection to the agent on {where}: {exc or type(exc).__name__}"
+                "agent_unreachable",
+                f"lost the connection to the agent on {where}: {exc or type(exc).__name__}",
             ) from None
 
 
@@ -255,7 +261,9 @@ class Waystation:
         )
 
     def get_task(self, task_id: str) -> dict[str, Any]:
-        return self._either(lambda c: c.request("GET", f"/v1/tasks/{_seg(task_id)}"), lambda d: d.get_task(task_id))
+        return self._either(
+            lambda c: c.request("GET", f"/v1/tasks/{_seg(task_id)}"), lambda d: d.get_task(task_id)
+        )
 
     def retry_task(self, task_id: str) -> dict[str, Any]:
         return self._either(
@@ -278,6 +286,7 @@ class Waystation:
 
     def latest_receipts(self, limit: int) -> list[dict[str, Any]]:
         """The last `limit` receipts of the chain, oldest first."""
+
         def agent(client: AgentClient) -> list[dict[str, Any]]:
             # The API pages forward from the start; keep the tail as the pages go by.
             tail: collections.deque[dict[str, Any]] = collections.deque(maxlen=limit)
@@ -309,7 +318,8 @@ class Waystation:
 
     def get_receipt(self, receipt_id: str) -> dict[str, Any]:
         return self._either(
-            lambda c: c.request("GET", f"/v1/receipts/{_seg(receipt_id)}"), lambda d: d.get_receipt(receipt_id)
+            lambda c: c.request("GET", f"/v1/receipts/{_seg(receipt_id)}"),
+            lambda d: d.get_receipt(receipt_id),
         )
 
     def verify_receipts(self) -> dict[str, Any]:

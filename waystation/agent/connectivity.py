@@ -129,6 +129,9 @@ class ConnectivityMonitor:
         self._online = asyncio.Event()
         if self._state == "online":
             self._online.set()
+        self._known = asyncio.Event()  # set once the state is no longer "unknown"
+        if self._state != "unknown":
+            self._known.set()
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
         self._watcher: NetlinkWatcher | None = None
@@ -197,6 +200,10 @@ class ConnectivityMonitor:
 
     async def wait_online(self) -> None:
         await self._online.wait()
+
+    async def wait_known(self) -> None:
+        """Return once a probe (or the forced mode) has said something other than "unknown"."""
+        await self._known.wait()
 
     def subscribe_online(self) -> asyncio.Event:
         """The event that is set exactly while the state is online. Wait on it; never set it."""
@@ -291,6 +298,8 @@ class ConnectivityMonitor:
             self._online.set()
         else:
             self._online.clear()
+        if state != "unknown":
+            self._known.set()
         log.info("connectivity.changed", old=old, new=state, mode=self._mode)
         if notify:
             self._notify()

@@ -38,11 +38,14 @@ class _Dropped(Exception):
 
 class EventBus:
     def __init__(self) -> None:
-        self._ids = itertools.count(1)
+        # Ids start at the boot time in microseconds, so they keep growing across restarts: a
+        # client resuming with the Last-Event-ID of the previous process gets every event of this
+        # one, instead of nothing until the count passes its old id. (< 2**53: safe in JavaScript.)
+        started = timeutil.now()
+        self._ids = itertools.count(int(started * 1_000_000))
         self._history: collections.deque[Event] = collections.deque(maxlen=HISTORY)
         self._subscribers: set[asyncio.Queue[Event | None]] = set()
-        # Event ids restart with the process; the boot stamp lets a client tell a new agent apart.
-        self.boot = timeutil.iso(timeutil.now())
+        self.boot = timeutil.iso(started)
 
     def publish(self, kind: str, data: dict[str, Any]) -> Event:
         event = Event(next(self._ids), kind, data)

@@ -1,0 +1,158 @@
+"""`waystation queue ...`: inspect and steer the queue of parked tool calls.
+
+Everything but `flush` works straight on the database when no agent runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from waystation.cli_common import JsonFlag, typer_app, waystation
+
+STATES = ("pending", "running", "done", "dead", "cancelled", "expired")
+
+queue_app = typer_app(help="Inspect and steer the queue of parked tool calls.", no_args_is_help=True)
+
+
+def _parse_args(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not valid JSON ({exc})", param_hint="'--args'") from None
+    if not isinstance(value, dict):
+        example = '{"url": "https://..."}'
+        raise typer.BadParameter(f"must be a JSON object, e.g. '{example}'", param_hint="'--args'")
+    return value
+
+
+@queue_app.command("add")
+def queue_add(
+    tool: Annotated[str, typer.Argument(metavar="TOOL", help="The tool to call: http_request or web_fetch.")],
+    args: Annotated[
+        str, typer.Option("--args", metavar="JSON", help="The tool's arguments as a JSON object.")
+    ],
+    key: Annotated[
+        str | None,
+        typer.Option("--key", help="Idempotency key: adding the same key again answers the same task."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Park a tool call in the queue; it is delivered when connectivity is online.
+
+    Works without the agent: the task is then written straight to the database and goes out
+    once `waystation run` is up. The same `--key` with the same args answers the existing task;
+    with other args it is an error (exit 1). Bad JSON in `--args` is a usage error (exit 2).
+
+    ```
+    waystation queue add web_fetch --args '{"url": "https://example.com/"}'
+    waystation queue add http_request --key order-42 \\
+        --args '{"method": "POST", "url": "https://example.com/hook", "json": {"a": 1}}'
+    ```
+    """
+    from waystation import cli_render as render
+
+    arguments = _parse_args(args)
+    with waystation() as ws:
+        task, created = ws.add_task(tool, arguments, key)
+        direct = ws.via_agent is False
+    if as_json:
+        render.emit_json(task)
+        return
+    if created:
+        render.say(f"queued task {task['id']} ({task['tool']}, {task['state']})")
+    else:
+        render.say(f"task {task['id']} already has key {task['idempotency_key']!r} ({task['state']})")
+    if direct and created:
+        sys.stderr.write("note: the agent is not running; the task is saved and goes out once it runs\n")
+
+
+def _check_state(value: str | None) -> str | None:
+    if value is not None and value not in STATES:
+        raise typer.BadParameter(f"{value!r} is not a task state; use one of {', '.join(STATES)}")
+    return value
+
+
+@queue_app.command("ls")
+def queue_ls(
+    state: Annotated[
+        str | None,
+        typer.Option(
+            "--state",
+            metavar="STATE",
+            callback=_check_state,
+            help=f"Only tasks in this state: {', '.join(STATES)}.",
+        ),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=1000, help="At most this many (up to 1000), newest first.")
+    ] = 100,
+    as_json: JsonFlag = False,
+) -> None:
+    """List tasks, newest first.
+
+    ```
+    waystation queue ls --state dead
+    ```
+    """
+    from waystation import cli_render as render
+
+    with waystation() as ws:
+        tasks = ws.list_tasks(state, limit)
+    render.output(tasks, as_json, render.tasks_table)
+
+
+@queue_app.command("show")
+def queue_show(task_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonFlag = False) -> None:
+    """Show one task: state, attempts, next attempt, last error, args and result."""
+    from waystation import cli_render as render
+
+    with waystation() as ws:
+        task = ws.get_task(task_id)
+    render.output(task, as_json, render.task_detail)
+
+
+@queue_app.command("retry")
+def queue_retry(task_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonFlag = False) -> None:
+    """Make a task due now with its attempts reset (dead, cancelled, expired or pending tasks)."""
+    from waystation import cli_render as render
+
+    with waystation() as ws:
+        task = ws.retry_task(task_id)
+    if as_json:
+        render.emit_json(task)
+    else:
+        render.say(f"task {task['id']} is {task['state']} again, due now")
+
+
+@queue_app.command("cancel")
+def queue_cancel(task_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonFlag = False) -> None:
+    """Cancel a pending task; its receipt records the cancellation."""
+    from waystation import cli_render as render
+
+    with waystation() as ws:
+        task = ws.cancel_task(task_id)
+    if as_json:
+        render.emit_json(task)
+    else:
+        render.say(f"cancelled task {task['id']}")
+
+
+@queue_app.command("flush")
+def queue_flush(as_json: JsonFlag = False) -> None:
+    """Deliver due tasks now instead of waiting (only while online). Needs the running agent."""
+    from waystation import cli_render as render
+
+    with waystation() as ws:
+        answer = ws.need_agent("POST", "/v1/flush")
+    if as_json:
+        render.emit_json(answer)
+    elif isinstance(answer, dict) and "pending" in answer:
+        count = answer["pending"]
+        note = f": {answer['message']}" if answer.get("message") else ""
+        render.say(f"{count} pending task{'' if count == 1 else 's'} due now{note}")
+    else:
+        render.say("flush started")

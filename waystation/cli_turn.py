@@ -1,0 +1,134 @@
+"""`waystation turn`: one turn, through the agent when it runs, else in this process.
+
+In-process turns use the same database, so a tool call parked here is delivered by the agent
+when it next runs. On a terminal the reply streams as it is generated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from waystation.cli_common import JsonFlag, waystation
+from waystation.config import Paths, Settings, load_settings
+from waystation.errors import AgentNotRunning, WaystationError
+
+
+def turn(
+    prompt: Annotated[str, typer.Argument(help="What the turn should do.")],
+    route: Annotated[
+        str | None, typer.Option("--route", help="The route to run on (default: agent.default_route).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="A GGUF file or MLX model dir for this turn.")
+    ] = None,
+    system: Annotated[str | None, typer.Option("--system", help="A system prompt.")] = None,
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", min=1, max=8192, help="Reply length limit.")
+    ] = 256,
+    tool_choice: Annotated[
+        str, typer.Option("--tools", help="auto (the model decides), required (must call one), none.")
+    ] = "auto",
+    as_json: JsonFlag = False,
+) -> None:
+    """Run one model turn. Network tool calls made while offline are parked and resume the turn
+    once delivered. Exit 4 when the route refuses (it never falls back to another).
+
+    ```
+    waystation turn "Summarize https://example.org/ in one line"
+    waystation turn "Hello" --route local --json
+    ```
+    """
+    if tool_choice not in ("auto", "required", "none"):
+        raise typer.BadParameter("use auto, required or none", param_hint="--tools")
+    body = {
+        "prompt": prompt,
+        "route": route,
+        "model": model,
+        "system": system,
+        "max_tokens": max_tokens,
+        "tool_choice": tool_choice,
+    }
+    stream = sys.stdout.isatty() and not as_json
+    with waystation() as ws:
+        try:
+            result = _through_agent(ws.agent, body, stream)
+        except AgentNotRunning:
+            result = asyncio.run(_in_process(ws.paths, load_settings(ws.paths), body, stream))
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    if not stream:
+        sys.stdout.write(result["text"] + "\n")
+    else:
+        sys.stdout.write("\n")
+    for task_id in result.get("deferred_task_ids", []):
+        sys.stderr.write(f"parked: task {task_id} (the turn resumes once it is delivered)\n")
+    if result.get("status") == "parked":
+        sys.stderr.write(f"turn {result['turn_id']} parked; receipt {result['receipt_id']}\n")
+
+
+def _through_agent(agent: Any, body: dict[str, Any], stream: bool) -> dict[str, Any]:
+    if not stream:
+        answer: dict[str, Any] = agent.request("POST", "/v1/turns", json=body)
+        return answer
+    for event, data in agent.stream_sse("POST", "/v1/turns", {**body, "stream": True}):
+        if event == "token":
+            sys.stdout.write(data["text"])
+            sys.stdout.flush()
+        elif event == "done":
+            return dict(data)
+        elif event == "error":
+            from waystation.client import rebuild_error
+
+            raise rebuild_error(data["code"], data["message"], 400)
+    raise WaystationError("the agent closed the stream before the turn finished")
+
+
+async def _in_process(paths: Paths, settings: Settings, body: dict[str, Any], stream: bool) -> dict[str, Any]:
+    from waystation import logs
+    from waystation.adapters.routes import Router
+    from waystation.adapters.routes.local import LocalRoute
+    from waystation.adapters.tools import default_tools, new_client
+    from waystation.agent.connectivity import ConnectivityMonitor
+    from waystation.agent.turns import TurnEngine, TurnRequest
+    from waystation.db import Database
+    from waystation.queue.store import TaskStore
+
+    logs.configure(logging.WARNING)  # this is a command's output, not an agent's log
+
+    def echo(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    async with contextlib.AsyncExitStack() as stack:
+        db = await Database.open(paths.database)
+        stack.push_async_callback(db.close)
+        monitor = await stack.enter_async_context(
+            ConnectivityMonitor(settings.connectivity, watch_os_events=False)
+        )
+        with contextlib.suppress(TimeoutError):  # one probe decides: deliver now, or park
+            await asyncio.wait_for(monitor.wait_known(), settings.connectivity.probe_timeout_s + 0.5)
+        client = new_client()
+        stack.push_async_callback(client.aclose)
+        local = LocalRoute(settings.model)
+        stack.push_async_callback(local.close)
+        router = Router(local, settings.agent.default_route)
+        engine = TurnEngine(
+            db,
+            TaskStore(db, settings.queue),
+            default_tools(),
+            monitor,
+            client,
+            router.resolve,
+            delivery_timeout_s=settings.queue.delivery_timeout_s,
+        )
+        request = TurnRequest(**{k: v for k, v in body.items() if v is not None})
+        result = await engine.run(request, echo if stream else None)
+        return result.to_json()
