@@ -1,0 +1,278 @@
+"""The MLX backend: an mlx-lm model directory, generated on the owner thread.
+
+MLX is imported only when a model loads, so Waystation runs where mlx is not installed. A GGUF
+file is not an MLX model: `python -m waystation.adapters.models.gguf_to_mlx` converts one.
+Tool calls follow the model's own tool template when its chat template takes `tools`; otherwise
+the tools are described in a system message (`base.tool_instructions`) and the reply is read as
+the JSON that message asks for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from waystation.adapters.models.base import (
+    Generation,
+    GenerationRequest,
+    Message,
+    TokenSink,
+    ToolCall,
+    ToolSpec,
+    parse_tool_reply,
+    tool_instructions,
+)
+from waystation.adapters.models.threaded import ThreadedBackend
+from waystation.errors import ModelError, PromptTooLong
+
+_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+
+
+def is_mlx_model_dir(path: str | Path) -> bool:
+    """True for a directory mlx-lm can load: a config.json next to model*.safetensors."""
+    directory = Path(path).expanduser()
+    return (
+        directory.is_dir()
+        and (directory / "config.json").is_file()
+        and any(directory.glob("model*.safetensors"))
+    )
+
+
+@dataclass
+class MlxModel:
+    model: Any  # mlx.nn.Module
+    tokenizer: Any  # mlx_lm.tokenizer_utils.TokenizerWrapper
+    context: int | None  # max position embeddings, when the config names them
+    tool_template: bool  # the chat template renders a `tools` argument
+
+
+class MlxBackend(ThreadedBackend[MlxModel]):
+    name = "mlx"
+
+    def load_blocking(self) -> MlxModel:
+        path = Path(self.model_path).expanduser()
+        if not path.exists():
+            raise ModelError(path, "no such MLX model directory")
+        if path.is_file():
+            hint = (
+                "it is a GGUF file: use the llamacpp backend, or convert it with "
+                f"`python -m waystation.adapters.models.gguf_to_mlx {path} OUT_DIR`"
+                if path.suffix.lower() == ".gguf"
+                else "the MLX backend needs a model directory"
+            )
+            raise ModelError(path, f"not a directory; {hint}")
+        if not is_mlx_model_dir(path):
+            raise ModelError(path, "not an MLX model directory (it needs config.json and model*.safetensors)")
+        try:
+            import mlx_lm  # type: ignore[import-untyped, import-not-found, unused-ignore]
+        except ImportError as exc:
+            raise ModelError(
+                path, 'the MLX backend needs mlx-lm: pip install mlx-lm (on Linux also "mlx[cpu]")'
+            ) from exc
+        try:
+            # an existing local directory: mlx_lm.load never reaches for the hub
+            loaded: Any = mlx_lm.load(str(path), return_config=True)
+            model, tokenizer, config = loaded
+        except Exception as exc:  # whatever stops mlx-lm building it, the directory is unusable
+            raise ModelError(path, f"mlx-lm cannot load it ({type(exc).__name__}: {exc})") from exc
+        if not tokenizer.has_chat_template:
+            raise ModelError(path, "the tokenizer has no chat template (an instruct model is needed)")
+        context = config.get("max_position_embeddings") or config.get("max_sequence_length")
+        return MlxModel(model, tokenizer, int(context) if context else None, _renders_tools(tokenizer))
+
+    def unload_blocking(self, handle: MlxModel) -> None:
+        del handle
+        gc.collect()
+        import mlx.core as mx  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+        mx.clear_cache()
+
+    def generate_blocking(self, handle: MlxModel, request: GenerationRequest, emit: TokenSink) -> Generation:
+        import mlx_lm  # type: ignore[import-untyped, import-not-found, unused-ignore]
+        from mlx_lm.sample_utils import make_sampler  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+        started = time.perf_counter()
+        tools = list(request.tools) if request.tool_choice != "none" else []
+        prompt = self.prompt_tokens(handle, request.messages, tools, request)
+        room = (
+            request.max_tokens
+            if handle.context is None
+            else min(request.max_tokens, handle.context - len(prompt))
+        )
+        if room < 1:
+            return Generation("", prompt_tokens=len(prompt), finish_reason="length")
+
+        pieces: list[str] = []
+        first_token_ms: int | None = None
+        finish_reason = "stop"
+        completion_tokens = 0
+        sampler = make_sampler(temp=request.temperature)
+        for response in mlx_lm.stream_generate(
+            handle.model, handle.tokenizer, prompt, max_tokens=room, sampler=sampler
+        ):
+            if first_token_ms is None:
+                first_token_ms = int((time.perf_counter() - started) * 1000)
+            if response.text:
+                pieces.append(response.text)
+                emit(response.text)
+            if response.finish_reason is not None:
+                finish_reason = response.finish_reason
+                # the stop token ends the reply but is not part of it
+                completion_tokens = response.generation_tokens - (finish_reason == "stop")
+        text = "".join(pieces)
+        tool_calls: list[ToolCall] = []
+        if tools:
+            text, tool_calls = parse_tool_calls(text)
+            if tool_calls:
+                finish_reason = "tool_calls"
+        return Generation(
+            text=text,
+            tool_calls=tool_calls,
+            prompt_tokens=len(prompt),
+            completion_tokens=completion_tokens,
+            finish_reason=finish_reason,
+            first_token_ms=first_token_ms,
+        )
+
+    def prompt_tokens(
+        self,
+        handle: MlxModel,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec],
+        request: GenerationRequest,
+    ) -> list[int]:
+        """The chat-templated prompt as token ids; PromptTooLong when it fills the context."""
+        import jinja2
+
+        try:
+            if tools and handle.tool_template:
+                ids = handle.tokenizer.apply_chat_template(
+                    list(messages), tools=[_tool_json(t) for t in tools], add_generation_prompt=True
+                )
+            else:
+                if tools:
+                    messages = _with_system(messages, tool_instructions(tools, request.tool_choice))
+                ids = handle.tokenizer.apply_chat_template(_plain(messages), add_generation_prompt=True)
+        except jinja2.TemplateError as exc:
+            raise ModelError(self.model_path, f"the chat template rejected the messages: {exc}") from exc
+        ids = [int(i) for i in ids]
+        if handle.context is not None and len(ids) >= handle.context:
+            raise PromptTooLong(len(ids), handle.context)
+        return ids
+
+
+def parse_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
+    """(answer text, tool calls) from a reply: `<tool_call>{...}</tool_call>` blocks (the
+    Hermes/Qwen form, `{"name", "arguments"}`), else the JSON that `tool_instructions` asks for."""
+    blocks = _TOOL_CALL.findall(text)
+    if blocks:
+        calls = [call for block in blocks if (call := _tool_call_json(block)) is not None]
+        if calls:
+            return _TOOL_CALL.sub("", text).strip(), calls
+    stripped = text.strip()
+    if fenced := _FENCE.fullmatch(stripped):
+        stripped = fenced.group(1)
+    answer, calls = parse_tool_reply(stripped, _call_id())
+    if calls or answer != stripped:
+        return answer, calls
+    return text, []
+
+
+def _tool_call_json(block: str) -> ToolCall | None:
+    try:
+        value = json.loads(block)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    name = value.get("name", value.get("tool"))
+    arguments = value.get("arguments", value.get("parameters", {}))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(name, str) or not isinstance(arguments, dict):
+        return None
+    return ToolCall(_call_id(), name, arguments)
+
+
+def _call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _tool_json(tool: ToolSpec) -> dict[str, Any]:
+    """The OpenAI function shape that tool-aware chat templates read."""
+    return {
+        "type": "function",
+        "function": {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": dict(tool.parameters),
+        },
+    }
+
+
+def _renders_tools(tokenizer: Any) -> bool:
+    """Whether the Jinja chat template reads a `tools` variable (a tool template)."""
+    import jinja2
+    import jinja2.meta
+
+    template = tokenizer.chat_template
+    if isinstance(template, dict):  # named templates: the one transformers uses by default
+        template = template.get("tool_use") or template.get("default")
+    if not isinstance(template, str):
+        return False
+    try:
+        return "tools" in jinja2.meta.find_undeclared_variables(jinja2.Environment().parse(template))
+    except jinja2.TemplateError:
+        return "tools" in template
+
+
+def _with_system(messages: Sequence[Message], text: str) -> list[Message]:
+    """The tool instructions as the system message, joined to one the caller already sent."""
+    if messages and messages[0].get("role") == "system":
+        first = messages[0]
+        content = _content(first)
+        return [{**first, "content": f"{content}\n\n{text}" if content else text}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
+
+
+def _plain(messages: Sequence[Message]) -> list[Message]:
+    """Messages a template without tool support can render: string content everywhere, and an
+    assistant's earlier tool calls written in the JSON form the tool instructions ask for."""
+    plain = []
+    for message in messages:
+        content = _content(message)
+        calls = message.get("tool_calls") or []
+        if not content and calls:
+            content = "\n".join(json.dumps(_instruction_form(call)) for call in calls)
+        plain.append({"role": message.get("role", "user"), "content": content})
+    return plain
+
+
+def _instruction_form(call: Any) -> dict[str, Any]:
+    function = call.get("function", call) if isinstance(call, dict) else {}
+    arguments = function.get("arguments", {})
+    if isinstance(arguments, str):
+        with contextlib.suppress(json.JSONDecodeError):
+            arguments = json.loads(arguments)
+    return {"tool": function.get("name", ""), "arguments": arguments}
+
+
+def _content(message: Message) -> str:
+    content = message.get("content")
+    if content is None:
+        return ""
+    if isinstance(content, list):  # OpenAI content parts: keep the text ones
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content)
