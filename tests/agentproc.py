@@ -1,0 +1,456 @@
+"""Real processes for end-to-end tests: the agent itself, and a loopback HTTP receiver.
+
+`Agent` starts `waystation run` (see AGENT_COMMAND, the one place that says how) in its own
+WAYSTATION_HOME, waits until `GET /v1/status` answers on the socket, and can stop it with any
+signal. `Receiver` is an aiohttp server in a child process that records every request (path and
+`Idempotency-Key`) and answers what the path asks for; the test reads the records over HTTP.
+
+Both run as separate processes on purpose: a `kill -9` must hit a real agent, and the receiver
+must outlive the agent's restarts without sharing the test's interpreter, threads or warnings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+T = TypeVar("T")
+
+# How to start the agent in the foreground: the console command, as systemd would run it.
+# If `waystation run` is ever unusable, the equivalent in-process launch is:
+#   [sys.executable, "-c", "import asyncio; from waystation.config import Paths, load_settings; "
+#    "from waystation.agent.daemon import serve; from waystation import logs; logs.configure(); "
+#    "p = Paths.resolve(); asyncio.run(serve(p, load_settings(p)))"]
+AGENT_COMMAND: list[str] = [sys.executable, "-m", "waystation", "run"]
+
+READY_TIMEOUT_S = 20.0
+
+
+def wait_for(
+    check: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "condition"
+) -> T:
+    """Poll `check` until it returns something truthy; return it, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def make_home() -> Path:
+    """A fresh WAYSTATION_HOME, mode 0700, directly under the system temp dir.
+
+    Short (a Unix socket path must fit in 108 bytes) and reachable by other users once its mode
+    is loosened (pytest's own tmp dirs sit inside a 0700 directory), which the peer-uid test needs.
+    """
+    home = Path(tempfile.mkdtemp(prefix="ws-e2e-"))
+    home.chmod(0o700)
+    return home
+
+
+def remove_home(home: Path) -> None:
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def agent_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAYSTATION_")}
+    for name in ("NOTIFY_SOCKET", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        env.pop(name, None)
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    env["WAYSTATION_HOME"] = str(home)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def status_code(sock: Path, timeout: float = 2.0) -> int | None:
+    """`GET /v1/status` over a raw socket: the answer's status, or None if nothing answers.
+
+    Raw on purpose: httpcore leaks its socket (a ResourceWarning, an error under
+    `filterwarnings=error`) when connecting to a Unix socket fails, as it does before start-up.
+    """
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+            raw.settimeout(timeout)
+            raw.connect(str(sock))
+            raw.sendall(b"GET /v1/status HTTP/1.1\r\nHost: waystation\r\nConnection: close\r\n\r\n")
+            head = b""
+            while b"\r\n" not in head:
+                chunk = raw.recv(4096)
+                if not chunk:
+                    return None
+                head += chunk
+    except OSError:
+        return None
+    parts = head.split(b"\r\n", 1)[0].split()
+    return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
+
+
+def raw_request(
+    sock: Path, method: str, path: str, body: Any = None, timeout: float = 10.0
+) -> tuple[int, Any] | None:
+    """One request on a fresh connection: (status, JSON body), or None if no full answer came.
+
+    For load that runs while the agent is killed: a None is a request that was never acknowledged.
+    """
+    payload = b"" if body is None else json.dumps(body).encode()
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: waystation\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    ).encode()
+    answer = b""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+            raw.settimeout(timeout)
+            raw.connect(str(sock))
+            raw.sendall(head + payload)
+            while chunk := raw.recv(65536):
+                answer += chunk
+    except OSError:
+        return None
+    header, sep, content = answer.partition(b"\r\n\r\n")
+    status_line = header.split(b"\r\n", 1)[0].split()
+    if not sep or len(status_line) < 2 or not status_line[1].isdigit():
+        return None
+    length = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", header)
+    if length and len(content) < int(length.group(1)):
+        return None  # cut off: not an acknowledgement
+    try:
+        decoded = json.loads(content) if content else None
+    except ValueError:
+        decoded = content
+    return int(status_line[1]), decoded
+
+
+def uds_client(sock: Path, timeout: float = 10.0) -> httpx.Client:
+    return httpx.Client(
+        transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://waystation", timeout=timeout
+    )
+
+
+class Agent:
+    """One agent home; `start()` may be called again after the process has gone (a restart)."""
+
+    def __init__(self, home: Path, env: Mapping[str, str] | None = None) -> None:
+        self.home = home
+        self.extra_env: dict[str, str] = dict(env or {})
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+        self._runs = 0
+
+    @property
+    def socket(self) -> Path:
+        return self.home / "waystation.sock"
+
+    @property
+    def database(self) -> Path:
+        return self.home / "waystation.db"
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "agent-output.log"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def launch(self, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start a process (without waiting for it to be ready); output goes to the log file."""
+        self._runs += 1
+        log = self.log_path.open("ab")
+        log.write(f"\n===== run {self._runs} =====\n".encode())
+        log.flush()
+        try:
+            return subprocess.Popen(
+                AGENT_COMMAND,
+                env=agent_env(self.home, {**self.extra_env, **(env or {})}),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C at the test's terminal must not reach it
+            )
+        finally:
+            log.close()
+
+    def start(self, env: Mapping[str, str] | None = None, timeout: float = READY_TIMEOUT_S) -> Agent:
+        assert self.proc is None or self.proc.poll() is not None, "agent already running"
+        self.proc = self.launch(env)
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"agent exited with {self.proc.returncode} before it was ready:\n{self.output()}"
+                )
+            if status_code(self.socket) == 200:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"agent not ready after {timeout:g}s:\n{self.output()}")
+            time.sleep(0.05)
+
+    def client(self, timeout: float = 10.0) -> httpx.Client:
+        return uds_client(self.socket, timeout)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """`kill -9`, and reap it."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM; wait for the exit and return its code (SIGKILL if it overstays, then fail)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(
+                f"agent did not stop within {timeout:g}s of SIGTERM:\n{self.output()}"
+            ) from None
+
+    def wait(self, timeout: float = 10.0) -> int:
+        """Wait for the process to exit by itself; its exit code."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"agent still running after {timeout:g}s:\n{self.output()}") from None
+
+    def close(self) -> None:
+        """Make sure no process is left behind (tests call this in teardown)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except FileNotFoundError:
+            return "(no output)"
+
+    # --- API helpers ----------------------------------------------------------------------------
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        with self.client() as client:
+            return client.request(method, path, **kwargs)
+
+    def set_mode(self, mode: str) -> dict[str, Any]:
+        response = self.api("PUT", "/v1/connectivity", json={"mode": mode})
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def tasks(self, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if state:
+            params["state"] = state
+        response = self.api("GET", "/v1/tasks", params=params)
+        assert response.status_code == 200, response.text
+        found: list[dict[str, Any]] = response.json()
+        return found
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = self.api("GET", "/v1/status").json()["queue"]
+        return counts
+
+
+# --- the receiver ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hit:
+    path: str
+    method: str
+    key: str | None
+    at: float  # the receiver's time.time() when the request arrived
+
+
+class Receiver:
+    """A loopback HTTP destination in a child process. Paths choose the answer:
+
+    /generate_204            204 (a connectivity probe target)
+    /ok/<anything>           200
+    /status/<code>           that status
+    /flaky/<n>/<anything>    503 with Retry-After: 1 (or ?retry_after=S) for the first n requests
+                             with a given Idempotency-Key, then 200
+    /slow/<ms>/<anything>    waits <ms> ms, then 200
+    Every request is recorded; `hits()` reads the records (the /_hits path is not recorded).
+    """
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                "import agentproc; agentproc.receiver_main()",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=agent_env(Path(tempfile.gettempdir())),
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(10)
+            self.proc.stdout.close()
+            raise AssertionError("the receiver did not start")
+        self.port = int(line)
+        self.base = f"http://127.0.0.1:{self.port}"
+        self._http = httpx.Client(base_url=self.base, trust_env=False, timeout=10)
+
+    def url(self, path: str) -> str:
+        return f"{self.base}/{path.lstrip('/')}"
+
+    def hits(self, prefix: str = "/") -> list[Hit]:
+        records = self._http.get("/_hits").json()
+        return [Hit(**r) for r in records if r["path"].startswith(prefix)]
+
+    def keys(self, prefix: str = "/") -> list[str | None]:
+        return [h.key for h in self.hits(prefix)]
+
+    def close(self) -> None:
+        self._http.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+    def __enter__(self) -> Receiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def receiver_main() -> None:
+    """The receiver process: serve until SIGTERM. Prints its port as the first line."""
+    import asyncio
+    import collections
+
+    from aiohttp import web
+
+    hits: list[dict[str, Any]] = []
+    seen: collections.Counter[tuple[str, str | None]] = collections.Counter()
+
+    async def record(request: web.Request) -> web.StreamResponse:
+        path = request.path
+        key = request.headers.get("Idempotency-Key")
+        hits.append({"path": path, "method": request.method, "key": key, "at": time.time()})
+        await request.read()
+        parts = path.strip("/").split("/")
+        if parts[0] == "generate_204":
+            return web.Response(status=204)
+        if parts[0] == "status" and len(parts) > 1:
+            return web.Response(status=int(parts[1]), text=f"status {parts[1]}")
+        if parts[0] == "flaky" and len(parts) > 1:
+            seen[(path, key)] += 1
+            if seen[(path, key)] <= int(parts[1]):
+                retry_after = request.query.get("retry_after", "1")
+                return web.Response(status=503, text="busy", headers={"Retry-After": retry_after})
+        if parts[0] == "slow" and len(parts) > 1:
+            await asyncio.sleep(int(parts[1]) / 1000)
+        return web.json_response({"ok": True, "path": path})
+
+    async def read_hits(request: web.Request) -> web.Response:
+        return web.json_response(hits)
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/_hits", read_hits)
+        app.router.add_route("*", "/{tail:.*}", record)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        site = web.SockSite(runner, sock)
+        await site.start()
+        sys.stdout.write(f"{sock.getsockname()[1]}\n")
+        sys.stdout.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def free_port() -> int:
+    """A loopback port with nothing listening on it (connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- server-sent events ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SSE:
+    id: int | None
+    event: str
+    data: Any
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[SSE]:
+    """Parse `text/event-stream` lines into events (comments skipped; data as JSON)."""
+    fields: dict[str, str] = {}
+    data: list[str] = []
+    for line in lines:
+        if line == "":
+            if data:
+                ident = fields.get("id")
+                yield SSE(
+                    int(ident) if ident else None, fields.get("event", "message"), json.loads("\n".join(data))
+                )
+            fields, data = {}, []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            data.append(value)
+        else:
+            fields[name] = value

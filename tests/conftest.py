@@ -1,0 +1,36 @@
+"""Shared fixtures for the end-to-end tests: real agent processes and a real loopback receiver."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+# tests/ is not a package: make the helper module importable as `agentproc`.
+sys.path.insert(0, str(Path(__file__).parent))
+
+from agentproc import Agent, Receiver, make_home, remove_home
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as r:
+        yield r
+
+
+@pytest.fixture
+def agent_factory() -> Iterator[Callable[..., Agent]]:
+    """Make agents in fresh homes; every process is killed and every home removed at teardown."""
+    made: list[Agent] = []
+
+    def make(env: dict[str, str] | None = None) -> Agent:
+        agent = Agent(make_home(), env)
+        made.append(agent)
+        return agent
+
+    yield make
+    for agent in made:
+        agent.close()
+        remove_home(agent.home)
