@@ -210,6 +210,7 @@ class Database:
 
     async def checkpoint(self) -> None:
         """Fold the WAL back into the database file (TRUNCATE keeps the WAL from growing)."""
+
         def run() -> None:
             self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 

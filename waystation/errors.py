@@ -15,7 +15,7 @@
     │   ├── InvalidArguments(tool)   (422)
     │   ├── NotFound(kind, ident)    (404)
     │   ├── IdempotencyConflict(key) same key, other arguments (409)
-    │   └── InvalidTransition(...)   e.g. cancelling a task that is done (409)
+    │   ├── InvalidTransition(...)   e.g. cancelling a task that is done (409)
     │   ├── EmptyPrompt              a turn needs a prompt (400)
     │   └── PromptTooLong            longer than the model's context (400)
     ├── ModelError(path)             the model file cannot be used: missing, not a model, too big (422)
@@ -189,10 +189,22 @@ class RouteRefused(WaystationError):
     http_status = 409
     exit_code = 4
 
-    def __init__(self, route: str, reason: str) -> None:
+    def __init__(
+        self,
+        route: str,
+        reason: str,
+        *,
+        provider: str = "",
+        auth_lane: str = "none",
+        cost_lane: str = "local",
+    ) -> None:
         super().__init__(f"route {route!r} refused the turn: {reason}")
         self.route = route
         self.reason = reason
+        # The lanes of the route that refused, so its `refused` receipt names them truthfully.
+        self.provider = provider
+        self.auth_lane = auth_lane
+        self.cost_lane = cost_lane
 
 
 class DeliveryError(WaystationError):

@@ -163,7 +163,7 @@ class TurnEngine:
                 await self._loop(turn_id, request, progress, model, on_token)
         except WaystationError as exc:
             if isinstance(exc, RouteRefused):
-                route = RouteInfo(name=exc.route, provider="", auth_lane="none", cost_lane="local")
+                route = RouteInfo(exc.route, exc.provider, exc.auth_lane, exc.cost_lane)
             status = "refused" if exc.exit_code == 4 else "error"
             reason = getattr(exc, "reason", None) or exc.message
             await self._finish(turn_id, request, progress, route, status, reason, started)

@@ -13,18 +13,20 @@ from waystation.adapters.routes.local import LocalRoute
 from waystation.errors import RouteRefused
 from waystation.receipts import RouteInfo
 
-ROUTE_NAMES = (
-    "local",
-    "openai",
-    "anthropic",
-    "deepseek",
-    "xai",
-    "vertex",
-    "compatible",
-    "ollama",
-    "codex-seat",
-    "claude-seat",
-)
+# name -> (provider, auth_lane, cost_lane) for the routes this version lists but cannot run yet.
+PROVIDER_ROUTES: dict[str, tuple[str, str, str]] = {
+    "openai": ("openai", "api_key", "byok"),
+    "anthropic": ("anthropic", "api_key", "byok"),
+    "deepseek": ("deepseek", "api_key", "byok"),
+    "xai": ("xai", "api_key", "byok"),
+    "vertex": ("google-vertex", "oauth", "byok"),
+    "compatible": ("openai-compatible", "api_key", "byok"),
+    "ollama": ("ollama", "none", "local"),
+    "codex-seat": ("openai", "seat", "provider_subscription"),
+    "claude-seat": ("anthropic", "seat", "provider_subscription"),
+}
+ROUTE_NAMES = ("local", *PROVIDER_ROUTES)
+NOT_YET = "not available in this version of Waystation"
 
 
 class Router:
@@ -36,9 +38,28 @@ class Router:
         name = route or self.default_route
         if name == "local":
             return self.local.backend(model)
-        if name in ROUTE_NAMES:
-            raise RouteRefused(name, f"the {name} route is not available in this version of Waystation")
+        if name in PROVIDER_ROUTES:
+            provider, auth_lane, cost_lane = PROVIDER_ROUTES[name]
+            raise RouteRefused(
+                name,
+                f"the {name} route is {NOT_YET}",
+                provider=provider,
+                auth_lane=auth_lane,
+                cost_lane=cost_lane,
+            )
         raise RouteRefused(name, f"unknown route; known routes: {', '.join(ROUTE_NAMES)}")
 
     def statuses(self) -> list[dict[str, Any]]:
-        return [self.local.status()]
+        """Every route, available or not, with the reason when not."""
+        return [self.local.status()] + [
+            {
+                "name": name,
+                "provider": provider,
+                "auth_lane": auth_lane,
+                "cost_lane": cost_lane,
+                "model": None,
+                "available": False,
+                "reason": NOT_YET,
+            }
+            for name, (provider, auth_lane, cost_lane) in PROVIDER_ROUTES.items()
+        ]

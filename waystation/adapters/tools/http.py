@@ -222,6 +222,7 @@ URL_SCHEMA: dict[str, object] = {
     "pattern": "^https?://[^ ]+$",
 }
 
+
 class HttpRequestTool:
     name = "http_request"
     description = (

@@ -1,0 +1,29 @@
+"""The house rules hold: ruff (lint and format) and mypy --strict over the package."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_ruff_lint_is_clean() -> None:
+    result = run(sys.executable, "-m", "ruff", "check", "waystation", "tests", "bench")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_package_is_ruff_formatted() -> None:
+    result = run(sys.executable, "-m", "ruff", "format", "--check", "waystation")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.timeout(300)
+def test_mypy_strict_is_clean() -> None:
+    result = run(sys.executable, "-m", "mypy")
+    assert result.returncode == 0, result.stdout + result.stderr
