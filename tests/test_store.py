@@ -256,11 +256,6 @@ async def test_lease_takes_the_earliest_due_first(store: TaskStore, clock: list[
     assert [t.id for t in leased] == ids[:3]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: lease() reads only limit*8 due rows before the per-host filter, so a backlog "
-    "for one saturated host starves every other host (store.py lease)",
-)
 async def test_a_saturated_host_does_not_starve_another(store: TaskStore, clock: list[float]) -> None:
     for i in range(20):
         await store.enqueue(_new(i, host="busy.test"))

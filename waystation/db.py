@@ -93,6 +93,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX turns_state ON turns (state)
     """,
+    # 3: per-host lookups, so a saturated host's backlog cannot hide other hosts' due tasks.
+    """
+    CREATE INDEX tasks_host_due ON tasks (host, state, next_attempt_at)
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -7,6 +7,7 @@ the same transaction, so a settled task without its receipt, or the reverse, can
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Mapping
@@ -103,6 +104,7 @@ class TaskStore:
     def __init__(self, db: Database, settings: QueueSettings) -> None:
         self.db = db
         self.settings = settings
+        self._pending_hosts: set[str] | None = None  # see _hosts_with_pending
 
     # --- writes -------------------------------------------------------------------------------
 
@@ -124,6 +126,8 @@ class TaskStore:
             (task_id, new.tool, args, key, new.host, now, now, now, expires_at, new.turn_id),
         )
         if cursor.rowcount == 1:
+            if self._pending_hosts is not None:
+                self._pending_hosts.add(new.host)
             return _load(conn, task_id), True
         row = conn.execute("SELECT * FROM tasks WHERE idempotency_key = ?", (key,)).fetchone()
         assert row is not None  # the conflict that stopped the insert is this row
@@ -137,32 +141,61 @@ class TaskStore:
 
         def op(conn: sqlite3.Connection) -> list[Task]:
             now = timeutil.now()
-            rows = (
-                conn.execute(
-                    "SELECT * FROM tasks WHERE state = 'pending' AND next_attempt_at <= ?"
-                    " ORDER BY next_attempt_at LIMIT ?",
-                    (now, limit * 8),
-                )
+            window = limit * 8
+            rows = conn.execute(
+                "SELECT * FROM tasks WHERE state = 'pending' AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at LIMIT ?",
+                (now, window),
             ).fetchall()
             counts = dict(in_flight)
-            chosen: list[Task] = []
-            for row in rows:
-                if len(chosen) == limit:
-                    break
-                if counts.get(row["host"], 0) < per_host:
-                    counts[row["host"]] = counts.get(row["host"], 0) + 1
-                    chosen.append(Task.from_row(row))
+            chosen = _take(rows, limit, counts, per_host)
+            if len(chosen) < limit and len(rows) == window:
+                # The window was all saturated hosts: look past them, host by host, so one
+                # host's backlog cannot starve the others (the point of the per-host limit).
+                for host in sorted(self._hosts_with_pending(conn)):
+                    room = per_host - counts.get(host, 0)
+                    if len(chosen) == limit:
+                        break
+                    if room <= 0:
+                        continue
+                    more = conn.execute(
+                        "SELECT * FROM tasks WHERE host = ? AND state = 'pending' AND next_attempt_at <= ?"
+                        " ORDER BY next_attempt_at LIMIT ?",
+                        (host, now, room),
+                    ).fetchall()
+                    taken = {t.id for t in chosen}
+                    chosen += _take(
+                        [r for r in more if r["id"] not in taken], limit - len(chosen), counts, per_host
+                    )
             lease_until = now + self.settings.delivery_timeout_s + LEASE_MARGIN_S
             conn.executemany(
                 "UPDATE tasks SET state = 'running', lease_expires_at = ?, updated_at = ? WHERE id = ?",
                 [(lease_until, now, t.id) for t in chosen],
             )
             return [
-                Task(**{**t.__dict__, "state": TaskState.RUNNING, "lease_expires_at": lease_until})
-                for t in chosen
+                dataclasses.replace(t, state=TaskState.RUNNING, lease_expires_at=lease_until) for t in chosen
             ]
 
         return await self.db.write(op)
+
+    def _hosts_with_pending(self, conn: sqlite3.Connection) -> set[str]:
+        """Destination hosts that have pending tasks, kept in memory after one read.
+
+        Used only on the writer thread (inside write ops). Insert and retry add to it; a host
+        leaves it when a look finds no pending task for it.
+        """
+        if self._pending_hosts is None:
+            rows = conn.execute("SELECT DISTINCT host FROM tasks WHERE state = 'pending'").fetchall()
+            self._pending_hosts = {r[0] for r in rows}
+        for host in list(self._pending_hosts):
+            if (
+                conn.execute(
+                    "SELECT 1 FROM tasks WHERE host = ? AND state = 'pending' LIMIT 1", (host,)
+                ).fetchone()
+                is None
+            ):
+                self._pending_hosts.discard(host)
+        return set(self._pending_hosts)
 
     async def settle(
         self, task: Task, decision: Decision, result: Mapping[str, Any] | None, duration_ms: int
@@ -253,6 +286,8 @@ class TaskStore:
                 " expires_at = MAX(expires_at, ?), updated_at = ? WHERE id = ?",
                 (now, now + self.settings.retention_days * 86400, now, task_id),
             )
+            if self._pending_hosts is not None:
+                self._pending_hosts.add(task.host)
             return _load(conn, task_id)
 
         return await self.db.write(op)
@@ -317,6 +352,18 @@ class TaskStore:
     async def for_turn(self, turn_id: str) -> builtins.list[Task]:
         rows = await self.db.fetchall("SELECT * FROM tasks WHERE turn_id = ? ORDER BY created_at", (turn_id,))
         return [Task.from_row(r) for r in rows]
+
+
+def _take(rows: list[sqlite3.Row], limit: int, counts: dict[str, int], per_host: int) -> list[Task]:
+    """Up to `limit` of `rows` in order, keeping each host under `per_host` (counts updated)."""
+    chosen: list[Task] = []
+    for row in rows:
+        if len(chosen) == limit:
+            break
+        if counts.get(row["host"], 0) < per_host:
+            counts[row["host"]] = counts.get(row["host"], 0) + 1
+            chosen.append(Task.from_row(row))
+    return chosen
 
 
 def _load(conn: sqlite3.Connection, task_id: str) -> Task:
