@@ -73,6 +73,7 @@ class Agent:
     socket: Path
     command: list[str]
     env: dict[str, str]
+    fallback_reason: str = ""  # why `python -m waystation run` was not used, when it was not
 
     @property
     def pid(self) -> int:
@@ -81,10 +82,12 @@ class Agent:
     @property
     def how(self) -> str:
         """The reproducing command line, environment overrides included."""
-        overrides = " ".join(f"{k}={v}" for k, v in self.env.items() if k.startswith("WAYSTATION_"))
+        shown = {**self.env, "WAYSTATION_HOME": "$(mktemp -d)"}
+        overrides = " ".join(f"{k}={v}" for k, v in shown.items() if k.startswith("WAYSTATION_"))
         if self.command[1:3] == ["-m", "waystation"]:
             return f"{overrides} python -m waystation run"
-        return f"{overrides} python -c '<serve(Paths.resolve(), load_settings(...))>'"
+        why = f" [fallback: {self.fallback_reason}]" if self.fallback_reason else ""
+        return f"{overrides} python -c '<serve(Paths.resolve(), load_settings(...))>'{why}"
 
 
 def _agent_commands() -> list[list[str]]:
@@ -108,18 +111,14 @@ async def running_agent(
     agent = None
     try:
         for command in _agent_commands():
-            log = (home / "agent.log").open("ab")
-            proc = subprocess.Popen(
-                command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=home
-            )
-            log.close()
+            proc = spawn(command, env, home / "agent.log")
             try:
                 await wait_for_socket(socket_path, proc, "/v1/status")
             except RuntimeError as exc:
                 failures.append(f"{' '.join(command[:3])}: {exc}")
                 _stop(proc)
                 continue
-            agent = Agent(proc, home, socket_path, command, env)
+            agent = Agent(proc, home, socket_path, command, env, "; ".join(failures))
             break
         if agent is None:
             tail = (home / "agent.log").read_text(errors="replace")[-2000:]
@@ -129,6 +128,14 @@ async def running_agent(
         if agent is not None:
             _stop(agent.proc)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def spawn(command: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a process with `env` added and its output appended to `log` (Popen does not wait)."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            command, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent
+        )
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -157,12 +164,36 @@ def helper_server(*args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
         _stop(proc)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (/proc/PID/stat utime + stime)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    """/proc/PID/status as a dict of its fields."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
 def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of already sorted values."""
     if not sorted_values:
         return math.nan
     rank = max(1, math.ceil(q / 100 * len(sorted_values)))
     return sorted_values[rank - 1]
+
+
+def progress(message: str) -> None:
+    """A running commentary on stderr; stdout carries only the Markdown report."""
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
+def print_notes(*lines: str) -> None:
+    print()
+    for line in lines:
+        print(f"- {line}")
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

@@ -21,7 +21,12 @@ from aiohttp import web
 STATUS = {
     "version": "0.0.0",
     "uptime_s": 1.0,
-    "connectivity": {"state": "offline", "mode": "offline", "since": "2025-01-01T00:00:00Z", "last_probe": None},
+    "connectivity": {
+        "state": "offline",
+        "mode": "offline",
+        "since": "2025-01-01T00:00:00Z",
+        "last_probe": None,
+    },
     "queue": {"pending": 0, "running": 0, "done": 0, "dead": 0, "cancelled": 0, "expired": 0},
     "model": {"backend": "auto", "path": "", "loaded": False},
     "routes": [],
