@@ -58,6 +58,7 @@ class Flusher:
         self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._per_host: collections.Counter[str] = collections.Counter()
+        self._ready: collections.deque[Task] = collections.deque()  # leased, not yet started
         self._refresh_due = False
         self.deliveries = 0
 
@@ -92,24 +93,53 @@ class Flusher:
             await self._give_back()
 
     async def _fill(self) -> float | None:
-        """Lease and start deliveries up to the limits; return how long to sleep (None: until woken)."""
+        """Lease and start deliveries up to the limits; return how long to sleep (None: until woken).
+
+        Leasing runs one batch ahead: up to `concurrency` more tasks wait leased in memory, so a
+        finished delivery's slot refills without waiting for a lease transaction (an fsync).
+        """
         if self._connectivity.state != "online":
+            await self._release_ready()
             return None
-        free = self._settings.concurrency - len(self._in_flight)
-        if free > 0:
+        self._start_ready()
+        want = 2 * self._settings.concurrency - len(self._in_flight) - len(self._ready)
+        if want > 0:
+            held = self._per_host + collections.Counter(t.host for t in self._ready)
             try:
-                leased = await self._store.lease(free, self._per_host, self._settings.per_host)
+                leased = await self._store.lease(want, held, 2 * self._settings.per_host)
             except DatabaseError as exc:
                 log.error("cannot lease tasks", error=exc.message)
                 return 5.0
-            for task in leased:
-                self._start(task)
+            self._ready.extend(leased)
+            self._start_ready()
             if leased:
-                return 0 if len(leased) == free else None
-        if self._in_flight:
+                return 0 if len(leased) == want else None
+        if self._in_flight or self._ready:
             return None  # a finishing delivery wakes us
         next_due = await self._store.next_due_at()
         return None if next_due is None else max(0.0, next_due - timeutil.now())
+
+    def _start_ready(self) -> None:
+        """Start leased tasks while there are free slots and their host is under its limit."""
+        waiting: collections.deque[Task] = collections.deque()
+        while self._ready:
+            task = self._ready.popleft()
+            if (
+                len(self._in_flight) < self._settings.concurrency
+                and self._per_host[task.host] < self._settings.per_host
+            ):
+                self._start(task)
+            else:
+                waiting.append(task)
+        self._ready = waiting
+
+    async def _release_ready(self) -> None:
+        """Connectivity left `online`: tasks leased ahead go back to pending, undelivered."""
+        if self._ready:
+            ids = [t.id for t in self._ready]
+            self._ready.clear()
+            with contextlib.suppress(DatabaseError):
+                await self._store.release(ids)
 
     def _start(self, task: Task) -> None:
         self._per_host[task.host] += 1
@@ -172,7 +202,8 @@ class Flusher:
 
     async def _give_back(self) -> None:
         running = list(self._in_flight.values())
-        ids = list(self._in_flight)
+        ids = list(self._in_flight) + [t.id for t in self._ready]
+        self._ready.clear()
         for delivery in running:
             delivery.cancel()
         await asyncio.gather(*running, return_exceptions=True)

@@ -1,0 +1,143 @@
+"""The OpenAI-compatible endpoint, driven by the official `openai` client over the agent's socket.
+
+One real agent (real llama.cpp, the packaged model) serves the module. Each call, plain or
+streaming, must look like OpenAI's Chat Completions to the client and write a turn receipt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from agentproc import Agent, make_home, remove_home
+
+MAX_TOKENS = 16
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[Agent]:
+    home = make_home()
+    a = Agent(home, {"WAYSTATION_CONNECTIVITY__MODE": "offline"})
+    try:
+        a.start()
+        yield a
+    finally:
+        a.close()
+        remove_home(home)
+
+
+@pytest.fixture(scope="module")
+def client(agent: Agent) -> Iterator[openai.OpenAI]:
+    http_client = httpx.Client(transport=httpx.HTTPTransport(uds=str(agent.socket)), timeout=120.0)
+    with openai.OpenAI(
+        base_url="http://waystation/v1", api_key="unused", http_client=http_client, max_retries=0
+    ) as c:
+        yield c
+    http_client.close()
+
+
+def turn_receipts(agent: Agent) -> list[dict[str, Any]]:
+    response = agent.api("GET", "/v1/receipts", params={"limit": 1000})
+    assert response.status_code == 200, response.text
+    return [r for r in response.json() if r["kind"] == "turn"]
+
+
+def test_plain_completion_has_content_and_usage(client: openai.OpenAI, agent: Agent) -> None:
+    before = turn_receipts(agent)
+    completion = client.chat.completions.create(
+        model="local",
+        messages=[
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "What is the capital of France?"},
+        ],
+        max_tokens=MAX_TOKENS,
+    )
+    assert completion.object == "chat.completion"
+    assert completion.id.startswith("chatcmpl-")
+    assert completion.model == "local"
+    (choice,) = completion.choices
+    assert choice.index == 0 and choice.finish_reason == "stop"
+    assert choice.message.role == "assistant"
+    assert choice.message.content and choice.message.content.strip()
+    assert choice.message.tool_calls is None  # no tools of ours on this endpoint
+    usage = completion.usage
+    assert usage is not None
+    assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= MAX_TOKENS
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+    after = turn_receipts(agent)
+    assert len(after) == len(before) + 1
+    receipt = after[-1]
+    assert receipt["status"] == "ok"
+    assert receipt["route"]["name"] == "local" and receipt["route"]["auth_lane"] == "none"
+    assert receipt["route"]["cost_lane"] == "local" and receipt["credits_used"] == 0
+    assert receipt["usage"] == {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+    }
+    extra = completion.model_extra or {}
+    assert extra["waystation"]["receipt_id"] == receipt["id"]
+    assert extra["waystation"]["turn_id"] == receipt["turn_id"]
+
+
+def test_streaming_deltas_join_into_the_text(client: openai.OpenAI, agent: Agent) -> None:
+    before = turn_receipts(agent)
+    stream = client.chat.completions.create(
+        model="local",
+        messages=[{"role": "user", "content": "Write one short sentence about the sea."}],
+        max_tokens=MAX_TOKENS,
+        stream=True,
+    )
+    chunks = list(stream)
+    assert chunks, "no chunks"
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text.strip()
+    content_chunks = [c for c in chunks if c.choices[0].delta.content]
+    assert 1 < len(content_chunks) <= MAX_TOKENS, "streamed piece by piece"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+
+    after = turn_receipts(agent)
+    assert len(after) == len(before) + 1
+    receipt = after[-1]
+    assert receipt["status"] == "ok" and receipt["credits_used"] == 0
+    assert receipt["usage"]["completion_tokens"] >= len(content_chunks)
+
+
+def test_a_conversation_with_history(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model="waystation-local",
+        messages=[
+            {"role": "user", "content": "My name is Ada."},
+            {"role": "assistant", "content": "Hello Ada."},
+            {"role": "user", "content": "What is my name?"},
+        ],
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+    )
+    assert completion.choices[0].message.content
+
+
+def test_bad_requests_are_openai_style_errors(client: openai.OpenAI, agent: Agent) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="local", messages=[], max_tokens=MAX_TOKENS)
+    assert caught.value.status_code == 400
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="local", messages=[{"role": "user", "content": "  "}], max_tokens=MAX_TOKENS
+        )
+    assert caught.value.body["code"] == "empty_prompt"  # type: ignore[index]
+    # Still serving.
+    assert agent.api("GET", "/v1/status").status_code == 200
+
+
+def test_receipts_verify(agent: Agent) -> None:
+    verification = agent.api("GET", "/v1/receipts/verify").json()
+    assert verification["ok"] is True, verification
+    assert verification["count"] >= 3
