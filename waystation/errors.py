@@ -19,6 +19,7 @@
     │   ├── EmptyPrompt              a turn needs a prompt (400)
     │   └── PromptTooLong            longer than the model's context (400)
     ├── ModelError(path)             the model file cannot be used: missing, not a model, too big (422)
+    ├── TurnTimeout(limit_s)         a turn ran past its wall-clock limit (504)
     ├── AgentNotRunning(socket)      a command that needs the agent found none (exit 3)
     ├── RouteRefused(route, reason)  fail-closed: the named route cannot run (exit 4)
     └── DeliveryError                a tool delivery did not get an answer
@@ -170,6 +171,15 @@ class ModelError(WaystationError):
     def __init__(self, path: object, message: str) -> None:
         super().__init__(f"model {path}: {message}")
         self.path = path
+
+
+class TurnTimeout(WaystationError):
+    code = "turn_timeout"
+    http_status = 504
+
+    def __init__(self, limit_s: float) -> None:
+        super().__init__(f"the turn ran past its {limit_s:g} s limit")
+        self.limit_s = limit_s
 
 
 class AgentNotRunning(WaystationError):

@@ -83,12 +83,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     body = await json_body(request)
     messages = body.get("messages")
-    if not isinstance(messages, list) or not messages or not all(_is_message(m) for m in messages):
+    if not isinstance(messages, list):
+        messages = []
+    texts = [_text_of(m) for m in messages]
+    if not texts or any(t is None for t in texts):
         raise MalformedRequest("messages must be a non-empty list of {role, content} objects")
+    temperature = body.get("temperature", 0.0)
+    if not isinstance(temperature, int | float) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
+        raise MalformedRequest("temperature must be a number between 0 and 2")
     limit = body.get("max_completion_tokens") or body.get("max_tokens") or 256
     turn = TurnRequest(
         prompt="",
-        messages=[{"role": m["role"], "content": m["content"]} for m in messages],
+        messages=[{"role": m["role"], "content": t} for m, t in zip(messages, texts, strict=True)],
+        temperature=float(temperature),
         max_tokens=_bounded_int({"max_tokens": limit}, "max_tokens", 256, MAX_TOKENS_LIMIT),
         tool_choice="none",
     )
@@ -137,8 +144,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     )
 
 
-def _is_message(m: object) -> bool:
-    return isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+def _text_of(m: object) -> str | None:
+    """A message's text: a string, or OpenAI's list of content parts (text parts joined)."""
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+        return None
+    content = m.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
+        return "".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
+    return None
 
 
 def _usage(result: TurnResult) -> dict[str, int]:

@@ -29,7 +29,7 @@ from waystation.agent.events import EventBus
 from waystation.agent.jobs import Housekeeping
 from waystation.agent.peer import PeerCheckedUnixSite, SocketError, bind_unix_socket, prepare_socket_dir
 from waystation.agent.services import Services
-from waystation.agent.turns import TurnEngine, parked_turns_ready
+from waystation.agent.turns import TurnEngine, parked_turns_ready, reclaim_interrupted_resumptions
 from waystation.config import Paths, Settings
 from waystation.db import Database
 from waystation.queue.flusher import Flusher
@@ -102,6 +102,7 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
         # Shut streams before the runner waits on open connections (it would wait on SSE forever).
         stack.callback(events.close)
 
+        await reclaim_interrupted_resumptions(db)
         for turn_id in await parked_turns_ready(db):  # their tasks settled while we were down
             services.resume_soon(turn_id)
         log.info("agent ready", socket=str(paths.socket), database=str(paths.database), version=__version__)

