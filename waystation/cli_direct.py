@@ -75,7 +75,7 @@ class DirectStore:
 
         spec = default_tools().get(tool)
         valid = spec.validate(args)
-        new = NewTask(tool=tool, args=valid, host=spec.destination_host(valid), idempotency_key=key)
+        new = NewTask.for_tool(spec, valid, idempotency_key=key)
         _, store = self._open()
         task, created = self._run(store.enqueue(new))
         return task.to_json(), created

@@ -126,12 +126,8 @@ async def create_task(request: web.Request) -> web.Response:
         if expires_at is None:
             raise MalformedRequest("expires_at must be an ISO 8601 timestamp")
     task, created = await s.store.enqueue(
-        NewTask(
-            tool=tool.name,
-            args=args,
-            host=tool.destination_host(args),
-            idempotency_key=optional_str(body, "idempotency_key"),
-            expires_at=expires_at,
+        NewTask.for_tool(
+            tool, args, idempotency_key=optional_str(body, "idempotency_key"), expires_at=expires_at
         )
     )
     if created:

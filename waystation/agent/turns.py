@@ -265,10 +265,9 @@ class TurnEngine:
                 return
         task_id = receipts.new_id("t")
         progress.parked.append(
-            NewTask(
-                tool=tool.name,
-                args=args,
-                host=tool.destination_host(args),
+            NewTask.for_tool(
+                tool,
+                args,
                 idempotency_key=_call_key(turn_id, len(progress.messages), index),
                 turn_id=turn_id,
                 task_id=task_id,

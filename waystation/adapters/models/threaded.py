@@ -36,6 +36,7 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
         self._lock = asyncio.Lock()  # one generation at a time; the model has one context
         self._idle_timer: asyncio.TimerHandle | None = None
         self._stop: threading.Event = threading.Event()  # the running generation's stop flag
+        self._closing = False  # set by close(): stops a generation that has not started yet too
         self.load_ms: int | None = None
 
     @property
@@ -58,7 +59,7 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
 
     def stopping(self) -> bool:
         """Checked by generate_blocking at each token: the turn was cancelled or we are closing."""
-        return self._stop.is_set()
+        return self._closing or self._stop.is_set()
 
     # --- the async face -----------------------------------------------------------------------
 
@@ -109,6 +110,7 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
                 log.info("model unloaded", backend=self.name, path=self.model_path)
 
     async def close(self) -> None:
+        self._closing = True  # a generation queued on the owner thread ends at its first token
         self._stop.set()  # a generation still running ends at its next token
         await self.unload()
         self._owner.shutdown(wait=True)
