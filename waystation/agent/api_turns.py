@@ -176,11 +176,20 @@ async def _stream(
     turn = asyncio.create_task(run(pieces.put_nowait))
     turn.add_done_callback(lambda _: pieces.put_nowait(None))
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await response.prepare(request)
-    if first:
-        await response.write(first)
-    while (piece := await pieces.get()) is not None:
-        await response.write(token(piece))
+    try:
+        await response.prepare(request)
+        if first:
+            await response.write(first)
+        while (piece := await pieces.get()) is not None:
+            await response.write(token(piece))
+    except BaseException:
+        # The client went away or the agent is stopping (the handler is cancelled): the turn stops
+        # with it, at the model's next token, and still writes its ("interrupted") receipt.
+        turn.cancel()
+        await asyncio.wait({turn})
+        if not turn.cancelled():
+            turn.exception()  # it ended on its own meanwhile; nobody is left to tell
+        raise
     try:
         result = await turn
     except WaystationError as exc:

@@ -1,0 +1,32 @@
+"""`waystation run`: settings, logging, then the agent until SIGTERM/SIGINT; an exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import structlog
+
+from waystation import logs
+from waystation.config import Paths, load_settings
+from waystation.errors import WaystationError
+
+
+def run_agent() -> int:
+    """Run the agent in the foreground; a failure is one `error: ...` line and its exit code."""
+    try:
+        paths = Paths.resolve()
+        settings = load_settings(paths)
+        logs.configure()
+        from waystation.agent.daemon import serve
+
+        asyncio.run(serve(paths, settings))
+    except WaystationError as exc:
+        sys.stderr.write(f"error: {' '.join(exc.message.split())}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception:  # a bug: the log keeps the traceback, the exit code says it failed
+        structlog.get_logger("waystation.agent").exception("agent crashed")
+        return 1
+    return 0
