@@ -19,6 +19,7 @@
     │   ├── EmptyPrompt              a turn needs a prompt (400)
     │   └── PromptTooLong            longer than the model's context (400)
     ├── ModelError(path)             the model file cannot be used: missing, not a model, too big (422)
+    ├── ProviderError(route, status) a provider route failed in a way that may pass (429, 5xx)
     ├── TurnTimeout(limit_s)         a turn ran past its wall-clock limit (504)
     ├── AgentNotRunning(socket)      a command that needs the agent found none (exit 3)
     ├── RouteRefused(route, reason)  fail-closed: the named route cannot run (exit 4)
@@ -171,6 +172,20 @@ class ModelError(WaystationError):
     def __init__(self, path: object, message: str) -> None:
         super().__init__(f"model {path}: {message}")
         self.path = path
+
+
+class ProviderError(WaystationError):
+    """A provider route answered with a failure that may pass (429, 5xx): retry later."""
+
+    code = "provider_error"
+    http_status = 502
+
+    def __init__(self, route: str, status: int, retry_after_s: float | None = None) -> None:
+        hint = f"; retry after {retry_after_s:g} s" if retry_after_s is not None else "; retry later"
+        super().__init__(f"route {route!r}: the provider answered HTTP {status}{hint}")
+        self.route = route
+        self.status = status
+        self.retry_after_s = retry_after_s
 
 
 class TurnTimeout(WaystationError):

@@ -59,6 +59,11 @@ class Generation:
     finish_reason: str = "stop"
     cold_load_ms: int | None = None  # set when this generation paid for loading the model
     first_token_ms: int | None = None
+    # What the provider says answered, which may differ from the model asked for (a route's
+    # alias resolved, a fallback on their side); None where the backend is the model itself.
+    model_answered: str | None = None
+    # Provider telemetry such as rate-limit headers: shown as telemetry, never as the model.
+    telemetry: dict[str, str] = field(default_factory=dict)
 
 
 class ModelBackend(Protocol):
