@@ -61,12 +61,46 @@ class QueueSettings:
     delivery_timeout_s: float = 30.0
 
 
+ROUTE_NAMES = (
+    "local",
+    "openai",
+    "anthropic",
+    "deepseek",
+    "xai",
+    "vertex",
+    "compatible",
+    "ollama",
+    "codex-seat",
+    "claude-seat",
+)
+OFF_BY_DEFAULT = frozenset({"claude-seat"})  # a subscription seat runs only where policy enables it
+
+
+@dataclass(frozen=True)
+class RouteSettings:
+    """`[routes.NAME]`: every key optional; keys are better kept in the environment."""
+
+    enabled: bool = True
+    model: str = ""
+    api_key: str = ""
+    base_url: str = ""
+    project: str = ""  # vertex
+    region: str = ""  # vertex
+
+
 @dataclass(frozen=True)
 class Settings:
     agent: AgentSettings = field(default_factory=AgentSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     connectivity: ConnectivitySettings = field(default_factory=ConnectivitySettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
+    routes: typing.Mapping[str, RouteSettings] = field(default_factory=dict)
+
+    def route(self, name: str) -> RouteSettings:
+        """A route's settings, with its defaults where the config says nothing."""
+        if name in self.routes:
+            return self.routes[name]
+        return RouteSettings(enabled=name not in OFF_BY_DEFAULT)
 
 
 @dataclass(frozen=True)
@@ -121,6 +155,10 @@ def load_settings(paths: Paths, env: typing.Mapping[str, str] | None = None) -> 
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if section == "routes":  # WAYSTATION_ROUTES__CLAUDE_SEAT__ENABLED: route names use "-"
+            route, _, key = key.partition("__")
+            raw.setdefault("routes", {}).setdefault(route.replace("_", "-"), {})[key] = _from_env(name, value)
+            continue
         raw.setdefault(section, {})[key] = _from_env(name, value)
     return _build(raw)
 
@@ -138,6 +176,9 @@ def _build(raw: dict[str, dict[str, Any]]) -> Settings:
     hints = typing.get_type_hints(Settings)
     sections: dict[str, Any] = {}
     for section, values in raw.items():
+        if section == "routes":
+            sections["routes"] = _build_routes(values)
+            continue
         if section not in hints:
             raise ConfigError(section, f"unknown section; known: {', '.join(hints)}")
         cls = hints[section]
@@ -152,6 +193,24 @@ def _build(raw: dict[str, dict[str, Any]]) -> Settings:
     settings = Settings(**sections)
     _check_ranges(settings)
     return settings
+
+
+def _build_routes(raw: dict[str, Any]) -> dict[str, RouteSettings]:
+    fields = typing.get_type_hints(RouteSettings)
+    routes = {}
+    for name, values in raw.items():
+        if name not in ROUTE_NAMES:
+            raise ConfigError(f"routes.{name}", f"unknown route; known: {', '.join(ROUTE_NAMES)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"routes.{name}", "expected a [routes.NAME] table")
+        checked: dict[str, Any] = {"enabled": name not in OFF_BY_DEFAULT}
+        for key, value in values.items():
+            dotted = f"routes.{name}.{key}"
+            if key not in fields:
+                raise ConfigError(dotted, f"unknown key; known: {', '.join(fields)}")
+            checked[key] = _check(dotted, fields[key], value)
+        routes[name] = RouteSettings(**checked)
+    return routes
 
 
 def _check(key: str, kind: Any, value: Any) -> Any:
