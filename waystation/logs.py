@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable
 
 import structlog
 
+from waystation.secrets import Redactor
 
-def configure(level: int = logging.INFO) -> None:
+
+def configure(level: int = logging.INFO, secrets: Iterable[str] = ()) -> None:
+    """Set up logging; `secrets` are blanked from every line, whole or in part."""
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        Redactor(secrets),
     ]
     if sys.stderr.isatty():
-        processors.append(structlog.dev.ConsoleRenderer())
+        # Plain tracebacks, already formatted and redacted above: rich's would show local variables.
+        processors.append(structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback))
     else:
-        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        processors.append(structlog.processors.JSONRenderer())
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -10,6 +10,7 @@ import structlog
 from waystation import logs
 from waystation.config import Paths, load_settings
 from waystation.errors import WaystationError
+from waystation.secrets import known_secrets, warn_if_config_exposed
 
 
 def run_agent() -> int:
@@ -17,7 +18,8 @@ def run_agent() -> int:
     try:
         paths = Paths.resolve()
         settings = load_settings(paths)
-        logs.configure()
+        logs.configure(secrets=known_secrets(settings))
+        warn_if_config_exposed(paths.config_file, settings)
         from waystation.agent.daemon import serve
 
         asyncio.run(serve(paths, settings))
