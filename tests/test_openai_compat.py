@@ -6,6 +6,9 @@ streaming, must look like OpenAI's Chat Completions to the client and write a tu
 
 from __future__ import annotations
 
+import contextlib
+import json
+import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +16,7 @@ import httpx
 import openai
 import pytest
 from agentproc import Agent, make_home, remove_home
+from openai.types.chat import ChatCompletionContentPartParam, ChatCompletionContentPartTextParam
 
 MAX_TOKENS = 16
 
@@ -141,3 +145,95 @@ def test_receipts_verify(agent: Agent) -> None:
     verification = agent.api("GET", "/v1/receipts/verify").json()
     assert verification["ok"] is True, verification
     assert verification["count"] >= 3
+
+
+def test_content_parts_are_joined_into_the_prompt(client: openai.OpenAI, agent: Agent) -> None:
+    """OpenAI's list-of-parts content: the text parts, joined, are what the turn runs on."""
+    question: list[ChatCompletionContentPartTextParam] = [
+        {"type": "text", "text": "What is the capital "},
+        {"type": "text", "text": "of Italy?"},
+    ]
+    as_parts = client.chat.completions.create(
+        model="local",
+        messages=[
+            {"role": "system", "content": [{"type": "text", "text": "You are terse."}]},
+            {"role": "user", "content": question},
+        ],
+        max_tokens=MAX_TOKENS,
+    )
+    assert as_parts.choices[0].message.content and as_parts.choices[0].message.content.strip()
+    extra = (as_parts.model_extra or {})["waystation"]
+    with contextlib.closing(sqlite3.connect(f"file:{agent.database}?mode=ro", uri=True)) as db:
+        (request,) = db.execute("SELECT request FROM turns WHERE id = ?", (extra["turn_id"],)).fetchone()
+    assert json.loads(request)["messages"] == [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "What is the capital of Italy?"},
+    ]
+    # The same conversation as plain strings is the same prompt, token for token.
+    as_string = client.chat.completions.create(
+        model="local",
+        messages=[
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "What is the capital of Italy?"},
+        ],
+        max_tokens=MAX_TOKENS,
+    )
+    assert as_parts.usage is not None and as_string.usage is not None
+    assert as_parts.usage.prompt_tokens == as_string.usage.prompt_tokens > 0
+    (receipt,) = [r for r in turn_receipts(agent) if r["id"] == extra["receipt_id"]]
+    assert receipt["status"] == "ok"
+    assert receipt["usage"]["prompt_tokens"] == as_parts.usage.prompt_tokens
+
+
+def test_content_parts_without_text_are_an_empty_prompt(client: openai.OpenAI) -> None:
+    image_only: list[ChatCompletionContentPartParam] = [
+        {"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/cat.png"}}
+    ]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="local",
+            messages=[{"role": "user", "content": image_only}],
+            max_tokens=MAX_TOKENS,
+        )
+    assert caught.value.body["code"] == "empty_prompt"  # type: ignore[index]
+
+
+def test_streamed_content_parts(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="local",
+        messages=[{"role": "user", "content": [{"type": "text", "text": "Say hello."}]}],
+        max_tokens=MAX_TOKENS,
+        stream=True,
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks).strip()
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("temperature", [5, -0.5, 2.01])
+def test_temperature_out_of_range_is_a_400(client: openai.OpenAI, agent: Agent, temperature: float) -> None:
+    before = len(turn_receipts(agent))
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="local",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=MAX_TOKENS,
+            temperature=temperature,
+        )
+    assert caught.value.status_code == 400
+    assert caught.value.body["code"] == "malformed_request"  # type: ignore[index]
+    assert "temperature" in caught.value.body["message"]  # type: ignore[index]
+    assert len(turn_receipts(agent)) == before  # refused before any turn ran
+    assert agent.api("GET", "/v1/status").status_code == 200
+
+
+def test_temperature_in_range_is_accepted(client: openai.OpenAI) -> None:
+    for temperature in (0, 0.8, 2):
+        completion = client.chat.completions.create(
+            model="local",
+            messages=[{"role": "user", "content": "Name a fruit."}],
+            max_tokens=4,
+            temperature=temperature,
+        )
+        assert completion.choices[0].finish_reason == "stop"
+        assert completion.usage is not None and 0 < completion.usage.completion_tokens <= 4

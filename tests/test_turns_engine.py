@@ -15,6 +15,8 @@ import json
 import random
 import socket
 import sqlite3
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,15 +29,28 @@ from aiohttp import web
 from waystation import receipts, timeutil
 from waystation.adapters.models.base import Generation, GenerationRequest, TokenSink, ToolCall
 from waystation.adapters.models.scripted import ScriptedBackend
+from waystation.adapters.models.threaded import ThreadedBackend
 from waystation.adapters.routes import Router
 from waystation.adapters.routes.local import LocalRoute
 from waystation.adapters.tools import default_tools, new_client
 from waystation.agent.events import EventBus
 from waystation.agent.services import Services
-from waystation.agent.turns import TurnEngine, TurnRequest, parked_turns_ready
+from waystation.agent.turns import (
+    TurnEngine,
+    TurnRequest,
+    parked_turns_ready,
+    reclaim_interrupted_resumptions,
+)
 from waystation.config import AgentSettings, ModelSettings, QueueSettings, Settings
 from waystation.db import Database
-from waystation.errors import DatabaseError, EmptyPrompt, ModelError, RouteRefused, WaystationError
+from waystation.errors import (
+    DatabaseError,
+    EmptyPrompt,
+    ModelError,
+    RouteRefused,
+    TurnTimeout,
+    WaystationError,
+)
 from waystation.queue.policy import TaskState, classify, decide
 from waystation.queue.store import Task, TaskStore
 from waystation.receipts import verify_database
@@ -758,3 +773,248 @@ async def test_many_turns_keep_the_chain_intact(
     verification = await verify_database(db)
     assert verification.ok and verification.count == 6
     assert (await store.counts())["pending"] == 3
+
+
+# --- cancellation, timeouts and foreign failures ------------------------------------------------------
+
+
+class BlockingBackend(ScriptedBackend):
+    """A model that starts generating (one token) and then waits until released, forever if never."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def generate(self, request: GenerationRequest, on_token: TokenSink | None = None) -> Generation:
+        self.requests.append(request)
+        if on_token is not None:
+            on_token("Once")
+        self.started.set()
+        await self.release.wait()
+        return Generation(text="Once upon a time.", prompt_tokens=3, completion_tokens=4)
+
+
+async def test_a_cancelled_turn_still_writes_an_interrupted_receipt(
+    make_engine: EngineFactory, db: Database
+) -> None:
+    model = BlockingBackend()
+    tokens: list[str] = []
+    running = asyncio.create_task(make_engine(model).run(TurnRequest("tell a story"), tokens.append))
+    await model.started.wait()
+    assert tokens == ["Once"]
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert running.cancelled()
+
+    (receipt,) = await all_receipts(db)
+    assert receipt["kind"] == "turn" and receipt["status"] == "error"
+    assert receipt["reason"].startswith("interrupted"), receipt["reason"]
+    assert receipt["route"]["name"] == "local" and receipt["route"]["provider"] == "scripted"
+    assert receipt["credits_used"] == 0
+    row = await turn_row(db, receipt["turn_id"])
+    assert row is not None and row["state"] == "error"
+    await assert_chain_ok(db)
+
+
+async def test_turn_timeout_is_a_504_turn_timeout_with_an_error_receipt(
+    make_engine: EngineFactory, db: Database
+) -> None:
+    model = BlockingBackend()
+    with pytest.raises(TurnTimeout) as caught:
+        await make_engine(model, turn_timeout_s=0.2).run(TurnRequest("tell a story"))
+    assert caught.value.code == "turn_timeout" and caught.value.http_status == 504
+    assert caught.value.limit_s == 0.2
+    assert caught.value.to_json() == {"error": {"code": "turn_timeout", "message": caught.value.message}}
+    (receipt,) = await all_receipts(db)
+    assert receipt["status"] == "error" and receipt["reason"] == caught.value.message
+    assert "0.2 s" in receipt["reason"]
+    await assert_chain_ok(db)
+
+
+@dataclass
+class ThreadedStub:
+    """What a test-only ThreadedBackend loads: nothing, but counted."""
+
+    loads: int = 0
+
+
+class RaisingThreadedBackend(ThreadedBackend[ThreadedStub]):
+    """A pure-Python ThreadedBackend whose generation fails with a foreign exception."""
+
+    name = "raising"
+
+    def load_blocking(self) -> ThreadedStub:
+        return ThreadedStub(loads=1)
+
+    def generate_blocking(
+        self, handle: ThreadedStub, request: GenerationRequest, emit: TokenSink
+    ) -> Generation:
+        emit("partial")
+        raise RuntimeError("the native library fell over")
+
+
+async def test_a_foreign_exception_from_generation_becomes_model_error_with_a_receipt(
+    make_engine: EngineFactory, db: Database, model_file: Path
+) -> None:
+    backend = RaisingThreadedBackend(str(model_file))
+    try:
+        engine = make_engine(backend)
+        with pytest.raises(ModelError) as caught:
+            await engine.run(TurnRequest("hi"))
+        assert caught.value.code == "model_error" and caught.value.http_status == 422
+        assert "generation failed (RuntimeError)" in caught.value.message
+        assert isinstance(caught.value.__cause__, RuntimeError)
+        # The backend is still usable (and fails the same clear way) afterwards.
+        with pytest.raises(ModelError):
+            await engine.run(TurnRequest("again"))
+    finally:
+        await backend.close()
+    first, second = await all_receipts(db)
+    for receipt in (first, second):
+        assert receipt["status"] == "error" and receipt["kind"] == "turn"
+        assert "generation failed (RuntimeError)" in receipt["reason"]
+        assert "fell over" not in receipt["reason"]  # the foreign message stays out of the receipt
+        assert receipt["route"]["provider"] == "raising"
+    await assert_chain_ok(db)
+
+
+async def test_an_interrupted_resumption_is_reclaimed_and_resumes_once(
+    make_engine: EngineFactory, db: Database, store: TaskStore, destination: Destination
+) -> None:
+    model = ScriptedBackend([fetch(destination.url("/news")), "resumed after the restart"])
+    engine = make_engine(model)
+    parked = await engine.run(TurnRequest("fetch the news"))
+    await deliver_and_settle(store, parked.deferred_task_ids[0], destination)
+    # A resumption cut short (SIGTERM, crash) leaves the turn claimed: `resuming`.
+    await db.write(
+        lambda conn: conn.execute("UPDATE turns SET state = 'resuming' WHERE id = ?", (parked.turn_id,))
+    )
+    assert await parked_turns_ready(db) == []
+    assert await engine.resume(parked.turn_id) is None  # claimed: nobody else may take it
+
+    assert await reclaim_interrupted_resumptions(db) == 1
+    assert (await turn_row(db, parked.turn_id))["state"] == "parked"  # type: ignore[index]
+    assert await parked_turns_ready(db) == [parked.turn_id]
+    assert await reclaim_interrupted_resumptions(db) == 0  # nothing left to reclaim
+
+    results = await asyncio.gather(*(engine.resume(parked.turn_id) for _ in range(2)))
+    finished = [r for r in results if r is not None]
+    assert len(finished) == 1 and finished[0].text == "resumed after the restart"
+    assert len(model.requests) == 2  # the parked run and one resumption
+    assert await engine.resume(parked.turn_id) is None
+    assert await parked_turns_ready(db) == []
+    assert [r["status"] for r in await all_receipts(db) if r["kind"] == "turn"] == ["parked", "ok"]
+    await assert_chain_ok(db)
+
+
+async def test_reclaim_leaves_turns_in_other_states_alone(make_engine: EngineFactory, db: Database) -> None:
+    ok = await make_engine(ScriptedBackend(["fine"])).run(TurnRequest("hi"))
+    assert await reclaim_interrupted_resumptions(db) == 0
+    assert (await turn_row(db, ok.turn_id))["state"] == "ok"  # type: ignore[index]
+    assert await parked_turns_ready(db) == []
+
+
+# --- the threaded backend's stop flag -----------------------------------------------------------------
+
+
+class CountingThreadedBackend(ThreadedBackend[ThreadedStub]):
+    """A pure-Python ThreadedBackend: emits `max_tokens` tokens (one per millisecond), checking
+    `stopping()` at each as the real backends do, and records how each generation finished."""
+
+    name = "counting"
+
+    def __init__(self, model_path: str) -> None:
+        super().__init__(model_path)
+        self.finished: list[tuple[str, int]] = []  # (finish_reason, tokens emitted)
+        self.load_started = threading.Event()
+        self.load_gate: threading.Event | None = None  # when set: loading waits for it
+
+    def load_blocking(self) -> ThreadedStub:
+        self.load_started.set()
+        if self.load_gate is not None:
+            assert self.load_gate.wait(10)
+        return ThreadedStub(loads=1)
+
+    def generate_blocking(
+        self, handle: ThreadedStub, request: GenerationRequest, emit: TokenSink
+    ) -> Generation:
+        emitted, finish = 0, "length"
+        while emitted < request.max_tokens:
+            if self.stopping():
+                finish = "cancelled"
+                break
+            emit(f" t{emitted}")
+            emitted += 1
+            time.sleep(0.001)
+        self.finished.append((finish, emitted))
+        return Generation(text="x" * emitted, completion_tokens=emitted, finish_reason=finish)
+
+
+FOREVER = 10**9  # tokens: a generation that only ends when told to stop
+
+
+def long_request(max_tokens: int = FOREVER) -> GenerationRequest:
+    return GenerationRequest([{"role": "user", "content": "go on forever"}], max_tokens=max_tokens)
+
+
+async def first_token(
+    backend: CountingThreadedBackend, request: GenerationRequest
+) -> asyncio.Task[Generation]:
+    """Start a generation and return once it has produced a token (it is running on the thread)."""
+    seen = asyncio.Event()
+    task = asyncio.create_task(backend.generate(request, lambda _: seen.set()))
+    async with asyncio.timeout(10):
+        await seen.wait()
+    return task
+
+
+async def test_cancelling_generate_stops_the_owner_thread_at_the_next_token(tmp_path: Path) -> None:
+    backend = CountingThreadedBackend(str(tmp_path / "m.gguf"))
+    try:
+        running = await first_token(backend, long_request())
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        # The owner thread is free again: the next generation runs (it would queue behind the
+        # cancelled one forever if that one never stopped).
+        async with asyncio.timeout(10):
+            after = await backend.generate(long_request(max_tokens=3))
+        assert after.finish_reason == "length" and after.completion_tokens == 3
+        (stopped, emitted), finished_next = backend.finished
+        assert stopped == "cancelled" and 0 < emitted < FOREVER
+        assert finished_next == ("length", 3)
+        # And a fresh flag for it: a cancelled turn does not stop the ones after it.
+        assert not backend.stopping()
+    finally:
+        async with asyncio.timeout(10):
+            await backend.close()
+
+
+async def test_close_during_a_generation_returns_promptly(tmp_path: Path) -> None:
+    backend = CountingThreadedBackend(str(tmp_path / "m.gguf"))
+    running = await first_token(backend, long_request())
+    async with asyncio.timeout(10):
+        await backend.close()
+    generation = await running  # it was not cancelled: it ended early, and says so
+    assert generation.finish_reason == "cancelled"
+    assert backend.finished == [("cancelled", generation.completion_tokens)]
+    assert not backend.loaded
+
+
+async def test_close_before_the_generation_reaches_the_thread_still_stops_it(tmp_path: Path) -> None:
+    """close() after generate() was called but before its generation started on the owner thread
+    (here: the model is still loading): that generation must stop too, or close() waits forever."""
+    backend = CountingThreadedBackend(str(tmp_path / "m.gguf"))
+    backend.load_gate = threading.Event()
+    queued = asyncio.create_task(backend.generate(long_request()))
+    assert await asyncio.to_thread(backend.load_started.wait, 10)
+    closing = asyncio.create_task(backend.close())
+    await asyncio.sleep(0)  # close() has asked for the stop and waits for the generation
+    backend.load_gate.set()
+    async with asyncio.timeout(10):
+        await closing
+    generation = await queued
+    assert generation.finish_reason == "cancelled" and generation.completion_tokens == 0
+    assert backend.finished == [("cancelled", 0)]

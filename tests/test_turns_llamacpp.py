@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
+import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,9 +29,9 @@ import pytest
 from agentproc import SSE, Agent, make_home, remove_home, sse_events, wait_for
 
 from waystation import receipts
-from waystation.adapters.models.base import GenerationRequest, ToolSpec
+from waystation.adapters.models.base import GenerationRequest, ToolSpec, tool_instructions
 from waystation.adapters.models.embedded import default_model_path
-from waystation.adapters.models.llamacpp import DEFAULT_CONTEXT, LlamaCppBackend
+from waystation.adapters.models.llamacpp import DEFAULT_CONTEXT, LlamaCppBackend, urls_in
 from waystation.adapters.routes import Router
 from waystation.adapters.routes.local import LocalRoute
 from waystation.adapters.tools import default_tools, new_client
@@ -457,3 +460,173 @@ def test_prompt_longer_than_the_context_is_400(client: httpx.Client) -> None:
     assert answer.status_code == 200, answer.text
     assert answer.json()["status"] == "ok"
     assert_chain_ok(client)
+
+
+# --- URLs pinned in the grammar, tokens counted by tokenizing -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("contents", "expected"),
+    [
+        (["Fetch http://127.0.0.1:8123/news"], ["http://127.0.0.1:8123/news"]),
+        (["Fetch http://127.0.0.1:8123/news."], ["http://127.0.0.1:8123/news"]),
+        (["Is https://example.com/a?b=1&c=2 up?"], ["https://example.com/a?b=1&c=2"]),
+        (
+            ["(see https://example.com/x), then http://a.test:80/y!"],
+            ["https://example.com/x", "http://a.test:80/y"],
+        ),
+        (
+            ['"http://q.test/1" and <http://q.test/2> and [http://q.test/3]'],
+            [f"http://q.test/{n}" for n in (1, 2, 3)],
+        ),
+        (
+            ["http://dup.test/a", "again: http://dup.test/a; and http://dup.test/b"],
+            ["http://dup.test/a", "http://dup.test/b"],
+        ),
+        (["no links here", "ftp://files.test/x and mailto:a@b.test and www.example.com"], []),
+        ([None, ""], []),
+    ],
+)
+def test_urls_in_finds_the_http_urls_of_the_conversation(
+    contents: list[str | None], expected: list[str]
+) -> None:
+    messages: list[dict[str, Any]] = [{"role": "user", "content": c} for c in contents]
+    assert urls_in(messages) == expected
+
+
+def test_urls_in_reads_every_message_in_order() -> None:
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "Docs live at https://docs.test/start"},
+        {"role": "assistant", "content": None, "tool_calls": []},
+        {"role": "tool", "tool_call_id": "c1", "content": '{"next": "https://api.test/v2/items"}'},
+        {"role": "user", "content": "Now fetch http://127.0.0.1:9/news, please."},
+    ]
+    assert urls_in(messages) == [
+        "https://docs.test/start",
+        "https://api.test/v2/items",
+        "http://127.0.0.1:9/news",
+    ]
+
+
+async def test_pinned_urls_make_the_call_carry_the_exact_url_for_any_port(backend: LlamaCppBackend) -> None:
+    """Unpinned, this model miscopies the URL for some ports (https:// for http://, a dropped port);
+    with the URL pinned in the grammar, every port comes back exactly."""
+    ports = random.sample(range(1024, 65536), 10)
+    wrong: list[tuple[int, Any]] = []
+    for port in ports:
+        url = f"http://127.0.0.1:{port}/news"
+        generation = await backend.generate(
+            GenerationRequest(
+                [{"role": "user", "content": f"Fetch {url}"}],
+                tools=TOOL_SPECS,
+                tool_choice="required",
+                max_tokens=64,
+            )
+        )
+        calls = [(c.name, c.arguments.get("url")) for c in generation.tool_calls]
+        if len(calls) != 1 or calls[0][1] != url:
+            wrong.append((port, calls))
+            continue
+        call = generation.tool_calls[0]
+        assert default_tools().get(call.name).validate(call.arguments)["url"] == url
+    assert wrong == [], f"ports {ports}"
+
+
+async def test_completion_tokens_of_a_non_ascii_reply_are_its_tokens(backend: LlamaCppBackend) -> None:
+    """llama.cpp streams a multi-byte character as one piece however many tokens it took, so the
+    reply is counted by tokenizing it, not by its pieces."""
+    pieces: list[str] = []
+    generation = await backend.generate(
+        GenerationRequest(
+            [{"role": "user", "content": "「こんにちは」を繰り返してください。"}], max_tokens=16
+        ),
+        pieces.append,
+    )
+    text = generation.text
+    assert any(ord(c) > 0x2FFF for c in text), text  # a Japanese reply
+    assert "".join(pieces) == text
+    handle = backend._handle
+    assert handle is not None
+    tokens = handle.llm.tokenize(text.encode(), add_bos=False, special=True)
+    assert generation.completion_tokens == len(tokens)
+    assert len(pieces) < len(tokens)  # where counting pieces would have come up short
+
+
+def test_tool_instructions_name_no_url_that_would_be_pinned() -> None:
+    """urls_in reads the whole conversation the model sees, our own tool instructions included: a
+    URL in them would become a choice for every call."""
+    for choice in ("auto", "required"):
+        assert urls_in([{"role": "system", "content": tool_instructions(TOOL_SPECS, choice)}]) == []
+
+
+def test_a_streaming_client_that_goes_away_interrupts_its_turn(agent: Agent, client: httpx.Client) -> None:
+    """The reader hangs up mid-stream: the turn stops at the model's next token (not after 2000),
+    with an "interrupted" receipt, and the model is free for the next turn at once."""
+    body = {
+        "prompt": "Write a very long story about a lighthouse keeper and her cat, in many chapters.",
+        "stream": True,
+        "tool_choice": "none",
+        "max_tokens": 2000,
+    }
+    before = {r["id"] for r in client.get("/v1/receipts", params={"limit": 1000}).json()}
+    with agent.client(timeout=60.0) as reader, reader.stream("POST", "/v1/turns", json=body) as response:
+        assert response.status_code == 200
+        first = next(sse_events(response.iter_lines()))
+        assert first.event == "token", first
+    # the connection is closed here, mid-generation
+
+    def new_turn_receipts() -> list[dict[str, Any]]:
+        found = client.get("/v1/receipts", params={"limit": 1000}).json()
+        return [r for r in found if r["id"] not in before and r["kind"] == "turn"]
+
+    (receipt,) = wait_for(new_turn_receipts, timeout=60, what="the interrupted turn's receipt")
+    assert receipt["status"] == "error" and receipt["reason"].startswith("interrupted"), receipt
+    answer = client.post("/v1/turns", json={"prompt": "Say yes.", "tool_choice": "none", "max_tokens": 4})
+    assert answer.status_code == 200 and answer.json()["status"] == "ok", answer.text
+    assert_chain_ok(client)
+
+
+# --- SIGTERM during a generation ------------------------------------------------------------------
+
+
+def test_sigterm_during_a_long_generation_stops_promptly_with_an_interrupted_receipt(
+    agent_factory: Callable[..., Agent],
+) -> None:
+    agent = agent_factory({"WAYSTATION_CONNECTIVITY__MODE": "offline"}).start()
+    body = {
+        "prompt": "Write a very long story about a lighthouse keeper and her cat, in many chapters.",
+        "stream": True,
+        "tool_choice": "none",
+        "max_tokens": 2000,
+    }
+    tokens = 0
+    with agent.client(timeout=60.0) as client, client.stream("POST", "/v1/turns", json=body) as response:
+        assert response.status_code == 200
+        events = sse_events(response.iter_lines())
+        first = next(events)
+        assert first.event == "token", first
+        streaming_since = time.monotonic()
+        for event in events:
+            assert event.event == "token", event  # still generating
+            tokens += 1
+            if time.monotonic() - streaming_since >= 1.0:
+                break
+        assert agent.stop(timeout=10.0) == 0
+    assert tokens > 0
+
+    with sqlite3.connect(agent.database) as db:
+        db.row_factory = sqlite3.Row
+        (turn,) = db.execute("SELECT id, state FROM turns").fetchall()
+        rows = db.execute("SELECT * FROM receipts WHERE turn_id = ?", (turn["id"],)).fetchall()
+    assert turn["state"] == "error"
+    assert len(rows) == 1, [dict(r) for r in rows]
+
+    agent.start()  # and the next run sees the same: one interrupted turn, an intact chain
+    with agent.client() as client:
+        (receipt,) = receipts_of(client, turn["id"])
+        assert receipt["kind"] == "turn" and receipt["status"] == "error"
+        assert receipt["reason"].startswith("interrupted"), receipt["reason"]
+        assert receipt["route"]["name"] == "local" and receipt["credits_used"] == 0
+        assert_chain_ok(client)
+    assert agent.stop() == 0
+    assert "Traceback" not in agent.output(), agent.output()

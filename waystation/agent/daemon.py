@@ -84,6 +84,7 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
             delivery_timeout_s=settings.queue.delivery_timeout_s,
         )
         services = Services(paths, settings, db, store, tools, events, monitor, flusher, turns, router)
+        stack.push_async_callback(services.close)  # background resumptions stop before the model closes
         await stack.enter_async_context(monitor)
 
         flushing = asyncio.create_task(flusher.run(), name="flusher")
@@ -93,7 +94,10 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
         stack.callback(housekeeping.stop)
         await housekeeping.expire()
 
-        runner = web.AppRunner(create_app(services), handle_signals=False, access_log=None)
+        # A short grace for open requests at shutdown keeps the whole stop inside 10 s.
+        runner = web.AppRunner(
+            create_app(services), handle_signals=False, access_log=None, shutdown_timeout=2.0
+        )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         sock = bind_unix_socket(paths.socket)

@@ -111,7 +111,7 @@ class PeerCheckedUnixSite(web.BaseSite):
     """aiohttp's UnixSite, with our socket permissions and the peer check on every connection."""
 
     def __init__(self, runner: web.BaseRunner, sock: socket.socket, path: Path) -> None:
-        super().__init__(runner, shutdown_timeout=2.0)
+        super().__init__(runner)
         self._sock = sock
         self._path = path
 

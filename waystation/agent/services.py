@@ -49,6 +49,12 @@ class Services:
         if task.turn_id and task.state in SETTLED and self.settings.agent.resume == "auto":
             self.resume_soon(task.turn_id)
 
+    async def close(self) -> None:
+        """Cancel background resumptions; each still writes its "interrupted" receipt."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
     def turn_finished(self, result: TurnResult, *, resumed: bool = False) -> None:
         self.events.publish("turn", {**result.to_json(), "resumed": resumed})
 

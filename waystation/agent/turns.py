@@ -61,7 +61,7 @@ class TurnRequest:
     tool_choice: ToolChoice = "auto"
     max_steps: int = MAX_STEPS
     messages: list[Message] | None = None  # a whole conversation (OpenAI-style) instead of prompt
-    temperature: float = 0.0  # greedy by default: the same prompt gives the same reply
+    temperature: float = 0.0  # greedy by default
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -211,6 +211,8 @@ class TurnEngine:
             progress.completion_tokens += generation.completion_tokens
             if generation.cold_load_ms is not None:
                 progress.cold_load_ms = generation.cold_load_ms
+            if generation.finish_reason == "cancelled":  # the backend was stopped (closing)
+                raise asyncio.CancelledError
             if not generation.tool_calls:
                 progress.text = generation.text
                 progress.messages.append({"role": "assistant", "content": generation.text})
