@@ -152,7 +152,8 @@ def make_engine(
 
     def make(backend: Any, default_route: str = "local", **kw: Any) -> TurnEngine:
         local = LocalRoute(ModelSettings(path=str(model_file)), {str(model_file): backend})
-        router = Router(local, default_route)
+        # No credentials in this environment: provider routes must refuse, saying what is missing.
+        router = Router(local, default_route, connectivity=connectivity, env={})
         return TurnEngine(db, store, default_tools(), connectivity, client, router.resolve, **kw)
 
     return make
@@ -692,9 +693,10 @@ async def test_empty_prompt_is_refused_before_anything_runs(
 @pytest.mark.parametrize(
     ("default_route", "named", "refused", "why"),
     [
-        ("openai", None, "openai", "not available"),
+        ("openai", None, "openai", "OPENAI_API_KEY is not set"),
         ("local", "nope", "nope", "unknown route"),
-        ("local", "anthropic", "anthropic", "not available"),
+        ("local", "anthropic", "anthropic", "ANTHROPIC_API_KEY is not set"),
+        ("local", "claude-seat", "claude-seat", "disabled by policy"),
     ],
 )
 async def test_refused_route_writes_a_refused_receipt_and_never_falls_back(

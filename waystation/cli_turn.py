@@ -117,9 +117,10 @@ async def _in_process(paths: Paths, settings: Settings, body: dict[str, Any], st
             await asyncio.wait_for(monitor.wait_known(), settings.connectivity.probe_timeout_s + 0.5)
         client = new_client()
         stack.push_async_callback(client.aclose)
-        local = LocalRoute(settings.model)
-        stack.push_async_callback(local.close)
-        router = Router(local, settings.agent.default_route)
+        router = Router(
+            LocalRoute(settings.model), settings.agent.default_route, settings=settings, connectivity=monitor
+        )
+        stack.push_async_callback(router.close)
         engine = TurnEngine(
             db,
             TaskStore(db, settings.queue),

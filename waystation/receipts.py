@@ -66,6 +66,10 @@ class ReceiptDraft:
     task_id: str | None = None
     deferred_task_ids: tuple[str, ...] = ()
     cold_load_ms: int | None = None  # a turn that paid for loading its model says how long
+    # What the provider says answered (route.model is what was asked), and its rate-limit
+    # telemetry: shown as such, never as the model.
+    model_answered: str | None = None
+    telemetry: Mapping[str, str] = field(default_factory=dict)
 
 
 def receipt_hash(body: Mapping[str, Any]) -> str:
@@ -90,6 +94,8 @@ def append(conn: sqlite3.Connection, draft: ReceiptDraft) -> dict[str, Any]:
         "task_id": draft.task_id,
         "deferred_task_ids": list(draft.deferred_task_ids),
         "cold_load_ms": draft.cold_load_ms,
+        "model_answered": draft.model_answered,
+        "telemetry": dict(draft.telemetry),
         "prev_hash": row[0] if row else GENESIS_HASH,
     }
     body["hash"] = receipt_hash(body)

@@ -86,7 +86,7 @@ async def status(request: web.Request) -> web.Response:
             "connectivity": s.monitor.snapshot(),
             "queue": await s.store.counts(),
             "model": s.router.local.model_status(),
-            "routes": s.router.statuses(),
+            "routes": await s.router.statuses(),
         }
     )
 
@@ -106,7 +106,7 @@ async def put_connectivity(request: web.Request) -> web.Response:
 
 
 async def routes(request: web.Request) -> web.Response:
-    return web.json_response(services_of(request).router.statuses())
+    return web.json_response(await services_of(request).router.statuses())
 
 
 async def create_task(request: web.Request) -> web.Response:

@@ -71,9 +71,10 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
         flusher = Flusher(
             store, tools, monitor, settings.queue, client, lambda t, r: services.task_changed(t, r)
         )
-        local = LocalRoute(settings.model)
-        stack.push_async_callback(local.close)
-        router = Router(local, settings.agent.default_route)
+        router = Router(
+            LocalRoute(settings.model), settings.agent.default_route, settings=settings, connectivity=monitor
+        )
+        stack.push_async_callback(router.close)
         turns = TurnEngine(
             db,
             store,

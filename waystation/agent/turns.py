@@ -13,7 +13,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -77,6 +77,8 @@ class TurnResult:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     deferred_task_ids: list[str] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
+    model: str | None = None  # the model asked for
+    model_answered: str | None = None  # the model the provider says answered
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "usage": asdict(self.usage)}
@@ -92,6 +94,8 @@ class _Progress:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cold_load_ms: int | None = None
+    model_answered: str | None = None
+    telemetry: dict[str, str] = field(default_factory=dict)
     text: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     parked: list[NewTask] = field(default_factory=list)
@@ -106,7 +110,7 @@ class TurnEngine:
         tools: ToolRegistry,
         connectivity: Connectivity,
         client: httpx.AsyncClient,
-        route_for: Callable[[str | None, str | None], tuple[RouteInfo, ModelBackend]],
+        route_for: Callable[[str | None, str | None], Awaitable[tuple[RouteInfo, ModelBackend]]],
         *,
         delivery_timeout_s: float = 30.0,
         turn_timeout_s: float = TURN_TIMEOUT_S,
@@ -160,7 +164,7 @@ class TurnEngine:
         started = time.perf_counter()
         route = RouteInfo(name=request.route or "local", provider="", auth_lane="none", cost_lane="local")
         try:
-            route, model = self._route_for(request.route, request.model)
+            route, model = await self._route_for(request.route, request.model)
             async with asyncio.timeout(self._turn_timeout_s):
                 await self._loop(turn_id, request, progress, model, on_token)
         except WaystationError as exc:
@@ -211,6 +215,8 @@ class TurnEngine:
             progress.completion_tokens += generation.completion_tokens
             if generation.cold_load_ms is not None:
                 progress.cold_load_ms = generation.cold_load_ms
+            progress.model_answered = generation.model_answered or progress.model_answered
+            progress.telemetry.update(generation.telemetry)
             if generation.finish_reason == "cancelled":  # the backend was stopped (closing)
                 raise asyncio.CancelledError
             if not generation.tool_calls:
@@ -310,6 +316,8 @@ class TurnEngine:
             turn_id=turn_id,
             deferred_task_ids=tuple(progress.deferred),
             cold_load_ms=progress.cold_load_ms,
+            model_answered=progress.model_answered,
+            telemetry=progress.telemetry,
         )
 
         def op(conn: sqlite3.Connection) -> dict[str, Any]:
@@ -328,6 +336,8 @@ class TurnEngine:
             tool_calls=progress.tool_calls,
             deferred_task_ids=list(progress.deferred),
             usage=draft.usage,
+            model=route.model,
+            model_answered=progress.model_answered,
         )
 
 

@@ -1,65 +1,110 @@
 """Routes: where a turn runs. A turn runs on the route it names, or it is refused with a reason.
 
 There is no fallback: a route that cannot run refuses the turn (RouteRefused, exit code 4, a
-`refused` receipt), even when another route could have answered.
+`refused` receipt naming the route's own lanes), even when another route could have answered.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from waystation.adapters.models.base import ModelBackend
 from waystation.adapters.routes.local import LocalRoute
+from waystation.adapters.routes.providers import provider_routes
+from waystation.adapters.routes.seats import ClaudeSeat, CodexSeat
+from waystation.config import ROUTE_NAMES, Settings
 from waystation.errors import RouteRefused
 from waystation.receipts import RouteInfo
 
-# name -> (provider, auth_lane, cost_lane) for the routes this version lists but cannot run yet.
-PROVIDER_ROUTES: dict[str, tuple[str, str, str]] = {
-    "openai": ("openai", "api_key", "byok"),
-    "anthropic": ("anthropic", "api_key", "byok"),
-    "deepseek": ("deepseek", "api_key", "byok"),
-    "xai": ("xai", "api_key", "byok"),
-    "vertex": ("google-vertex", "oauth", "byok"),
-    "compatible": ("openai-compatible", "api_key", "byok"),
-    "ollama": ("ollama", "none", "local"),
-    "codex-seat": ("openai", "seat", "provider_subscription"),
-    "claude-seat": ("anthropic", "seat", "provider_subscription"),
-}
-ROUTE_NAMES = ("local", *PROVIDER_ROUTES)
-NOT_YET = "not available in this version of Waystation"
+OFFLINE = "offline: cloud routes need the network"
+
+
+class Route(Protocol):
+    name: str
+
+    async def availability(self) -> tuple[bool, str | None]: ...
+
+    async def status(self) -> dict[str, Any]: ...
+
+    def backend(self, model: str | None = None) -> tuple[RouteInfo, ModelBackend]: ...
+
+    def refused(self, reason: str) -> RouteRefused: ...
+
+    def needs_internet(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class Connectivity(Protocol):
+    @property
+    def state(self) -> str: ...
 
 
 class Router:
-    def __init__(self, local: LocalRoute, default_route: str) -> None:
+    def __init__(
+        self,
+        local: LocalRoute,
+        default_route: str,
+        *,
+        settings: Settings | None = None,
+        connectivity: Connectivity | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        settings = settings or Settings()
+        env = os.environ if env is None else env
         self.local = local
         self.default_route = default_route
+        self._connectivity = connectivity
+        self.routes: dict[str, Route] = {
+            "local": local,
+            **provider_routes(settings, env),
+            "codex-seat": CodexSeat(model=settings.route("codex-seat").model, env=env),
+            "claude-seat": ClaudeSeat(
+                enabled=settings.route("claude-seat").enabled,
+                model=settings.route("claude-seat").model,
+                env=env,
+            ),
+        }
+        assert tuple(self.routes) == ROUTE_NAMES
 
-    def resolve(self, route: str | None, model: str | None) -> tuple[RouteInfo, ModelBackend]:
+    async def availability(self, name: str) -> tuple[bool, str | None]:
+        """The route's own answer first (what it lacks is the lasting reason), then the network."""
+        available, reason = await self.routes[name].availability()
+        if available and self._offline(self.routes[name]):
+            return False, OFFLINE
+        return available, reason
+
+    def _offline(self, route: Route) -> bool:
+        return (
+            route.needs_internet() and self._connectivity is not None and self._connectivity.state != "online"
+        )
+
+    async def resolve(self, route: str | None, model: str | None) -> tuple[RouteInfo, ModelBackend]:
+        """The named route's backend, or RouteRefused saying why it cannot run now."""
         name = route or self.default_route
-        if name == "local":
-            return self.local.backend(model)
-        if name in PROVIDER_ROUTES:
-            provider, auth_lane, cost_lane = PROVIDER_ROUTES[name]
-            raise RouteRefused(
-                name,
-                f"the {name} route is {NOT_YET}",
-                provider=provider,
-                auth_lane=auth_lane,
-                cost_lane=cost_lane,
-            )
-        raise RouteRefused(name, f"unknown route; known routes: {', '.join(ROUTE_NAMES)}")
+        if name not in self.routes:
+            raise RouteRefused(name, f"unknown route; known routes: {', '.join(ROUTE_NAMES)}")
+        available, reason = await self.availability(name)
+        if not available:
+            raise self.routes[name].refused(reason or "unavailable")
+        return self.routes[name].backend(model)
 
-    def statuses(self) -> list[dict[str, Any]]:
+    async def statuses(self) -> list[dict[str, Any]]:
         """Every route, available or not, with the reason when not."""
-        return [self.local.status()] + [
-            {
-                "name": name,
-                "provider": provider,
-                "auth_lane": auth_lane,
-                "cost_lane": cost_lane,
-                "model": None,
-                "available": False,
-                "reason": NOT_YET,
-            }
-            for name, (provider, auth_lane, cost_lane) in PROVIDER_ROUTES.items()
-        ]
+        answers = []
+        for route in self.routes.values():
+            status = await route.status()
+            if (
+                route.needs_internet()
+                and self._connectivity is not None
+                and self._connectivity.state != "online"
+            ):
+                status.update(available=False, reason=OFFLINE)
+            answers.append(status)
+        return answers
+
+    async def close(self) -> None:
+        for route in self.routes.values():
+            await route.close()

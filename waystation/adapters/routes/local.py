@@ -13,7 +13,7 @@ from waystation.adapters.models import choose_backend, open_backend
 from waystation.adapters.models.base import ModelBackend
 from waystation.adapters.models.embedded import default_model_path
 from waystation.config import ModelSettings
-from waystation.errors import ModelError
+from waystation.errors import ModelError, RouteRefused
 from waystation.receipts import RouteInfo
 
 
@@ -43,7 +43,19 @@ class LocalRoute:
             name="local", provider=provider, auth_lane="none", cost_lane="local", model=path.name
         )
 
-    def status(self) -> dict[str, Any]:
+    def needs_internet(self) -> bool:
+        return False
+
+    def refused(self, reason: str) -> RouteRefused:
+        return RouteRefused(
+            "local", reason, provider=self._settings.backend, auth_lane="none", cost_lane="local"
+        )
+
+    async def availability(self) -> tuple[bool, str | None]:
+        status = await self.status()
+        return bool(status["available"]), status["reason"]
+
+    async def status(self) -> dict[str, Any]:
         """The contract's route object, with the reason when it cannot run."""
         try:
             path = self.model_path()
