@@ -35,6 +35,12 @@ def turn(
     tool_choice: Annotated[
         str, typer.Option("--tools", help="auto (the model decides), required (must call one), none.")
     ] = "auto",
+    defer: Annotated[
+        bool,
+        typer.Option(
+            "--defer", help="Offline on a cloud route: park the whole turn until the network is back."
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Run one model turn. Network tool calls made while offline are parked and resume the turn
@@ -54,6 +60,7 @@ def turn(
         "system": system,
         "max_tokens": max_tokens,
         "tool_choice": tool_choice,
+        "defer": defer,
     }
     stream = sys.stdout.isatty() and not as_json
     with waystation() as ws:

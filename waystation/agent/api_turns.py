@@ -33,6 +33,8 @@ def turn_request(body: dict[str, Any]) -> TurnRequest:
     for name in ("route", "model", "system"):
         if body.get(name) is not None and not isinstance(body[name], str):
             raise MalformedRequest(f"{name} must be a string")
+    if not isinstance(body.get("defer", False), bool):
+        raise MalformedRequest("defer must be true or false")
     choice = body.get("tool_choice", "auto")
     if choice not in ("auto", "required", "none"):
         raise MalformedRequest("tool_choice must be one of auto, required, none")
@@ -44,6 +46,7 @@ def turn_request(body: dict[str, Any]) -> TurnRequest:
         max_tokens=_bounded_int(body, "max_tokens", 256, MAX_TOKENS_LIMIT),
         tool_choice=choice,
         max_steps=_bounded_int(body, "max_steps", MAX_STEPS, 16),
+        defer=bool(body.get("defer", False)),
     )
 
 

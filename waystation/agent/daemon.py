@@ -22,9 +22,10 @@ from aiohttp import web
 from waystation import __version__
 from waystation.adapters.routes import Router
 from waystation.adapters.routes.local import LocalRoute
-from waystation.adapters.tools import default_tools, new_client
+from waystation.adapters.tools import ToolRegistry, default_tools, new_client
 from waystation.agent.api import create_app
 from waystation.agent.connectivity import ConnectivityMonitor
+from waystation.agent.deferred import DeferredTurnTool
 from waystation.agent.events import EventBus
 from waystation.agent.jobs import Housekeeping
 from waystation.agent.peer import PeerCheckedUnixSite, SocketError, bind_unix_socket, prepare_socket_dir
@@ -67,10 +68,7 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
 
         # The monitor calls back only once entered, by which time the flusher exists.
         monitor = ConnectivityMonitor(settings.connectivity, on_change=connectivity_changed)
-        tools = default_tools()
-        flusher = Flusher(
-            store, tools, monitor, settings.queue, client, lambda t, r: services.task_changed(t, r)
-        )
+        tools = default_tools()  # what models and POST /v1/tasks may use
         router = Router(
             LocalRoute(settings.model), settings.agent.default_route, settings=settings, connectivity=monitor
         )
@@ -83,6 +81,11 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
             client,
             router.resolve,
             delivery_timeout_s=settings.queue.delivery_timeout_s,
+        )
+        # The flusher also delivers whole turns deferred while offline.
+        deliverable = ToolRegistry([*tools, DeferredTurnTool(turns)])
+        flusher = Flusher(
+            store, deliverable, monitor, settings.queue, client, lambda t, r: services.task_changed(t, r)
         )
         services = Services(paths, settings, db, store, tools, events, monitor, flusher, turns, router)
         stack.push_async_callback(services.close)  # background resumptions stop before the model closes

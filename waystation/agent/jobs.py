@@ -50,7 +50,7 @@ class Housekeeping:
     async def reap(self) -> int:
         """Leases that outlived their delivery are abandoned: those tasks go back to pending."""
         try:
-            reclaimed = await self._services.store.recover()
+            reclaimed = await self._services.store.recover(keep=self._services.flusher.held())
         except DatabaseError as exc:
             log.error("lease reaping failed", error=exc.message)
             return 0

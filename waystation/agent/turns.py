@@ -10,6 +10,7 @@ the turn resumes with the real results and writes a linked receipt (same `turn_i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sqlite3
 import time
@@ -29,6 +30,7 @@ from waystation.adapters.models.base import (
     ToolChoice,
     ToolSpec,
 )
+from waystation.adapters.routes import OFFLINE
 from waystation.adapters.tools import ToolRegistry
 from waystation.db import Database
 from waystation.errors import (
@@ -47,6 +49,7 @@ from waystation.receipts import ReceiptDraft, RouteInfo, Usage
 log = structlog.get_logger(__name__)
 
 MAX_STEPS = 4
+DEFERRED_TURN_TOOL = "turn"  # the task a whole deferred turn becomes (agent/deferred.py runs it)
 TURN_TIMEOUT_S = 300.0
 RESULT_CHARS_FOR_MODEL = 2000  # a tool result is cut to this before the model sees it
 
@@ -62,6 +65,7 @@ class TurnRequest:
     max_steps: int = MAX_STEPS
     messages: list[Message] | None = None  # a whole conversation (OpenAI-style) instead of prompt
     temperature: float = 0.0  # greedy by default
+    defer: bool = False  # offline on a cloud route: park the whole turn until the network is back
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,9 +128,14 @@ class TurnEngine:
         self._delivery_timeout_s = delivery_timeout_s
         self._turn_timeout_s = turn_timeout_s
 
-    async def run(self, request: TurnRequest, on_token: TokenSink | None = None) -> TurnResult:
-        """One turn; a refused route, a bad model or a model failure ends in a receipt too."""
-        turn_id = receipts.new_id("turn")
+    async def run(
+        self, request: TurnRequest, on_token: TokenSink | None = None, *, turn_id: str | None = None
+    ) -> TurnResult:
+        """One turn; a refused route, a bad model or a model failure ends in a receipt too.
+
+        `turn_id` continues a turn that was deferred whole (its receipts share the id).
+        """
+        turn_id = turn_id or receipts.new_id("turn")
         messages: list[Message] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
@@ -170,6 +179,8 @@ class TurnEngine:
         except WaystationError as exc:
             if isinstance(exc, RouteRefused):
                 route = RouteInfo(exc.route, exc.provider, exc.auth_lane, exc.cost_lane)
+                if request.defer and exc.reason == OFFLINE:
+                    return await self._defer_whole_turn(turn_id, request, progress, route, started)
             status = "refused" if exc.exit_code == 4 else "error"
             reason = getattr(exc, "reason", None) or exc.message
             await self._finish(turn_id, request, progress, route, status, reason, started)
@@ -185,6 +196,28 @@ class TurnEngine:
             raise
         status = "parked" if progress.deferred else "ok"
         return await self._finish(turn_id, request, progress, route, status, None, started)
+
+    async def _defer_whole_turn(
+        self, turn_id: str, request: TurnRequest, progress: _Progress, route: RouteInfo, started: float
+    ) -> TurnResult:
+        """Offline, and the turn asked to wait: it becomes one `turn` task, run once online."""
+        task_id = receipts.new_id("t")
+        args = {"turn_id": turn_id, "request": dataclasses.replace(request, defer=False).to_json()}
+        progress.parked.append(
+            NewTask(
+                tool=DEFERRED_TURN_TOOL,
+                args=args,
+                host=f"route:{route.name}",
+                idempotency_key=f"{turn_id}-deferred",
+                turn_id=turn_id,
+                task_id=task_id,
+            )
+        )
+        progress.deferred[task_id] = ""
+        reason = "deferred: offline; the whole turn runs when the network is back"
+        return await self._finish(
+            turn_id, request, progress, route, "parked", reason, started, turn_state="deferred"
+        )
 
     async def _loop(
         self,
@@ -303,6 +336,7 @@ class TurnEngine:
         status: str,
         reason: str | None,
         started: float,
+        turn_state: str | None = None,
     ) -> TurnResult:
         """Commit the receipt, the parked tasks and the saved conversation together."""
         draft = ReceiptDraft(
@@ -323,7 +357,7 @@ class TurnEngine:
         def op(conn: sqlite3.Connection) -> dict[str, Any]:
             for new in progress.parked:
                 self._store.insert(conn, new)
-            _save_turn(conn, turn_id, request, progress, "parked" if status == "parked" else status)
+            _save_turn(conn, turn_id, request, progress, turn_state or status)
             return receipts.append(conn, draft)
 
         receipt = await self._db.write(op)

@@ -69,6 +69,10 @@ class Flusher:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    def held(self) -> frozenset[str]:
+        """Ids of the tasks this flusher has leased and not yet settled."""
+        return frozenset(self._in_flight) | {t.id for t in self._ready}
+
     def connectivity_changed(self, state: str) -> None:
         if state == "online":
             self._refresh_due = True

@@ -250,17 +250,25 @@ class TaskStore:
 
         return await self.db.write(op)
 
-    async def recover(self, *, all_running: bool = False) -> int:
-        """Reclaim abandoned leases (all running tasks at start: no other agent can hold one)."""
+    async def recover(self, *, all_running: bool = False, keep: frozenset[str] = frozenset()) -> int:
+        """Reclaim abandoned leases (all running tasks at start: no other agent can hold one).
+
+        `keep`: tasks this process still holds (a long delivery, a deferred turn), not abandoned.
+        """
 
         def op(conn: sqlite3.Connection) -> int:
             now = timeutil.now()
-            cursor = conn.execute(
+            rows = conn.execute(
+                "SELECT id FROM tasks WHERE state = 'running' AND (? OR lease_expires_at <= ?)",
+                (all_running, now),
+            ).fetchall()
+            abandoned = [(now, now, r[0]) for r in rows if r[0] not in keep]
+            conn.executemany(
                 "UPDATE tasks SET state = 'pending', lease_expires_at = NULL, next_attempt_at = ?,"
-                " updated_at = ? WHERE state = 'running' AND (? OR lease_expires_at <= ?)",
-                (now, now, all_running, now),
+                " updated_at = ? WHERE id = ?",
+                abandoned,
             )
-            return cursor.rowcount
+            return len(abandoned)
 
         return await self.db.write(op)
 
