@@ -29,7 +29,7 @@ from providers import ProviderServer, Reply
 from waystation import receipts
 from waystation.adapters.models.base import Generation, GenerationRequest, ToolCall, ToolSpec
 from waystation.adapters.routes.anthropic import AnthropicBackend
-from waystation.adapters.routes.http_common import HttpRoute, ProviderRejected, redact
+from waystation.adapters.routes.http_common import HttpRoute, redact
 from waystation.adapters.routes.ollama import OllamaBackend, ollama_base_url
 from waystation.adapters.routes.openai_compat import OpenAICompatBackend
 from waystation.adapters.routes.vertex import GoogleAdc, VertexBackend, adc_token
@@ -37,7 +37,7 @@ from waystation.adapters.tools import default_tools, new_client
 from waystation.agent.turns import TurnEngine, TurnRequest
 from waystation.config import QueueSettings
 from waystation.db import Database
-from waystation.errors import NetworkUnreachable, ProviderError, RouteRefused
+from waystation.errors import NetworkUnreachable, ProviderError, ProviderRejected, RouteRefused
 from waystation.queue.store import TaskStore
 from waystation.receipts import RouteInfo
 

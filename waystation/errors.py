@@ -20,6 +20,8 @@
     │   └── PromptTooLong            longer than the model's context (400)
     ├── ModelError(path)             the model file cannot be used: missing, not a model, too big (422)
     ├── ProviderError(route, status) a provider route failed in a way that may pass (429, 5xx)
+    ├── ProviderRejected(route, ...) the provider refused the request itself (unknown model...)
+    ├── SeatRunFailed(route, ...)    a seat CLI ended without an answer (its output never shown)
     ├── TurnTimeout(limit_s)         a turn ran past its wall-clock limit (504)
     ├── AgentNotRunning(socket)      a command that needs the agent found none (exit 3)
     ├── RouteRefused(route, reason)  fail-closed: the named route cannot run (exit 4)
@@ -186,6 +188,36 @@ class ProviderError(WaystationError):
         self.route = route
         self.status = status
         self.retry_after_s = retry_after_s
+
+
+class ProviderRejected(WaystationError):
+    """The provider answered that the request itself is wrong (an unknown model, a bad body):
+    retrying the same turn would fail the same way, so this is permanent, unlike ProviderError."""
+
+    code = "provider_rejected"
+    http_status = 502
+
+    def __init__(self, route: str, status: int, detail: str) -> None:
+        super().__init__(f"route {route!r}: the provider rejected the request (HTTP {status}): {detail}")
+        self.route = route
+        self.status = status
+        self.detail = detail
+
+
+class SeatRunFailed(WaystationError):
+    """A seat CLI ended without an answer. The message has the exit code and never the CLI's
+    output, which may quote its credential."""
+
+    code = "seat_failed"
+    http_status = 502
+
+    def __init__(self, route: str, command: str, detail: str, returncode: int | None = None) -> None:
+        super().__init__(
+            f"route {route!r}: `{command}` {detail} (its output is not shown: it may hold credentials)"
+        )
+        self.route = route
+        self.command = command
+        self.returncode = returncode
 
 
 class TurnTimeout(WaystationError):

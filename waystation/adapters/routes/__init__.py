@@ -92,15 +92,12 @@ class Router:
         return self.routes[name].backend(model)
 
     async def statuses(self) -> list[dict[str, Any]]:
-        """Every route, available or not, with the reason when not."""
+        """Every route, available or not, with the reason when not: the same reason a turn on it
+        would be refused with (what the route lacks first, then the network)."""
         answers = []
         for route in self.routes.values():
             status = await route.status()
-            if (
-                route.needs_internet()
-                and self._connectivity is not None
-                and self._connectivity.state != "online"
-            ):
+            if status["available"] and self._offline(route):
                 status.update(available=False, reason=OFFLINE)
             answers.append(status)
         return answers

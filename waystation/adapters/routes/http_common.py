@@ -28,7 +28,13 @@ import httpx
 from waystation import __version__
 from waystation.adapters.models.base import Generation, GenerationRequest, TokenSink
 from waystation.adapters.tools.base import parse_retry_after
-from waystation.errors import NetworkUnreachable, ProviderError, RouteRefused, WaystationError
+from waystation.errors import (
+    NetworkUnreachable,
+    ProviderError,
+    ProviderRejected,
+    RouteRefused,
+    WaystationError,
+)
 
 USER_AGENT = f"waystation/{__version__}"
 # Per operation: a long silent read is a model thinking, not a dead link; the turn engine's
@@ -45,20 +51,6 @@ _SECRET_PATTERNS = re.compile(
 )
 _WORD = re.compile(r"[^\s\"'`,;()\[\]{}<>]+")
 _CODE = re.compile(r"^[A-Za-z_]{1,64}$")
-
-
-class ProviderRejected(WaystationError):
-    """The provider answered that the request itself is wrong (an unknown model, a bad body):
-    retrying the same turn would fail the same way, so this is permanent, unlike ProviderError."""
-
-    code = "provider_rejected"
-    http_status = 502
-
-    def __init__(self, route: str, status: int, detail: str) -> None:
-        super().__init__(f"route {route!r}: the provider rejected the request (HTTP {status}): {detail}")
-        self.route = route
-        self.status = status
-        self.detail = detail
 
 
 def new_client() -> httpx.AsyncClient:

@@ -33,7 +33,6 @@ from waystation.adapters.routes.seats_cli import (
     PROMPT_LIMIT,
     Answer,
     CodexEvents,
-    SeatRunFailed,
     claude_answer,
     claude_logged_in,
     describe_exit,
@@ -41,7 +40,7 @@ from waystation.adapters.routes.seats_cli import (
     probe,
     run_lines,
 )
-from waystation.errors import EmptyPrompt, InputError, ProviderError, RouteRefused, TurnTimeout
+from waystation.errors import EmptyPrompt, InputError, ProviderError, RouteRefused, SeatRunFailed, TurnTimeout
 from waystation.receipts import RouteInfo
 
 PROBE_TIMEOUT_S = 10.0

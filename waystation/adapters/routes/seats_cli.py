@@ -22,8 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from waystation.errors import WaystationError
-
 OUTPUT_LIMIT = 16 * 1024 * 1024  # a seat's answer larger than this is not an answer we can use
 STATUS_LIMIT = 1024 * 1024
 # Linux refuses a single argument over 128 KiB (MAX_ARG_STRLEN); the prompt is one argument.
@@ -32,22 +30,6 @@ EXIT_POLL_S = 0.1
 REAP_TIMEOUT_S = 5.0
 
 LineSink = Callable[[bytes], None]
-
-
-class SeatRunFailed(WaystationError):
-    """A seat CLI ended without an answer. The message has the exit code and never the CLI's
-    output, which may quote its credential."""
-
-    code = "seat_failed"
-    http_status = 502
-
-    def __init__(self, route: str, command: str, detail: str, returncode: int | None = None) -> None:
-        super().__init__(
-            f"route {route!r}: `{command}` {detail} (its output is not shown: it may hold credentials)"
-        )
-        self.route = route
-        self.command = command
-        self.returncode = returncode
 
 
 @dataclass(frozen=True)
