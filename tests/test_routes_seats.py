@@ -425,7 +425,6 @@ async def test_hanging_cli_is_killed_on_timeout(
     await gone(pids)  # the CLI and what it started
 
 
-@pytest.mark.parametrize("kind", ["codex", "claude"])
 async def gone(pids: list[int], within_s: float = 10.0) -> None:
     """Every pid ends (a SIGKILL lands at once, but a loaded machine may take a moment to show it)."""
     deadline = time.monotonic() + within_s
@@ -436,6 +435,7 @@ async def gone(pids: list[int], within_s: float = 10.0) -> None:
     assert [pid for pid in pids if alive(pid)] == []
 
 
+@pytest.mark.parametrize("kind", ["codex", "claude"])
 async def test_hanging_cli_is_killed_on_cancel(
     fake_env: dict[str, str], secret_home: Path, seat_dir: Path, kind: str
 ) -> None:
