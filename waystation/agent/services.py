@@ -56,6 +56,8 @@ class Services:
         await asyncio.gather(*self._background, return_exceptions=True)
 
     def turn_finished(self, result: TurnResult, *, resumed: bool = False) -> None:
+        if result.model_answered:
+            self.router.last_answered[result.route] = result.model_answered
         self.events.publish("turn", {**result.to_json(), "resumed": resumed})
 
     def resume_soon(self, turn_id: str) -> None:

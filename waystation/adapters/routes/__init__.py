@@ -68,6 +68,8 @@ class Router:
             ),
         }
         assert tuple(self.routes) == ROUTE_NAMES
+        # The model each route's provider last said answered: shown beside the model asked for.
+        self.last_answered: dict[str, str] = {}
 
     async def availability(self, name: str) -> tuple[bool, str | None]:
         """The route's own answer first (what it lacks is the lasting reason), then the network."""
@@ -99,6 +101,7 @@ class Router:
             status = await route.status()
             if status["available"] and self._offline(route):
                 status.update(available=False, reason=OFFLINE)
+            status["model_answered"] = self.last_answered.get(route.name)
             answers.append(status)
         return answers
 
