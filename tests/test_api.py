@@ -515,6 +515,20 @@ def test_events_task_and_connectivity(agent: Agent, client: httpx.Client, recv: 
         assert event.data["state"] == "offline"
 
 
+def test_a_refused_turn_is_announced_with_its_receipt(agent: Agent, client: httpx.Client) -> None:
+    """Every finished turn is an event, refused ones too, with its receipt beside it."""
+    with agent.client() as stream_client, open_events(stream_client) as response:
+        events = subscribed(response)
+        refused = client.post("/v1/turns", json={"prompt": "hi", "route": "openai"})
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "route_refused"
+        turn = next_matching(events, lambda e: e.event == "turn" and e.data["route"] == "openai")
+        receipt = next_matching(
+            events, lambda e: e.event == "receipt" and e.data.get("turn_id") == turn.data["turn_id"]
+        )
+    assert turn.data["status"] == "refused" and turn.data["resumed"] is False
+    assert receipt.data["status"] == "refused" and receipt.data["route"]["auth_lane"] == "api_key"
+
+
 def test_events_resume_with_last_event_id(agent: Agent, client: httpx.Client, recv: Receiver) -> None:
     with agent.client() as stream_client:
         with open_events(stream_client) as response:

@@ -615,8 +615,7 @@ async def test_services_resume_a_turn_when_its_task_settles(
         turns=engine,
         router=None,  # type: ignore[arg-type]
     )
-    parked = await engine.run(TurnRequest("fetch"))
-    services.turn_finished(parked)
+    parked = await engine.run(TurnRequest("fetch"))  # the engine announces it through services
     task = await deliver_and_settle(store, parked.deferred_task_ids[0], destination)
     services.task_changed(task, None)
     services.task_changed(task, None)  # reported twice: still one resumption

@@ -65,7 +65,6 @@ async def post_turn(request: web.Request) -> web.StreamResponse:
     turn = turn_request(body)
     if not body.get("stream"):
         result = await services.turns.run(turn)
-        services.turn_finished(result)
         return web.json_response(result.to_json())
 
     def event(kind: str, data: dict[str, Any]) -> bytes:
@@ -77,7 +76,6 @@ async def post_turn(request: web.Request) -> web.StreamResponse:
         token=lambda piece: event("token", {"text": piece}),
         done=lambda result: event("done", result.to_json()),
         failed=lambda exc: event("error", {"code": exc.code, "message": exc.message}),
-        finished=services.turn_finished,
     )
 
 
@@ -118,7 +116,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
     if not body.get("stream"):
         result = await services.turns.run(turn)
-        services.turn_finished(result)
         return web.json_response(
             {
                 "id": completion_id,
@@ -142,7 +139,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         token=lambda piece: chunk({"content": piece}, None),
         done=lambda result: chunk({}, "stop") + b"data: [DONE]\n\n",
         failed=lambda exc: f"data: {json.dumps(exc.to_json())}\n\n".encode() + b"data: [DONE]\n\n",
-        finished=services.turn_finished,
         first=chunk({"role": "assistant", "content": ""}, None),
     )
 
@@ -171,7 +167,6 @@ async def _stream(
     token: Callable[[str], bytes],
     done: Callable[[TurnResult], bytes],
     failed: Callable[[WaystationError], bytes],
-    finished: Callable[[TurnResult], None],
     first: bytes = b"",
 ) -> web.StreamResponse:
     """Run a turn, writing each token as it comes; the model never waits on a slow reader."""
@@ -198,7 +193,6 @@ async def _stream(
     except WaystationError as exc:
         await response.write(failed(exc))
     else:
-        finished(result)
         await response.write(done(result))
     await response.write_eof()
     return response

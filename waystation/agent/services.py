@@ -55,10 +55,19 @@ class Services:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
 
-    def turn_finished(self, result: TurnResult, *, resumed: bool = False) -> None:
-        if result.model_answered:
+    def __post_init__(self) -> None:
+        if self.turns is not None:
+            self.turns.on_finished = self.turn_finished
+
+    def turn_finished(
+        self, result: TurnResult, receipt: dict[str, Any] | None = None, resumed: bool = False
+    ) -> None:
+        """Announce a finished turn (whatever its status) and its receipt on the event stream."""
+        if result.model_answered and self.router is not None:
             self.router.last_answered[result.route] = result.model_answered
         self.events.publish("turn", {**result.to_json(), "resumed": resumed})
+        if receipt is not None:
+            self.events.publish("receipt", receipt)
 
     def resume_soon(self, turn_id: str) -> None:
         """Resume a parked turn in the background once all its tasks have settled."""
@@ -68,9 +77,6 @@ class Services:
 
     async def _resume(self, turn_id: str) -> None:
         try:
-            result = await self.turns.resume(turn_id)
+            await self.turns.resume(turn_id)  # the engine announces it (turn_finished)
         except WaystationError as exc:
             log.warning("resumed turn failed", turn_id=turn_id, error=exc.message)
-            return
-        if result is not None:
-            self.turn_finished(result, resumed=True)

@@ -94,6 +94,7 @@ class _Progress:
 
     messages: list[Message]
     first_choice: ToolChoice
+    resumed: bool = False
     steps: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -127,6 +128,8 @@ class TurnEngine:
         self._route_for = route_for
         self._delivery_timeout_s = delivery_timeout_s
         self._turn_timeout_s = turn_timeout_s
+        # Told of every finished turn (ok, parked, refused or error) once its receipt committed.
+        self.on_finished: Callable[[TurnResult, dict[str, Any], bool], None] | None = None
 
     async def run(
         self, request: TurnRequest, on_token: TokenSink | None = None, *, turn_id: str | None = None
@@ -165,7 +168,7 @@ class TurnEngine:
         log.info("resuming turn", turn_id=turn_id)
         # The resumed model gets the turn's step budget again, and may (not must) call tools.
         first_choice: ToolChoice = "none" if request.tool_choice == "none" else "auto"
-        return await self._drive(turn_id, request, _Progress(messages, first_choice), None)
+        return await self._drive(turn_id, request, _Progress(messages, first_choice, resumed=True), None)
 
     async def _drive(
         self, turn_id: str, request: TurnRequest, progress: _Progress, on_token: TokenSink | None
@@ -361,7 +364,7 @@ class TurnEngine:
             return receipts.append(conn, draft)
 
         receipt = await self._db.write(op)
-        return TurnResult(
+        result = TurnResult(
             turn_id=turn_id,
             text=progress.text,
             route=route.name,
@@ -373,6 +376,9 @@ class TurnEngine:
             model=route.model,
             model_answered=progress.model_answered,
         )
+        if self.on_finished is not None:
+            self.on_finished(result, receipt, progress.resumed)
+        return result
 
 
 def _call_key(turn_id: str, position: int, index: int) -> str:
