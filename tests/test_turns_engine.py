@@ -35,12 +35,8 @@ from waystation.adapters.routes.local import LocalRoute
 from waystation.adapters.tools import default_tools, new_client
 from waystation.agent.events import EventBus
 from waystation.agent.services import Services
-from waystation.agent.turns import (
-    TurnEngine,
-    TurnRequest,
-    parked_turns_ready,
-    reclaim_interrupted_resumptions,
-)
+from waystation.agent.turn_records import parked_turns_ready, reclaim_interrupted_resumptions
+from waystation.agent.turns import TurnEngine, TurnRequest
 from waystation.config import AgentSettings, ModelSettings, QueueSettings, Settings
 from waystation.db import Database
 from waystation.errors import (

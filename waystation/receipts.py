@@ -45,6 +45,11 @@ class RouteInfo:
     model: str | None = None
 
 
+def route_object(route: RouteInfo, available: bool, reason: str | None) -> dict[str, Any]:
+    """The contract's route object (`GET /v1/routes`): what a receipt names, and whether it can run."""
+    return {**asdict(route), "available": available, "reason": reason}
+
+
 @dataclass(frozen=True)
 class Usage:
     prompt_tokens: int = 0

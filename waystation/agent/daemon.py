@@ -30,7 +30,8 @@ from waystation.agent.events import EventBus
 from waystation.agent.jobs import Housekeeping
 from waystation.agent.peer import PeerCheckedUnixSite, SocketError, bind_unix_socket, prepare_socket_dir
 from waystation.agent.services import Services
-from waystation.agent.turns import TurnEngine, parked_turns_ready, reclaim_interrupted_resumptions
+from waystation.agent.turn_records import parked_turns_ready, reclaim_interrupted_resumptions
+from waystation.agent.turns import TurnEngine
 from waystation.config import Paths, Settings
 from waystation.db import Database
 from waystation.queue.flusher import Flusher

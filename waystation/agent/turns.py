@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import structlog
 
-from waystation import receipts, timeutil
+from waystation import receipts
 from waystation.adapters.models.base import (
     GenerationRequest,
     Message,
@@ -32,6 +32,7 @@ from waystation.adapters.models.base import (
 )
 from waystation.adapters.routes import OFFLINE
 from waystation.adapters.tools import ToolRegistry
+from waystation.agent.turn_records import claim_for_resume, save_turn
 from waystation.db import Database
 from waystation.errors import (
     EmptyPrompt,
@@ -153,10 +154,11 @@ class TurnEngine:
 
     async def resume(self, turn_id: str) -> TurnResult | None:
         """Continue a parked turn whose tasks have all settled; None if it is not ready or taken."""
-        loaded = await self._db.write(lambda conn: _claim_for_resume(conn, turn_id))
+        loaded = await self._db.write(lambda conn: claim_for_resume(conn, turn_id))
         if loaded is None:
             return None
-        request, messages, deferred = loaded
+        request_json, messages, deferred = loaded
+        request = TurnRequest(**request_json)
         tasks = {t.id: t for t in await self._store.for_turn(turn_id)}
         for message in messages:
             task_id = message.get("waystation_task_id")
@@ -360,7 +362,15 @@ class TurnEngine:
         def op(conn: sqlite3.Connection) -> dict[str, Any]:
             for new in progress.parked:
                 self._store.insert(conn, new)
-            _save_turn(conn, turn_id, request, progress, turn_state or status)
+            save_turn(
+                conn,
+                turn_id,
+                request.to_json(),
+                progress.messages,
+                progress.deferred,
+                progress.steps,
+                turn_state or status,
+            )
             return receipts.append(conn, draft)
 
         receipt = await self._db.write(op)
@@ -394,66 +404,3 @@ def _for_model(message: Message) -> Message:
 def _result_for_model(outcome: dict[str, Any]) -> str:
     text = json.dumps(outcome, default=str)
     return text if len(text) <= RESULT_CHARS_FOR_MODEL else text[:RESULT_CHARS_FOR_MODEL] + "…(truncated)"
-
-
-def _save_turn(
-    conn: sqlite3.Connection, turn_id: str, request: TurnRequest, progress: _Progress, state: str
-) -> None:
-    now = timeutil.now()
-    conn.execute(
-        "INSERT INTO turns (id, state, request, messages, deferred, steps, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state,"
-        " messages = excluded.messages, deferred = excluded.deferred, steps = excluded.steps,"
-        " updated_at = excluded.updated_at",
-        (
-            turn_id,
-            state,
-            json.dumps(request.to_json()),
-            json.dumps(progress.messages),
-            json.dumps(progress.deferred),
-            progress.steps,
-            now,
-            now,
-        ),
-    )
-
-
-def _claim_for_resume(
-    conn: sqlite3.Connection, turn_id: str
-) -> tuple[TurnRequest, list[Message], dict[str, str]] | None:
-    """Parked -> resuming, only once every parked task has settled (one resumption per turn)."""
-    row = conn.execute("SELECT * FROM turns WHERE id = ? AND state = 'parked'", (turn_id,)).fetchone()
-    if row is None:
-        return None
-    deferred: dict[str, str] = json.loads(row["deferred"])
-    if deferred:
-        marks = ",".join("?" * len(deferred))
-        unsettled = conn.execute(
-            f"SELECT COUNT(*) FROM tasks WHERE id IN ({marks}) AND state IN ('pending', 'running')",
-            tuple(deferred),
-        ).fetchone()[0]
-        if unsettled:
-            return None
-    conn.execute(
-        "UPDATE turns SET state = 'resuming', updated_at = ? WHERE id = ?", (timeutil.now(), turn_id)
-    )
-    return TurnRequest(**json.loads(row["request"])), json.loads(row["messages"]), deferred
-
-
-async def reclaim_interrupted_resumptions(db: Database) -> int:
-    """At start: a resumption cut short (crash, SIGTERM) leaves its turn `resuming`; park it again
-    so it resumes. Safe then, since the single-instance lock means no other agent holds it."""
-
-    def op(conn: sqlite3.Connection) -> int:
-        return conn.execute("UPDATE turns SET state = 'parked' WHERE state = 'resuming'").rowcount
-
-    return await db.write(op)
-
-
-async def parked_turns_ready(db: Database) -> list[str]:
-    """Parked turns whose tasks have all settled (e.g. while the agent was down)."""
-    rows = await db.fetchall(
-        "SELECT id FROM turns WHERE state = 'parked' AND NOT EXISTS (SELECT 1 FROM tasks"
-        " WHERE tasks.turn_id = turns.id AND tasks.state IN ('pending', 'running'))"
-    )
-    return [r[0] for r in rows]

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from waystation import __version__
-from waystation.adapters.models.base import Generation, GenerationRequest, TokenSink
+from waystation.adapters.models.base import Generation, GenerationRequest, TokenSink, ToolSpec
 from waystation.adapters.tools.base import parse_retry_after
 from waystation.errors import (
     NetworkUnreachable,
@@ -56,6 +56,17 @@ _CODE = re.compile(r"^[A-Za-z_]{1,64}$")
 def new_client() -> httpx.AsyncClient:
     """A client for one provider: no redirects (a 3xx from an API is a misconfigured base URL)."""
     return httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, headers={"user-agent": USER_AGENT})
+
+
+def function_tools(tools: Iterable[ToolSpec]) -> list[dict[str, Any]]:
+    """Tools in the OpenAI function shape, which Ollama's chat API takes as well."""
+    return [
+        {
+            "type": "function",
+            "function": {"name": t.name, "description": t.description, "parameters": dict(t.parameters)},
+        }
+        for t in tools
+    ]
 
 
 def new_call_id() -> str:

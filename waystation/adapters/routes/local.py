@@ -14,7 +14,7 @@ from waystation.adapters.models.base import ModelBackend
 from waystation.adapters.models.embedded import default_model_path
 from waystation.config import ModelSettings
 from waystation.errors import ModelError, RouteRefused
-from waystation.receipts import RouteInfo
+from waystation.receipts import RouteInfo, route_object
 
 
 class LocalRoute:
@@ -64,15 +64,7 @@ class LocalRoute:
             model: str | None = path.name
         except ModelError as exc:
             provider, available, reason, model = self._settings.backend, False, exc.message, None
-        return {
-            "name": "local",
-            "provider": provider,
-            "auth_lane": "none",
-            "cost_lane": "local",
-            "model": model,
-            "available": available,
-            "reason": reason,
-        }
+        return route_object(RouteInfo("local", provider, "none", "local", model), available, reason)
 
     def model_status(self) -> dict[str, Any]:
         """For `GET /v1/status`: the default model, and whether it is in memory now."""

@@ -18,6 +18,7 @@ from waystation.adapters.models.base import Generation, GenerationRequest, Messa
 from waystation.adapters.routes.http_common import (
     HttpRoute,
     as_int,
+    function_tools,
     json_arguments,
     loads_object,
     new_call_id,
@@ -89,17 +90,7 @@ class OllamaBackend(HttpRoute):
             "options": {"temperature": request.temperature, "num_predict": request.max_tokens},
         }
         if request.tools and request.tool_choice != "none":
-            body["tools"] = [
-                {
-                    "type": "function",
-                    "function": {
-                        "name": t.name,
-                        "description": t.description,
-                        "parameters": dict(t.parameters),
-                    },
-                }
-                for t in request.tools
-            ]
+            body["tools"] = function_tools(request.tools)
         return body
 
     async def generate(self, request: GenerationRequest, on_token: TokenSink | None = None) -> Generation:

@@ -18,6 +18,7 @@ from waystation.adapters.models.base import Generation, GenerationRequest, Messa
 from waystation.adapters.routes.http_common import (
     HttpRoute,
     as_int,
+    function_tools,
     json_arguments,
     loads_object,
     new_call_id,
@@ -82,17 +83,7 @@ class OpenAICompatBackend(HttpRoute):
         if not (self.route == "openai" and _REASONING_MODEL.match(self.model_path)):
             body["temperature"] = request.temperature
         if request.tools:
-            body["tools"] = [
-                {
-                    "type": "function",
-                    "function": {
-                        "name": t.name,
-                        "description": t.description,
-                        "parameters": dict(t.parameters),
-                    },
-                }
-                for t in request.tools
-            ]
+            body["tools"] = function_tools(request.tools)
             body["tool_choice"] = request.tool_choice
         if stream:
             body["stream_options"] = {"include_usage": True}

@@ -23,7 +23,7 @@ from waystation.adapters.routes.openai_compat import BASE_URLS, OpenAICompatBack
 from waystation.adapters.routes.vertex import GoogleAdc, VertexBackend
 from waystation.config import Settings
 from waystation.errors import RouteRefused
-from waystation.receipts import RouteInfo
+from waystation.receipts import RouteInfo, route_object
 from waystation.secrets import KEY_VARIABLES, api_key
 
 SUBSCRIPTION_TOKEN = "CLAUDE_CODE_OAUTH_TOKEN"
@@ -103,16 +103,7 @@ class ProviderRoute:
         return None
 
     async def status(self) -> dict[str, Any]:
-        available, reason = await self.availability()
-        return {
-            "name": self.name,
-            "provider": self.provider,
-            "auth_lane": self.auth_lane,
-            "cost_lane": self.cost_lane,
-            "model": self.model or None,
-            "available": available,
-            "reason": reason,
-        }
+        return route_object(self.info(), *await self.availability())
 
     def info(self, model: str | None = None) -> RouteInfo:
         return RouteInfo(

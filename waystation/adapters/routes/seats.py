@@ -41,7 +41,7 @@ from waystation.adapters.routes.seats_cli import (
     run_lines,
 )
 from waystation.errors import EmptyPrompt, InputError, ProviderError, RouteRefused, SeatRunFailed, TurnTimeout
-from waystation.receipts import RouteInfo
+from waystation.receipts import RouteInfo, route_object
 
 PROBE_TIMEOUT_S = 10.0
 CACHE_S = 30.0
@@ -160,16 +160,7 @@ class SeatRoute:
 
     async def status(self) -> dict[str, Any]:
         """The contract's route object (`GET /v1/routes`)."""
-        available, reason = await self.availability()
-        return {
-            "name": self.name,
-            "provider": self.provider,
-            "auth_lane": self.auth_lane,
-            "cost_lane": self.cost_lane,
-            "model": self.model,
-            "available": available,
-            "reason": reason,
-        }
+        return route_object(self.info(), *await self.availability())
 
     def backend(self, model: str | None = None) -> tuple[RouteInfo, SeatBackend]:
         """The route and its ModelBackend for a turn; `model` overrides the configured one.
