@@ -15,6 +15,7 @@ if [[ -n "${QUICK:-}" ]]; then
     "bench/socket_tasks.py --posts 400 --gets 200"
     "bench/flush.py --tasks 1000 --bare 500"
     "bench/idle.py --settle 2 --duration 5"
+    "bench/turns.py --reps 3 --max-tokens 32"
   )
 else
   RUNS=(
@@ -22,6 +23,7 @@ else
     "bench/socket_tasks.py --posts 4000 --gets 2000"
     "bench/flush.py --tasks 10000 --bare 3000"
     "bench/idle.py --settle 5 --duration 20"
+    "bench/turns.py --reps 9 --max-tokens 64"
   )
 fi
 
