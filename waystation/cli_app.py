@@ -18,8 +18,10 @@ import typer
 
 from waystation import __version__
 from waystation.cli_common import JsonFlag, fail, typer_app, waystation
+from waystation.cli_ops import doctor, events
 from waystation.cli_queue import queue_app
 from waystation.cli_receipts import receipts_app
+from waystation.cli_service import service_app
 from waystation.cli_turn import turn
 from waystation.errors import WaystationError
 
@@ -34,7 +36,10 @@ connectivity_app = typer_app(invoke_without_command=True)
 app.add_typer(queue_app, name="queue")
 app.add_typer(receipts_app, name="receipts")
 app.add_typer(connectivity_app, name="connectivity")
+app.add_typer(service_app, name="service")
 app.command()(turn)
+app.command()(events)
+app.command()(doctor)
 
 
 def _version(value: bool) -> None:

@@ -28,6 +28,8 @@ class AgentSettings:
     default_route: str = "local"
     # auto: a turn that parked tool calls resumes by itself once they have all settled.
     resume: Literal["auto", "off"] = "auto"
+    # Members of this group may use the socket too (0660/0750 of the group); "" = only our uid.
+    socket_group: str = ""
 
 
 @dataclass(frozen=True)

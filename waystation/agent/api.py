@@ -24,6 +24,7 @@ from waystation.agent.http_common import (
     services_of,
 )
 from waystation.agent.metrics import render_metrics
+from waystation.agent.openapi import openapi_document
 from waystation.agent.services import Services
 from waystation.errors import InputError, MalformedRequest, WaystationError
 from waystation.queue.policy import TaskState
@@ -70,6 +71,7 @@ def create_app(services: Services) -> web.Application:
     app.router.add_get("/v1/receipts/{id}", get_receipt)
     app.router.add_get("/v1/events", events)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/openapi.json", openapi)
     add_turn_routes(app)
     return app
 
@@ -210,5 +212,11 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 async def metrics(request: web.Request) -> web.Response:
     s = services_of(request)
-    text = render_metrics(await s.store.counts(), s.monitor.state, s.flusher.deliveries)
-    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+    text = render_metrics(await s.store.counts(), s.monitor.state, s.metrics)
+    # The exposition format's version goes in the content type, as Prometheus negotiates on it.
+    content_type = "text/plain; version=0.0.4; charset=utf-8"
+    return web.Response(body=text.encode(), headers={"Content-Type": content_type})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())

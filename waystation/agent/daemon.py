@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import math
 import os
 import signal
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import structlog
@@ -28,7 +30,13 @@ from waystation.agent.connectivity import ConnectivityMonitor
 from waystation.agent.deferred import DeferredTurnTool
 from waystation.agent.events import EventBus
 from waystation.agent.jobs import Housekeeping
-from waystation.agent.peer import PeerCheckedUnixSite, SocketError, bind_unix_socket, prepare_socket_dir
+from waystation.agent.peer import (
+    PeerCheckedUnixSite,
+    SocketError,
+    bind_unix_socket,
+    prepare_socket_dir,
+    socket_gid,
+)
 from waystation.agent.services import Services
 from waystation.agent.turn_records import parked_turns_ready, reclaim_interrupted_resumptions
 from waystation.agent.turns import TurnEngine
@@ -49,7 +57,12 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as stack:
-        prepare_socket_dir(paths.socket)
+        watchdog = watchdog_interval()
+        if watchdog is not None:  # pings from the loop itself: a hung loop stops them
+            pinging = asyncio.create_task(_watchdog_pings(watchdog), name="sd-watchdog")
+            stack.push_async_callback(_cancel, pinging)
+        gid = socket_gid(settings.agent.socket_group)
+        prepare_socket_dir(paths.socket, gid)
         stack.enter_context(single_instance(paths.socket))
         db = await Database.open(paths.database, check=True)
         stack.push_async_callback(db.close)
@@ -64,6 +77,7 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
         stack.push_async_callback(client.aclose)
 
         def connectivity_changed(snapshot: dict[str, object]) -> None:
+            services.connectivity_changed(snapshot)  # metrics
             events.publish("connectivity", snapshot)
             flusher.connectivity_changed(str(snapshot["state"]))
 
@@ -105,9 +119,9 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
         )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        sock = bind_unix_socket(paths.socket)
+        sock = bind_unix_socket(paths.socket, gid)
         stack.callback(_unlink, paths.socket)
-        await PeerCheckedUnixSite(runner, sock, paths.socket).start()
+        await PeerCheckedUnixSite(runner, sock, paths.socket, gid).start()
         # Shut streams before the runner waits on open connections (it would wait on SSE forever).
         stack.callback(events.close)
 
@@ -116,6 +130,10 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
             services.resume_soon(turn_id)
         log.info("agent ready", socket=str(paths.socket), database=str(paths.database), version=__version__)
         sd_notify("READY=1")
+        if os.environ.get("NOTIFY_SOCKET"):
+            status = StatusReporter(monitor, store, events)
+            reporting = asyncio.create_task(status.run(), name="sd-status")
+            stack.push_async_callback(_cancel, reporting)
         await stop.wait()
         log.info("agent stopping")
         sd_notify("STOPPING=1")
@@ -164,3 +182,74 @@ def sd_notify(message: str) -> None:
         address = "\0" + address[1:]  # abstract namespace
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.sendto(message.encode(), address)
+
+
+# --- systemd: STATUS= lines and watchdog pings ------------------------------------------------
+
+STATUS_MIN_INTERVAL_S = 5.0  # queue changes update STATUS= at most this often
+
+
+def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
+    """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None when not watched."""
+    env = os.environ if env is None else env
+    try:
+        usec = int(env.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    pid = env.get("WATCHDOG_PID")
+    if usec <= 0 or not env.get("NOTIFY_SOCKET") or (pid and pid != str(os.getpid())):
+        return None
+    return usec / 2 / 1_000_000
+
+
+async def _watchdog_pings(interval: float) -> None:
+    while True:
+        sd_notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
+class StatusReporter:
+    """Keeps systemd's STATUS= line current: connectivity at once, queue depth rate-limited.
+
+    It sleeps on the event stream while nothing happens (no polling).
+    """
+
+    def __init__(self, monitor: ConnectivityMonitor, store: TaskStore, events: EventBus) -> None:
+        self._monitor = monitor
+        self._store = store
+        self._events = events
+        self._dirty = asyncio.Event()
+        self._urgent = asyncio.Event()
+
+    async def run(self) -> None:
+        following = asyncio.create_task(self._follow(), name="sd-status-follow")
+        try:
+            self._dirty.set()
+            self._urgent.set()
+            last = -math.inf
+            while True:
+                await self._dirty.wait()
+                wait = STATUS_MIN_INTERVAL_S - (time.monotonic() - last)
+                if wait > 0 and not self._urgent.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._urgent.wait(), wait)
+                self._dirty.clear()
+                self._urgent.clear()
+                sd_notify(f"STATUS={await self.line()}")
+                last = time.monotonic()
+        finally:
+            await _cancel(following)
+
+    async def line(self) -> str:
+        counts = await self._store.counts()
+        queue = ", ".join(f"{counts.get(state, 0)} {state}" for state in ("pending", "running", "dead"))
+        return f"connectivity {self._monitor.state} (mode {self._monitor.mode}); queue: {queue}"
+
+    async def _follow(self) -> None:
+        while True:  # a dropped subscriber (too slow) subscribes again
+            async for event in self._events.subscribe():
+                if event.kind == "connectivity":
+                    self._urgent.set()
+                    self._dirty.set()
+                elif event.kind == "task":
+                    self._dirty.set()

@@ -3,17 +3,26 @@
 Two locks on the door: the file is 0600 inside a 0700 directory, and every accepted connection's
 peer credentials (SO_PEERCRED on Linux, LOCAL_PEERCRED on macOS) are checked against our uid
 before a byte of it is read. The second lock still holds when the first is loosened by mistake.
+
+With `[agent] socket_group` set (the system-wide service), members of that group may use the
+socket too: the file is 0660 and the directory 0750, both of that group, and a peer is accepted
+when its uid is ours or the group is among its groups (its gid from the peer credentials, or its
+supplementary groups: /proc/PID/status on Linux, the credentials themselves on macOS).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import grp
 import os
+import pwd
 import socket
 import stat
 import struct
 import sys
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,42 +38,120 @@ class SocketError(WaystationError):
     code = "socket_error"
 
 
-def peer_uid(sock: Any) -> int | None:
-    """The uid of the process at the other end of a Unix socket, or None if the OS won't say."""
+@dataclass(frozen=True)
+class PeerCredentials:
+    pid: int | None
+    uid: int
+    gids: frozenset[int]  # the primary gid and, where the OS says, the supplementary groups
+
+
+def peer_credentials(sock: Any) -> PeerCredentials | None:
+    """Who is at the other end of a Unix socket, or None if the OS won't say."""
     try:
         if sys.platform.startswith("linux"):
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            _pid, uid, _gid = struct.unpack("3i", creds)
-            return int(uid)
+            pid, uid, gid = struct.unpack("3i", creds)
+            return PeerCredentials(int(pid), int(uid), frozenset({int(gid)}))
         if sys.platform == "darwin":
             sol_local, local_peercred = 0, 1
             creds = sock.getsockopt(sol_local, local_peercred, struct.calcsize("IIh16I"))
-            _version, uid = struct.unpack_from("II", creds)
-            return int(uid)
+            _version, uid, ngroups, *groups = struct.unpack("IIh16I", creds)
+            return PeerCredentials(None, int(uid), frozenset(int(g) for g in groups[: max(ngroups, 0)]))
     except OSError:
         return None
     return None
 
 
-def prepare_socket_dir(path: Path) -> None:
-    """Create the socket's directory 0700, or refuse one that others could reach into."""
+def peer_uid(sock: Any) -> int | None:
+    """The uid of the process at the other end of a Unix socket, or None if the OS won't say."""
+    creds = peer_credentials(sock)
+    return None if creds is None else creds.uid
+
+
+def _supplementary_gids(pid: int) -> frozenset[int]:
+    """The peer process's supplementary groups from /proc (Linux); empty if unreadable."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Groups:"):
+                return frozenset(int(g) for g in line.split()[1:])
+    return frozenset()
+
+
+def peer_allowed(creds: PeerCredentials | None, uid: int, gid: int | None) -> bool:
+    """Our own uid always; members of the socket group when one is configured; nobody else."""
+    if creds is None:
+        return False
+    if creds.uid == uid:
+        return True
+    if gid is None:
+        return False
+    if gid in creds.gids:
+        return True
+    if creds.pid is not None and gid in _supplementary_gids(creds.pid):
+        return True
+    return _member_by_name(creds.uid, gid)  # /proc hidden (hidepid): the group database
+
+
+def _member_by_name(uid: int, gid: int) -> bool:
+    try:
+        return pwd.getpwuid(uid).pw_name in grp.getgrgid(gid).gr_mem
+    except KeyError:
+        return False
+
+
+def socket_gid(group: str) -> int | None:
+    """The gid of `[agent] socket_group` (a name or a number); None when it is empty."""
+    if not group:
+        return None
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        if group.isdigit():
+            return int(group)
+        raise SocketError(f"agent.socket_group: no group named {group!r} on this host") from None
+
+
+def prepare_socket_dir(path: Path, gid: int | None = None) -> None:
+    """Create the socket's directory 0700 (0750 of the socket group), or refuse an open one."""
     directory = path.parent
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700 if gid is None else 0o750, parents=True, exist_ok=True)
     info = directory.stat()
     if info.st_uid != os.getuid():
         raise SocketError(f"socket directory {directory} belongs to uid {info.st_uid}, not to us")
-    if stat.S_IMODE(info.st_mode) & 0o077:
+    mode = stat.S_IMODE(info.st_mode)
+    if gid is None:
+        if mode & 0o077:
+            raise SocketError(
+                f"socket directory {directory} is open to others (mode {mode:o}); "
+                f"run `chmod 700 {directory}` or set WAYSTATION_SOCKET to a private path"
+            )
+        return
+    if mode & 0o027:
         raise SocketError(
-            f"socket directory {directory} is open to others (mode {stat.S_IMODE(info.st_mode):o}); "
-            f"run `chmod 700 {directory}` or set WAYSTATION_SOCKET to a private path"
+            f"socket directory {directory} is open to others (mode {mode:o}); "
+            f"run `chmod 750 {directory}` or set WAYSTATION_SOCKET to a private path"
         )
+    try:
+        if info.st_gid != gid:
+            os.chown(directory, -1, gid)
+        if mode != 0o750:
+            os.chmod(directory, 0o750)  # group members need to reach the socket
+    except OSError as exc:
+        raise SocketError(
+            f"cannot give socket directory {directory} to group {gid} (agent.socket_group): {exc.strerror}"
+        ) from None
 
 
-def bind_unix_socket(path: Path) -> socket.socket:
+def bind_unix_socket(path: Path, gid: int | None = None) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(path))
-        os.chmod(path, 0o600)  # the directory is 0700, so nobody else can connect meanwhile
+        # The directory is 0700 (or 0750 of the socket group), so nobody else can connect meanwhile.
+        if gid is None:
+            os.chmod(path, 0o600)
+        else:
+            os.chown(path, -1, gid)
+            os.chmod(path, 0o660)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
@@ -75,16 +162,21 @@ def bind_unix_socket(path: Path) -> socket.socket:
 class _PeerChecked(asyncio.Protocol):
     """Wraps aiohttp's per-connection protocol; a refused peer never reaches it."""
 
-    def __init__(self, inner: asyncio.Protocol, uid: int) -> None:
+    def __init__(self, inner: asyncio.Protocol, uid: int, gid: int | None = None) -> None:
         self._inner = inner
         self._uid = uid
+        self._gid = gid
         self._refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = peer_uid(transport.get_extra_info("socket"))
-        if peer != self._uid:
+        creds = peer_credentials(transport.get_extra_info("socket"))
+        if not peer_allowed(creds, self._uid, self._gid):
             self._refused = True
-            log.warning("refused a socket peer of another user", peer_uid=peer)
+            log.warning(
+                "refused a socket peer of another user",
+                peer_uid=None if creds is None else creds.uid,
+                peer_gids=None if creds is None else sorted(creds.gids),
+            )
             typing.cast(asyncio.Transport, transport).abort()
             return
         self._inner.connection_made(transport)
@@ -110,10 +202,13 @@ class _PeerChecked(asyncio.Protocol):
 class PeerCheckedUnixSite(web.BaseSite):
     """aiohttp's UnixSite, with our socket permissions and the peer check on every connection."""
 
-    def __init__(self, runner: web.BaseRunner, sock: socket.socket, path: Path) -> None:
+    def __init__(
+        self, runner: web.BaseRunner, sock: socket.socket, path: Path, gid: int | None = None
+    ) -> None:
         super().__init__(runner)
         self._sock = sock
         self._path = path
+        self._gid = gid
 
     @property
     def name(self) -> str:
@@ -125,5 +220,5 @@ class PeerCheckedUnixSite(web.BaseSite):
         assert server is not None
         uid = os.getuid()
         self._server = await asyncio.get_running_loop().create_unix_server(
-            lambda: _PeerChecked(server(), uid), sock=self._sock, backlog=self._backlog
+            lambda: _PeerChecked(server(), uid, self._gid), sock=self._sock, backlog=self._backlog
         )

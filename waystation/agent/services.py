@@ -14,6 +14,7 @@ from waystation.adapters.routes import Router
 from waystation.adapters.tools import ToolRegistry
 from waystation.agent.connectivity import ConnectivityMonitor
 from waystation.agent.events import EventBus
+from waystation.agent.metrics import Metrics
 from waystation.agent.turns import TurnEngine, TurnResult
 from waystation.config import Paths, Settings
 from waystation.db import Database
@@ -39,7 +40,9 @@ class Services:
     router: Router
     started: float = field(default_factory=time.monotonic)
     version: str = __version__
+    metrics: Metrics = field(default_factory=Metrics)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
+    _connectivity_seen: str | None = None
 
     def task_changed(self, task: Task, receipt: dict[str, Any] | None = None) -> None:
         """Announce a task's new state (and its receipt, if it wrote one) on the event stream."""
@@ -58,6 +61,18 @@ class Services:
     def __post_init__(self) -> None:
         if self.turns is not None:
             self.turns.on_finished = self.turn_finished
+        if self.flusher is not None:
+            self.flusher.on_delivered = self.metrics.delivered
+        if self.monitor is not None:
+            self._connectivity_seen = self.monitor.state
+
+    def connectivity_changed(self, snapshot: dict[str, object]) -> None:
+        """Count a transition when the state differs from the last one seen (mode-only changes
+        and repeated notices of one change count nothing)."""
+        state = str(snapshot.get("state"))
+        if state != self._connectivity_seen:
+            self._connectivity_seen = state
+            self.metrics.connectivity_transitions.inc(to=state)
 
     def turn_finished(
         self, result: TurnResult, receipt: dict[str, Any] | None = None, resumed: bool = False
@@ -65,6 +80,12 @@ class Services:
         """Announce a finished turn (whatever its status) and its receipt on the event stream."""
         if result.model_answered and self.router is not None:
             self.router.last_answered[result.route] = result.model_answered
+        self.metrics.turn_finished(
+            result.route, result.status, result.usage.prompt_tokens, result.usage.completion_tokens
+        )
+        cold_load_ms = receipt.get("cold_load_ms") if receipt is not None else None
+        if isinstance(cold_load_ms, int | float) and not isinstance(cold_load_ms, bool):
+            self.metrics.model_loaded(cold_load_ms / 1000)
         self.events.publish("turn", {**result.to_json(), "resumed": resumed})
         if receipt is not None:
             self.events.publish("receipt", receipt)

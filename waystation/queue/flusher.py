@@ -28,6 +28,8 @@ from waystation.queue.store import Task, TaskStore
 log = structlog.get_logger(__name__)
 
 Settled = Callable[[Task, dict[str, Any] | None], None]
+# Told of each recorded delivery: its outcome, and whether it repeated an earlier attempt.
+Delivered = Callable[[Outcome, bool], None]
 
 
 class Connectivity(Protocol):
@@ -61,6 +63,7 @@ class Flusher:
         self._ready: collections.deque[Task] = collections.deque()  # leased, not yet started
         self._refresh_due = False
         self.deliveries = 0
+        self.on_delivered: Delivered | None = None  # the agent's metrics
 
     def wake(self) -> None:
         self._wake.set()
@@ -201,6 +204,8 @@ class Flusher:
             log.error("cannot record delivery", task_id=task.id, error=exc.message)
             return
         self.deliveries += 1
+        if self.on_delivered is not None:
+            self.on_delivered(outcome, task.attempts > 0 or task.net_failures > 0)
         log.debug("delivered", task_id=task.id, state=str(settled.state), status=status)
         self._on_settled(settled, receipt)
 

@@ -1,0 +1,211 @@
+"""`waystation doctor` and `waystation events`, run for real as `python -m waystation ...`.
+
+doctor on a fresh home: llama.cpp loads and decodes (ok), no database and no agent are warnings,
+not failures; a damaged database fails naming the file; a llama.cpp that dies of SIGSEGV is
+reported with the portable rebuild. events: follows a live agent's stream and prints the task
+event of a task added meanwhile; exits 3 without an agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from agentproc import Agent, agent_env, make_home, remove_home
+
+from waystation import cli_ops
+
+URL = "http://127.0.0.1:9/x"  # the discard port: nothing is sent while offline
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    path = make_home()
+    try:
+        yield path
+    finally:
+        remove_home(path)
+
+
+def cli(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "waystation", *args],
+        env=agent_env(home, {"HOME": str(home), "XDG_CONFIG_HOME": str(home / "xdg")}),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def lines_by_check(stdout: str) -> dict[str, str]:
+    found = {}
+    for line in stdout.splitlines():
+        level, name = line.split()[:2]
+        found[name] = level
+    return found
+
+
+# --- doctor ------------------------------------------------------------------------------------
+
+
+def test_doctor_on_a_fresh_home_passes_with_warnings(home: Path) -> None:
+    done = cli(home, "doctor")
+    assert done.returncode == 0, done.stdout + done.stderr
+    levels = lines_by_check(done.stdout)
+    assert levels["python"] == "ok"
+    assert levels["llama.cpp"] == "ok", done.stdout
+    assert levels["socket"] == "ok", done.stdout
+    assert levels["agent"] == "warn"
+    assert levels["database"] == "warn"
+    assert "no database yet" in done.stdout
+    assert levels["service"] == "warn"
+    assert "waystation service install" in done.stdout
+    assert not (home / "waystation.db").exists(), "doctor must not create the database"
+
+
+def test_doctor_json_lists_every_check(home: Path) -> None:
+    done = cli(home, "doctor", "--json")
+    assert done.returncode == 0, done.stderr
+    checks = json.loads(done.stdout)
+    assert [c["name"] for c in checks] == [
+        "python", "config", "llama.cpp", "socket", "agent", "database", "service",
+    ]  # fmt: skip
+    assert {c["level"] for c in checks} <= {"ok", "warn"}
+
+
+def test_doctor_fails_on_a_corrupt_database_naming_it(home: Path) -> None:
+    database = home / "waystation.db"
+    database.write_bytes(b"this is not an SQLite database, just bytes\n" * 200)
+    done = cli(home, "doctor")
+    assert done.returncode == 1, done.stdout
+    line = next(line for line in done.stdout.splitlines() if line.split()[1] == "database")
+    assert line.startswith("fail")
+    assert str(database) in line
+
+
+def test_doctor_fails_on_a_socket_dir_with_a_loose_mode(home: Path) -> None:
+    home.chmod(0o755)
+    done = cli(home, "doctor")
+    assert done.returncode == 1
+    line = next(line for line in done.stdout.splitlines() if line.split()[1] == "socket")
+    assert line.startswith("fail") and "chmod 700" in line
+
+
+def test_doctor_with_a_healthy_running_agent(home: Path) -> None:
+    agent = Agent(home, env={"WAYSTATION_CONNECTIVITY__MODE": "offline"})
+    try:
+        agent.start()
+        done = cli(home, "doctor")
+    finally:
+        agent.close()
+    assert done.returncode == 0, done.stdout
+    levels = lines_by_check(done.stdout)
+    assert levels["agent"] == "ok" and levels["database"] == "ok", done.stdout
+
+
+def test_a_llama_crash_is_reported_with_the_portable_rebuild() -> None:
+    check = cli_ops.check_llama("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    assert check.level == "fail"
+    assert "SIGSEGV" in check.message
+    assert "CMAKE_ARGS" in check.message and "GGML_NATIVE=OFF" in check.message
+
+
+def test_a_hung_llama_is_reported() -> None:
+    check = cli_ops.check_llama("import time; time.sleep(30)", timeout_s=0.5)
+    assert check.level == "fail" and "took over" in check.message
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+def test_events_exits_3_without_an_agent(home: Path) -> None:
+    done = cli(home, "events", timeout=30)
+    assert done.returncode == 3
+    assert done.stderr.startswith("error: ") and "not running" in done.stderr
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise AssertionError("no event line within the timeout")
+    return proc.stdout.readline()
+
+
+@contextlib.contextmanager
+def following(home: Path, *args: str) -> Iterator[tuple[Agent, subprocess.Popen[str]]]:
+    """A live agent (forced offline) and `waystation events ARGS` following it."""
+    agent = Agent(home, env={"WAYSTATION_CONNECTIVITY__MODE": "offline"})
+    proc: subprocess.Popen[str] | None = None
+    try:
+        agent.start()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "waystation", "events", *args],
+            env=agent_env(home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        yield agent, proc
+    finally:
+        if proc is not None:
+            if proc.poll() is None:
+                proc.terminate()
+            proc.communicate(timeout=10)
+        agent.close()
+
+
+def first_task_line(agent: Agent, proc: subprocess.Popen[str]) -> str:
+    """Add tasks until the follower prints one (events before it subscribed are not replayed)."""
+    for _ in range(20):
+        answer = agent.api("POST", "/v1/tasks", json={"tool": "web_fetch", "args": {"url": URL}})
+        assert answer.status_code == 201, answer.text
+        try:
+            return _read_line(proc, 1.0)
+        except AssertionError:
+            continue
+    raise AssertionError("events printed nothing")
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_events_prints_a_task_event(home: Path, as_json: bool) -> None:
+    with following(home, *(["--json"] if as_json else [])) as (agent, proc):
+        line = first_task_line(agent, proc)
+    if as_json:
+        event = json.loads(line)
+        assert event["event"] == "task"
+        assert event["data"]["tool"] == "web_fetch" and event["data"]["state"] == "pending"
+    else:
+        assert " task " in line and "web_fetch" in line and "pending" in line, line
+        assert line.split()[2].startswith("t_"), line
+
+
+def test_events_ctrl_c_exits_0(home: Path) -> None:
+    with following(home) as (agent, proc):
+        first_task_line(agent, proc)  # connected and following
+        proc.send_signal(signal.SIGINT)  # as Ctrl-C does
+        _out, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+
+
+def test_event_line_summaries() -> None:
+    task = {"id": "t_1", "tool": "http_request", "state": "dead", "attempts": 3, "last_error": "HTTP 404"}
+    assert "t_1 http_request dead (attempts 3): HTTP 404" in cli_ops.event_line("task", task)
+    receipt = {"id": "r_1", "kind": "task", "status": "ok", "route": {"name": "web_fetch"}}
+    assert "r_1 task ok via web_fetch" in cli_ops.event_line("receipt", receipt)
+    assert "offline (mode offline)" in cli_ops.event_line(
+        "connectivity", {"state": "offline", "mode": "offline"}
+    )
+    assert os.linesep not in cli_ops.event_line("turn", {"turn_id": "turn_1", "route": "local", "usage": {}})

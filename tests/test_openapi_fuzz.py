@@ -1,0 +1,135 @@
+"""The published OpenAPI document: valid, served by the agent, and true of the live agent.
+
+schemathesis generates requests (valid and malformed) from `GET /v1/openapi.json` for every
+operation but the ones that run a model turn or never end (/v1/events), sends them to a real
+agent over its Unix socket, and checks: no 5xx, every answer's status, content type and body as
+the document says. The agent must still be alive and answering at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import schemathesis
+from agentproc import Agent, free_port, make_home, remove_home
+from hypothesis import HealthCheck, settings
+from openapi_spec_validator import validate
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from waystation.agent.openapi import openapi_document
+
+MAX_EXAMPLES = 30
+NOT_FUZZED = ["/v1/turns", "/v1/chat/completions", "/v1/events"]  # model turns; a stream that never ends
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+schema = schemathesis.openapi.from_dict(openapi_document()).exclude(path=NOT_FUZZED)
+schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[Agent]:
+    home = make_home()
+    agent = Agent(
+        home,
+        env={
+            "WAYSTATION_CONNECTIVITY__MODE": "offline",
+            # Were the fuzzer to switch the mode to auto, the probe finds nothing: still offline.
+            "WAYSTATION_CONNECTIVITY__PROBE_URL": f"http://127.0.0.1:{free_port()}/generate_204",
+        },
+    )
+    try:
+        yield agent.start()
+    finally:
+        agent.close()
+        remove_home(home)
+
+
+@pytest.fixture(scope="module")
+def http(agent: Agent) -> Iterator[httpx.Client]:
+    with agent.client() as client:
+        yield client
+
+
+def send(http: httpx.Client, case: schemathesis.Case) -> httpx.Response:
+    """Send a generated case over the socket (schemathesis's own transport speaks TCP only)."""
+    kwargs = case.as_transport_kwargs(base_url="http://waystation")
+    body: dict[str, object] = {}
+    if "json" in kwargs:
+        body["json"] = kwargs["json"]
+    elif isinstance(kwargs.get("data"), bytes | str):
+        body["content"] = kwargs["data"]
+    elif kwargs.get("data") is not None:
+        body["data"] = kwargs["data"]
+    return http.request(
+        kwargs["method"],
+        kwargs["url"],
+        params=kwargs.get("params"),
+        headers={k: str(v) for k, v in (kwargs.get("headers") or {}).items()},
+        cookies=kwargs.get("cookies") or None,
+        **body,  # type: ignore[arg-type]
+    )
+
+
+def test_document_is_valid_openapi() -> None:
+    validate(openapi_document())  # type: ignore[arg-type]
+
+
+def test_document_is_served_and_covers_every_route(agent: Agent) -> None:
+    answer = agent.api("GET", "/v1/openapi.json")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("application/json")
+    document = answer.json()
+    assert document == openapi_document()
+    served = {
+        (r.method, r.resource.canonical)
+        for r in _app_routes()
+        if r.method != "HEAD" and r.resource is not None
+    }
+    documented = {(m.upper(), p) for p, ops in document["paths"].items() for m in ops}
+    assert served == documented
+
+
+def _app_routes() -> list[object]:
+    from unittest import mock
+
+    from waystation.agent.api import create_app
+
+    return list(create_app(mock.Mock()).router.routes())
+
+
+@schema.parametrize()
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_fuzz_the_live_agent(case: schemathesis.Case, http: httpx.Client) -> None:
+    if case.path_parameters and case.path_parameters.get("id") == "verify":
+        return  # /v1/receipts/verify is its own route
+    response = send(http, case)
+    case.validate_response(response, checks=CHECKS)
+
+
+def test_agent_survived_the_fuzzing(agent: Agent, http: httpx.Client) -> None:
+    assert agent.running(), agent.output()
+    answer = http.get("/v1/status")
+    assert answer.status_code == 200, answer.text
+    assert agent.api("GET", "/v1/receipts/verify").json()["ok"] is True
+    assert "Traceback" not in agent.output()
+
+
+def test_document_names_the_paths_it_needs() -> None:
+    paths = openapi_document()["paths"]
+    for path in ("/v1/tasks", "/v1/tasks/{id}", "/v1/receipts", "/v1/connectivity", "/v1/events"):
+        assert path in paths
+    post = paths["/v1/tasks"]["post"]
+    assert {"201", "200", "409", "422", "413", "400"} <= set(post["responses"])

@@ -1,0 +1,277 @@
+"""The socket API's OpenAPI 3.1 document (`GET /v1/openapi.json`), built from the contract.
+
+It describes every route api.py and api_turns.py serve: request bodies, query and path
+parameters, the contract's objects (task, receipt, route, connectivity, status) and the error
+object every 4xx/5xx carries. Tests validate it with openapi-spec-validator and fuzz the live
+agent against it with schemathesis, so a route added without a description here shows up there.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any
+
+from waystation import __version__
+from waystation.agent.http_common import MAX_BODY_BYTES, MAX_LIST
+from waystation.agent.openapi_schemas import ID_PATTERN, SCHEMAS, TASK_STATES, Schema, ref
+
+
+def _error(description: str) -> Schema:
+    return {"description": description, "content": {"application/json": {"schema": ref("Error")}}}
+
+
+def _json(description: str, schema: Schema) -> Schema:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _body(schema_name: str) -> Schema:
+    return {
+        "required": True,
+        "description": f"a JSON object; a body over {MAX_BODY_BYTES} bytes is refused with 413",
+        "content": {"application/json": {"schema": ref(schema_name)}},
+    }
+
+
+SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+
+COMMON_ERRORS = {"404": _error("no such thing"), "405": _error("method not allowed on this path")}
+BODY_ERRORS = {
+    "400": _error("malformed request (not JSON, not an object, or a bad field)"),
+    "413": _error(f"request body over {MAX_BODY_BYTES} bytes"),
+}
+TURN_ERRORS = {
+    **BODY_ERRORS,
+    "409": _error("the route refused the turn (fail-closed): a `refused` receipt was written"),
+    "422": _error("the model could not be loaded"),
+    "502": _error("the provider failed or rejected the turn"),
+    "503": _error("the database is unavailable"),
+    "504": _error("the turn timed out"),
+}
+
+
+def _op(summary: str, responses: dict[str, Schema], **extra: Any) -> Schema:
+    return {"summary": summary, "responses": {**responses, **COMMON_ERRORS}, **extra}
+
+
+def _id_param(what: str) -> Schema:
+    return {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "description": f"the {what}'s id",
+        "schema": {"type": "string", "pattern": ID_PATTERN},
+    }
+
+
+LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "description": "at most this many (default 100)",
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST},
+}
+
+
+def _task_op(summary: str, extra_errors: dict[str, Schema]) -> Schema:
+    return _op(
+        summary,
+        {"200": _json("the task", ref("Task")), **extra_errors},
+        parameters=[_id_param("task")],
+    )
+
+
+PATHS: dict[str, Schema] = {
+    "/v1/status": {
+        "get": _op("the agent at a glance", {"200": _json("status", ref("Status"))}, operationId="status")
+    },
+    "/v1/connectivity": {
+        "get": _op(
+            "connectivity state and mode",
+            {"200": _json("connectivity", ref("Connectivity"))},
+            operationId="getConnectivity",
+        ),
+        "put": _op(
+            "force connectivity online or offline, or back to auto",
+            {"200": _json("connectivity", ref("Connectivity")), **BODY_ERRORS},
+            operationId="setConnectivity",
+            requestBody=_body("ConnectivityMode"),
+        ),
+    },
+    "/v1/routes": {
+        "get": _op(
+            "every route, available or not, with the reason",
+            {"200": _json("routes", {"type": "array", "items": ref("Route")})},
+            operationId="routes",
+        )
+    },
+    "/v1/tasks": {
+        "post": _op(
+            "park a tool call",
+            {
+                "201": _json("a new task", ref("Task")),
+                "200": _json("the existing task with this idempotency key and equal args", ref("Task")),
+                "409": _error("the idempotency key exists with other args"),
+                "422": _error("unknown tool or bad args"),
+                "503": _error("the database is unavailable"),
+                **BODY_ERRORS,
+            },
+            operationId="createTask",
+            requestBody=_body("NewTask"),
+        ),
+        "get": _op(
+            "tasks, newest first",
+            {
+                "200": _json("tasks", {"type": "array", "items": ref("Task")}),
+                "400": _error("bad state or limit"),
+            },
+            operationId="listTasks",
+            parameters=[
+                {
+                    "name": "state",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "enum": TASK_STATES},
+                },
+                LIMIT,
+            ],
+        ),
+    },
+    "/v1/tasks/{id}": {"get": {**_task_op("one task", {}), "operationId": "getTask"}},
+    "/v1/tasks/{id}/retry": {
+        "post": {
+            **_task_op("retry a dead, cancelled or expired task now", {"409": _error("not retryable")}),
+            "operationId": "retryTask",
+        }
+    },
+    "/v1/tasks/{id}/cancel": {
+        "post": {
+            **_task_op("cancel a pending task", {"409": _error("already settled")}),
+            "operationId": "cancelTask",
+        }
+    },
+    "/v1/flush": {
+        "post": _op(
+            "make every pending task due now (delivered once online)",
+            {"202": _json("accepted", ref("FlushResult"))},
+            operationId="flush",
+        )
+    },
+    "/v1/turns": {
+        "post": _op(
+            "one model turn (Server-Sent Events `token`, `done`, `error` when streaming)",
+            {
+                "200": {
+                    "description": "the turn",
+                    "content": {"application/json": {"schema": ref("TurnResult")}, **SSE},
+                },
+                **TURN_ERRORS,
+            },
+            operationId="turn",
+            requestBody=_body("TurnRequest"),
+        )
+    },
+    "/v1/chat/completions": {
+        "post": _op(
+            "OpenAI-compatible chat completions on the default route (plain and streaming)",
+            {
+                "200": {
+                    "description": "a completion",
+                    "content": {"application/json": {"schema": ref("ChatCompletion")}, **SSE},
+                },
+                **TURN_ERRORS,
+            },
+            operationId="chatCompletions",
+            requestBody=_body("ChatCompletionRequest"),
+        )
+    },
+    "/v1/receipts": {
+        "get": _op(
+            "receipts in chain order, oldest first",
+            {
+                "200": _json("receipts", {"type": "array", "items": ref("Receipt")}),
+                "400": _error("bad limit"),
+            },
+            operationId="listReceipts",
+            parameters=[
+                {
+                    "name": "after",
+                    "in": "query",
+                    "required": False,
+                    "description": "start after the receipt with this id (404 if there is none)",
+                    "schema": {"type": "string"},
+                },
+                LIMIT,
+            ],
+        )
+    },
+    "/v1/receipts/verify": {
+        "get": _op(
+            "check the hash chain; names the first receipt that breaks it",
+            {"200": _json("the verdict", ref("Verification"))},
+            operationId="verifyReceipts",
+        )
+    },
+    "/v1/receipts/{id}": {
+        "get": _op(
+            "one receipt",
+            {"200": _json("the receipt", ref("Receipt"))},
+            operationId="getReceipt",
+            parameters=[_id_param("receipt")],
+        )
+    },
+    "/v1/events": {
+        "get": _op(
+            "Server-Sent Events: connectivity, task, turn, receipt (never ends)",
+            {"200": {"description": "the event stream", "content": SSE}, "400": _error("bad Last-Event-ID")},
+            operationId="events",
+            parameters=[
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "description": "resume after this event id",
+                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                }
+            ],
+        )
+    },
+    "/v1/openapi.json": {
+        "get": _op(
+            "this document",
+            {"200": _json("the OpenAPI document", {"type": "object"})},
+            operationId="openapi",
+        )
+    },
+    "/metrics": {
+        "get": _op(
+            "Prometheus text format",
+            {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            operationId="metrics",
+        )
+    },
+}
+
+
+@functools.cache
+def _document() -> Schema:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Waystation agent socket API",
+            "version": __version__,
+            "description": (
+                "HTTP/1.1 and JSON over the agent's Unix socket "
+                "(`curl --unix-socket SOCK http://waystation/v1/status`). Errors are "
+                '`{"error": {"code", "message"}}` with a 4xx/5xx status.'
+            ),
+        },
+        "servers": [{"url": "http://waystation"}],
+        "paths": PATHS,
+        "components": {"schemas": SCHEMAS},
+    }
+
+
+def openapi_document() -> Schema:
+    """The document, as a fresh dict the caller may change."""
+    return copy.deepcopy(_document())

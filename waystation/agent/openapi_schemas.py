@@ -1,0 +1,244 @@
+"""The contract's objects as JSON Schemas, for the OpenAPI document (openapi.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Schema = dict[str, Any]
+
+TASK_STATES = ["pending", "running", "done", "dead", "cancelled", "expired"]
+CONNECTIVITY_STATES = ["online", "offline", "portal", "unknown"]
+MODES = ["auto", "online", "offline"]
+
+
+def _nullable(type_name: str, **extra: Any) -> Schema:
+    return {"type": [type_name, "null"], **extra}
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _object(properties: dict[str, Schema], required: list[str] | None = None) -> Schema:
+    """An object with these properties (all required unless named), more allowed: the agent may
+    add fields (clients must ignore what they do not know)."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+    }
+
+
+ID_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
+TIMESTAMP = {"type": "string", "description": "ISO 8601, UTC"}
+ANY_JSON: Schema = {}
+
+SCHEMAS: dict[str, Schema] = {
+    "Error": _object(
+        {
+            "error": _object(
+                {
+                    "code": {"type": "string", "pattern": "^[a-z0-9_]+$", "description": "snake_case"},
+                    "message": {"type": "string"},
+                }
+            )
+        }
+    ),
+    "Task": _object(
+        {
+            "id": {"type": "string"},
+            "tool": {"type": "string"},
+            "args": {"type": "object"},
+            "idempotency_key": {"type": "string"},
+            "state": {"type": "string", "enum": TASK_STATES},
+            "attempts": {"type": "integer", "minimum": 0},
+            "next_attempt_at": _nullable("string", description="when a pending task is due"),
+            "last_error": _nullable("string"),
+            "result": ANY_JSON,
+            "created_at": TIMESTAMP,
+            "updated_at": TIMESTAMP,
+            "expires_at": _nullable("string"),
+            "turn_id": _nullable("string"),
+        },
+        required=[
+            "id",
+            "tool",
+            "args",
+            "idempotency_key",
+            "state",
+            "attempts",
+            "next_attempt_at",
+            "last_error",
+            "result",
+            "created_at",
+            "updated_at",
+            "turn_id",
+        ],
+    ),
+    "NewTask": {
+        "type": "object",
+        "properties": {
+            "tool": {"type": "string", "description": "a tool's name, e.g. http_request or web_fetch"},
+            "args": {"type": "object", "description": "the tool's arguments"},
+            "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 255},
+            "expires_at": {"type": "string", "format": "date-time"},
+        },
+        "required": ["tool", "args"],
+    },
+    "RouteInfo": _object(
+        {
+            "name": {"type": "string"},
+            "provider": {"type": "string"},
+            "auth_lane": {"type": "string", "enum": ["none", "api_key", "seat", "oauth", "credits"]},
+            "cost_lane": {"type": "string", "enum": ["local", "byok", "provider_subscription", "credits"]},
+            "model": _nullable("string"),
+        },
+        required=["name", "provider", "auth_lane", "cost_lane"],
+    ),
+    "Route": _object(
+        {
+            "name": {"type": "string"},
+            "provider": {"type": "string"},
+            "auth_lane": {"type": "string"},
+            "cost_lane": {"type": "string"},
+            "model": _nullable("string"),
+            "available": {"type": "boolean"},
+            "reason": _nullable("string", description="why the route cannot run now"),
+        }
+    ),
+    "Usage": _object({"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"}}),
+    "Receipt": _object(
+        {
+            "id": {"type": "string"},
+            "kind": {"type": "string", "enum": ["turn", "task"]},
+            "created_at": TIMESTAMP,
+            "status": {"type": "string", "enum": ["ok", "parked", "refused", "error"]},
+            "reason": _nullable("string"),
+            "route": ref("RouteInfo"),
+            "usage": ref("Usage"),
+            "credits_used": {"type": "number"},
+            "duration_ms": {"type": "integer"},
+            "turn_id": _nullable("string"),
+            "task_id": _nullable("string"),
+            "deferred_task_ids": {"type": "array", "items": {"type": "string"}},
+            "prev_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "hash": {
+                "type": "string",
+                "pattern": "^[0-9a-f]{64}$",
+                "description": "SHA-256 of the canonical JSON without `hash`",
+            },
+        }
+    ),
+    "Verification": _object(
+        {
+            "ok": {"type": "boolean"},
+            "count": {"type": "integer", "minimum": 0},
+            "first_broken_id": _nullable("string"),
+            "reason": _nullable("string"),
+        }
+    ),
+    "Probe": _object(
+        {
+            "at": TIMESTAMP,
+            "ok": {"type": "boolean"},
+            "status": _nullable("integer"),
+            "error": _nullable("string"),
+            "duration_ms": {"type": "integer"},
+        },
+        required=["at", "ok"],
+    ),
+    "Connectivity": _object(
+        {
+            "state": {"type": "string", "enum": CONNECTIVITY_STATES},
+            "mode": {"type": "string", "enum": MODES},
+            "since": _nullable("string"),
+            "last_probe": {"oneOf": [ref("Probe"), {"type": "null"}]},
+        }
+    ),
+    "ConnectivityMode": {
+        "type": "object",
+        "properties": {"mode": {"type": "string", "enum": MODES}},
+        "required": ["mode"],
+    },
+    "QueueCounts": _object({state: {"type": "integer", "minimum": 0} for state in TASK_STATES}),
+    "ModelStatus": _object(
+        {"backend": {"type": "string"}, "path": {"type": "string"}, "loaded": {"type": "boolean"}}
+    ),
+    "Status": _object(
+        {
+            "version": {"type": "string"},
+            "uptime_s": {"type": "number"},
+            "connectivity": ref("Connectivity"),
+            "queue": ref("QueueCounts"),
+            "model": ref("ModelStatus"),
+            "routes": {"type": "array", "items": ref("Route")},
+        }
+    ),
+    "FlushResult": _object(
+        {
+            "pending": {"type": "integer", "minimum": 0},
+            "connectivity": {"type": "string"},
+            "message": {"type": "string"},
+        }
+    ),
+    "TurnRequest": {
+        "type": "object",
+        "properties": {
+            "prompt": {"type": "string"},
+            "route": {"type": "string"},
+            "model": {"type": "string"},
+            "system": {"type": "string"},
+            "max_tokens": {"type": "integer", "minimum": 1, "maximum": 8192},
+            "max_steps": {"type": "integer", "minimum": 1, "maximum": 16},
+            "tool_choice": {"type": "string", "enum": ["auto", "required", "none"]},
+            "defer": {"type": "boolean"},
+            "stream": {"type": "boolean", "description": "answer with Server-Sent Events"},
+        },
+        "required": ["prompt"],
+    },
+    "TurnResult": _object(
+        {
+            "turn_id": {"type": "string"},
+            "text": {"type": "string"},
+            "route": {"type": "string"},
+            "receipt_id": {"type": "string"},
+            "tool_calls": {"type": "array", "items": {"type": "object"}},
+            "deferred_task_ids": {"type": "array", "items": {"type": "string"}},
+        }
+    ),
+    "ChatMessage": {
+        "type": "object",
+        "properties": {
+            "role": {"type": "string"},
+            "content": {
+                "oneOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": {"type": "object"}},
+                ]
+            },
+        },
+        "required": ["role", "content"],
+    },
+    "ChatCompletionRequest": {
+        "type": "object",
+        "properties": {
+            "model": {"type": "string"},
+            "messages": {"type": "array", "items": ref("ChatMessage"), "minItems": 1},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+            "max_tokens": {"type": "integer", "minimum": 1, "maximum": 8192},
+            "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": 8192},
+            "stream": {"type": "boolean"},
+        },
+        "required": ["messages"],
+    },
+    "ChatCompletion": _object(
+        {
+            "id": {"type": "string"},
+            "object": {"type": "string", "const": "chat.completion"},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {"type": "array", "items": {"type": "object"}},
+            "usage": {"type": "object"},
+        }
+    ),
+}

