@@ -1,4 +1,5 @@
-"""Scheduled housekeeping on apscheduler's asyncio scheduler: expiry, lease reaping, WAL checkpoints.
+"""Scheduled housekeeping on apscheduler's asyncio scheduler: expiry, lease reaping, WAL checkpoints,
+and retention of settled tasks (rows compacted, receipts kept).
 
 Each job is a plain coroutine method so it can be tested without the scheduler; the scheduler
 only decides when. Intervals are minutes apart: an idle agent should stay asleep.
@@ -17,6 +18,7 @@ log = structlog.get_logger(__name__)
 EXPIRY_INTERVAL_S = 60
 REAP_INTERVAL_S = 60
 CHECKPOINT_INTERVAL_S = 600
+COMPACT_INTERVAL_S = 6 * 3600
 
 
 class Housekeeping:
@@ -29,6 +31,7 @@ class Housekeeping:
         add(self.expire, "interval", seconds=EXPIRY_INTERVAL_S, id="expire", coalesce=True, max_instances=1)
         add(self.reap, "interval", seconds=REAP_INTERVAL_S, id="reap", coalesce=True, max_instances=1)
         add(self.checkpoint, "interval", seconds=CHECKPOINT_INTERVAL_S, id="checkpoint", coalesce=True)
+        add(self.compact, "interval", seconds=COMPACT_INTERVAL_S, id="compact", coalesce=True)
         self._scheduler.start()
 
     def stop(self) -> None:
@@ -64,3 +67,14 @@ class Housekeeping:
             await self._services.db.checkpoint()
         except DatabaseError as exc:
             log.error("WAL checkpoint failed", error=exc.message)
+
+    async def compact(self) -> int:
+        """Settled task rows older than the retention period are deleted; their receipts stay."""
+        older_than_s = self._services.settings.queue.retention_days * 86400
+        try:
+            compacted = await self._services.store.compact_settled(older_than_s)
+        except DatabaseError as exc:
+            log.error("compaction of settled tasks failed", error=exc.message)
+            return 0
+        log.info("compacted settled tasks", count=compacted)
+        return compacted

@@ -336,6 +336,29 @@ class TaskStore:
 
         return await self.db.write(op)
 
+    async def compact_settled(self, older_than_s: float, limit: int = 5000) -> int:
+        """Delete settled task rows (done, dead, cancelled, expired) last changed `older_than_s` ago.
+
+        Retention of the queue, not of the audit: receipts are never deleted here. Each settled
+        task already wrote its receipt in the transaction that settled it, and the receipt chain is
+        the record of what happened, so it outlives the task row. Pending and running rows are
+        never touched. One write op, at most `limit` rows, so a large backlog is compacted over
+        several calls instead of holding the writer in one long transaction.
+        """
+        settled = sorted(str(s) for s in SETTLED)
+        marks = ", ".join("?" for _ in settled)
+
+        def op(conn: sqlite3.Connection) -> int:
+            cutoff = timeutil.now() - older_than_s
+            cursor = conn.execute(
+                f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE state IN ({marks})"
+                " AND updated_at < ? LIMIT ?)",
+                (*settled, cutoff, limit),
+            )
+            return cursor.rowcount
+
+        return await self.db.write(op)
+
     # --- reads --------------------------------------------------------------------------------
 
     async def get(self, task_id: str) -> Task:

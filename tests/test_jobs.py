@@ -1,0 +1,315 @@
+"""Scheduled housekeeping on a real database: expiry, lease reaping, WAL checkpoints, compaction.
+
+Each job is called directly (the scheduler only decides when), against a minimal stand-in for the
+agent's services that carries exactly what the jobs touch: the store, the database, the settings,
+a flusher (`held()`, `wake()`) and `task_changed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from waystation import timeutil
+from waystation.agent import jobs
+from waystation.agent.jobs import Housekeeping
+from waystation.agent.services import Services
+from waystation.config import QueueSettings, Settings
+from waystation.db import Database
+from waystation.queue.policy import Decision, TaskState, classify, decide
+from waystation.queue.store import LEASE_MARGIN_S, NewTask, Task, TaskStore
+from waystation.receipts import verify_database
+
+SETTINGS = QueueSettings()
+RETENTION_S = SETTINGS.retention_days * 86400
+T0 = 1_800_000_000.0
+
+
+class StubFlusher:
+    """What the reaper asks of the flusher: the task ids it still holds, and a nudge."""
+
+    def __init__(self, held: frozenset[str] = frozenset()) -> None:
+        self.holding = held
+        self.wakes = 0
+
+    def held(self) -> frozenset[str]:
+        return self.holding
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+
+@dataclass
+class StubServices:
+    db: Database
+    store: TaskStore
+    flusher: StubFlusher = field(default_factory=StubFlusher)
+    settings: Settings = field(default_factory=Settings)
+    changed: list[tuple[Task, dict[str, Any] | None]] = field(default_factory=list)
+
+    def task_changed(self, task: Task, receipt: dict[str, Any] | None = None) -> None:
+        self.changed.append((task, receipt))
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = await Database.open(tmp_path / "waystation.db")
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+@pytest.fixture
+def services(db: Database) -> StubServices:
+    return StubServices(db=db, store=TaskStore(db, SETTINGS))
+
+
+@pytest.fixture
+def housekeeping(services: StubServices) -> Housekeeping:
+    return Housekeeping(cast(Services, services))
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """A wall clock the test moves by hand: clock[0] is now."""
+    now = [T0]
+    monkeypatch.setattr(timeutil, "now", lambda: now[0])
+    return now
+
+
+def _new(n: int, **kw: Any) -> NewTask:
+    host = "api.example.test"
+    args = {"method": "POST", "url": f"https://{host}/hook/{n}", "json": {"n": n}}
+    return NewTask(tool="http_request", args=args, host=host, **kw)
+
+
+def _decision(task: Task, status: int, now: float) -> Decision:
+    return decide(
+        outcome=classify(status),
+        status=status,
+        attempts=task.attempts,
+        net_failures=task.net_failures,
+        now=now,
+        settings=SETTINGS,
+        rng=random.Random(1),
+    )
+
+
+async def _lease(store: TaskStore, *ids: str) -> dict[str, Task]:
+    leased = {t.id: t for t in await store.lease(1000, {}, 1000)}
+    assert set(ids) <= set(leased)
+    others = [i for i in leased if i not in ids]
+    if others:
+        await store.release(others)
+    return {i: leased[i] for i in ids}
+
+
+async def _states(db: Database) -> dict[str, str]:
+    return {r[0]: r[1] for r in await db.fetchall("SELECT id, state FROM tasks")}
+
+
+async def _receipt_task_ids(db: Database) -> list[str]:
+    rows = await db.fetchall("SELECT task_id FROM receipts WHERE task_id IS NOT NULL ORDER BY seq")
+    return [r[0] for r in rows]
+
+
+def _size(path: Path) -> int:
+    """A file's size (0 if missing), outside the async tests so the event loop rule holds."""
+    return path.stat().st_size if path.exists() else 0
+
+
+# --- expire ---------------------------------------------------------------------------------------
+
+
+async def test_expire_tombstones_overdue_pending_tasks(
+    housekeeping: Housekeeping, services: StubServices, db: Database, clock: list[float]
+) -> None:
+    store = services.store
+    soon_a, _ = await store.enqueue(_new(1, expires_at=T0 + 60))
+    soon_b, _ = await store.enqueue(_new(2, expires_at=T0 + 90))
+    later, _ = await store.enqueue(_new(3, expires_at=T0 + 3600))
+    running, _ = await store.enqueue(_new(4, expires_at=T0 + 60))
+    await _lease(store, running.id)
+
+    assert await housekeeping.expire() == 0
+    clock[0] = T0 + 120
+    assert await housekeeping.expire() == 2
+
+    states = await _states(db)
+    assert states == {
+        soon_a.id: "expired",
+        soon_b.id: "expired",
+        later.id: "pending",
+        running.id: "running",  # only pending tasks expire; a delivery in flight is left alone
+    }
+    # One tombstone receipt per expired task, announced with it; the chain still verifies.
+    assert sorted(await _receipt_task_ids(db)) == sorted([soon_a.id, soon_b.id])
+    assert {t.id for t, _ in services.changed} == {soon_a.id, soon_b.id}
+    for task, receipt in services.changed:
+        assert task.state is TaskState.EXPIRED
+        assert receipt is not None and receipt["task_id"] == task.id and receipt["status"] == "error"
+    verification = await verify_database(db)
+    assert verification.ok and verification.count == 2
+
+    # A second sweep finds nothing new: no duplicate tombstones.
+    assert await housekeeping.expire() == 0
+    assert len(await _receipt_task_ids(db)) == 2
+
+
+# --- reap -----------------------------------------------------------------------------------------
+
+
+async def test_reap_reclaims_expired_leases_but_keeps_held_ones(
+    housekeeping: Housekeeping, services: StubServices, db: Database, clock: list[float]
+) -> None:
+    store = services.store
+    a, _ = await store.enqueue(_new(1))
+    b, _ = await store.enqueue(_new(2))
+    held, _ = await store.enqueue(_new(3))
+    await _lease(store, a.id, b.id, held.id)
+    services.flusher.holding = frozenset({held.id})
+
+    # Leases still live: nothing is abandoned, and the flusher is not woken.
+    assert await housekeeping.reap() == 0
+    assert services.flusher.wakes == 0
+
+    clock[0] = T0 + SETTINGS.delivery_timeout_s + LEASE_MARGIN_S + 1
+    assert await housekeeping.reap() == 2
+    assert services.flusher.wakes == 1
+    assert await _states(db) == {a.id: "pending", b.id: "pending", held.id: "running"}
+    reclaimed = await store.get(a.id)
+    assert reclaimed.lease_expires_at is None and reclaimed.next_attempt_at == clock[0]
+
+    assert await housekeeping.reap() == 0
+    assert services.flusher.wakes == 1
+
+
+# --- checkpoint -----------------------------------------------------------------------------------
+
+
+async def test_checkpoint_truncates_the_wal(
+    housekeeping: Housekeeping, services: StubServices, db: Database
+) -> None:
+    wal = Path(f"{db.path}-wal")
+    for n in range(50):
+        await services.store.enqueue(_new(n))
+    assert _size(wal) > 0
+
+    await housekeeping.checkpoint()
+    assert _size(wal) == 0
+    # The data is all in the main file now, and the database keeps working after it.
+    assert (await services.store.counts())["pending"] == 50
+    await services.store.enqueue(_new(1000))
+    assert _size(wal) > 0
+    await housekeeping.checkpoint()
+    assert _size(wal) == 0
+
+
+# --- compact --------------------------------------------------------------------------------------
+
+
+async def test_compact_removes_only_old_settled_rows_and_keeps_receipts(
+    housekeeping: Housekeeping, services: StubServices, db: Database, clock: list[float]
+) -> None:
+    store = services.store
+    done, _ = await store.enqueue(_new(1))
+    dead, _ = await store.enqueue(_new(2))
+    cancelled, _ = await store.enqueue(_new(3))
+    expired, _ = await store.enqueue(_new(4, expires_at=T0 + 1))
+    pending, _ = await store.enqueue(_new(5, expires_at=T0 + 100 * RETENTION_S))
+    running, _ = await store.enqueue(_new(6, expires_at=T0 + 100 * RETENTION_S))
+    leased = await _lease(store, done.id, dead.id, running.id)
+    await store.settle(leased[done.id], _decision(leased[done.id], 200, T0), {"status": 200}, 5)
+    await store.settle(leased[dead.id], _decision(leased[dead.id], 404, T0), {"status": 404}, 5)
+    await store.cancel(cancelled.id)
+    clock[0] = T0 + 2
+    assert await housekeeping.expire() == 1
+
+    # Past retention for those, but one task settles just now: it is recent and stays.
+    clock[0] = T0 + RETENTION_S + 60
+    recent, _ = await store.enqueue(_new(7))
+    await store.cancel(recent.id)
+    receipts_before = await _receipt_task_ids(db)
+    assert sorted(receipts_before) == sorted([done.id, dead.id, cancelled.id, expired.id, recent.id])
+
+    assert await housekeeping.compact() == 4
+    assert await _states(db) == {pending.id: "pending", running.id: "running", recent.id: "cancelled"}
+    # Receipts are the audit: every one stays, and the chain still verifies.
+    assert await _receipt_task_ids(db) == receipts_before
+    verification = await verify_database(db)
+    assert verification.ok and verification.count == 5
+
+    assert await housekeeping.compact() == 0
+    # Much later still, the recent one goes too; pending and running rows never do.
+    clock[0] += RETENTION_S + 60
+    assert await housekeeping.compact() == 1
+    assert await _states(db) == {pending.id: "pending", running.id: "running"}
+    assert await _receipt_task_ids(db) == receipts_before
+
+
+async def test_compact_settled_is_bounded_per_call(services: StubServices, clock: list[float]) -> None:
+    store = services.store
+    ids = []
+    for n in range(5):
+        task, _ = await store.enqueue(_new(n))
+        await store.cancel(task.id)
+        ids.append(task.id)
+    clock[0] = T0 + 3600
+    assert await store.compact_settled(60, limit=2) == 2
+    assert await store.compact_settled(60, limit=2) == 2
+    assert await store.compact_settled(60, limit=2) == 1
+    assert await store.compact_settled(60, limit=2) == 0
+    assert await store.counts() == {str(s): 0 for s in TaskState}
+
+
+async def test_compact_uses_the_configured_retention(
+    housekeeping: Housekeeping, services: StubServices, clock: list[float]
+) -> None:
+    services.settings = Settings(queue=QueueSettings(retention_days=1.0))
+    task, _ = await services.store.enqueue(_new(1))
+    await services.store.cancel(task.id)
+    clock[0] = T0 + 86400 - 60
+    assert await housekeeping.compact() == 0
+    clock[0] = T0 + 86400 + 60
+    assert await housekeeping.compact() == 1
+
+
+# --- the scheduler --------------------------------------------------------------------------------
+
+
+async def test_start_registers_jobs_and_stop_shuts_down(housekeeping: Housekeeping) -> None:
+    scheduler = housekeeping._scheduler
+    housekeeping.start()
+    try:
+        assert scheduler.running
+        scheduled = {job.id: job for job in scheduler.get_jobs()}
+        assert set(scheduled) == {"expire", "reap", "checkpoint", "compact"}
+        intervals = {i: job.trigger.interval.total_seconds() for i, job in scheduled.items()}
+        assert intervals == {
+            "expire": jobs.EXPIRY_INTERVAL_S,
+            "reap": jobs.REAP_INTERVAL_S,
+            "checkpoint": jobs.CHECKPOINT_INTERVAL_S,
+            "compact": jobs.COMPACT_INTERVAL_S,
+        }
+        assert scheduled["compact"].func == housekeeping.compact
+        # Nothing is due right away: an idle agent stays asleep until the first interval passes.
+        started = datetime.now(UTC)
+        for job_id, job in scheduled.items():
+            assert job.next_run_time > started + timedelta(seconds=intervals[job_id] - 5)
+        await asyncio.sleep(0)
+    finally:
+        housekeeping.stop()
+    # AsyncIOScheduler shuts down on the loop's next turn (call_soon_threadsafe), not in stop().
+    await asyncio.sleep(0)
+    assert not scheduler.running
+    assert getattr(scheduler, "_timeout", None) is None  # its wakeup timer is cancelled
+    housekeeping.stop()  # a second stop is harmless
+    await asyncio.sleep(0)  # the loop keeps running normally afterwards
