@@ -31,7 +31,7 @@ DEBUG_ENV = "WAYSTATION_DEBUG"
 MODES = ("auto", "online", "offline")
 
 
-app = typer_app(name="waystation", no_args_is_help=True)
+app = typer_app(name="waystation", no_args_is_help=True, add_completion=True)
 connectivity_app = typer_app(invoke_without_command=True)
 app.add_typer(queue_app, name="queue")
 app.add_typer(receipts_app, name="receipts")

@@ -1,8 +1,11 @@
-"""What the command modules share: the app factory, the --json flag, the way to the data."""
+"""What the command modules share: the app factory, the --json flag, the way to the data, and
+the progress line shown on a terminal while something slow runs."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -17,14 +20,73 @@ JsonFlag = Annotated[
 
 def typer_app(**options: Any) -> typer.Typer:
     """A command group with the house settings: -h as well as --help, Markdown help text
-    (paragraphs reflow, `code` shows as code, fenced blocks are examples), no rich tracebacks."""
+    (paragraphs reflow, `code` shows as code, fenced blocks are examples), no rich tracebacks.
+    Shell completion (`--install-completion`, `--show-completion`) only where asked for: the
+    root app passes add_completion=True."""
+    options.setdefault("add_completion", False)
     return typer.Typer(
         context_settings={"help_option_names": ["-h", "--help"]},
         rich_markup_mode="markdown",
         pretty_exceptions_enable=False,
-        add_completion=False,
         **options,
     )
+
+
+class Progress:
+    """A spinner with a line of text on stderr; `update` changes the text, `stop` erases it.
+    Inert (prints nothing) when stderr is not a terminal."""
+
+    def __init__(self, text: str, enabled: bool) -> None:
+        self._live: Any = None
+        self._spinner: Any = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.live import Live
+        from rich.spinner import Spinner
+
+        self._spinner = Spinner("dots", text)
+        # No stdout/stderr redirection: stdout may be a pipe, and must get only the output.
+        self._live = Live(
+            self._spinner,
+            console=Console(stderr=True),
+            transient=True,
+            refresh_per_second=12.5,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+        self._live.start(refresh=True)
+
+    @property
+    def active(self) -> bool:
+        return self._live is not None
+
+    def update(self, text: str) -> None:
+        if self._live is not None:
+            self._spinner.update(text=text)
+            self._live.refresh()
+
+    def stop(self) -> None:
+        if self._live is not None:
+            live, self._live = self._live, None
+            live.stop()
+
+
+def stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def progress(text: str, enabled: bool | None = None) -> Iterator[Progress]:
+    """Show `text` with a spinner on stderr while the block runs (only on a terminal)."""
+    shown = Progress(text, stderr_is_terminal() if enabled is None else enabled)
+    try:
+        yield shown
+    finally:
+        shown.stop()
 
 
 def waystation() -> Waystation:

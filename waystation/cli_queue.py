@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Annotated, Any
 
 import typer
 
-from waystation.cli_common import JsonFlag, typer_app, waystation
+from waystation.cli_common import JsonFlag, progress, stderr_is_terminal, typer_app, waystation
 
+FOLLOW_INTERVAL_S = 0.5
 STATES = ("pending", "running", "done", "dead", "cancelled", "expired")
 
 queue_app = typer_app(help="Inspect and steer the queue of parked tool calls.", no_args_is_help=True)
@@ -142,17 +144,69 @@ def queue_cancel(task_id: Annotated[str, typer.Argument(metavar="ID")], as_json:
 
 
 @queue_app.command("flush")
-def queue_flush(as_json: JsonFlag = False) -> None:
-    """Deliver due tasks now instead of waiting (only while online). Needs the running agent."""
+def queue_flush(
+    wait: Annotated[
+        bool | None,
+        typer.Option(
+            "--wait/--no-wait",
+            help="Follow the delivery until the queue is empty (default: on a terminal, not when piped).",
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Deliver due tasks now instead of waiting (only while online). Needs the running agent.
+
+    On a terminal it then follows the delivery (pending, running, done) until nothing is left
+    or connectivity is not online; Ctrl-C stops following, the agent keeps delivering.
+    """
     from waystation import cli_render as render
 
+    if wait is None:
+        wait = not as_json and sys.stdout.isatty() and stderr_is_terminal()
     with waystation() as ws:
         answer = ws.need_agent("POST", "/v1/flush")
-    if as_json:
-        render.emit_json(answer)
-    elif isinstance(answer, dict) and "pending" in answer:
-        count = answer["pending"]
-        note = f": {answer['message']}" if answer.get("message") else ""
-        render.say(f"{count} pending task{'' if count == 1 else 's'} due now{note}")
-    else:
-        render.say("flush started")
+        if as_json:
+            render.emit_json(answer)
+        elif isinstance(answer, dict) and "pending" in answer:
+            count = answer["pending"]
+            note = f": {answer['message']}" if answer.get("message") else ""
+            render.say(f"{count} pending task{'' if count == 1 else 's'} due now{note}")
+        else:
+            render.say("flush started")
+        if wait:
+            _follow(ws, quiet=as_json)
+
+
+def _follow(ws: Any, quiet: bool) -> None:
+    """Poll the queue counts until nothing is pending or running, or connectivity is not online.
+    The counts show on a spinner line (stderr, terminal only); the outcome is one line."""
+    from waystation import cli_render as render
+
+    def finish(text: str) -> None:
+        if not quiet:
+            render.say(text)
+
+    with progress("flushing…", enabled=stderr_is_terminal() and not quiet) as shown:
+        try:
+            while True:
+                status = ws.need_agent("GET", "/v1/status")
+                counts = status.get("queue") or {}
+                pending, running = int(counts.get("pending", 0)), int(counts.get("running", 0))
+                shown.update(f"pending {pending}, running {running}, done {int(counts.get('done', 0))}")
+                state = (status.get("connectivity") or {}).get("state")
+                if pending + running == 0:
+                    shown.stop()
+                    finish("flush done: nothing pending or running")
+                    return
+                if state != "online":
+                    shown.stop()
+                    plural = "" if pending + running == 1 else "s"
+                    finish(
+                        f"connectivity is {state}: the agent delivers the {pending + running} "
+                        f"remaining task{plural} when online"
+                    )
+                    return
+                time.sleep(FOLLOW_INTERVAL_S)
+        except KeyboardInterrupt:
+            shown.stop()
+            finish("stopped following; the agent keeps delivering")

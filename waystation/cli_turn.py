@@ -1,7 +1,9 @@
 """`waystation turn`: one turn, through the agent when it runs, else in this process.
 
 In-process turns use the same database, so a tool call parked here is delivered by the agent
-when it next runs. On a terminal the reply streams as it is generated.
+when it next runs. On a terminal the reply streams as it is generated, and while nothing has come
+yet a spinner on stderr says what is happening ("loading model…" when the local model is not in
+memory yet, else "thinking…"); it never shows with --json or when stderr is not a terminal.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from waystation.cli_common import JsonFlag, waystation
+from waystation.cli_common import JsonFlag, Progress, progress, stderr_is_terminal, waystation
 from waystation.config import Paths, Settings, load_settings
 from waystation.errors import AgentNotRunning, WaystationError
 
@@ -63,11 +65,17 @@ def turn(
         "defer": defer,
     }
     stream = sys.stdout.isatty() and not as_json
+    show = stderr_is_terminal() and not as_json
     with waystation() as ws:
         try:
-            result = _through_agent(ws.agent, body, stream)
+            label = _label(ws.agent, _is_local(ws.paths, route), model) if show else ""
+            with progress(label, show) as shown:
+                result = _through_agent(ws.agent, body, stream, shown)
         except AgentNotRunning:
-            result = asyncio.run(_in_process(ws.paths, load_settings(ws.paths), body, stream))
+            settings = load_settings(ws.paths)
+            local = (route or settings.agent.default_route) == "local"
+            with progress("loading model…" if local else "thinking…", show) as shown:
+                result = asyncio.run(_in_process(ws.paths, settings, body, stream, shown))
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
         return
@@ -81,11 +89,33 @@ def turn(
         sys.stderr.write(f"turn {result['turn_id']} parked; receipt {result['receipt_id']}\n")
 
 
-def _through_agent(agent: Any, body: dict[str, Any], stream: bool) -> dict[str, Any]:
+def _is_local(paths: Paths, route: str | None) -> bool:
+    if route is not None:
+        return route == "local"
+    try:
+        return load_settings(paths).agent.default_route == "local"
+    except WaystationError:
+        return True  # the agent has its own settings; only the spinner's words depend on this
+
+
+def _label(agent: Any, local: bool, model: str | None) -> str:
+    """What the spinner says: the local model loads lazily on the first turn, which for a big
+    model takes a while; anything else is the model at work."""
+    if not local:
+        return "thinking…"
+    if model is not None:
+        return "loading model…"
+    answer = agent.request("GET", "/v1/status")  # AgentNotRunning: the caller runs in process
+    loaded = isinstance(answer, dict) and bool((answer.get("model") or {}).get("loaded"))
+    return "thinking…" if loaded else "loading model…"
+
+
+def _through_agent(agent: Any, body: dict[str, Any], stream: bool, shown: Progress) -> dict[str, Any]:
     if not stream:
         answer: dict[str, Any] = agent.request("POST", "/v1/turns", json=body)
         return answer
     for event, data in agent.stream_sse("POST", "/v1/turns", {**body, "stream": True}):
+        shown.stop()  # the first sign of the reply ends the wait
         if event == "token":
             sys.stdout.write(data["text"])
             sys.stdout.flush()
@@ -98,7 +128,9 @@ def _through_agent(agent: Any, body: dict[str, Any], stream: bool) -> dict[str, 
     raise WaystationError("the agent closed the stream before the turn finished")
 
 
-async def _in_process(paths: Paths, settings: Settings, body: dict[str, Any], stream: bool) -> dict[str, Any]:
+async def _in_process(
+    paths: Paths, settings: Settings, body: dict[str, Any], stream: bool, shown: Progress
+) -> dict[str, Any]:
     from waystation import logs
     from waystation.adapters.routes import Router
     from waystation.adapters.routes.local import LocalRoute
@@ -111,6 +143,7 @@ async def _in_process(paths: Paths, settings: Settings, body: dict[str, Any], st
     logs.configure(logging.WARNING)  # this is a command's output, not an agent's log
 
     def echo(piece: str) -> None:
+        shown.stop()
         sys.stdout.write(piece)
         sys.stdout.flush()
 
