@@ -11,6 +11,7 @@ must outlive the agent's restarts without sharing the test's interpreter, thread
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -67,6 +68,19 @@ def make_home() -> Path:
 
 def remove_home(home: Path) -> None:
     shutil.rmtree(home, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def started_agent(env: Mapping[str, str]) -> Iterator[Agent]:
+    """A real agent in a fresh home for the length of the block; then stopped and cleaned up."""
+    home = make_home()
+    agent = Agent(home, dict(env))
+    try:
+        agent.start()
+        yield agent
+    finally:
+        agent.close()
+        remove_home(home)
 
 
 def agent_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -33,10 +33,9 @@ from agentproc import (
     Receiver,
     agent_env,
     free_port,
-    make_home,
     raw_request,
-    remove_home,
     sse_events,
+    started_agent,
     status_code,
     wait_for,
 )
@@ -67,22 +66,15 @@ def recv() -> Iterator[Receiver]:
 
 @pytest.fixture(scope="module")
 def agent(recv: Receiver) -> Iterator[Agent]:
-    home = make_home()
-    a = Agent(
-        home,
+    with started_agent(
         {
             "WAYSTATION_CONNECTIVITY__MODE": "offline",
             "WAYSTATION_CONNECTIVITY__PROBE_URL": recv.url("/generate_204"),
             # Short backoffs keep the retry tests quick; Retry-After still has the last word.
             "WAYSTATION_QUEUE__BACKOFF_BASE_S": "0.5",
-        },
-    )
-    try:
-        a.start()
+        }
+    ) as a:
         yield a
-    finally:
-        a.close()
-        remove_home(home)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from agentproc import Agent, Receiver, make_home, remove_home, wait_for
+from agentproc import Agent, Receiver, started_agent, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -110,21 +110,14 @@ def recv() -> Iterator[Receiver]:
 
 @pytest.fixture(scope="module")
 def agent(recv: Receiver) -> Iterator[Agent]:
-    home = make_home()
-    a = Agent(
-        home,
+    with started_agent(
         {
             "WAYSTATION_CONNECTIVITY__MODE": "offline",
             "WAYSTATION_CONNECTIVITY__PROBE_URL": recv.url("/generate_204"),
             "WAYSTATION_QUEUE__BACKOFF_BASE_S": "0.5",
-        },
-    )
-    try:
-        a.start()
+        }
+    ) as a:
         yield a
-    finally:
-        a.close()
-        remove_home(home)
 
 
 def scrape(client: httpx.Client) -> dict[str, Any]:

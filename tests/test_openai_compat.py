@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from agentproc import Agent, make_home, remove_home
+from agentproc import Agent, started_agent
 from openai.types.chat import ChatCompletionContentPartParam, ChatCompletionContentPartTextParam
 
 MAX_TOKENS = 16
@@ -23,14 +23,8 @@ MAX_TOKENS = 16
 
 @pytest.fixture(scope="module")
 def agent() -> Iterator[Agent]:
-    home = make_home()
-    a = Agent(home, {"WAYSTATION_CONNECTIVITY__MODE": "offline"})
-    try:
-        a.start()
+    with started_agent({"WAYSTATION_CONNECTIVITY__MODE": "offline"}) as a:
         yield a
-    finally:
-        a.close()
-        remove_home(home)
 
 
 @pytest.fixture(scope="module")

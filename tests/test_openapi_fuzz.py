@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import schemathesis
-from agentproc import Agent, free_port, make_home, remove_home
+from agentproc import Agent, free_port, started_agent
 from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
 from schemathesis.checks import not_a_server_error
@@ -36,20 +36,14 @@ schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.N
 
 @pytest.fixture(scope="module")
 def agent() -> Iterator[Agent]:
-    home = make_home()
-    agent = Agent(
-        home,
-        env={
+    with started_agent(
+        {
             "WAYSTATION_CONNECTIVITY__MODE": "offline",
             # Were the fuzzer to switch the mode to auto, the probe finds nothing: still offline.
             "WAYSTATION_CONNECTIVITY__PROBE_URL": f"http://127.0.0.1:{free_port()}/generate_204",
-        },
-    )
-    try:
-        yield agent.start()
-    finally:
-        agent.close()
-        remove_home(home)
+        }
+    ) as agent:
+        yield agent
 
 
 @pytest.fixture(scope="module")

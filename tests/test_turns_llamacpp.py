@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
-from agentproc import SSE, Agent, make_home, remove_home, sse_events, wait_for
+from agentproc import SSE, Agent, sse_events, started_agent, wait_for
 
 from waystation import receipts
 from waystation.adapters.models.base import GenerationRequest, ToolSpec, tool_instructions
@@ -256,14 +256,8 @@ def news(backend: LlamaCppBackend) -> Iterator[Destination]:
 
 @pytest.fixture(scope="module")
 def agent() -> Iterator[Agent]:
-    home = make_home()
-    a = Agent(home, {"WAYSTATION_CONNECTIVITY__MODE": "offline"})
-    try:
-        a.start()
+    with started_agent({"WAYSTATION_CONNECTIVITY__MODE": "offline"}) as a:
         yield a
-    finally:
-        a.close()
-        remove_home(home)
 
 
 @pytest.fixture
