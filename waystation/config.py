@@ -48,6 +48,8 @@ class ConnectivitySettings:
     # How often to probe while online; offline probes back off from 1 s up to this.
     online_probe_interval_s: float = 300.0
     offline_probe_max_s: float = 60.0
+    # Metered connection (hold back large or unsized work): auto = NetworkManager's Metered property.
+    metered: Literal["auto", "yes", "no"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ class QueueSettings:
     per_host: int = 2
     # Delivery timeout; a lease lasts this long plus a margin before it counts as abandoned.
     delivery_timeout_s: float = 30.0
+    # On a metered connection, tasks whose arguments are longer than this (and web_fetch, whose
+    # download size is unknown) wait for an unmetered one or an explicit flush.
+    metered_max_bytes: int = 65536
 
 
 ROUTE_NAMES = (
@@ -244,6 +249,7 @@ def _check_ranges(s: Settings) -> None:
         "queue.concurrency": s.queue.concurrency,
         "queue.per_host": s.queue.per_host,
         "queue.delivery_timeout_s": s.queue.delivery_timeout_s,
+        "queue.metered_max_bytes": s.queue.metered_max_bytes,
     }
     for key, value in positive.items():
         if value <= 0:

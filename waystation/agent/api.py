@@ -173,10 +173,11 @@ async def cancel_task(request: web.Request) -> web.Response:
 async def flush(request: web.Request) -> web.Response:
     s = services_of(request)
     due = await s.store.make_due()
-    s.flusher.wake()
+    s.flusher.flush_everything()  # an explicit flush sends what a metered connection holds back
     state = s.monitor.state
     note = "delivering now" if state == "online" else f"connectivity is {state}: will deliver when online"
-    return web.json_response({"pending": due, "connectivity": state, "message": note}, status=202)
+    body = {"pending": due, "connectivity": state, "metered": s.monitor.metered, "message": note}
+    return web.json_response(body, status=202)
 
 
 async def list_receipts(request: web.Request) -> web.Response:

@@ -17,6 +17,9 @@ Scheduling: one task sleeps on an ``asyncio.Event`` with a timeout, so an idle a
 for the next due probe: ``online_probe_interval_s`` while online, exponential backoff from 1 s to
 ``offline_probe_max_s`` otherwise. ``probe_soon()``, ``report_network_error()``, ``set_mode("auto")``
 and OS network events set the event and the probe runs at once.
+
+Metered: the ``metered`` setting ("yes"/"no"), or with "auto" NetworkManager's answer, read once
+at start and again after each OS network event (never on a timer: an idle agent stays quiet).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import httpx
 import structlog
 
 from waystation import timeutil
+from waystation.agent.metered import read_nm_metered
 from waystation.agent.netlink import NetlinkWatcher
 from waystation.config import ConnectivitySettings
 from waystation.errors import InputError
@@ -135,6 +139,9 @@ class ConnectivityMonitor:
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
         self._watcher: NetlinkWatcher | None = None
+        self._nm_metered = False  # NetworkManager's last answer (metered = "auto")
+        self._metered_task: asyncio.Task[None] | None = None
+        self._metered_again = False  # an OS event arrived while a reading was in flight
 
     async def __aenter__(self) -> ConnectivityMonitor:
         self._client = httpx.AsyncClient(
@@ -150,12 +157,18 @@ class ConnectivityMonitor:
                 self._watcher = watcher
         self._wake.set()
         self._task = asyncio.create_task(self._run(), name="connectivity-monitor")
+        self._refresh_metered()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None
+        if self._metered_task is not None:
+            self._metered_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._metered_task
+            self._metered_task = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -172,6 +185,16 @@ class ConnectivityMonitor:
     @property
     def mode(self) -> Mode:
         return self._mode
+
+    @property
+    def metered(self) -> bool:
+        """Whether to treat the connection as metered (hold back large or unsized work)."""
+        setting = self._settings.metered
+        if setting == "yes":
+            return True
+        if setting == "no":
+            return False
+        return self._nm_metered
 
     def set_mode(self, mode: Mode) -> None:
         if mode not in get_args(Mode):
@@ -215,12 +238,38 @@ class ConnectivityMonitor:
             "mode": self._mode,
             "since": timeutil.iso(self._since),
             "last_probe": None if self._last_probe is None else self._last_probe.to_json(),
+            "metered": self.metered,
         }
 
     def _on_os_event(self) -> None:
+        self._refresh_metered()
         # Airplane mode means no traffic on our account, so OS events do not probe while forced.
         if self._mode == "auto":
             self.probe_soon()
+
+    def _refresh_metered(self) -> None:
+        """Read NetworkManager's Metered property in the background (metered = "auto" only)."""
+        if self._settings.metered != "auto":
+            return
+        if self._metered_task is not None and not self._metered_task.done():
+            self._metered_again = True  # read once more when this reading ends
+            return
+        self._metered_task = asyncio.create_task(self._read_metered(), name="connectivity-metered")
+
+    async def _read_metered(self) -> None:
+        while True:
+            self._metered_again = False
+            try:
+                metered = await read_nm_metered()
+            except Exception:
+                log.exception("connectivity.metered_read_failed")
+                metered = False
+            if metered != self._nm_metered:
+                self._nm_metered = metered
+                log.info("connectivity.metered", metered=metered)
+                self._notify()
+            if not self._metered_again:
+                return
 
     def _next_delay(self) -> float | None:
         """Seconds until the next scheduled probe; None = only on request (forced mode)."""

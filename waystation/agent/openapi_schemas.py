@@ -153,6 +153,7 @@ SCHEMAS: dict[str, Schema] = {
             "mode": {"type": "string", "enum": MODES},
             "since": _nullable("string"),
             "last_probe": {"oneOf": [ref("Probe"), {"type": "null"}]},
+            "metered": {"type": "boolean"},
         }
     ),
     "ConnectivityMode": {
@@ -178,6 +179,7 @@ SCHEMAS: dict[str, Schema] = {
         {
             "pending": {"type": "integer", "minimum": 0},
             "connectivity": {"type": "string"},
+            "metered": {"type": "boolean"},
             "message": {"type": "string"},
         }
     ),

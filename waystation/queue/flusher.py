@@ -3,6 +3,10 @@
 The flusher sleeps on one event. It is woken when connectivity turns online, when a task is
 added, when a delivery finishes, or when the next retry falls due, so an idle agent does not poll
 and a returning network starts deliveries at once.
+
+On a metered connection (the connectivity's ``metered``) large or unsized tasks are not leased
+(see TaskStore.lease's hold_back_bytes) until the connection is unmetered again or an explicit
+flush (``flush_everything``) lifts the hold for a while.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ class Flusher:
         self._per_host: collections.Counter[str] = collections.Counter()
         self._ready: collections.deque[Task] = collections.deque()  # leased, not yet started
         self._refresh_due = False
+        self._hold_lifted_until = 0.0  # monotonic; an explicit flush sends held tasks too
+        self._was_metered = False
         self.deliveries = 0
         self.on_delivered: Delivered | None = None  # the agent's metrics
 
@@ -76,7 +82,23 @@ class Flusher:
         """Ids of the tasks this flusher has leased and not yet settled."""
         return frozenset(self._in_flight) | {t.id for t in self._ready}
 
+    def flush_everything(self, seconds: float = 300.0) -> None:
+        """Lift the metered hold-back for `seconds` (an explicit flush), and wake."""
+        self._hold_lifted_until = time.monotonic() + seconds
+        self.wake()
+
+    def _hold_back_bytes(self) -> int | None:
+        """The metered limit on a task's arguments, or None when nothing is held back."""
+        metered = bool(getattr(self._connectivity, "metered", False))
+        self._was_metered = metered
+        if not metered or time.monotonic() < self._hold_lifted_until:
+            return None
+        return self._settings.metered_max_bytes
+
     def connectivity_changed(self, state: str) -> None:
+        if self._was_metered and not getattr(self._connectivity, "metered", False):
+            self._was_metered = False
+            self.wake()  # the held tasks are due already
         if state == "online":
             self._refresh_due = True
             self.wake()
@@ -112,8 +134,10 @@ class Flusher:
         want = 2 * self._settings.concurrency - len(self._in_flight) - len(self._ready)
         if want > 0:
             held = self._per_host + collections.Counter(t.host for t in self._ready)
+            hold_back = self._hold_back_bytes()
+            extra = {} if hold_back is None else {"hold_back_bytes": hold_back}
             try:
-                leased = await self._store.lease(want, held, 2 * self._settings.per_host)
+                leased = await self._store.lease(want, held, 2 * self._settings.per_host, **extra)
             except DatabaseError as exc:
                 log.error("cannot lease tasks", error=exc.message)
                 return 5.0
@@ -123,7 +147,11 @@ class Flusher:
                 return 0 if len(leased) == want else None
         if self._in_flight or self._ready:
             return None  # a finishing delivery wakes us
-        next_due = await self._store.next_due_at()
+        hold_back = self._hold_back_bytes()
+        if hold_back is None:
+            next_due = await self._store.next_due_at()
+        else:
+            next_due = await self._store.next_due_at(hold_back_bytes=hold_back)
         return None if next_due is None else max(0.0, next_due - timeutil.now())
 
     def _start_ready(self) -> None:

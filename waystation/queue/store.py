@@ -24,6 +24,17 @@ from waystation.receipts import ReceiptDraft, RouteInfo
 
 # A lease outlives the delivery timeout by this margin before it counts as abandoned.
 LEASE_MARGIN_S = 30.0
+# Tools whose transfer size cannot be known ahead (a download): held back on a metered connection.
+UNSIZED_TOOLS = ("web_fetch",)
+
+
+def _hold_back(hold_back_bytes: int | None) -> tuple[str, tuple[Any, ...]]:
+    """A WHERE fragment excluding unsized tasks and those with args over `hold_back_bytes` bytes."""
+    if hold_back_bytes is None:
+        return "", ()
+    marks = ", ".join("?" for _ in UNSIZED_TOOLS)
+    sql = f" AND tool NOT IN ({marks}) AND length(CAST(args AS BLOB)) <= ?"
+    return sql, (*UNSIZED_TOOLS, hold_back_bytes)
 
 
 @dataclass(frozen=True)
@@ -142,16 +153,23 @@ class TaskStore:
             raise IdempotencyConflict(key, existing.id)
         return existing, False
 
-    async def lease(self, limit: int, in_flight: Mapping[str, int], per_host: int) -> list[Task]:
-        """Mark up to `limit` due tasks running, at most `per_host` in flight to any one host."""
+    async def lease(
+        self, limit: int, in_flight: Mapping[str, int], per_host: int, *, hold_back_bytes: int | None = None
+    ) -> list[Task]:
+        """Mark up to `limit` due tasks running, at most `per_host` in flight to any one host.
+
+        `hold_back_bytes` (a metered connection): skip web_fetch tasks and tasks whose stored
+        arguments are longer than this many bytes; they stay pending.
+        """
+        held_sql, held_params = _hold_back(hold_back_bytes)
 
         def op(conn: sqlite3.Connection) -> list[Task]:
             now = timeutil.now()
             window = limit * 8
             rows = conn.execute(
                 "SELECT * FROM tasks WHERE state = 'pending' AND next_attempt_at <= ?"
-                " ORDER BY next_attempt_at LIMIT ?",
-                (now, window),
+                f"{held_sql} ORDER BY next_attempt_at LIMIT ?",
+                (now, *held_params, window),
             ).fetchall()
             counts = dict(in_flight)
             chosen = _take(rows, limit, counts, per_host)
@@ -166,8 +184,8 @@ class TaskStore:
                         continue
                     more = conn.execute(
                         "SELECT * FROM tasks WHERE host = ? AND state = 'pending' AND next_attempt_at <= ?"
-                        " ORDER BY next_attempt_at LIMIT ?",
-                        (host, now, room),
+                        f"{held_sql} ORDER BY next_attempt_at LIMIT ?",
+                        (host, now, *held_params, room),
                     ).fetchall()
                     taken = {t.id for t in chosen}
                     chosen += _take(
@@ -382,8 +400,12 @@ class TaskStore:
         counts.update({state: n for state, n in rows})
         return counts
 
-    async def next_due_at(self) -> float | None:
-        row = await self.db.fetchone("SELECT MIN(next_attempt_at) FROM tasks WHERE state = 'pending'")
+    async def next_due_at(self, *, hold_back_bytes: int | None = None) -> float | None:
+        """When the next pending task falls due, ignoring those `hold_back_bytes` holds back."""
+        held_sql, held_params = _hold_back(hold_back_bytes)
+        row = await self.db.fetchone(
+            f"SELECT MIN(next_attempt_at) FROM tasks WHERE state = 'pending'{held_sql}", held_params
+        )
         return row[0] if row else None
 
     async def for_turn(self, turn_id: str) -> builtins.list[Task]:
