@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import httpx
 import pytest
+import structlog
 from aiohttp import web
 
 from waystation import receipts, timeutil
@@ -714,6 +715,22 @@ async def test_refused_route_writes_a_refused_receipt_and_never_falls_back(
     assert receipt["credits_used"] == 0
     assert receipt["usage"] == {"prompt_tokens": 0, "completion_tokens": 0}
     await assert_chain_ok(db)
+
+
+class ChattyBackend(ScriptedBackend):
+    """Logs while it generates, as the real backends do (model loaded, unloaded...)."""
+
+    async def generate(self, request: GenerationRequest, on_token: TokenSink | None = None) -> Generation:
+        structlog.get_logger("test.backend").info("generating")
+        return await super().generate(request, on_token)
+
+
+async def test_every_log_line_of_a_turn_carries_its_id(make_engine: EngineFactory) -> None:
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logged:
+        result = await make_engine(ChattyBackend(["hi"])).run(TurnRequest("hello"))
+    lines = [entry for entry in logged if entry["event"] == "generating"]
+    assert lines and all(entry["turn_id"] == result.turn_id for entry in lines)
+    assert "turn_id" not in structlog.contextvars.get_contextvars()  # unbound after the turn
 
 
 class FailingBackend(ScriptedBackend):

@@ -175,6 +175,13 @@ class TurnEngine:
     async def _drive(
         self, turn_id: str, request: TurnRequest, progress: _Progress, on_token: TokenSink | None
     ) -> TurnResult:
+        # Every log line written while this turn runs (the model's included) carries its id.
+        with structlog.contextvars.bound_contextvars(turn_id=turn_id):
+            return await self._drive_turn(turn_id, request, progress, on_token)
+
+    async def _drive_turn(
+        self, turn_id: str, request: TurnRequest, progress: _Progress, on_token: TokenSink | None
+    ) -> TurnResult:
         started = time.perf_counter()
         route = RouteInfo(name=request.route or "local", provider="", auth_lane="none", cost_lane="local")
         try:

@@ -191,6 +191,11 @@ class Flusher:
         delivery.add_done_callback(finished)
 
     async def _deliver(self, task: Task) -> None:
+        # Every log line of this delivery carries the task's id (and its turn's, if any).
+        with structlog.contextvars.bound_contextvars(task_id=task.id, turn_id=task.turn_id):
+            await self._deliver_task(task)
+
+    async def _deliver_task(self, task: Task) -> None:
         started = time.perf_counter()
         status: int | None = None
         result: dict[str, Any] | None = None
@@ -229,12 +234,12 @@ class Flusher:
         except DatabaseError as exc:
             # The delivery happened but could not be recorded: the task stays running and is
             # reclaimed, then delivered again with the same Idempotency-Key.
-            log.error("cannot record delivery", task_id=task.id, error=exc.message)
+            log.error("cannot record delivery", error=exc.message)
             return
         self.deliveries += 1
         if self.on_delivered is not None:
             self.on_delivered(outcome, task.attempts > 0 or task.net_failures > 0)
-        log.debug("delivered", task_id=task.id, state=str(settled.state), status=status)
+        log.debug("delivered", state=str(settled.state), status=status)
         self._on_settled(settled, receipt)
 
     async def _give_back(self) -> None:
