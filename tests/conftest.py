@@ -1,9 +1,9 @@
-"""Shared fixtures for the end-to-end tests: real agent processes and a real loopback receiver."""
+"""Shared fixtures: real agent processes, a real loopback receiver, a real database file."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from agentproc import Agent, Receiver, make_home, remove_home
+
+from waystation.db import Database
 
 
 @pytest.fixture
@@ -34,3 +36,13 @@ def agent_factory() -> Iterator[Callable[..., Agent]]:
     for agent in made:
         agent.close()
         remove_home(agent.home)
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    """A real, empty, migrated database file for one test."""
+    database = await Database.open(tmp_path / "waystation.db")
+    try:
+        yield database
+    finally:
+        await database.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,15 +55,6 @@ class StubServices:
 
     def task_changed(self, task: Task, receipt: dict[str, Any] | None = None) -> None:
         self.changed.append((task, receipt))
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "waystation.db")
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import hashlib
 import itertools
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,24 +31,32 @@ from waystation.receipts import (
 
 LOCAL = RouteInfo(name="local", provider="llamacpp", auth_lane="none", cost_lane="local", model="smol")
 CONTRACT_KEYS = {
-    "id", "kind", "created_at", "status", "reason", "route", "usage", "credits_used", "duration_ms",
-    "turn_id", "task_id", "deferred_task_ids", "prev_hash", "hash",
+    "id",
+    "kind",
+    "created_at",
+    "status",
+    "reason",
+    "route",
+    "usage",
+    "credits_used",
+    "duration_ms",
+    "turn_id",
+    "task_id",
+    "deferred_task_ids",
+    "prev_hash",
+    "hash",
 }
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "waystation.db")
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 def _draft(n: int = 0, **kw: Any) -> ReceiptDraft:
     fields: dict[str, Any] = {
-        "kind": "turn", "status": "ok", "route": LOCAL, "reason": f"turn {n}",
-        "usage": Usage(prompt_tokens=n, completion_tokens=2 * n), "duration_ms": n, "turn_id": f"u_{n}",
+        "kind": "turn",
+        "status": "ok",
+        "route": LOCAL,
+        "reason": f"turn {n}",
+        "usage": Usage(prompt_tokens=n, completion_tokens=2 * n),
+        "duration_ms": n,
+        "turn_id": f"u_{n}",
     }
     fields.update(kw)
     return ReceiptDraft(**fields)
@@ -82,15 +89,20 @@ async def _rows(db: Database) -> list[tuple[str, str, str]]:
 
 
 async def test_append_returns_the_contract_receipt(db: Database) -> None:
-    draft = _draft(3, kind="task", status="error", task_id="t_1", deferred_task_ids=("t_2", "t_3"),
-                   credits_used=0)
+    draft = _draft(
+        3, kind="task", status="error", task_id="t_1", deferred_task_ids=("t_2", "t_3"), credits_used=0
+    )
     body = await _append(db, draft)
     assert set(body) >= CONTRACT_KEYS  # later fields may be added, none removed
     assert body["id"].startswith("r_")
     assert body["kind"] == "task"
     assert body["status"] == "error"
     assert body["route"] == {
-        "name": "local", "provider": "llamacpp", "auth_lane": "none", "cost_lane": "local", "model": "smol",
+        "name": "local",
+        "provider": "llamacpp",
+        "auth_lane": "none",
+        "cost_lane": "local",
+        "model": "smol",
     }
     assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 6}
     assert body["deferred_task_ids"] == ["t_2", "t_3"]

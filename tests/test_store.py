@@ -8,7 +8,6 @@ import random
 import sqlite3
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,6 @@ from waystation.receipts import ReceiptDraft, RouteInfo, verify_database
 
 SETTINGS = QueueSettings()
 T0 = 1_800_000_000.0
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "waystation.db")
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 @pytest.fixture
@@ -55,8 +45,14 @@ def _new(n: int = 0, host: str = "api.example.test", **kw: Any) -> NewTask:
 
 def _decision(task: Task, status: int | None, now: float, **kw: Any) -> Decision:
     return decide(
-        outcome=classify(status), status=status, attempts=task.attempts, net_failures=task.net_failures,
-        now=now, settings=SETTINGS, rng=random.Random(1), **kw,
+        outcome=classify(status),
+        status=status,
+        attempts=task.attempts,
+        net_failures=task.net_failures,
+        now=now,
+        settings=SETTINGS,
+        rng=random.Random(1),
+        **kw,
     )
 
 
@@ -100,8 +96,20 @@ async def test_enqueue_persists_a_pending_task(store: TaskStore, clock: list[flo
     assert task.turn_id == "u_1"
     assert await store.get(task.id) == task
     body = task.to_json()
-    assert {"id", "tool", "args", "idempotency_key", "state", "attempts", "next_attempt_at", "last_error",
-            "result", "created_at", "updated_at", "turn_id"} <= set(body)
+    assert {
+        "id",
+        "tool",
+        "args",
+        "idempotency_key",
+        "state",
+        "attempts",
+        "next_attempt_at",
+        "last_error",
+        "result",
+        "created_at",
+        "updated_at",
+        "turn_id",
+    } <= set(body)
     assert body["state"] == "pending"
     assert json.loads(json.dumps(body)) == body
 
@@ -335,14 +343,28 @@ async def test_retries_until_dead_with_exactly_one_receipt(
     task, _ = await store.enqueue(_new(1))
     for _ in range(2):
         leased = await _lease_one(store, task.id)
-        decision = decide(outcome=Outcome.RETRY, status=500, attempts=leased.attempts, net_failures=0,
-                          now=clock[0], settings=settings, rng=random.Random(2))
+        decision = decide(
+            outcome=Outcome.RETRY,
+            status=500,
+            attempts=leased.attempts,
+            net_failures=0,
+            now=clock[0],
+            settings=settings,
+            rng=random.Random(2),
+        )
         settled, receipt = await store.settle(leased, decision, None, 1)
         assert settled.state is TaskState.PENDING and receipt is None
         clock[0] = settled.next_attempt_at
     leased = await _lease_one(store, task.id)
-    decision = decide(outcome=Outcome.RETRY, status=500, attempts=leased.attempts, net_failures=0,
-                      now=clock[0], settings=settings, rng=random.Random(2))
+    decision = decide(
+        outcome=Outcome.RETRY,
+        status=500,
+        attempts=leased.attempts,
+        net_failures=0,
+        now=clock[0],
+        settings=settings,
+        rng=random.Random(2),
+    )
     settled, receipt = await store.settle(leased, decision, None, 1)
     assert settled.state is TaskState.DEAD and settled.attempts == 3
     assert receipt is not None
@@ -564,7 +586,10 @@ async def test_expire_due_writes_tombstones_and_keeps_rows(
 
     rows = await db.fetchall("SELECT id, state FROM tasks")
     assert {r[0]: r[1] for r in rows} == {
-        old.id: "expired", running.id: "running", short.id: "expired", fresh.id: "pending",
+        old.id: "expired",
+        running.id: "running",
+        short.id: "expired",
+        fresh.id: "pending",
     }
     await _assert_settled_iff_receipt(db)
     assert (await verify_database(db)).ok
@@ -580,7 +605,12 @@ async def test_expire_due_writes_tombstones_and_keeps_rows(
 
 async def test_counts_has_every_state(store: TaskStore) -> None:
     assert await store.counts() == {
-        "pending": 0, "running": 0, "done": 0, "dead": 0, "cancelled": 0, "expired": 0,
+        "pending": 0,
+        "running": 0,
+        "done": 0,
+        "dead": 0,
+        "cancelled": 0,
+        "expired": 0,
     }
     await store.enqueue(_new(1))
     counts = await store.counts()
@@ -623,10 +653,16 @@ async def test_a_turn_and_its_parked_tasks_commit_together(store: TaskStore, db:
     route = RouteInfo("local", "llamacpp", "none", "local")
 
     def park(conn: sqlite3.Connection, fail: bool) -> list[str]:
-        ids = [store.insert(conn, _new(i, turn_id="u_t", idempotency_key=f"park-{i}-{fail}"))[0].id
-               for i in range(2)]
-        receipts.append(conn, ReceiptDraft(kind="turn", status="parked", route=route, turn_id="u_t",
-                                           deferred_task_ids=tuple(ids)))
+        ids = [
+            store.insert(conn, _new(i, turn_id="u_t", idempotency_key=f"park-{i}-{fail}"))[0].id
+            for i in range(2)
+        ]
+        receipts.append(
+            conn,
+            ReceiptDraft(
+                kind="turn", status="parked", route=route, turn_id="u_t", deferred_task_ids=tuple(ids)
+            ),
+        )
         if fail:
             raise InvalidTransition("u_t", "parked", "park")
         return ids
@@ -649,8 +685,12 @@ async def _enqueue_and_cancel(store: TaskStore, prefix: str, n: int) -> list[str
     ids = []
     for i in range(n):
         task, created = await store.enqueue(
-            NewTask("http_request", {"url": f"https://{prefix}.test/{i}"}, f"{prefix}.test",
-                    idempotency_key=f"{prefix}-{i}")
+            NewTask(
+                "http_request",
+                {"url": f"https://{prefix}.test/{i}"},
+                f"{prefix}.test",
+                idempotency_key=f"{prefix}-{i}",
+            )
         )
         assert created
         ids.append(task.id)
@@ -708,8 +748,14 @@ CHILD = textwrap.dedent(
 async def test_a_second_process_enqueues_concurrently(tmp_path: Path, db: Database, store: TaskStore) -> None:
     n = 150
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", CHILD, str(db.path), str(n),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-c",
+        CHILD,
+        str(db.path),
+        str(n),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None

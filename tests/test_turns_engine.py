@@ -103,15 +103,6 @@ async def destination() -> AsyncIterator[Destination]:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "waystation.db")
-    try:
-        yield database
-    finally:
-        await database.close()
-
-
-@pytest.fixture
 def store(db: Database) -> TaskStore:
     return TaskStore(db, QueueSettings())
 

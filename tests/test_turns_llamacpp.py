@@ -73,15 +73,6 @@ class Online:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "waystation.db")
-    try:
-        yield database
-    finally:
-        await database.close()
-
-
-@pytest.fixture
 async def engine(db: Database, backend: LlamaCppBackend, model_path: Path) -> AsyncIterator[TurnEngine]:
     local = LocalRoute(ModelSettings(path=str(model_path)), {str(model_path): backend})
     router = Router(local, "local")
