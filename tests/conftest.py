@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,3 +48,38 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
         yield database
     finally:
         await database.close()
+
+
+# --- soak runs -------------------------------------------------------------------------------
+# Fault-injection and soak tests (marked `soak`) run a bounded version by default, which is what
+# CI runs, and the issue's full length with WAYSTATION_SOAK=long. Their figures (rounds, delays,
+# latencies) are not pass/fail thresholds: they are printed in a "soak figures" section at the end
+# of the run so a reader can see what was exercised.
+
+SOAK_FIGURES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def soak_length() -> Callable[[int, int], int]:
+    """soak_length(bounded, long): rounds (or seconds) to run; `long` with WAYSTATION_SOAK=long."""
+    full = os.environ.get("WAYSTATION_SOAK", "").lower() == "long"
+    return lambda bounded, long: long if full else bounded
+
+
+@pytest.fixture
+def soak_report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Record one line for the "soak figures" section of the terminal summary."""
+    figures = request.config.stash.setdefault(SOAK_FIGURES, [])
+
+    def report(line: str) -> None:
+        figures.append(f"{request.node.name}: {line}")
+
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    figures = config.stash.get(SOAK_FIGURES, [])
+    if figures:
+        terminalreporter.section("soak figures")
+        for line in figures:
+            terminalreporter.write_line(line)
