@@ -29,6 +29,7 @@ import structlog
 from waystation.errors import (
     DatabaseCorrupt,
     DatabaseError,
+    DatabaseForeign,
     DatabaseLocked,
     DatabaseReadOnly,
     DatabaseTooNew,
@@ -280,6 +281,9 @@ def _open_writer(path: Path, check: bool) -> sqlite3.Connection:
     try:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # Before anything writes (switching to WAL rewrites the header, the chmod, the migrations):
+        # a file that is not ours, or too new for us, must be refused exactly as it was found.
+        _refuse_unknown(conn, path)
         row = conn.execute("PRAGMA journal_mode = WAL").fetchone()
         if row is None or row[0] != "wal":
             raise DatabaseError(path, f"could not enable WAL (journal_mode={row[0] if row else '?'})")
@@ -298,16 +302,47 @@ def _open_writer(path: Path, check: bool) -> sqlite3.Connection:
     return conn
 
 
+def _too_new(path: Path, version: int) -> DatabaseTooNew:
+    return DatabaseTooNew(
+        path,
+        f"schema version {version} is newer than this Waystation knows ({SCHEMA_VERSION}); "
+        "upgrade waystation",
+    )
+
+
+def _refuse_unknown(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse a newer schema, and a SQLite file holding another application's tables.
+
+    Version 0 means "no Waystation schema yet", which is right for a new, empty file. Without this
+    check, version 0 with someone else's tables would be migrated over: our tables added to their
+    database (or the migration failing half-way into a bare SQLITE_ERROR). Our migrations set the
+    version in the same transaction that creates our tables, so ours is never at 0 with tables.
+    """
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise _too_new(path, version)
+    if version == 0:
+        names = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite!_%' ESCAPE '!' ORDER BY name"
+            )
+        ]
+        if names:
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            raise DatabaseForeign(
+                path,
+                f"another application's SQLite database (it holds {shown}), left untouched; "
+                "move it elsewhere, or point WAYSTATION_HOME at another directory",
+            )
+
+
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     conn.execute("BEGIN IMMEDIATE")  # another process may be migrating the same file
     try:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
-            raise DatabaseTooNew(
-                path,
-                f"schema version {version} is newer than this Waystation knows ({SCHEMA_VERSION}); "
-                "upgrade waystation",
-            )
+            raise _too_new(path, version)
         for number in range(version, SCHEMA_VERSION):
             for statement in MIGRATIONS[number].split(";"):
                 if statement.strip():

@@ -7,6 +7,7 @@
     │   ├── DatabaseReadOnly         the file or its directory is not writable
     │   ├── DatabaseCorrupt          not a SQLite database, or damaged
     │   ├── DatabaseTooNew           written by a newer Waystation (schema version)
+    │   ├── DatabaseForeign          another application's SQLite database: never adopted
     │   └── DiskFull                 no space left for the write
     ├── InputError                   the caller's request is wrong (4xx)
     │   ├── MalformedRequest         not JSON, or not the expected shape (400)
@@ -81,6 +82,12 @@ class DatabaseCorrupt(DatabaseError):
 
 class DatabaseTooNew(DatabaseError):
     code = "database_too_new"
+
+
+class DatabaseForeign(DatabaseError):
+    """A valid SQLite file with someone else's tables and no Waystation schema version."""
+
+    code = "database_foreign"
 
 
 class DiskFull(DatabaseError):
