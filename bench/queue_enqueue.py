@@ -1,9 +1,10 @@
-"""Durable enqueues per second: Waystation's TaskStore against persist-queue and huey.
+"""Durable enqueues per second: Waystation's TaskStore against persist-queue, huey and litequeue.
 
-Every row acknowledges an enqueue only after its transaction committed with an fsync of the WAL
-(SQLite WAL, synchronous=FULL): the durability the contract promises ("survives power loss once
-answered"). Each library's settings are read back from its own connection and printed, so the
-comparison is checked, not assumed. A WAL+NORMAL row shows what giving up that promise would buy.
+Every durable row acknowledges an enqueue only after its transaction committed with an fsync of
+the WAL (SQLite WAL, synchronous=FULL): the durability the contract promises ("survives power loss
+once answered"). Each library's settings are read back from its own connection and printed, so
+the comparison is checked, not assumed. Rows labelled NOT durable (WAL+NORMAL, litequeue's own
+default) show what giving up that promise would buy; no ratio is taken against them.
 
     python bench/queue_enqueue.py [-n 5000] [--repeat 3]
 
@@ -14,80 +15,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import logging
 import sqlite3
-import statistics
-import tempfile
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import structlog
-from _harness import print_notes, print_table, progress
+from _harness import print_notes
+from _queues import (
+    THREADS,
+    Case,
+    litequeues,
+    payload,
+    payload_json,
+    pragmas,
+    print_ratio_table,
+    quiet_logs,
+    run_rounds,
+    run_threads,
+    waystation_pragmas,
+)
 
 from waystation.adapters.tools import HttpRequestTool
 from waystation.config import QueueSettings
 from waystation.db import Database
 from waystation.queue.store import NewTask, TaskStore
 
-SYNC_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 WAYSTATION_CONCURRENCY = (1, 16, 64)
-THREADS = 16
-
-
-def payload(seq: int) -> dict[str, Any]:
-    """A small http_request call, as a sensor or a model would park it."""
-    return {
-        "method": "POST",
-        "url": "http://127.0.0.1:8080/hook",
-        "headers": {"content-type": "application/json"},
-        "json": {"event": "reading", "sensor": "t-17", "seq": seq, "value": 21.5},
-    }
-
-
-@dataclass
-class Row:
-    name: str
-    durability: str
-    ops_per_s: float  # the median over the rounds
-    low: float
-    high: float
-
-
-Case = Callable[[Path], tuple[float, str]]
-
-
-def pragmas(conn: sqlite3.Connection) -> str:
-    journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
-    sync = conn.execute("PRAGMA synchronous").fetchone()[0]
-    return f"{journal.upper()} + synchronous={SYNC_NAMES.get(sync, sync)}"
-
-
-def run_threads(n: int, threads: int, put: Callable[[int], None]) -> float:
-    """Call put(seq) n times over `threads` threads; ops/s."""
-    shares = [range(t, n, threads) for t in range(threads)]
-    start = threading.Barrier(threads + 1)
-
-    def work(share: range) -> None:
-        start.wait()
-        for seq in share:
-            put(seq)
-
-    with ThreadPoolExecutor(threads) as pool:
-        futures = [pool.submit(work, share) for share in shares]
-        start.wait()
-        began = time.perf_counter()
-        for f in futures:
-            f.result()
-        return n / (time.perf_counter() - began)
-
-
-# --- the rows ------------------------------------------------------------------------------------
 
 
 def bench_sqlite(tmp: Path, n: int, synchronous: str) -> tuple[float, str]:
@@ -100,7 +52,7 @@ def bench_sqlite(tmp: Path, n: int, synchronous: str) -> tuple[float, str]:
     began = time.perf_counter()
     for seq in range(n):
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO q (data) VALUES (?)", (json.dumps(payload(seq)),))
+        conn.execute("INSERT INTO q (data) VALUES (?)", (payload_json(seq),))
         conn.execute("COMMIT")
     rate = n / (time.perf_counter() - began)
     conn.close()
@@ -125,9 +77,19 @@ def bench_huey(tmp: Path, n: int, threads: int) -> tuple[float, str]:
     # journal_mode="wal" is huey's default; fsync=True sets synchronous=FULL explicitly.
     storage = SqliteStorage("bench", filename=str(tmp / "huey.db"), fsync=True)
     durability = pragmas(storage.conn)
-    rate = run_threads(n, threads, lambda seq: storage.enqueue(json.dumps(payload(seq)).encode()))
+    rate = run_threads(n, threads, lambda seq: storage.enqueue(payload_json(seq).encode()))
     assert storage.queue_size() == n, (storage.queue_size(), n)
     storage.close()
+    return rate, durability
+
+
+def bench_litequeue(tmp: Path, n: int, threads: int, synchronous: str | None) -> tuple[float, str]:
+    queues = litequeues(tmp / "lq.db", threads, synchronous)
+    durability = pragmas(queues[0].conn)
+    rate = run_threads(n, threads, lambda seq: queues[seq % threads].put(payload_json(seq)))
+    assert queues[0].qsize() == n, (queues[0].qsize(), n)
+    for q in queues:
+        q.close()
     return rate, durability
 
 
@@ -137,9 +99,7 @@ async def bench_waystation(tmp: Path, n: int, concurrency: int) -> tuple[float, 
     db = await Database.open(tmp / "waystation.db")
     try:
         store = TaskStore(db, QueueSettings())
-        rows = await db.fetchall("PRAGMA journal_mode")
-        sync = await db.fetchall("PRAGMA synchronous")  # the reader; the writer is set alike in db.py
-        durability = f"{rows[0][0].upper()} + synchronous={SYNC_NAMES.get(sync[0][0], sync[0][0])}"
+        durability = await waystation_pragmas(db)
 
         async def submitter(share: list[NewTask]) -> None:
             for new in share:
@@ -159,14 +119,6 @@ async def bench_waystation(tmp: Path, n: int, concurrency: int) -> tuple[float, 
     return rate, durability
 
 
-# --- driver --------------------------------------------------------------------------------------
-
-
-def run_once(once: Case) -> tuple[float, str]:
-    with tempfile.TemporaryDirectory(prefix="waystation-bench-") as tmp:
-        return once(Path(tmp))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -175,7 +127,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="rounds; each row shows its median")
     args = parser.parse_args()
     n, repeat = args.n, args.repeat
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    quiet_logs()
     cmd = f"python bench/queue_enqueue.py -n {n} --repeat {repeat}"
 
     cases: dict[str, Case] = {
@@ -185,49 +137,35 @@ def main() -> None:
         f"persist-queue SQLiteAckQueue.put, {THREADS} threads": lambda d: bench_persist_queue(d, n, THREADS),
         "huey SqliteStorage.enqueue, 1 thread": lambda d: bench_huey(d, n, 1),
         f"huey SqliteStorage.enqueue, {THREADS} threads": lambda d: bench_huey(d, n, THREADS),
+        "litequeue LiteQueue.put, 1 thread, its default (NOT durable)": lambda d: bench_litequeue(
+            d, n, 1, None
+        ),
+        "litequeue LiteQueue.put, 1 thread, FULL set": lambda d: bench_litequeue(d, n, 1, "FULL"),
+        f"litequeue LiteQueue.put, {THREADS} threads (a queue each), FULL set": lambda d: bench_litequeue(
+            d, n, THREADS, "FULL"
+        ),
     }
     for c in WAYSTATION_CONCURRENCY:
         cases[f"Waystation TaskStore.enqueue, {c} concurrent"] = lambda d, c=c: asyncio.run(
             bench_waystation(d, n, c)
         )
 
-    # Rounds over all rows, rather than all runs of one row then the next, so that a burst of
-    # load from elsewhere on the machine lands on every row alike instead of on one.
-    rates: dict[str, list[float]] = {name: [] for name in cases}
-    durability: dict[str, str] = {}
-    for round_ in range(1, repeat + 1):
-        progress(f"round {round_} of {repeat}, n={n}")
-        for name, once in cases.items():
-            rate, durability[name] = run_once(once)
-            rates[name].append(rate)
-            progress(f"  {name}: {rate:,.0f}/s ({durability[name]})")
-    rows = [Row(name, durability[name], statistics.median(r), min(r), max(r)) for name, r in rates.items()]
-
-    # Against each library's best row, so threads cannot flatter us.
-    pq = max(r.ops_per_s for r in rows if r.name.startswith("persist-queue"))
-    huey = max(r.ops_per_s for r in rows if r.name.startswith("huey"))
-    print_table(
-        ["queue", "durability", "ops/s (median)", "min-max", "x persist-queue", "x huey"],
-        [
-            (
-                r.name,
-                r.durability,
-                r.ops_per_s,
-                f"{r.low:,.0f}-{r.high:,.0f}",
-                r.ops_per_s / pq,
-                r.ops_per_s / huey,
-            )
-            for r in rows
-        ],
-    )
-    best = max(r.ops_per_s for r in rows if r.name.startswith("Waystation"))
+    rows = run_rounds(cases, n, repeat)
+    # Against each library's best durable row, so threads cannot flatter us.
+    best = print_ratio_table(rows)
+    ours = max(r.ops_per_s for r in rows if r.name.startswith("Waystation"))
+    pq, huey = best["persist-queue"], best["huey"]
     print_notes(
         f"{n} enqueues per run, {repeat} rounds over all rows, each run on a fresh database; the"
         " payload is a small http_request args dict (~150 bytes of JSON)",
-        f"goal: Waystation >= 3x persist-queue ({best / pq:.2f}x at best) and >= 2x huey"
-        f" ({best / huey:.2f}x at best); ratios are against each library's best row",
+        f"goal: Waystation >= 3x persist-queue ({ours / pq:.2f}x at best) and >= 2x huey"
+        f" ({ours / huey:.2f}x at best); ratios are against each library's best durable row",
         "persist-queue sets journal_mode=WAL and leaves synchronous at SQLite's default (FULL in this"
         " build); huey is given fsync=True (synchronous=FULL) on its default WAL",
+        "litequeue sets WAL + synchronous=NORMAL on its connection and has no option for it: its"
+        " default row is NOT durable (the last commits can vanish on power loss); the FULL rows set"
+        " synchronous=FULL on its `.conn` after it is made; with threads, each thread has its own"
+        " LiteQueue (connection) on one file, so they contend for SQLite's write lock",
         f"reproduce: `{cmd}`",
     )
 

@@ -12,6 +12,7 @@ trap 'rm -f "$TMP"' EXIT
 if [[ -n "${QUICK:-}" ]]; then
   RUNS=(
     "bench/queue_enqueue.py -n 500 --repeat 1"
+    "bench/queue_settle.py -n 300 --repeat 1"
     "bench/socket_tasks.py --posts 400 --gets 200"
     "bench/flush.py --tasks 1000 --bare 500"
     "bench/idle.py --settle 2 --duration 5"
@@ -20,6 +21,7 @@ if [[ -n "${QUICK:-}" ]]; then
 else
   RUNS=(
     "bench/queue_enqueue.py -n 5000 --repeat 3"
+    "bench/queue_settle.py -n 2000 --repeat 3"
     "bench/socket_tasks.py --posts 4000 --gets 2000"
     "bench/flush.py --tasks 10000 --bare 3000"
     "bench/idle.py --settle 5 --duration 20"
@@ -29,7 +31,7 @@ fi
 
 versions=$("$PY" - <<'PY'
 import importlib.metadata as md, platform, sqlite3
-names = ["waystation", "aiohttp", "httpx", "httpcore", "aiosqlite", "persist-queue", "huey"]
+names = ["waystation", "aiohttp", "httpx", "httpcore", "aiosqlite", "persist-queue", "huey", "litequeue"]
 parts = [f"Python {platform.python_version()}", f"SQLite {sqlite3.sqlite_version}"]
 parts += [f"{n} {md.version(n)}" for n in names]
 print(", ".join(parts))
