@@ -378,6 +378,40 @@ async def test_cookies_and_auth_headers_are_not_kept(server: TestServer, client:
     assert len(client.cookies.jar) == 0  # and the delivery client did not keep the session either
 
 
+async def test_a_cookie_set_by_one_delivery_is_not_sent_with_the_next(
+    server: TestServer, client: httpx.AsyncClient
+) -> None:
+    await FETCH.deliver(client, {"url": url(server, "/cookie")}, KEY, 5.0)
+    seen = await echoed(await FETCH.deliver(client, {"url": url(server, "/echo")}, KEY, 5.0))
+    assert "cookie" not in seen["headers"], seen["headers"]
+
+
+async def test_a_proxy_from_the_environment_carries_the_delivery(monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx's own proxy mounts still apply on top of the aiohttp transport (HTTP_PROXY, NO_PROXY)."""
+    request_lines: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        request_lines.append(head.split(b"\r\n", 1)[0])
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nproxied")
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    try:
+        async with new_client() as proxied_client:
+            result = await FETCH.deliver(proxied_client, {"url": "http://destination.example/page"}, KEY, 5.0)
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    assert (result.status, result.body) == (200, "proxied")
+    assert request_lines == [b"GET http://destination.example/page HTTP/1.1"]
+
+
 async def test_closed_port_is_unreachable(client: httpx.AsyncClient) -> None:
     port = closed_port()
     with pytest.raises(NetworkUnreachable) as caught:

@@ -31,6 +31,8 @@ from waystation.queue.store import Task, TaskStore
 
 log = structlog.get_logger(__name__)
 
+LEASE_RETRY_S = 5.0  # after a failed lease (database locked, disk full), try again this much later
+
 Settled = Callable[[Task, dict[str, Any] | None], None]
 # Told of each recorded delivery: its outcome, and whether it repeated an earlier attempt.
 Delivered = Callable[[Outcome, bool], None]
@@ -62,16 +64,23 @@ class Flusher:
         self._on_settled = on_settled
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
-        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._in_flight: dict[str, asyncio.Task[None]] = {}  # delivering or recording the answer
+        self._sending: set[str] = set()  # of those, the ones still waiting for the destination
         self._per_host: collections.Counter[str] = collections.Counter()
         self._ready: collections.deque[Task] = collections.deque()  # leased, not yet started
         self._refresh_due = False
+        self._leasing: asyncio.Task[None] | None = None
+        self._wakes = 0  # counts wake() calls, so an empty lease is not repeated until one comes
+        self._found_nothing_at = -1  # the value of _wakes when a lease last found nothing due
+        self._lease_again_at = 0.0  # monotonic; after a database error, wait before leasing
         self._hold_lifted_until = 0.0  # monotonic; an explicit flush sends held tasks too
         self._was_metered = False
         self.deliveries = 0
         self.on_delivered: Delivered | None = None  # the agent's metrics
 
     def wake(self) -> None:
+        """Something changed (a task added or settled, a slot freed, the network back): look again."""
+        self._wakes += 1
         self._wake.set()
 
     @property
@@ -116,37 +125,56 @@ class Flusher:
                     with contextlib.suppress(DatabaseError):
                         if await self._store.make_due(unreachable_only=True):
                             continue
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    self.wake()  # time has passed: a retry may have fallen due
         finally:
             await self._give_back()
 
     async def _fill(self) -> float | None:
-        """Lease and start deliveries up to the limits; return how long to sleep (None: until woken).
+        """Start deliveries up to the limits and keep a lease going; return how long to sleep
+        (None: until woken).
 
-        Leasing runs one batch ahead: up to `concurrency` more tasks wait leased in memory, so a
-        finished delivery's slot refills without waiting for a lease transaction (an fsync).
+        Leasing runs one batch ahead and in the background: up to `concurrency` more tasks wait
+        leased in memory, so a finished delivery's slot refills at once instead of waiting for a
+        lease transaction (an fsync, queued behind the settles of other deliveries).
         """
         if self._connectivity.state != "online":
             await self._release_ready()
             return None
         self._start_ready()
+        if self._leasing is not None:
+            return None  # its end wakes us
+        if time.monotonic() < self._lease_again_at:
+            return self._lease_again_at - time.monotonic()
         want = 2 * self._settings.concurrency - len(self._in_flight) - len(self._ready)
-        if want > 0:
-            held = self._per_host + collections.Counter(t.host for t in self._ready)
-            hold_back = self._hold_back_bytes()
-            extra = {} if hold_back is None else {"hold_back_bytes": hold_back}
-            try:
-                leased = await self._store.lease(want, held, 2 * self._settings.per_host, **extra)
-            except DatabaseError as exc:
-                log.error("cannot lease tasks", error=exc.message)
-                return 5.0
-            self._ready.extend(leased)
-            self._start_ready()
-            if leased:
-                return 0 if len(leased) == want else None
+        if want > 0 and self._found_nothing_at != self._wakes:
+            self._leasing = asyncio.create_task(self._lease(want, self._wakes), name="lease")
+            return None
         if self._in_flight or self._ready:
             return None  # a finishing delivery wakes us
+        return await self._until_next_due()
+
+    async def _lease(self, want: int, wakes: int) -> None:
+        held = self._per_host + collections.Counter(t.host for t in self._ready)
+        hold_back = self._hold_back_bytes()
+        extra = {} if hold_back is None else {"hold_back_bytes": hold_back}
+        try:
+            leased = await self._store.lease(want, held, 2 * self._settings.per_host, **extra)
+        except DatabaseError as exc:
+            log.error("cannot lease tasks", error=exc.message)
+            self._lease_again_at = time.monotonic() + LEASE_RETRY_S
+        else:
+            self._ready.extend(leased)
+            if not leased:
+                # Nothing due: lease again only after something changes (a wake), not in a loop.
+                self._found_nothing_at = wakes
+        finally:
+            self._leasing = None
+            self._wake.set()
+
+    async def _until_next_due(self) -> float | None:
         hold_back = self._hold_back_bytes()
         if hold_back is None:
             next_due = await self._store.next_due_at()
@@ -160,7 +188,7 @@ class Flusher:
         while self._ready:
             task = self._ready.popleft()
             if (
-                len(self._in_flight) < self._settings.concurrency
+                len(self._sending) < self._settings.concurrency
                 and self._per_host[task.host] < self._settings.per_host
             ):
                 self._start(task)
@@ -178,17 +206,26 @@ class Flusher:
 
     def _start(self, task: Task) -> None:
         self._per_host[task.host] += 1
+        self._sending.add(task.id)
         delivery = asyncio.create_task(self._deliver(task), name=f"deliver-{task.id}")
         self._in_flight[task.id] = delivery
 
         def finished(_: asyncio.Task[None]) -> None:
+            self._answered(task)  # a delivery that failed before its answer frees its slot here
             self._in_flight.pop(task.id, None)
-            self._per_host[task.host] -= 1
-            if self._per_host[task.host] <= 0:
-                del self._per_host[task.host]
             self.wake()
 
         delivery.add_done_callback(finished)
+
+    def _answered(self, task: Task) -> None:
+        """The destination has answered (or cannot): its slot is free while the answer is recorded."""
+        if task.id not in self._sending:
+            return
+        self._sending.discard(task.id)
+        self._per_host[task.host] -= 1
+        if self._per_host[task.host] <= 0:
+            del self._per_host[task.host]
+        self.wake()
 
     async def _deliver(self, task: Task) -> None:
         # Every log line of this delivery carries the task's id (and its turn's, if any).
@@ -229,6 +266,10 @@ class Flusher:
             error=error,
         )
         duration_ms = int((time.perf_counter() - started) * 1000)
+        # The next delivery need not wait for this one's commit (an fsync): the task stays
+        # `running` until the settle commits, and a crash before then delivers it again with the
+        # same Idempotency-Key, so the window of possible repeats is what the flusher holds.
+        self._answered(task)
         try:
             settled, receipt = await self._store.settle(task, decision, result, duration_ms)
         except DatabaseError as exc:
@@ -243,11 +284,14 @@ class Flusher:
         self._on_settled(settled, receipt)
 
     async def _give_back(self) -> None:
+        if self._leasing is not None:
+            # Let a lease in progress finish (one write) so what it took is given back too.
+            await asyncio.wait([self._leasing])
         running = list(self._in_flight.values())
         ids = list(self._in_flight) + [t.id for t in self._ready]
         self._ready.clear()
-        for delivery in running:
-            delivery.cancel()
+        for task_id in self._sending:
+            self._in_flight[task_id].cancel()  # answers already in are still recorded
         await asyncio.gather(*running, return_exceptions=True)
         if ids:
             with contextlib.suppress(DatabaseError):

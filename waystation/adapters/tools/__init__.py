@@ -6,9 +6,9 @@ from waystation.adapters.tools.base import (
     Tool,
     ToolRegistry,
     default_tools,
-    new_client,
     parse_retry_after,
 )
+from waystation.adapters.tools.client import new_client
 from waystation.adapters.tools.http import MAX_REQUEST_BODY_BYTES, HttpRequestTool, WebFetchTool
 
 __all__ = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email.utils
-import http.cookiejar
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -157,15 +156,3 @@ def default_tools() -> ToolRegistry:
     from waystation.adapters.tools.http import HttpRequestTool, WebFetchTool
 
     return ToolRegistry([HttpRequestTool(), WebFetchTool()])
-
-
-def new_client() -> httpx.AsyncClient:
-    """An httpx client fit for deliveries: no cookie jar, no redirects (proxy env is honoured).
-
-    httpx keeps every Set-Cookie in the client's jar and sends it back on later requests; a
-    long-lived delivery client would silently carry one task's session into another's, so the
-    jar refuses everything. Redirects are not followed because a 3xx is the destination's answer
-    to classify (and httpx would turn a redirected POST into a GET).
-    """
-    no_cookies = http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-    return httpx.AsyncClient(cookies=no_cookies, follow_redirects=False)

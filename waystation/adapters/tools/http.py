@@ -148,7 +148,6 @@ async def _send(
     if not _HEADER_VALUE.fullmatch(idempotency_key) or not idempotency_key.strip():
         raise InvalidArguments(tool, "the idempotency key must be non-empty printable ASCII")
     url = request_args["url"]
-    host = _destination_host(url)
     headers = {**request_args.get("headers", {}), "idempotency-key": idempotency_key}
     headers["user-agent"] = USER_AGENT
     content: bytes | None = None
@@ -168,15 +167,15 @@ async def _send(
         async with asyncio.timeout_at(deadline):
             response = await client.send(request, stream=True)
     except (TimeoutError, httpx.TimeoutException) as exc:
-        raise NetworkUnreachable(f"{host}: no answer within {timeout_s:g}s") from exc
+        raise NetworkUnreachable(f"{_destination_host(url)}: no answer within {timeout_s:g}s") from exc
     except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
         # The host only, never the URL: a URL can carry credentials, and this text is stored.
-        raise NetworkUnreachable(f"{host}: {type(exc).__name__}: {exc}") from exc
+        raise NetworkUnreachable(f"{_destination_host(url)}: {type(exc).__name__}: {exc}") from exc
     except (httpx.LocalProtocolError, httpx.UnsupportedProtocol) as exc:
         # Validation should have caught it; retrying would fail the same way.
         raise InvalidArguments(tool, f"the request cannot be sent: {exc}") from exc
     except httpx.TooManyRedirects as exc:
-        raise DeliveryError(f"{host}: too many redirects") from exc
+        raise DeliveryError(f"{_destination_host(url)}: too many redirects") from exc
 
     data = bytearray()
     truncated = False
