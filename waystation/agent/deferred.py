@@ -13,10 +13,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
 from waystation.adapters.routes import OFFLINE
-from waystation.adapters.tools import DeliveryResult
+from waystation.adapters.tools import DeliveryClient, DeliveryResult
 from waystation.agent.turns import DEFERRED_TURN_TOOL, TurnEngine, TurnRequest
 from waystation.errors import (
     InvalidArguments,
@@ -49,7 +47,7 @@ class DeferredTurnTool:
         return f"route:{args['request'].get('route') or 'default'}"
 
     async def deliver(
-        self, client: httpx.AsyncClient, args: Mapping[str, Any], idempotency_key: str, timeout_s: float
+        self, client: DeliveryClient, args: Mapping[str, Any], idempotency_key: str, timeout_s: float
     ) -> DeliveryResult:
         started = time.monotonic()
 

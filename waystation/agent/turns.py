@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import httpx
 import structlog
 
 from waystation import receipts
@@ -31,7 +30,7 @@ from waystation.adapters.models.base import (
     ToolSpec,
 )
 from waystation.adapters.routes import OFFLINE
-from waystation.adapters.tools import ToolRegistry
+from waystation.adapters.tools import DeliveryClient, ToolRegistry
 from waystation.agent.turn_records import claim_for_resume, save_turn
 from waystation.db import Database
 from waystation.errors import (
@@ -115,7 +114,7 @@ class TurnEngine:
         store: TaskStore,
         tools: ToolRegistry,
         connectivity: Connectivity,
-        client: httpx.AsyncClient,
+        client: DeliveryClient,
         route_for: Callable[[str | None, str | None], Awaitable[tuple[RouteInfo, ModelBackend]]],
         *,
         delivery_timeout_s: float = 30.0,

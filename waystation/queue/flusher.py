@@ -19,11 +19,10 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import httpx
 import structlog
 
 from waystation import timeutil
-from waystation.adapters.tools import ToolRegistry
+from waystation.adapters.tools import DeliveryClient, ToolRegistry
 from waystation.config import QueueSettings
 from waystation.errors import DatabaseError, DeliveryError, InvalidArguments, NetworkUnreachable, UnknownTool
 from waystation.queue.policy import Outcome, classify, decide
@@ -52,7 +51,7 @@ class Flusher:
         tools: ToolRegistry,
         connectivity: Connectivity,
         settings: QueueSettings,
-        client: httpx.AsyncClient,
+        client: DeliveryClient,
         on_settled: Settled,
         rng: random.Random | None = None,
     ) -> None:

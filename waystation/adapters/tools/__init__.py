@@ -8,12 +8,13 @@ from waystation.adapters.tools.base import (
     default_tools,
     parse_retry_after,
 )
-from waystation.adapters.tools.client import new_client
+from waystation.adapters.tools.client import DeliveryClient, new_client
 from waystation.adapters.tools.http import MAX_REQUEST_BODY_BYTES, HttpRequestTool, WebFetchTool
 
 __all__ = [
     "MAX_REQUEST_BODY_BYTES",
     "MAX_RESULT_BYTES",
+    "DeliveryClient",
     "DeliveryResult",
     "HttpRequestTool",
     "Tool",

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import httpx
 
 from waystation import timeutil
+from waystation.adapters.tools.client import DeliveryClient
 from waystation.errors import UnknownTool
 
 # A delivery's result is stored in the task row, served by the API and handed back to the model as
@@ -123,7 +124,7 @@ class Tool(Protocol):
         ...
 
     async def deliver(
-        self, client: httpx.AsyncClient, args: Mapping[str, Any], idempotency_key: str, timeout_s: float
+        self, client: DeliveryClient, args: Mapping[str, Any], idempotency_key: str, timeout_s: float
     ) -> DeliveryResult:
         """Deliver validated args once. Any HTTP answer is a DeliveryResult; no answer
         (connection, DNS, timeout) raises NetworkUnreachable."""

@@ -1,20 +1,24 @@
-"""The HTTP client deliveries go through: httpx, on aiohttp's wire when no proxy is configured.
+"""What deliveries are sent through: one httpx.Request in, one streamed httpx.Response out.
 
-Tools speak httpx (its Request/Response, its exceptions, its MockTransport in tests), but httpx's
-own connection layer (httpcore on anyio) costs ~0.7 ms of CPU per request here, which capped a
-flush of parked tasks near 500 deliveries/s. The same requests through aiohttp's connection pool
-(httpx-aiohttp's transport, the one the openai SDK offers) cost about half.
+Tools speak httpx (its Request/Response, its exceptions), but a flush of parked tasks spends most
+of its CPU in the HTTP client, and httpx.AsyncClient adds work a delivery does not want: its cookie
+jar (consulted and fed on every exchange even when it refuses everything), default-header and URL
+merging, auth and redirect wrappers, and httpcore/anyio underneath (~0.5 ms of CPU per request
+here, against ~0.15 ms for aiohttp's client). So a delivery goes straight to a transport:
+httpx-aiohttp's (aiohttp's connection pool, as the openai SDK offers it), with no cookie jar
+anywhere and no redirects followed (a 3xx is the destination's answer to classify).
 
 httpx ignores the proxy environment once it is given a transport, so with HTTP(S)_PROXY or
-ALL_PROXY set the client keeps httpx's own transport, which honours them and NO_PROXY exactly as
-before. The aiohttp session never reads the environment itself: that would cost a thread hop per
-request for its netrc and proxy lookups.
+ALL_PROXY set a delivery goes through a plain httpx.AsyncClient instead, which honours them and
+NO_PROXY as httpx always has (with a jar that never stores or sends a cookie).
 """
 
 from __future__ import annotations
 
 import http.cookiejar
 import os
+from types import TracebackType
+from typing import Any
 
 import aiohttp
 import httpx
@@ -23,22 +27,57 @@ from httpx_aiohttp import AiohttpTransport
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 
-def new_client() -> httpx.AsyncClient:
-    """An httpx client fit for deliveries: no cookie jar, no redirects (proxy env is honoured).
+class DeliveryClient:
+    """Sends a request exactly as built: no cookies, no redirects, no added defaults but aiohttp's."""
 
-    httpx keeps every Set-Cookie in the client's jar and sends it back on later requests; a
-    long-lived delivery client would silently carry one task's session into another's, so the
-    jar refuses everything (and so does aiohttp's, underneath). Redirects are not followed
-    because a 3xx is the destination's answer to classify (and httpx would turn a redirected
-    POST into a GET).
-    """
-    no_cookies = http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-    if any(os.environ.get(name) for name in PROXY_VARIABLES):
-        return httpx.AsyncClient(cookies=no_cookies, follow_redirects=False)
-    transport = AiohttpTransport(client=_session)
-    return httpx.AsyncClient(cookies=no_cookies, follow_redirects=False, transport=transport)
+    def __init__(self) -> None:
+        self._proxied: httpx.AsyncClient | None = None
+        self._direct: AiohttpTransport | None = None
+        if any(os.environ.get(name) for name in PROXY_VARIABLES):
+            self._proxied = httpx.AsyncClient(cookies=_NoCookies(), follow_redirects=False)
+        else:
+            self._direct = AiohttpTransport(client=_session)
+
+    async def send(self, request: httpx.Request) -> httpx.Response:
+        """The destination's answer with its body not yet read (read it, then aclose it)."""
+        if self._proxied is not None:
+            return await self._proxied.send(request, stream=True)
+        assert self._direct is not None
+        response = await self._direct.handle_async_request(request)
+        response.request = request
+        return response
+
+    async def aclose(self) -> None:
+        if self._proxied is not None:
+            await self._proxied.aclose()
+        if self._direct is not None:
+            await self._direct.aclose()
+
+    async def __aenter__(self) -> DeliveryClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+def new_client() -> DeliveryClient:
+    return DeliveryClient()
 
 
 def _session() -> aiohttp.ClientSession:
-    # Made on the first request, inside the running event loop (aiohttp binds to it).
+    # Made on the first request, inside the running event loop (aiohttp binds to it). It never
+    # reads the environment: that costs a thread hop per request for netrc and proxy lookups.
     return aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """A jar that neither keeps a Set-Cookie nor sends one: one task's session never leaks into
+    another's through a long-lived client."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def add_cookie_header(self, request: Any) -> None:
+        return None

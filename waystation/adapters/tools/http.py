@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import functools
 import json
 import re
 import time
@@ -20,6 +21,7 @@ from waystation.adapters.tools.base import (
     kept_headers,
     parse_retry_after,
 )
+from waystation.adapters.tools.client import DeliveryClient
 from waystation.errors import DeliveryError, InvalidArguments, NetworkUnreachable
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -139,7 +141,7 @@ def _destination_host(url_text: str) -> str:
 
 async def _send(
     tool: str,
-    client: httpx.AsyncClient,
+    client: DeliveryClient,
     request_args: Mapping[str, Any],
     idempotency_key: str,
     timeout_s: float,
@@ -156,8 +158,13 @@ async def _send(
         headers.setdefault("content-type", "application/json")
     elif request_args.get("body") is not None:
         content = request_args["body"].encode()
-    request = client.build_request(
-        request_args.get("method", "GET"), url, headers=headers, content=content, timeout=timeout_s
+    # Built as is, not through a client: no default headers, cookies or base URL are merged in.
+    request = httpx.Request(
+        request_args.get("method", "GET"),
+        _parsed_url(url),
+        headers=headers,
+        content=content,
+        extensions={"timeout": httpx.Timeout(timeout_s).as_dict()},
     )
     # httpx's timeouts are per operation (connect, each read); the deadline bounds the whole
     # delivery, so a server trickling a byte at a time cannot hold a queue slot forever.
@@ -165,7 +172,7 @@ async def _send(
     started = time.monotonic()
     try:
         async with asyncio.timeout_at(deadline):
-            response = await client.send(request, stream=True)
+            response = await client.send(request)
     except (TimeoutError, httpx.TimeoutException) as exc:
         raise NetworkUnreachable(f"{_destination_host(url)}: no answer within {timeout_s:g}s") from exc
     except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
@@ -197,20 +204,39 @@ async def _send(
     return DeliveryResult(
         status=response.status_code,
         headers=kept_headers(response.headers),
-        body=_decode(bytes(data[:MAX_RESULT_BYTES]), response.charset_encoding, final=not truncated),
+        body=_decode(
+            bytes(data[:MAX_RESULT_BYTES]), response.headers.get("content-type"), final=not truncated
+        ),
         truncated=truncated,
         retry_after_s=parse_retry_after(response.headers.get("retry-after")),
         duration_ms=round((time.monotonic() - started) * 1000),
     )
 
 
-def _decode(data: bytes, charset: str | None, *, final: bool) -> str:
-    encoding = "utf-8"
-    if charset:
-        with contextlib.suppress(LookupError):
-            encoding = codecs.lookup(charset).name
+def _decode(data: bytes, content_type: str | None, *, final: bool) -> str:
+    encoding = _encoding_of(content_type)
     # Not final when cut short: a character split by the cut is dropped rather than garbled.
     return codecs.getincrementaldecoder(encoding)(errors="replace").decode(data, final=final)
+
+
+@functools.lru_cache(maxsize=64)
+def _encoding_of(content_type: str | None) -> str:
+    """The codec a Content-Type's charset names (utf-8 when none or unknown).
+
+    Cached: parsing the header through email.message (as httpx does) is a visible share of a
+    delivery's CPU, and a queue's answers mostly repeat a handful of content types.
+    """
+    charset = httpx.Response(200, headers={"content-type": content_type or ""}).charset_encoding
+    if charset:
+        with contextlib.suppress(LookupError):
+            return codecs.lookup(charset).name
+    return "utf-8"
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_url(url_text: str) -> httpx.URL:
+    """httpx.URL is immutable, and a queue's tasks mostly go to a few URLs: parse each once."""
+    return httpx.URL(url_text)
 
 
 # The pattern also shapes a model's constrained output: a small model otherwise fills `url` with
@@ -277,7 +303,7 @@ class HttpRequestTool:
         return _destination_host(args["url"])
 
     async def deliver(
-        self, client: httpx.AsyncClient, args: Mapping[str, Any], idempotency_key: str, timeout_s: float
+        self, client: DeliveryClient, args: Mapping[str, Any], idempotency_key: str, timeout_s: float
     ) -> DeliveryResult:
         return await _send(self.name, client, args, idempotency_key, timeout_s)
 
@@ -301,7 +327,7 @@ class WebFetchTool:
         return _destination_host(args["url"])
 
     async def deliver(
-        self, client: httpx.AsyncClient, args: Mapping[str, Any], idempotency_key: str, timeout_s: float
+        self, client: DeliveryClient, args: Mapping[str, Any], idempotency_key: str, timeout_s: float
     ) -> DeliveryResult:
         request_args = {"method": "GET", "url": args["url"]}
         return await _send(self.name, client, request_args, idempotency_key, timeout_s)
