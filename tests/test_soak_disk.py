@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -271,8 +272,8 @@ def test_a_disk_that_fills_during_delivery_loses_nothing(
     """Deliveries go out, the disk fills, their outcomes cannot be recorded (settle fails).
 
     Those tasks must stay in the queue (as `running`, their lease held) rather than vanish, the
-    agent must keep serving, and once space is back and the agent restarts (which reclaims every
-    lease) they are delivered again with the same Idempotency-Key. At least once, never lost.
+    agent must keep serving, and once space is back the flusher's retries record the answers it
+    already has: every task ends `done`, delivered exactly once, without a restart.
     """
     n = 12
     with small_tmpfs("8m") as home:
@@ -300,7 +301,13 @@ def test_a_disk_that_fills_during_delivery_loses_nothing(
             fill(filler)  # now: deliveries are in flight and the disk is full
 
             def failed_settles() -> int:
-                return agent.output().count("cannot record delivery")
+                """How many tasks' answers the flusher could not record (it retries each)."""
+                failed = set()
+                for line in agent.output().splitlines():
+                    if "cannot record delivery" in line:
+                        with contextlib.suppress(ValueError):
+                            failed.add(json.loads(line).get("task_id"))
+                return len(failed)
 
             def settled_down() -> dict[str, str] | None:
                 """The states once every leased task went out and each outcome either failed to
@@ -322,35 +329,23 @@ def test_a_disk_that_fills_during_delivery_loses_nothing(
                 "enqueue while settles are failing",
             )
 
-            # Space back: the flusher's next lease goes through (it retries within seconds), the
-            # rest is delivered; the stuck leases wait for reaping, or as here, for a restart.
+            # Space back: the flusher's retries record the answers it holds, its next lease goes
+            # through, and the rest is delivered — no restart, and nothing goes out twice.
             filler.unlink()
             wait_for(
-                lambda: agent.counts().get("done", 0) == n - len(stuck),
-                timeout=60,
-                what=f"the {n - len(stuck)} tasks never leased before the disk filled",
-            )
-            assert agent.stop() == 0, agent.output()
-            agent.start()
-            agent.set_mode("online")  # the forced mode is a setting; the restart went back to it
-            wait_for(
                 lambda: agent.counts().get("done", 0) == n,
-                timeout=60,
-                what=f"all {n} tasks done after the restart (counts {agent.counts()})",
+                timeout=90,
+                what=f"all {n} tasks done once space is back (counts {agent.counts()})",
             )
             sent = collections.Counter(receiver.keys("/slow/"))
             assert set(sent) == set(keys), f"never delivered: {sorted(set(keys) - set(sent))}"
-            twice = {k for k, c in sent.items() if c > 1}
-            assert twice == stuck, (
-                f"only the tasks whose outcome was lost may go out again: sent twice {sorted(twice)}, "
-                f"stuck {sorted(stuck)}"
-            )
-            assert max(sent.values()) == 2, sent
+            assert max(sent.values()) == 1, f"an answer already in was delivered again: {sent}"
             answer = raw_request(agent.socket, "GET", "/v1/receipts/verify")
             assert answer is not None and answer[0] == 200 and answer[1]["ok"] is True, answer
             assert agent.stop() == 0, agent.output()
         finally:
             agent.close()
     soak_report(
-        f"{len(stuck)} of {n} deliveries could not be recorded on the full disk; all redelivered once"
+        f"{len(stuck)} of {n} deliveries could not be recorded on the full disk; all recorded once space"
+        " was back, none delivered twice"
     )

@@ -25,12 +25,15 @@ from waystation import timeutil
 from waystation.adapters.tools import DeliveryClient, ToolRegistry
 from waystation.config import QueueSettings
 from waystation.errors import DatabaseError, DeliveryError, InvalidArguments, NetworkUnreachable, UnknownTool
-from waystation.queue.policy import Outcome, classify, decide
+from waystation.queue.policy import Decision, Outcome, classify, decide
 from waystation.queue.store import Task, TaskStore
 
 log = structlog.get_logger(__name__)
 
 LEASE_RETRY_S = 5.0  # after a failed lease (database locked, disk full), try again this much later
+# Pauses between attempts to record a delivery's answer the database refused (about a minute).
+SETTLE_RETRIES_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+SHUTDOWN_RECORD_S = 2.0  # at shutdown, how long answers already in may take to be recorded
 
 Settled = Callable[[Task, dict[str, Any] | None], None]
 # Told of each recorded delivery: its outcome, and whether it repeated an earlier attempt.
@@ -269,18 +272,33 @@ class Flusher:
         # `running` until the settle commits, and a crash before then delivers it again with the
         # same Idempotency-Key, so the window of possible repeats is what the flusher holds.
         self._answered(task)
-        try:
-            settled, receipt = await self._store.settle(task, decision, result, duration_ms)
-        except DatabaseError as exc:
-            # The delivery happened but could not be recorded: the task stays running and is
-            # reclaimed, then delivered again with the same Idempotency-Key.
-            log.error("cannot record delivery", error=exc.message)
+        recorded = await self._record(task, decision, result, duration_ms)
+        if recorded is None:
             return
+        settled, receipt = recorded
         self.deliveries += 1
         if self.on_delivered is not None:
             self.on_delivered(outcome, task.attempts > 0 or task.net_failures > 0)
         log.debug("delivered", state=str(settled.state), status=status)
         self._on_settled(settled, receipt)
+
+    async def _record(
+        self, task: Task, decision: Decision, result: dict[str, Any] | None, duration_ms: int
+    ) -> tuple[Task, dict[str, Any] | None] | None:
+        """Settle the task on its answer, retrying while the database refuses (a full disk, a
+        lock): the delivery has happened, and recording it beats delivering it again. Given up,
+        the task stays `running` until its lease is reclaimed, then goes out again with the same
+        Idempotency-Key."""
+        for pause in (*SETTLE_RETRIES_S, None):
+            try:
+                return await self._store.settle(task, decision, result, duration_ms)
+            except DatabaseError as exc:
+                if pause is None:
+                    log.error("cannot record delivery; it will be delivered again", error=exc.message)
+                    return None
+                log.warning("cannot record delivery yet", error=exc.message, retry_in_s=pause)
+                await asyncio.sleep(pause)
+        return None
 
     async def _give_back(self) -> None:
         if self._leasing is not None:
@@ -290,7 +308,13 @@ class Flusher:
         ids = list(self._in_flight) + [t.id for t in self._ready]
         self._ready.clear()
         for task_id in self._sending:
-            self._in_flight[task_id].cancel()  # answers already in are still recorded
+            self._in_flight[task_id].cancel()
+        # Answers already in are still recorded, unless the database keeps refusing: then the
+        # task stays with the others given back below.
+        if running:
+            _, still = await asyncio.wait(running, timeout=SHUTDOWN_RECORD_S)
+            for delivery in still:
+                delivery.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         if ids:
             with contextlib.suppress(DatabaseError):
