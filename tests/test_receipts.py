@@ -129,6 +129,34 @@ async def test_stored_body_is_canonical_json_with_its_hash(db: Database) -> None
     assert (row["id"], row["kind"], row["turn_id"], row["hash"]) == (body["id"], "turn", "u_1", body["hash"])
 
 
+async def test_every_field_filled_stores_exactly_the_canonical_json_and_its_hash(db: Database) -> None:
+    # The stored text and the hash are built from the body's halves either side of "hash": they
+    # must still be byte for byte the canonical JSON of the whole body, whatever the fields hold.
+    draft = _draft(
+        7,
+        reason='a "quoted", \\ tricky,"id": reason ✓',
+        task_id="t_9",
+        deferred_task_ids=("t_1", 'odd,"hash":"x'),
+        credits_used=0.25,
+        cold_load_ms=1200,
+        model_answered="smol-2 ✓",
+        telemetry={"hash": "0" * 64, "id": "x", "a": "ü"},
+        route=RouteInfo(name="n", provider="p", auth_lane="key", cost_lane="paid", model=None),
+    )
+    await _append(db, _draft(1))
+    body = await _append(db, draft)
+    row = await db.fetchone("SELECT body, hash FROM receipts ORDER BY seq DESC LIMIT 1")
+    assert row is not None
+    assert row["body"] == json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert row["hash"] == body["hash"] == _sha256_of_body_without_hash(body)
+    assert list(body) == [
+        "id", "kind", "created_at", "status", "reason", "route", "usage", "credits_used", "duration_ms",
+        "turn_id", "task_id", "deferred_task_ids", "cold_load_ms", "model_answered", "telemetry",
+        "prev_hash", "hash",
+    ]  # fmt: skip
+    assert (await verify_database(db)).ok
+
+
 async def test_chain_links_each_receipt_to_the_one_before(db: Database) -> None:
     chain = await _chain(db, 6)
     assert chain[0]["prev_hash"] == GENESIS_HASH

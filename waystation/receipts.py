@@ -27,8 +27,13 @@ GENESIS_HASH = "0" * 64
 Status = Literal["ok", "parked", "refused", "error"]
 
 
+# One encoder, built once: json.dumps with these options would build a new one on every call.
+# Its output is exactly json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(value)
 
 
 def new_id(prefix: str) -> str:
@@ -85,30 +90,62 @@ def receipt_hash(body: Mapping[str, Any]) -> str:
 def append(conn: sqlite3.Connection, draft: ReceiptDraft) -> dict[str, Any]:
     """Chain `draft` onto the head and insert it; call only inside `Database.write`."""
     row = conn.execute("SELECT hash FROM receipts ORDER BY seq DESC LIMIT 1").fetchone()
-    body: dict[str, Any] = {
+    route, usage = draft.route, draft.usage
+    # The body's keys that sort before "hash", then those after it: each half's canonical JSON is
+    # made once and both the hashed text (without `hash`) and the stored text (with it) are joined
+    # from them, exactly as canonical_json of the whole body would sort and separate them.
+    before: dict[str, Any] = {
+        "cold_load_ms": draft.cold_load_ms,
+        "created_at": timeutil.iso(timeutil.now()),
+        "credits_used": draft.credits_used,
+        "deferred_task_ids": list(draft.deferred_task_ids),
+        "duration_ms": draft.duration_ms,
+    }
+    after: dict[str, Any] = {
         "id": new_id("r"),
         "kind": draft.kind,
-        "created_at": timeutil.iso(timeutil.now()),
+        "model_answered": draft.model_answered,
+        "prev_hash": row[0] if row else GENESIS_HASH,
+        "reason": draft.reason,
+        "route": {
+            "name": route.name,
+            "provider": route.provider,
+            "auth_lane": route.auth_lane,
+            "cost_lane": route.cost_lane,
+            "model": route.model,
+        },
+        "status": draft.status,
+        "task_id": draft.task_id,
+        "telemetry": dict(draft.telemetry),
+        "turn_id": draft.turn_id,
+        "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens},
+    }
+    head, tail = canonical_json(before)[:-1], canonical_json(after)[1:]
+    digest = hashlib.sha256(f"{head},{tail}".encode()).hexdigest()
+    text = f'{head},"hash":"{digest}",{tail}'
+    conn.execute(
+        "INSERT INTO receipts (id, kind, task_id, turn_id, body, hash) VALUES (?, ?, ?, ?, ?, ?)",
+        (after["id"], draft.kind, draft.task_id, draft.turn_id, text, digest),
+    )
+    return {  # the order receipts have always been returned in
+        "id": after["id"],
+        "kind": draft.kind,
+        "created_at": before["created_at"],
         "status": draft.status,
         "reason": draft.reason,
-        "route": asdict(draft.route),
-        "usage": asdict(draft.usage),
+        "route": after["route"],
+        "usage": after["usage"],
         "credits_used": draft.credits_used,
         "duration_ms": draft.duration_ms,
         "turn_id": draft.turn_id,
         "task_id": draft.task_id,
-        "deferred_task_ids": list(draft.deferred_task_ids),
+        "deferred_task_ids": before["deferred_task_ids"],
         "cold_load_ms": draft.cold_load_ms,
         "model_answered": draft.model_answered,
-        "telemetry": dict(draft.telemetry),
-        "prev_hash": row[0] if row else GENESIS_HASH,
+        "telemetry": after["telemetry"],
+        "prev_hash": after["prev_hash"],
+        "hash": digest,
     }
-    body["hash"] = receipt_hash(body)
-    conn.execute(
-        "INSERT INTO receipts (id, kind, task_id, turn_id, body, hash) VALUES (?, ?, ?, ?, ?, ?)",
-        (body["id"], draft.kind, draft.task_id, draft.turn_id, canonical_json(body), body["hash"]),
-    )
-    return body
 
 
 @dataclass(frozen=True)

@@ -166,8 +166,9 @@ class TaskStore:
         def op(conn: sqlite3.Connection) -> list[Task]:
             now = timeutil.now()
             window = limit * 8
+            # Only what choosing needs (id, host); the full rows are read for the chosen alone.
             rows = conn.execute(
-                "SELECT * FROM tasks WHERE state = 'pending' AND next_attempt_at <= ?"
+                "SELECT id, host FROM tasks WHERE state = 'pending' AND next_attempt_at <= ?"
                 f"{held_sql} ORDER BY next_attempt_at LIMIT ?",
                 (now, *held_params, window),
             ).fetchall()
@@ -183,21 +184,28 @@ class TaskStore:
                     if room <= 0:
                         continue
                     more = conn.execute(
-                        "SELECT * FROM tasks WHERE host = ? AND state = 'pending' AND next_attempt_at <= ?"
-                        f"{held_sql} ORDER BY next_attempt_at LIMIT ?",
+                        "SELECT id, host FROM tasks WHERE host = ? AND state = 'pending'"
+                        f" AND next_attempt_at <= ?{held_sql} ORDER BY next_attempt_at LIMIT ?",
                         (host, now, *held_params, room),
                     ).fetchall()
-                    taken = {t.id for t in chosen}
+                    taken = set(chosen)
                     chosen += _take(
-                        [r for r in more if r["id"] not in taken], limit - len(chosen), counts, per_host
+                        [r for r in more if r[0] not in taken], limit - len(chosen), counts, per_host
                     )
+            if not chosen:
+                return []
+            marks = ", ".join("?" for _ in chosen)
+            full = {r["id"]: r for r in conn.execute(f"SELECT * FROM tasks WHERE id IN ({marks})", chosen)}
             lease_until = now + self.settings.delivery_timeout_s + LEASE_MARGIN_S
             conn.executemany(
                 "UPDATE tasks SET state = 'running', lease_expires_at = ?, updated_at = ? WHERE id = ?",
-                [(lease_until, now, t.id) for t in chosen],
+                [(lease_until, now, task_id) for task_id in chosen],
             )
             return [
-                dataclasses.replace(t, state=TaskState.RUNNING, lease_expires_at=lease_until) for t in chosen
+                dataclasses.replace(
+                    Task.from_row(full[task_id]), state=TaskState.RUNNING, lease_expires_at=lease_until
+                )
+                for task_id in chosen
             ]
 
         return await self.db.write(op)
@@ -231,7 +239,7 @@ class TaskStore:
             cursor = conn.execute(
                 "UPDATE tasks SET state = ?, attempts = ?, net_failures = ?, next_attempt_at = ?,"
                 " lease_expires_at = NULL, last_error = ?, result = COALESCE(?, result), updated_at = ?"
-                " WHERE id = ? AND state = 'running'",
+                " WHERE id = ? AND state = 'running' RETURNING *",
                 (
                     str(decision.state),
                     decision.attempts,
@@ -243,11 +251,12 @@ class TaskStore:
                     task.id,
                 ),
             )
-            if cursor.rowcount != 1:
+            rows = cursor.fetchall()  # the updated row itself: no second read
+            if len(rows) != 1:
                 # Cancelled or reclaimed while in flight: the delivery still happened, so keep
                 # its answer, but the task's state is no longer ours to change.
                 return _load(conn, task.id), None
-            settled = _load(conn, task.id)
+            settled = Task.from_row(rows[0])
             receipt = None
             if settled.state in SETTLED:
                 receipt = receipts.append(conn, _task_receipt(settled, duration_ms))
@@ -413,15 +422,16 @@ class TaskStore:
         return [Task.from_row(r) for r in rows]
 
 
-def _take(rows: list[sqlite3.Row], limit: int, counts: dict[str, int], per_host: int) -> list[Task]:
-    """Up to `limit` of `rows` in order, keeping each host under `per_host` (counts updated)."""
-    chosen: list[Task] = []
-    for row in rows:
+def _take(rows: list[sqlite3.Row], limit: int, counts: dict[str, int], per_host: int) -> list[str]:
+    """Ids of up to `limit` of `rows` (id, host) in order, keeping each host under `per_host`
+    (counts updated)."""
+    chosen: list[str] = []
+    for task_id, host in rows:
         if len(chosen) == limit:
             break
-        if counts.get(row["host"], 0) < per_host:
-            counts[row["host"]] = counts.get(row["host"], 0) + 1
-            chosen.append(Task.from_row(row))
+        if counts.get(host, 0) < per_host:
+            counts[host] = counts.get(host, 0) + 1
+            chosen.append(task_id)
     return chosen
 
 
