@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 from agentproc import Agent, Receiver, raw_request, wait_for
 
+from waystation.queue.flusher import LEASE_AHEAD, UNRECORDED_MAX
+
 pytestmark = pytest.mark.slow
 
 CONCURRENCY = 4  # queue.concurrency, set explicitly below so the bound is the one under test
@@ -227,9 +229,9 @@ def test_kill_9_in_the_middle_of_a_flush(agent_factory: Callable[..., Agent], re
             key
             for (key,) in db_rows(agent.database, "SELECT idempotency_key FROM tasks WHERE state = 'running'")
         }
-        # Leased: at most 2 x `concurrency` held by the flusher (flusher.py): being delivered,
-        # answered but not yet recorded, or leased ahead. Only these can be delivered again.
-        assert 0 < len(running) <= 2 * CONCURRENCY, running
+        # Leased: what the flusher holds (flusher.py): being delivered, answered but not yet
+        # recorded, or leased ahead. Only these can be delivered again.
+        assert 0 < len(running) <= (2 + LEASE_AHEAD + UNRECORDED_MAX) * CONCURRENCY, running
         in_flight_at_kill.append(running)
         agent.start({"WAYSTATION_CONNECTIVITY__MODE": "online"})
 
@@ -243,6 +245,10 @@ def test_kill_9_in_the_middle_of_a_flush(agent_factory: Callable[..., Agent], re
             f"{key} delivered {times} times, in flight at {kills_in_flight} kills"
         )
     assert sum(received.values()) - len(received) <= sum(len(running) for running in in_flight_at_kill)
+    # ...and no more than what was being sent or not yet recorded at each kill.
+    assert sum(received.values()) - len(received) <= (1 + UNRECORDED_MAX) * CONCURRENCY * len(
+        in_flight_at_kill
+    )
 
     final = counts(agent)
     assert final["running"] == 0 and final["pending"] == 0 and final["done"] == n, final

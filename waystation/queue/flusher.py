@@ -31,6 +31,18 @@ from waystation.queue.store import Task, TaskStore
 log = structlog.get_logger(__name__)
 
 LEASE_RETRY_S = 5.0  # after a failed lease (database locked, disk full), try again this much later
+# Leasing runs this many batches of `concurrency` ahead of the free slots, like a consumer's
+# prefetch (Celery's default multiplier is 4). A lease is a write that waits its turn behind the
+# settles in the group commit, and a slot that frees while nothing is leased waits with it:
+# measured on one loopback host, one batch ahead left nothing leased at 99% of answers (~780
+# deliveries/s); four batches ahead, ~1,200/s. Leased-ahead tasks show as `running` but are not
+# sent: after a crash they go back to pending untouched.
+LEASE_AHEAD = 4
+# Answers not yet recorded may reach this many batches of `concurrency`; past it no delivery
+# starts, so a database that is slow or refusing (a full disk) cannot let delivered-but-unrecorded
+# tasks pile up: each would be delivered again after a crash. With at most `concurrency` being
+# sent, the tasks that can be delivered twice after a crash are at most 3 x concurrency.
+UNRECORDED_MAX = 2
 # Pauses between attempts to record a delivery's answer the database refused (about a minute).
 SETTLE_RETRIES_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 SHUTDOWN_RECORD_S = 2.0  # at shutdown, how long answers already in may take to be recorded
@@ -138,9 +150,8 @@ class Flusher:
         """Start deliveries up to the limits and keep a lease going; return how long to sleep
         (None: until woken).
 
-        Leasing runs one batch ahead and in the background: up to `concurrency` more tasks wait
-        leased in memory, so a finished delivery's slot refills at once instead of waiting for a
-        lease transaction (an fsync, queued behind the settles of other deliveries).
+        Leasing runs in the background and LEASE_AHEAD batches of `concurrency` ahead, so a slot
+        that frees starts its next delivery at once instead of waiting for a lease transaction.
         """
         if self._connectivity.state != "online":
             await self._release_ready()
@@ -150,7 +161,7 @@ class Flusher:
             return None  # its end wakes us
         if time.monotonic() < self._lease_again_at:
             return self._lease_again_at - time.monotonic()
-        want = 2 * self._settings.concurrency - len(self._in_flight) - len(self._ready)
+        want = (1 + LEASE_AHEAD) * self._settings.concurrency - len(self._sending) - len(self._ready)
         if want > 0 and self._found_nothing_at != self._wakes:
             self._leasing = asyncio.create_task(self._lease(want, self._wakes), name="lease")
             return None
@@ -163,7 +174,8 @@ class Flusher:
         hold_back = self._hold_back_bytes()
         extra = {} if hold_back is None else {"hold_back_bytes": hold_back}
         try:
-            leased = await self._store.lease(want, held, 2 * self._settings.per_host, **extra)
+            per_host = (1 + LEASE_AHEAD) * self._settings.per_host  # room for the other hosts too
+            leased = await self._store.lease(want, held, per_host, **extra)
         except DatabaseError as exc:
             log.error("cannot lease tasks", error=exc.message)
             self._lease_again_at = time.monotonic() + LEASE_RETRY_S
@@ -187,6 +199,9 @@ class Flusher:
     def _start_ready(self) -> None:
         """Start leased tasks while there are free slots and their host is under its limit."""
         waiting: collections.deque[Task] = collections.deque()
+        unrecorded = len(self._in_flight) - len(self._sending)
+        if unrecorded >= UNRECORDED_MAX * self._settings.concurrency:
+            return  # the database is not keeping up (or refuses): a recorded answer wakes us
         while self._ready:
             task = self._ready.popleft()
             if (
