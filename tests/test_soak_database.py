@@ -152,6 +152,23 @@ def test_the_agent_refuses_a_database_it_must_not_use(home: Path, case: str) -> 
     assert fingerprint(database) == before, f"`queue ls` changed the {case} database"
     assert side_files(home) == [], side_files(home)
 
+    # `waystation doctor` says the same on its database line (it must not pass a foreign file).
+    doctor = subprocess.run(
+        [*AGENT_COMMAND[:-1], "doctor"],
+        env=agent_env(home),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=REFUSAL_TIMEOUT_S,
+        check=False,
+    )
+    assert doctor.returncode == 1, f"`doctor` on a {case} database: {doctor.returncode}\n{doctor.stdout}"
+    (line,) = [line for line in doctor.stdout.splitlines() if line.split()[1:2] == ["database"]]
+    assert line.startswith("fail") and str(database) in line, f"`doctor` on a {case} database: {line}"
+    if case.startswith(("foreign", "newer")):
+        assert all(word in line.lower() for word in words), f"`doctor` on a {case} database: {line}"
+    assert fingerprint(database) == before, f"`doctor` changed the {case} database"
+
     if case.startswith("foreign"):  # and its owner still has it all
         with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as conn:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

@@ -309,12 +309,18 @@ def check_agent(socket: Path) -> Check:
 def check_database(database: Path) -> Check:
     if not database.exists():
         return Check("warn", "database", f"no database yet at {database} (the agent creates it on first run)")
+    from waystation.db import refuse_unknown_schema
+    from waystation.errors import DatabaseError
+
     try:
         conn = sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True, timeout=5)
         try:
+            refuse_unknown_schema(conn, database)  # the agent's own refusal: too new, or not ours
             rows = conn.execute("PRAGMA quick_check").fetchall()
         finally:
             conn.close()
+    except DatabaseError as exc:
+        return Check("fail", "database", exc.message)
     except sqlite3.Error as exc:
         return Check("fail", "database", f"{database} cannot be read: {exc}; {_database_fix(database)}")
     problems = [str(r[0]) for r in rows if r and r[0] != "ok"]

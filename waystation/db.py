@@ -283,7 +283,7 @@ def _open_writer(path: Path, check: bool) -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         # Before anything writes (switching to WAL rewrites the header, the chmod, the migrations):
         # a file that is not ours, or too new for us, must be refused exactly as it was found.
-        _refuse_unknown(conn, path)
+        refuse_unknown_schema(conn, path)
         row = conn.execute("PRAGMA journal_mode = WAL").fetchone()
         if row is None or row[0] != "wal":
             raise DatabaseError(path, f"could not enable WAL (journal_mode={row[0] if row else '?'})")
@@ -310,7 +310,7 @@ def _too_new(path: Path, version: int) -> DatabaseTooNew:
     )
 
 
-def _refuse_unknown(conn: sqlite3.Connection, path: Path) -> None:
+def refuse_unknown_schema(conn: sqlite3.Connection, path: Path) -> None:
     """Refuse a newer schema, and a SQLite file holding another application's tables.
 
     Version 0 means "no Waystation schema yet", which is right for a new, empty file. Without this
