@@ -324,13 +324,14 @@ class Receiver:
     Every request is recorded; `hits()` reads the records (the /_hits path is not recorded).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        """`host`: the address to listen on (another one than loopback: reachable from a netns)."""
         self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-c",
                 f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-                "import agentproc; agentproc.receiver_main()",
+                f"import agentproc; agentproc.receiver_main({host!r})",
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -344,7 +345,7 @@ class Receiver:
             self.proc.stdout.close()
             raise AssertionError("the receiver did not start")
         self.port = int(line)
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = f"http://{host}:{self.port}"
         self._http = httpx.Client(base_url=self.base, trust_env=False, timeout=10)
 
     def url(self, path: str) -> str:
@@ -376,7 +377,7 @@ class Receiver:
         self.close()
 
 
-def receiver_main() -> None:
+def receiver_main(host: str = "127.0.0.1") -> None:
     """The receiver process: serve until SIGTERM. Prints its port as the first line."""
     import asyncio
     import collections
@@ -415,7 +416,7 @@ def receiver_main() -> None:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         site = web.SockSite(runner, sock)
         await site.start()
         sys.stdout.write(f"{sock.getsockname()[1]}\n")

@@ -100,6 +100,19 @@ def side_files(home: Path) -> list[str]:
     )
 
 
+def waystation_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A `waystation` command with no agent running (it reads the database file itself)."""
+    return subprocess.run(
+        [*AGENT_COMMAND[:-1], *args],
+        env=agent_env(home),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=REFUSAL_TIMEOUT_S,
+        check=False,
+    )
+
+
 def assert_one_clear_line(stderr: str, path: Path, words: tuple[str, ...], what: str) -> None:
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, f"{what}: expected one line on stderr, got {len(lines)}:\n{stderr}"
@@ -137,15 +150,7 @@ def test_the_agent_refuses_a_database_it_must_not_use(home: Path, case: str) -> 
     assert not (home / "waystation.sock").exists(), "a socket was bound for an agent that cannot run"
 
     # No agent now: `queue ls` reads the file directly, and must refuse it the same way.
-    listed = subprocess.run(
-        [*AGENT_COMMAND[:-1], "queue", "ls"],
-        env=agent_env(home),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=REFUSAL_TIMEOUT_S,
-        check=False,
-    )
+    listed = waystation_cli(home, "queue", "ls")
     assert listed.returncode == 1, f"`queue ls` on a {case} database: {listed.returncode}\n{listed.stdout}"
     assert listed.stdout == "", f"`queue ls` printed a listing of a {case} database: {listed.stdout}"
     assert_one_clear_line(listed.stderr, database, words, f"`waystation queue ls` on a {case} database")
@@ -153,15 +158,7 @@ def test_the_agent_refuses_a_database_it_must_not_use(home: Path, case: str) -> 
     assert side_files(home) == [], side_files(home)
 
     # `waystation doctor` says the same on its database line (it must not pass a foreign file).
-    doctor = subprocess.run(
-        [*AGENT_COMMAND[:-1], "doctor"],
-        env=agent_env(home),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=REFUSAL_TIMEOUT_S,
-        check=False,
-    )
+    doctor = waystation_cli(home, "doctor")
     assert doctor.returncode == 1, f"`doctor` on a {case} database: {doctor.returncode}\n{doctor.stdout}"
     (line,) = [line for line in doctor.stdout.splitlines() if line.split()[1:2] == ["database"]]
     assert line.startswith("fail") and str(database) in line, f"`doctor` on a {case} database: {line}"

@@ -22,15 +22,12 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import agentproc
-import httpx
 import pytest
 from agentproc import Agent, Receiver, agent_env, raw_request, wait_for
 
@@ -269,35 +266,6 @@ def agent_namespace() -> Iterator[tuple[str, str, str]]:
         subprocess.run(["ip", "link", "del", veth_host], capture_output=True, timeout=10)
 
 
-class BoundReceiver(Receiver):
-    """agentproc's Receiver, listening on `host` instead of 127.0.0.1 (reachable from a namespace)."""
-
-    def __init__(self, host: str) -> None:
-        tests = str(Path(__file__).parent)
-        script = (
-            f"import socket, sys; sys.path.insert(0, {tests!r}); import agentproc; "
-            "bind = socket.socket.bind; "
-            f"socket.socket.bind = lambda s, a: bind(s, ({host!r}, a[1]) if a[0] == '127.0.0.1' else a); "
-            "agentproc.receiver_main()"
-        )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", script],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=agent_env(Path(tempfile.gettempdir())),
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait(10)
-            self.proc.stdout.close()
-            raise AssertionError("the receiver did not start")
-        self.port = int(line)
-        self.base = f"http://{host}:{self.port}"
-        self._http = httpx.Client(base_url=self.base, trust_env=False, timeout=10)
-
-
 @netns_only
 @pytest.mark.netns
 @pytest.mark.timeout(600)
@@ -317,7 +285,7 @@ def test_link_flapping_in_a_namespace_delivers_each_task_once(
     # the test kills at teardown is the agent's own).
     monkeypatch.setattr(agentproc, "AGENT_COMMAND", ["ip", "netns", "exec", ns, *agentproc.AGENT_COMMAND])
 
-    with BoundReceiver(host) as receiver:
+    with Receiver(host) as receiver:  # on the veth's host end, reachable from the namespace
         # Deliberately longer than the whole flapping: a delivery that times out after its request
         # arrived is legitimately sent again (at least once), which is not what this test is
         # about. TCP holds a connection across a link that goes down and up, so without a
