@@ -83,13 +83,6 @@ def verify_ok(agent: Agent) -> dict[str, Any]:
     return result
 
 
-def counts(agent: Agent) -> dict[str, int]:
-    answer = raw_request(agent.socket, "GET", "/v1/status")
-    assert answer is not None and answer[0] == 200, answer
-    queue: dict[str, int] = answer[1]["queue"]
-    return queue
-
-
 class EventStream:
     """A raw client of `GET /v1/events` (raw, so it survives the agent going away quietly)."""
 
@@ -147,7 +140,7 @@ def test_sigint_stops_an_idle_agent_cleanly(agent_factory: Callable[..., Agent],
     assert not agent.socket.exists(), "a clean stop removes its socket"
     assert db_rows(agent.database, "SELECT state FROM tasks") == [("pending",)]
     agent.start()
-    assert counts(agent)["pending"] == 1
+    assert agent.counts()["pending"] == 1
 
 
 def test_kill_9_while_tasks_are_parked(agent_factory: Callable[..., Agent], receiver: Receiver) -> None:
@@ -193,13 +186,13 @@ def test_kill_9_while_tasks_are_parked(agent_factory: Callable[..., Agent], rece
     for task in acknowledged:
         assert pending[task["id"]]["idempotency_key"] == task["idempotency_key"]
         assert pending[task["id"]]["attempts"] == 0
-    assert counts(agent)["running"] == 0
+    assert agent.counts()["running"] == 0
     assert receiver.hits("/ok/parked/") == [], "nothing may be delivered while offline"
 
     # Back online: everything that was parked (acknowledged or not) is delivered, once each.
     total = len(pending)
     agent.set_mode("online")
-    wait_for(lambda: counts(agent)["done"] == total, timeout=30, what=f"{total} deliveries")
+    wait_for(lambda: agent.counts()["done"] == total, timeout=30, what=f"{total} deliveries")
     keys = collections.Counter(receiver.keys("/ok/parked/"))
     assert {t["idempotency_key"] for t in acknowledged} <= set(keys)
     assert max(keys.values()) == 1, "no kill during delivery, so no duplicate"
@@ -211,7 +204,7 @@ def test_kill_9_in_the_middle_of_a_flush(agent_factory: Callable[..., Agent], re
     agent = agent_factory(agent_settings(receiver, "offline")).start()
     tasks = enqueue_many(agent, receiver, "/slow/20/flush", n)
     keys = {t["idempotency_key"] for t in tasks}
-    assert counts(agent)["pending"] == n
+    assert agent.counts()["pending"] == n
 
     agent.set_mode("online")
     in_flight_at_kill: list[set[str]] = []
@@ -235,7 +228,7 @@ def test_kill_9_in_the_middle_of_a_flush(agent_factory: Callable[..., Agent], re
         in_flight_at_kill.append(running)
         agent.start({"WAYSTATION_CONNECTIVITY__MODE": "online"})
 
-    wait_for(lambda: counts(agent)["done"] == n, timeout=40, what=f"all {n} tasks done")
+    wait_for(lambda: agent.counts()["done"] == n, timeout=40, what=f"all {n} tasks done")
     received = collections.Counter(h.key for h in receiver.hits("/slow/20/flush/"))
     assert set(received) == keys, "every acknowledged task is delivered at least once"
     # At least once, and more only for a task that was running (leased) when a kill landed.
@@ -250,7 +243,7 @@ def test_kill_9_in_the_middle_of_a_flush(agent_factory: Callable[..., Agent], re
         in_flight_at_kill
     )
 
-    final = counts(agent)
+    final = agent.counts()
     assert final["running"] == 0 and final["pending"] == 0 and final["done"] == n, final
     assert verify_ok(agent)["count"] == n
 
@@ -269,7 +262,7 @@ def test_sigterm_during_a_flush(agent_factory: Callable[..., Agent], receiver: R
     agent.set_mode("online")
     # Wait until deliveries are surely in flight (each one takes 250 ms to answer).
     wait_for(lambda: len(receiver.hits("/slow/250/term/")) >= 2 * CONCURRENCY, timeout=20, what="deliveries")
-    in_flight_seen = counts(agent)["running"]
+    in_flight_seen = agent.counts()["running"]
     assert in_flight_seen > 0
 
     with open_event_stream(agent):  # an open stream must not hold the shutdown up
@@ -290,7 +283,7 @@ def test_sigterm_during_a_flush(agent_factory: Callable[..., Agent], receiver: R
 
     # Nothing was lost: a restart finishes the job.
     agent.start({"WAYSTATION_CONNECTIVITY__MODE": "online"})
-    wait_for(lambda: counts(agent)["done"] == n, timeout=30, what=f"all {n} tasks done")
+    wait_for(lambda: agent.counts()["done"] == n, timeout=30, what=f"all {n} tasks done")
     assert {h.key for h in receiver.hits("/slow/250/term/")} == {t["idempotency_key"] for t in tasks}
     verify_ok(agent)
 

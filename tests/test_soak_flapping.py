@@ -77,13 +77,6 @@ def enqueue_many(agent: Agent, url: Callable[[int], str], prefix: str, n: int, w
     return keys
 
 
-def queue_counts(agent: Agent) -> dict[str, int]:
-    answer = raw_request(agent.socket, "GET", "/v1/status")
-    assert answer is not None and answer[0] == 200, answer
-    counts: dict[str, int] = answer[1]["queue"]
-    return counts
-
-
 def connectivity(agent: Agent) -> dict[str, Any]:
     answer = raw_request(agent.socket, "GET", "/v1/connectivity")
     assert answer is not None and answer[0] == 200, answer
@@ -101,7 +94,7 @@ def metric(agent: Agent, name: str, label: str) -> int:
 
 def check_the_end(agent: Agent, hits: list[agentproc.Hit], keys: set[str], mode: str) -> int:
     """The shared end state: all done and once each, nothing running, online, chain intact."""
-    counts = queue_counts(agent)
+    counts = agent.counts()
     assert counts["running"] == 0, f"tasks stuck running after the drain: {counts}"
     assert counts["done"] == len(keys) and sum(counts.values()) == len(keys), counts
     received = collections.Counter(h.key for h in hits)
@@ -170,7 +163,7 @@ def test_forced_flapping_delivers_only_while_online_and_each_task_once(
             # A checkpoint: once what was in flight has finished and the batch leased ahead has
             # gone back, an offline agent holds nothing and must send nothing at all.
             wait_for(
-                lambda: queue_counts(agent)["running"] == 0,
+                lambda: agent.counts()["running"] == 0,
                 timeout=15,
                 what=f"leased tasks to go back to pending while offline (flip {i})",
             )
@@ -185,7 +178,7 @@ def test_forced_flapping_delivers_only_while_online_and_each_task_once(
     sent = time.time()
     agent.set_mode("online")
     flips.append(("online", sent, time.time()))
-    wait_for(lambda: queue_counts(agent)["done"] == n, timeout=120, what=f"all {n} tasks done")
+    wait_for(lambda: agent.counts()["done"] == n, timeout=120, what=f"all {n} tasks done")
 
     hits = task_hits()
     # Offline stretches: from the offline answer to the next online request. What lands there
@@ -321,7 +314,7 @@ def test_link_flapping_in_a_namespace_delivers_each_task_once(
         wait_for(lambda: connectivity(agent)["state"] == "offline", timeout=15, what="offline, link down")
         ip("-n", ns, "link", "set", veth, "up")
         wait_for(lambda: connectivity(agent)["state"] == "online", timeout=15, what="online, link up")
-        wait_for(lambda: queue_counts(agent)["done"] == n, timeout=120, what=f"all {n} tasks done")
+        wait_for(lambda: agent.counts()["done"] == n, timeout=120, what=f"all {n} tasks done")
 
         hits = receiver.hits(prefix)
         total = check_the_end(agent, hits, keys, "auto")
