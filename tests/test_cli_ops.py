@@ -3,7 +3,9 @@
 doctor on a fresh home: llama.cpp loads and decodes (ok), no database and no agent are warnings,
 not failures; a damaged database fails naming the file; a llama.cpp that dies of SIGSEGV is
 reported with the portable rebuild. events: follows a live agent's stream and prints the task
-event of a task added meanwhile; exits 3 without an agent.
+event of a task added meanwhile; exits 3 without an agent; follows the stream across an agent
+restart (every event once, in order, one notice of the outage on stderr), resuming with
+Last-Event-ID.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import selectors
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from agentproc import Agent, agent_env, make_home, remove_home
+from agentproc import Agent, agent_env, make_home, remove_home, wait_for
 
 from waystation import cli_ops
 
@@ -209,3 +213,173 @@ def test_event_line_summaries() -> None:
         "connectivity", {"state": "offline", "mode": "offline"}
     )
     assert os.linesep not in cli_ops.event_line("turn", {"turn_id": "turn_1", "route": "local", "usage": {}})
+
+
+# --- events: following across restarts -----------------------------------------------------------
+
+
+def add_task(agent: Agent, name: str) -> str:
+    answer = agent.api("POST", "/v1/tasks", json={"tool": "web_fetch", "args": {"url": f"{URL}/{name}"}})
+    assert answer.status_code == 201, answer.text
+    task_id: str = answer.json()["id"]
+    return task_id
+
+
+def printed(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.read_text().splitlines() if line.endswith("}")]
+
+
+def printed_tasks(out: Path) -> list[str]:
+    return [e["data"]["id"] for e in printed(out) if e["event"] == "task"]
+
+
+def test_events_follows_the_stream_across_an_agent_restart(home: Path, tmp_path: Path) -> None:
+    agent = Agent(home, env={"WAYSTATION_CONNECTIVITY__MODE": "offline"})
+    out, err = tmp_path / "out", tmp_path / "err"
+    proc: subprocess.Popen[str] | None = None
+    created: list[str] = []
+    try:
+        agent.start()
+        with out.open("w") as stdout, err.open("w") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "waystation", "events", "--json"],
+                env=agent_env(home),
+                stdout=stdout,
+                stderr=stderr,
+                text=True,
+            )
+
+        def task_printed() -> bool:  # tasks added before it subscribed are not replayed
+            created.append(add_task(agent, f"first-{len(created)}"))
+            return bool(printed_tasks(out))
+
+        wait_for(task_printed, 20, 0.3, "a task event from the first run")
+        created += [add_task(agent, f"before-{i}") for i in range(3)]
+        wait_for(lambda: printed_tasks(out)[-1:] == created[-1:], 10, 0.05, "the first run's events")
+
+        assert agent.stop() == 0
+        wait_for(lambda: "agent went away" in err.read_text(), 10, 0.05, "the notice of the outage")
+        agent.start()
+        # Added before the follower is back: it catches up from Last-Event-ID.
+        created += [add_task(agent, f"after-{i}") for i in range(3)]
+        wait_for(lambda: "reconnected" in err.read_text(), 15, 0.05, "the reconnect")
+        created += [add_task(agent, f"later-{i}") for i in range(2)]
+        wait_for(lambda: printed_tasks(out)[-1:] == created[-1:], 10, 0.05, "the second run's events")
+        assert proc.poll() is None, err.read_text()
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(10)
+        agent.close()
+
+    assert proc.returncode == 0, err.read_text()
+    tasks = printed_tasks(out)
+    first = created.index(tasks[0])
+    assert tasks == created[first:], "every task once, in order, across the restart"
+    lines = out.read_text().splitlines()
+    assert len(lines) == len(set(lines)), "no event printed twice"
+    notices = err.read_text().splitlines()
+    assert notices == ["agent went away; reconnecting…", "reconnected"], notices
+
+
+def test_resuming_with_last_event_id_sees_no_event_twice(home: Path) -> None:
+    from waystation.client import AgentClient
+
+    agent = Agent(home, env={"WAYSTATION_CONNECTIVITY__MODE": "offline"})
+    try:
+        agent.start()
+        first = [add_task(agent, f"first-{i}") for i in range(4)]
+        seen: list[tuple[int | None, str, Any]] = []
+        with AgentClient(agent.socket) as client:
+            for event in client.follow_events(0):  # everything this process has published
+                seen.append(event)
+                if event[1] == "task" and event[2]["id"] == first[-1]:
+                    break
+        ids = [ident for ident, _, _ in seen]
+        assert all(isinstance(i, int) for i in ids) and ids == sorted(set(ids)), ids
+        resume_after = ids[-3]
+        more = [add_task(agent, f"more-{i}") for i in range(2)]
+        again: list[tuple[int | None, str, Any]] = []
+        with AgentClient(agent.socket) as client:
+            for event in client.follow_events(resume_after):
+                again.append(event)
+                if event[1] == "task" and event[2]["id"] == more[-1]:
+                    break
+    finally:
+        agent.close()
+    assert again[:2] == seen[-2:], "resumes right after the id it gave"
+    again_ids = [ident for ident, _, _ in again]
+    assert len(again_ids) == len(set(again_ids)), again_ids
+    assert not set(again_ids) & set(ids[:-2]), "nothing at or before Last-Event-ID comes again"
+    tasks = [data["id"] for _, kind, data in again if kind == "task"]
+    assert tasks == first[-2:] + more
+
+
+class FakeAgent:
+    """Stands in for AgentClient.follow_events: each call plays the next script item, an error
+    (the agent is gone) or a list of events (the stream, which then ends)."""
+
+    def __init__(self, *script: Any) -> None:
+        self.script = list(script)
+        self.resumed: list[int | None] = []
+
+    def follow_events(
+        self, last_event_id: int | None = None, on_open: Callable[[], None] | None = None
+    ) -> Iterator[tuple[int | None, str, Any]]:
+        self.resumed.append(last_event_id)
+        if not self.script:
+            raise KeyboardInterrupt  # the end of the test, as a Ctrl-C
+        step = self.script.pop(0)
+        if isinstance(step, BaseException):
+            raise step
+        if on_open is not None:
+            on_open()
+        for ident in step:
+            yield ident, "task", {"n": ident}
+
+
+def test_follow_events_dedupes_and_notes_each_outage_once(tmp_path: Path) -> None:
+    from waystation.errors import AgentNotRunning
+
+    gone = AgentNotRunning(tmp_path / "sock")
+    fake = FakeAgent([1, 2, 3], gone, gone, gone, [2, 3, 4, 5], [], [5, 6], gone, [7])
+    shown: list[int] = []
+    notes: list[str] = []
+    pauses: list[float] = []
+    with pytest.raises(KeyboardInterrupt):
+        cli_ops.follow_events(
+            fake,  # type: ignore[arg-type]
+            lambda kind, data: shown.append(data["n"]),
+            sleep=pauses.append,
+            note=notes.append,
+        )
+    assert shown == [1, 2, 3, 4, 5, 6, 7]
+    assert fake.resumed == [None, 3, 3, 3, 3, 5, 5, 6, 6, 7]
+    assert notes == ["agent went away; reconnecting…", "reconnected"] * 2
+    assert pauses[:3] == [0.2, 0.4, 0.8]  # growing while the agent is away, reset once back
+
+
+def test_follow_events_gives_up_when_no_agent_was_ever_reached(tmp_path: Path) -> None:
+    from waystation.errors import AgentNotRunning
+
+    fake = FakeAgent(AgentNotRunning(tmp_path / "sock"))
+    with pytest.raises(AgentNotRunning):
+        cli_ops.follow_events(fake, lambda kind, data: None, sleep=lambda s: None, note=lambda s: None)  # type: ignore[arg-type]
+
+
+def test_follow_events_after_the_agent_left_before_any_event(tmp_path: Path) -> None:
+    """Nothing printed yet when the agent went: the next process is read from its first event."""
+    from waystation.errors import AgentNotRunning
+
+    booted = int(time.time() * 1_000_000) + 60_000_000  # a process started a minute later
+    fake = FakeAgent([], AgentNotRunning(tmp_path / "sock"), [booted])
+    shown: list[int] = []
+    with pytest.raises(KeyboardInterrupt):
+        cli_ops.follow_events(
+            fake,  # type: ignore[arg-type]
+            lambda kind, data: shown.append(data["n"]),
+            sleep=lambda s: None,
+            note=lambda s: None,
+        )
+    assert shown == [booted]
+    assert fake.resumed[:2] == [None, None] and isinstance(fake.resumed[2], int)

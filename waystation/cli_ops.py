@@ -18,12 +18,16 @@ import sqlite3
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 
 from waystation.cli_common import JsonFlag
+
+if TYPE_CHECKING:
+    from waystation.client import AgentClient
 
 Level = Literal["ok", "warn", "fail"]
 
@@ -53,11 +57,21 @@ print(len(tokens), llm.n_tokens)
 # --- events ------------------------------------------------------------------------------------
 
 
+RETRY_FIRST_S = 0.2  # the first wait for an agent that went away; doubling up to
+RETRY_MAX_S = 5.0
+# Failures that mean "the agent is not there (yet)": wait and reconnect. Any other error answer
+# is the agent refusing, and ends the command.
+AWAY_CODES = frozenset({"agent_not_running", "agent_unreachable", "agent_timeout"})
+
+
 def events(as_json: JsonFlag = False) -> None:
     """Follow the agent's event stream (connectivity, task, turn, receipt) until Ctrl-C.
 
     One readable line per event: time, kind and a summary; `--json` prints each event as one
     JSON line, `{"event": KIND, "data": {...}}`. Needs the running agent (exit 3 without it).
+    When the stream ends (the agent restarts, or drops a reader that fell behind) it reconnects,
+    resuming after the last event printed, so none is missed or printed twice; stderr says once
+    when the agent goes away and again when it is back.
 
     ```
     waystation events --json
@@ -68,21 +82,83 @@ def events(as_json: JsonFlag = False) -> None:
 
     client = AgentClient(Paths.resolve().socket)
     try:
-        for kind, data in client.stream_events():
-            if as_json:
-                line = json.dumps({"event": kind, "data": data}, separators=(",", ":"))
-            else:
-                line = event_line(kind, data)
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+        follow_events(client, lambda kind, data: _print_event(kind, data, as_json))
     except KeyboardInterrupt:
         return
     finally:
         client.close()
-    from waystation.errors import AgentNotRunning
 
-    # The stream ended: the agent stopped (or dropped us as a slow reader).
-    raise AgentNotRunning(Paths.resolve().socket)
+
+def _print_event(kind: str, data: Any, as_json: bool) -> None:
+    if as_json:
+        line = json.dumps({"event": kind, "data": data}, separators=(",", ":"))
+    else:
+        line = event_line(kind, data)
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _note(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def follow_events(
+    client: AgentClient,
+    emit: Callable[[str, Any], None],
+    sleep: Callable[[float], None] | None = None,
+    note: Callable[[str], None] = _note,
+) -> None:
+    """Print (`emit(kind, data)`) the agent's events for good, across restarts and dropped streams.
+
+    The first connection's failure is raised (exit 3 when no agent runs); after the agent has been
+    reached once, a lost agent is waited for with a growing pause and the stream resumed with
+    `Last-Event-ID`. An event at or before the last one printed is skipped. If the agent's process
+    went away before any event was printed, the next one is read from its first event: event ids
+    start at the agent's boot time in microseconds, so resuming after the moment of the first
+    connection is every event of a process started since."""
+    import time
+
+    from waystation.errors import WaystationError
+
+    pause = time.sleep if sleep is None else sleep
+    last_id: int | None = None
+    since: int | None = None  # when the agent was first reached, as an event id
+    reached = away = False
+    delay = RETRY_FIRST_S
+
+    def opened() -> None:
+        nonlocal since, reached, away, delay
+        if since is None:
+            since = int(time.time() * 1_000_000)
+        reached = True
+        delay = RETRY_FIRST_S
+        if away:
+            away = False
+            note("reconnected")
+
+    while True:
+        got = False
+        try:
+            for ident, kind, data in client.follow_events(last_id, on_open=opened):
+                if ident is not None:
+                    if last_id is not None and ident <= last_id:
+                        continue  # seen already (a server replaying what we had)
+                    last_id = ident
+                got = True
+                emit(kind, data)
+        except WaystationError as exc:
+            if not reached or (exc.code not in AWAY_CODES and exc.http_status < 500):
+                raise
+            if exc.code == "agent_not_running" and last_id is None:
+                last_id = since  # no process listens: the next one boots after we first connected
+            if not away:
+                away = True
+                note("agent went away; reconnecting…")
+        if got:
+            continue  # the stream ended after serving events: reconnect at once
+        pause(delay)
+        delay = min(delay * 2, RETRY_MAX_S)
 
 
 def _clock(data: dict[str, Any], *keys: str) -> str:

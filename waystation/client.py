@@ -143,23 +143,48 @@ class AgentClient:
         """(event, data) from GET /v1/events as they come; data is decoded JSON when it is JSON."""
         return self.stream_sse("GET", "/v1/events")
 
+    def follow_events(
+        self, last_event_id: int | None = None, on_open: Callable[[], None] | None = None
+    ) -> Iterator[tuple[int | None, str, Any]]:
+        """(id, event, data) from GET /v1/events, resuming after `last_event_id` when given.
+
+        `on_open` is called once the agent has accepted the stream (before any event arrives)."""
+        headers = None if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
+        return self._sse("GET", "/v1/events", headers=headers, on_open=on_open)
+
     def stream_sse(self, method: str, path: str, json: Any = None) -> Iterator[tuple[str, Any]]:
         """(event, data) of a Server-Sent Events answer as they come (no read timeout)."""
+        for _ident, event, data in self._sse(method, path, json=json):
+            yield event, data
+
+    def _sse(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        on_open: Callable[[], None] | None = None,
+    ) -> Iterator[tuple[int | None, str, Any]]:
         timeout = httpx.Timeout(self.timeout_s, connect=5.0, read=None)
-        with self._translated(), self.http.stream(method, path, json=json, timeout=timeout) as response:
+        with (
+            self._translated(),
+            self.http.stream(method, path, json=json, headers=headers, timeout=timeout) as response,
+        ):
             if response.status_code >= 400:
                 response.read()
                 raise _error_from(response)
-            event, data = "message", list[str]()
+            if on_open is not None:
+                on_open()
+            ident, event, data = None, "message", list[str]()
             for line in response.iter_lines():
                 if not line:
                     if data:
                         text = "\n".join(data)
                         try:
-                            yield event, json_module.loads(text)
+                            yield ident, event, json_module.loads(text)
                         except ValueError:
-                            yield event, text
-                    event, data = "message", []
+                            yield ident, event, text
+                    ident, event, data = None, "message", []
                 elif not line.startswith(":"):  # ":..." is a comment (keep-alive)
                     name, _, value = line.partition(":")
                     value = value.removeprefix(" ")
@@ -167,6 +192,11 @@ class AgentClient:
                         event = value
                     elif name == "data":
                         data.append(value)
+                    elif name == "id":
+                        try:
+                            ident = int(value)
+                        except ValueError:
+                            ident = None
 
     @contextlib.contextmanager
     def _translated(self) -> Iterator[None]:
