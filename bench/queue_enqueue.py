@@ -37,7 +37,8 @@ from _queues import (
 from waystation.adapters.tools import HttpRequestTool
 from waystation.config import QueueSettings
 from waystation.db import Database
-from waystation.queue.store import NewTask, TaskStore
+from waystation.queue.store import TaskStore
+from waystation.queue.tasks import NewTask
 
 WAYSTATION_CONCURRENCY = (1, 16, 64)
 

@@ -51,7 +51,8 @@ from waystation.adapters.tools.base import DeliveryResult
 from waystation.config import QueueSettings
 from waystation.db import Database
 from waystation.queue.policy import classify, decide
-from waystation.queue.store import NewTask, Task, TaskStore
+from waystation.queue.store import TaskStore
+from waystation.queue.tasks import NewTask, Task
 
 WAYSTATION_WORKERS = (1, 4, 16)
 # What a destination answered: stored with the settled task (and, for huey, as its result).

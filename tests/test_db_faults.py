@@ -30,7 +30,8 @@ from waystation.errors import (
     DatabaseTooNew,
     DiskFull,
 )
-from waystation.queue.store import NewTask, Task, TaskStore
+from waystation.queue.store import TaskStore
+from waystation.queue.tasks import NewTask, Task
 from waystation.receipts import verify_database
 
 SETTINGS = QueueSettings()
@@ -199,7 +200,8 @@ READ_ONLY_CHILD = textwrap.dedent(
     from pathlib import Path
     from waystation.config import QueueSettings
     from waystation.db import Database
-    from waystation.queue.store import NewTask, TaskStore
+    from waystation.queue.store import TaskStore
+    from waystation.queue.tasks import NewTask
 
     async def main(path):
         out = {}

@@ -23,7 +23,8 @@ from waystation.agent.services import Services
 from waystation.config import QueueSettings, Settings
 from waystation.db import Database
 from waystation.queue.policy import Decision, TaskState, classify, decide
-from waystation.queue.store import LEASE_MARGIN_S, NewTask, Task, TaskStore
+from waystation.queue.store import LEASE_MARGIN_S, TaskStore
+from waystation.queue.tasks import NewTask, Task
 from waystation.receipts import verify_database
 
 SETTINGS = QueueSettings()

@@ -14,7 +14,8 @@ from agentproc import Agent, Receiver, make_home, remove_home, wait_for
 from waystation.agent import metered
 from waystation.config import QueueSettings
 from waystation.db import Database
-from waystation.queue.store import NewTask, TaskStore
+from waystation.queue.store import TaskStore
+from waystation.queue.tasks import NewTask
 
 
 def fake_busctl(directory: Path, script: str) -> str:

@@ -25,7 +25,8 @@ from agentproc import AGENT_COMMAND, Agent, agent_env, make_home, remove_home
 
 from waystation.config import QueueSettings
 from waystation.db import SCHEMA_VERSION, Database
-from waystation.queue.store import NewTask, TaskStore
+from waystation.queue.store import TaskStore
+from waystation.queue.tasks import NewTask
 
 pytestmark = [pytest.mark.soak, pytest.mark.slow]
 

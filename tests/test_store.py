@@ -18,7 +18,8 @@ from waystation.config import QueueSettings
 from waystation.db import Database
 from waystation.errors import IdempotencyConflict, InvalidTransition, NotFound
 from waystation.queue.policy import SETTLED, Decision, Outcome, TaskState, classify, decide
-from waystation.queue.store import LEASE_MARGIN_S, NewTask, Task, TaskStore
+from waystation.queue.store import LEASE_MARGIN_S, TaskStore
+from waystation.queue.tasks import NewTask, Task
 from waystation.receipts import ReceiptDraft, RouteInfo, verify_database
 
 SETTINGS = QueueSettings()
@@ -723,7 +724,8 @@ CHILD = textwrap.dedent(
     from pathlib import Path
     from waystation.config import QueueSettings
     from waystation.db import Database
-    from waystation.queue.store import NewTask, TaskStore
+    from waystation.queue.store import TaskStore
+    from waystation.queue.tasks import NewTask
 
     async def main(path, n):
         async with await Database.open(Path(path)) as db:

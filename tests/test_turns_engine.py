@@ -49,7 +49,8 @@ from waystation.errors import (
     WaystationError,
 )
 from waystation.queue.policy import TaskState, classify, decide
-from waystation.queue.store import Task, TaskStore
+from waystation.queue.store import TaskStore
+from waystation.queue.tasks import Task
 from waystation.receipts import verify_database
 
 MODEL_FILE = "scripted.gguf"

@@ -71,7 +71,7 @@ class DirectStore:
 
     def add_task(self, tool: str, args: dict[str, Any], key: str | None) -> tuple[dict[str, Any], bool]:
         from waystation.adapters.tools import default_tools
-        from waystation.queue.store import NewTask
+        from waystation.queue.tasks import NewTask
 
         spec = default_tools().get(tool)
         valid = spec.validate(args)

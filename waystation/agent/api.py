@@ -28,7 +28,7 @@ from waystation.agent.openapi import openapi_document
 from waystation.agent.services import Services
 from waystation.errors import InputError, MalformedRequest, WaystationError
 from waystation.queue.policy import TaskState
-from waystation.queue.store import NewTask
+from waystation.queue.tasks import NewTask
 
 log = structlog.get_logger(__name__)
 

@@ -21,7 +21,8 @@ from waystation.db import Database
 from waystation.errors import WaystationError
 from waystation.queue.flusher import Flusher
 from waystation.queue.policy import SETTLED
-from waystation.queue.store import Task, TaskStore
+from waystation.queue.store import TaskStore
+from waystation.queue.tasks import Task
 
 log = structlog.get_logger(__name__)
 

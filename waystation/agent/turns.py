@@ -43,7 +43,8 @@ from waystation.errors import (
     WaystationError,
 )
 from waystation.queue.flusher import Connectivity
-from waystation.queue.store import NewTask, TaskStore
+from waystation.queue.store import TaskStore
+from waystation.queue.tasks import NewTask
 from waystation.receipts import ReceiptDraft, RouteInfo, Usage
 
 log = structlog.get_logger(__name__)

@@ -26,7 +26,8 @@ from waystation.adapters.tools import DeliveryClient, ToolRegistry
 from waystation.config import QueueSettings
 from waystation.errors import DatabaseError, DeliveryError, InvalidArguments, NetworkUnreachable, UnknownTool
 from waystation.queue.policy import Decision, Outcome, classify, decide
-from waystation.queue.store import Task, TaskStore
+from waystation.queue.store import TaskStore
+from waystation.queue.tasks import Task
 
 log = structlog.get_logger(__name__)
 
