@@ -136,6 +136,21 @@ def test_env_values_are_typed(home: Path) -> None:
     assert s.agent.default_route == "openai"
 
 
+def test_env_text_for_a_string_setting_is_kept_as_text(home: Path) -> None:
+    """TOML would read these as a number and a date; the settings want the text."""
+    s = load_settings(
+        _paths(home),
+        {
+            "WAYSTATION_AGENT__SOCKET_GROUP": "1000",
+            "WAYSTATION_MODEL__PATH": "2024-01-01",
+            "WAYSTATION_ROUTES__COMPATIBLE__MODEL": "3.5",
+        },
+    )
+    assert s.agent.socket_group == "1000"
+    assert s.model.path == "2024-01-01"
+    assert s.routes["compatible"].model == "3.5"
+
+
 def test_env_without_a_double_underscore_is_not_a_setting(home: Path) -> None:
     env = {
         "WAYSTATION_HOME": str(home),

@@ -164,19 +164,27 @@ def load_settings(paths: Paths, env: typing.Mapping[str, str] | None = None) -> 
         section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         if section == "routes":  # WAYSTATION_ROUTES__CLAUDE_SEAT__ENABLED: route names use "-"
             route, _, key = key.partition("__")
-            raw.setdefault("routes", {}).setdefault(route.replace("_", "-"), {})[key] = _from_env(name, value)
+            kind = typing.get_type_hints(RouteSettings).get(key)
+            raw.setdefault("routes", {}).setdefault(route.replace("_", "-"), {})[key] = _from_env(value, kind)
             continue
-        raw.setdefault(section, {})[key] = _from_env(name, value)
+        section_kind = typing.get_type_hints(Settings).get(section)
+        kind = typing.get_type_hints(section_kind).get(key) if section_kind is not None else None
+        raw.setdefault(section, {})[key] = _from_env(value, kind)
     return _build(raw)
 
 
-def _from_env(name: str, value: str) -> Any:
-    # Environment values are strings; TOML parsing gives numbers and booleans their type,
-    # and anything that is not a TOML literal stays a string.
+def _from_env(value: str, kind: Any) -> Any:
+    """An environment value for a setting of type `kind` (None: an unknown key, reported later).
+
+    TOML parsing gives numbers and booleans their type, and what is not a TOML literal stays a
+    string (refused later, with the key's name, where a number was due). A string setting keeps
+    the text when it reads as another TOML type (a group named 1000, a path like 2024-01-01); a
+    quoted TOML string is still unquoted."""
     try:
-        return tomllib.loads(f"v = {value}")["v"]
+        parsed = tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
         return value
+    return value if kind is str and not isinstance(parsed, str) else parsed
 
 
 def _build(raw: dict[str, dict[str, Any]]) -> Settings:
