@@ -6,12 +6,15 @@ import asyncio
 import email.utils
 import json
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -415,6 +418,47 @@ async def test_a_proxy_from_the_environment_carries_the_delivery(monkeypatch: py
     assert [(r.status, r.body) for r in results] == [(200, "proxied")] * 2
     assert [h.split(b"\r\n", 1)[0] for h in heads] == [b"GET http://destination.example/page HTTP/1.1"] * 2
     assert b"cookie:" not in heads[1].lower(), heads[1]
+
+
+@pytest.fixture
+async def tls_server(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
+    """An HTTPS destination with a certificate from a throwaway CA; yields its URL and the CA file."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="over tls")
+
+    app = web.Application()
+    app.router.add_get("/hello", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"https://127.0.0.1:{port}/hello", ca_file
+    finally:
+        await runner.cleanup()
+
+
+async def test_tls_is_verified_against_httpxs_roots_or_ssl_cert_file(
+    tls_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deliveries trust what httpx would: not a CA nobody configured, but SSL_CERT_FILE when set."""
+    target, ca_file = tls_server
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    async with new_client() as untrusting:
+        with pytest.raises(NetworkUnreachable, match=r"127\.0\.0\.1"):
+            await FETCH.deliver(untrusting, {"url": target}, KEY, 5.0)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    async with new_client() as trusting:
+        result = await FETCH.deliver(trusting, {"url": target}, KEY, 5.0)
+    assert (result.status, result.body) == (200, "over tls")
 
 
 async def test_closed_port_is_unreachable(client: DeliveryClient) -> None:

@@ -6,7 +6,9 @@ jar (consulted and fed on every exchange even when it refuses everything), defau
 merging, auth and redirect wrappers, and httpcore/anyio underneath (~0.5 ms of CPU per request
 here, against ~0.15 ms for aiohttp's client). So a delivery goes straight to a transport:
 httpx-aiohttp's (aiohttp's connection pool, as the openai SDK offers it), with no cookie jar
-anywhere and no redirects followed (a 3xx is the destination's answer to classify).
+anywhere and no redirects followed (a 3xx is the destination's answer to classify). TLS is
+verified exactly as httpx does it (certifi's roots, or SSL_CERT_FILE / SSL_CERT_DIR when set), not
+with aiohttp's default of the system store, so a delivery trusts the same servers either way.
 
 httpx ignores the proxy environment once it is given a transport, so with HTTP(S)_PROXY or
 ALL_PROXY set a delivery goes through a plain httpx.AsyncClient instead, which honours them and
@@ -68,8 +70,10 @@ def new_client() -> DeliveryClient:
 
 def _session() -> aiohttp.ClientSession:
     # Made on the first request, inside the running event loop (aiohttp binds to it). It never
-    # reads the environment: that costs a thread hop per request for netrc and proxy lookups.
-    return aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+    # reads the environment itself: that costs a thread hop per request for netrc and proxy
+    # lookups (httpx's TLS context reads SSL_CERT_FILE/SSL_CERT_DIR once, here).
+    connector = aiohttp.TCPConnector(ssl=httpx.create_ssl_context())
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
 
 
 class _NoCookies(http.cookiejar.CookieJar):
