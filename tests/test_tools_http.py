@@ -80,6 +80,11 @@ async def server() -> AsyncIterator[TestServer]:
         response.headers["WWW-Authenticate"] = 'Bearer realm="x"'
         return response
 
+    async def gzipped(request: web.Request) -> web.Response:
+        response = web.Response(text="squeezed " * 200, content_type="text/plain")
+        response.enable_compression(web.ContentCoding.gzip)
+        return response
+
     async def redirect(request: web.Request) -> web.Response:
         return web.Response(status=302, headers={"Location": "/echo"})
 
@@ -102,6 +107,7 @@ async def server() -> AsyncIterator[TestServer]:
     app.router.add_get("/split-char", split_char)
     app.router.add_get("/cookie", cookie)
     app.router.add_get("/redirect", redirect)
+    app.router.add_get("/gzipped", gzipped)
     app.router.add_get("/hang", hang)
     app.router.add_get("/stall-body", stall_body)
     test_server = TestServer(app, host="127.0.0.1", port=0)
@@ -292,6 +298,15 @@ async def test_get_carries_the_idempotency_key_and_user_agent(
     assert result.truncated is False
     assert result.retry_after_s is None
     assert result.duration_ms >= 0
+
+
+async def test_a_compressed_answer_is_decoded(server: TestServer, client: DeliveryClient) -> None:
+    """Only encodings httpx can decode are offered; the stored body is the decoded text."""
+    seen = await echoed(await FETCH.deliver(client, {"url": url(server, "/echo")}, KEY, 5.0))
+    offered = {e.strip() for e in seen["headers"]["accept-encoding"].split(",")}
+    assert offered <= {"gzip", "deflate", "identity"}, offered
+    result = await FETCH.deliver(client, {"url": url(server, "/gzipped")}, KEY, 5.0)
+    assert (result.status, result.body, result.truncated) == (200, "squeezed " * 200, False)
 
 
 async def test_post_json(server: TestServer, client: DeliveryClient) -> None:

@@ -45,6 +45,9 @@ class DeliveryClient:
         if self._proxied is not None:
             return await self._proxied.send(request, stream=True)
         assert self._direct is not None
+        # httpx decodes the body, so offer only what it always can: aiohttp would advertise br or
+        # zstd whenever some library for them is installed, and httpx looks for different ones.
+        request.headers.setdefault("accept-encoding", "gzip, deflate")
         response = await self._direct.handle_async_request(request)
         response.request = request
         return response
