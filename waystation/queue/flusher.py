@@ -46,7 +46,7 @@ LEASE_AHEAD = 4
 UNRECORDED_MAX = 2
 # Pauses between attempts to record a delivery's answer the database refused (about a minute).
 SETTLE_RETRIES_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
-SHUTDOWN_RECORD_S = 2.0  # at shutdown, how long answers already in may take to be recorded
+SHUTDOWN_RECORD_S = 2.0  # at shutdown, how long a lease or an answer's record may still take
 
 Settled = Callable[[Task, dict[str, Any] | None], None]
 # Told of each recorded delivery: its outcome, and whether it repeated an earlier attempt.
@@ -318,8 +318,11 @@ class Flusher:
 
     async def _give_back(self) -> None:
         if self._leasing is not None:
-            # Let a lease in progress finish (one write) so what it took is given back too.
-            await asyncio.wait([self._leasing])
+            # Let a lease in progress finish (one write) so what it took is given back too; one
+            # stuck on a locked database is abandoned (the next start reclaims what it took).
+            _, stuck = await asyncio.wait([self._leasing], timeout=SHUTDOWN_RECORD_S)
+            for lease in stuck:
+                lease.cancel()
         running = list(self._in_flight.values())
         ids = list(self._in_flight) + [t.id for t in self._ready]
         self._ready.clear()
