@@ -91,22 +91,13 @@ def append(conn: sqlite3.Connection, draft: ReceiptDraft) -> dict[str, Any]:
     """Chain `draft` onto the head and insert it; call only inside `Database.write`."""
     row = conn.execute("SELECT hash FROM receipts ORDER BY seq DESC LIMIT 1").fetchone()
     route, usage = draft.route, draft.usage
-    # The body's keys that sort before "hash", then those after it: each half's canonical JSON is
-    # made once and both the hashed text (without `hash`) and the stored text (with it) are joined
-    # from them, exactly as canonical_json of the whole body would sort and separate them.
-    before: dict[str, Any] = {
-        "cold_load_ms": draft.cold_load_ms,
-        "created_at": timeutil.iso(timeutil.now()),
-        "credits_used": draft.credits_used,
-        "deferred_task_ids": list(draft.deferred_task_ids),
-        "duration_ms": draft.duration_ms,
-    }
-    after: dict[str, Any] = {
+    body: dict[str, Any] = {
         "id": new_id("r"),
         "kind": draft.kind,
-        "model_answered": draft.model_answered,
-        "prev_hash": row[0] if row else GENESIS_HASH,
+        "created_at": timeutil.iso(timeutil.now()),
+        "status": draft.status,
         "reason": draft.reason,
+        # Spelled out rather than dataclasses.asdict, which deep-copies: this runs per settle.
         "route": {
             "name": route.name,
             "provider": route.provider,
@@ -114,38 +105,23 @@ def append(conn: sqlite3.Connection, draft: ReceiptDraft) -> dict[str, Any]:
             "cost_lane": route.cost_lane,
             "model": route.model,
         },
-        "status": draft.status,
-        "task_id": draft.task_id,
-        "telemetry": dict(draft.telemetry),
-        "turn_id": draft.turn_id,
         "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens},
-    }
-    head, tail = canonical_json(before)[:-1], canonical_json(after)[1:]
-    digest = hashlib.sha256(f"{head},{tail}".encode()).hexdigest()
-    text = f'{head},"hash":"{digest}",{tail}'
-    conn.execute(
-        "INSERT INTO receipts (id, kind, task_id, turn_id, body, hash) VALUES (?, ?, ?, ?, ?, ?)",
-        (after["id"], draft.kind, draft.task_id, draft.turn_id, text, digest),
-    )
-    return {  # the order receipts have always been returned in
-        "id": after["id"],
-        "kind": draft.kind,
-        "created_at": before["created_at"],
-        "status": draft.status,
-        "reason": draft.reason,
-        "route": after["route"],
-        "usage": after["usage"],
         "credits_used": draft.credits_used,
         "duration_ms": draft.duration_ms,
         "turn_id": draft.turn_id,
         "task_id": draft.task_id,
-        "deferred_task_ids": before["deferred_task_ids"],
+        "deferred_task_ids": list(draft.deferred_task_ids),
         "cold_load_ms": draft.cold_load_ms,
         "model_answered": draft.model_answered,
-        "telemetry": after["telemetry"],
-        "prev_hash": after["prev_hash"],
-        "hash": digest,
+        "telemetry": dict(draft.telemetry),
+        "prev_hash": row[0] if row else GENESIS_HASH,
     }
+    body["hash"] = receipt_hash(body)
+    conn.execute(
+        "INSERT INTO receipts (id, kind, task_id, turn_id, body, hash) VALUES (?, ?, ?, ?, ?, ?)",
+        (body["id"], draft.kind, draft.task_id, draft.turn_id, canonical_json(body), body["hash"]),
+    )
+    return body
 
 
 @dataclass(frozen=True)
