@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import http.cookiejar
 import os
+import ssl as ssl_module
 from types import TracebackType
 from typing import Any
 
@@ -34,29 +35,39 @@ class DeliveryClient:
 
     def __init__(self) -> None:
         self._proxied: httpx.AsyncClient | None = None
-        self._direct: AiohttpTransport | None = None
+        self._plain: AiohttpTransport | None = None  # http://
+        self._tls: AiohttpTransport | None = None  # https://, made at the first one
         if any(os.environ.get(name) for name in PROXY_VARIABLES):
             self._proxied = httpx.AsyncClient(cookies=_NoCookies(), follow_redirects=False)
         else:
-            self._direct = AiohttpTransport(client=_session)
+            self._plain = AiohttpTransport(client=lambda: _session(ssl=False))
 
     async def send(self, request: httpx.Request) -> httpx.Response:
         """The destination's answer with its body not yet read (read it, then aclose it)."""
         if self._proxied is not None:
             return await self._proxied.send(request, stream=True)
-        assert self._direct is not None
         # httpx decodes the body, so offer only what it always can: aiohttp would advertise br or
         # zstd whenever some library for them is installed, and httpx looks for different ones.
         request.headers.setdefault("accept-encoding", "gzip, deflate")
-        response = await self._direct.handle_async_request(request)
+        response = await self._transport_for(request.url).handle_async_request(request)
         response.request = request
         return response
 
+    def _transport_for(self, url: httpx.URL) -> AiohttpTransport:
+        if url.scheme != "https":
+            assert self._plain is not None
+            return self._plain
+        if self._tls is None:
+            # Loading the CA bundle takes ~25 ms: paid at the first https:// delivery, not at
+            # start-up and not before the first delivery over plain http.
+            context = httpx.create_ssl_context()
+            self._tls = AiohttpTransport(client=lambda: _session(ssl=context))
+        return self._tls
+
     async def aclose(self) -> None:
-        if self._proxied is not None:
-            await self._proxied.aclose()
-        if self._direct is not None:
-            await self._direct.aclose()
+        for transport in (self._proxied, self._plain, self._tls):
+            if transport is not None:
+                await transport.aclose()
 
     async def __aenter__(self) -> DeliveryClient:
         return self
@@ -71,11 +82,11 @@ def new_client() -> DeliveryClient:
     return DeliveryClient()
 
 
-def _session() -> aiohttp.ClientSession:
+def _session(ssl: ssl_module.SSLContext | bool) -> aiohttp.ClientSession:
     # Made on the first request, inside the running event loop (aiohttp binds to it). It never
     # reads the environment itself: that costs a thread hop per request for netrc and proxy
-    # lookups (httpx's TLS context reads SSL_CERT_FILE/SSL_CERT_DIR once, here).
-    connector = aiohttp.TCPConnector(ssl=httpx.create_ssl_context())
+    # lookups (httpx's TLS context has read SSL_CERT_FILE/SSL_CERT_DIR once already).
+    connector = aiohttp.TCPConnector(ssl=ssl)
     return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
 
 
