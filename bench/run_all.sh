@@ -50,7 +50,7 @@ PY
   echo "- temp dir filesystem: $(df -T "${TMPDIR:-/tmp}" | awk 'NR==2 {print $2}') (where every database lives)"
   echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "- versions: $versions"
-  echo "- git: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' + uncommitted changes')"
+  echo "- git: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':(exclude)bench/RESULTS.md' 2>/dev/null || echo ' + uncommitted changes')"
 } >"$TMP"
 
 for run in "${RUNS[@]}"; do
