@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentproc import Agent, Receiver, raw_request, wait_for
+from agentproc import Agent, Receiver, raw_request, run_in_threads, wait_for
 
 from waystation.queue.flusher import LEASE_AHEAD, UNRECORDED_MAX
 
@@ -60,11 +60,7 @@ def enqueue_many(
             with lock:
                 tasks.append(task)
 
-    threads = [threading.Thread(target=work, args=(w,)) for w in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(work, workers)
     assert len(tasks) == n
     return tasks
 

@@ -31,7 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentproc import Agent, Receiver, agent_env, make_home, raw_request, remove_home, wait_for
+from agentproc import (
+    Agent,
+    Receiver,
+    agent_env,
+    make_home,
+    raw_request,
+    remove_home,
+    run_in_threads,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.soak, pytest.mark.slow]
 
@@ -146,11 +155,7 @@ def fill_with_tasks(agent: Agent, receiver: Receiver, limit: int = 5000) -> tupl
                     unexpected.append((key, answer))
                     full.set()
 
-    threads = [threading.Thread(target=submit, args=(w,)) for w in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(submit, CLIENTS)
     assert not unexpected, f"answers other than 201 or a disk-full error: {unexpected[:3]}"
     assert refusals, f"the disk never filled after {len(acknowledged)} tasks"
     return acknowledged, refusals

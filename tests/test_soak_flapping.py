@@ -29,7 +29,7 @@ from typing import Any
 
 import agentproc
 import pytest
-from agentproc import Agent, Receiver, agent_env, raw_request, wait_for
+from agentproc import Agent, Receiver, agent_env, raw_request, run_in_threads, wait_for
 
 pytestmark = [pytest.mark.soak, pytest.mark.slow]
 
@@ -68,11 +68,7 @@ def enqueue_many(agent: Agent, url: Callable[[int], str], prefix: str, n: int, w
                 else:
                     failures.append(answer)
 
-    threads = [threading.Thread(target=work, args=(w,)) for w in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(work, workers)
     assert not failures, f"POST /v1/tasks failed: {failures[:3]}"
     return keys
 
