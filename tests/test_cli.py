@@ -435,7 +435,7 @@ def test_events_stream(agent: Agent) -> None:
     def read() -> None:
         try:
             with AgentClient(agent.socket) as client:
-                for event, data in client.stream_events():
+                for _ident, event, data in client.follow_events():
                     seen.append((event, data))
                     if event == "connectivity":
                         return

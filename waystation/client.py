@@ -139,14 +139,11 @@ class AgentClient:
                 "bad_answer", f"the agent answered {method} {path} with something that is not JSON"
             ) from None
 
-    def stream_events(self) -> Iterator[tuple[str, Any]]:
-        """(event, data) from GET /v1/events as they come; data is decoded JSON when it is JSON."""
-        return self.stream_sse("GET", "/v1/events")
-
     def follow_events(
         self, last_event_id: int | None = None, on_open: Callable[[], None] | None = None
     ) -> Iterator[tuple[int | None, str, Any]]:
-        """(id, event, data) from GET /v1/events, resuming after `last_event_id` when given.
+        """(id, event, data) from GET /v1/events, resuming after `last_event_id` when given; data
+        is decoded JSON when it is JSON.
 
         `on_open` is called once the agent has accepted the stream (before any event arrives)."""
         headers = None if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
