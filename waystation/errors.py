@@ -26,6 +26,7 @@
     ├── TurnTimeout(limit_s)         a turn ran past its wall-clock limit (504)
     ├── AgentNotRunning(socket)      a command that needs the agent found none (exit 3)
     ├── RouteRefused(route, reason)  fail-closed: the named route cannot run (exit 4)
+    │   └── RouteOffline             ... because it needs the network and the host is offline
     └── DeliveryError                a tool delivery did not get an answer
         └── NetworkUnreachable       connection, DNS or timeout: transient, no attempt counted
 
@@ -269,6 +270,24 @@ class RouteRefused(WaystationError):
         self.provider = provider
         self.auth_lane = auth_lane
         self.cost_lane = cost_lane
+
+
+class RouteOffline(RouteRefused):
+    """The route needs the network and the host is offline: the same turn may run once it is back
+    (a deferred turn waits for that instead of failing). Same code and exit code as any refusal."""
+
+    OFFLINE = "offline: cloud routes need the network"
+
+    @classmethod
+    def of(cls, refusal: RouteRefused) -> RouteOffline:
+        """The offline refusal of the route that gave `refusal` (its lanes kept)."""
+        return cls(
+            refusal.route,
+            cls.OFFLINE,
+            provider=refusal.provider,
+            auth_lane=refusal.auth_lane,
+            cost_lane=refusal.cost_lane,
+        )
 
 
 class DeliveryError(WaystationError):

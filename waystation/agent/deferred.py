@@ -13,13 +13,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from waystation.adapters.routes import OFFLINE
 from waystation.adapters.tools import DeliveryClient, DeliveryResult
 from waystation.agent.turns import DEFERRED_TURN_TOOL, TurnEngine, TurnRequest
 from waystation.errors import (
     InvalidArguments,
     NetworkUnreachable,
     ProviderError,
+    RouteOffline,
     RouteRefused,
     WaystationError,
 )
@@ -63,9 +63,9 @@ class DeferredTurnTool:
 
         try:
             result = await self._engine.run(TurnRequest(**args["request"]), turn_id=args["turn_id"])
+        except RouteOffline as exc:  # offline again before it could run: no attempt counted
+            raise NetworkUnreachable(f"route {exc.route}: offline") from None
         except RouteRefused as exc:
-            if exc.reason == OFFLINE:  # offline again before it could run: no attempt counted
-                raise NetworkUnreachable(f"route {exc.route}: offline") from None
             return answer(409, exc.to_json())
         except ProviderError as exc:
             return answer(503, exc.to_json(), exc.retry_after_s)

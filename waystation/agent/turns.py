@@ -29,7 +29,6 @@ from waystation.adapters.models.base import (
     ToolChoice,
     ToolSpec,
 )
-from waystation.adapters.routes import OFFLINE
 from waystation.adapters.tools import DeliveryClient, ToolRegistry
 from waystation.agent.turn_records import claim_for_resume, save_turn
 from waystation.db import Database
@@ -37,6 +36,7 @@ from waystation.errors import (
     EmptyPrompt,
     InvalidArguments,
     NetworkUnreachable,
+    RouteOffline,
     RouteRefused,
     TurnTimeout,
     UnknownTool,
@@ -191,9 +191,9 @@ class TurnEngine:
         except WaystationError as exc:
             if isinstance(exc, RouteRefused):
                 route = RouteInfo(exc.route, exc.provider, exc.auth_lane, exc.cost_lane)
-                if request.defer and exc.reason == OFFLINE:
+                if request.defer and isinstance(exc, RouteOffline):
                     return await self._defer_whole_turn(turn_id, request, progress, route, started)
-            status = "refused" if exc.exit_code == 4 else "error"
+            status = "refused" if isinstance(exc, RouteRefused) else "error"
             reason = getattr(exc, "reason", None) or exc.message
             await self._finish(turn_id, request, progress, route, status, reason, started)
             raise

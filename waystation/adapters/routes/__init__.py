@@ -15,10 +15,10 @@ from waystation.adapters.routes.local import LocalRoute
 from waystation.adapters.routes.providers import provider_routes
 from waystation.adapters.routes.seats import ClaudeSeat, CodexSeat
 from waystation.config import ROUTE_NAMES, Settings
-from waystation.errors import RouteRefused
+from waystation.errors import RouteOffline, RouteRefused
 from waystation.receipts import RouteInfo
 
-OFFLINE = "offline: cloud routes need the network"
+OFFLINE = RouteOffline.OFFLINE
 
 
 class Route(Protocol):
@@ -88,10 +88,13 @@ class Router:
         name = route or self.default_route
         if name not in self.routes:
             raise RouteRefused(name, f"unknown route; known routes: {', '.join(ROUTE_NAMES)}")
-        available, reason = await self.availability(name)
+        chosen = self.routes[name]
+        available, reason = await chosen.availability()
         if not available:
-            raise self.routes[name].refused(reason or "unavailable")
-        return self.routes[name].backend(model)
+            raise chosen.refused(reason or "unavailable")
+        if self._offline(chosen):
+            raise RouteOffline.of(chosen.refused(OFFLINE))
+        return chosen.backend(model)
 
     async def statuses(self) -> list[dict[str, Any]]:
         """Every route, available or not, with the reason when not: the same reason a turn on it
