@@ -18,7 +18,7 @@ import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from waystation import __version__
+from waystation import __version__, timeutil
 from waystation.adapters.tools import (
     MAX_REQUEST_BODY_BYTES,
     MAX_RESULT_BYTES,
@@ -29,7 +29,6 @@ from waystation.adapters.tools import (
     WebFetchTool,
     default_tools,
     new_client,
-    parse_retry_after,
 )
 from waystation.errors import InvalidArguments, NetworkUnreachable, UnknownTool
 
@@ -356,16 +355,16 @@ async def test_retry_after_http_date(server: TestServer, client: DeliveryClient)
 
 def test_parse_retry_after() -> None:
     now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC).timestamp()
-    assert parse_retry_after(None, now) is None
-    assert parse_retry_after("", now) is None
-    assert parse_retry_after("soon", now) is None
-    assert parse_retry_after("-5", now) is None
-    assert parse_retry_after("nan", now) is None
-    assert parse_retry_after(" 120 ", now) == 120.0
-    assert parse_retry_after("0", now) == 0.0
-    assert parse_retry_after("Thu, 01 Jan 2026 12:01:30 GMT", now) == 90.0
-    assert parse_retry_after("Thu, 01 Jan 2026 12:01:30 -0000", now) == 90.0
-    assert parse_retry_after("Thu, 01 Jan 2026 11:00:00 GMT", now) == 0.0  # in the past: now
+    assert timeutil.retry_after_seconds(None, now) is None
+    assert timeutil.retry_after_seconds("", now) is None
+    assert timeutil.retry_after_seconds("soon", now) is None
+    assert timeutil.retry_after_seconds("-5", now) is None
+    assert timeutil.retry_after_seconds("nan", now) is None
+    assert timeutil.retry_after_seconds(" 120 ", now) == 120.0
+    assert timeutil.retry_after_seconds("0", now) == 0.0
+    assert timeutil.retry_after_seconds("Thu, 01 Jan 2026 12:01:30 GMT", now) == 90.0
+    assert timeutil.retry_after_seconds("Thu, 01 Jan 2026 12:01:30 -0000", now) == 90.0
+    assert timeutil.retry_after_seconds("Thu, 01 Jan 2026 11:00:00 GMT", now) == 0.0  # in the past: now
 
 
 async def test_large_response_is_truncated(server: TestServer, client: DeliveryClient) -> None:

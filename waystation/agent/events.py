@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from waystation import timeutil
+from waystation import sse, timeutil
 
 HISTORY = 2048
 SUBSCRIBER_BUFFER = 1024
@@ -28,8 +27,7 @@ class Event:
     data: dict[str, Any]
 
     def to_sse(self) -> bytes:
-        payload = json.dumps(self.data, separators=(",", ":"))
-        return f"id: {self.id}\nevent: {self.kind}\ndata: {payload}\n\n".encode()
+        return sse.frame(self.data, self.kind, self.id)
 
 
 class _Dropped(Exception):

@@ -25,9 +25,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from waystation import __version__
+from waystation import __version__, timeutil
 from waystation.adapters.models.base import Generation, GenerationRequest, TokenSink, ToolSpec
-from waystation.adapters.tools.base import parse_retry_after
+from waystation.sse import SseParser
 from waystation.errors import (
     NetworkUnreachable,
     ProviderError,
@@ -142,10 +142,10 @@ def error_fields(body: bytes) -> tuple[str, str]:
 
 def retry_after_s(headers: httpx.Headers) -> float | None:
     """The provider's retry hint: `retry-after-ms` (OpenAI's, finer) before `Retry-After`."""
-    millis = parse_retry_after(headers.get("retry-after-ms"))
+    millis = timeutil.retry_after_seconds(headers.get("retry-after-ms"))
     if millis is not None:
         return millis / 1000.0
-    return parse_retry_after(headers.get("retry-after"))
+    return timeutil.retry_after_seconds(headers.get("retry-after"))
 
 
 def telemetry(headers: httpx.Headers) -> dict[str, str]:
@@ -293,25 +293,13 @@ async def _read_limited(response: httpx.Response) -> bytes:
 
 
 async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
-    """(event, data) pairs from a text/event-stream body (WHATWG rules, minus `id`/`retry`)."""
-    event = ""
-    data: list[str] = []
+    """(event, data) pairs from a text/event-stream body."""
+    parser = SseParser()
     async for line in response.aiter_lines():
-        if not line:
-            if data:
-                yield event or "message", "\n".join(data)
-            event, data = "", []
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if field == "event":
-            event = value
-        elif field == "data":
-            data.append(value)
-    if data:
-        yield event or "message", "\n".join(data)
+        for found in parser.feed(line):
+            yield found.event, found.data
+    for found in parser.end():
+        yield found.event, found.data
 
 
 def loads_object(route: HttpRoute, text: str | bytes) -> dict[str, Any]:

@@ -6,7 +6,6 @@ from waystation.adapters.tools.base import (
     Tool,
     ToolRegistry,
     default_tools,
-    parse_retry_after,
 )
 from waystation.adapters.tools.client import DeliveryClient, new_client
 from waystation.adapters.tools.http import MAX_REQUEST_BODY_BYTES, HttpRequestTool, WebFetchTool
@@ -22,5 +21,4 @@ __all__ = [
     "WebFetchTool",
     "default_tools",
     "new_client",
-    "parse_retry_after",
 ]

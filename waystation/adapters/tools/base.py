@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import email.utils
-import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Any, Protocol
 
 import httpx
 
-from waystation import timeutil
 from waystation.adapters.tools.client import DeliveryClient
 from waystation.errors import UnknownTool
 
@@ -80,33 +76,6 @@ class DeliveryResult:
 
 def kept_headers(headers: httpx.Headers) -> dict[str, str]:
     return {name: headers[name] for name in KEPT_RESPONSE_HEADERS if name in headers}
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After value (delta-seconds or HTTP-date); None if absent/invalid.
-
-    A date in the past means "now" (0.0). Fractional seconds are accepted though RFC 9110 says
-    integer, because being lenient costs nothing here and a server that sends them means it.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # "-0000" in the date: RFC 5322 says UTC with unknown local zone
-        when = when.replace(tzinfo=UTC)
-    current = timeutil.now() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 class Tool(Protocol):

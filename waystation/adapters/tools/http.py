@@ -14,12 +14,11 @@ from typing import Any
 
 import httpx
 
-from waystation import __version__
+from waystation import __version__, timeutil
 from waystation.adapters.tools.base import (
     MAX_RESULT_BYTES,
     DeliveryResult,
     kept_headers,
-    parse_retry_after,
 )
 from waystation.adapters.tools.client import DeliveryClient
 from waystation.errors import DeliveryError, InvalidArguments, NetworkUnreachable
@@ -208,7 +207,7 @@ async def _send(
             bytes(data[:MAX_RESULT_BYTES]), response.headers.get("content-type"), final=not truncated
         ),
         truncated=truncated,
-        retry_after_s=parse_retry_after(response.headers.get("retry-after")),
+        retry_after_s=timeutil.retry_after_seconds(response.headers.get("retry-after")),
         duration_ms=round((time.monotonic() - started) * 1000),
     )
 
