@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from waystation.agent.connectivity import ConnectivityMonitor, classify
+from waystation.adapters.connectivity.monitor import ConnectivityMonitor, classify
 from waystation.config import ConnectivitySettings
 from waystation.errors import InputError
+from waystation.testing import until
 
 LOGIN_PAGE = "<html><body><form action='/login'>Accept the terms to use Wi-Fi</form></body></html>"
 
@@ -87,16 +88,6 @@ def settings(url: str, **kw: Any) -> ConnectivitySettings:
     }
     values.update(kw)
     return ConnectivitySettings(**values)
-
-
-async def until(predicate: Any, within: float = 3.0) -> float:
-    """Wait until predicate() is true; return the seconds it took."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > within:
-            raise AssertionError(f"condition not met within {within} s")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - start
 
 
 def last_probe(monitor: ConnectivityMonitor) -> dict[str, Any]:

@@ -48,7 +48,7 @@ HTTPServer((sys.argv[1], int(sys.argv[2])), Answer204).serve_forever()
 MONITOR = r"""
 import asyncio, json, logging, sys, time
 import structlog
-from waystation.agent.connectivity import ConnectivityMonitor
+from waystation.adapters.connectivity.monitor import ConnectivityMonitor
 from waystation.config import ConnectivitySettings
 
 def emit(kind, **fields):

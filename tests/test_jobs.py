@@ -1,15 +1,13 @@
 """Scheduled housekeeping on a real database: expiry, lease reaping, WAL checkpoints, compaction.
 
-Each job is called directly (the scheduler only decides when), against a minimal stand-in for the
-agent's services that carries exactly what the jobs touch: the store, the database, the settings,
-a flusher (`held()`, `wake()`) and `task_changed`.
+Each job is called directly (the scheduler only decides when), on a station holding a real
+database and store, the shipped RecordingAnnouncer, and a stand-in flusher (`held()`, `wake()`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -17,15 +15,18 @@ from typing import Any, cast
 import pytest
 
 from waystation import timeutil
+from waystation.adapters.tools import default_tools
 from waystation.agent import jobs
 from waystation.agent.jobs import Housekeeping
-from waystation.agent.services import Services
-from waystation.config import QueueSettings, Settings
+from waystation.config import Paths, QueueSettings, Settings
 from waystation.db import Database
+from waystation.queue.flusher import Flusher
 from waystation.queue.policy import Decision, TaskState, classify, decide
 from waystation.queue.store import LEASE_MARGIN_S, TaskStore
 from waystation.queue.tasks import NewTask, Task
 from waystation.receipts import verify_database
+from waystation.station.build import Station
+from waystation.testing import RecordingAnnouncer
 
 SETTINGS = QueueSettings()
 RETENTION_S = SETTINGS.retention_days * 86400
@@ -46,26 +47,29 @@ class StubFlusher:
         self.wakes += 1
 
 
-@dataclass
-class StubServices:
-    db: Database
-    store: TaskStore
-    flusher: StubFlusher = field(default_factory=StubFlusher)
-    settings: Settings = field(default_factory=Settings)
-    changed: list[tuple[Task, dict[str, Any] | None]] = field(default_factory=list)
-
-    def task_changed(self, task: Task, receipt: dict[str, Any] | None = None) -> None:
-        self.changed.append((task, receipt))
+@pytest.fixture
+def announced() -> RecordingAnnouncer:
+    return RecordingAnnouncer()
 
 
 @pytest.fixture
-def services(db: Database) -> StubServices:
-    return StubServices(db=db, store=TaskStore(db, SETTINGS))
+def station(db: Database, tmp_path: Path, announced: RecordingAnnouncer) -> Station:
+    paths = Paths.resolve({"WAYSTATION_HOME": str(tmp_path)})
+    announcer: Any = announced
+    flusher = cast(Flusher, StubFlusher())
+    return Station(
+        "agent", paths, Settings(), db, TaskStore(db, SETTINGS), default_tools(), announcer, flusher_=flusher
+    )
 
 
 @pytest.fixture
-def housekeeping(services: StubServices) -> Housekeeping:
-    return Housekeeping(cast(Services, services))
+def flusher(station: Station) -> StubFlusher:
+    return cast(StubFlusher, station.flusher)
+
+
+@pytest.fixture
+def housekeeping(station: Station) -> Housekeeping:
+    return Housekeeping(station)
 
 
 @pytest.fixture
@@ -121,9 +125,13 @@ def _size(path: Path) -> int:
 
 
 async def test_expire_tombstones_overdue_pending_tasks(
-    housekeeping: Housekeeping, services: StubServices, db: Database, clock: list[float]
+    housekeeping: Housekeeping,
+    station: Station,
+    announced: RecordingAnnouncer,
+    db: Database,
+    clock: list[float],
 ) -> None:
-    store = services.store
+    store = station.store
     soon_a, _ = await store.enqueue(_new(1, expires_at=T0 + 60))
     soon_b, _ = await store.enqueue(_new(2, expires_at=T0 + 90))
     later, _ = await store.enqueue(_new(3, expires_at=T0 + 3600))
@@ -143,10 +151,10 @@ async def test_expire_tombstones_overdue_pending_tasks(
     }
     # One tombstone receipt per expired task, announced with it; the chain still verifies.
     assert sorted(await _receipt_task_ids(db)) == sorted([soon_a.id, soon_b.id])
-    assert {t.id for t, _ in services.changed} == {soon_a.id, soon_b.id}
-    for task, receipt in services.changed:
-        assert task.state is TaskState.EXPIRED
-        assert receipt is not None and receipt["task_id"] == task.id and receipt["status"] == "error"
+    assert {t["id"] for t, _ in announced.tasks} == {soon_a.id, soon_b.id}
+    for task, receipt in announced.tasks:
+        assert task["state"] == "expired"
+        assert receipt is not None and receipt["task_id"] == task["id"] and receipt["status"] == "error"
     verification = await verify_database(db)
     assert verification.ok and verification.count == 2
 
@@ -159,46 +167,46 @@ async def test_expire_tombstones_overdue_pending_tasks(
 
 
 async def test_reap_reclaims_expired_leases_but_keeps_held_ones(
-    housekeeping: Housekeeping, services: StubServices, db: Database, clock: list[float]
+    housekeeping: Housekeeping, station: Station, flusher: StubFlusher, db: Database, clock: list[float]
 ) -> None:
-    store = services.store
+    store = station.store
     a, _ = await store.enqueue(_new(1))
     b, _ = await store.enqueue(_new(2))
     held, _ = await store.enqueue(_new(3))
     await _lease(store, a.id, b.id, held.id)
-    services.flusher.holding = frozenset({held.id})
+    flusher.holding = frozenset({held.id})
 
     # Leases still live: nothing is abandoned, and the flusher is not woken.
     assert await housekeeping.reap() == 0
-    assert services.flusher.wakes == 0
+    assert flusher.wakes == 0
 
     clock[0] = T0 + SETTINGS.delivery_timeout_s + LEASE_MARGIN_S + 1
     assert await housekeeping.reap() == 2
-    assert services.flusher.wakes == 1
+    assert flusher.wakes == 1
     assert await _states(db) == {a.id: "pending", b.id: "pending", held.id: "running"}
     reclaimed = await store.get(a.id)
     assert reclaimed.lease_expires_at is None and reclaimed.next_attempt_at == clock[0]
 
     assert await housekeeping.reap() == 0
-    assert services.flusher.wakes == 1
+    assert flusher.wakes == 1
 
 
 # --- checkpoint -----------------------------------------------------------------------------------
 
 
 async def test_checkpoint_truncates_the_wal(
-    housekeeping: Housekeeping, services: StubServices, db: Database
+    housekeeping: Housekeeping, station: Station, db: Database
 ) -> None:
     wal = Path(f"{db.path}-wal")
     for n in range(50):
-        await services.store.enqueue(_new(n))
+        await station.store.enqueue(_new(n))
     assert _size(wal) > 0
 
     await housekeeping.checkpoint()
     assert _size(wal) == 0
     # The data is all in the main file now, and the database keeps working after it.
-    assert (await services.store.counts())["pending"] == 50
-    await services.store.enqueue(_new(1000))
+    assert (await station.store.counts())["pending"] == 50
+    await station.store.enqueue(_new(1000))
     assert _size(wal) > 0
     await housekeeping.checkpoint()
     assert _size(wal) == 0
@@ -208,9 +216,9 @@ async def test_checkpoint_truncates_the_wal(
 
 
 async def test_compact_removes_only_old_settled_rows_and_keeps_receipts(
-    housekeeping: Housekeeping, services: StubServices, db: Database, clock: list[float]
+    housekeeping: Housekeeping, station: Station, db: Database, clock: list[float]
 ) -> None:
-    store = services.store
+    store = station.store
     done, _ = await store.enqueue(_new(1))
     dead, _ = await store.enqueue(_new(2))
     cancelled, _ = await store.enqueue(_new(3))
@@ -246,8 +254,8 @@ async def test_compact_removes_only_old_settled_rows_and_keeps_receipts(
     assert await _receipt_task_ids(db) == receipts_before
 
 
-async def test_compact_settled_is_bounded_per_call(services: StubServices, clock: list[float]) -> None:
-    store = services.store
+async def test_compact_settled_is_bounded_per_call(station: Station, clock: list[float]) -> None:
+    store = station.store
     ids = []
     for n in range(5):
         task, _ = await store.enqueue(_new(n))
@@ -262,11 +270,11 @@ async def test_compact_settled_is_bounded_per_call(services: StubServices, clock
 
 
 async def test_compact_uses_the_configured_retention(
-    housekeeping: Housekeeping, services: StubServices, clock: list[float]
+    housekeeping: Housekeeping, station: Station, clock: list[float]
 ) -> None:
-    services.settings = Settings(queue=QueueSettings(retention_days=1.0))
-    task, _ = await services.store.enqueue(_new(1))
-    await services.store.cancel(task.id)
+    station.settings = Settings(queue=QueueSettings(retention_days=1.0))
+    task, _ = await station.store.enqueue(_new(1))
+    await station.store.cancel(task.id)
     clock[0] = T0 + 86400 - 60
     assert await housekeeping.compact() == 0
     clock[0] = T0 + 86400 + 60

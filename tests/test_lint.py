@@ -1,4 +1,5 @@
-"""The house rules hold: ruff (lint and format) and mypy --strict over the package."""
+"""The house rules hold: ruff (lint and format), mypy --strict over the package, and the layers'
+import contracts (pyproject.toml's [tool.importlinter])."""
 
 import subprocess
 import sys
@@ -20,6 +21,12 @@ def test_ruff_lint_is_clean() -> None:
 
 def test_package_is_ruff_formatted() -> None:
     result = run(sys.executable, "-m", "ruff", "format", "--check", "waystation")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_import_contracts_hold() -> None:
+    lint_imports = Path(sys.executable).with_name("lint-imports")
+    result = run(str(lint_imports), "--no-cache")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from agentproc import Agent, Receiver, make_home, remove_home, wait_for
 
-from waystation.agent import metered
+from waystation.adapters.connectivity import metered
 from waystation.config import QueueSettings
 from waystation.db import Database
 from waystation.queue.store import TaskStore

@@ -18,7 +18,7 @@ from agentproc import Agent, Receiver, started_agent, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from waystation.agent.metrics import Metrics, render_metrics
+from waystation.station.metrics import Metrics, render_metrics
 
 # --- the registry -----------------------------------------------------------------------------------
 

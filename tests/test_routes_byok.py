@@ -34,12 +34,15 @@ from waystation.adapters.routes.ollama import OllamaBackend, ollama_base_url
 from waystation.adapters.routes.openai_compat import OpenAICompatBackend
 from waystation.adapters.routes.vertex import GoogleAdc, VertexBackend, adc_token
 from waystation.adapters.tools import default_tools, new_client
-from waystation.agent.turns import TurnEngine, TurnRequest
 from waystation.config import QueueSettings
 from waystation.db import Database
 from waystation.errors import NetworkUnreachable, ProviderError, ProviderRejected, RouteRefused
 from waystation.queue.store import TaskStore
 from waystation.receipts import RouteInfo
+from waystation.station.delivery import Deliveries
+from waystation.station.turns.engine import TurnEngine
+from waystation.station.turns.request import TurnRequest
+from waystation.testing import FakeConnectivity, RecordingAnnouncer
 
 KEY = "sk-test-Zq8Lw3Vb7Nn2Kp5Rr9Tt4Yy"  # fake, and distinctive enough to find in any text
 TOKEN = "ya29.Qm7Xc2Lp9Vd4Rt6Wz8Hh4"  # a fake Google access token
@@ -382,13 +385,6 @@ async def destination() -> AsyncIterator[tuple[str, list[str]]]:
         await runner.cleanup()
 
 
-class Online:
-    state = "online"
-
-    def report_network_error(self) -> None:
-        pass
-
-
 @pytest.mark.parametrize("kind", KINDS)
 async def test_the_turn_engine_runs_a_tool_loop_on_a_provider_route(
     kind: str, server: ProviderServer, make: Make, destination: tuple[str, list[str]], tmp_path: Path
@@ -411,9 +407,10 @@ async def test_the_turn_engine_runs_a_tool_loop_on_a_provider_route(
                 db,
                 TaskStore(db, QueueSettings()),
                 default_tools(),
-                Online(),
-                client,
+                FakeConnectivity(),
+                Deliveries(default_tools(), client, 30.0),
                 route_for,
+                RecordingAnnouncer(),
             )
             tokens: list[str] = []
             result = await engine.run(TurnRequest("What is the headline?"), tokens.append)

@@ -34,10 +34,6 @@ from waystation.adapters.models.threaded import ThreadedBackend
 from waystation.adapters.routes import Router
 from waystation.adapters.routes.local import LocalRoute
 from waystation.adapters.tools import default_tools, new_client
-from waystation.agent.events import EventBus
-from waystation.agent.services import Services
-from waystation.agent.turn_records import parked_turns_ready, reclaim_interrupted_resumptions
-from waystation.agent.turns import TurnEngine, TurnRequest
 from waystation.config import AgentSettings, ModelSettings, QueueSettings, Settings
 from waystation.db import Database
 from waystation.errors import (
@@ -52,22 +48,20 @@ from waystation.queue.policy import TaskState, classify, decide
 from waystation.queue.store import TaskStore
 from waystation.queue.tasks import Task
 from waystation.receipts import verify_database
+from waystation.station.announce import Announcer
+from waystation.station.delivery import Deliveries
+from waystation.station.events import EventBus
+from waystation.station.metrics import Metrics
+from waystation.station.turns.engine import TurnEngine
+from waystation.station.turns.records import parked_turns_ready, reclaim_interrupted_resumptions
+from waystation.station.turns.request import TurnRequest
+from waystation.station.turns.resume import Resumptions
+from waystation.testing import FakeConnectivity, RecordingAnnouncer
 
 MODEL_FILE = "scripted.gguf"
 
 
 # --- fixtures -------------------------------------------------------------------------------------
-
-
-@dataclass
-class FakeConnectivity:
-    """What the engine needs of the monitor: its state, and being told of a network error."""
-
-    state: str = "offline"
-    network_errors: int = 0
-
-    def report_network_error(self) -> None:
-        self.network_errors += 1
 
 
 @dataclass
@@ -110,7 +104,7 @@ def store(db: Database) -> TaskStore:
 
 @pytest.fixture
 def connectivity() -> FakeConnectivity:
-    return FakeConnectivity()
+    return FakeConnectivity(state="offline")
 
 
 @pytest.fixture
@@ -139,11 +133,14 @@ def make_engine(
 ) -> EngineFactory:
     """An engine on the real Router/LocalRoute, its local model being the given backend."""
 
-    def make(backend: Any, default_route: str = "local", **kw: Any) -> TurnEngine:
+    def make(backend: Any, default_route: str = "local", announce: Any = None, **kw: Any) -> TurnEngine:
         local = LocalRoute(ModelSettings(path=str(model_file)), {str(model_file): backend})
         # No credentials in this environment: provider routes must refuse, saying what is missing.
         router = Router(local, default_route, connectivity=connectivity, env={})
-        return TurnEngine(db, store, default_tools(), connectivity, client, router.resolve, **kw)
+        tools = default_tools()
+        deliver = Deliveries(tools, client, 30.0)
+        announce = announce or RecordingAnnouncer()
+        return TurnEngine(db, store, tools, connectivity, deliver, router.resolve, announce, **kw)
 
     return make
 
@@ -581,7 +578,7 @@ async def test_a_resumed_turn_that_calls_again_offline_parks_again(
 
 
 @pytest.mark.parametrize("resume", ["auto", "off"])
-async def test_services_resume_a_turn_when_its_task_settles(
+async def test_announced_settled_task_resumes_its_turn(
     make_engine: EngineFactory,
     db: Database,
     store: TaskStore,
@@ -590,24 +587,16 @@ async def test_services_resume_a_turn_when_its_task_settles(
 ) -> None:
     """What the agent does when the flusher reports a settled task: resume the turn in the
     background (when `agent.resume` is auto) and announce it as a `turn` event."""
-    engine = make_engine(ScriptedBackend([fetch(destination.url("/news")), "resumed"]))
     events = EventBus()
-    services = Services(
-        paths=None,  # type: ignore[arg-type]
-        settings=Settings(agent=AgentSettings(resume=resume)),
-        db=db,
-        store=store,
-        tools=default_tools(),
-        events=events,
-        monitor=None,  # type: ignore[arg-type]
-        flusher=None,  # type: ignore[arg-type]
-        turns=engine,
-        router=None,  # type: ignore[arg-type]
-    )
-    parked = await engine.run(TurnRequest("fetch"))  # the engine announces it through services
+    announcer = Announcer(events, Metrics())
+    engine = make_engine(ScriptedBackend([fetch(destination.url("/news")), "resumed"]), announce=announcer)
+    resumptions = Resumptions(engine)
+    if Settings(agent=AgentSettings(resume=resume)).agent.resume == "auto":  # as build() wires it
+        announcer.listen("task", resumptions.task_changed)
+    parked = await engine.run(TurnRequest("fetch"))  # the engine announces it
     task = await deliver_and_settle(store, parked.deferred_task_ids[0], destination)
-    services.task_changed(task, None)
-    services.task_changed(task, None)  # reported twice: still one resumption
+    announcer.task_changed(task.to_json(), None)
+    announcer.task_changed(task.to_json(), None)  # reported twice: still one resumption
 
     seen: list[dict[str, Any]] = []
     with contextlib.suppress(TimeoutError):

@@ -34,12 +34,14 @@ from waystation.adapters.models.embedded import default_model_path
 from waystation.adapters.models.llamacpp import DEFAULT_CONTEXT, LlamaCppBackend, urls_in
 from waystation.adapters.routes import Router
 from waystation.adapters.routes.local import LocalRoute
-from waystation.adapters.tools import default_tools, new_client
-from waystation.agent.turns import TurnEngine, TurnRequest
+from waystation.adapters.tools import default_tools
 from waystation.config import ModelSettings, QueueSettings
 from waystation.db import Database
 from waystation.queue.store import TaskStore
 from waystation.receipts import verify_database
+from waystation.station.turns.engine import TurnEngine
+from waystation.station.turns.request import TurnRequest
+from waystation.testing import FakeConnectivity, RecordingAnnouncer, ScriptedDelivery
 
 TOOL_SPECS = [ToolSpec(t.name, t.description, t.parameters) for t in default_tools()]
 E2E_MAX_TOKENS = 48
@@ -65,21 +67,19 @@ def backend(model_path: Path) -> Iterator[LlamaCppBackend]:
         asyncio.run(b.close())
 
 
-class Online:
-    state = "online"
-
-    def report_network_error(self) -> None:
-        raise AssertionError("no delivery in these tests")
-
-
 @pytest.fixture
 async def engine(db: Database, backend: LlamaCppBackend, model_path: Path) -> AsyncIterator[TurnEngine]:
     local = LocalRoute(ModelSettings(path=str(model_path)), {str(model_path): backend})
     router = Router(local, "local")
-    async with new_client() as client:
-        yield TurnEngine(
-            db, TaskStore(db, QueueSettings()), default_tools(), Online(), client, router.resolve
-        )
+    yield TurnEngine(
+        db,
+        TaskStore(db, QueueSettings()),
+        default_tools(),
+        FakeConnectivity(),
+        ScriptedDelivery(),
+        router.resolve,
+        RecordingAnnouncer(),
+    )
 
 
 async def test_streamed_real_turn_counts_tokens_and_pays_cold_load_once(

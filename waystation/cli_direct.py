@@ -1,160 +1,77 @@
-"""The command line's operations straight on the database, for when no agent runs.
+"""The command line's way to the station when no agent runs: the very operations the agent's
+socket API calls (station/ops), on a station built in this process for direct use.
 
-Answers are the API's JSON objects. The database is shared safely with an agent that starts
-meanwhile (see db.py); reads never create a database that does not exist yet.
+One event loop serves the command's life, so the database stays open across calls; it is shared
+safely with an agent that starts meanwhile (see db.py). A read never creates a database that
+does not exist yet: it runs against an empty one made for the moment, so it answers exactly as
+an empty database would (no tasks, NotFound, an intact chain of 0 receipts).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
-from collections.abc import Callable, Coroutine, Iterator
+import tempfile
+from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from waystation.config import Paths, load_settings
-from waystation.errors import DatabaseCorrupt, NotFound
 
 if TYPE_CHECKING:
-    from waystation.db import Database
-    from waystation.queue.store import TaskStore
+    from waystation.station.build import Station
 
 T = TypeVar("T")
-PAGE = 1000
+Operation = Callable[..., Coroutine[Any, Any, T]]
 
 
-def quiet_logs() -> None:
-    """Library log lines go to stderr, warnings and worse only: stdout belongs to the output."""
-    from waystation import logs
-
-    logs.configure(logging.WARNING)
-
-
-class DirectStore:
-    """One event loop for the store's life, so a database stays open across calls."""
-
+class DirectStation:
     def __init__(self, paths: Paths) -> None:
         self.paths = paths
         self._runner: asyncio.Runner | None = None
-        self._db: Database | None = None
-        self._store: TaskStore | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._station: Station | None = None
+
+    def call(self, op: Operation[T], *args: Any) -> T:
+        """Run a station operation (one that may write) on this home's database."""
+        if self._station is None:
+            self._stack = contextlib.AsyncExitStack()
+            self._station = self._run(self._build(self._stack, self.paths))
+        return self._run(op(self._station, *args))
+
+    def read(self, op: Operation[T], *args: Any) -> T:
+        """Run an operation that only reads; no database file is created for it."""
+        if self._station is not None or self.paths.database.exists():
+            return self.call(op, *args)
+        with tempfile.TemporaryDirectory(prefix="waystation-empty-") as empty:
+            paths = dataclasses.replace(self.paths, database=Path(empty) / "waystation.db")
+            return self._run(self._once(paths, op, args))
 
     def close(self) -> None:
         if self._runner is None:
             return
         try:
-            if self._db is not None:
-                self._runner.run(self._db.close())
+            if self._stack is not None:
+                self._runner.run(self._stack.aclose())
         finally:
             self._runner.close()
-            self._runner, self._db, self._store = None, None, None
+            self._runner, self._stack, self._station = None, None, None
+
+    async def _build(self, stack: contextlib.AsyncExitStack, paths: Paths) -> Station:
+        from waystation import logs
+        from waystation.station.build import build
+
+        settings = load_settings(self.paths)
+        logs.configure(logging.WARNING)  # stdout belongs to the output: library lines, warnings only
+        return await build(stack, paths, settings, "direct")
+
+    async def _once(self, paths: Paths, op: Operation[T], args: tuple[Any, ...]) -> T:
+        async with contextlib.AsyncExitStack() as stack:
+            return await op(await self._build(stack, paths), *args)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._runner is None:
             self._runner = asyncio.Runner()
         return self._runner.run(coro)
-
-    def _open(self) -> tuple[Database, TaskStore]:
-        if self._db is None or self._store is None:
-            from waystation.db import Database
-            from waystation.queue.store import TaskStore
-
-            settings = load_settings(self.paths)
-            quiet_logs()
-            self._db = self._run(Database.open(self.paths.database))
-            self._store = TaskStore(self._db, settings.queue)
-        return self._db, self._store
-
-    def _exists(self) -> bool:
-        return self._db is not None or self.paths.database.exists()
-
-    # --- tasks -------------------------------------------------------------------------------
-
-    def add_task(self, tool: str, args: dict[str, Any], key: str | None) -> tuple[dict[str, Any], bool]:
-        from waystation.adapters.tools import default_tools
-        from waystation.queue.tasks import NewTask
-
-        spec = default_tools().get(tool)
-        valid = spec.validate(args)
-        new = NewTask.for_tool(spec, valid, idempotency_key=key)
-        _, store = self._open()
-        task, created = self._run(store.enqueue(new))
-        return task.to_json(), created
-
-    def list_tasks(self, state: str | None, limit: int) -> list[dict[str, Any]]:
-        if not self._exists():
-            return []
-        from waystation.queue.policy import TaskState
-
-        _, store = self._open()
-        tasks = self._run(store.list(TaskState(state) if state else None, limit))
-        return [t.to_json() for t in tasks]
-
-    def get_task(self, task_id: str) -> dict[str, Any]:
-        if not self._exists():
-            raise NotFound("task", task_id)
-        _, store = self._open()
-        return self._run(store.get(task_id)).to_json()
-
-    def retry_task(self, task_id: str) -> dict[str, Any]:
-        if not self._exists():
-            raise NotFound("task", task_id)
-        _, store = self._open()
-        return self._run(store.retry(task_id)).to_json()
-
-    def cancel_task(self, task_id: str) -> dict[str, Any]:
-        if not self._exists():
-            raise NotFound("task", task_id)
-        _, store = self._open()
-        task, _receipt = self._run(store.cancel(task_id))
-        return task.to_json()
-
-    # --- receipts ----------------------------------------------------------------------------
-
-    def _receipts(self, read: Callable[[Database], Coroutine[Any, Any, T]]) -> T:
-        """Run a read of waystation.receipts (the API's own), a bad stored body as one clear error."""
-        db, _ = self._open()
-        try:
-            return self._run(read(db))
-        except ValueError:  # a body that is not JSON: someone edited the table
-            raise DatabaseCorrupt(
-                self.paths.database,
-                "a stored receipt is not valid JSON; `waystation receipts verify` names it",
-            ) from None
-
-    def receipts_after(self, after: str | None, limit: int) -> list[dict[str, Any]]:
-        if not self._exists():
-            if after is not None:
-                raise NotFound("receipt", after)
-            return []
-        from waystation import receipts
-
-        return self._receipts(lambda db: receipts.list_receipts(db, after, limit))
-
-    def latest_receipts(self, limit: int) -> list[dict[str, Any]]:
-        if not self._exists():
-            return []
-        from waystation import receipts
-
-        return self._receipts(lambda db: receipts.latest_receipts(db, limit))
-
-    def iter_receipts(self, after: str | None = None) -> Iterator[dict[str, Any]]:
-        while True:
-            page = self.receipts_after(after, PAGE)
-            if not page:
-                return
-            yield from page
-            after = page[-1]["id"]
-
-    def get_receipt(self, receipt_id: str) -> dict[str, Any]:
-        if not self._exists():
-            raise NotFound("receipt", receipt_id)
-        from waystation import receipts
-
-        return self._receipts(lambda db: receipts.get_receipt(db, receipt_id))
-
-    def verify_receipts(self) -> dict[str, Any]:
-        from waystation import receipts
-
-        if not self._exists():
-            return receipts.Verification(True, 0).to_json()
-        return self._receipts(receipts.verify_database).to_json()

@@ -132,13 +132,9 @@ async def _in_process(
     paths: Paths, settings: Settings, body: dict[str, Any], stream: bool, shown: Progress
 ) -> dict[str, Any]:
     from waystation import logs
-    from waystation.adapters.routes import Router
-    from waystation.adapters.routes.local import LocalRoute
-    from waystation.adapters.tools import default_tools, new_client
-    from waystation.agent.connectivity import ConnectivityMonitor
-    from waystation.agent.turns import TurnEngine, TurnRequest
-    from waystation.db import Database
-    from waystation.queue.store import TaskStore
+    from waystation.station.build import build
+    from waystation.station.ops import turns
+    from waystation.station.turns.request import turn_request
 
     logs.configure(logging.WARNING)  # this is a command's output, not an agent's log
 
@@ -147,29 +143,8 @@ async def _in_process(
         sys.stdout.write(piece)
         sys.stdout.flush()
 
+    request = turn_request({k: v for k, v in body.items() if v is not None})
     async with contextlib.AsyncExitStack() as stack:
-        db = await Database.open(paths.database)
-        stack.push_async_callback(db.close)
-        monitor = await stack.enter_async_context(
-            ConnectivityMonitor(settings.connectivity, watch_os_events=False)
-        )
-        with contextlib.suppress(TimeoutError):  # one probe decides: deliver now, or park
-            await asyncio.wait_for(monitor.wait_known(), settings.connectivity.probe_timeout_s + 0.5)
-        client = new_client()
-        stack.push_async_callback(client.aclose)
-        router = Router(
-            LocalRoute(settings.model), settings.agent.default_route, settings=settings, connectivity=monitor
-        )
-        stack.push_async_callback(router.close)
-        engine = TurnEngine(
-            db,
-            TaskStore(db, settings.queue),
-            default_tools(),
-            monitor,
-            client,
-            router.resolve,
-            delivery_timeout_s=settings.queue.delivery_timeout_s,
-        )
-        request = TurnRequest(**{k: v for k, v in body.items() if v is not None})
-        result = await engine.run(request, echo if stream else None)
+        station = await build(stack, paths, settings, "in_process")
+        result = await turns.run(station, request, echo if stream else None)
         return result.to_json()

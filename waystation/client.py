@@ -2,8 +2,8 @@
 
 `AgentClient` speaks HTTP over the Unix socket and turns error answers back into WaystationErrors.
 `Waystation` is what commands use: each operation goes through the agent when it runs and,
-when it does not, straight to the database (`DirectStore`, in cli_direct.py), answering with
-the same JSON objects either way.
+when it does not, to the same station operation in this process (`DirectStation`, in
+cli_direct.py), answering with the same JSON objects either way.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from waystation import errors
 from waystation.errors import AgentNotRunning, WaystationError
 
 if TYPE_CHECKING:
-    from waystation.cli_direct import DirectStore
+    from waystation.cli_direct import DirectStation
     from waystation.config import Paths
 
 T = TypeVar("T")
@@ -226,7 +226,7 @@ class Waystation:
         self.paths = paths
         self.agent = AgentClient(paths.socket, timeout_s)
         self.via_agent: bool | None = None  # known after the first operation
-        self._direct: DirectStore | None = None
+        self._direct: DirectStation | None = None
 
     def close(self) -> None:
         self.agent.close()
@@ -240,14 +240,14 @@ class Waystation:
         self.close()
 
     @property
-    def direct(self) -> DirectStore:
+    def direct(self) -> DirectStation:
         if self._direct is None:
-            from waystation.cli_direct import DirectStore
+            from waystation.cli_direct import DirectStation
 
-            self._direct = DirectStore(self.paths)
+            self._direct = DirectStation(self.paths)
         return self._direct
 
-    def _either(self, agent: Callable[[AgentClient], T], direct: Callable[[DirectStore], T]) -> T:
+    def _either(self, agent: Callable[[AgentClient], T], direct: Callable[[DirectStation], T]) -> T:
         if self.via_agent is not False:
             try:
                 result = agent(self.agent)
@@ -271,6 +271,8 @@ class Waystation:
 
     def add_task(self, tool: str, args: dict[str, Any], key: str | None) -> tuple[dict[str, Any], bool]:
         """(task, created)."""
+        from waystation.station.ops import tasks
+
         body: dict[str, Any] = {"tool": tool, "args": args}
         if key is not None:
             body["idempotency_key"] = key
@@ -279,79 +281,84 @@ class Waystation:
             status, task = client.request_full("POST", "/v1/tasks", json=body)
             return task, status == 201
 
-        return self._either(agent, lambda d: d.add_task(tool, args, key))
+        return self._either(agent, lambda d: d.call(tasks.add, tool, args, key))
 
     def list_tasks(self, state: str | None, limit: int) -> list[dict[str, Any]]:
+        from waystation.station.ops import tasks
+
         return self._either(
             lambda c: c.request("GET", "/v1/tasks", params={"state": state, "limit": limit}),
-            lambda d: d.list_tasks(state, limit),
+            lambda d: d.read(tasks.list_tasks, state, limit),
         )
 
     def get_task(self, task_id: str) -> dict[str, Any]:
+        from waystation.station.ops import tasks
+
         return self._either(
-            lambda c: c.request("GET", f"/v1/tasks/{_seg(task_id)}"), lambda d: d.get_task(task_id)
+            lambda c: c.request("GET", f"/v1/tasks/{_seg(task_id)}"), lambda d: d.read(tasks.get, task_id)
         )
 
     def retry_task(self, task_id: str) -> dict[str, Any]:
+        from waystation.station.ops import tasks
+
         return self._either(
-            lambda c: c.request("POST", f"/v1/tasks/{_seg(task_id)}/retry"), lambda d: d.retry_task(task_id)
+            lambda c: c.request("POST", f"/v1/tasks/{_seg(task_id)}/retry"),
+            lambda d: d.read(tasks.retry, task_id),  # with no database there is no task to retry
         )
 
     def cancel_task(self, task_id: str) -> dict[str, Any]:
+        from waystation.station.ops import tasks
+
         return self._either(
-            lambda c: c.request("POST", f"/v1/tasks/{_seg(task_id)}/cancel"), lambda d: d.cancel_task(task_id)
+            lambda c: c.request("POST", f"/v1/tasks/{_seg(task_id)}/cancel"),
+            lambda d: d.read(tasks.cancel, task_id),  # likewise
         )
 
     # --- receipts ----------------------------------------------------------------------------
 
     def receipts_after(self, after: str | None, limit: int) -> list[dict[str, Any]]:
         """Up to `limit` receipts after the one named `after` (from the start if None), oldest first."""
+        from waystation.station.ops import receipts
+
         return self._either(
             lambda c: c.request("GET", "/v1/receipts", params={"after": after, "limit": limit}),
-            lambda d: d.receipts_after(after, limit),
+            lambda d: d.read(receipts.after, after, limit),
         )
 
     def latest_receipts(self, limit: int) -> list[dict[str, Any]]:
         """The last `limit` receipts of the chain, oldest first."""
+        from waystation.station.ops import receipts
 
         def agent(client: AgentClient) -> list[dict[str, Any]]:
             # The API pages forward from the start; keep the tail as the pages go by.
             tail: collections.deque[dict[str, Any]] = collections.deque(maxlen=limit)
-            tail.extend(self._pages(client))
+            tail.extend(self.iter_receipts())
             return list(tail)
 
-        return self._either(agent, lambda d: d.latest_receipts(limit))
+        return self._either(agent, lambda d: d.read(receipts.latest, limit))
 
     def iter_receipts(self) -> Iterator[dict[str, Any]]:
         """The whole chain, oldest first, a page at a time."""
-        first = self.receipts_after(None, PAGE)
-        yield from first
-        if not first:
-            return
-        if self.via_agent:
-            yield from self._pages(self.agent, after=first[-1]["id"])
-        else:
-            yield from self.direct.iter_receipts(after=first[-1]["id"])
-
-    def _pages(self, client: AgentClient, after: str | None = None) -> Iterator[dict[str, Any]]:
-        while True:
-            page: list[dict[str, Any]] = client.request(
-                "GET", "/v1/receipts", params={"after": after, "limit": PAGE}
-            )
-            if not page:
-                return
+        after = None
+        while page := self.receipts_after(after, PAGE):
             yield from page
             after = page[-1]["id"]
 
     def get_receipt(self, receipt_id: str) -> dict[str, Any]:
+        from waystation.station.ops import receipts
+
         return self._either(
             lambda c: c.request("GET", f"/v1/receipts/{_seg(receipt_id)}"),
-            lambda d: d.get_receipt(receipt_id),
+            lambda d: d.read(receipts.get, receipt_id),
         )
 
     def verify_receipts(self) -> dict[str, Any]:
         """{"ok", "count", "first_broken_id", "reason"}."""
-        return self._either(lambda c: c.request("GET", "/v1/receipts/verify"), lambda d: d.verify_receipts())
+        from waystation.station.ops import receipts
+
+        return self._either(
+            lambda c: c.request("GET", "/v1/receipts/verify"), lambda d: d.read(receipts.verify)
+        )
 
 
 def _seg(ident: str) -> str:

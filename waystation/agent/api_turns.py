@@ -7,18 +7,23 @@ stream with an `error` event (the receipt is written either way); before that, i
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
 
-from waystation.agent.http_common import SERVICES, json_body
-from waystation.agent.turns import MAX_STEPS, TurnRequest, TurnResult
+from waystation import sse
+from waystation.agent.http_io import json_body, station_of
 from waystation.errors import MalformedRequest, WaystationError
-
-MAX_TOKENS_LIMIT = 8192
+from waystation.station.ops import turns
+from waystation.station.turns.request import (
+    MAX_TOKENS_LIMIT,
+    TurnRequest,
+    TurnResult,
+    bounded_int,
+    turn_request,
+)
 
 
 def add_turn_routes(app: web.Application) -> None:
@@ -26,62 +31,25 @@ def add_turn_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
 
 
-def turn_request(body: dict[str, Any]) -> TurnRequest:
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str):
-        raise MalformedRequest("prompt must be a string")
-    for name in ("route", "model", "system"):
-        if body.get(name) is not None and not isinstance(body[name], str):
-            raise MalformedRequest(f"{name} must be a string")
-    if not isinstance(body.get("defer", False), bool):
-        raise MalformedRequest("defer must be true or false")
-    choice = body.get("tool_choice", "auto")
-    if choice not in ("auto", "required", "none"):
-        raise MalformedRequest("tool_choice must be one of auto, required, none")
-    return TurnRequest(
-        prompt=prompt,
-        route=body.get("route"),
-        model=body.get("model"),
-        system=body.get("system"),
-        max_tokens=_bounded_int(body, "max_tokens", 256, MAX_TOKENS_LIMIT),
-        tool_choice=choice,
-        max_steps=_bounded_int(body, "max_steps", MAX_STEPS, 16),
-        defer=bool(body.get("defer", False)),
-    )
-
-
-def _bounded_int(body: dict[str, Any], name: str, default: int, maximum: int) -> int:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= maximum:
-        raise MalformedRequest(f"{name} must be an integer between 1 and {maximum}")
-    return value
-
-
 async def post_turn(request: web.Request) -> web.StreamResponse:
-    services = request.app[SERVICES]
+    station = station_of(request)
     body = await json_body(request)
     turn = turn_request(body)
     if not body.get("stream"):
-        result = await services.turns.run(turn)
+        result = await turns.run(station, turn)
         return web.json_response(result.to_json())
-
-    def event(kind: str, data: dict[str, Any]) -> bytes:
-        return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
-
     return await _stream(
         request,
-        lambda on_token: services.turns.run(turn, on_token),
-        token=lambda piece: event("token", {"text": piece}),
-        done=lambda result: event("done", result.to_json()),
-        failed=lambda exc: event("error", {"code": exc.code, "message": exc.message}),
+        lambda on_token: turns.run(station, turn, on_token),
+        token=lambda piece: sse.frame({"text": piece}, "token"),
+        done=lambda result: sse.frame(result.to_json(), "done"),
+        failed=lambda exc: sse.frame(exc.to_json()["error"], "error"),
     )
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """OpenAI's Chat Completions on the default route: plain text chat, no tools of ours."""
-    services = request.app[SERVICES]
+    station = station_of(request)
     body = await json_body(request)
     messages = body.get("messages")
     if not isinstance(messages, list):
@@ -97,7 +65,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         prompt="",
         messages=[{"role": m["role"], "content": t} for m, t in zip(messages, texts, strict=True)],
         temperature=float(temperature),
-        max_tokens=_bounded_int({"max_tokens": limit}, "max_tokens", 256, MAX_TOKENS_LIMIT),
+        max_tokens=bounded_int({"max_tokens": limit}, "max_tokens", 256, MAX_TOKENS_LIMIT),
         tool_choice="none",
     )
     completion_id = f"chatcmpl-{int(time.time() * 1000):x}"
@@ -112,10 +80,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             "model": model_name,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         }
-        return f"data: {json.dumps(data)}\n\n".encode()
+        return sse.frame(data)
 
     if not body.get("stream"):
-        result = await services.turns.run(turn)
+        result = await turns.run(station, turn)
         return web.json_response(
             {
                 "id": completion_id,
@@ -135,10 +103,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
     return await _stream(
         request,
-        lambda on_token: services.turns.run(turn, on_token),
+        lambda on_token: turns.run(station, turn, on_token),
         token=lambda piece: chunk({"content": piece}, None),
-        done=lambda result: chunk({}, "stop") + b"data: [DONE]\n\n",
-        failed=lambda exc: f"data: {json.dumps(exc.to_json())}\n\n".encode() + b"data: [DONE]\n\n",
+        done=lambda result: chunk({}, "stop") + sse.frame("[DONE]"),
+        failed=lambda exc: sse.frame(exc.to_json()) + sse.frame("[DONE]"),
         first=chunk({"role": "assistant", "content": ""}, None),
     )
 

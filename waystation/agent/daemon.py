@@ -22,13 +22,8 @@ import structlog
 from aiohttp import web
 
 from waystation import __version__
-from waystation.adapters.routes import Router
-from waystation.adapters.routes.local import LocalRoute
-from waystation.adapters.tools import ToolRegistry, default_tools, new_client
+from waystation.adapters.connectivity.monitor import ConnectivityMonitor
 from waystation.agent.api import create_app
-from waystation.agent.connectivity import ConnectivityMonitor
-from waystation.agent.deferred import DeferredTurnTool
-from waystation.agent.events import EventBus
 from waystation.agent.jobs import Housekeeping
 from waystation.agent.peer import (
     PeerCheckedUnixSite,
@@ -37,13 +32,10 @@ from waystation.agent.peer import (
     prepare_socket_dir,
     socket_gid,
 )
-from waystation.agent.services import Services
-from waystation.agent.turn_records import parked_turns_ready, reclaim_interrupted_resumptions
-from waystation.agent.turns import TurnEngine
 from waystation.config import Paths, Settings
-from waystation.db import Database
-from waystation.queue.flusher import Flusher
 from waystation.queue.store import TaskStore
+from waystation.station.build import build, cancel
+from waystation.station.events import EventBus
 
 log = structlog.get_logger(__name__)
 
@@ -60,62 +52,20 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
         watchdog = watchdog_interval()
         if watchdog is not None:  # pings from the loop itself: a hung loop stops them
             pinging = asyncio.create_task(_watchdog_pings(watchdog), name="sd-watchdog")
-            stack.push_async_callback(_cancel, pinging)
+            stack.push_async_callback(cancel, pinging)
         gid = socket_gid(settings.agent.socket_group)
         prepare_socket_dir(paths.socket, gid)
         stack.enter_context(single_instance(paths.socket))
-        db = await Database.open(paths.database, check=True)
-        stack.push_async_callback(db.close)
-        store = TaskStore(db, settings.queue)
-        recovered = await store.recover(all_running=True)
-        if recovered:
-            log.info("returned tasks left running by the last run to pending", count=recovered)
+        station = await build(stack, paths, settings, "agent")
 
-        events = EventBus()
-        stack.callback(events.close)
-        client = new_client()
-        stack.push_async_callback(client.aclose)
-
-        def connectivity_changed(snapshot: dict[str, object]) -> None:
-            services.connectivity_changed(snapshot)  # metrics
-            events.publish("connectivity", snapshot)
-            flusher.connectivity_changed(str(snapshot["state"]))
-
-        # The monitor calls back only once entered, by which time the flusher exists.
-        monitor = ConnectivityMonitor(settings.connectivity, on_change=connectivity_changed)
-        tools = default_tools()  # what models and POST /v1/tasks may use
-        router = Router(
-            LocalRoute(settings.model), settings.agent.default_route, settings=settings, connectivity=monitor
-        )
-        stack.push_async_callback(router.close)
-        turns = TurnEngine(
-            db,
-            store,
-            tools,
-            monitor,
-            client,
-            router.resolve,
-            delivery_timeout_s=settings.queue.delivery_timeout_s,
-        )
-        # The flusher also delivers whole turns deferred while offline.
-        deliverable = ToolRegistry([*tools, DeferredTurnTool(turns)])
-        flusher = Flusher(
-            store, deliverable, monitor, settings.queue, client, lambda t, r: services.task_changed(t, r)
-        )
-        services = Services(paths, settings, db, store, tools, events, monitor, flusher, turns, router)
-        stack.push_async_callback(services.close)  # background resumptions stop before the model closes
-        await stack.enter_async_context(monitor)
-
-        flushing = asyncio.create_task(flusher.run(), name="flusher")
-        stack.push_async_callback(_cancel, flushing)
-        housekeeping = Housekeeping(services)
+        housekeeping = Housekeeping(station)
         housekeeping.start()
         stack.callback(housekeeping.stop)
         await housekeeping.expire()
 
         # A short grace for open requests at shutdown keeps the whole stop inside 10 s.
         runner = web.AppRunner(
-            create_app(services), handle_signals=False, access_log=None, shutdown_timeout=2.0
+            create_app(station), handle_signals=False, access_log=None, shutdown_timeout=2.0
         )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -123,17 +73,14 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
         stack.callback(_unlink, paths.socket)
         await PeerCheckedUnixSite(runner, sock, paths.socket, gid).start()
         # Shut streams before the runner waits on open connections (it would wait on SSE forever).
-        stack.callback(events.close)
+        stack.callback(station.announcer.events.close)
 
-        await reclaim_interrupted_resumptions(db)
-        for turn_id in await parked_turns_ready(db):  # their tasks settled while we were down
-            services.resume_soon(turn_id)
         log.info("agent ready", socket=str(paths.socket), database=str(paths.database), version=__version__)
         sd_notify("READY=1")
         if os.environ.get("NOTIFY_SOCKET"):
-            status = StatusReporter(monitor, store, events)
+            status = StatusReporter(station.monitor, station.store, station.announcer.events)
             reporting = asyncio.create_task(status.run(), name="sd-status")
-            stack.push_async_callback(_cancel, reporting)
+            stack.push_async_callback(cancel, reporting)
         await stop.wait()
         log.info("agent stopping")
         sd_notify("STOPPING=1")
@@ -165,12 +112,6 @@ def single_instance(socket_path: Path) -> Iterator[None]:
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def sd_notify(message: str) -> None:
@@ -238,7 +179,7 @@ class StatusReporter:
                 sd_notify(f"STATUS={await self.line()}")
                 last = time.monotonic()
         finally:
-            await _cancel(following)
+            await cancel(following)
 
     async def line(self) -> str:
         counts = await self._store.counts()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from waystation.agent.services import Services
 from waystation.errors import DatabaseError
+from waystation.station.build import Station
 
 log = structlog.get_logger(__name__)
 
@@ -22,8 +22,8 @@ COMPACT_INTERVAL_S = 6 * 3600
 
 
 class Housekeeping:
-    def __init__(self, services: Services) -> None:
-        self._services = services
+    def __init__(self, station: Station) -> None:
+        self._station = station
         self._scheduler = AsyncIOScheduler()
 
     def start(self) -> None:
@@ -41,38 +41,38 @@ class Housekeeping:
     async def expire(self) -> int:
         """Pending tasks past retention become `expired` with a tombstone receipt each."""
         try:
-            expired = await self._services.store.expire_due()
+            expired = await self._station.store.expire_due()
         except DatabaseError as exc:
             log.error("expiry sweep failed", error=exc.message)
             return 0
         for task, receipt in expired:
             log.info("task expired", task_id=task.id)
-            self._services.task_changed(task, receipt)
+            self._station.announcer.task_changed(task.to_json(), receipt)
         return len(expired)
 
     async def reap(self) -> int:
         """Leases that outlived their delivery are abandoned: those tasks go back to pending."""
         try:
-            reclaimed = await self._services.store.recover(keep=self._services.flusher.held())
+            reclaimed = await self._station.store.recover(keep=self._station.flusher.held())
         except DatabaseError as exc:
             log.error("lease reaping failed", error=exc.message)
             return 0
         if reclaimed:
             log.warning("reclaimed abandoned leases", count=reclaimed)
-            self._services.flusher.wake()
+            self._station.flusher.wake()
         return reclaimed
 
     async def checkpoint(self) -> None:
         try:
-            await self._services.db.checkpoint()
+            await self._station.db.checkpoint()
         except DatabaseError as exc:
             log.error("WAL checkpoint failed", error=exc.message)
 
     async def compact(self) -> int:
         """Settled task rows older than the retention period are deleted; their receipts stay."""
-        older_than_s = self._services.settings.queue.retention_days * 86400
+        older_than_s = self._station.settings.queue.retention_days * 86400
         try:
-            compacted = await self._services.store.compact_settled(older_than_s)
+            compacted = await self._station.store.compact_settled(older_than_s)
         except DatabaseError as exc:
             log.error("compaction of settled tasks failed", error=exc.message)
             return 0

@@ -13,7 +13,7 @@ import functools
 from typing import Any
 
 from waystation import __version__
-from waystation.agent.http_common import MAX_BODY_BYTES, MAX_LIST
+from waystation.agent.http_io import MAX_BODY_BYTES, MAX_LIST
 from waystation.agent.openapi_schemas import ID_PATTERN, SCHEMAS, TASK_STATES, Schema, ref
 
 

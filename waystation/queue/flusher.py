@@ -16,16 +16,15 @@ import collections
 import contextlib
 import random
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from waystation import timeutil
-from waystation.adapters.tools import DeliveryClient, ToolRegistry
 from waystation.config import QueueSettings
-from waystation.errors import DatabaseError, DeliveryError, InvalidArguments, NetworkUnreachable, UnknownTool
-from waystation.queue.policy import Decision, Outcome, classify, decide
+from waystation.errors import DatabaseError
+from waystation.ports import Announce, Connectivity, Deliver, Outcome
+from waystation.queue.policy import Decision, decide
 from waystation.queue.store import TaskStore
 from waystation.queue.tasks import Task
 
@@ -48,35 +47,22 @@ UNRECORDED_MAX = 2
 SETTLE_RETRIES_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 SHUTDOWN_RECORD_S = 2.0  # at shutdown, how long a lease or an answer's record may still take
 
-Settled = Callable[[Task, dict[str, Any] | None], None]
-# Told of each recorded delivery: its outcome, and whether it repeated an earlier attempt.
-Delivered = Callable[[Outcome, bool], None]
-
-
-class Connectivity(Protocol):
-    @property
-    def state(self) -> str: ...
-
-    def report_network_error(self) -> None: ...
-
 
 class Flusher:
     def __init__(
         self,
         store: TaskStore,
-        tools: ToolRegistry,
+        deliver: Deliver,
         connectivity: Connectivity,
         settings: QueueSettings,
-        client: DeliveryClient,
-        on_settled: Settled,
+        announce: Announce,
         rng: random.Random | None = None,
     ) -> None:
         self._store = store
-        self._tools = tools
+        self._deliver_once = deliver
         self._connectivity = connectivity
         self._settings = settings
-        self._client = client
-        self._on_settled = on_settled
+        self._announce = announce
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}  # delivering or recording the answer
@@ -91,7 +77,6 @@ class Flusher:
         self._hold_lifted_until = 0.0  # monotonic; an explicit flush sends held tasks too
         self._was_metered = False
         self.deliveries = 0
-        self.on_delivered: Delivered | None = None  # the agent's metrics
 
     def wake(self) -> None:
         """Something changed (a task added or settled, a slot freed, the network back): look again."""
@@ -113,14 +98,14 @@ class Flusher:
 
     def _hold_back_bytes(self) -> int | None:
         """The metered limit on a task's arguments, or None when nothing is held back."""
-        metered = bool(getattr(self._connectivity, "metered", False))
+        metered = self._connectivity.metered
         self._was_metered = metered
         if not metered or time.monotonic() < self._hold_lifted_until:
             return None
         return self._settings.metered_max_bytes
 
     def connectivity_changed(self, state: str) -> None:
-        if self._was_metered and not getattr(self._connectivity, "metered", False):
+        if self._was_metered and not self._connectivity.metered:
             self._was_metered = False
             self.wake()  # the held tasks are due already
         if state == "online":
@@ -252,51 +237,33 @@ class Flusher:
 
     async def _deliver_task(self, task: Task) -> None:
         started = time.perf_counter()
-        status: int | None = None
-        result: dict[str, Any] | None = None
-        retry_after: float | None = None
-        error: str | None = None
-        try:
-            tool = self._tools.get(task.tool)
-            answer = await tool.deliver(
-                self._client, task.args, task.idempotency_key, self._settings.delivery_timeout_s
-            )
-            status, result, retry_after = answer.status, answer.to_json(), answer.retry_after_s
-            outcome = classify(status)
-        except NetworkUnreachable as exc:
-            outcome, error = Outcome.UNREACHABLE, exc.message
+        sent = await self._deliver_once(task.tool, task.args, task.idempotency_key)
+        if sent.outcome == Outcome.UNREACHABLE:
             self._connectivity.report_network_error()
-        except (UnknownTool, InvalidArguments) as exc:
-            # The tool went away in an upgrade, or httpx refused what validation let through:
-            # no later attempt can succeed.
-            outcome, error = Outcome.DEAD, exc.message
-        except DeliveryError as exc:
-            outcome, error = Outcome.UNREACHABLE, exc.message
         decision = decide(
-            outcome=outcome,
-            status=status,
+            outcome=sent.outcome,
+            status=sent.status,
             attempts=task.attempts,
             net_failures=task.net_failures,
             now=timeutil.now(),
             settings=self._settings,
             rng=self._rng,
-            retry_after_s=retry_after,
-            error=error,
+            retry_after_s=sent.retry_after_s,
+            error=sent.error,
         )
         duration_ms = int((time.perf_counter() - started) * 1000)
         # The next delivery need not wait for this one's commit (an fsync): the task stays
         # `running` until the settle commits, and a crash before then delivers it again with the
         # same Idempotency-Key, so the window of possible repeats is what the flusher holds.
         self._answered(task)
-        recorded = await self._record(task, decision, result, duration_ms)
+        recorded = await self._record(task, decision, sent.result, duration_ms)
         if recorded is None:
             return
         settled, receipt = recorded
         self.deliveries += 1
-        if self.on_delivered is not None:
-            self.on_delivered(outcome, task.attempts > 0 or task.net_failures > 0)
-        log.debug("delivered", state=str(settled.state), status=status)
-        self._on_settled(settled, receipt)
+        self._announce.delivered(sent.outcome, task.attempts > 0 or task.net_failures > 0)
+        log.debug("delivered", state=str(settled.state), status=sent.status)
+        self._announce.task_changed(settled.to_json(), receipt)
 
     async def _record(
         self, task: Task, decision: Decision, result: dict[str, Any] | None, duration_ms: int

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from waystation.config import QueueSettings
+from waystation.ports import Outcome
 
 
 class TaskState(StrEnum):
@@ -27,16 +28,11 @@ class TaskState(StrEnum):
     EXPIRED = "expired"
 
 
+__all__ = ["Outcome"]  # re-exported: the policy's input, declared with the Deliver port
+
 SETTLED = frozenset({TaskState.DONE, TaskState.DEAD, TaskState.CANCELLED, TaskState.EXPIRED})
 RETRYABLE = frozenset({TaskState.PENDING, TaskState.DEAD, TaskState.CANCELLED, TaskState.EXPIRED})
 CANCELLABLE = frozenset({TaskState.PENDING})
-
-
-class Outcome(StrEnum):
-    DONE = "done"  # the destination accepted it
-    RETRY = "retry"  # the destination answered "not now"
-    DEAD = "dead"  # the destination answered "never"
-    UNREACHABLE = "unreachable"  # no answer at all: connection, DNS, timeout
 
 
 RETRY_STATUSES = frozenset({408, 425, 429})
@@ -89,17 +85,19 @@ def decide(
     if outcome is Outcome.DONE:
         return Decision(TaskState.DONE, attempts + 1, 0, now, None)
     if outcome is Outcome.DEAD:
-        return Decision(TaskState.DEAD, attempts + 1, 0, now, f"destination answered HTTP {status}")
+        why = f"destination answered HTTP {status}" if status is not None else error or "cannot be sent"
+        return Decision(TaskState.DEAD, attempts + 1, 0, now, why)
     if outcome is Outcome.UNREACHABLE:
         # Not the destination's answer, so no attempt is counted. Back off a little so one dead
         # host cannot spin the flusher; a return to `online` makes such tasks due at once.
         delay = min(backoff_delay(net_failures + 1, settings, rng), 60.0)
         return Decision(TaskState.PENDING, attempts, net_failures + 1, now + delay, error or "no answer")
     counted = attempts + 1
+    answered = f"HTTP {status}" if status is not None else error or "not now"
     if counted >= settings.max_attempts:
-        return Decision(TaskState.DEAD, counted, 0, now, f"HTTP {status}; gave up after {counted} attempts")
+        return Decision(TaskState.DEAD, counted, 0, now, f"{answered}; gave up after {counted} attempts")
     delay = backoff_delay(counted, settings, rng)
     if retry_after_s is not None:
         # Honour the destination's Retry-After, but never beyond our own ceiling.
         delay = min(max(delay, retry_after_s), settings.backoff_max_s)
-    return Decision(TaskState.PENDING, counted, 0, now + delay, f"HTTP {status}; will retry")
+    return Decision(TaskState.PENDING, counted, 0, now + delay, f"{answered}; will retry")

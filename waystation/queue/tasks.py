@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from waystation import timeutil
-from waystation.adapters.tools import Tool
 from waystation.queue.policy import TaskState
 from waystation.receipts import RouteInfo
 
@@ -88,8 +87,3 @@ class NewTask:
     expires_at: float | None = None
     turn_id: str | None = None
     task_id: str | None = None  # chosen ahead when the caller must name the task before commit
-
-    @classmethod
-    def for_tool(cls, tool: Tool, args: dict[str, Any], **fields: Any) -> NewTask:
-        """A task for `tool`, with arguments it has validated, bound for the host they name."""
-        return cls(tool=tool.name, args=args, host=tool.destination_host(args), **fields)

@@ -16,6 +16,7 @@ from waystation.adapters.routes.providers import provider_routes
 from waystation.adapters.routes.seats import ClaudeSeat, CodexSeat
 from waystation.config import ROUTE_NAMES, Settings
 from waystation.errors import RouteOffline, RouteRefused
+from waystation.ports import Connectivity
 from waystation.receipts import RouteInfo
 
 OFFLINE = RouteOffline.OFFLINE
@@ -35,11 +36,6 @@ class Route(Protocol):
     def needs_internet(self) -> bool: ...
 
     async def close(self) -> None: ...
-
-
-class Connectivity(Protocol):
-    @property
-    def state(self) -> str: ...
 
 
 class Router:
@@ -95,6 +91,11 @@ class Router:
         if self._offline(chosen):
             raise RouteOffline.of(chosen.refused(OFFLINE))
         return chosen.backend(model)
+
+    def answered(self, turn: Mapping[str, Any]) -> None:
+        """A listener for finished turns: remember the model the route's provider said answered."""
+        if turn.get("model_answered"):
+            self.last_answered[str(turn["route"])] = str(turn["model_answered"])
 
     async def statuses(self) -> list[dict[str, Any]]:
         """Every route, available or not, with the reason when not: the same reason a turn on it

@@ -5,10 +5,15 @@ from waystation.adapters.tools.base import (
     DeliveryResult,
     Tool,
     ToolRegistry,
-    default_tools,
 )
 from waystation.adapters.tools.client import DeliveryClient, new_client
 from waystation.adapters.tools.http import MAX_REQUEST_BODY_BYTES, HttpRequestTool, WebFetchTool
+
+
+def default_tools() -> ToolRegistry:
+    """The built-in network tools: what models and `POST /v1/tasks` may use."""
+    return ToolRegistry([HttpRequestTool(), WebFetchTool()])
+
 
 __all__ = [
     "MAX_REQUEST_BODY_BYTES",

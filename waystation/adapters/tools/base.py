@@ -119,10 +119,3 @@ class ToolRegistry:
 
     def __iter__(self) -> Iterator[Tool]:
         return iter(list(self._tools.values()))
-
-
-def default_tools() -> ToolRegistry:
-    # Imported here because http.py imports this module.
-    from waystation.adapters.tools.http import HttpRequestTool, WebFetchTool
-
-    return ToolRegistry([HttpRequestTool(), WebFetchTool()])

@@ -1,4 +1,4 @@
-"""What the socket API's handlers share: the services key, body and query parsing, error bodies."""
+"""What the socket API's handlers share: the station key, body and query parsing, error bodies."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from typing import Any
 
 from aiohttp import web
 
-from waystation.agent.services import Services
 from waystation.errors import MalformedRequest
+from waystation.station.build import Station
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_LIST = 1000
-SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+STATION: web.AppKey[Station] = web.AppKey("station", Station)
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -52,5 +52,5 @@ def optional_str(body: dict[str, Any], name: str, max_len: int = 255) -> str | N
     return value
 
 
-def services_of(request: web.Request) -> Services:
-    return request.app[SERVICES]
+def station_of(request: web.Request) -> Station:
+    return request.app[STATION]

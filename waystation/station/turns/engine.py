@@ -15,7 +15,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -29,64 +29,28 @@ from waystation.adapters.models.base import (
     ToolChoice,
     ToolSpec,
 )
-from waystation.adapters.tools import DeliveryClient, ToolRegistry
-from waystation.agent.turn_records import claim_for_resume, save_turn
+from waystation.adapters.tools import ToolRegistry
 from waystation.db import Database
 from waystation.errors import (
     EmptyPrompt,
     InvalidArguments,
-    NetworkUnreachable,
     RouteOffline,
     RouteRefused,
     TurnTimeout,
     UnknownTool,
     WaystationError,
 )
-from waystation.queue.flusher import Connectivity
+from waystation.ports import Announce, Connectivity, Deliver, Outcome
 from waystation.queue.store import TaskStore
 from waystation.queue.tasks import NewTask
 from waystation.receipts import ReceiptDraft, RouteInfo, Usage
+from waystation.station.turns.records import claim_for_resume, save_turn
+from waystation.station.turns.request import DEFERRED_TURN_TOOL, TurnRequest, TurnResult
 
 log = structlog.get_logger(__name__)
 
-MAX_STEPS = 4
-DEFERRED_TURN_TOOL = "turn"  # the task a whole deferred turn becomes (agent/deferred.py runs it)
 TURN_TIMEOUT_S = 300.0
 RESULT_CHARS_FOR_MODEL = 2000  # a tool result is cut to this before the model sees it
-
-
-@dataclass(frozen=True)
-class TurnRequest:
-    prompt: str
-    route: str | None = None
-    model: str | None = None
-    system: str | None = None
-    max_tokens: int = 256
-    tool_choice: ToolChoice = "auto"
-    max_steps: int = MAX_STEPS
-    messages: list[Message] | None = None  # a whole conversation (OpenAI-style) instead of prompt
-    temperature: float = 0.0  # greedy by default
-    defer: bool = False  # offline on a cloud route: park the whole turn until the network is back
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class TurnResult:
-    turn_id: str
-    text: str
-    route: str
-    receipt_id: str
-    status: str
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)
-    deferred_task_ids: list[str] = field(default_factory=list)
-    usage: Usage = field(default_factory=Usage)
-    model: str | None = None  # the model asked for
-    model_answered: str | None = None  # the model the provider says answered
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "usage": asdict(self.usage)}
 
 
 @dataclass
@@ -115,22 +79,20 @@ class TurnEngine:
         store: TaskStore,
         tools: ToolRegistry,
         connectivity: Connectivity,
-        client: DeliveryClient,
+        deliver: Deliver,
         route_for: Callable[[str | None, str | None], Awaitable[tuple[RouteInfo, ModelBackend]]],
+        announce: Announce,
         *,
-        delivery_timeout_s: float = 30.0,
         turn_timeout_s: float = TURN_TIMEOUT_S,
     ) -> None:
         self._db = db
         self._store = store
         self._tools = tools
         self._connectivity = connectivity
-        self._client = client
+        self._deliver = deliver
         self._route_for = route_for
-        self._delivery_timeout_s = delivery_timeout_s
+        self._announce = announce  # told of every finished turn once its receipt committed
         self._turn_timeout_s = turn_timeout_s
-        # Told of every finished turn (ok, parked, refused or error) once its receipt committed.
-        self.on_finished: Callable[[TurnResult, dict[str, Any], bool], None] | None = None
 
     async def run(
         self, request: TurnRequest, on_token: TokenSink | None = None, *, turn_id: str | None = None
@@ -300,28 +262,28 @@ class TurnEngine:
             message["content"] = json.dumps({"error": exc.message})
             progress.messages.append(message)
             return
+        key = _call_key(turn_id, len(progress.messages), index)
         if self._connectivity.state == "online":
-            try:
-                answer = await tool.deliver(
-                    self._client,
-                    args,
-                    _call_key(turn_id, len(progress.messages), index),
-                    self._delivery_timeout_s,
-                )
-            except NetworkUnreachable:
+            sent = await self._deliver(tool.name, args, key)
+            if sent.outcome == Outcome.UNREACHABLE:
                 self._connectivity.report_network_error()  # then park it, as if offline
             else:
-                record["status"] = "done"
-                record["result_status"] = answer.status
-                message["content"] = _result_for_model({"state": "done", "result": answer.to_json()})
+                if sent.result is None:  # nothing was sent: the call itself cannot be made
+                    record["status"] = "error"
+                    message["content"] = json.dumps({"error": sent.error})
+                else:
+                    record["status"] = "done"
+                    record["result_status"] = sent.status
+                    message["content"] = _result_for_model({"state": "done", "result": sent.result})
                 progress.messages.append(message)
                 return
         task_id = receipts.new_id("t")
         progress.parked.append(
-            NewTask.for_tool(
-                tool,
-                args,
-                idempotency_key=_call_key(turn_id, len(progress.messages), index),
+            NewTask(
+                tool=tool.name,
+                args=args,
+                host=tool.destination_host(args),
+                idempotency_key=key,
                 turn_id=turn_id,
                 task_id=task_id,
             )
@@ -393,8 +355,7 @@ class TurnEngine:
             model=route.model,
             model_answered=progress.model_answered,
         )
-        if self.on_finished is not None:
-            self.on_finished(result, receipt, progress.resumed)
+        self._announce.turn_finished(result.to_json(), receipt, progress.resumed)
         return result
 
 

@@ -35,8 +35,8 @@ import httpx
 import structlog
 
 from waystation import timeutil
-from waystation.agent.metered import read_nm_metered
-from waystation.agent.netlink import NetlinkWatcher
+from waystation.adapters.connectivity.metered import read_nm_metered
+from waystation.adapters.connectivity.netlink import NetlinkWatcher
 from waystation.config import ConnectivitySettings
 from waystation.errors import InputError
 
@@ -116,7 +116,7 @@ class ConnectivityMonitor:
         watch_os_events: bool = True,
     ) -> None:
         self._settings = settings
-        self._on_change = on_change
+        self._listeners = [] if on_change is None else [on_change]
         self._watch_os_events = watch_os_events
         self._mode: Mode = settings.mode
         self._state: State = "unknown" if settings.mode == "auto" else settings.mode
@@ -354,11 +354,15 @@ class ConnectivityMonitor:
             self._notify()
         return True
 
+    def listen(self, on_change: Callable[[dict[str, object]], None]) -> None:
+        """Also call `on_change(snapshot)` on every change of state or mode."""
+        self._listeners.append(on_change)
+
     def _notify(self) -> None:
-        if self._on_change is None:
-            return
-        try:
-            self._on_change(self.snapshot())
-        except Exception:
-            # A broken subscriber must not stop the monitor; the state change itself stands.
-            log.exception("connectivity.on_change_failed")
+        snapshot = self.snapshot()
+        for listener in self._listeners:
+            try:
+                listener(snapshot)
+            except Exception:
+                # A broken subscriber must not stop the monitor; the state change itself stands.
+                log.exception("connectivity.on_change_failed")

@@ -1,0 +1,205 @@
+"""The Flusher alone, on a real database, with the shipped doubles for its ports: a scripted
+delivery, a connectivity state the test sets, and an announcer that records.
+
+What is checked: it delivers only while online and starts the instant the state turns online;
+the keys it sends; the limits on what is in flight (overall and per host); how each outcome
+settles a task (done, retry with Retry-After, dead with the reason, unreachable with no attempt
+counted and the monitor told); metered hold-back and an explicit flush; and that stopping gives
+every task it holds back as pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+
+from waystation import timeutil
+from waystation.config import QueueSettings
+from waystation.db import Database
+from waystation.ports import Delivery, Outcome
+from waystation.queue.flusher import Flusher
+from waystation.queue.policy import TaskState
+from waystation.queue.store import TaskStore
+from waystation.queue.tasks import NewTask, Task
+from waystation.testing import FakeConnectivity, RecordingAnnouncer, ScriptedDelivery, delivered, until
+
+SETTINGS = QueueSettings(concurrency=4, per_host=2)
+
+
+@pytest.fixture
+def store(db: Database) -> TaskStore:
+    return TaskStore(db, SETTINGS)
+
+
+@pytest.fixture
+def connectivity() -> FakeConnectivity:
+    return FakeConnectivity(state="online")
+
+
+@pytest.fixture
+def announced() -> RecordingAnnouncer:
+    return RecordingAnnouncer()
+
+
+@pytest.fixture
+def delivery() -> ScriptedDelivery:
+    return ScriptedDelivery()
+
+
+@pytest.fixture
+async def flusher(
+    store: TaskStore,
+    delivery: ScriptedDelivery,
+    connectivity: FakeConnectivity,
+    announced: RecordingAnnouncer,
+) -> AsyncIterator[Flusher]:
+    flusher = Flusher(store, delivery, connectivity, SETTINGS, announced, rng=random.Random(7))
+    running = asyncio.create_task(flusher.run())
+    try:
+        yield flusher
+    finally:
+        delivery.release()
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
+async def add(
+    store: TaskStore, flusher: Flusher, n: int, host: str = "a.example", size: int = 10
+) -> list[Task]:
+    tasks = []
+    for i in range(n):
+        new = NewTask("http_request", {"url": f"http://{host}/{i}", "pad": "x" * size}, host, f"{host}-{i}")
+        task, _ = await store.enqueue(new)
+        tasks.append(task)
+    flusher.wake()
+    return tasks
+
+
+async def states(store: TaskStore, tasks: list[Task]) -> list[TaskState]:
+    return [(await store.get(t.id)).state for t in tasks]
+
+
+async def test_delivers_while_online_with_each_tasks_key(
+    store: TaskStore, flusher: Flusher, delivery: ScriptedDelivery, announced: RecordingAnnouncer
+) -> None:
+    tasks = await add(store, flusher, 3)
+    await until(lambda: len(announced.tasks) == 3)
+    assert sorted(delivery.keys) == sorted(t.idempotency_key for t in tasks)
+    assert await states(store, tasks) == [TaskState.DONE] * 3
+    assert announced.deliveries == [(Outcome.DONE, False)] * 3
+    for task in tasks:
+        assert announced.states(task.id) == ["done"]
+    receipts = [r for _, r in announced.tasks]
+    assert all(r is not None and r["status"] == "ok" for r in receipts)
+
+
+async def test_nothing_goes_out_offline_and_everything_at_once_when_online(
+    store: TaskStore, flusher: Flusher, delivery: ScriptedDelivery, connectivity: FakeConnectivity
+) -> None:
+    connectivity.state = "offline"
+    flusher.connectivity_changed("offline")
+    tasks = await add(store, flusher, 3)
+    await asyncio.sleep(0.2)
+    assert delivery.calls == []
+    assert await states(store, tasks) == [TaskState.PENDING] * 3
+    connectivity.state = "online"
+    flusher.connectivity_changed("online")
+    await until(lambda: len(delivery.calls) == 3, within=1.0)  # no polling delay
+
+
+async def test_in_flight_stays_within_concurrency_and_per_host(
+    store: TaskStore, flusher: Flusher, delivery: ScriptedDelivery
+) -> None:
+    delivery.hold()
+    await add(store, flusher, 6, host="a.example")
+    await add(store, flusher, 6, host="b.example")
+    await add(store, flusher, 6, host="c.example")
+    await until(lambda: delivery.in_flight == SETTINGS.concurrency)
+    await asyncio.sleep(0.1)  # nothing more starts while they hang
+    assert delivery.in_flight == SETTINGS.concurrency
+    hosts = [c.args["url"].split("/")[2] for c in delivery.calls]
+    assert max(hosts.count(h) for h in set(hosts)) <= SETTINGS.per_host
+    delivery.release()
+    await until(lambda: len(delivery.calls) == 18)
+
+
+async def test_unreachable_counts_no_attempt_and_tells_the_monitor(
+    store: TaskStore, flusher: Flusher, delivery: ScriptedDelivery, connectivity: FakeConnectivity
+) -> None:
+    delivery.script.append(Delivery(Outcome.UNREACHABLE, error="a.example: connection refused"))
+    delivery.default = Delivery(Outcome.UNREACHABLE, error="a.example: connection refused")
+    (task,) = await add(store, flusher, 1)
+    await until(lambda: connectivity.network_errors >= 1)
+    await until(lambda: flusher.in_flight == 0)
+    after = await store.get(task.id)
+    assert after.state == TaskState.PENDING and after.attempts == 0 and after.net_failures >= 1
+    assert after.last_error == "a.example: connection refused"
+
+
+async def test_retry_honours_retry_after(
+    store: TaskStore, flusher: Flusher, delivery: ScriptedDelivery
+) -> None:
+    delivery.default = Delivery(Outcome.RETRY, status=503, result={"status": 503}, retry_after_s=600.0)
+    before = timeutil.now()
+    (task,) = await add(store, flusher, 1)
+    await until(lambda: len(delivery.calls) == 1)
+    await until(lambda: flusher.in_flight == 0)
+    after = await store.get(task.id)
+    assert after.state == TaskState.PENDING and after.attempts == 1
+    assert after.next_attempt_at >= before + 600.0
+    assert after.last_error == "HTTP 503; will retry"
+
+
+async def test_dead_says_why_with_or_without_an_http_status(
+    store: TaskStore, flusher: Flusher, delivery: ScriptedDelivery, announced: RecordingAnnouncer
+) -> None:
+    delivery.script += [delivered(404), Delivery(Outcome.DEAD, error="http_request: url is not absolute")]
+    delivery.hold()
+    first = await add(store, flusher, 1, host="a.example")
+    await until(lambda: len(delivery.calls) == 1)
+    second = await add(store, flusher, 1, host="b.example")
+    await until(lambda: len(delivery.calls) == 2)
+    delivery.release()
+    await until(lambda: len(announced.tasks) == 2)
+    dead = [await store.get(t.id) for t in first + second]
+    assert [t.state for t in dead] == [TaskState.DEAD, TaskState.DEAD]
+    assert dead[0].last_error == "destination answered HTTP 404"
+    assert dead[1].last_error == "http_request: url is not absolute"  # never "HTTP None"
+
+
+async def test_metered_link_holds_large_tasks_until_an_explicit_flush(
+    store: TaskStore, flusher: Flusher, delivery: ScriptedDelivery, connectivity: FakeConnectivity
+) -> None:
+    connectivity.metered = True
+    small = await add(store, flusher, 1, host="a.example", size=10)
+    large = await add(store, flusher, 1, host="b.example", size=SETTINGS.metered_max_bytes + 1)
+    await until(lambda: len(delivery.calls) == 1)
+    await asyncio.sleep(0.1)
+    assert delivery.keys == [small[0].idempotency_key]
+    flusher.flush_everything()
+    await until(lambda: len(delivery.calls) == 2)
+    assert delivery.keys[1] == large[0].idempotency_key
+
+
+async def test_stopping_gives_held_tasks_back_as_pending(
+    store: TaskStore,
+    delivery: ScriptedDelivery,
+    connectivity: FakeConnectivity,
+    announced: RecordingAnnouncer,
+) -> None:
+    flusher = Flusher(store, delivery, connectivity, SETTINGS, announced)
+    delivery.hold()
+    running = asyncio.create_task(flusher.run())
+    tasks = await add(store, flusher, 8, host="a.example")
+    await until(lambda: delivery.in_flight == SETTINGS.per_host)
+    assert flusher.held()  # in flight, and leased ahead
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+    assert await states(store, tasks) == [TaskState.PENDING] * 8
+    assert announced.tasks == []  # nothing was answered, so nothing settled

@@ -1,0 +1,80 @@
+"""The ports the core needs, declared once: what the queue and the turn engine call out through.
+
+Each port is a `typing.Protocol` with a real implementation in an adapter or the station and a
+test double in `waystation.testing`. The queue imports these and nothing of the adapters, so a
+delivery, the network's state and what the agent announces can be swapped without touching it.
+
+    Connectivity   the network's state as the connectivity monitor sees it (adapters/connectivity)
+    Deliver        send one task once -> a Delivery (station/delivery.py: tools and deferred turns)
+    Announce       say what happened: tasks changed, turns finished (station/announce.py)
+
+Data crosses these ports as plain values (JSON objects, enums), never as a layer's own records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class Outcome(StrEnum):
+    """What one delivery attempt came to; the queue's policy decides the task's fate from it."""
+
+    DONE = "done"  # the destination accepted it
+    RETRY = "retry"  # the destination answered "not now"
+    DEAD = "dead"  # the destination answered "never", or the task can never be sent
+    UNREACHABLE = "unreachable"  # no answer at all: connection, DNS, timeout, route offline
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The result of sending a task once."""
+
+    outcome: Outcome
+    status: int | None = None  # the destination's HTTP status, when it answered over HTTP
+    result: dict[str, Any] | None = None  # kept as the task's result
+    retry_after_s: float | None = None  # the destination asked for this pause
+    error: str | None = None  # why it did not succeed, in words (never a credential)
+
+
+class Deliver(Protocol):
+    async def __call__(self, tool: str, args: Mapping[str, Any], idempotency_key: str) -> Delivery:
+        """Send validated args once. Never raises for the destination's answer or its absence:
+        both are a Delivery."""
+        ...
+
+
+class Connectivity(Protocol):
+    @property
+    def state(self) -> str:
+        """online | offline | portal | unknown: deliveries happen only while `online`."""
+        ...
+
+    @property
+    def metered(self) -> bool:
+        """The link costs per byte: large tasks wait for an unmetered one (or an explicit flush)."""
+        ...
+
+    def report_network_error(self) -> None:
+        """A delivery got no answer: probe at once rather than at the next scheduled time."""
+        ...
+
+
+class Announce(Protocol):
+    """What the core tells the rest of the agent (event stream, metrics, turn resumption)."""
+
+    def task_changed(self, task: Mapping[str, Any], receipt: Mapping[str, Any] | None = None) -> None:
+        """A task (the contract's task object) changed state; `receipt` if it wrote one."""
+        ...
+
+    def delivered(self, outcome: Outcome, repeated: bool) -> None:
+        """A delivery's answer was recorded; `repeated` when it was not the task's first try."""
+        ...
+
+    def turn_finished(
+        self, turn: Mapping[str, Any], receipt: Mapping[str, Any] | None = None, resumed: bool = False
+    ) -> None:
+        """A turn ended a run (ok, parked, refused, error) and its receipt committed."""
+        ...

@@ -1,0 +1,1 @@
+"""The station: the one composition root (build.py) and the one operations layer (ops/)."""

@@ -1,0 +1,82 @@
+"""The Announce port as the agent implements it: what happened goes to the event stream and the
+metrics, then to whoever listens for it (the flusher hears connectivity, turn resumption hears
+settled tasks, the router hears which model answered).
+
+Listeners register after the components they call exist, so nothing is wired backwards; they
+run synchronously on the event loop and must only note the change or schedule work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+
+from waystation.ports import Outcome
+from waystation.station.events import EventBus
+from waystation.station.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+Listener = Callable[[Mapping[str, Any]], None]
+
+
+class Announcer:
+    def __init__(self, events: EventBus, metrics: Metrics, connectivity: str = "unknown") -> None:
+        self.events = events
+        self.metrics = metrics
+        self._listeners: dict[str, list[Listener]] = {"task": [], "turn": [], "connectivity": []}
+        self._connectivity_seen = connectivity  # the monitor's state when it was built
+
+    def listen(self, kind: str, listener: Listener) -> None:
+        """Call `listener(data)` for each `kind` ("task", "turn", "connectivity") announced."""
+        self._listeners[kind].append(listener)
+
+    def _tell(self, kind: str, data: Mapping[str, Any]) -> None:
+        for listener in self._listeners[kind]:
+            try:
+                listener(data)
+            except Exception:  # one broken listener must not stop the others or the caller
+                log.exception("listener failed", kind=kind)
+
+    # --- ports.Announce --------------------------------------------------------------------------
+
+    def task_changed(self, task: Mapping[str, Any], receipt: Mapping[str, Any] | None = None) -> None:
+        self.events.publish("task", dict(task))
+        if receipt is not None:
+            self.events.publish("receipt", dict(receipt))
+        self._tell("task", task)
+
+    def delivered(self, outcome: Outcome, repeated: bool) -> None:
+        self.metrics.delivered(str(outcome), repeated)
+
+    def turn_finished(
+        self, turn: Mapping[str, Any], receipt: Mapping[str, Any] | None = None, resumed: bool = False
+    ) -> None:
+        usage = turn.get("usage") or {}
+        self.metrics.turn_finished(
+            str(turn["route"]),
+            str(turn["status"]),
+            int(usage.get("prompt_tokens", 0)),
+            int(usage.get("completion_tokens", 0)),
+        )
+        cold_load_ms = receipt.get("cold_load_ms") if receipt is not None else None
+        if isinstance(cold_load_ms, int | float) and not isinstance(cold_load_ms, bool):
+            self.metrics.model_loaded(cold_load_ms / 1000)
+        self.events.publish("turn", {**turn, "resumed": resumed})
+        if receipt is not None:
+            self.events.publish("receipt", dict(receipt))
+        self._tell("turn", turn)
+
+    # --- the connectivity monitor's on_change -----------------------------------------------------
+
+    def connectivity_changed(self, snapshot: dict[str, object]) -> None:
+        """A transition counts when the state differs from the last one seen (mode-only changes
+        and repeated notices of one change count nothing)."""
+        state = str(snapshot.get("state"))
+        if state != self._connectivity_seen:
+            self._connectivity_seen = state
+            self.metrics.connectivity_transitions.inc(to=state)
+        self.events.publish("connectivity", snapshot)
+        self._tell("connectivity", snapshot)

@@ -1,0 +1,44 @@
+"""The agent at a glance: status, routes, connectivity (read and forced), metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast, get_args
+
+from waystation.adapters.connectivity.monitor import Mode
+from waystation.errors import MalformedRequest
+from waystation.station.build import Station
+from waystation.station.metrics import render_metrics
+
+
+async def status(station: Station) -> dict[str, Any]:
+    return {
+        "version": station.version,
+        "uptime_s": round(time.monotonic() - station.started, 3),
+        "connectivity": station.monitor.snapshot(),
+        "queue": await station.store.counts(),
+        "model": station.router.local.model_status(),
+        "routes": await station.router.statuses(),
+    }
+
+
+async def routes(station: Station) -> list[dict[str, Any]]:
+    return await station.router.statuses()
+
+
+def connectivity(station: Station) -> dict[str, object]:
+    return station.monitor.snapshot()
+
+
+def set_connectivity(station: Station, mode: object) -> dict[str, object]:
+    """Force online/offline ("airplane mode"), or follow the network again (auto)."""
+    modes = get_args(Mode)
+    if mode not in modes:
+        raise MalformedRequest(f"mode must be one of {', '.join(modes)}")
+    station.monitor.set_mode(cast(Mode, mode))
+    return station.monitor.snapshot()
+
+
+async def metrics(station: Station) -> str:
+    """The Prometheus exposition text, queue depth and connectivity read at scrape time."""
+    return render_metrics(await station.store.counts(), station.monitor.state, station.announcer.metrics)

@@ -1,0 +1,84 @@
+"""What a turn is asked to do (TurnRequest) and what it came to (TurnResult): frozen records with
+explicit JSON, shared by the engine, the operations and the socket API."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from waystation.adapters.models.base import Message, ToolChoice
+from waystation.errors import MalformedRequest
+from waystation.receipts import Usage
+
+MAX_STEPS = 4
+MAX_TOKENS_LIMIT = 8192
+DEFERRED_TURN_TOOL = "turn"  # the task a whole deferred turn becomes (station/delivery.py runs it)
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    prompt: str
+    route: str | None = None
+    model: str | None = None
+    system: str | None = None
+    max_tokens: int = 256
+    tool_choice: ToolChoice = "auto"
+    max_steps: int = MAX_STEPS
+    messages: list[Message] | None = None  # a whole conversation (OpenAI-style) instead of prompt
+    temperature: float = 0.0  # greedy by default
+    defer: bool = False  # offline on a cloud route: park the whole turn until the network is back
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TurnResult:
+    turn_id: str
+    text: str
+    route: str
+    receipt_id: str
+    status: str
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    deferred_task_ids: list[str] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    model: str | None = None  # the model asked for
+    model_answered: str | None = None  # the model the provider says answered
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "usage": asdict(self.usage)}
+
+
+def turn_request(body: Mapping[str, Any]) -> TurnRequest:
+    """A turn as `POST /v1/turns` (and `waystation turn`) asks for it, or MalformedRequest."""
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str):
+        raise MalformedRequest("prompt must be a string")
+    for name in ("route", "model", "system"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise MalformedRequest(f"{name} must be a string")
+    if not isinstance(body.get("defer", False), bool):
+        raise MalformedRequest("defer must be true or false")
+    choice = body.get("tool_choice", "auto")
+    if choice not in ("auto", "required", "none"):
+        raise MalformedRequest("tool_choice must be one of auto, required, none")
+    return TurnRequest(
+        prompt=prompt,
+        route=body.get("route"),
+        model=body.get("model"),
+        system=body.get("system"),
+        max_tokens=bounded_int(body, "max_tokens", 256, MAX_TOKENS_LIMIT),
+        tool_choice=choice,
+        max_steps=bounded_int(body, "max_steps", MAX_STEPS, 16),
+        defer=bool(body.get("defer", False)),
+    )
+
+
+def bounded_int(body: Mapping[str, Any], name: str, default: int, maximum: int) -> int:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= maximum:
+        raise MalformedRequest(f"{name} must be an integer between 1 and {maximum}")
+    return value

@@ -1,0 +1,57 @@
+"""Parked turns resume in the background once every task they parked has settled.
+
+The agent listens for settled tasks (`task_changed`), and at start picks up turns whose tasks
+settled while it was down or whose resumption a stop cut short. A resumption writes its own
+receipt (the engine announces it); stopping cancels the ones running, and each still writes
+its "interrupted" receipt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from waystation.db import Database
+from waystation.errors import WaystationError
+from waystation.queue.policy import SETTLED
+from waystation.station.turns.engine import TurnEngine
+from waystation.station.turns.records import parked_turns_ready, reclaim_interrupted_resumptions
+
+log = structlog.get_logger(__name__)
+
+
+class Resumptions:
+    def __init__(self, turns: TurnEngine) -> None:
+        self._turns = turns
+        self._running: set[asyncio.Task[None]] = set()
+
+    def task_changed(self, task: Mapping[str, Any]) -> None:
+        """A listener for announced tasks: the last settled task of a turn resumes it."""
+        turn_id = task.get("turn_id")
+        if turn_id and task.get("state") in SETTLED:
+            self.resume_soon(str(turn_id))
+
+    async def start(self, db: Database) -> None:
+        """Resume what the last run left: cut-short resumptions and turns whose tasks settled."""
+        await reclaim_interrupted_resumptions(db)
+        for turn_id in await parked_turns_ready(db):
+            self.resume_soon(turn_id)
+
+    def resume_soon(self, turn_id: str) -> None:
+        task = asyncio.create_task(self._resume(turn_id), name=f"resume-{turn_id}")
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _resume(self, turn_id: str) -> None:
+        try:
+            await self._turns.resume(turn_id)  # the engine announces it
+        except WaystationError as exc:
+            log.warning("resumed turn failed", turn_id=turn_id, error=exc.message)
+
+    async def close(self) -> None:
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)

@@ -1,0 +1,125 @@
+"""Test doubles for every port, shipped with the package as httpx ships MockTransport and
+structlog ships capture_logs: fast, deterministic stand-ins for the network, the destinations and
+the rest of the agent, so the queue and the turn engine can be tested alone.
+
+    FakeConnectivity     ports.Connectivity: a state you set, network errors counted
+    ScriptedDelivery     ports.Deliver: answers you script, calls recorded, deliveries you can hold
+    RecordingAnnouncer   ports.Announce: everything announced, kept in lists
+    ScriptedBackend      the model port (adapters.models.base.ModelBackend): scripted replies
+
+The real implementations get their own tests on real things (loopback servers, real models).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from waystation.adapters.models.scripted import ScriptedBackend
+from waystation.ports import Delivery, Outcome
+from waystation.queue.policy import classify
+
+__all__ = [
+    "FakeConnectivity",
+    "RecordingAnnouncer",
+    "ScriptedBackend",
+    "ScriptedDelivery",
+    "delivered",
+    "until",
+]
+
+
+@dataclass
+class FakeConnectivity:
+    state: str = "online"
+    metered: bool = False
+    network_errors: int = 0
+
+    def report_network_error(self) -> None:
+        self.network_errors += 1
+
+
+def delivered(status: int = 200, body: str = "ok") -> Delivery:
+    """What a destination that answered `status` comes to (as station/delivery.py reports it)."""
+    result = {"status": status, "headers": {}, "body": body, "truncated": False}
+    return Delivery(classify(status), status=status, result=result)
+
+
+@dataclass(frozen=True)
+class Call:
+    tool: str
+    args: Mapping[str, Any]
+    idempotency_key: str
+
+
+Answer = Delivery | Callable[[Call], Delivery]
+
+
+class ScriptedDelivery:
+    """Answers each delivery with the next scripted answer (a Delivery, or a function of the
+    call), then with `default` once the script runs out. `hold()` keeps deliveries waiting for
+    their destination until `release()`: the way to see what is in flight."""
+
+    def __init__(self, *script: Answer, default: Answer | None = None) -> None:
+        self.script: list[Answer] = list(script)
+        self.default: Answer = default if default is not None else delivered()
+        self.calls: list[Call] = []
+        self.in_flight = 0
+        self._open = asyncio.Event()
+        self._open.set()
+
+    def hold(self) -> None:
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    @property
+    def keys(self) -> list[str]:
+        return [c.idempotency_key for c in self.calls]
+
+    async def __call__(self, tool: str, args: Mapping[str, Any], idempotency_key: str) -> Delivery:
+        call = Call(tool, dict(args), idempotency_key)
+        self.calls.append(call)
+        self.in_flight += 1
+        try:
+            await self._open.wait()
+        finally:
+            self.in_flight -= 1
+        answer = self.script.pop(0) if self.script else self.default
+        return answer(call) if callable(answer) else answer
+
+
+@dataclass
+class RecordingAnnouncer:
+    tasks: list[tuple[dict[str, Any], dict[str, Any] | None]] = field(default_factory=list)
+    deliveries: list[tuple[Outcome, bool]] = field(default_factory=list)
+    turns: list[tuple[dict[str, Any], dict[str, Any] | None, bool]] = field(default_factory=list)
+
+    def task_changed(self, task: Mapping[str, Any], receipt: Mapping[str, Any] | None = None) -> None:
+        self.tasks.append((dict(task), None if receipt is None else dict(receipt)))
+
+    def delivered(self, outcome: Outcome, repeated: bool) -> None:
+        self.deliveries.append((outcome, repeated))
+
+    def turn_finished(
+        self, turn: Mapping[str, Any], receipt: Mapping[str, Any] | None = None, resumed: bool = False
+    ) -> None:
+        self.turns.append((dict(turn), None if receipt is None else dict(receipt), resumed))
+
+    def states(self, task_id: str) -> list[str]:
+        """The states announced for one task, in order."""
+        return [t["state"] for t, _ in self.tasks if t["id"] == task_id]
+
+
+async def until(predicate: Callable[[], object], within: float = 3.0) -> float:
+    """Wait until predicate() is true (checking every 10 ms); the seconds it took."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > within:
+            raise AssertionError(f"condition not met within {within} s")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
