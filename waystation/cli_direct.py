@@ -61,11 +61,11 @@ class DirectStation:
 
     async def _build(self, stack: contextlib.AsyncExitStack, paths: Paths) -> Station:
         from waystation import logs
-        from waystation.station.build import build
+        from waystation.station.build import build_direct
 
         settings = load_settings(self.paths)
         logs.configure(logging.WARNING)  # stdout belongs to the output: library lines, warnings only
-        return await build(stack, paths, settings, "direct")
+        return await build_direct(stack, paths, settings)
 
     async def _once(self, paths: Paths, op: Operation[T], args: tuple[Any, ...]) -> T:
         async with contextlib.AsyncExitStack() as stack:

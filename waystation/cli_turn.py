@@ -132,7 +132,7 @@ async def _in_process(
     paths: Paths, settings: Settings, body: dict[str, Any], stream: bool, shown: Progress
 ) -> dict[str, Any]:
     from waystation import logs
-    from waystation.station.build import build
+    from waystation.station.build import build_in_process
     from waystation.station.ops import turns
     from waystation.station.turns.request import turn_request
 
@@ -145,6 +145,6 @@ async def _in_process(
 
     request = turn_request({k: v for k, v in body.items() if v is not None})
     async with contextlib.AsyncExitStack() as stack:
-        station = await build(stack, paths, settings, "in_process")
+        station = await build_in_process(stack, paths, settings)
         result = await turns.run(station, request, echo if stream else None)
         return result.to_json()

@@ -25,7 +25,7 @@ from waystation.agent.http_io import (
 )
 from waystation.agent.openapi import openapi_document
 from waystation.errors import InputError, MalformedRequest, WaystationError
-from waystation.station.build import Station
+from waystation.station.build import AgentStation
 from waystation.station.ops import receipts, status, tasks
 
 log = structlog.get_logger(__name__)
@@ -51,7 +51,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return error_response(500, "internal_error", "unexpected error; see the agent's log")
 
 
-def create_app(station: Station) -> web.Application:
+def create_app(station: AgentStation) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors_as_json])
     app[STATION] = station
     app.router.add_get("/v1/status", get_status)

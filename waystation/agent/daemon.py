@@ -34,7 +34,7 @@ from waystation.agent.peer import (
 )
 from waystation.config import Paths, Settings
 from waystation.queue.store import TaskStore
-from waystation.station.build import build, cancel
+from waystation.station.build import build_agent, cancel
 from waystation.station.events import EventBus
 
 log = structlog.get_logger(__name__)
@@ -56,7 +56,7 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
         gid = socket_gid(settings.agent.socket_group)
         prepare_socket_dir(paths.socket, gid)
         stack.enter_context(single_instance(paths.socket))
-        station = await build(stack, paths, settings, "agent")
+        station = await build_agent(stack, paths, settings)
 
         housekeeping = Housekeeping(station)
         housekeeping.start()

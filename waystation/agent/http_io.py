@@ -8,11 +8,11 @@ from typing import Any
 from aiohttp import web
 
 from waystation.errors import MalformedRequest
-from waystation.station.build import Station
+from waystation.station.build import AgentStation
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_LIST = 1000
-STATION: web.AppKey[Station] = web.AppKey("station", Station)
+STATION: web.AppKey[AgentStation] = web.AppKey("station", AgentStation)
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -52,5 +52,5 @@ def optional_str(body: dict[str, Any], name: str, max_len: int = 255) -> str | N
     return value
 
 
-def station_of(request: web.Request) -> Station:
+def station_of(request: web.Request) -> AgentStation:
     return request.app[STATION]

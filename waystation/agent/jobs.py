@@ -11,7 +11,7 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from waystation.errors import DatabaseError
-from waystation.station.build import Station
+from waystation.station.build import AgentStation
 
 log = structlog.get_logger(__name__)
 
@@ -22,7 +22,7 @@ COMPACT_INTERVAL_S = 6 * 3600
 
 
 class Housekeeping:
-    def __init__(self, station: Station) -> None:
+    def __init__(self, station: AgentStation) -> None:
         self._station = station
         self._scheduler = AsyncIOScheduler()
 

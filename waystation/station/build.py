@@ -1,16 +1,17 @@
 """The one composition root: every component is constructed here, and only here.
 
-Three ways to run need three sets of components, built by one code path:
+Three ways to run need three sets of components, each built by extending the last:
 
-    direct      the command line with no agent: the database, the queue store, the tools
-    in_process  one turn in the command line's process: + a connectivity monitor that probes
-                once (no OS events), the routes and the turn engine
-    agent       the long-running agent: + OS events, the flusher, turn resumption, housekeeping
+    build_direct      the command line with no agent: the database, the queue store, the tools
+    build_in_process  one turn in the command line's own process: + a connectivity monitor that
+                      probes once (no OS events), the routes and the turn engine
+    build_agent       the long-running agent: + OS events, the flusher, turn resumption
 
 Each component registers its own cleanup on the caller's AsyncExitStack as it is built, so the
 stack unwinds in reverse order of dependence (deliveries stop before the database closes).
-Components are built in order of dependence and nothing refers to one that does not exist yet:
-listeners register once both sides exist (see station/announce.py).
+Nothing refers to a component that does not exist yet: listeners register once both sides exist
+(see station/announce.py). An operation says in its signature which station it needs, so asking
+a direct station for a turn is a type error, not a runtime surprise.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
 
 import structlog
 
@@ -30,7 +30,6 @@ from waystation.adapters.routes.local import LocalRoute
 from waystation.adapters.tools import ToolRegistry, default_tools, new_client
 from waystation.config import Paths, Settings
 from waystation.db import Database
-from waystation.errors import WaystationError
 from waystation.queue.flusher import Flusher
 from waystation.queue.store import TaskStore
 from waystation.station.announce import Announcer
@@ -42,110 +41,115 @@ from waystation.station.turns.resume import Resumptions
 
 log = structlog.get_logger(__name__)
 
-Mode = Literal["direct", "in_process", "agent"]
-T = TypeVar("T")
-
-
-class NotBuilt(WaystationError):
-    """An operation asked for a component this way of running does not build (a bug)."""
+Stack = contextlib.AsyncExitStack
 
 
 @dataclass
 class Station:
-    """The components of one process; operations (station/ops) take it as their first argument."""
+    """What every way of running has: operations on tasks and receipts need no more."""
 
-    mode: Mode
     paths: Paths
     settings: Settings
     db: Database
     store: TaskStore
     tools: ToolRegistry  # what models and `POST /v1/tasks` may use
     announcer: Announcer
-    monitor_: ConnectivityMonitor | None = None
-    router_: Router | None = None
-    turns_: TurnEngine | None = None
-    flusher_: Flusher | None = None
-    started: float = field(default_factory=time.monotonic)
-    version: str = __version__
-
-    @property
-    def monitor(self) -> ConnectivityMonitor:
-        return _built(self.monitor_, "connectivity monitor", self.mode)
-
-    @property
-    def router(self) -> Router:
-        return _built(self.router_, "router", self.mode)
-
-    @property
-    def turns(self) -> TurnEngine:
-        return _built(self.turns_, "turn engine", self.mode)
-
-    @property
-    def flusher(self) -> Flusher:
-        return _built(self.flusher_, "flusher", self.mode)
+    started: float = field(default_factory=time.monotonic, kw_only=True)
+    version: str = field(default=__version__, kw_only=True)
 
     def wake_flusher(self) -> None:
-        """Something is due now (a task added or retried): the agent's flusher looks at once; with
-        no agent running, it is delivered when one starts."""
-        if self.flusher_ is not None:
-            self.flusher_.wake()
+        """Something is due now; with no agent running, it goes out when one starts."""
 
 
-def _built(component: T | None, name: str, mode: Mode) -> T:
-    if component is None:
-        raise NotBuilt(f"the {name} is not built for {mode} use")
-    return component
+@dataclass
+class TurnStation(Station):
+    """+ what a turn needs: the network's state, the routes and the turn engine."""
+
+    monitor: ConnectivityMonitor
+    router: Router
+    turns: TurnEngine
 
 
-async def build(stack: contextlib.AsyncExitStack, paths: Paths, settings: Settings, mode: Mode) -> Station:
-    """The station for `mode`, its components' cleanups registered on `stack`."""
-    db = await Database.open(paths.database, check=mode == "agent")
+@dataclass
+class AgentStation(TurnStation):
+    """+ what only the long-running agent has: the flusher."""
+
+    flusher: Flusher
+
+    def wake_flusher(self) -> None:
+        self.flusher.wake()
+
+
+async def build_direct(stack: Stack, paths: Paths, settings: Settings) -> Station:
+    db = await _database(stack, paths, check=False)
+    return Station(paths, settings, db, TaskStore(db, settings.queue), default_tools(), _announcer(stack))
+
+
+async def build_in_process(stack: Stack, paths: Paths, settings: Settings) -> TurnStation:
+    db = await _database(stack, paths, check=False)
+    station, _ = _turn_station(stack, paths, settings, db, watch_os_events=False)
+    monitor = await stack.enter_async_context(station.monitor)
+    with contextlib.suppress(TimeoutError):  # one probe decides: deliver now, or park
+        await asyncio.wait_for(monitor.wait_known(), settings.connectivity.probe_timeout_s + 0.5)
+    return station
+
+
+async def build_agent(stack: Stack, paths: Paths, settings: Settings) -> AgentStation:
+    db = await _database(stack, paths, check=True)
+    base, deliveries = _turn_station(stack, paths, settings, db, watch_os_events=True)
+    recovered = await base.store.recover(all_running=True)
+    if recovered:
+        log.info("returned tasks left running by the last run to pending", count=recovered)
+    # The flusher delivers the tools' tasks and also runs whole turns deferred while offline.
+    flusher = Flusher(
+        base.store, deliveries.with_turns(base.turns), base.monitor, settings.queue, base.announcer
+    )
+    station = AgentStation(**vars(base), flusher=flusher)
+    station.announcer.listen(
+        "connectivity", lambda change: flusher.connectivity_changed(str(change["state"]))
+    )
+    resumptions = Resumptions(station.turns)
+    stack.push_async_callback(resumptions.close)  # background resumptions stop before the model closes
+    if settings.agent.resume == "auto":
+        station.announcer.listen("task", resumptions.task_changed)
+    await stack.enter_async_context(station.monitor)
+    flushing = asyncio.create_task(flusher.run(), name="flusher")
+    stack.push_async_callback(cancel, flushing)
+    await resumptions.start(db)
+    return station
+
+
+async def _database(stack: Stack, paths: Paths, *, check: bool) -> Database:
+    db = await Database.open(paths.database, check=check)
     stack.push_async_callback(db.close)
-    store = TaskStore(db, settings.queue)
-    if mode == "agent":
-        recovered = await store.recover(all_running=True)
-        if recovered:
-            log.info("returned tasks left running by the last run to pending", count=recovered)
+    return db
+
+
+def _announcer(stack: Stack, connectivity: str = "unknown") -> Announcer:
     events = EventBus()
     stack.callback(events.close)
-    tools = default_tools()
-    if mode == "direct":
-        return Station(mode, paths, settings, db, store, tools, Announcer(events, Metrics()))
+    return Announcer(events, Metrics(), connectivity)
 
-    monitor = ConnectivityMonitor(settings.connectivity, watch_os_events=mode == "agent")
-    announcer = Announcer(events, Metrics(), connectivity=monitor.state)
+
+def _turn_station(
+    stack: Stack, paths: Paths, settings: Settings, db: Database, *, watch_os_events: bool
+) -> tuple[TurnStation, Deliveries]:
+    """The components a turn needs (the monitor not yet started), and the tools' deliveries."""
+    monitor = ConnectivityMonitor(settings.connectivity, watch_os_events=watch_os_events)
+    announcer = _announcer(stack, connectivity=monitor.state)
     monitor.listen(announcer.connectivity_changed)
     client = new_client()
     stack.push_async_callback(client.aclose)
+    tools = default_tools()
+    deliveries = Deliveries(tools, client, settings.queue.delivery_timeout_s)
     router = Router(
         LocalRoute(settings.model), settings.agent.default_route, settings=settings, connectivity=monitor
     )
     stack.push_async_callback(router.close)
     announcer.listen("turn", router.answered)
-    timeout_s = settings.queue.delivery_timeout_s
-    turns = TurnEngine(
-        db, store, tools, monitor, Deliveries(tools, client, timeout_s), router.resolve, announcer
-    )
-    station = Station(mode, paths, settings, db, store, tools, announcer, monitor, router, turns)
-    if mode == "in_process":
-        await stack.enter_async_context(monitor)
-        with contextlib.suppress(TimeoutError):  # one probe decides: deliver now, or park
-            await asyncio.wait_for(monitor.wait_known(), settings.connectivity.probe_timeout_s + 0.5)
-        return station
-
-    # The flusher also delivers whole turns deferred while offline.
-    flusher = Flusher(store, Deliveries(tools, client, timeout_s, turns), monitor, settings.queue, announcer)
-    announcer.listen("connectivity", lambda snapshot: flusher.connectivity_changed(str(snapshot["state"])))
-    resumptions = Resumptions(turns)
-    stack.push_async_callback(resumptions.close)  # background resumptions stop before the model closes
-    if settings.agent.resume == "auto":
-        announcer.listen("task", resumptions.task_changed)
-    await stack.enter_async_context(monitor)
-    flushing = asyncio.create_task(flusher.run(), name="flusher")
-    stack.push_async_callback(cancel, flushing)
-    station.flusher_ = flusher
-    await resumptions.start(db)
-    return station
+    store = TaskStore(db, settings.queue)
+    turns = TurnEngine(db, store, tools, monitor, deliveries, router.resolve, announcer)
+    return TurnStation(paths, settings, db, store, tools, announcer, monitor, router, turns), deliveries
 
 
 async def cancel(task: asyncio.Task[None]) -> None:

@@ -36,6 +36,10 @@ class Deliveries:
         self._timeout_s = timeout_s
         self._turns = turns
 
+    def with_turns(self, turns: TurnEngine) -> Deliveries:
+        """These deliveries, and whole turns deferred while offline run by `turns` (the flusher's)."""
+        return Deliveries(self._tools, self._client, self._timeout_s, turns)
+
     async def __call__(self, tool: str, args: Mapping[str, Any], idempotency_key: str) -> Delivery:
         if tool == DEFERRED_TURN_TOOL and self._turns is not None:
             return await run_deferred_turn(self._turns, args)

@@ -7,11 +7,11 @@ from typing import Any, cast, get_args
 
 from waystation.adapters.connectivity.monitor import Mode
 from waystation.errors import MalformedRequest
-from waystation.station.build import Station
+from waystation.station.build import AgentStation, TurnStation
 from waystation.station.metrics import render_metrics
 
 
-async def status(station: Station) -> dict[str, Any]:
+async def status(station: TurnStation) -> dict[str, Any]:
     return {
         "version": station.version,
         "uptime_s": round(time.monotonic() - station.started, 3),
@@ -22,15 +22,15 @@ async def status(station: Station) -> dict[str, Any]:
     }
 
 
-async def routes(station: Station) -> list[dict[str, Any]]:
+async def routes(station: TurnStation) -> list[dict[str, Any]]:
     return await station.router.statuses()
 
 
-def connectivity(station: Station) -> dict[str, object]:
+def connectivity(station: TurnStation) -> dict[str, object]:
     return station.monitor.snapshot()
 
 
-def set_connectivity(station: Station, mode: object) -> dict[str, object]:
+def set_connectivity(station: TurnStation, mode: object) -> dict[str, object]:
     """Force online/offline ("airplane mode"), or follow the network again (auto)."""
     modes = get_args(Mode)
     if mode not in modes:
@@ -39,6 +39,6 @@ def set_connectivity(station: Station, mode: object) -> dict[str, object]:
     return station.monitor.snapshot()
 
 
-async def metrics(station: Station) -> str:
+async def metrics(station: AgentStation) -> str:
     """The Prometheus exposition text, queue depth and connectivity read at scrape time."""
     return render_metrics(await station.store.counts(), station.monitor.state, station.announcer.metrics)

@@ -9,7 +9,7 @@ from typing import Any
 from waystation.errors import MalformedRequest
 from waystation.queue.policy import TaskState
 from waystation.queue.tasks import NewTask
-from waystation.station.build import Station
+from waystation.station.build import AgentStation, Station
 
 
 async def add(
@@ -64,7 +64,7 @@ async def cancel(station: Station, task_id: str) -> dict[str, Any]:
     return answer
 
 
-async def flush(station: Station) -> dict[str, Any]:
+async def flush(station: AgentStation) -> dict[str, Any]:
     """Make every pending task due now and deliver (the agent only: it holds the flusher)."""
     due = await station.store.make_due()
     station.flusher.flush_everything()  # an explicit flush sends what a metered connection holds back
