@@ -289,6 +289,21 @@ def test_unreadable_receipt_is_one_clear_error(home: Path) -> None:
     assert cli(home, "receipts", "verify").returncode == 1
 
 
+def test_unreadable_receipt_reads_the_same_with_and_without_the_agent(agent: Agent) -> None:
+    """One operation serves both paths, so one error text (it was an HTTP 500 via the agent)."""
+    home = agent.home
+    task = add(home)
+    cli(home, "queue", "cancel", task["id"])
+    with sqlite3.connect(home / "waystation.db") as db:
+        db.execute("UPDATE receipts SET body = 'not json'")
+    through_agent = cli(home, "receipts", "ls")
+    agent.stop()
+    direct = cli(home, "receipts", "ls")
+    assert "a stored receipt is not valid JSON" in one_error_line(direct)
+    assert one_error_line(through_agent) == one_error_line(direct)
+    assert through_agent.returncode == direct.returncode == 1
+
+
 @pytest.mark.parametrize(
     "argv",
     [
