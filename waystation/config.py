@@ -197,14 +197,7 @@ def _build(raw: dict[str, dict[str, Any]]) -> Settings:
         if section not in hints:
             raise ConfigError(section, f"unknown section; known: {', '.join(hints)}")
         cls = hints[section]
-        fields = typing.get_type_hints(cls)
-        checked = {}
-        for key, value in values.items():
-            dotted = f"{section}.{key}"
-            if key not in fields:
-                raise ConfigError(dotted, f"unknown key; known: {', '.join(fields)}")
-            checked[key] = _check(dotted, fields[key], value)
-        sections[section] = cls(**checked)
+        sections[section] = cls(**_checked_keys(section, typing.get_type_hints(cls), values))
     settings = Settings(**sections)
     _check_ranges(settings)
     return settings
@@ -218,14 +211,20 @@ def _build_routes(raw: dict[str, Any]) -> dict[str, RouteSettings]:
             raise ConfigError(f"routes.{name}", f"unknown route; known: {', '.join(ROUTE_NAMES)}")
         if not isinstance(values, dict):
             raise ConfigError(f"routes.{name}", "expected a [routes.NAME] table")
-        checked: dict[str, Any] = {"enabled": name not in OFF_BY_DEFAULT}
-        for key, value in values.items():
-            dotted = f"routes.{name}.{key}"
-            if key not in fields:
-                raise ConfigError(dotted, f"unknown key; known: {', '.join(fields)}")
-            checked[key] = _check(dotted, fields[key], value)
+        checked = {"enabled": name not in OFF_BY_DEFAULT, **_checked_keys(f"routes.{name}", fields, values)}
         routes[name] = RouteSettings(**checked)
     return routes
+
+
+def _checked_keys(table: str, fields: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """The values of one table, each checked against its field's type; an unknown key is refused."""
+    checked = {}
+    for key, value in values.items():
+        dotted = f"{table}.{key}"
+        if key not in fields:
+            raise ConfigError(dotted, f"unknown key; known: {', '.join(fields)}")
+        checked[key] = _check(dotted, fields[key], value)
+    return checked
 
 
 def _check(key: str, kind: Any, value: Any) -> Any:
