@@ -54,6 +54,12 @@ def _op(summary: str, responses: dict[str, Schema], **extra: Any) -> Schema:
     return {"summary": summary, "responses": {**responses, **COMMON_ERRORS}, **extra}
 
 
+def _turn_op(summary: str, answer: str, schema_name: str, **extra: Any) -> Schema:
+    """A turn: JSON, or Server-Sent Events when the request asks to stream."""
+    content = {"application/json": {"schema": ref(schema_name)}, **SSE}
+    return _op(summary, {"200": {"description": answer, "content": content}, **TURN_ERRORS}, **extra)
+
+
 def _id_param(what: str) -> Schema:
     return {
         "name": "id",
@@ -64,13 +70,14 @@ def _id_param(what: str) -> Schema:
     }
 
 
-LIMIT = {
-    "name": "limit",
-    "in": "query",
-    "required": False,
-    "description": "at most this many (default 100)",
-    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST},
-}
+def _query(name: str, schema: Schema, description: str) -> Schema:
+    """An optional query parameter."""
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+LIMIT = _query(
+    "limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIST}, "at most this many (default 100)"
+)
 
 
 def _task_op(summary: str, extra_errors: dict[str, Schema]) -> Schema:
@@ -127,12 +134,7 @@ PATHS: dict[str, Schema] = {
             },
             operationId="listTasks",
             parameters=[
-                {
-                    "name": "state",
-                    "in": "query",
-                    "required": False,
-                    "schema": {"type": "string", "enum": TASK_STATES},
-                },
+                _query("state", {"type": "string", "enum": TASK_STATES}, "only tasks in this state"),
                 LIMIT,
             ],
         ),
@@ -158,29 +160,19 @@ PATHS: dict[str, Schema] = {
         )
     },
     "/v1/turns": {
-        "post": _op(
+        "post": _turn_op(
             "one model turn (Server-Sent Events `token`, `done`, `error` when streaming)",
-            {
-                "200": {
-                    "description": "the turn",
-                    "content": {"application/json": {"schema": ref("TurnResult")}, **SSE},
-                },
-                **TURN_ERRORS,
-            },
+            "the turn",
+            "TurnResult",
             operationId="turn",
             requestBody=_body("TurnRequest"),
         )
     },
     "/v1/chat/completions": {
-        "post": _op(
+        "post": _turn_op(
             "OpenAI-compatible chat completions on the default route (plain and streaming)",
-            {
-                "200": {
-                    "description": "a completion",
-                    "content": {"application/json": {"schema": ref("ChatCompletion")}, **SSE},
-                },
-                **TURN_ERRORS,
-            },
+            "a completion",
+            "ChatCompletion",
             operationId="chatCompletions",
             requestBody=_body("ChatCompletionRequest"),
         )
@@ -194,13 +186,9 @@ PATHS: dict[str, Schema] = {
             },
             operationId="listReceipts",
             parameters=[
-                {
-                    "name": "after",
-                    "in": "query",
-                    "required": False,
-                    "description": "start after the receipt with this id (404 if there is none)",
-                    "schema": {"type": "string"},
-                },
+                _query(
+                    "after", {"type": "string"}, "start after the receipt with this id (404 if there is none)"
+                ),
                 LIMIT,
             ],
         )
