@@ -26,7 +26,7 @@ from waystation.queue.store import LEASE_MARGIN_S, TaskStore
 from waystation.queue.tasks import NewTask, Task
 from waystation.receipts import verify_database
 from waystation.station.announce import Announcer
-from waystation.station.build import AgentStation
+from waystation.station.build import Station
 from waystation.testing import RecordingAnnouncer
 
 SETTINGS = QueueSettings()
@@ -54,33 +54,22 @@ def announced() -> RecordingAnnouncer:
 
 
 @pytest.fixture
-def station(db: Database, tmp_path: Path, announced: RecordingAnnouncer) -> AgentStation:
-    """An agent's station with what the jobs touch real (database, store, settings) and the rest
-    stand-ins: the shipped RecordingAnnouncer, a flusher that only says what it holds."""
+def station(db: Database, tmp_path: Path, announced: RecordingAnnouncer) -> Station:
+    """What the jobs touch, real (database, store, settings), announcing to a recorder."""
     paths = Paths.resolve({"WAYSTATION_HOME": str(tmp_path)})
-    stand_in: Any = None  # jobs never touch the monitor, routes or turn engine
-    return AgentStation(
-        paths,
-        Settings(),
-        db,
-        TaskStore(db, SETTINGS),
-        default_tools(),
-        cast(Announcer, announced),
-        monitor=stand_in,
-        router=stand_in,
-        turns=stand_in,
-        flusher=cast(Flusher, StubFlusher()),
+    return Station(
+        paths, Settings(), db, TaskStore(db, SETTINGS), default_tools(), cast(Announcer, announced)
     )
 
 
 @pytest.fixture
-def flusher(station: AgentStation) -> StubFlusher:
-    return cast(StubFlusher, station.flusher)
+def flusher() -> StubFlusher:
+    return StubFlusher()
 
 
 @pytest.fixture
-def housekeeping(station: AgentStation) -> Housekeeping:
-    return Housekeeping(station)
+def housekeeping(station: Station, flusher: StubFlusher) -> Housekeeping:
+    return Housekeeping(station, cast(Flusher, flusher))
 
 
 @pytest.fixture
@@ -137,7 +126,7 @@ def _size(path: Path) -> int:
 
 async def test_expire_tombstones_overdue_pending_tasks(
     housekeeping: Housekeeping,
-    station: AgentStation,
+    station: Station,
     announced: RecordingAnnouncer,
     db: Database,
     clock: list[float],
@@ -178,7 +167,7 @@ async def test_expire_tombstones_overdue_pending_tasks(
 
 
 async def test_reap_reclaims_expired_leases_but_keeps_held_ones(
-    housekeeping: Housekeeping, station: AgentStation, flusher: StubFlusher, db: Database, clock: list[float]
+    housekeeping: Housekeeping, station: Station, flusher: StubFlusher, db: Database, clock: list[float]
 ) -> None:
     store = station.store
     a, _ = await store.enqueue(_new(1))
@@ -206,7 +195,7 @@ async def test_reap_reclaims_expired_leases_but_keeps_held_ones(
 
 
 async def test_checkpoint_truncates_the_wal(
-    housekeeping: Housekeeping, station: AgentStation, db: Database
+    housekeeping: Housekeeping, station: Station, db: Database
 ) -> None:
     wal = Path(f"{db.path}-wal")
     for n in range(50):
@@ -227,7 +216,7 @@ async def test_checkpoint_truncates_the_wal(
 
 
 async def test_compact_removes_only_old_settled_rows_and_keeps_receipts(
-    housekeeping: Housekeeping, station: AgentStation, db: Database, clock: list[float]
+    housekeeping: Housekeeping, station: Station, db: Database, clock: list[float]
 ) -> None:
     store = station.store
     done, _ = await store.enqueue(_new(1))
@@ -265,7 +254,7 @@ async def test_compact_removes_only_old_settled_rows_and_keeps_receipts(
     assert await _receipt_task_ids(db) == receipts_before
 
 
-async def test_compact_settled_is_bounded_per_call(station: AgentStation, clock: list[float]) -> None:
+async def test_compact_settled_is_bounded_per_call(station: Station, clock: list[float]) -> None:
     store = station.store
     ids = []
     for n in range(5):
@@ -281,7 +270,7 @@ async def test_compact_settled_is_bounded_per_call(station: AgentStation, clock:
 
 
 async def test_compact_uses_the_configured_retention(
-    housekeeping: Housekeeping, station: AgentStation, clock: list[float]
+    housekeeping: Housekeeping, station: Station, clock: list[float]
 ) -> None:
     station.settings = Settings(queue=QueueSettings(retention_days=1.0))
     task, _ = await station.store.enqueue(_new(1))

@@ -58,7 +58,7 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
         stack.enter_context(single_instance(paths.socket))
         station = await build_agent(stack, paths, settings)
 
-        housekeeping = Housekeeping(station)
+        housekeeping = Housekeeping(station, station.flusher)
         housekeeping.start()
         stack.callback(housekeeping.stop)
         await housekeeping.expire()

@@ -11,7 +11,8 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from waystation.errors import DatabaseError
-from waystation.station.build import AgentStation
+from waystation.queue.flusher import Flusher
+from waystation.station.build import Station
 
 log = structlog.get_logger(__name__)
 
@@ -22,8 +23,9 @@ COMPACT_INTERVAL_S = 6 * 3600
 
 
 class Housekeeping:
-    def __init__(self, station: AgentStation) -> None:
+    def __init__(self, station: Station, flusher: Flusher) -> None:
         self._station = station
+        self._flusher = flusher
         self._scheduler = AsyncIOScheduler()
 
     def start(self) -> None:
@@ -53,13 +55,13 @@ class Housekeeping:
     async def reap(self) -> int:
         """Leases that outlived their delivery are abandoned: those tasks go back to pending."""
         try:
-            reclaimed = await self._station.store.recover(keep=self._station.flusher.held())
+            reclaimed = await self._station.store.recover(keep=self._flusher.held())
         except DatabaseError as exc:
             log.error("lease reaping failed", error=exc.message)
             return 0
         if reclaimed:
             log.warning("reclaimed abandoned leases", count=reclaimed)
-            self._station.flusher.wake()
+            self._flusher.wake()
         return reclaimed
 
     async def checkpoint(self) -> None:
