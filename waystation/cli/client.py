@@ -2,7 +2,7 @@
 
 `AgentClient` speaks HTTP over the Unix socket and turns error answers back into WaystationErrors.
 `Waystation` is what commands use: each operation goes through the agent when it runs and,
-when it does not, straight to the database (`DirectStore`, in cli_direct.py), answering with
+when it does not, straight to the database (`DirectStore`, in cli/direct.py), answering with
 the same JSON objects either way.
 """
 
@@ -21,7 +21,7 @@ from waystation import errors
 from waystation.errors import AgentNotRunning, WaystationError
 
 if TYPE_CHECKING:
-    from waystation.cli_direct import DirectStore
+    from waystation.cli.direct import DirectStore
     from waystation.config import Paths
 
 T = TypeVar("T")
@@ -242,7 +242,7 @@ class Waystation:
     @property
     def direct(self) -> DirectStore:
         if self._direct is None:
-            from waystation.cli_direct import DirectStore
+            from waystation.cli.direct import DirectStore
 
             self._direct = DirectStore(self.paths)
         return self._direct
