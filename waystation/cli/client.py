@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json as json_module
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -19,6 +18,7 @@ import httpx
 
 from waystation import errors
 from waystation.errors import AgentNotRunning, WaystationError
+from waystation.sse import SseParser
 
 if TYPE_CHECKING:
     from waystation.cli.direct import DirectStore
@@ -172,28 +172,12 @@ class AgentClient:
                 raise _error_from(response)
             if on_open is not None:
                 on_open()
-            ident, event, data = None, "message", list[str]()
+            parser = SseParser()
             for line in response.iter_lines():
-                if not line:
-                    if data:
-                        text = "\n".join(data)
-                        try:
-                            yield ident, event, json_module.loads(text)
-                        except ValueError:
-                            yield ident, event, text
-                    ident, event, data = None, "message", []
-                elif not line.startswith(":"):  # ":..." is a comment (keep-alive)
-                    name, _, value = line.partition(":")
-                    value = value.removeprefix(" ")
-                    if name == "event":
-                        event = value
-                    elif name == "data":
-                        data.append(value)
-                    elif name == "id":
-                        try:
-                            ident = int(value)
-                        except ValueError:
-                            ident = None
+                for found in parser.feed(line):
+                    yield found.ident, found.event, found.json()
+            # No parser.end(): every event the agent sends ends with a blank line, so what is left
+            # is an event cut off by a lost connection, and a half event must not pass as whole.
 
     @contextlib.contextmanager
     def _translated(self) -> Iterator[None]:
