@@ -34,36 +34,47 @@ PAGE = 1000  # receipts per request when reading the whole chain
 class RemoteError(WaystationError):
     """An error answer whose code names no class here (an agent newer than this client)."""
 
-    def __init__(self, code: str, message: str, http_status: int = 500, exit_code: int = 1) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        http_status: int = 500,
+        exit_code: int = 1,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         # Instance values shadow the class-level defaults for this one error.
         self.code = code  # type: ignore[misc]
         self.http_status = http_status  # type: ignore[misc]
         self.exit_code = exit_code  # type: ignore[misc]
+        self.remote_details = dict(details or {})
+
+    def details(self) -> dict[str, Any]:
+        """The details the agent sent, as they were."""
+        return dict(self.remote_details)
 
 
 def _error_classes() -> dict[str, type[WaystationError]]:
+    """Each code of errors.py and its class: the class that defines the code, where subclasses
+    share it (RouteOffline answers as RouteRefused's route_refused)."""
     found: dict[str, type[WaystationError]] = {}
     todo: list[type[WaystationError]] = [WaystationError]
     while todo:
         cls = todo.pop()
-        if cls.__module__ == errors.__name__:
+        if cls.__module__ == errors.__name__ and "code" in vars(cls):
             found.setdefault(cls.code, cls)
         todo.extend(cls.__subclasses__())
     return found
 
 
-def rebuild_error(code: str, message: str, http_status: int) -> WaystationError:
-    """The error an agent answered, as the class its code names (so `except NotFound` works).
-
-    Only the message crosses the socket: structured fields such as NotFound.ident are not set.
-    """
+def rebuild_error(code: str, message: str, http_status: int, details: object = None) -> WaystationError:
+    """The error an agent answered, as the class its code names (so `except NotFound` works),
+    built through its constructor from the details (so NotFound.ident is there): see
+    WaystationError.from_json. An unknown code gives a RemoteError with the answer's status."""
     cls = _error_classes().get(code)
     if cls is None:
-        return RemoteError(code, message, http_status)
-    error = cls.__new__(cls)
-    WaystationError.__init__(error, message)
-    return error
+        return RemoteError(code, message, http_status, details=details if isinstance(details, dict) else None)
+    return cls.from_json(message, details)
 
 
 def _error_from(response: httpx.Response) -> WaystationError:
@@ -78,7 +89,7 @@ def _error_from(response: httpx.Response) -> WaystationError:
             f"the agent answered HTTP {response.status_code}{hint}",
             response.status_code,
         )
-    return rebuild_error(code, message, response.status_code)
+    return rebuild_error(code, message, response.status_code, detail.get("details"))
 
 
 def _os_cause(exc: BaseException) -> OSError | None:

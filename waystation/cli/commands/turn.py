@@ -124,7 +124,7 @@ def _through_agent(agent: Any, body: dict[str, Any], stream: bool, shown: Progre
         elif event == "error":
             from waystation.cli.client import rebuild_error
 
-            raise rebuild_error(data["code"], data["message"], 400)
+            raise rebuild_error(data["code"], data["message"], 400, data.get("details"))
     raise WaystationError("the agent closed the stream before the turn finished")
 
 
