@@ -27,7 +27,6 @@ import httpx
 
 from waystation import __version__, timeutil
 from waystation.adapters.models.base import Generation, GenerationRequest, TokenSink, ToolSpec
-from waystation.sse import SseParser
 from waystation.errors import (
     NetworkUnreachable,
     ProviderError,
@@ -35,6 +34,7 @@ from waystation.errors import (
     RouteRefused,
     WaystationError,
 )
+from waystation.sse import SseParser
 
 USER_AGENT = f"waystation/{__version__}"
 # Per operation: a long silent read is a model thinking, not a dead link; the turn engine's
