@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from agentproc import Agent, Receiver, agent_env, make_home, remove_home, wait_for
 
-from waystation.client import RemoteError, rebuild_error
+from waystation.cli.client import RemoteError, rebuild_error
 from waystation.errors import IdempotencyConflict, NotFound, RouteRefused, UnknownTool
 
 URL = "http://127.0.0.1:9/x"  # the discard port: nothing answers, nothing is sent while offline
@@ -442,7 +442,7 @@ def test_task_added_by_cli_is_delivered_when_online(agent: Agent, receiver: Rece
 
 
 def test_events_stream(agent: Agent) -> None:
-    from waystation.client import AgentClient
+    from waystation.cli.client import AgentClient
 
     seen: list[tuple[str, Any]] = []
     failures: list[BaseException] = []

@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 from agentproc import Agent, agent_env, make_home, remove_home, wait_for
 
-from waystation import cli_ops
+from waystation.cli.commands import doctor as doctor_cmd
+from waystation.cli.commands import events as events_cmd
 
 URL = "http://127.0.0.1:9/x"  # the discard port: nothing is sent while offline
 
@@ -118,14 +119,14 @@ def test_doctor_with_a_healthy_running_agent(home: Path) -> None:
 
 
 def test_a_llama_crash_is_reported_with_the_portable_rebuild() -> None:
-    check = cli_ops.check_llama("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    check = doctor_cmd.check_llama("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
     assert check.level == "fail"
     assert "SIGSEGV" in check.message
     assert "CMAKE_ARGS" in check.message and "GGML_NATIVE=OFF" in check.message
 
 
 def test_a_hung_llama_is_reported() -> None:
-    check = cli_ops.check_llama("import time; time.sleep(30)", timeout_s=0.5)
+    check = doctor_cmd.check_llama("import time; time.sleep(30)", timeout_s=0.5)
     assert check.level == "fail" and "took over" in check.message
 
 
@@ -206,13 +207,14 @@ def test_events_ctrl_c_exits_0(home: Path) -> None:
 
 def test_event_line_summaries() -> None:
     task = {"id": "t_1", "tool": "http_request", "state": "dead", "attempts": 3, "last_error": "HTTP 404"}
-    assert "t_1 http_request dead (attempts 3): HTTP 404" in cli_ops.event_line("task", task)
+    assert "t_1 http_request dead (attempts 3): HTTP 404" in events_cmd.event_line("task", task)
     receipt = {"id": "r_1", "kind": "task", "status": "ok", "route": {"name": "web_fetch"}}
-    assert "r_1 task ok via web_fetch" in cli_ops.event_line("receipt", receipt)
-    assert "offline (mode offline)" in cli_ops.event_line(
+    assert "r_1 task ok via web_fetch" in events_cmd.event_line("receipt", receipt)
+    assert "offline (mode offline)" in events_cmd.event_line(
         "connectivity", {"state": "offline", "mode": "offline"}
     )
-    assert os.linesep not in cli_ops.event_line("turn", {"turn_id": "turn_1", "route": "local", "usage": {}})
+    turn = {"turn_id": "turn_1", "route": "local", "usage": {}}
+    assert os.linesep not in events_cmd.event_line("turn", turn)
 
 
 # --- events: following across restarts -----------------------------------------------------------
@@ -283,7 +285,7 @@ def test_events_follows_the_stream_across_an_agent_restart(home: Path, tmp_path:
 
 
 def test_resuming_with_last_event_id_sees_no_event_twice(home: Path) -> None:
-    from waystation.client import AgentClient
+    from waystation.cli.client import AgentClient
 
     agent = Agent(home, env={"WAYSTATION_CONNECTIVITY__MODE": "offline"})
     try:
@@ -347,7 +349,7 @@ def test_follow_events_dedupes_and_notes_each_outage_once(tmp_path: Path) -> Non
     notes: list[str] = []
     pauses: list[float] = []
     with pytest.raises(KeyboardInterrupt):
-        cli_ops.follow_events(
+        events_cmd.follow_events(
             fake,  # type: ignore[arg-type]
             lambda kind, data: shown.append(data["n"]),
             sleep=pauses.append,
@@ -364,7 +366,7 @@ def test_follow_events_gives_up_when_no_agent_was_ever_reached(tmp_path: Path) -
 
     fake = FakeAgent(AgentNotRunning(tmp_path / "sock"))
     with pytest.raises(AgentNotRunning):
-        cli_ops.follow_events(fake, lambda kind, data: None, sleep=lambda s: None, note=lambda s: None)  # type: ignore[arg-type]
+        events_cmd.follow_events(fake, lambda kind, data: None, sleep=lambda s: None, note=lambda s: None)  # type: ignore[arg-type]
 
 
 def test_follow_events_after_the_agent_left_before_any_event(tmp_path: Path) -> None:
@@ -375,7 +377,7 @@ def test_follow_events_after_the_agent_left_before_any_event(tmp_path: Path) -> 
     fake = FakeAgent([], AgentNotRunning(tmp_path / "sock"), [booted])
     shown: list[int] = []
     with pytest.raises(KeyboardInterrupt):
-        cli_ops.follow_events(
+        events_cmd.follow_events(
             fake,  # type: ignore[arg-type]
             lambda kind, data: shown.append(data["n"]),
             sleep=lambda s: None,

@@ -821,7 +821,9 @@ async def test_turn_timeout_is_a_504_turn_timeout_with_an_error_receipt(
         await make_engine(model, turn_timeout_s=0.2).run(TurnRequest("tell a story"))
     assert caught.value.code == "turn_timeout" and caught.value.http_status == 504
     assert caught.value.limit_s == 0.2
-    assert caught.value.to_json() == {"error": {"code": "turn_timeout", "message": caught.value.message}}
+    assert caught.value.to_json() == {
+        "error": {"code": "turn_timeout", "message": caught.value.message, "details": {"limit_s": 0.2}}
+    }
     (receipt,) = await all_receipts(db)
     assert receipt["status"] == "error" and receipt["reason"] == caught.value.message
     assert "0.2 s" in receipt["reason"]

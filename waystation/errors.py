@@ -32,11 +32,18 @@
 
 Foreign exceptions (sqlite3, httpx, ...) are translated into these at the adapter boundary,
 by error code or exception type, never by their message text.
+
+An error crosses the socket as `to_json()`: its code, its message and its `details()`, the
+arguments its constructor took. Each constructor keeps every argument as an attribute of the same
+name (that is the whole declaration), so the reader rebuilds the error through its constructor:
+`NotFound.ident` or `RouteRefused.reason` are there on the other side too.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import inspect
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
 
 
 class WaystationError(Exception):
@@ -48,25 +55,87 @@ class WaystationError(Exception):
         super().__init__(message)
         self.message = message
 
+    def details(self) -> dict[str, Any]:
+        """The constructor's arguments by name, as JSON values: `type(self)(**details)` builds
+        this error again (a `message` argument is the error's message, sent beside the details)."""
+        return {
+            name: json_value(getattr(self, name))
+            for name in constructor_fields(type(self))
+            if name != "message" and hasattr(self, name)
+        }
+
     def to_json(self) -> dict[str, object]:
-        return {"error": {"code": self.code, "message": self.message}}
+        return error_body(self.code, self.message, self.details())
+
+    @classmethod
+    def from_json(cls, message: str, details: object = None) -> Self:
+        """The error `to_json()` described, built through the constructor from `details` so its
+        fields are set. Details that are absent (an older agent) or do not fit the constructor give
+        an instance carrying the message alone. The message is always the one that was sent."""
+        fields = constructor_fields(cls)
+        if isinstance(details, dict) or set(fields) <= {"message"}:
+            given = details if isinstance(details, dict) else {}
+            arguments = {name: given[name] for name in fields if name in given}
+            if "message" in fields:
+                arguments["message"] = message
+            try:
+                error = cls(**arguments)
+            except (TypeError, ValueError):
+                pass
+            else:
+                if error.message != message:  # another version words it otherwise: keep its words
+                    error.message = message
+                    error.args = (message,)
+                return error
+        error = cls.__new__(cls)
+        WaystationError.__init__(error, message)
+        return error
+
+
+def error_body(code: str, message: str, details: Mapping[str, Any] | None = None) -> dict[str, object]:
+    """`{"error": {"code", "message", "details"}}`, details only when there are any."""
+    error: dict[str, object] = {"code": code, "message": message}
+    if details:
+        error["details"] = dict(details)
+    return {"error": error}
+
+
+def constructor_fields(cls: type[WaystationError]) -> tuple[str, ...]:
+    """The names of the arguments `cls(...)` takes (each kept as an attribute of that name)."""
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]  # without self
+    plain = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(p.name for p in parameters if p.kind in plain)
+
+
+def json_value(value: object) -> Any:
+    """A field as JSON: numbers, text, booleans and None as they are, lists and string-keyed
+    dicts item by item, anything else (a path) as its text."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple):
+        return [json_value(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): json_value(item) for key, item in value.items()}
+    return str(value)
 
 
 class ConfigError(WaystationError):
     code = "config_error"
 
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"config: {key}: {message}")
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"config: {key}: {problem}")
         self.key = key
+        self.problem = problem
 
 
 class DatabaseError(WaystationError):
     code = "database_error"
     http_status = 503
 
-    def __init__(self, path: object, message: str) -> None:
-        super().__init__(f"database {path}: {message}")
+    def __init__(self, path: object, problem: str) -> None:
+        super().__init__(f"database {path}: {problem}")
         self.path = path
+        self.problem = problem
 
 
 class DatabaseLocked(DatabaseError):
@@ -117,15 +186,17 @@ class UnknownTool(InputError):
     def __init__(self, tool: str, known: list[str]) -> None:
         super().__init__(f"unknown tool {tool!r}; known tools: {', '.join(sorted(known))}")
         self.tool = tool
+        self.known = known
 
 
 class InvalidArguments(InputError):
     code = "invalid_arguments"
     http_status = 422
 
-    def __init__(self, tool: str, message: str) -> None:
-        super().__init__(f"{tool}: {message}")
+    def __init__(self, tool: str, problem: str) -> None:
+        super().__init__(f"{tool}: {problem}")
         self.tool = tool
+        self.problem = problem
 
 
 class NotFound(InputError):
@@ -179,9 +250,10 @@ class ModelError(WaystationError):
     code = "model_error"
     http_status = 422
 
-    def __init__(self, path: object, message: str) -> None:
-        super().__init__(f"model {path}: {message}")
+    def __init__(self, path: object, problem: str) -> None:
+        super().__init__(f"model {path}: {problem}")
         self.path = path
+        self.problem = problem
 
 
 class ProviderError(WaystationError):
@@ -225,6 +297,7 @@ class SeatRunFailed(WaystationError):
         )
         self.route = route
         self.command = command
+        self.detail = detail
         self.returncode = returncode
 
 

@@ -40,7 +40,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     except WaystationError as exc:
         if not isinstance(exc, InputError):
             log.warning("request failed", path=request.path, code=exc.code, error=exc.message)
-        return error_response(exc.http_status, exc.code, exc.message)
+        return error_response(exc.http_status, exc.code, exc.message, exc.details())
     except web.HTTPRequestEntityTooLarge:
         return error_response(413, "body_too_large", f"request body over {MAX_BODY_BYTES} bytes")
     except web.HTTPException as exc:

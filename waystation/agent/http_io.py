@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
-from waystation.errors import MalformedRequest
+from waystation.errors import MalformedRequest, error_body
 from waystation.station.build import AgentStation
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -15,8 +16,10 @@ MAX_LIST = 1000
 STATION: web.AppKey[AgentStation] = web.AppKey("station", AgentStation)
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def error_response(
+    status: int, code: str, message: str, details: Mapping[str, Any] | None = None
+) -> web.Response:
+    return web.json_response(error_body(code, message, details), status=status)
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from waystation.client import Waystation
+    from waystation.cli.client import Waystation
 
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print one JSON document (the HTTP API's objects) instead of a table.")
@@ -90,8 +90,8 @@ def progress(text: str, enabled: bool | None = None) -> Iterator[Progress]:
 
 
 def waystation() -> Waystation:
-    """The operations behind the commands, through the agent or direct (see client.py)."""
-    from waystation.client import Waystation
+    """The operations behind the commands, through the agent or direct (see cli/client.py)."""
+    from waystation.cli.client import Waystation
     from waystation.config import Paths
 
     return Waystation(Paths.resolve())

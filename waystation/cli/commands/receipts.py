@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from waystation.cli_common import JsonFlag, fail, typer_app, waystation
+from waystation.cli.common import JsonFlag, fail, typer_app, waystation
 
 receipts_app = typer_app(help="List, show, export and verify the receipt chain.", no_args_is_help=True)
 
@@ -30,7 +30,7 @@ def receipts_ls(
     waystation receipts ls --limit 5 --json
     ```
     """
-    from waystation import cli_render as render
+    from waystation.cli import render
 
     with waystation() as ws:
         items = ws.receipts_after(after, limit) if after else ws.latest_receipts(limit)
@@ -42,7 +42,7 @@ def receipts_show(
     receipt_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonFlag = False
 ) -> None:
     """Show one receipt: status, reason, route and lanes, usage, hashes."""
-    from waystation import cli_render as render
+    from waystation.cli import render
 
     with waystation() as ws:
         receipt = ws.get_receipt(receipt_id)
@@ -57,7 +57,7 @@ def receipts_export() -> None:
     waystation receipts export > receipts.jsonl
     ```
     """
-    from waystation import cli_render as render
+    from waystation.cli import render
 
     with waystation() as ws:
         render.emit_json_lines(ws.iter_receipts())
@@ -71,7 +71,7 @@ def receipts_verify(as_json: JsonFlag = False) -> None:
     waystation receipts verify && echo intact
     ```
     """
-    from waystation import cli_render as render
+    from waystation.cli import render
 
     with waystation() as ws:
         result = ws.verify_receipts()

@@ -1,8 +1,8 @@
-"""The console entry point (`waystation`, `python -m waystation`).
+"""The command line, and the console entry point (`waystation`, `python -m waystation`).
 
 `waystation run` starts the agent without loading the command-line framework (typer, click and
 their help rendering cost the long-running process ~8 MB it would never use); every other command
-goes to the typer app in cli_app.py.
+goes to the typer app in cli/app.py. Nothing here may import typer at module level.
 """
 
 from __future__ import annotations
@@ -17,6 +17,6 @@ def main(argv: list[str] | None = None) -> NoReturn:
         from waystation.agent.runner import run_agent
 
         sys.exit(run_agent())
-    from waystation.cli_app import run_cli
+    from waystation.cli.app import run_cli
 
     sys.exit(run_cli(args))

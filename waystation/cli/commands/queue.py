@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from waystation.cli_common import JsonFlag, progress, stderr_is_terminal, typer_app, waystation
+from waystation.cli.common import JsonFlag, progress, stderr_is_terminal, typer_app, waystation
 
 FOLLOW_INTERVAL_S = 0.5
 STATES = ("pending", "running", "done", "dead", "cancelled", "expired")
@@ -55,7 +55,7 @@ def queue_add(
         --args '{"method": "POST", "url": "https://example.com/hook", "json": {"a": 1}}'
     ```
     """
-    from waystation import cli_render as render
+    from waystation.cli import render
 
     arguments = _parse_args(args)
     with waystation() as ws:
@@ -100,7 +100,7 @@ def queue_ls(
     waystation queue ls --state dead
     ```
     """
-    from waystation import cli_render as render
+    from waystation.cli import render
 
     with waystation() as ws:
         tasks = ws.list_tasks(state, limit)
@@ -110,7 +110,7 @@ def queue_ls(
 @queue_app.command("show")
 def queue_show(task_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonFlag = False) -> None:
     """Show one task: state, attempts, next attempt, last error, args and result."""
-    from waystation import cli_render as render
+    from waystation.cli import render
 
     with waystation() as ws:
         task = ws.get_task(task_id)
@@ -120,7 +120,7 @@ def queue_show(task_id: Annotated[str, typer.Argument(metavar="ID")], as_json: J
 @queue_app.command("retry")
 def queue_retry(task_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonFlag = False) -> None:
     """Make a task due now with its attempts reset (dead, cancelled, expired or pending tasks)."""
-    from waystation import cli_render as render
+    from waystation.cli import render
 
     with waystation() as ws:
         task = ws.retry_task(task_id)
@@ -133,7 +133,7 @@ def queue_retry(task_id: Annotated[str, typer.Argument(metavar="ID")], as_json: 
 @queue_app.command("cancel")
 def queue_cancel(task_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonFlag = False) -> None:
     """Cancel a pending task; its receipt records the cancellation."""
-    from waystation import cli_render as render
+    from waystation.cli import render
 
     with waystation() as ws:
         task = ws.cancel_task(task_id)
@@ -159,7 +159,7 @@ def queue_flush(
     On a terminal it then follows the delivery (pending, running, done) until nothing is left
     or connectivity is not online; Ctrl-C stops following, the agent keeps delivering.
     """
-    from waystation import cli_render as render
+    from waystation.cli import render
 
     if wait is None:
         wait = not as_json and sys.stdout.isatty() and stderr_is_terminal()
@@ -180,7 +180,7 @@ def queue_flush(
 def _follow(ws: Any, quiet: bool) -> None:
     """Poll the queue counts until nothing is pending or running, or connectivity is not online.
     The counts show on a spinner line (stderr, terminal only); the outcome is one line."""
-    from waystation import cli_render as render
+    from waystation.cli import render
 
     def finish(text: str) -> None:
         if not quiet:

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from waystation.cli_common import JsonFlag, Progress, progress, stderr_is_terminal, waystation
+from waystation.cli.common import JsonFlag, Progress, progress, stderr_is_terminal, waystation
 from waystation.config import Paths, Settings, load_settings
 from waystation.errors import AgentNotRunning, WaystationError
 
@@ -122,9 +122,9 @@ def _through_agent(agent: Any, body: dict[str, Any], stream: bool, shown: Progre
         elif event == "done":
             return dict(data)
         elif event == "error":
-            from waystation.client import rebuild_error
+            from waystation.cli.client import rebuild_error
 
-            raise rebuild_error(data["code"], data["message"], 400)
+            raise rebuild_error(data["code"], data["message"], 400, data.get("details"))
     raise WaystationError("the agent closed the stream before the turn finished")
 
 

@@ -3,14 +3,13 @@
 `AgentClient` speaks HTTP over the Unix socket and turns error answers back into WaystationErrors.
 `Waystation` is what commands use: each operation goes through the agent when it runs and,
 when it does not, to the same station operation in this process (`DirectStation`, in
-cli_direct.py), answering with the same JSON objects either way.
+cli/direct.py), answering with the same JSON objects either way.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import json as json_module
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -19,9 +18,10 @@ import httpx
 
 from waystation import errors
 from waystation.errors import AgentNotRunning, WaystationError
+from waystation.sse import SseParser
 
 if TYPE_CHECKING:
-    from waystation.cli_direct import DirectStation
+    from waystation.cli.direct import DirectStation
     from waystation.config import Paths
 
 T = TypeVar("T")
@@ -34,36 +34,47 @@ PAGE = 1000  # receipts per request when reading the whole chain
 class RemoteError(WaystationError):
     """An error answer whose code names no class here (an agent newer than this client)."""
 
-    def __init__(self, code: str, message: str, http_status: int = 500, exit_code: int = 1) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        http_status: int = 500,
+        exit_code: int = 1,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         # Instance values shadow the class-level defaults for this one error.
         self.code = code  # type: ignore[misc]
         self.http_status = http_status  # type: ignore[misc]
         self.exit_code = exit_code  # type: ignore[misc]
+        self.remote_details = dict(details or {})
+
+    def details(self) -> dict[str, Any]:
+        """The details the agent sent, as they were."""
+        return dict(self.remote_details)
 
 
 def _error_classes() -> dict[str, type[WaystationError]]:
+    """Each code of errors.py and its class: the class that defines the code, where subclasses
+    share it (RouteOffline answers as RouteRefused's route_refused)."""
     found: dict[str, type[WaystationError]] = {}
     todo: list[type[WaystationError]] = [WaystationError]
     while todo:
         cls = todo.pop()
-        if cls.__module__ == errors.__name__:
+        if cls.__module__ == errors.__name__ and "code" in vars(cls):
             found.setdefault(cls.code, cls)
         todo.extend(cls.__subclasses__())
     return found
 
 
-def rebuild_error(code: str, message: str, http_status: int) -> WaystationError:
-    """The error an agent answered, as the class its code names (so `except NotFound` works).
-
-    Only the message crosses the socket: structured fields such as NotFound.ident are not set.
-    """
+def rebuild_error(code: str, message: str, http_status: int, details: object = None) -> WaystationError:
+    """The error an agent answered, as the class its code names (so `except NotFound` works),
+    built through its constructor from the details (so NotFound.ident is there): see
+    WaystationError.from_json. An unknown code gives a RemoteError with the answer's status."""
     cls = _error_classes().get(code)
     if cls is None:
-        return RemoteError(code, message, http_status)
-    error = cls.__new__(cls)
-    WaystationError.__init__(error, message)
-    return error
+        return RemoteError(code, message, http_status, details=details if isinstance(details, dict) else None)
+    return cls.from_json(message, details)
 
 
 def _error_from(response: httpx.Response) -> WaystationError:
@@ -78,7 +89,7 @@ def _error_from(response: httpx.Response) -> WaystationError:
             f"the agent answered HTTP {response.status_code}{hint}",
             response.status_code,
         )
-    return rebuild_error(code, message, response.status_code)
+    return rebuild_error(code, message, response.status_code, detail.get("details"))
 
 
 def _os_cause(exc: BaseException) -> OSError | None:
@@ -172,28 +183,12 @@ class AgentClient:
                 raise _error_from(response)
             if on_open is not None:
                 on_open()
-            ident, event, data = None, "message", list[str]()
+            parser = SseParser()
             for line in response.iter_lines():
-                if not line:
-                    if data:
-                        text = "\n".join(data)
-                        try:
-                            yield ident, event, json_module.loads(text)
-                        except ValueError:
-                            yield ident, event, text
-                    ident, event, data = None, "message", []
-                elif not line.startswith(":"):  # ":..." is a comment (keep-alive)
-                    name, _, value = line.partition(":")
-                    value = value.removeprefix(" ")
-                    if name == "event":
-                        event = value
-                    elif name == "data":
-                        data.append(value)
-                    elif name == "id":
-                        try:
-                            ident = int(value)
-                        except ValueError:
-                            ident = None
+                for found in parser.feed(line):
+                    yield found.ident, found.event, found.json()
+            # No parser.end(): every event the agent sends ends with a blank line, so what is left
+            # is an event cut off by a lost connection, and a half event must not pass as whole.
 
     @contextlib.contextmanager
     def _translated(self) -> Iterator[None]:
@@ -242,7 +237,7 @@ class Waystation:
     @property
     def direct(self) -> DirectStation:
         if self._direct is None:
-            from waystation.cli_direct import DirectStation
+            from waystation.cli.direct import DirectStation
 
             self._direct = DirectStation(self.paths)
         return self._direct

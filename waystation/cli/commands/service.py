@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from waystation.cli_common import fail, typer_app
+from waystation.cli.common import fail, typer_app
 
 if TYPE_CHECKING:
     from waystation.service import Service

@@ -1,0 +1,1 @@
+"""The commands, one module per command or command group; cli/app.py puts them on the root app."""

@@ -1,0 +1,113 @@
+"""The agent's own commands: `run` (the agent in the foreground), `status`, `routes` and
+`connectivity` (show, or `set` to force a mode). All but `run` need the running agent and exit
+3 without it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from waystation.cli.common import JsonFlag, typer_app, waystation
+
+MODES = ("auto", "online", "offline")
+
+connectivity_app = typer_app(invoke_without_command=True)
+
+
+def run() -> None:
+    """Run the agent in the foreground (what systemd and launchd start).
+
+    It is ready once `GET /v1/status` answers on the socket. SIGTERM or SIGINT stops it within
+    10 s; tasks in flight go back to pending, nothing is lost. Example, forced offline:
+
+    ```
+    WAYSTATION_CONNECTIVITY__MODE=offline waystation run
+    ```
+    """
+    from waystation.agent.runner import run_agent
+
+    code = run_agent()
+    if code:
+        raise typer.Exit(code)
+
+
+def status(as_json: JsonFlag = False) -> None:
+    """Show the agent at a glance: connectivity, queue counts, model and routes.
+
+    Needs the running agent (exit 3 without it).
+
+    ```
+    waystation status --json
+    ```
+    """
+    from waystation.cli import render
+
+    with waystation() as ws:
+        answer = ws.need_agent("GET", "/v1/status")
+    render.output(answer, as_json, render.status_screen)
+
+
+def routes(as_json: JsonFlag = False) -> None:
+    """List every route, available or not, with the reason.
+
+    Needs the running agent (exit 3 without it).
+    """
+    from waystation.cli import render
+
+    with waystation() as ws:
+        answer = ws.need_agent("GET", "/v1/routes")
+    render.output(answer, as_json, render.routes_table)
+
+
+@connectivity_app.callback()
+def connectivity_show(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Show connectivity (online, offline, portal, unknown) and the forced mode; `set` forces it.
+
+    Needs the running agent (exit 3 without it).
+
+    ```
+    waystation connectivity --json
+    waystation connectivity set offline
+    ```
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from waystation.cli import render
+
+    with waystation() as ws:
+        answer = ws.need_agent("GET", "/v1/connectivity")
+    render.output(answer, as_json, render.connectivity)
+
+
+def _check_mode(value: str) -> str:
+    if value not in MODES:
+        raise typer.BadParameter(f"{value!r} is not a mode; use one of {', '.join(MODES)}")
+    return value
+
+
+@connectivity_app.command("set")
+def connectivity_set(
+    mode: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODE",
+            callback=_check_mode,
+            help="auto (follow the network), or online/offline (forced).",
+        ),
+    ],
+    as_json: JsonFlag = False,
+) -> None:
+    """Force connectivity online or offline ("airplane mode"), or go back to auto.
+
+    Needs the running agent (exit 3 without it).
+
+    ```
+    waystation connectivity set offline
+    ```
+    """
+    from waystation.cli import render
+
+    with waystation() as ws:
+        answer = ws.need_agent("PUT", "/v1/connectivity", {"mode": mode})
+    render.output(answer, as_json, render.connectivity)
