@@ -58,7 +58,11 @@ def test_defaults_without_a_file(home: Path) -> None:
     assert settings.connectivity.probe_timeout_s == 3.0
     q = settings.queue
     assert (q.max_attempts, q.backoff_base_s, q.backoff_max_s, q.retention_days, q.concurrency) == (
-        8, 2.0, 3600.0, 7.0, 4,
+        8,
+        2.0,
+        3600.0,
+        7.0,
+        4,
     )
 
 
@@ -271,7 +275,7 @@ def test_a_file_that_is_not_utf8_names_the_file(home: Path) -> None:
 
 
 def test_a_top_level_value_is_named(home: Path) -> None:
-    err = _error(_paths(home, 'concurrency = 2\n'))
+    err = _error(_paths(home, "concurrency = 2\n"))
     assert "concurrency" in str(err)
 
 

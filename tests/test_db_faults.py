@@ -377,8 +377,12 @@ async def test_a_lock_held_by_another_process(db: Database) -> None:
         """
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", holder, str(db.path),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-c",
+        holder,
+        str(db.path),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None
@@ -407,7 +411,8 @@ def _small_tmpfs(target: Path, size: str) -> Iterator[Path]:
     target.mkdir()
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(target)],
-        capture_output=True, check=False,
+        capture_output=True,
+        check=False,
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")

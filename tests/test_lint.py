@@ -19,8 +19,8 @@ def test_ruff_lint_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_package_is_ruff_formatted() -> None:
-    result = run(sys.executable, "-m", "ruff", "format", "--check", "waystation")
+def test_package_and_tests_are_ruff_formatted() -> None:
+    result = run(sys.executable, "-m", "ruff", "format", "--check", "waystation", "tests", "bench")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -26,9 +26,7 @@ SETTINGS = QueueSettings(max_attempts=8, backoff_base_s=2.0, backoff_max_s=3600.
 def _decide(outcome: Outcome, status: int | None, attempts: int = 0, net_failures: int = 0, **kw: object):
     kw.setdefault("settings", SETTINGS)
     kw.setdefault("rng", random.Random(7))
-    return decide(
-        outcome=outcome, status=status, attempts=attempts, net_failures=net_failures, now=NOW, **kw
-    )
+    return decide(outcome=outcome, status=status, attempts=attempts, net_failures=net_failures, now=NOW, **kw)
 
 
 # --- classify ------------------------------------------------------------------------------------
@@ -141,8 +139,13 @@ def test_retry_goes_dead_exactly_at_max_attempts(max_attempts: int) -> None:
     attempts, pendings = 0, 0
     while True:
         d = decide(
-            outcome=Outcome.RETRY, status=500, attempts=attempts, net_failures=0,
-            now=NOW, settings=settings, rng=rng,
+            outcome=Outcome.RETRY,
+            status=500,
+            attempts=attempts,
+            net_failures=0,
+            now=NOW,
+            settings=settings,
+            rng=rng,
         )
         attempts = d.attempts
         if d.state is TaskState.DEAD:
@@ -160,8 +163,14 @@ def test_unreachable_counts_no_attempt_and_never_dies() -> None:
     attempts, net_failures = 3, 0
     for _ in range(200):
         d = decide(
-            outcome=Outcome.UNREACHABLE, status=None, attempts=attempts, net_failures=net_failures,
-            now=NOW, settings=SETTINGS, rng=rng, error="connection refused",
+            outcome=Outcome.UNREACHABLE,
+            status=None,
+            attempts=attempts,
+            net_failures=net_failures,
+            now=NOW,
+            settings=SETTINGS,
+            rng=rng,
+            error="connection refused",
         )
         assert d.state is TaskState.PENDING
         assert d.attempts == 3
