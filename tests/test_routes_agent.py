@@ -574,7 +574,7 @@ def test_no_credential_leaks_anywhere(keyed: Station, bare: Station, loopback: L
     # A turn whose tool call is delivered at once to a destination that sets a cookie.
     call = ToolCall("call_cookie", "http_request", {"method": "GET", "url": cookie_url})
     loopback.script(Reply(tool_calls=[call]), Reply(text="The cookie was set."))
-    tooled = keyed.api("POST", "/v1/turns", json={"prompt": "fetch it", "route": "openai"})
+    tooled = keyed.api("POST", "/v1/turns", json={"prompt": f"fetch {cookie_url}", "route": "openai"})
     assert tooled.status_code == 200, tooled.text
     assert tooled.json()["tool_calls"][0]["status"] == "done"
 

@@ -49,11 +49,12 @@ from waystation.queue.store import TaskStore
 from waystation.queue.tasks import Task
 from waystation.receipts import verify_database
 from waystation.station.announce import Announcer
+from waystation.station.background import Background
 from waystation.station.delivery import Deliveries
 from waystation.station.events import EventBus
 from waystation.station.metrics import Metrics
 from waystation.station.turns.engine import TurnEngine
-from waystation.station.turns.records import parked_turns_ready, reclaim_interrupted_resumptions
+from waystation.station.turns.records import get_turn, parked_turns_ready, recover_turns
 from waystation.station.turns.request import TurnRequest
 from waystation.station.turns.resume import Resumptions
 from waystation.testing import FakeConnectivity, RecordingAnnouncer
@@ -140,6 +141,8 @@ def make_engine(
         tools = default_tools()
         deliver = Deliveries(tools, client, 30.0)
         announce = announce or RecordingAnnouncer()
+        # The loopback destination stands in for hosts the tests' prompts would name.
+        kw.setdefault("allow_hosts", ("127.0.0.1",))
         return TurnEngine(db, store, tools, connectivity, deliver, router.resolve, announce, **kw)
 
     return make
@@ -333,7 +336,8 @@ async def test_receipt_task_and_conversation_commit_together(
     destination: Destination,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """If the receipt cannot be written, the parked task and the saved turn are not there either."""
+    """If the receipt cannot be written, the parked task is not there either, and the turn's row
+    still says what was committed last: that it was running."""
     real_append = receipts.append
 
     def failing_append(conn: sqlite3.Connection, draft: receipts.ReceiptDraft) -> dict[str, Any]:
@@ -346,15 +350,17 @@ async def test_receipt_task_and_conversation_commit_together(
     model = ScriptedBackend([fetch(destination.url("/news"))])
     with pytest.raises(DatabaseError):
         await make_engine(model).run(TurnRequest("fetch the news"))
-    assert (await count(db, "tasks"), await count(db, "turns"), await count(db, "receipts")) == (0, 0, 0)
+    assert (await count(db, "tasks"), await count(db, "turns"), await count(db, "receipts")) == (0, 1, 0)
+    row = await db.fetchone("SELECT state FROM turns")
+    assert row is not None and row["state"] == "running"
 
     # And when the write succeeds, the three appear together.
     monkeypatch.setattr(receipts, "append", real_append)
     result = await make_engine(ScriptedBackend([fetch(destination.url("/news"))])).run(
         TurnRequest("fetch the news")
     )
-    assert (await count(db, "tasks"), await count(db, "turns"), await count(db, "receipts")) == (1, 1, 1)
-    assert result.status == "parked"
+    assert (await count(db, "tasks"), await count(db, "turns"), await count(db, "receipts")) == (1, 2, 1)
+    assert result.status == "parked" and (await get_turn(db, result.turn_id))["state"] == "parked"
     await assert_chain_ok(db)
 
 
@@ -385,9 +391,7 @@ async def test_online_tool_call_is_delivered_and_its_result_given_to_the_model(
     assert len(model.requests) == 2
     (told,) = tool_messages(model.requests[1])
     assert told["tool_call_id"] == "call_1"
-    outcome = json.loads(told["content"])
-    assert outcome["state"] == "done" and outcome["result"]["status"] == 200
-    assert "rain tomorrow" in outcome["result"]["body"]
+    assert told["content"].startswith("HTTP 200\n") and "rain tomorrow" in told["content"]
     assert not any(k.startswith("waystation_") for m in model.requests[1].messages for k in m)
 
     assert await count(db, "tasks") == 0  # nothing parked
@@ -477,9 +481,7 @@ async def test_resume_after_settling_writes_a_linked_receipt_with_the_real_resul
 
     # The model saw the real result in place of "deferred".
     (told,) = tool_messages(model.requests[-1])
-    outcome = json.loads(told["content"])
-    assert outcome["state"] == "done"
-    assert outcome["result"]["status"] == 200 and "rain tomorrow" in outcome["result"]["body"]
+    assert told["content"].startswith("HTTP 200\n") and "rain tomorrow" in told["content"]
     assert "deferred" not in told["content"]
     assert model.requests[-1].tool_choice == "auto"
 
@@ -496,18 +498,22 @@ async def test_resume_after_settling_writes_a_linked_receipt_with_the_real_resul
     await assert_chain_ok(db)
 
 
-async def test_resume_after_a_cancelled_task_tells_the_model_so(
-    make_engine: EngineFactory, store: TaskStore, destination: Destination
+async def test_resume_after_a_cancelled_task_ends_in_error_naming_it(
+    make_engine: EngineFactory, db: Database, store: TaskStore, destination: Destination
 ) -> None:
+    """A resumed turn whose parked call did not succeed is never `ok`: it ends `error` naming
+    the task, and the model is not asked to answer as if it had the result."""
     model = ScriptedBackend([fetch(destination.url("/x")), "It was cancelled."])
     engine = make_engine(model)
     parked = await engine.run(TurnRequest("fetch x"))
-    await store.cancel(parked.deferred_task_ids[0])
+    task_id = parked.deferred_task_ids[0]
+    await store.cancel(task_id)
     resumed = await engine.resume(parked.turn_id)
-    assert resumed is not None and resumed.status == "ok"
-    (told,) = tool_messages(model.requests[-1])
-    outcome = json.loads(told["content"])
-    assert outcome["state"] == "cancelled" and outcome["error"] == "cancelled by request"
+    assert resumed is not None and resumed.status == "error" and resumed.text == ""
+    assert len(model.requests) == 1
+    turn = await get_turn(db, parked.turn_id)
+    assert turn["state"] == "error" and task_id in turn["reason"] and "cancelled" in turn["reason"]
+    assert turn["text"] is None and turn["tool_calls"][0]["task_state"] == "cancelled"
 
 
 async def test_concurrent_resumes_run_the_turn_once(
@@ -541,11 +547,11 @@ async def test_resume_waits_for_every_task_of_the_turn(
     first, second = parked.deferred_task_ids
     await deliver_and_settle(store, first, destination)
     assert await engine.resume(parked.turn_id) is None
-    await store.cancel(second)
+    await deliver_and_settle(store, second, destination)
     resumed = await engine.resume(parked.turn_id)
     assert resumed is not None and resumed.text == "both back"
-    states = sorted(json.loads(m["content"])["state"] for m in tool_messages(model.requests[-1]))
-    assert states == ["cancelled", "done"]
+    told = [m["content"] for m in tool_messages(model.requests[-1])]
+    assert len(told) == 2 and all(t.startswith("HTTP 200") for t in told)
 
 
 async def test_resume_of_an_unknown_turn_is_none(make_engine: EngineFactory) -> None:
@@ -590,7 +596,7 @@ async def test_announced_settled_task_resumes_its_turn(
     events = EventBus()
     announcer = Announcer(events, Metrics())
     engine = make_engine(ScriptedBackend([fetch(destination.url("/news")), "resumed"]), announce=announcer)
-    resumptions = Resumptions(engine)
+    resumptions = Resumptions(engine, Background())
     if Settings(agent=AgentSettings(resume=resume)).agent.resume == "auto":  # as build() wires it
         announcer.listen("task", resumptions.task_changed)
     parked = await engine.run(TurnRequest("fetch"))  # the engine announces it
@@ -809,7 +815,7 @@ async def test_a_cancelled_turn_still_writes_an_interrupted_receipt(
     assert receipt["route"]["name"] == "local" and receipt["route"]["provider"] == "scripted"
     assert receipt["credits_used"] == 0
     row = await turn_row(db, receipt["turn_id"])
-    assert row is not None and row["state"] == "error"
+    assert row is not None and row["state"] == "interrupted"
     await assert_chain_ok(db)
 
 
@@ -891,10 +897,10 @@ async def test_an_interrupted_resumption_is_reclaimed_and_resumes_once(
     assert await parked_turns_ready(db) == []
     assert await engine.resume(parked.turn_id) is None  # claimed: nobody else may take it
 
-    assert await reclaim_interrupted_resumptions(db) == 1
+    assert await recover_turns(db) == 1
     assert (await turn_row(db, parked.turn_id))["state"] == "parked"  # type: ignore[index]
     assert await parked_turns_ready(db) == [parked.turn_id]
-    assert await reclaim_interrupted_resumptions(db) == 0  # nothing left to reclaim
+    assert await recover_turns(db) == 0  # nothing left to reclaim
 
     results = await asyncio.gather(*(engine.resume(parked.turn_id) for _ in range(2)))
     finished = [r for r in results if r is not None]
@@ -908,7 +914,7 @@ async def test_an_interrupted_resumption_is_reclaimed_and_resumes_once(
 
 async def test_reclaim_leaves_turns_in_other_states_alone(make_engine: EngineFactory, db: Database) -> None:
     ok = await make_engine(ScriptedBackend(["fine"])).run(TurnRequest("hi"))
-    assert await reclaim_interrupted_resumptions(db) == 0
+    assert await recover_turns(db) == 0
     assert (await turn_row(db, ok.turn_id))["state"] == "ok"  # type: ignore[index]
     assert await parked_turns_ready(db) == []
 

@@ -53,6 +53,13 @@ class ConnectivitySettings:
 
 
 @dataclass(frozen=True)
+class ToolsSettings:
+    # Hosts a model's network call may reach though the conversation never named them (a
+    # call to any other unnamed URL is refused, never parked). "host" or "host:port".
+    allow_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class QueueSettings:
     max_attempts: int = 8
     backoff_base_s: float = 2.0
@@ -101,6 +108,7 @@ class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     connectivity: ConnectivitySettings = field(default_factory=ConnectivitySettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
+    tools: ToolsSettings = field(default_factory=ToolsSettings)
     routes: typing.Mapping[str, RouteSettings] = field(default_factory=dict)
 
     def route(self, name: str) -> RouteSettings:
@@ -241,6 +249,10 @@ def _check(key: str, kind: Any, value: Any) -> Any:
         return value
     if kind is bool and isinstance(value, bool):
         return value
+    if kind == tuple[str, ...]:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(key, f"expected a list of strings, got {value!r}")
     raise ConfigError(key, f"expected {kind.__name__}, got {value!r}")
 
 

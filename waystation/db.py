@@ -98,6 +98,15 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX tasks_host_due ON tasks (host, state, next_attempt_at)
     """,
+    # 4: turns as a resource you can come back to: what ran, the answer, the calls it made.
+    """
+    ALTER TABLE turns ADD COLUMN route TEXT;
+    ALTER TABLE turns ADD COLUMN model TEXT;
+    ALTER TABLE turns ADD COLUMN text TEXT;
+    ALTER TABLE turns ADD COLUMN reason TEXT;
+    ALTER TABLE turns ADD COLUMN tool_calls TEXT NOT NULL DEFAULT '[]';
+    CREATE INDEX turns_created ON turns (created_at)
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

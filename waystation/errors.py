@@ -24,6 +24,7 @@
     ├── ProviderRejected(route, ...) the provider refused the request itself (unknown model...)
     ├── SeatRunFailed(route, ...)    a seat CLI ended without an answer (its output never shown)
     ├── TurnTimeout(limit_s)         a turn ran past its wall-clock limit (504)
+    ├── ReplyCutOff(max_tokens)      the model's reply ended inside a tool call (422)
     ├── AgentNotRunning(socket)      a command that needs the agent found none (exit 3)
     ├── RouteRefused(route, reason)  fail-closed: the named route cannot run (exit 4)
     │   └── RouteOffline             ... because it needs the network and the host is offline
@@ -308,6 +309,20 @@ class TurnTimeout(WaystationError):
     def __init__(self, limit_s: float) -> None:
         super().__init__(f"the turn ran past its {limit_s:g} s limit")
         self.limit_s = limit_s
+
+
+class ReplyCutOff(WaystationError):
+    """The reply reached max_tokens inside a tool call: there is neither a call to make nor an
+    answer to show (its JSON is never passed off as the answer)."""
+
+    code = "reply_cut_off"
+    http_status = 422
+
+    def __init__(self, max_tokens: int) -> None:
+        super().__init__(
+            f"the model's reply was cut off at max_tokens ({max_tokens}) inside a tool call; raise max_tokens"
+        )
+        self.max_tokens = max_tokens
 
 
 class AgentNotRunning(WaystationError):

@@ -1,5 +1,10 @@
-"""Turns over the socket: `POST /v1/turns` (plain and SSE) and OpenAI-compatible chat completions.
+"""Turns over the socket: `POST /v1/turns` (plain and SSE), `GET /v1/turns[/{id}]`, and
+OpenAI-compatible chat completions.
 
+A turn posted to /v1/turns is a resource: it runs in the agent's background, so a caller that
+stops waiting (or goes away) leaves it running, and reads it back later. The answer's headers
+name it before any of its body (`Location: /v1/turns/{id}`, `Waystation-Turn-Id`). A chat
+completion belongs to its caller and stops when the caller goes.
 Streaming answers are Server-Sent Events. A turn that fails after the stream began ends the
 stream with an `error` event (the receipt is written either way); before that, it is a JSON error.
 """
@@ -8,17 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from waystation import sse
-from waystation.agent.http_io import json_body, station_of
+from waystation.agent.http_io import json_body, query_int, station_of
 from waystation.errors import MalformedRequest, WaystationError
 from waystation.station.ops import turns
 from waystation.station.turns.request import (
     MAX_TOKENS_LIMIT,
+    TURN_ID_HEADER,
     TurnRequest,
     TurnResult,
     bounded_int,
@@ -28,6 +34,8 @@ from waystation.station.turns.request import (
 
 def add_turn_routes(app: web.Application) -> None:
     app.router.add_post("/v1/turns", post_turn)
+    app.router.add_get("/v1/turns", list_turns)
+    app.router.add_get("/v1/turns/{id}", get_turn)
     app.router.add_post("/v1/chat/completions", chat_completions)
 
 
@@ -35,16 +43,32 @@ async def post_turn(request: web.Request) -> web.StreamResponse:
     station = station_of(request)
     body = await json_body(request)
     turn = turn_request(body)
+    pieces: asyncio.Queue[str | None] = asyncio.Queue()
+    turn_id, running = await turns.start(station, turn, pieces.put_nowait if body.get("stream") else None)
+    names = {"Location": f"/v1/turns/{turn_id}", TURN_ID_HEADER: turn_id}
     if not body.get("stream"):
-        result = await turns.run(station, turn)
-        return web.json_response(result.to_json())
+        # Shielded: a caller that goes away stops waiting, not the turn.
+        return web.json_response((await asyncio.shield(running)).to_json(), headers=names)
     return await _stream(
         request,
-        lambda on_token: turns.run(station, turn, on_token),
+        running,
+        pieces,
         token=lambda piece: sse.frame({"text": piece}, "token"),
         done=lambda result: sse.frame(result.to_json(), "done"),
         failed=lambda exc: sse.frame(exc.to_json()["error"], "error"),
+        headers=names,
+        detached=True,
     )
+
+
+async def list_turns(request: web.Request) -> web.Response:
+    station = station_of(request)
+    limit = query_int(request, "limit", 100)
+    return web.json_response(await turns.list_turns(station, request.query.get("state") or None, limit))
+
+
+async def get_turn(request: web.Request) -> web.Response:
+    return web.json_response(await turns.get(station_of(request), request.match_info["id"]))
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -101,9 +125,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 "waystation": {"turn_id": result.turn_id, "receipt_id": result.receipt_id},
             }
         )
+    pieces: asyncio.Queue[str | None] = asyncio.Queue()
+    running = asyncio.create_task(turns.run(station, turn, pieces.put_nowait))
     return await _stream(
         request,
-        lambda on_token: turns.run(station, turn, on_token),
+        running,
+        pieces,
         token=lambda piece: chunk({"content": piece}, None),
         done=lambda result: chunk({}, "stop") + sse.frame("[DONE]"),
         failed=lambda exc: sse.frame(exc.to_json()) + sse.frame("[DONE]"),
@@ -130,18 +157,21 @@ def _usage(result: TurnResult) -> dict[str, int]:
 
 async def _stream(
     request: web.Request,
-    run: Callable[[Callable[[str], None]], Coroutine[Any, Any, TurnResult]],
+    turn: asyncio.Task[TurnResult],
+    pieces: asyncio.Queue[str | None],
     *,
     token: Callable[[str], bytes],
     done: Callable[[TurnResult], bytes],
     failed: Callable[[WaystationError], bytes],
     first: bytes = b"",
+    headers: dict[str, str] | None = None,
+    detached: bool = False,
 ) -> web.StreamResponse:
-    """Run a turn, writing each token as it comes; the model never waits on a slow reader."""
-    pieces: asyncio.Queue[str | None] = asyncio.Queue()
-    turn = asyncio.create_task(run(pieces.put_nowait))
+    """Write each token of a running turn as it comes; the model never waits on a slow reader."""
     turn.add_done_callback(lambda _: pieces.put_nowait(None))
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **(headers or {})}
+    )
     try:
         await response.prepare(request)
         if first:
@@ -149,12 +179,14 @@ async def _stream(
         while (piece := await pieces.get()) is not None:
             await response.write(token(piece))
     except BaseException:
-        # The client went away or the agent is stopping (the handler is cancelled): the turn stops
-        # with it, at the model's next token, and still writes its ("interrupted") receipt.
-        turn.cancel()
-        await asyncio.wait({turn})
-        if not turn.cancelled():
-            turn.exception()  # it ended on its own meanwhile; nobody is left to tell
+        # The client went away or the agent is stopping (the handler is cancelled). A detached
+        # turn goes on (the agent's stop interrupts it); one that belongs to its caller stops at
+        # the model's next token, and still writes its ("interrupted") receipt.
+        if not detached:
+            turn.cancel()
+            await asyncio.wait({turn})
+            if not turn.cancelled():
+                turn.exception()  # it ended on its own meanwhile; nobody is left to tell
         raise
     try:
         result = await turn

@@ -14,7 +14,7 @@ from typing import Any
 
 from waystation import __version__
 from waystation.agent.http_io import MAX_BODY_BYTES, MAX_LIST
-from waystation.agent.openapi_schemas import ID_PATTERN, SCHEMAS, TASK_STATES, Schema, ref
+from waystation.agent.openapi_schemas import ID_PATTERN, SCHEMAS, TASK_STATES, TURN_STATES, Schema, ref
 
 
 def _error(description: str) -> Schema:
@@ -166,6 +166,26 @@ PATHS: dict[str, Schema] = {
             "TurnResult",
             operationId="turn",
             requestBody=_body("TurnRequest"),
+        ),
+        "get": _op(
+            "turns, newest first",
+            {
+                "200": _json("turns", {"type": "array", "items": ref("Turn")}),
+                "400": _error("bad state or limit"),
+            },
+            operationId="listTurns",
+            parameters=[
+                _query("state", {"type": "string", "enum": TURN_STATES}, "only turns in this state"),
+                LIMIT,
+            ],
+        ),
+    },
+    "/v1/turns/{id}": {
+        "get": _op(
+            "one turn: where it stands, its answer once ok, its calls and receipts",
+            {"200": _json("the turn", ref("Turn"))},
+            operationId="getTurn",
+            parameters=[_id_param("turn")],
         )
     },
     "/v1/chat/completions": {

@@ -7,6 +7,7 @@ from typing import Any
 Schema = dict[str, Any]
 
 TASK_STATES = ["pending", "running", "done", "dead", "cancelled", "expired"]
+TURN_STATES = ["running", "parked", "resuming", "deferred", "ok", "refused", "error", "interrupted"]
 CONNECTIVITY_STATES = ["online", "offline", "portal", "unknown"]
 MODES = ["auto", "online", "offline"]
 
@@ -192,7 +193,12 @@ SCHEMAS: dict[str, Schema] = {
             "system": {"type": "string"},
             "max_tokens": {"type": "integer", "minimum": 1, "maximum": 8192},
             "max_steps": {"type": "integer", "minimum": 1, "maximum": 16},
-            "tool_choice": {"type": "string", "enum": ["auto", "required", "none"]},
+            "tool_choice": {
+                "oneOf": [
+                    {"type": "string", "enum": ["auto", "required", "none"]},
+                    _object({"tool": {"type": "string", "minLength": 1}}),
+                ]
+            },
             "defer": {"type": "boolean"},
             "stream": {"type": "boolean", "description": "answer with Server-Sent Events"},
         },
@@ -206,6 +212,33 @@ SCHEMAS: dict[str, Schema] = {
             "receipt_id": {"type": "string"},
             "tool_calls": {"type": "array", "items": {"type": "object"}},
             "deferred_task_ids": {"type": "array", "items": {"type": "string"}},
+        }
+    ),
+    "Turn": _object(
+        {
+            "turn_id": {"type": "string"},
+            "state": {"type": "string", "enum": TURN_STATES},
+            "route": {"type": ["string", "null"]},
+            "model": {"type": ["string", "null"]},
+            "prompt": {"type": "string"},
+            "text": {"type": ["string", "null"], "description": "the final answer once the turn is ok"},
+            "reason": {"type": ["string", "null"]},
+            "tool_calls": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "id": {"type": ["string", "null"]},
+                        "tool": {"type": ["string", "null"]},
+                        "arguments": {},
+                        "status": {"type": ["string", "null"]},
+                        "task_id": {"type": ["string", "null"]},
+                        "task_state": {"type": ["string", "null"]},
+                    }
+                ),
+            },
+            "receipt_ids": {"type": "array", "items": {"type": "string"}},
+            "created_at": {"type": "string"},
+            "updated_at": {"type": "string"},
         }
     ),
     "ChatMessage": {

@@ -54,6 +54,14 @@ class RemoteError(WaystationError):
         return dict(self.remote_details)
 
 
+class AgentTimeout(RemoteError):
+    """The agent did not answer in time (it may still be working on the request)."""
+
+
+class AgentUnreachable(RemoteError):
+    """The connection to the agent failed or broke off (it may still be working on the request)."""
+
+
 def _error_classes() -> dict[str, type[WaystationError]]:
     """Each code of errors.py and its class: the class that defines the code, where subclasses
     share it (RouteOffline answers as RouteRefused's route_refused)."""
@@ -158,11 +166,23 @@ class AgentClient:
 
         `on_open` is called once the agent has accepted the stream (before any event arrives)."""
         headers = None if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
-        return self._sse("GET", "/v1/events", headers=headers, on_open=on_open)
+        opened = None if on_open is None else (lambda _headers: on_open())
+        return self._sse("GET", "/v1/events", headers=headers, on_open=opened)
 
-    def stream_sse(self, method: str, path: str, json: Any = None) -> Iterator[tuple[str, Any]]:
-        """(event, data) of a Server-Sent Events answer as they come (no read timeout)."""
-        for _ident, event, data in self._sse(method, path, json=json):
+    def stream_sse(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        read_timeout: float | None = None,
+        on_open: Callable[[httpx.Headers], None] | None = None,
+    ) -> Iterator[tuple[str, Any]]:
+        """(event, data) of a Server-Sent Events answer as they come; AgentTimeout when nothing
+        comes for `read_timeout` seconds (None: wait as long as the stream is open). `on_open`
+        gets the answer's headers before any event."""
+        for _ident, event, data in self._sse(
+            method, path, json=json, read_timeout=read_timeout, on_open=on_open
+        ):
             yield event, data
 
     def _sse(
@@ -171,9 +191,10 @@ class AgentClient:
         path: str,
         json: Any = None,
         headers: dict[str, str] | None = None,
-        on_open: Callable[[], None] | None = None,
+        on_open: Callable[[httpx.Headers], None] | None = None,
+        read_timeout: float | None = None,
     ) -> Iterator[tuple[int | None, str, Any]]:
-        timeout = httpx.Timeout(self.timeout_s, connect=5.0, read=None)
+        timeout = httpx.Timeout(self.timeout_s, connect=5.0, read=read_timeout)
         with (
             self._translated(),
             self.http.stream(method, path, json=json, headers=headers, timeout=timeout) as response,
@@ -182,7 +203,7 @@ class AgentClient:
                 response.read()
                 raise _error_from(response)
             if on_open is not None:
-                on_open()
+                on_open(response.headers)
             parser = SseParser()
             for line in response.iter_lines():
                 for found in parser.feed(line):
@@ -200,15 +221,15 @@ class AgentClient:
             if isinstance(cause, FileNotFoundError | ConnectionRefusedError) or not where.exists():
                 raise AgentNotRunning(where) from None
             reason = cause.strerror if cause is not None and cause.strerror else str(exc)
-            raise RemoteError(
+            raise AgentUnreachable(
                 "agent_unreachable", f"cannot connect to the agent on {where}: {reason}"
             ) from None
         except httpx.TimeoutException:
-            raise RemoteError(
+            raise AgentTimeout(
                 "agent_timeout", f"the agent on {where} did not answer within {self.timeout_s:g}s"
             ) from None
         except httpx.TransportError as exc:
-            raise RemoteError(
+            raise AgentUnreachable(
                 "agent_unreachable",
                 f"lost the connection to the agent on {where}: {exc or type(exc).__name__}",
             ) from None
@@ -338,6 +359,15 @@ class Waystation:
         while page := self.receipts_after(after, PAGE):
             yield from page
             after = page[-1]["id"]
+
+    # --- turns -------------------------------------------------------------------------------
+
+    def get_turn(self, turn_id: str) -> dict[str, Any]:
+        from waystation.station.ops import turns
+
+        return self._either(
+            lambda c: c.request("GET", f"/v1/turns/{_seg(turn_id)}"), lambda d: d.read(turns.get, turn_id)
+        )
 
     def get_receipt(self, receipt_id: str) -> dict[str, Any]:
         from waystation.station.ops import receipts

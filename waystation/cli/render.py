@@ -211,6 +211,30 @@ def task_detail(task: Mapping[str, Any]) -> None:
         emit_json(task.get("result"))
 
 
+# --- turns -------------------------------------------------------------------------------------
+
+
+def turn_detail(turn: Mapping[str, Any]) -> None:
+    """A turn: its answer when it has one, else where it stands; then its calls."""
+    rows: list[tuple[str, object]] = [
+        ("turn", turn.get("turn_id")),
+        ("state", _styled(turn.get("state"))),
+        ("route", turn.get("route")),
+        ("model", turn.get("model")),
+        ("reason", turn.get("reason")),
+        ("created", when(turn.get("created_at"))),
+        ("updated", when(turn.get("updated_at"))),
+    ]
+    console().print(_pairs((k, v) for k, v in rows if v))
+    for call in turn.get("tool_calls") or []:
+        task = f" task {call['task_id']} {call.get('task_state') or ''}" if call.get("task_id") else ""
+        url = (call.get("arguments") or {}).get("url", "")
+        say(f"call {call.get('tool')} {url} {call.get('status')}{task}".rstrip())
+    if turn.get("state") == "ok":
+        say("")
+        say(str(turn.get("text") or ""))
+
+
 # --- receipts ----------------------------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ from waystation.db import Database
 from waystation.queue.flusher import Flusher
 from waystation.queue.store import TaskStore
 from waystation.station.announce import Announcer
+from waystation.station.background import Background
 from waystation.station.delivery import Deliveries
 from waystation.station.events import EventBus
 from waystation.station.metrics import Metrics
@@ -72,9 +73,10 @@ class TurnStation(Station):
 
 @dataclass
 class AgentStation(TurnStation):
-    """+ what only the long-running agent has: the flusher."""
+    """+ what only the long-running agent has: the flusher, and work in the background."""
 
     flusher: Flusher
+    background: Background
 
     def wake_flusher(self) -> None:
         self.flusher.wake()
@@ -104,12 +106,13 @@ async def build_agent(stack: Stack, paths: Paths, settings: Settings) -> AgentSt
     flusher = Flusher(
         base.store, deliveries.with_turns(base.turns), base.monitor, settings.queue, base.announcer
     )
-    station = AgentStation(**vars(base), flusher=flusher)
+    background = Background()
+    stack.push_async_callback(background.close)  # turns still running stop before the model closes
+    station = AgentStation(**vars(base), flusher=flusher, background=background)
     station.announcer.listen(
         "connectivity", lambda change: flusher.connectivity_changed(str(change["state"]))
     )
-    resumptions = Resumptions(station.turns)
-    stack.push_async_callback(resumptions.close)  # background resumptions stop before the model closes
+    resumptions = Resumptions(station.turns, background)
     if settings.agent.resume == "auto":
         station.announcer.listen("task", resumptions.task_changed)
     await stack.enter_async_context(station.monitor)
@@ -148,7 +151,10 @@ def _turn_station(
     stack.push_async_callback(router.close)
     announcer.listen("turn", router.answered)
     store = TaskStore(db, settings.queue)
-    turns = TurnEngine(db, store, tools, monitor, deliveries, router.resolve, announcer)
+    allow_hosts = settings.tools.allow_hosts
+    turns = TurnEngine(
+        db, store, tools, monitor, deliveries, router.resolve, announcer, allow_hosts=allow_hosts
+    )
     return TurnStation(paths, settings, db, store, tools, announcer, monitor, router, turns), deliveries
 
 

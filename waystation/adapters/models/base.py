@@ -8,6 +8,7 @@ shape every chat template and the OpenAI-compatible endpoint already speak.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -24,6 +25,9 @@ class ToolSpec:
     name: str
     description: str
     parameters: Mapping[str, Any]  # JSON Schema of the arguments
+    # A stricter schema a grammar-constrained model fills in instead (None: `parameters`), e.g.
+    # a body only for methods that take one, bounded so a small model cannot ramble.
+    grammar: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,7 @@ def tool_call_schema(tools: Sequence[ToolSpec], choice: ToolChoice) -> dict[str,
     calls = [
         {
             "type": "object",
-            "properties": {"tool": {"const": t.name}, "arguments": dict(t.parameters)},
+            "properties": {"tool": {"const": t.name}, "arguments": dict(t.grammar or t.parameters)},
             "required": ["tool", "arguments"],
         }
         for t in tools
@@ -121,3 +125,15 @@ def parse_tool_reply(text: str, call_id: str) -> tuple[str, list[ToolCall]]:
     if isinstance(reply, dict) and isinstance(reply.get("answer"), str):
         return reply["answer"], []
     return text, []
+
+
+URL_IN_TEXT = re.compile(r"https?://[^\s\"'<>()\[\]{}]+")
+
+
+def urls_in(messages: list[Message]) -> list[str]:
+    """The http(s) URLs written in the conversation, in order, without trailing punctuation."""
+    found: dict[str, None] = {}
+    for message in messages:
+        for match in URL_IN_TEXT.findall(str(message.get("content") or "")):
+            found[match.rstrip(".,;:!?")] = None
+    return list(found)

@@ -11,7 +11,6 @@ import contextlib
 import ctypes
 import json
 import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from waystation.adapters.models.base import (
     parse_tool_reply,
     tool_call_schema,
     tool_instructions,
+    urls_in,
 )
 from waystation.adapters.models.threaded import ThreadedBackend
 from waystation.errors import ModelError, PromptTooLong
@@ -121,8 +121,12 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         completion_tokens = len(llm.tokenize(text.encode(), add_bos=False, special=True)) if text else 0
         tool_calls: list[ToolCall] = []
         if constrained:
-            text, tool_calls = parse_tool_reply(text, call_id=f"call_{os.urandom(6).hex()}")
-            emit(text)
+            answer, tool_calls = parse_tool_reply(text, call_id=f"call_{os.urandom(6).hex()}")
+            if not tool_calls and answer == text:  # not a whole reply: cut off at max_tokens
+                answer, finish = "", "cut_off"
+            text = answer
+            if text:
+                emit(text)
         return Generation(
             text=text,
             tool_calls=tool_calls,
@@ -151,18 +155,6 @@ def check_gguf(path: Path) -> None:
         raise ModelError(
             path, f"too large for memory: {size / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available"
         )
-
-
-URL_IN_TEXT = re.compile(r"https?://[^\s\"'<>()\[\]{}]+")
-
-
-def urls_in(messages: list[Message]) -> list[str]:
-    """The http(s) URLs written in the conversation, in order, without trailing punctuation."""
-    found: dict[str, None] = {}
-    for message in messages:
-        for match in URL_IN_TEXT.findall(str(message.get("content") or "")):
-            found[match.rstrip(".,;:!?")] = None
-    return list(found)
 
 
 def _pin_urls(schema: Any, urls: list[str]) -> Any:

@@ -266,6 +266,36 @@ class HttpRequestTool:
         "required": ["url"],
         "additionalProperties": False,
     }
+    # What a grammar-constrained model fills in: a body (text, or a flat JSON object) only for
+    # the methods that take one, and bounded, so a small model cannot ramble to max_tokens. What
+    # it produces is still validated against `parameters`.
+    grammar_parameters: dict[str, object] = {
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {"method": {"enum": ["GET", "HEAD", "DELETE"]}, "url": URL_SCHEMA},
+                "required": ["method", "url"],
+            },
+            {
+                "type": "object",
+                "properties": {
+                    "method": {"enum": ["POST", "PUT", "PATCH"]},
+                    "url": URL_SCHEMA,
+                    "body": {"type": "string", "maxLength": 300},
+                },
+                "required": ["method", "url", "body"],
+            },
+            {
+                "type": "object",
+                "properties": {
+                    "method": {"enum": ["POST", "PUT", "PATCH"]},
+                    "url": URL_SCHEMA,
+                    "json": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 100}},
+                },
+                "required": ["method", "url", "json"],
+            },
+        ]
+    }
     _keys = ("method", "url", "headers", "body", "json")
 
     def validate(self, args: object) -> dict[str, Any]:

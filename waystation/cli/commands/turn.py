@@ -1,9 +1,13 @@
-"""`waystation turn`: one turn, through the agent when it runs, else in this process.
+"""`waystation turn`: one turn, through the agent when it runs, else in this process; and the
+turns you come back to (`turn show ID`, `turn wait ID`).
 
-In-process turns use the same database, so a tool call parked here is delivered by the agent
-when it next runs. On a terminal the reply streams as it is generated, and while nothing has come
-yet a spinner on stderr says what is happening ("loading model…" when the local model is not in
-memory yet, else "thinking…"); it never shows with --json or when stderr is not a terminal.
+Through the agent a turn runs in the agent: if this command stops waiting (its --timeout, a
+lost connection) the turn goes on, and the command prints its id and exits 5 instead of
+reporting a failure. In-process turns use the same database, so a tool call parked here is
+delivered by the agent when it next runs. On a terminal the reply streams as it is generated,
+and while nothing has come yet a spinner on stderr says what is happening ("loading model…" when
+the local model is not in memory yet, else "thinking…"); never with --json or when stderr is not
+a terminal.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from typing import Annotated, Any
 
 import typer
@@ -21,9 +26,20 @@ from waystation.cli.common import JsonFlag, Progress, progress, stderr_is_termin
 from waystation.config import Paths, Settings, load_settings
 from waystation.errors import AgentNotRunning, WaystationError
 
+# Exit codes of a turn's final state (the contract's): 5 = still going when we stopped waiting.
+EXIT_FOR_STATE = {"ok": 0, "error": 1, "interrupted": 1, "refused": 4}
+STILL_GOING = 5
+WAITING = ("running", "parked", "resuming", "deferred")
+
 
 def turn(
-    prompt: Annotated[str, typer.Argument(help="What the turn should do.")],
+    words: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="PROMPT | show TURN_ID | wait TURN_ID",
+            help="What the turn should do; or `show`/`wait` and a turn's id.",
+        ),
+    ],
     route: Annotated[
         str | None, typer.Option("--route", help="The route to run on (default: agent.default_route).")
     ] = None,
@@ -43,20 +59,34 @@ def turn(
             "--defer", help="Offline on a cloud route: park the whole turn until the network is back."
         ),
     ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait until the turn ends, parked calls delivered and resumed.")
+    ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", min=0, help="Stop waiting after this many seconds (exit 5; it goes on)."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Run one model turn. Network tool calls made while offline are parked and resume the turn
-    once delivered. Exit 4 when the route refuses (it never falls back to another).
+    once delivered. Exit 4 when the route refuses (it never falls back to another); exit 5 when
+    the turn is still going as this command stops waiting (it prints the turn's id).
 
     ```
-    waystation turn "Summarize https://example.org/ in one line"
+    waystation turn "Summarize https://example.org/ in one line" --wait
     waystation turn "Hello" --route local --json
+    waystation turn show turn_1a2b3c
+    waystation turn wait turn_1a2b3c --timeout 600 --json
     ```
     """
+    if words[0] in ("show", "wait") and len(words) == 2:
+        raise typer.Exit(
+            _show(words[1], as_json) if words[0] == "show" else _wait(words[1], timeout, as_json)
+        )
     if tool_choice not in ("auto", "required", "none"):
         raise typer.BadParameter("use auto, required or none", param_hint="--tools")
     body = {
-        "prompt": prompt,
+        "prompt": " ".join(words),
         "route": route,
         "model": model,
         "system": system,
@@ -64,18 +94,25 @@ def turn(
         "tool_choice": tool_choice,
         "defer": defer,
     }
+    deadline = None if timeout is None else time.monotonic() + timeout
     stream = sys.stdout.isatty() and not as_json
     show = stderr_is_terminal() and not as_json
     with waystation() as ws:
         try:
             label = _label(ws.agent, _is_local(ws.paths, route), model) if show else ""
             with progress(label, show) as shown:
-                result = _through_agent(ws.agent, body, stream, shown)
+                result = _through_agent(ws.agent, body, stream, shown, deadline)
         except AgentNotRunning:
             settings = load_settings(ws.paths)
             local = (route or settings.agent.default_route) == "local"
             with progress("loading model…" if local else "thinking…", show) as shown:
                 result = asyncio.run(_in_process(ws.paths, settings, body, stream, shown))
+    if isinstance(result, str):  # we stopped waiting: say where it stands
+        raise typer.Exit(_wait(result, 0.0, as_json))
+    if wait and result.get("status") == "parked":
+        if stream:
+            sys.stdout.write("\n")
+        raise typer.Exit(_wait(result["turn_id"], _left(deadline), as_json))
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
         return
@@ -87,6 +124,52 @@ def turn(
         sys.stderr.write(f"parked: task {task_id} (the turn resumes once it is delivered)\n")
     if result.get("status") == "parked":
         sys.stderr.write(f"turn {result['turn_id']} parked; receipt {result['receipt_id']}\n")
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _still_going(turn: dict[str, Any], as_json: bool) -> int:
+    """We stop waiting; the turn goes on: its id (or object), and how to come back to it."""
+    sys.stdout.write((json.dumps(turn) if as_json else turn["turn_id"]) + "\n")
+    turn_id = turn["turn_id"]
+    sys.stderr.write(
+        f"turn {turn_id} is still {turn['state']}; `waystation turn wait {turn_id}` gets its answer\n"
+    )
+    return STILL_GOING
+
+
+def _show(turn_id: str, as_json: bool) -> int:
+    from waystation.cli import render
+
+    with waystation() as ws:
+        found = ws.get_turn(turn_id)
+    render.output(found, as_json, render.turn_detail)
+    return 0
+
+
+def _wait(turn_id: str, timeout: float | None, as_json: bool) -> int:
+    """Poll the turn (through the agent, or the database while none runs) until it ends."""
+    from waystation.cli import render
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = 0.1
+    with waystation() as ws:
+        while True:
+            try:
+                found = ws.get_turn(turn_id)
+            except AgentNotRunning:  # it stopped under us: read the database until one runs again
+                ws.via_agent = None
+                continue
+            if found["state"] not in WAITING:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                return _still_going(found, as_json)
+            time.sleep(min(pause, _left(deadline) or pause))
+            pause = min(pause * 2, 1.0)
+    render.output(found, as_json, render.turn_detail)
+    return EXIT_FOR_STATE.get(found["state"], 1)
 
 
 def _is_local(paths: Paths, route: str | None) -> bool:
@@ -110,21 +193,38 @@ def _label(agent: Any, local: bool, model: str | None) -> str:
     return "thinking…" if loaded else "loading model…"
 
 
-def _through_agent(agent: Any, body: dict[str, Any], stream: bool, shown: Progress) -> dict[str, Any]:
-    if not stream:
-        answer: dict[str, Any] = agent.request("POST", "/v1/turns", json=body)
-        return answer
-    for event, data in agent.stream_sse("POST", "/v1/turns", {**body, "stream": True}):
-        shown.stop()  # the first sign of the reply ends the wait
-        if event == "token":
-            sys.stdout.write(data["text"])
-            sys.stdout.flush()
-        elif event == "done":
-            return dict(data)
-        elif event == "error":
-            from waystation.cli.client import rebuild_error
+def _through_agent(
+    agent: Any, body: dict[str, Any], stream: bool, shown: Progress, deadline: float | None
+) -> dict[str, Any] | str:
+    """The turn's result; or its id when we stop waiting while it goes on in the agent."""
+    from waystation.cli.client import AgentTimeout, AgentUnreachable, rebuild_error
+    from waystation.station.turns.request import TURN_ID_HEADER
 
-            raise rebuild_error(data["code"], data["message"], 400, data.get("details"))
+    turn_id: str | None = None
+
+    def opened(headers: Any) -> None:
+        nonlocal turn_id
+        turn_id = headers.get(TURN_ID_HEADER)
+
+    stream_body = {**body, "stream": True}
+    try:
+        for event, data in agent.stream_sse("POST", "/v1/turns", stream_body, _left(deadline), opened):
+            shown.stop()  # the first sign of the reply ends the wait
+            if event == "token" and stream:
+                sys.stdout.write(data["text"])
+                sys.stdout.flush()
+            elif event == "done":
+                return dict(data)
+            elif event == "error":
+                raise rebuild_error(data["code"], data["message"], 400, data.get("details"))
+            if deadline is not None and time.monotonic() >= deadline and turn_id is not None:
+                return turn_id
+    except (AgentTimeout, AgentUnreachable):
+        if turn_id is None:
+            raise
+        return turn_id  # the connection broke off or went quiet: the turn goes on in the agent
+    if turn_id is not None:
+        return turn_id
     raise WaystationError("the agent closed the stream before the turn finished")
 
 

@@ -9,6 +9,7 @@ from waystation.adapters.connectivity.monitor import Mode
 from waystation.errors import MalformedRequest
 from waystation.station.build import AgentStation, TurnStation
 from waystation.station.metrics import render_metrics
+from waystation.station.turns import records
 
 
 async def status(station: TurnStation) -> dict[str, Any]:
@@ -17,6 +18,7 @@ async def status(station: TurnStation) -> dict[str, Any]:
         "uptime_s": round(time.monotonic() - station.started, 3),
         "connectivity": station.monitor.snapshot(),
         "queue": await station.store.counts(),
+        "turns": await records.count_turns(station.db),
         "model": station.router.local.model_status(),
         "routes": await station.router.statuses(),
     }

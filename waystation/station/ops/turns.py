@@ -1,13 +1,49 @@
-"""Turn operations: run one turn on its route (through the agent, or in the command line's own
-process when no agent runs)."""
+"""Turn operations: run a turn on its route, read turns back, wait for one to finish.
+
+In the agent a turn runs in the background, so the caller may stop waiting (or go away) and
+the turn goes on; its record says how it ended (`GET /v1/turns/{id}`, `waystation turn show`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from waystation.adapters.models.base import TokenSink
-from waystation.station.build import TurnStation
+from waystation.errors import MalformedRequest
+from waystation.receipts import new_id
+from waystation.station.build import AgentStation, Station, TurnStation
+from waystation.station.turns import records
 from waystation.station.turns.request import TurnRequest, TurnResult
 
 
 async def run(station: TurnStation, request: TurnRequest, on_token: TokenSink | None = None) -> TurnResult:
-    """One turn; refused, failed and parked turns end in a receipt too (see TurnEngine.run)."""
+    """One turn, to its end; refused, failed and parked turns end in a receipt too."""
     return await station.turns.run(request, on_token)
+
+
+async def start(
+    station: AgentStation, request: TurnRequest, on_token: TokenSink | None = None
+) -> tuple[str, asyncio.Task[TurnResult]]:
+    """Begin a turn (its record exists when this returns) and run it in the background."""
+    turn_id = new_id("turn")
+    progress = await station.turns.begin(turn_id, request)
+    running = station.background.spawn(
+        station.turns.drive(turn_id, request, progress, on_token), name=f"turn-{turn_id}"
+    )
+    return turn_id, running
+
+
+async def get(station: Station, turn_id: str) -> dict[str, Any]:
+    return await records.get_turn(station.db, turn_id)
+
+
+async def list_turns(station: Station, state: str | None, limit: int) -> list[dict[str, Any]]:
+    """Newest first."""
+    if state is not None and state not in records.TURN_STATES:
+        raise MalformedRequest(f"state must be one of {', '.join(records.TURN_STATES)}")
+    return await records.list_turns(station.db, state, limit)
+
+
+async def counts(station: Station) -> dict[str, int]:
+    return await records.count_turns(station.db)

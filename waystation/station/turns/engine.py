@@ -1,10 +1,13 @@
 """The turn engine: prompt -> model -> tool calls -> results -> model, bounded in steps and time.
 
-A network tool runs at once while the monitor says `online`; otherwise the call is parked as a
-task (its idempotency key derived from the turn and the call, so a retried turn never parks it
-twice) and the model is told it was deferred, with the task id. The turn's receipt, its parked
-tasks and its saved conversation commit in one transaction. When every parked task has settled,
-the turn resumes with the real results and writes a linked receipt (same `turn_id`).
+A turn's row is written when it starts, so it can be looked up (and waited on) at once. A network
+tool runs at once while the monitor says `online`; otherwise the call is parked as a task (its
+idempotency key derived from the turn and the call, so the same call is never parked twice) and
+the model is told it was deferred. The turn's receipt, its parked tasks and its row commit in one
+transaction. When every parked task has settled the turn resumes with the real results and
+writes a linked receipt (same `turn_id`); if any of them did not succeed it ends `error` naming
+them, and the model is not asked to pretend otherwise. Which tools a step offers and which calls
+may go out is station/turns/calls.py.
 """
 
 from __future__ import annotations
@@ -14,26 +17,20 @@ import dataclasses
 import json
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from waystation import receipts
-from waystation.adapters.models.base import (
-    GenerationRequest,
-    Message,
-    ModelBackend,
-    TokenSink,
-    ToolChoice,
-    ToolSpec,
-)
+from waystation.adapters.models.base import GenerationRequest, Message, ModelBackend, TokenSink
 from waystation.adapters.tools import ToolRegistry
 from waystation.db import Database
 from waystation.errors import (
     EmptyPrompt,
     InvalidArguments,
+    ReplyCutOff,
     RouteOffline,
     RouteRefused,
     TurnTimeout,
@@ -41,16 +38,17 @@ from waystation.errors import (
     WaystationError,
 )
 from waystation.ports import Announce, Connectivity, Deliver, Outcome
+from waystation.queue.policy import TaskState
 from waystation.queue.store import TaskStore
 from waystation.queue.tasks import NewTask
 from waystation.receipts import ReceiptDraft, RouteInfo, Usage
-from waystation.station.turns.records import claim_for_resume, save_turn
+from waystation.station.turns.calls import call_key, conversation_urls, offer, refusal, result_for_model
+from waystation.station.turns.records import TurnRow, claim_for_resume, get_turn, save_turn
 from waystation.station.turns.request import DEFERRED_TURN_TOOL, TurnRequest, TurnResult
 
 log = structlog.get_logger(__name__)
 
 TURN_TIMEOUT_S = 300.0
-RESULT_CHARS_FOR_MODEL = 2000  # a tool result is cut to this before the model sees it
 
 
 @dataclass
@@ -58,7 +56,6 @@ class _Progress:
     """What one run (or resumption) of a turn has done so far."""
 
     messages: list[Message]
-    first_choice: ToolChoice
     resumed: bool = False
     steps: int = 0
     prompt_tokens: int = 0
@@ -67,7 +64,8 @@ class _Progress:
     model_answered: str | None = None
     telemetry: dict[str, str] = field(default_factory=dict)
     text: str = ""
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    reason: str | None = None  # said with an answer that is not the whole story (the step limit)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # every call the turn made
     parked: list[NewTask] = field(default_factory=list)
     deferred: dict[str, str] = field(default_factory=dict)  # task id -> tool call id
 
@@ -83,6 +81,7 @@ class TurnEngine:
         route_for: Callable[[str | None, str | None], Awaitable[tuple[RouteInfo, ModelBackend]]],
         announce: Announce,
         *,
+        allow_hosts: Sequence[str] = (),
         turn_timeout_s: float = TURN_TIMEOUT_S,
     ) -> None:
         self._db = db
@@ -92,6 +91,7 @@ class TurnEngine:
         self._deliver = deliver
         self._route_for = route_for
         self._announce = announce  # told of every finished turn once its receipt committed
+        self._allow_hosts = tuple(allow_hosts)
         self._turn_timeout_s = turn_timeout_s
 
     async def run(
@@ -99,9 +99,15 @@ class TurnEngine:
     ) -> TurnResult:
         """One turn; a refused route, a bad model or a model failure ends in a receipt too.
 
-        `turn_id` continues a turn that was deferred whole (its receipts share the id).
+        `turn_id` names the turn (a caller that must know it first, or a turn deferred whole that
+        now runs: its receipts share the id).
         """
         turn_id = turn_id or receipts.new_id("turn")
+        progress = await self.begin(turn_id, request)
+        return await self._drive(turn_id, request, progress, on_token)
+
+    async def begin(self, turn_id: str, request: TurnRequest) -> _Progress:
+        """Check the prompt and write the turn's `running` row, so it can be looked up at once."""
         messages: list[Message] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
@@ -112,42 +118,64 @@ class TurnEngine:
         last = messages[-1]
         if last.get("role") != "user" or not str(last.get("content") or "").strip():
             raise EmptyPrompt()
-        return await self._drive(turn_id, request, _Progress(messages, request.tool_choice), on_token)
+        row = TurnRow("running", request.to_json(), messages, route=request.route, model=request.model)
+        await self._db.write(lambda conn: save_turn(conn, turn_id, row))
+        return _Progress(messages)
 
     async def resume(self, turn_id: str) -> TurnResult | None:
         """Continue a parked turn whose tasks have all settled; None if it is not ready or taken."""
         loaded = await self._db.write(lambda conn: claim_for_resume(conn, turn_id))
         if loaded is None:
             return None
-        request_json, messages, deferred = loaded
-        request = TurnRequest(**request_json)
+        request = TurnRequest(**loaded.request)
         tasks = {t.id: t for t in await self._store.for_turn(turn_id)}
-        for message in messages:
-            task_id = message.get("waystation_task_id")
-            if message.get("role") == "tool" and task_id in deferred and task_id in tasks:
-                task = tasks[task_id]
-                message["content"] = _result_for_model(
-                    {"state": str(task.state), "result": task.result, "error": task.last_error}
-                )
-        log.info("resuming turn", turn_id=turn_id)
-        # The resumed model gets the turn's step budget again, and may (not must) call tools.
-        first_choice: ToolChoice = "none" if request.tool_choice == "none" else "auto"
-        return await self._drive(turn_id, request, _Progress(messages, first_choice, resumed=True), None)
+        progress = _Progress(loaded.messages, resumed=True, tool_calls=loaded.tool_calls)
+        progress.deferred = {}  # what this resumption parks, if anything
+        for message in progress.messages:
+            task = tasks.get(message.get("waystation_task_id", ""))
+            if message.get("role") == "tool" and task is not None and task.id in loaded.deferred:
+                message["content"] = result_for_model(task.result, task.last_error)
+                message["waystation_state"] = str(task.state)
+        failed = [t for i, t in tasks.items() if i in loaded.deferred and t.state != TaskState.DONE]
+        log.info("resuming turn", turn_id=turn_id, failed=len(failed))
+        return await self._drive(turn_id, request, progress, None, failed=failed)
+
+    async def drive(
+        self, turn_id: str, request: TurnRequest, progress: _Progress, on_token: TokenSink | None
+    ) -> TurnResult:
+        """Run a turn `begin` wrote (for callers that start it in the background)."""
+        return await self._drive(turn_id, request, progress, on_token)
 
     async def _drive(
-        self, turn_id: str, request: TurnRequest, progress: _Progress, on_token: TokenSink | None
+        self,
+        turn_id: str,
+        request: TurnRequest,
+        progress: _Progress,
+        on_token: TokenSink | None,
+        failed: Sequence[Any] = (),
     ) -> TurnResult:
         # Every log line written while this turn runs (the model's included) carries its id.
         with structlog.contextvars.bound_contextvars(turn_id=turn_id):
-            return await self._drive_turn(turn_id, request, progress, on_token)
+            return await self._drive_turn(turn_id, request, progress, on_token, failed)
 
     async def _drive_turn(
-        self, turn_id: str, request: TurnRequest, progress: _Progress, on_token: TokenSink | None
+        self,
+        turn_id: str,
+        request: TurnRequest,
+        progress: _Progress,
+        on_token: TokenSink | None,
+        failed: Sequence[Any],
     ) -> TurnResult:
         started = time.perf_counter()
         route = RouteInfo(name=request.route or "local", provider="", auth_lane="none", cost_lane="local")
         try:
             route, model = await self._route_for(request.route, request.model)
+            if failed:  # a resumed turn whose calls did not all succeed: say which, run nothing
+                reason = "parked calls did not succeed: " + "; ".join(
+                    f"{t.tool} {t.args.get('url', '')} (task {t.id} {t.state}: {t.last_error or 'no answer'})"
+                    for t in failed
+                )
+                return await self._finish(turn_id, request, progress, route, "error", reason, started)
             async with asyncio.timeout(self._turn_timeout_s):
                 await self._loop(turn_id, request, progress, model, on_token)
         except WaystationError as exc:
@@ -164,12 +192,15 @@ class TurnEngine:
             await self._finish(turn_id, request, progress, route, "error", timeout.message, started)
             raise timeout from None
         except asyncio.CancelledError:
-            # The caller went away or the agent is stopping: the turn still gets its receipt.
-            reason = "interrupted: the turn was cancelled (client gone or agent stopping)"
-            await asyncio.shield(self._finish(turn_id, request, progress, route, "error", reason, started))
+            # The agent is stopping (or a caller gave up on it): the turn still gets its receipt.
+            # A resumption cut short is parked again, so the next start resumes it.
+            reason = "interrupted: the turn was cancelled (agent stopping or caller gone)"
+            state = "parked" if progress.resumed else "interrupted"
+            finishing = self._finish(turn_id, request, progress, route, "error", reason, started, state)
+            await asyncio.shield(finishing)
             raise
         status = "parked" if progress.deferred else "ok"
-        return await self._finish(turn_id, request, progress, route, status, None, started)
+        return await self._finish(turn_id, request, progress, route, status, progress.reason, started)
 
     async def _defer_whole_turn(
         self, turn_id: str, request: TurnRequest, progress: _Progress, route: RouteInfo, started: float
@@ -189,9 +220,7 @@ class TurnEngine:
         )
         progress.deferred[task_id] = ""
         reason = "deferred: offline; the whole turn runs when the network is back"
-        return await self._finish(
-            turn_id, request, progress, route, "parked", reason, started, turn_state="deferred"
-        )
+        return await self._finish(turn_id, request, progress, route, "parked", reason, started, "deferred")
 
     async def _loop(
         self,
@@ -201,17 +230,20 @@ class TurnEngine:
         model: ModelBackend,
         on_token: TokenSink | None,
     ) -> None:
-        specs = [ToolSpec(t.name, t.description, t.parameters) for t in self._tools]
-        while progress.steps < request.max_steps:
-            # "required" forces a call on the first step only; the last step must answer in text.
-            choice: ToolChoice = progress.first_choice if progress.steps == 0 else "auto"
-            if progress.steps == request.max_steps - 1 or request.tool_choice == "none":
+        # A call is demanded (required, or a named tool) on the first step of a turn only; a
+        # resumed model may call again; the last step, and a step after a repeated call, answer.
+        choice = "auto" if progress.resumed and request.tool_choice != "none" else request.tool_choice
+        for step in range(request.max_steps):
+            if step == request.max_steps - 1 and choice != "none":
                 choice = "none"
+                progress.reason = f"answered at the step limit ({request.max_steps} steps)"
+            urls = conversation_urls(progress.messages)
+            specs, model_choice = offer(self._tools, choice, urls, self._allow_hosts)
             generation = await model.generate(
                 GenerationRequest(
                     [_for_model(m) for m in progress.messages],
-                    tools=specs if choice != "none" else (),
-                    tool_choice=choice,
+                    tools=tuple(specs),
+                    tool_choice=model_choice,
                     max_tokens=request.max_tokens,
                     temperature=request.temperature,
                 ),
@@ -226,6 +258,8 @@ class TurnEngine:
             progress.telemetry.update(generation.telemetry)
             if generation.finish_reason == "cancelled":  # the backend was stopped (closing)
                 raise asyncio.CancelledError
+            if generation.finish_reason == "cut_off":  # inside a tool call: no answer to give
+                raise ReplyCutOff(request.max_tokens)
             if not generation.tool_calls:
                 progress.text = generation.text
                 progress.messages.append({"role": "assistant", "content": generation.text})
@@ -237,10 +271,12 @@ class TurnEngine:
                     "tool_calls": [c.to_json() for c in generation.tool_calls],
                 }
             )
-            for index, call in enumerate(generation.tool_calls):
-                await self._call_tool(turn_id, progress, call.id, call.name, call.arguments, index)
+            repeated = False
+            for call in generation.tool_calls:
+                repeated |= await self._call_tool(turn_id, progress, call.id, call.name, call.arguments, urls)
             if progress.deferred:
                 return  # the model waits for the parked results; the turn resumes with them
+            choice = "none" if repeated else "auto"  # it has that result already: answer now
 
     async def _call_tool(
         self,
@@ -249,34 +285,42 @@ class TurnEngine:
         call_id: str,
         name: str,
         arguments: dict[str, Any],
-        index: int,
-    ) -> None:
+        urls: Sequence[str],
+    ) -> bool:
+        """Make one call (or refuse it, or park it); whether it repeated an earlier one."""
         record: dict[str, Any] = {"id": call_id, "tool": name, "arguments": arguments}
         progress.tool_calls.append(record)
         message: Message = {"role": "tool", "tool_call_id": call_id}
+        progress.messages.append(message)
         try:
             tool = self._tools.get(name)
             args = tool.validate(arguments)
         except (UnknownTool, InvalidArguments) as exc:
             record["status"] = "error"
             message["content"] = json.dumps({"error": exc.message})
-            progress.messages.append(message)
-            return
-        key = _call_key(turn_id, len(progress.messages), index)
+            return False
+        key = call_key(turn_id, tool.name, args)
+        earlier = next((m for m in progress.messages[:-1] if m.get("waystation_key") == key), None)
+        if earlier is not None:  # the same call again: the same result, never a second task
+            record["status"] = "repeated"
+            record["task_id"] = earlier.get("waystation_task_id")
+            message["content"] = earlier["content"]
+            return True
+        message["waystation_key"] = key
+        why_not = refusal(args, urls, self._allow_hosts)
+        if why_not is not None:
+            record["status"] = "refused"
+            message["content"] = json.dumps({"error": why_not})
+            return False
         if self._connectivity.state == "online":
             sent = await self._deliver(tool.name, args, key)
             if sent.outcome == Outcome.UNREACHABLE:
                 self._connectivity.report_network_error()  # then park it, as if offline
             else:
-                if sent.result is None:  # nothing was sent: the call itself cannot be made
-                    record["status"] = "error"
-                    message["content"] = json.dumps({"error": sent.error})
-                else:
-                    record["status"] = "done"
-                    record["result_status"] = sent.status
-                    message["content"] = _result_for_model({"state": "done", "result": sent.result})
-                progress.messages.append(message)
-                return
+                record["status"] = "done" if sent.result is not None else "error"
+                record["result_status"] = sent.status
+                message["content"] = result_for_model(sent.result, sent.error)
+                return False
         task_id = receipts.new_id("t")
         progress.parked.append(
             NewTask(
@@ -289,8 +333,7 @@ class TurnEngine:
             )
         )
         progress.deferred[task_id] = call_id
-        record["status"] = "deferred"
-        record["task_id"] = task_id
+        record.update(status="deferred", task_id=task_id)
         message["waystation_task_id"] = task_id
         message["content"] = json.dumps(
             {
@@ -299,7 +342,7 @@ class TurnEngine:
                 "message": "offline: queued, delivered when back online",
             }
         )
-        progress.messages.append(message)
+        return False
 
     async def _finish(
         self,
@@ -312,7 +355,7 @@ class TurnEngine:
         started: float,
         turn_state: str | None = None,
     ) -> TurnResult:
-        """Commit the receipt, the parked tasks and the saved conversation together."""
+        """Commit the receipt, the parked tasks and the turn's row together."""
         draft = ReceiptDraft(
             kind="turn",
             status=status,  # type: ignore[arg-type]
@@ -327,19 +370,23 @@ class TurnEngine:
             model_answered=progress.model_answered,
             telemetry=progress.telemetry,
         )
+        row = TurnRow(
+            turn_state or status,
+            request.to_json(),
+            progress.messages,
+            progress.deferred,
+            progress.steps,
+            route=route.name,
+            model=route.model or request.model,
+            text=progress.text,
+            reason=reason,
+            tool_calls=progress.tool_calls,
+        )
 
         def op(conn: sqlite3.Connection) -> dict[str, Any]:
             for new in progress.parked:
                 self._store.insert(conn, new)
-            save_turn(
-                conn,
-                turn_id,
-                request.to_json(),
-                progress.messages,
-                progress.deferred,
-                progress.steps,
-                turn_state or status,
-            )
+            save_turn(conn, turn_id, row)
             return receipts.append(conn, draft)
 
         receipt = await self._db.write(op)
@@ -355,20 +402,11 @@ class TurnEngine:
             model=route.model,
             model_answered=progress.model_answered,
         )
-        self._announce.turn_finished(result.to_json(), receipt, progress.resumed)
+        turn = await get_turn(self._db, turn_id)
+        self._announce.turn_finished({**result.to_json(), **turn}, receipt, progress.resumed)
         return result
-
-
-def _call_key(turn_id: str, position: int, index: int) -> str:
-    """Stable per call: the turn, where the call stands in the conversation, and its index."""
-    return f"{turn_id}-m{position}-c{index}"
 
 
 def _for_model(message: Message) -> Message:
     """Our bookkeeping keys stay out of what the model sees."""
     return {k: v for k, v in message.items() if not k.startswith("waystation_")}
-
-
-def _result_for_model(outcome: dict[str, Any]) -> str:
-    text = json.dumps(outcome, default=str)
-    return text if len(text) <= RESULT_CHARS_FOR_MODEL else text[:RESULT_CHARS_FOR_MODEL] + "…(truncated)"

@@ -13,6 +13,7 @@ from waystation.receipts import Usage
 
 MAX_STEPS = 4
 MAX_TOKENS_LIMIT = 8192
+TURN_ID_HEADER = "Waystation-Turn-Id"  # names the turn a POST /v1/turns answer is about
 DEFERRED_TURN_TOOL = "turn"  # the task a whole deferred turn becomes (station/delivery.py runs it)
 
 
@@ -23,7 +24,7 @@ class TurnRequest:
     model: str | None = None
     system: str | None = None
     max_tokens: int = 256
-    tool_choice: ToolChoice = "auto"
+    tool_choice: ToolChoice | dict[str, str] = "auto"
     max_steps: int = MAX_STEPS
     messages: list[Message] | None = None  # a whole conversation (OpenAI-style) instead of prompt
     temperature: float = 0.0  # greedy by default
@@ -60,9 +61,7 @@ def turn_request(body: Mapping[str, Any]) -> TurnRequest:
             raise MalformedRequest(f"{name} must be a string")
     if not isinstance(body.get("defer", False), bool):
         raise MalformedRequest("defer must be true or false")
-    choice = body.get("tool_choice", "auto")
-    if choice not in ("auto", "required", "none"):
-        raise MalformedRequest("tool_choice must be one of auto, required, none")
+    choice = tool_choice(body.get("tool_choice", "auto"))
     return TurnRequest(
         prompt=prompt,
         route=body.get("route"),
@@ -73,6 +72,21 @@ def turn_request(body: Mapping[str, Any]) -> TurnRequest:
         max_steps=bounded_int(body, "max_steps", MAX_STEPS, 16),
         defer=bool(body.get("defer", False)),
     )
+
+
+def tool_choice(value: Any) -> ToolChoice | dict[str, str]:
+    """auto, none, required, or {"tool": NAME} (OpenAI's {"type": "function", "function":
+    {"name": NAME}} reads the same)."""
+    if value is None:
+        return "auto"
+    if value in ("auto", "required", "none"):
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, dict):
+        function = value.get("function")
+        name = value.get("tool") or (function.get("name") if isinstance(function, dict) else None)
+        if isinstance(name, str) and name:
+            return {"tool": name}
+    raise MalformedRequest('tool_choice must be one of auto, required, none, or {"tool": NAME}')
 
 
 def bounded_int(body: Mapping[str, Any], name: str, default: int, maximum: int) -> int:

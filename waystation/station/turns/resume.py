@@ -8,7 +8,6 @@ its "interrupted" receipt.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,16 +16,17 @@ import structlog
 from waystation.db import Database
 from waystation.errors import WaystationError
 from waystation.queue.policy import SETTLED
+from waystation.station.background import Background
 from waystation.station.turns.engine import TurnEngine
-from waystation.station.turns.records import parked_turns_ready, reclaim_interrupted_resumptions
+from waystation.station.turns.records import parked_turns_ready, recover_turns
 
 log = structlog.get_logger(__name__)
 
 
 class Resumptions:
-    def __init__(self, turns: TurnEngine) -> None:
+    def __init__(self, turns: TurnEngine, background: Background) -> None:
         self._turns = turns
-        self._running: set[asyncio.Task[None]] = set()
+        self._background = background
 
     def task_changed(self, task: Mapping[str, Any]) -> None:
         """A listener for announced tasks: the last settled task of a turn resumes it."""
@@ -35,23 +35,17 @@ class Resumptions:
             self.resume_soon(str(turn_id))
 
     async def start(self, db: Database) -> None:
-        """Resume what the last run left: cut-short resumptions and turns whose tasks settled."""
-        await reclaim_interrupted_resumptions(db)
+        """Settle what the last run left (cut-short resumptions are parked again, turns it was
+        running are interrupted), then resume the turns whose tasks have settled."""
+        await recover_turns(db)
         for turn_id in await parked_turns_ready(db):
             self.resume_soon(turn_id)
 
     def resume_soon(self, turn_id: str) -> None:
-        task = asyncio.create_task(self._resume(turn_id), name=f"resume-{turn_id}")
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        self._background.spawn(self._resume(turn_id), name=f"resume-{turn_id}")
 
     async def _resume(self, turn_id: str) -> None:
         try:
             await self._turns.resume(turn_id)  # the engine announces it
         except WaystationError as exc:
             log.warning("resumed turn failed", turn_id=turn_id, error=exc.message)
-
-    async def close(self) -> None:
-        for task in list(self._running):
-            task.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)

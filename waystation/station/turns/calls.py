@@ -1,0 +1,170 @@
+"""A turn's tool calls: which tools a model is offered, which of its calls may go out, one task
+per distinct call, and results in a form a small model can answer from.
+
+- `tool_choice` is OpenAI's: auto (default), none, required, or {"tool": NAME}. Under auto the
+  network tools are offered only once the conversation (the user's messages or tool results)
+  names an http(s) URL: a model asked "Say hello." is not handed a way to invent a request.
+- A call to a URL the conversation does not name, on a host `[tools] allow_hosts` does not list,
+  is refused with a tool result saying so: never sent, never parked.
+- A call is identified by its tool and normalized arguments; the same call twice in one turn
+  (a resumed model asking again) is one task with one idempotency key, never parked twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html.parser
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from waystation.adapters.models.base import Message, ToolChoice, ToolSpec, urls_in
+from waystation.adapters.tools import ToolRegistry
+from waystation.errors import InputError
+
+RESULT_CHARS_FOR_MODEL = 2000  # a tool result is cut to this before the model sees it
+
+
+class NoUrlToCall(InputError):
+    """A call was demanded (required, or a named tool) but the conversation names no URL."""
+
+    code = "no_url_to_call"
+
+    def __init__(self, tool_choice: str) -> None:
+        super().__init__(
+            f"tool_choice {tool_choice} needs a URL to call, and the prompt names none; "
+            "put the http(s) URL in the prompt, or list its host in [tools] allow_hosts"
+        )
+        self.tool_choice = tool_choice
+
+
+def conversation_urls(messages: Sequence[Message]) -> list[str]:
+    """The URLs a call may use: those in the user's messages and in tool results."""
+    return urls_in([m for m in messages if m.get("role") in ("user", "tool")])
+
+
+def offer(
+    tools: ToolRegistry,
+    choice: ToolChoice | Mapping[str, str],
+    urls: Sequence[str],
+    allow_hosts: Sequence[str],
+) -> tuple[list[ToolSpec], ToolChoice]:
+    """The tools to offer the model for one step, and how it must use them."""
+    if choice == "none":
+        return [], "none"
+    reachable = bool(urls) or bool(allow_hosts)
+    if isinstance(choice, Mapping):  # {"tool": NAME}: that tool, a call demanded
+        tool = tools.get(choice["tool"])
+        if tool.needs_network and not reachable:
+            raise NoUrlToCall(json.dumps(dict(choice)))
+        return [_spec(tool)], "required"
+    offered = [_spec(t) for t in tools if reachable or not t.needs_network]
+    if choice == "required" and not offered:
+        raise NoUrlToCall("required")
+    return offered, choice if offered else "none"
+
+
+def _spec(tool: Any) -> ToolSpec:
+    return ToolSpec(tool.name, tool.description, tool.parameters, getattr(tool, "grammar_parameters", None))
+
+
+def refusal(args: Mapping[str, Any], urls: Sequence[str], allow_hosts: Sequence[str]) -> str | None:
+    """Why a call's URL may not be used (None when it may): it must be one the conversation
+    named, or on an allowed host."""
+    url = args.get("url")
+    if not isinstance(url, str):
+        return None
+    wanted = _normalized(url)
+    if any(_normalized(u) == wanted for u in urls):
+        return None
+    parsed = httpx.URL(url)
+    host = parsed.host.lower()
+    if host in allow_hosts or f"{host}:{parsed.port}" in allow_hosts:
+        return None
+    return (
+        f"refused: {url} is not a URL the conversation named (nor on [tools] allow_hosts); "
+        "call only URLs the user gave"
+    )
+
+
+def _normalized(url: str) -> str:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return url
+    return str(parsed.copy_with(path=parsed.path or "/")).rstrip("/").lower()
+
+
+def call_key(turn_id: str, tool: str, args: Mapping[str, Any]) -> str:
+    """The idempotency key of a call: the turn and what is called, so the same call in the same
+    turn is the same task however often the model asks."""
+    digest = hashlib.sha256(json.dumps([tool, args], sort_keys=True).encode()).hexdigest()[:16]
+    return f"{turn_id}-{digest}"
+
+
+# --- results a small model can read --------------------------------------------------------------
+
+
+def result_for_model(result: Mapping[str, Any] | None, error: str | None = None) -> str:
+    """An HTTP answer as text: the status, and the body; an HTML page as its title and text."""
+    if result is None:
+        return _cut(f"no answer: {error or 'the call could not be made'}")
+    status = result.get("status")
+    headers = result.get("headers") or {}
+    body = str(result.get("body") or "")
+    content_type = str(headers.get("content-type", "")).lower()
+    if "html" in content_type or body.lstrip()[:15].lower().startswith(("<!doctype html", "<html")):
+        title, text = page_text(body)
+        body = f"Title: {title}\n\n{text}" if title else text
+    return _cut(f"HTTP {status}\n{body}")
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= RESULT_CHARS_FOR_MODEL else text[:RESULT_CHARS_FOR_MODEL] + "…(truncated)"
+
+
+def page_text(markup: str) -> tuple[str, str]:
+    """(title, visible text) of an HTML page; scripts, styles and tags dropped, spaces collapsed."""
+    reader = _PageReader()
+    reader.feed(markup)
+    reader.close()
+    text = re.sub(r"[ \t\r\f\v]+", " ", "".join(reader.text))
+    text = re.sub(r"\s*\n\s*", "\n", text).strip()
+    return " ".join("".join(reader.title).split()), text
+
+
+class _PageReader(html.parser.HTMLParser):
+    SKIPPED = frozenset({"script", "style", "noscript", "template", "svg", "head"})
+    BLOCKS = frozenset({"p", "div", "br", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "section"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.title: list[str] = []
+        self.text: list[str] = []
+        self._skipping = 0
+        self._in_title = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "title":
+            self._in_title = True
+        elif tag in self.SKIPPED:
+            self._skipping += 1
+        elif tag in self.BLOCKS:
+            self.text.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self._in_title = False
+        elif tag in self.SKIPPED:
+            self._skipping = max(0, self._skipping - 1)
+        elif tag in self.BLOCKS:
+            self.text.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title:
+            self.title.append(data)
+        elif not self._skipping:
+            self.text.append(data)
