@@ -331,6 +331,7 @@ class Receiver:
     /flaky/<n>/<anything>    503 with Retry-After: 1 (or ?retry_after=S) for the first n requests
                              with a given Idempotency-Key, then 200
     /slow/<ms>/<anything>    waits <ms> ms, then 200
+    /page/<Title-Words>      200, an HTML page titled "Title Words"
     Every request is recorded; `hits()` reads the records (the /_hits path is not recorded).
     """
 
@@ -412,6 +413,10 @@ def receiver_main(host: str = "127.0.0.1") -> None:
             if seen[(path, key)] <= int(parts[1]):
                 retry_after = request.query.get("retry_after", "1")
                 return web.Response(status=503, text="busy", headers={"Retry-After": retry_after})
+        if parts[0] == "page" and len(parts) > 1:
+            title = parts[1].replace("-", " ")
+            page = f"<html><head><title>{title}</title></head><body><h1>{title}</h1><p>All about {title}.</p>"
+            return web.Response(text=page + "</body></html>", content_type="text/html")
         if parts[0] == "slow" and len(parts) > 1:
             await asyncio.sleep(int(parts[1]) / 1000)
         return web.json_response({"ok": True, "path": path})

@@ -103,13 +103,18 @@ def tool_call_schema(tools: Sequence[ToolSpec], choice: ToolChoice) -> dict[str,
 
 
 def tool_instructions(tools: Sequence[ToolSpec], choice: ToolChoice) -> str:
-    """The system text that tells a model without a tool template how to call tools."""
-    lines = ["You can call these tools:"]
+    """The system text that tells a model without a tool template how to reply: short, since a
+    small model pays for every token of it on every turn (the grammar holds the exact shape)."""
+    answer = 'reply with JSON only: {"answer": "<your answer>"}.'
+    if not tools:
+        return "Using the tool results above, " + answer
+    lines = ["Tools:"]
     for t in tools:
-        lines.append(f"- {t.name}: {t.description} Arguments (JSON Schema): {json.dumps(t.parameters)}")
-    lines.append('To call a tool, reply with JSON only: {"tool": "<name>", "arguments": {...}}.')
+        arguments = ", ".join(dict(t.parameters.get("properties") or {}))
+        lines.append(f"- {t.name}({arguments}): {t.description.split('. ')[0].rstrip('.')}.")
+    lines.append('To call one, reply with JSON only: {"tool": "<name>", "arguments": {...}}.')
     if choice != "required":
-        lines.append('To answer without a tool, reply with JSON only: {"answer": "<your answer>"}.')
+        lines.append("To answer without a tool, " + answer)
     return "\n".join(lines)
 
 

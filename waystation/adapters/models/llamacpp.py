@@ -84,11 +84,15 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
 
         llm = handle.llm
         messages = [_plain(m) for m in request.messages]
-        constrained = bool(request.tools) and request.tool_choice != "none"
+        tools = request.tools if request.tool_choice != "none" else ()
+        # After tool results a small model answers in the JSON it saw its calls written in; held
+        # to {"answer": ...} it answers in words (and its answer is never a tool call's JSON).
+        constrained = bool(tools) or any(m["role"] == "tool" for m in messages)
         grammar = None
         if constrained:
-            messages = _with_system(messages, tool_instructions(request.tools, request.tool_choice))
-            schema = _grammar_safe(tool_call_schema(request.tools, request.tool_choice))
+            choice = request.tool_choice if tools else "none"
+            messages = _with_system(messages, tool_instructions(tools, choice))
+            schema = _grammar_safe(tool_call_schema(tools, choice))
             grammar_schema = json.dumps(_pin_urls(schema, urls_in(messages)))
             grammar = LlamaGrammar.from_json_schema(grammar_schema, verbose=False)
         formatted = handle.formatter(messages=messages)
@@ -123,7 +127,7 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         if constrained:
             answer, tool_calls = parse_tool_reply(text, call_id=f"call_{os.urandom(6).hex()}")
             if not tool_calls and answer == text:  # not a whole reply: cut off at max_tokens
-                answer, finish = "", "cut_off"
+                answer, finish = cut_answer(text)
             text = answer
             if text:
                 emit(text)
@@ -134,6 +138,19 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
             completion_tokens=completion_tokens,
             finish_reason="tool_calls" if tool_calls else finish,
         )
+
+
+def cut_answer(text: str) -> tuple[str, str]:
+    """A constrained reply that max_tokens cut short: an answer keeps what it had said
+    ("length"); a tool call has nothing to give ("cut_off")."""
+    head = '{"answer": "'
+    compact = text.replace('{ "answer"', '{"answer"').replace('"answer" :', '"answer":')
+    if compact.startswith(head):
+        try:
+            return json.loads(compact + '"}')["answer"], "length"
+        except (ValueError, KeyError):
+            return compact[len(head) :], "length"
+    return "", "cut_off"
 
 
 def check_gguf(path: Path) -> None:
