@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import pytest
 
 T = TypeVar("T")
 
@@ -484,3 +485,15 @@ def sse_events(lines: Iterator[str]) -> Iterator[SSE]:
             data.append(value)
         else:
             fields[name] = value
+
+
+# --- network namespaces (root): a host whose link the test can cut -------------------------------
+
+netns_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.geteuid() != 0 or shutil.which("ip") is None,
+    reason="needs Linux, root and iproute2 to create network namespaces",
+)
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
+import secrets
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -13,7 +16,7 @@ import pytest
 # tests/ is not a package: make the helper module importable as `agentproc`.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from agentproc import Agent, Receiver, make_home, remove_home
+from agentproc import Agent, Receiver, ip, make_home, remove_home
 
 from waystation.db import Database
 
@@ -83,3 +86,38 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.section("soak figures")
         for line in figures:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def agent_namespace() -> Iterator[tuple[str, str, str]]:
+    """(namespace, its veth end, the host's address on the other end), removed afterwards.
+
+    The agent runs in the namespace; the receiver stays in the test's own namespace, listening on
+    the host end of the veth pair, so the test reads its records directly and the agent talks to
+    the test over its Unix socket (a file, not bound to any network namespace).
+    """
+    tag = secrets.token_hex(3)
+    ns, veth_host, veth_agent = f"wsk{tag}", f"wkh{tag}", f"wka{tag}"
+    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, timeout=10).stdout
+    subnet = next(
+        f"10.{a}.{b}"
+        for a, b in ((random.randrange(64, 250), random.randrange(256)) for _ in range(100))
+        if f"10.{a}.{b}." not in routes
+    )
+    try:
+        ip("netns", "add", ns)
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"cannot create a network namespace here: {exc.stderr.strip()}")
+    try:
+        ip("link", "add", veth_host, "type", "veth", "peer", "name", veth_agent)
+        ip("link", "set", veth_agent, "netns", ns)
+        ip("addr", "add", f"{subnet}.1/30", "dev", veth_host)
+        ip("link", "set", veth_host, "up")
+        ip("-n", ns, "addr", "add", f"{subnet}.2/30", "dev", veth_agent)
+        ip("-n", ns, "link", "set", "lo", "up")
+        ip("-n", ns, "link", "set", veth_agent, "up")
+        yield ns, veth_agent, f"{subnet}.1"
+    finally:
+        # Deleting the namespace destroys the veth end inside it, and with it the host end.
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+        subprocess.run(["ip", "link", "del", veth_host], capture_output=True, timeout=10)

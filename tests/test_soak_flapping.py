@@ -18,18 +18,16 @@ import collections
 import os
 import random
 import re
-import secrets
-import shutil
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import agentproc
 import pytest
-from agentproc import Agent, Receiver, agent_env, raw_request, run_in_threads, wait_for
+from agentproc import Agent, Receiver, agent_env, ip, netns_only, raw_request, run_in_threads, wait_for
 
 pytestmark = [pytest.mark.soak, pytest.mark.slow]
 
@@ -209,50 +207,6 @@ def test_forced_flapping_delivers_only_while_online_and_each_task_once(
 
 
 # --- (b) a real link in a network namespace -----------------------------------------------------
-
-netns_only = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or os.geteuid() != 0 or shutil.which("ip") is None,
-    reason="needs Linux, root and iproute2 to create network namespaces",
-)
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
-
-
-@pytest.fixture
-def agent_namespace() -> Iterator[tuple[str, str, str]]:
-    """(namespace, its veth end, the host's address on the other end), removed afterwards.
-
-    The agent runs in the namespace; the receiver stays in the test's own namespace, listening on
-    the host end of the veth pair, so the test reads its records directly and the agent talks to
-    the test over its Unix socket (a file, not bound to any network namespace).
-    """
-    tag = secrets.token_hex(3)
-    ns, veth_host, veth_agent = f"wsk{tag}", f"wkh{tag}", f"wka{tag}"
-    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, timeout=10).stdout
-    subnet = next(
-        f"10.{a}.{b}"
-        for a, b in ((random.randrange(64, 250), random.randrange(256)) for _ in range(100))
-        if f"10.{a}.{b}." not in routes
-    )
-    try:
-        ip("netns", "add", ns)
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"cannot create a network namespace here: {exc.stderr.strip()}")
-    try:
-        ip("link", "add", veth_host, "type", "veth", "peer", "name", veth_agent)
-        ip("link", "set", veth_agent, "netns", ns)
-        ip("addr", "add", f"{subnet}.1/30", "dev", veth_host)
-        ip("link", "set", veth_host, "up")
-        ip("-n", ns, "addr", "add", f"{subnet}.2/30", "dev", veth_agent)
-        ip("-n", ns, "link", "set", "lo", "up")
-        ip("-n", ns, "link", "set", veth_agent, "up")
-        yield ns, veth_agent, f"{subnet}.1"
-    finally:
-        # Deleting the namespace destroys the veth end inside it, and with it the host end.
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
-        subprocess.run(["ip", "link", "del", veth_host], capture_output=True, timeout=10)
 
 
 @netns_only
