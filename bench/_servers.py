@@ -84,6 +84,11 @@ class Receiver:
     async def probe(self, request: web.Request) -> web.Response:
         return web.Response(status=204)
 
+    async def page(self, request: web.Request) -> web.Response:
+        title = request.match_info["title"].replace("-", " ")
+        body = f"<html><head><title>{title}</title></head><body><h1>{title}</h1></body></html>"
+        return web.Response(text=body, content_type="text/html")
+
     async def stats(self, request: web.Request) -> web.Response:
         stats: dict[str, Any] = {
             "count": self.count,
@@ -98,6 +103,7 @@ class Receiver:
         app.router.add_get("/generate_204", self.probe)
         app.router.add_get("/stats", self.stats)
         app.router.add_route("*", "/hook", self.hook)
+        app.router.add_get("/page/{title}", self.page)  # a page a turn can be asked about
         return app
 
 

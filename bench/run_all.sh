@@ -17,6 +17,7 @@ if [[ -n "${QUICK:-}" ]]; then
     "bench/flush.py --tasks 1000 --bare 500"
     "bench/idle.py --settle 2 --duration 5"
     "bench/turns.py --reps 3 --max-tokens 32"
+    "bench/tool_calls.py --reps 2"
   )
 else
   RUNS=(
@@ -26,6 +27,7 @@ else
     "bench/flush.py --tasks 10000 --bare 3000"
     "bench/idle.py --settle 5 --duration 20"
     "bench/turns.py --reps 9 --max-tokens 64"
+    "bench/tool_calls.py --reps 5"
   )
 fi
 

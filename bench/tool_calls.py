@@ -1,0 +1,128 @@
+"""Local turns that call tools, on the embedded model through a real agent, in one run.
+
+    python bench/tool_calls.py [--reps 5]
+
+1. The prompt set (tests/data/turn_prompts.json, scored as the suite scores it): false network
+   calls, invented URLs, right calls, with the agent offline (calls park; nothing is sent). To
+   measure another checkout, run this file with that checkout first on PYTHONPATH, from a
+   directory outside both (e.g. `cd /tmp && PYTHONPATH=/path/to/old python /path/to/bench/...`).
+2. Time to a parked tool call on a warm model, against a plain turn (tool_choice none) asked to
+   write about as many tokens, both through the agent; and ms per generated token of each (the
+   parked turn decodes under the grammar). Goal: parked / plain <= 1.3.
+3. Ask offline, answer readable later: a turn naming a loopback page, then `online`, then
+   `turn wait`: each step timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _harness import helper_server, print_notes, print_table, progress, running_agent, uds_client
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from turn_prompt_set import Score, prompt_set
+
+
+async def post_turn(client: Any, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    started = time.perf_counter()
+    answer = await client.post("/v1/turns", json=body)
+    answer.raise_for_status()
+    return time.perf_counter() - started, dict(answer.json())
+
+
+async def prompt_set_score(base: str) -> Score:
+    score = Score()
+    async with running_agent("offline") as agent, uds_client(agent.socket) as client:
+        for category, prompt in prompt_set(base):
+            progress(f"prompt set: {prompt[:50]}")
+            _, turn = await post_turn(client, {"prompt": prompt, "max_tokens": 96})
+            score.add(category, prompt, turn)
+    return score
+
+
+async def parked_vs_plain(base: str, reps: int) -> list[list[object]]:
+    parked_s, plain_s, parked_tokens, plain_tokens = [], [], [], []
+    async with running_agent("offline") as agent, uds_client(agent.socket) as client:
+        await post_turn(client, {"prompt": "Say hi.", "tool_choice": "none", "max_tokens": 4})  # warm
+        for i in range(reps):
+            progress(f"parked vs plain {i + 1}/{reps}")
+            seconds, turn = await post_turn(client, {"prompt": f"Fetch {base}/page/Rep-{i} for me."})
+            assert turn["status"] == "parked", turn
+            parked_s.append(seconds)
+            parked_tokens.append(turn["usage"]["completion_tokens"])
+            tokens = turn["usage"]["completion_tokens"]
+            body = {"prompt": f"Describe harbour number {i}.", "tool_choice": "none", "max_tokens": tokens}
+            seconds, turn = await post_turn(client, body)
+            plain_s.append(seconds)
+            plain_tokens.append(turn["usage"]["completion_tokens"])
+    parked, plain = statistics.median(parked_s), statistics.median(plain_s)
+    ms_parked = 1000 * parked / statistics.median(parked_tokens)
+    ms_plain = 1000 * plain / statistics.median(plain_tokens)
+    return [
+        [
+            "parked tool call (grammar)",
+            f"{parked * 1000:.0f} ms",
+            statistics.median(parked_tokens),
+            f"{ms_parked:.1f}",
+        ],
+        [
+            "plain turn (no grammar)",
+            f"{plain * 1000:.0f} ms",
+            statistics.median(plain_tokens),
+            f"{ms_plain:.1f}",
+        ],
+        ["ratio parked / plain", f"{parked / plain:.2f}", "", f"{ms_parked / ms_plain:.2f}"],
+    ]
+
+
+async def offline_then_answer() -> list[str]:
+    with helper_server("receiver") as (_, address):
+        async with running_agent("offline") as agent, uds_client(agent.socket) as client:
+            await post_turn(client, {"prompt": "Say hi.", "tool_choice": "none", "max_tokens": 4})  # warm
+            url = f"{address}/page/Harbour-Lights"
+            asked, turn = await post_turn(client, {"prompt": f"Fetch {url} and tell me its title."})
+            started = time.perf_counter()
+            await client.put("/v1/connectivity", json={"mode": "online"})
+            states: dict[str, float] = {}
+            while True:
+                now = await client.get(f"/v1/turns/{turn['turn_id']}")
+                found = now.json()
+                call = found["tool_calls"][0] if found["tool_calls"] else {}
+                if call.get("task_state") == "done":
+                    states.setdefault("delivered", time.perf_counter() - started)
+                if found["state"] not in ("parked", "resuming", "running"):
+                    states["answered"] = time.perf_counter() - started
+                    break
+                await asyncio.sleep(0.01)
+    return [
+        f"ask offline -> parked: {asked * 1000:.0f} ms",
+        f"online -> call delivered: {states.get('delivered', float('nan')) * 1000:.0f} ms",
+        f"online -> answer readable ({found['state']}: {found['text']!r}): {states['answered'] * 1000:.0f} ms"
+        if found["state"] == "ok"
+        else f"online -> ended {found['state']}: {found['reason']}",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--prompt-set-only", action="store_true", help="(1) alone, e.g. on an older checkout")
+    args = parser.parse_args()
+    base = "http://127.0.0.1:9"  # never reached: the agent is offline
+    score = asyncio.run(prompt_set_score(base))
+    print_notes("Prompt set (33 prompts, embedded model, agent offline):", *score.lines())
+    if args.prompt_set_only:
+        return
+    rows = asyncio.run(parked_vs_plain(base, args.reps))
+    print_table(["turn (warm model, medians)", "time", "completion tokens", "ms/token"], rows)
+    print_notes("Ask offline, answer later:", *asyncio.run(offline_then_answer()))
+
+
+if __name__ == "__main__":
+    main()
