@@ -21,9 +21,13 @@ from typing import Any
 
 import httpx
 
+from waystation import receipts
 from waystation.adapters.models.base import Message, ToolChoice, ToolSpec, urls_in
 from waystation.adapters.tools import ToolRegistry
-from waystation.errors import InputError
+from waystation.errors import InputError, InvalidArguments, UnknownTool
+from waystation.ports import Connectivity, Deliver, Outcome
+from waystation.queue.tasks import NewTask
+from waystation.station.turns.progress import Progress
 
 RESULT_CHARS_FOR_MODEL = 2000  # a tool result is cut to this before the model sees it
 
@@ -103,6 +107,85 @@ def call_key(turn_id: str, tool: str, args: Mapping[str, Any]) -> str:
     turn is the same task however often the model asks."""
     digest = hashlib.sha256(json.dumps([tool, args], sort_keys=True).encode()).hexdigest()[:16]
     return f"{turn_id}-{digest}"
+
+
+class Caller:
+    """Makes a model's calls: validated, refused when the URL was never named, the same call
+    answered from its first result, delivered at once while online, else parked as a task."""
+
+    def __init__(
+        self, tools: ToolRegistry, connectivity: Connectivity, deliver: Deliver, allow_hosts: Sequence[str]
+    ) -> None:
+        self._tools = tools
+        self._connectivity = connectivity
+        self._deliver = deliver
+        self._allow_hosts = allow_hosts
+
+    async def call(
+        self,
+        turn_id: str,
+        progress: Progress,
+        call_id: str,
+        name: str,
+        arguments: dict[str, Any],
+        urls: Sequence[str],
+    ) -> bool:
+        """Make one call (or refuse it, or park it); whether it repeated an earlier one."""
+        record: dict[str, Any] = {"id": call_id, "tool": name, "arguments": arguments}
+        progress.tool_calls.append(record)
+        message: Message = {"role": "tool", "tool_call_id": call_id}
+        progress.messages.append(message)
+        try:
+            tool = self._tools.get(name)
+            args = tool.validate(arguments)
+        except (UnknownTool, InvalidArguments) as exc:
+            record["status"] = "error"
+            message["content"] = json.dumps({"error": exc.message})
+            return False
+        key = call_key(turn_id, tool.name, args)
+        earlier = next((m for m in progress.messages[:-1] if m.get("waystation_key") == key), None)
+        if earlier is not None:  # the same call again: the same result, never a second task
+            record["status"] = "repeated"
+            record["task_id"] = earlier.get("waystation_task_id")
+            message["content"] = earlier["content"]
+            return True
+        message["waystation_key"] = key
+        why_not = refusal(args, urls, self._allow_hosts)
+        if why_not is not None:
+            record["status"] = "refused"
+            message["content"] = json.dumps({"error": why_not})
+            return False
+        if self._connectivity.state == "online":
+            sent = await self._deliver(tool.name, args, key)
+            if sent.outcome == Outcome.UNREACHABLE:
+                self._connectivity.report_network_error()  # then park it, as if offline
+            else:
+                record["status"] = "done" if sent.result is not None else "error"
+                record["result_status"] = sent.status
+                message["content"] = result_for_model(sent.result, sent.error)
+                return False
+        task_id = receipts.new_id("t")
+        progress.parked.append(
+            NewTask(
+                tool=tool.name,
+                args=args,
+                host=tool.destination_host(args),
+                idempotency_key=key,
+                turn_id=turn_id,
+                task_id=task_id,
+            )
+        )
+        progress.deferred[task_id] = call_id
+        record.update(status="deferred", task_id=task_id)
+        message["waystation_task_id"] = task_id
+        message["content"] = json.dumps(
+            {
+                "status": "deferred",
+                "task_id": task_id,
+                "message": "offline: queued, delivered when back online",
+            }
+        )
+        return False
 
 
 # --- results a small model can read --------------------------------------------------------------

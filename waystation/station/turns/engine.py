@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -29,45 +27,25 @@ from waystation.adapters.tools import ToolRegistry
 from waystation.db import Database
 from waystation.errors import (
     EmptyPrompt,
-    InvalidArguments,
     ReplyCutOff,
     RouteOffline,
     RouteRefused,
     TurnTimeout,
-    UnknownTool,
     WaystationError,
 )
-from waystation.ports import Announce, Connectivity, Deliver, Outcome
+from waystation.ports import Announce, Connectivity, Deliver
 from waystation.queue.policy import TaskState
 from waystation.queue.store import TaskStore
 from waystation.queue.tasks import NewTask
 from waystation.receipts import ReceiptDraft, RouteInfo, Usage
-from waystation.station.turns.calls import call_key, conversation_urls, offer, refusal, result_for_model
+from waystation.station.turns.calls import Caller, conversation_urls, offer, result_for_model
+from waystation.station.turns.progress import Progress
 from waystation.station.turns.records import TurnRow, claim_for_resume, get_turn, save_turn
 from waystation.station.turns.request import DEFERRED_TURN_TOOL, TurnRequest, TurnResult
 
 log = structlog.get_logger(__name__)
 
 TURN_TIMEOUT_S = 300.0
-
-
-@dataclass
-class _Progress:
-    """What one run (or resumption) of a turn has done so far."""
-
-    messages: list[Message]
-    resumed: bool = False
-    steps: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cold_load_ms: int | None = None
-    model_answered: str | None = None
-    telemetry: dict[str, str] = field(default_factory=dict)
-    text: str = ""
-    reason: str | None = None  # said with an answer that is not the whole story (the step limit)
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # every call the turn made
-    parked: list[NewTask] = field(default_factory=list)
-    deferred: dict[str, str] = field(default_factory=dict)  # task id -> tool call id
 
 
 class TurnEngine:
@@ -92,6 +70,7 @@ class TurnEngine:
         self._route_for = route_for
         self._announce = announce  # told of every finished turn once its receipt committed
         self._allow_hosts = tuple(allow_hosts)
+        self._caller = Caller(tools, connectivity, deliver, self._allow_hosts)
         self._turn_timeout_s = turn_timeout_s
 
     async def run(
@@ -106,7 +85,7 @@ class TurnEngine:
         progress = await self.begin(turn_id, request)
         return await self._drive(turn_id, request, progress, on_token)
 
-    async def begin(self, turn_id: str, request: TurnRequest) -> _Progress:
+    async def begin(self, turn_id: str, request: TurnRequest) -> Progress:
         """Check the prompt and write the turn's `running` row, so it can be looked up at once."""
         messages: list[Message] = []
         if request.system:
@@ -120,7 +99,7 @@ class TurnEngine:
             raise EmptyPrompt()
         row = TurnRow("running", request.to_json(), messages, route=request.route, model=request.model)
         await self._db.write(lambda conn: save_turn(conn, turn_id, row))
-        return _Progress(messages)
+        return Progress(messages)
 
     async def resume(self, turn_id: str) -> TurnResult | None:
         """Continue a parked turn whose tasks have all settled; None if it is not ready or taken."""
@@ -129,7 +108,7 @@ class TurnEngine:
             return None
         request = TurnRequest(**loaded.request)
         tasks = {t.id: t for t in await self._store.for_turn(turn_id)}
-        progress = _Progress(loaded.messages, resumed=True, tool_calls=loaded.tool_calls)
+        progress = Progress(loaded.messages, resumed=True, tool_calls=loaded.tool_calls)
         progress.deferred = {}  # what this resumption parks, if anything
         for message in progress.messages:
             task = tasks.get(message.get("waystation_task_id", ""))
@@ -141,7 +120,7 @@ class TurnEngine:
         return await self._drive(turn_id, request, progress, None, failed=failed)
 
     async def drive(
-        self, turn_id: str, request: TurnRequest, progress: _Progress, on_token: TokenSink | None
+        self, turn_id: str, request: TurnRequest, progress: Progress, on_token: TokenSink | None
     ) -> TurnResult:
         """Run a turn `begin` wrote (for callers that start it in the background)."""
         return await self._drive(turn_id, request, progress, on_token)
@@ -150,7 +129,7 @@ class TurnEngine:
         self,
         turn_id: str,
         request: TurnRequest,
-        progress: _Progress,
+        progress: Progress,
         on_token: TokenSink | None,
         failed: Sequence[Any] = (),
     ) -> TurnResult:
@@ -162,7 +141,7 @@ class TurnEngine:
         self,
         turn_id: str,
         request: TurnRequest,
-        progress: _Progress,
+        progress: Progress,
         on_token: TokenSink | None,
         failed: Sequence[Any],
     ) -> TurnResult:
@@ -203,7 +182,7 @@ class TurnEngine:
         return await self._finish(turn_id, request, progress, route, status, progress.reason, started)
 
     async def _defer_whole_turn(
-        self, turn_id: str, request: TurnRequest, progress: _Progress, route: RouteInfo, started: float
+        self, turn_id: str, request: TurnRequest, progress: Progress, route: RouteInfo, started: float
     ) -> TurnResult:
         """Offline, and the turn asked to wait: it becomes one `turn` task, run once online."""
         task_id = receipts.new_id("t")
@@ -226,7 +205,7 @@ class TurnEngine:
         self,
         turn_id: str,
         request: TurnRequest,
-        progress: _Progress,
+        progress: Progress,
         model: ModelBackend,
         on_token: TokenSink | None,
     ) -> None:
@@ -273,82 +252,18 @@ class TurnEngine:
             )
             repeated = False
             for call in generation.tool_calls:
-                repeated |= await self._call_tool(turn_id, progress, call.id, call.name, call.arguments, urls)
+                repeated |= await self._caller.call(
+                    turn_id, progress, call.id, call.name, call.arguments, urls
+                )
             if progress.deferred:
                 return  # the model waits for the parked results; the turn resumes with them
             choice = "none" if repeated else "auto"  # it has that result already: answer now
-
-    async def _call_tool(
-        self,
-        turn_id: str,
-        progress: _Progress,
-        call_id: str,
-        name: str,
-        arguments: dict[str, Any],
-        urls: Sequence[str],
-    ) -> bool:
-        """Make one call (or refuse it, or park it); whether it repeated an earlier one."""
-        record: dict[str, Any] = {"id": call_id, "tool": name, "arguments": arguments}
-        progress.tool_calls.append(record)
-        message: Message = {"role": "tool", "tool_call_id": call_id}
-        progress.messages.append(message)
-        try:
-            tool = self._tools.get(name)
-            args = tool.validate(arguments)
-        except (UnknownTool, InvalidArguments) as exc:
-            record["status"] = "error"
-            message["content"] = json.dumps({"error": exc.message})
-            return False
-        key = call_key(turn_id, tool.name, args)
-        earlier = next((m for m in progress.messages[:-1] if m.get("waystation_key") == key), None)
-        if earlier is not None:  # the same call again: the same result, never a second task
-            record["status"] = "repeated"
-            record["task_id"] = earlier.get("waystation_task_id")
-            message["content"] = earlier["content"]
-            return True
-        message["waystation_key"] = key
-        why_not = refusal(args, urls, self._allow_hosts)
-        if why_not is not None:
-            record["status"] = "refused"
-            message["content"] = json.dumps({"error": why_not})
-            return False
-        if self._connectivity.state == "online":
-            sent = await self._deliver(tool.name, args, key)
-            if sent.outcome == Outcome.UNREACHABLE:
-                self._connectivity.report_network_error()  # then park it, as if offline
-            else:
-                record["status"] = "done" if sent.result is not None else "error"
-                record["result_status"] = sent.status
-                message["content"] = result_for_model(sent.result, sent.error)
-                return False
-        task_id = receipts.new_id("t")
-        progress.parked.append(
-            NewTask(
-                tool=tool.name,
-                args=args,
-                host=tool.destination_host(args),
-                idempotency_key=key,
-                turn_id=turn_id,
-                task_id=task_id,
-            )
-        )
-        progress.deferred[task_id] = call_id
-        record.update(status="deferred", task_id=task_id)
-        message["waystation_task_id"] = task_id
-        message["content"] = json.dumps(
-            {
-                "status": "deferred",
-                "task_id": task_id,
-                "message": "offline: queued, delivered when back online",
-            }
-        )
-        return False
 
     async def _finish(
         self,
         turn_id: str,
         request: TurnRequest,
-        progress: _Progress,
+        progress: Progress,
         route: RouteInfo,
         status: str,
         reason: str | None,
