@@ -378,6 +378,34 @@ def test_streamed_turn_over_the_socket(client: httpx.Client) -> None:
     assert receipt["id"] == done["receipt_id"] and receipt["status"] == "ok"
 
 
+def test_a_turn_behind_another_says_it_waits_for_the_model(agent: Agent, client: httpx.Client) -> None:
+    """One generation at a time: a turn that arrives while another generates says so (a `stage`
+    event naming how many are ahead), then that it runs; one that finds the model free says
+    nothing before its first token."""
+    long = {"prompt": "Write a long story about a harbour.", "stream": True, "tool_choice": "none"}
+    first_token = threading.Event()
+    with agent.client(timeout=120.0) as other:
+
+        def hold_the_model() -> None:
+            with other.stream("POST", "/v1/turns", json={**long, "max_tokens": 400}) as response:
+                for event in sse_events(response.iter_lines()):
+                    if event.event == "token":
+                        first_token.set()
+
+        holder = threading.Thread(target=hold_the_model)
+        holder.start()
+        assert first_token.wait(60)
+        behind = {"prompt": "Say hi.", "stream": True, "tool_choice": "none", "max_tokens": 4}
+        with client.stream("POST", "/v1/turns", json=behind) as response:
+            events = list(sse_events(response.iter_lines()))
+        holder.join(120)
+    stages = [e.data for e in events if e.event == "stage"]
+    assert stages[:1] == [{"stage": "waiting", "ahead": 1}], [e.event for e in events]
+    assert stages[-1] == {"stage": "generating", "ahead": 0}
+    first_after = next(i for i, e in enumerate(events) if e.event != "stage")
+    assert all(e.event == "stage" for e in events[:first_after]) and events[-1].event == "done"
+
+
 def test_empty_prompt_is_400(client: httpx.Client) -> None:
     for body in ({"prompt": ""}, {"prompt": "  \n"}):
         assert_error(client.post("/v1/turns", json=body), 400, "empty_prompt")
@@ -585,7 +613,7 @@ def test_sigterm_during_a_long_generation_stops_promptly_with_an_interrupted_rec
     tokens = 0
     with agent.client(timeout=60.0) as client, client.stream("POST", "/v1/turns", json=body) as response:
         assert response.status_code == 200
-        events = sse_events(response.iter_lines())
+        events = (e for e in sse_events(response.iter_lines()) if e.event != "stage")  # loading
         first = next(events)
         assert first.event == "token", first
         streaming_since = time.monotonic()

@@ -43,22 +43,46 @@ async def post_turn(request: web.Request) -> web.StreamResponse:
     station = station_of(request)
     body = await json_body(request)
     turn = turn_request(body)
-    pieces: asyncio.Queue[str | None] = asyncio.Queue()
-    turn_id, running = await turns.start(station, turn, pieces.put_nowait if body.get("stream") else None)
-    names = {"Location": f"/v1/turns/{turn_id}", TURN_ID_HEADER: turn_id}
     if not body.get("stream"):
+        turn_id, running = await turns.start(station, turn)
         # Shielded: a caller that goes away stops waiting, not the turn.
-        return web.json_response((await asyncio.shield(running)).to_json(), headers=names)
+        result = await asyncio.shield(running)
+        return web.json_response(result.to_json(), headers=_names(turn_id))
+    frames: asyncio.Queue[bytes | None] = asyncio.Queue()
+    stages = StageFrames(frames)
+    turn_id, running = await turns.start(
+        station, turn, lambda piece: frames.put_nowait(sse.frame({"text": piece}, "token")), stages
+    )
     return await _stream(
         request,
         running,
-        pieces,
-        token=lambda piece: sse.frame({"text": piece}, "token"),
+        frames,
         done=lambda result: sse.frame(result.to_json(), "done"),
         failed=lambda exc: sse.frame(exc.to_json()["error"], "error"),
-        headers=names,
+        headers=_names(turn_id),
         detached=True,
     )
+
+
+def _names(turn_id: str) -> dict[str, str]:
+    """The headers that name the turn an answer is about, before any of its body."""
+    return {"Location": f"/v1/turns/{turn_id}", TURN_ID_HEADER: turn_id}
+
+
+class StageFrames:
+    """`stage` events while a turn waits for the model: `waiting` (with how many generations are
+    ahead) and `loading`, then `generating` once it runs. A turn that found the model free and
+    loaded says nothing: its first token is the news."""
+
+    def __init__(self, frames: asyncio.Queue[bytes | None]) -> None:
+        self._frames = frames
+        self._waited = False
+
+    def __call__(self, stage: str, ahead: int) -> None:
+        if stage == "generating" and not self._waited:
+            return
+        self._waited = stage != "generating"
+        self._frames.put_nowait(sse.frame({"stage": stage, "ahead": ahead}, "stage"))
 
 
 async def list_turns(request: web.Request) -> web.Response:
@@ -125,13 +149,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 "waystation": {"turn_id": result.turn_id, "receipt_id": result.receipt_id},
             }
         )
-    pieces: asyncio.Queue[str | None] = asyncio.Queue()
-    running = asyncio.create_task(turns.run(station, turn, pieces.put_nowait))
+    frames: asyncio.Queue[bytes | None] = asyncio.Queue()
+    running = asyncio.create_task(
+        turns.run(station, turn, lambda piece: frames.put_nowait(chunk({"content": piece}, None)))
+    )
     return await _stream(
         request,
         running,
-        pieces,
-        token=lambda piece: chunk({"content": piece}, None),
+        frames,
         done=lambda result: chunk({}, "stop") + sse.frame("[DONE]"),
         failed=lambda exc: sse.frame(exc.to_json()) + sse.frame("[DONE]"),
         first=chunk({"role": "assistant", "content": ""}, None),
@@ -158,17 +183,17 @@ def _usage(result: TurnResult) -> dict[str, int]:
 async def _stream(
     request: web.Request,
     turn: asyncio.Task[TurnResult],
-    pieces: asyncio.Queue[str | None],
+    frames: asyncio.Queue[bytes | None],
     *,
-    token: Callable[[str], bytes],
     done: Callable[[TurnResult], bytes],
     failed: Callable[[WaystationError], bytes],
     first: bytes = b"",
     headers: dict[str, str] | None = None,
     detached: bool = False,
 ) -> web.StreamResponse:
-    """Write each token of a running turn as it comes; the model never waits on a slow reader."""
-    turn.add_done_callback(lambda _: pieces.put_nowait(None))
+    """Write each frame of a running turn (its tokens) as it comes; the model never waits on a
+    slow reader."""
+    turn.add_done_callback(lambda _: frames.put_nowait(None))
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **(headers or {})}
     )
@@ -176,8 +201,8 @@ async def _stream(
         await response.prepare(request)
         if first:
             await response.write(first)
-        while (piece := await pieces.get()) is not None:
-            await response.write(token(piece))
+        while (frame := await frames.get()) is not None:
+            await response.write(frame)
     except BaseException:
         # The client went away or the agent is stopping (the handler is cancelled). A detached
         # turn goes on (the agent's stop interrupts it); one that belongs to its caller stops at

@@ -15,6 +15,9 @@ from typing import Any, Literal, Protocol
 
 Message = dict[str, Any]
 TokenSink = Callable[[str], None]
+# Where a generation stands before its first token: ("waiting", generations ahead of it),
+# ("loading", 0) while the model loads, ("generating", 0) once it runs.
+StageSink = Callable[[str, int], None]
 ToolChoice = Literal["auto", "required", "none"]
 
 
@@ -52,6 +55,7 @@ class GenerationRequest:
     tool_choice: ToolChoice = "auto"
     max_tokens: int = 256
     temperature: float = 0.0
+    on_stage: StageSink | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

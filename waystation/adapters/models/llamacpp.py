@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from waystation.adapters.models import fast_grammar
 from waystation.adapters.models.base import (
     Generation,
     GenerationRequest,
@@ -70,6 +71,7 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
             llm = Llama(model_path=str(path), n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise ModelError(path, f"llama.cpp could not load it ({type(exc).__name__})") from None
+        fast_grammar.install(llm)  # tool calls decode as fast as text (see fast_grammar.py)
         template = llm.metadata.get("tokenizer.chat_template") or CHATML
         eos = llm.detokenize([llm.token_eos()], special=True).decode(errors="replace")
         bos = llm.detokenize([llm.token_bos()], special=True).decode(errors="replace")

@@ -34,6 +34,7 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
         self._owner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"waystation-{self.name}")
         self._handle: Handle | None = None
         self._lock = asyncio.Lock()  # one generation at a time; the model has one context
+        self._queued = 0  # generations waiting for the lock
         self._idle_timer: asyncio.TimerHandle | None = None
         self._stop: threading.Event = threading.Event()  # the running generation's stop flag
         self._closing = False  # set by close(): stops a generation that has not started yet too
@@ -65,15 +66,25 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
 
     async def generate(self, request: GenerationRequest, on_token: TokenSink | None = None) -> Generation:
         loop = asyncio.get_running_loop()
-        async with self._lock:
+        stage = request.on_stage or (lambda _stage, _ahead: None)
+        if self._lock.locked():
+            stage("waiting", self._queued + 1)  # the one running, and those queued before us
+        self._queued += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._queued -= 1
+        try:
             self._cancel_idle_timer()
             cold_ms = None
             if self._handle is None:
+                stage("loading", 0)
                 started = time.perf_counter()
                 self._handle = await loop.run_in_executor(self._owner, self.load_blocking)
                 cold_ms = self.load_ms = int((time.perf_counter() - started) * 1000)
                 log.info("model loaded", backend=self.name, path=self.model_path, load_ms=cold_ms)
             handle = self._handle
+            stage("generating", 0)
 
             def emit(piece: str) -> None:
                 if on_token is not None and piece:
@@ -97,6 +108,8 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
                 raise
             finally:
                 self._arm_idle_timer(loop)
+        finally:
+            self._lock.release()
         if cold_ms is not None:
             generation = dataclasses.replace(generation, cold_load_ms=cold_ms)
         return generation

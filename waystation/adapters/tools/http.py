@@ -267,13 +267,14 @@ class HttpRequestTool:
         "additionalProperties": False,
     }
     # What a grammar-constrained model fills in: a body (text, or a flat JSON object) only for
-    # the methods that take one, and bounded, so a small model cannot ramble to max_tokens. What
-    # it produces is still validated against `parameters`.
+    # the methods that take one, and bounded, so a small model cannot ramble to max_tokens; no
+    # DELETE (a 135M model picked it for "fetch"). What it produces is validated against
+    # `parameters`, and a task posted to the API may still use any method.
     grammar_parameters: dict[str, object] = {
         "anyOf": [
             {
                 "type": "object",
-                "properties": {"method": {"enum": ["GET", "HEAD", "DELETE"]}, "url": URL_SCHEMA},
+                "properties": {"method": {"enum": ["GET", "HEAD"]}, "url": URL_SCHEMA},
                 "required": ["method", "url"],
             },
             {

@@ -5,9 +5,9 @@ Through the agent a turn runs in the agent: if this command stops waiting (its -
 lost connection) the turn goes on, and the command prints its id and exits 5 instead of
 reporting a failure. In-process turns use the same database, so a tool call parked here is
 delivered by the agent when it next runs. On a terminal the reply streams as it is generated,
-and while nothing has come yet a spinner on stderr says what is happening ("loading model…" when
-the local model is not in memory yet, else "thinking…"); never with --json or when stderr is not
-a terminal.
+and while nothing has come yet a spinner on stderr says what is happening: "waiting for the model
+(N ahead)" behind other turns, "loading model…" while it loads, else "thinking…"; never with
+--json or when stderr is not a terminal.
 """
 
 from __future__ import annotations
@@ -97,16 +97,12 @@ def turn(
     deadline = None if timeout is None else time.monotonic() + timeout
     stream = sys.stdout.isatty() and not as_json
     show = stderr_is_terminal() and not as_json
-    with waystation() as ws:
+    with waystation() as ws, progress("thinking…", show) as shown:
         try:
-            label = _label(ws.agent, _is_local(ws.paths, route), model) if show else ""
-            with progress(label, show) as shown:
-                result = _through_agent(ws.agent, body, stream, shown, deadline)
+            result = _through_agent(ws.agent, body, stream, shown, deadline)
         except AgentNotRunning:
             settings = load_settings(ws.paths)
-            local = (route or settings.agent.default_route) == "local"
-            with progress("loading model…" if local else "thinking…", show) as shown:
-                result = asyncio.run(_in_process(ws.paths, settings, body, stream, shown))
+            result = asyncio.run(_in_process(ws.paths, settings, body, stream, shown))
     if isinstance(result, str):  # we stopped waiting: say where it stands
         raise typer.Exit(_wait(result, 0.0, as_json))
     if wait and result.get("status") == "parked":
@@ -172,25 +168,11 @@ def _wait(turn_id: str, timeout: float | None, as_json: bool) -> int:
     return EXIT_FOR_STATE.get(found["state"], 1)
 
 
-def _is_local(paths: Paths, route: str | None) -> bool:
-    if route is not None:
-        return route == "local"
-    try:
-        return load_settings(paths).agent.default_route == "local"
-    except WaystationError:
-        return True  # the agent has its own settings; only the spinner's words depend on this
-
-
-def _label(agent: Any, local: bool, model: str | None) -> str:
-    """What the spinner says: the local model loads lazily on the first turn, which for a big
-    model takes a while; anything else is the model at work."""
-    if not local:
-        return "thinking…"
-    if model is not None:
-        return "loading model…"
-    answer = agent.request("GET", "/v1/status")  # AgentNotRunning: the caller runs in process
-    loaded = isinstance(answer, dict) and bool((answer.get("model") or {}).get("loaded"))
-    return "thinking…" if loaded else "loading model…"
+def _stage_text(stage: str, ahead: int) -> str:
+    """What the spinner says while a turn waits for its model."""
+    if stage == "waiting":
+        return f"waiting for the model ({ahead} ahead)"
+    return "loading model…" if stage == "loading" else "thinking…"
 
 
 def _through_agent(
@@ -209,6 +191,9 @@ def _through_agent(
     stream_body = {**body, "stream": True}
     try:
         for event, data in agent.stream_sse("POST", "/v1/turns", stream_body, _left(deadline), opened):
+            if event == "stage":
+                shown.update(_stage_text(data["stage"], data["ahead"]))
+                continue
             shown.stop()  # the first sign of the reply ends the wait
             if event == "token" and stream:
                 sys.stdout.write(data["text"])
@@ -243,8 +228,11 @@ async def _in_process(
         sys.stdout.write(piece)
         sys.stdout.flush()
 
+    def staged(stage: str, ahead: int) -> None:
+        shown.update(_stage_text(stage, ahead))
+
     request = turn_request({k: v for k, v in body.items() if v is not None})
     async with contextlib.AsyncExitStack() as stack:
         station = await build_in_process(stack, paths, settings)
-        result = await turns.run(station, request, echo if stream else None)
+        result = await turns.run(station, request, echo if stream else None, staged)
         return result.to_json()

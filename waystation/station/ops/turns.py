@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from waystation.adapters.models.base import TokenSink
+from waystation.adapters.models.base import StageSink, TokenSink
 from waystation.errors import MalformedRequest
 from waystation.receipts import new_id
 from waystation.station.build import AgentStation, Station, TurnStation
@@ -17,17 +17,26 @@ from waystation.station.turns import records
 from waystation.station.turns.request import TurnRequest, TurnResult
 
 
-async def run(station: TurnStation, request: TurnRequest, on_token: TokenSink | None = None) -> TurnResult:
+async def run(
+    station: TurnStation,
+    request: TurnRequest,
+    on_token: TokenSink | None = None,
+    on_stage: StageSink | None = None,
+) -> TurnResult:
     """One turn, to its end; refused, failed and parked turns end in a receipt too."""
-    return await station.turns.run(request, on_token)
+    return await station.turns.run(request, on_token, on_stage=on_stage)
 
 
 async def start(
-    station: AgentStation, request: TurnRequest, on_token: TokenSink | None = None
+    station: AgentStation,
+    request: TurnRequest,
+    on_token: TokenSink | None = None,
+    on_stage: StageSink | None = None,
 ) -> tuple[str, asyncio.Task[TurnResult]]:
     """Begin a turn (its record exists when this returns) and run it in the background."""
     turn_id = new_id("turn")
     progress = await station.turns.begin(turn_id, request)
+    progress.on_stage = on_stage
     running = station.background.spawn(
         station.turns.drive(turn_id, request, progress, on_token), name=f"turn-{turn_id}"
     )

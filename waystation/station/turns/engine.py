@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from waystation import receipts
-from waystation.adapters.models.base import GenerationRequest, Message, ModelBackend, TokenSink
+from waystation.adapters.models.base import GenerationRequest, Message, ModelBackend, StageSink, TokenSink
 from waystation.adapters.tools import ToolRegistry
 from waystation.db import Database
 from waystation.errors import (
@@ -74,7 +74,12 @@ class TurnEngine:
         self._turn_timeout_s = turn_timeout_s
 
     async def run(
-        self, request: TurnRequest, on_token: TokenSink | None = None, *, turn_id: str | None = None
+        self,
+        request: TurnRequest,
+        on_token: TokenSink | None = None,
+        *,
+        on_stage: StageSink | None = None,
+        turn_id: str | None = None,
     ) -> TurnResult:
         """One turn; a refused route, a bad model or a model failure ends in a receipt too.
 
@@ -83,6 +88,7 @@ class TurnEngine:
         """
         turn_id = turn_id or receipts.new_id("turn")
         progress = await self.begin(turn_id, request)
+        progress.on_stage = on_stage
         return await self._drive(turn_id, request, progress, on_token)
 
     async def begin(self, turn_id: str, request: TurnRequest) -> Progress:
@@ -225,6 +231,7 @@ class TurnEngine:
                     tool_choice=model_choice,
                     max_tokens=request.max_tokens,
                     temperature=request.temperature,
+                    on_stage=progress.on_stage,
                 ),
                 on_token,
             )

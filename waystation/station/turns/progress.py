@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from waystation.adapters.models.base import Message
+from waystation.adapters.models.base import Message, StageSink
 from waystation.queue.tasks import NewTask
 
 
@@ -25,3 +25,4 @@ class Progress:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # every call the turn made
     parked: list[NewTask] = field(default_factory=list)
     deferred: dict[str, str] = field(default_factory=dict)  # task id -> tool call id
+    on_stage: StageSink | None = None  # told when the model is busy, loading, then generating

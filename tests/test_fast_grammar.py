@@ -1,0 +1,59 @@
+"""The check-first grammar sampler (adapters/models/fast_grammar.py) on the real embedded model:
+greedy decoding under a grammar gives exactly the text llama-cpp-python's own chain gives, for a
+tool call and for an answer, and the output still follows the grammar."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from waystation.adapters.models import fast_grammar
+from waystation.adapters.models.base import tool_call_schema
+from waystation.adapters.models.embedded import default_model_path
+from waystation.adapters.tools import default_tools
+from waystation.station.turns.calls import offer
+
+URL = "http://127.0.0.1:9/page/Harbour"
+PROMPTS = [
+    f"<|im_start|>user\nFetch {URL} and tell me its title.<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nWrite a poem about the sea.<|im_end|>\n<|im_start|>assistant\n",
+]
+
+
+@pytest.fixture(scope="module")
+def models() -> Iterator[tuple[Any, Any]]:
+    from llama_cpp import Llama
+
+    plain = Llama(str(default_model_path()), n_ctx=1024, verbose=False)
+    checked = Llama(str(default_model_path()), n_ctx=1024, verbose=False)
+    fast_grammar.install(checked)
+    yield plain, checked
+    plain.close()
+    checked.close()
+
+
+def grammar() -> Any:
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    specs, _ = offer(default_tools(), "auto", [URL], [])
+    return LlamaGrammar.from_json_schema(json.dumps(tool_call_schema(specs, "auto")), verbose=False)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_same_text_as_the_full_grammar(models: tuple[Any, Any], prompt: str) -> None:
+    plain, checked = models
+    texts = [
+        llm.create_completion(prompt, max_tokens=48, temperature=0, grammar=grammar())["choices"][0]["text"]
+        for llm in (plain, checked)
+    ]
+    assert texts[0] == texts[1] and texts[0].lstrip().startswith("{")
+
+
+def test_other_sampling_keeps_llama_cpp_pythons_chain(models: tuple[Any, Any]) -> None:
+    _, checked = models
+    free = checked.create_completion(PROMPTS[1], max_tokens=8, temperature=0)["choices"][0]["text"]
+    warm = checked.create_completion(PROMPTS[1], max_tokens=8, temperature=0.7, seed=1, grammar=grammar())
+    assert free and warm["choices"][0]["text"].lstrip().startswith("{")

@@ -1,0 +1,100 @@
+"""Grammar-constrained greedy decoding that asks the grammar about the model's own choice first.
+
+llama-cpp-python puts llama.cpp's grammar sampler in its chain before the pick, so the grammar
+judges every token of the vocabulary at every step (49,152 for SmolLM2: most of a constrained
+token's time here). llama.cpp's own sampler (common_sampler_sample) does better, and so does this:
+take the best token, ask the grammar about that one token, and only when it refuses it apply the
+grammar to them all. For greedy decoding the token is the same either way (the grammar only
+removes candidates, so an allowed best stays the best), so the output is identical.
+
+`install(llm)` makes a Llama build this chain whenever it decodes greedily under a grammar; any
+other sampling keeps llama-cpp-python's own chain.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from typing import Any
+
+import numpy as np
+
+TOKEN_DATA = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
+
+
+class _CheckFirstGrammar:
+    """A sampler for a llama.cpp chain, wrapping the chain's grammar sampler."""
+
+    def __init__(self, llama_cpp: Any, grammar: Any) -> None:
+        self._lib = llama_cpp
+        self._grammar = grammar  # a llama_sampler_p from llama_sampler_init_grammar
+        self._one = llama_cpp.llama_token_data()
+        self._one_array = llama_cpp.llama_token_data_array(
+            data=ctypes.pointer(self._one), size=1, selected=-1, sorted=False
+        )
+        iface = llama_cpp.llama_sampler_i()
+        # Keep the callbacks referenced for as long as the chain may call them.
+        self._callbacks = (
+            llama_cpp.llama_sampler_i_apply(lambda _s, cur: self._apply(cur)),
+            llama_cpp.llama_sampler_i_accept(
+                lambda _s, token: llama_cpp.llama_sampler_accept(grammar, token)
+            ),
+            llama_cpp.llama_sampler_i_reset(lambda _s: llama_cpp.llama_sampler_reset(grammar)),
+        )
+        iface.apply, iface.accept, iface.reset = self._callbacks
+        iface.name = llama_cpp.llama_sampler_i_name(0)
+        iface.clone = llama_cpp.llama_sampler_i_clone(0)
+        iface.free = llama_cpp.llama_sampler_i_free(0)  # the grammar is freed by `close`
+        self._iface = iface
+        self.sampler = llama_cpp.llama_sampler()
+        self.sampler.iface = ctypes.pointer(iface)
+        self.sampler.ctx = None
+
+    def _apply(self, cur: Any) -> None:
+        array = cur.contents
+        data = np.ctypeslib.as_array(
+            (self._lib.llama_token_data * array.size).from_address(ctypes.addressof(array.data.contents))
+        ).view(TOKEN_DATA)
+        best = int(np.argmax(data["logit"]))
+        self._one.id, self._one.logit, self._one.p = int(data["id"][best]), float(data["logit"][best]), 0.0
+        self._lib.llama_sampler_apply(self._grammar, ctypes.byref(self._one_array))
+        if math.isinf(self._one.logit):  # refused: let the grammar judge every candidate
+            self._lib.llama_sampler_apply(self._grammar, cur)
+
+    def close(self) -> None:
+        self._lib.llama_sampler_free(self._grammar)
+
+
+def install(llm: Any) -> None:
+    """Decode greedily under a grammar with the check-first sampler (see the module's doc)."""
+    import llama_cpp
+    from llama_cpp import _internals
+
+    default = llm._init_sampler
+    samplers: Any = _internals.LlamaSampler  # untyped in llama-cpp-python
+
+    def init_sampler(**options: Any) -> Any:
+        grammar = options.get("grammar")
+        if grammar is None or options.get("temp", 0.8) != 0.0 or options.get("logits_processor"):
+            return default(**options)
+        chain = samplers()
+        chain.add_penalties(
+            n_vocab=llm._n_vocab,
+            penalty_last_n=llm.last_n_tokens_size,
+            penalty_repeat=options.get("repeat_penalty", 1.0),
+            penalty_freq=options.get("frequency_penalty", 0.0),
+            penalty_present=options.get("presence_penalty", 0.0),
+        )
+        inner = llama_cpp.llama_sampler_init_grammar(
+            llm._model.vocab, grammar._grammar.encode(), grammar._root.encode()
+        )
+        check_first = _CheckFirstGrammar(llama_cpp, inner)
+        llama_cpp.llama_sampler_chain_add(chain.sampler, ctypes.pointer(check_first.sampler))
+        # The chain must not free what Python owns: remove it before the chain is freed (as
+        # llama-cpp-python does for its own custom samplers), then free the grammar ourselves.
+        chain.custom_samplers.append((llama_cpp.llama_sampler_chain_n(chain.sampler) - 1, check_first))
+        chain._exit_stack.callback(check_first.close)
+        chain.add_greedy()
+        return chain
+
+    llm._init_sampler = init_sampler
