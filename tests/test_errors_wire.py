@@ -189,7 +189,7 @@ class StreamingAgent:
     def __init__(self, error: dict[str, Any]) -> None:
         self.error = error
 
-    def stream_sse(self, method: str, path: str, json: Any = None) -> Iterator[tuple[str, Any]]:
+    def stream_sse(self, method: str, path: str, json: Any = None, *_: Any) -> Iterator[tuple[str, Any]]:
         yield "token", {"text": ""}
         yield "error", self.error
 
@@ -197,7 +197,7 @@ class StreamingAgent:
 def test_a_streamed_turns_error_event_rebuilds_with_its_fields(capsys: pytest.CaptureFixture[str]) -> None:
     sent = RouteRefused("claude", "not signed in", auth_lane="seat", cost_lane="provider_subscription")
     with pytest.raises(RouteRefused) as caught:
-        _through_agent(StreamingAgent(sent.to_json()["error"]), {}, True, Progress("", False))
+        _through_agent(StreamingAgent(sent.to_json()["error"]), {}, True, Progress("", False), None)
     assert (caught.value.route, caught.value.reason, caught.value.auth_lane) == (
         "claude",
         "not signed in",
@@ -207,7 +207,7 @@ def test_a_streamed_turns_error_event_rebuilds_with_its_fields(capsys: pytest.Ca
 
     old_style = {"code": "route_refused", "message": sent.message}
     with pytest.raises(RouteRefused) as old:
-        _through_agent(StreamingAgent(old_style), {}, True, Progress("", False))
+        _through_agent(StreamingAgent(old_style), {}, True, Progress("", False), None)
     assert old.value.message == sent.message
 
 

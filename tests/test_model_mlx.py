@@ -227,7 +227,7 @@ def test_tools_go_into_the_system_message(mlx_dir: Path, loaded: MlxModel) -> No
     request = GenerationRequest(SHORT, tools=[FETCH])
     ids = backend.prompt_tokens(loaded, request.messages, request.tools, request)
     prompt = loaded.tokenizer.decode(ids)
-    assert prompt.startswith("<|im_start|>system\nAnswer briefly.\n\nYou can call these tools:\n- web_fetch")
+    assert prompt.startswith("<|im_start|>system\nAnswer briefly.\n\nTools:\n- web_fetch(url)")
     assert prompt.count("<|im_start|>system") == 1
     assert prompt.endswith("<|im_start|>assistant\n")
 
@@ -260,7 +260,7 @@ def test_a_tool_template_gets_the_tools(mlx_dir: Path, tmp_path: Path) -> None:
     assert prompt.startswith(
         '<|im_start|>system\nTools: [{"type": "function", "function": {"name": "web_fetch"'
     )
-    assert "You can call these tools" not in prompt
+    assert "To call one, reply with JSON only" not in prompt
 
 
 def test_parse_tool_calls() -> None:

@@ -413,7 +413,7 @@ async def test_the_turn_engine_runs_a_tool_loop_on_a_provider_route(
                 RecordingAnnouncer(),
             )
             tokens: list[str] = []
-            result = await engine.run(TurnRequest("What is the headline?"), tokens.append)
+            result = await engine.run(TurnRequest(f"What is the headline at {url}?"), tokens.append)
         (receipt,) = await receipts.list_receipts(db, limit=10)
     finally:
         await db.close()

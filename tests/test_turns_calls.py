@@ -202,6 +202,7 @@ async def test_the_same_call_again_is_one_task(db: Database, model_file: Path) -
     assert [c["status"] for c in turn["tool_calls"]] == ["deferred", "repeated"]
     assert [c["task_id"] for c in turn["tool_calls"]] == [task_id, task_id]
     assert turn["tool_calls"][0]["task_state"] == "done"
+    assert turn["tool_calls"][0]["result"] == "HTTP 200 · Harbour news"  # what the call got
     assert turn["state"] == "ok" and turn["text"] == "Its title is Harbour news."
     assert len(turn["receipt_ids"]) == 2
 

@@ -3,7 +3,8 @@ loopback page, and the command line as a user runs it.
 
 - An offline turn that names a page parks its call; when the link comes back (a veth in a network
   namespace, cut and restored) it is delivered, the turn resumes, and `turn show` prints the
-  page's title. `turn PROMPT --wait` waits through all of it.
+  page's title (what the call got, beside the model's answer). `turn PROMPT --wait` waits
+  through all of it.
 - kill -9 between the park and the resumption: after a restart `turn wait` still gets the answer.
 - A parked call that dies (404): the turn ends `error` naming it, and `turn wait` exits 1.
 - A `waystation turn` that stops waiting while the turn goes on prints its id and exits 5; the
@@ -92,7 +93,8 @@ def test_offline_turn_resumes_when_the_link_returns_and_shows_the_title(
         shown = cli(agent.home, "turn", "show", turn["turn_id"])
         assert shown.returncode == 0 and "Harbour Lights" in shown.stdout, shown.stdout
         finished = cli_json(agent.home, "turn", "show", turn["turn_id"])
-        assert finished["state"] == "ok" and "Harbour Lights" in finished["text"]
+        assert finished["state"] == "ok" and finished["text"]  # the model's own words
+        assert finished["tool_calls"][0]["result"] == "HTTP 200 · Harbour Lights"
         assert {c["task_state"] for c in finished["tool_calls"] if c["task_id"]} == {"done"}
         assert len({h.key for h in receiver.hits("/page")}) == 1  # one call, one key
 
@@ -107,7 +109,8 @@ def test_kill_9_between_park_and_resume_then_wait_gets_the_answer(
     waited = cli(agent.home, "turn", "wait", turn["turn_id"], "--timeout", "90", "--json")
     assert waited.returncode == 0, waited.stderr
     answer = json.loads(waited.stdout)
-    assert answer["state"] == "ok" and "Quiet Harbour" in answer["text"], answer
+    assert answer["state"] == "ok" and answer["text"], answer
+    assert answer["tool_calls"][0]["result"] == "HTTP 200 · Quiet Harbour"
     kinds = [agent.api("GET", f"/v1/receipts/{r}").json() for r in answer["receipt_ids"]]
     assert [(r["kind"], r["status"]) for r in kinds] == [("turn", "parked"), ("task", "ok"), ("turn", "ok")]
 

@@ -229,7 +229,8 @@ def turn_detail(turn: Mapping[str, Any]) -> None:
     for call in turn.get("tool_calls") or []:
         task = f" task {call['task_id']} {call.get('task_state') or ''}" if call.get("task_id") else ""
         url = (call.get("arguments") or {}).get("url", "")
-        say(f"call {call.get('tool')} {url} {call.get('status')}{task}".rstrip())
+        got = f" -> {call['result']}" if call.get("result") else ""
+        say(f"call {call.get('tool')} {url} {call.get('status')}{task}{got}".rstrip())
     if turn.get("state") == "ok":
         say("")
         say(str(turn.get("text") or ""))

@@ -162,6 +162,7 @@ class Caller:
             else:
                 record["status"] = "done" if sent.result is not None else "error"
                 record["result_status"] = sent.status
+                record["result_summary"] = result_summary(sent.result, sent.error)
                 message["content"] = result_for_model(sent.result, sent.error)
                 return False
         task_id = receipts.new_id("t")
@@ -203,6 +204,16 @@ def result_for_model(result: Mapping[str, Any] | None, error: str | None = None)
         title, text = page_text(body)
         body = f"Title: {title}\n\n{text}" if title else text
     return _cut(f"HTTP {status}\n{body}")
+
+
+def result_summary(result: Mapping[str, Any] | None, error: str | None = None) -> str:
+    """One line on what a call got, for a person reading the turn: the status, and a page's
+    title or the start of the body."""
+    if result is None:
+        return f"no answer: {error or 'not sent'}"
+    told = result_for_model(result).split("\n")
+    first = next((line for line in told[1:] if line.strip()), "")
+    return f"{told[0]} · {first.removeprefix('Title: ')[:80]}" if first else told[0]
 
 
 def _cut(text: str) -> str:

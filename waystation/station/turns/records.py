@@ -5,8 +5,8 @@ A row is written when the turn starts (`running`) and again whenever it stops: `
 on tasks), `resuming` (claimed by one resumption), `deferred` (the whole turn is a task), `ok`,
 `refused`, `error`, or `interrupted` (cut short: its process stopped or died). It keeps the
 request, the conversation so far, which tasks it waits on, what ran (route, model), the answer
-and every tool call it made. Calls' task states and the turn's receipts are read live, so the
-turn object never goes stale.
+and every tool call it made. Calls' task states (and what they got) and the turn's receipts are
+read live, so the turn object never goes stale.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 from waystation import timeutil
 from waystation.db import Database
 from waystation.errors import NotFound
+from waystation.station.turns.calls import result_summary
 
 Message = dict[str, Any]
 
@@ -138,13 +139,13 @@ async def turn_object(db: Database, row: sqlite3.Row) -> dict[str, Any]:
     """The contract's turn object for one row, with its calls' task states and receipts read now."""
     calls: list[dict[str, Any]] = json.loads(row["tool_calls"])
     task_ids = [c["task_id"] for c in calls if c.get("task_id")]
-    states: dict[str, str] = {}
+    tasks: dict[str, Any] = {}
     if task_ids:
         marks = ",".join("?" * len(task_ids))
-        states = {
-            r[0]: r[1]
-            for r in await db.fetchall(f"SELECT id, state FROM tasks WHERE id IN ({marks})", task_ids)
-        }
+        found = await db.fetchall(
+            f"SELECT id, state, result, last_error FROM tasks WHERE id IN ({marks})", task_ids
+        )
+        tasks = {r["id"]: r for r in found}
     receipts = await db.fetchall("SELECT id FROM receipts WHERE turn_id = ? ORDER BY seq", (row["id"],))
     request = json.loads(row["request"])
     return {
@@ -162,7 +163,8 @@ async def turn_object(db: Database, row: sqlite3.Row) -> dict[str, Any]:
                 "arguments": c.get("arguments"),
                 "status": c.get("status"),
                 "task_id": c.get("task_id"),
-                "task_state": states.get(c["task_id"]) if c.get("task_id") else None,
+                "task_state": tasks[c["task_id"]]["state"] if c.get("task_id") in tasks else None,
+                "result": _summary(tasks.get(c.get("task_id") or "")) or c.get("result_summary"),
             }
             for c in calls
         ],
@@ -170,6 +172,13 @@ async def turn_object(db: Database, row: sqlite3.Row) -> dict[str, Any]:
         "created_at": timeutil.iso(row["created_at"]),
         "updated_at": timeutil.iso(row["updated_at"]),
     }
+
+
+def _summary(task: Any) -> str | None:
+    """What a settled task's call got, in one line (None while it has no answer)."""
+    if task is None or task["state"] in ("pending", "running"):
+        return None
+    return result_summary(json.loads(task["result"]) if task["result"] else None, task["last_error"])
 
 
 def _last_user_text(request: Mapping[str, Any]) -> str:
