@@ -9,7 +9,11 @@
 2. Time to a parked tool call on a warm model, against a plain turn (tool_choice none) asked to
    write about as many tokens, both through the agent; and ms per generated token of each (the
    parked turn decodes under the grammar). Goal: parked / plain <= 1.3.
-3. Ask offline, answer readable later: a turn naming a loopback page, then `online`, then
+3. Decode ms/token in this process (raw llama-cpp-python, the embedded model, greedy, streamed,
+   first token excluded): no grammar, the tool-call grammar on llama-cpp-python's own chain (the
+   grammar judges the whole vocabulary every step), and on the check-first sampler the agent
+   installs (adapters/models/fast_grammar.py). Goal: grammar overhead <= 10 %.
+4. Ask offline, answer readable later: a turn naming a loopback page, then `online`, then
    `turn wait`: each step timed.
 """
 
@@ -81,6 +85,46 @@ async def parked_vs_plain(base: str, reps: int) -> list[list[object]]:
     ]
 
 
+def decode_ms_per_token(reps: int) -> list[list[object]]:
+    import json
+
+    from llama_cpp import Llama
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    from waystation.adapters.models import fast_grammar
+    from waystation.adapters.models.base import tool_call_schema
+    from waystation.adapters.models.embedded import default_model_path
+    from waystation.adapters.tools import default_tools
+    from waystation.station.turns.calls import offer
+
+    specs, _ = offer(default_tools(), "auto", ["http://127.0.0.1:9/"], [])
+    schema = json.dumps(tool_call_schema(specs, "auto"))
+    plain = Llama(str(default_model_path()), n_ctx=2048, verbose=False)
+    checked = Llama(str(default_model_path()), n_ctx=2048, verbose=False)
+    fast_grammar.install(checked)
+
+    def decode(llm: Any, prompt: str, grammar: bool) -> float:
+        stamps = []
+        rule = LlamaGrammar.from_json_schema(schema, verbose=False) if grammar else None
+        for _ in llm.create_completion(prompt, max_tokens=48, temperature=0, grammar=rule, stream=True):
+            stamps.append(time.perf_counter())
+        return 1000 * (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
+
+    sides = {"no grammar": (plain, False), "grammar, llama-cpp-python's chain": (plain, True)}
+    sides["grammar, check-first (the agent)"] = (checked, True)
+    timings: dict[str, list[float]] = {name: [] for name in sides}
+    for i in range(reps):
+        progress(f"decode {i + 1}/{reps}")
+        prompt = f"<|im_start|>user\nWrite about harbour {i}.<|im_end|>\n<|im_start|>assistant\n"
+        for name, (llm, grammar) in sides.items():
+            timings[name].append(decode(llm, prompt, grammar))
+    base = statistics.median(timings["no grammar"])
+    return [
+        [name, f"{statistics.median(t):.2f}", f"{statistics.median(t) / base:.2f}"]
+        for name, t in timings.items()
+    ]
+
+
 async def offline_then_answer() -> list[str]:
     with helper_server("receiver") as (_, address):
         async with running_agent("offline") as agent, uds_client(agent.socket) as client:
@@ -121,6 +165,7 @@ def main() -> None:
         return
     rows = asyncio.run(parked_vs_plain(base, args.reps))
     print_table(["turn (warm model, medians)", "time", "completion tokens", "ms/token"], rows)
+    print_table(["decode (raw, medians)", "ms/token", "ratio to no grammar"], decode_ms_per_token(args.reps))
     print_notes("Ask offline, answer later:", *asyncio.run(offline_then_answer()))
 
 

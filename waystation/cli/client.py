@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -302,33 +302,22 @@ class Waystation:
     def list_tasks(self, state: str | None, limit: int) -> list[dict[str, Any]]:
         from waystation.station.ops import tasks
 
-        return self._either(
-            lambda c: c.request("GET", "/v1/tasks", params={"state": state, "limit": limit}),
-            lambda d: d.read(tasks.list_tasks, state, limit),
-        )
+        return self._answer("GET", "/v1/tasks", tasks.list_tasks, state, limit, query=("state", "limit"))
 
     def get_task(self, task_id: str) -> dict[str, Any]:
         from waystation.station.ops import tasks
 
-        return self._either(
-            lambda c: c.request("GET", f"/v1/tasks/{_seg(task_id)}"), lambda d: d.read(tasks.get, task_id)
-        )
+        return self._answer("GET", f"/v1/tasks/{_seg(task_id)}", tasks.get, task_id)
 
     def retry_task(self, task_id: str) -> dict[str, Any]:
         from waystation.station.ops import tasks
 
-        return self._either(
-            lambda c: c.request("POST", f"/v1/tasks/{_seg(task_id)}/retry"),
-            lambda d: d.read(tasks.retry, task_id),  # with no database there is no task to retry
-        )
+        return self._answer("POST", f"/v1/tasks/{_seg(task_id)}/retry", tasks.retry, task_id)
 
     def cancel_task(self, task_id: str) -> dict[str, Any]:
         from waystation.station.ops import tasks
 
-        return self._either(
-            lambda c: c.request("POST", f"/v1/tasks/{_seg(task_id)}/cancel"),
-            lambda d: d.read(tasks.cancel, task_id),  # likewise
-        )
+        return self._answer("POST", f"/v1/tasks/{_seg(task_id)}/cancel", tasks.cancel, task_id)
 
     # --- receipts ----------------------------------------------------------------------------
 
@@ -336,10 +325,7 @@ class Waystation:
         """Up to `limit` receipts after the one named `after` (from the start if None), oldest first."""
         from waystation.station.ops import receipts
 
-        return self._either(
-            lambda c: c.request("GET", "/v1/receipts", params={"after": after, "limit": limit}),
-            lambda d: d.read(receipts.after, after, limit),
-        )
+        return self._answer("GET", "/v1/receipts", receipts.after, after, limit, query=("after", "limit"))
 
     def latest_receipts(self, limit: int) -> list[dict[str, Any]]:
         """The last `limit` receipts of the chain, oldest first."""
@@ -365,25 +351,37 @@ class Waystation:
     def get_turn(self, turn_id: str) -> dict[str, Any]:
         from waystation.station.ops import turns
 
-        return self._either(
-            lambda c: c.request("GET", f"/v1/turns/{_seg(turn_id)}"), lambda d: d.read(turns.get, turn_id)
-        )
+        return self._answer("GET", f"/v1/turns/{_seg(turn_id)}", turns.get, turn_id)
 
     def get_receipt(self, receipt_id: str) -> dict[str, Any]:
         from waystation.station.ops import receipts
 
-        return self._either(
-            lambda c: c.request("GET", f"/v1/receipts/{_seg(receipt_id)}"),
-            lambda d: d.read(receipts.get, receipt_id),
-        )
+        return self._answer("GET", f"/v1/receipts/{_seg(receipt_id)}", receipts.get, receipt_id)
 
     def verify_receipts(self) -> dict[str, Any]:
         """{"ok", "count", "first_broken_id", "reason"}."""
         from waystation.station.ops import receipts
 
-        return self._either(
-            lambda c: c.request("GET", "/v1/receipts/verify"), lambda d: d.read(receipts.verify)
-        )
+        return self._answer("GET", "/v1/receipts/verify", receipts.verify)
+
+    def _answer(
+        self,
+        method: str,
+        path: str,
+        op: Callable[..., Coroutine[Any, Any, T]],
+        *args: Any,
+        query: tuple[str, ...] = (),
+    ) -> T:
+        """The agent's answer to `method path`, or with no agent the same operation run here;
+        `query` names the leading args the agent gets as query parameters. Only reads and steering
+        of existing tasks go this way: with no database there is nothing to steer, so none is made."""
+        params = dict(zip(query, args, strict=False))
+
+        def agent(client: AgentClient) -> T:
+            answer: T = client.request(method, path, params=params)  # the same object, as JSON
+            return answer
+
+        return self._either(agent, lambda d: d.read(op, *args))
 
 
 def _seg(ident: str) -> str:

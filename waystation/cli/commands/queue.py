@@ -120,27 +120,27 @@ def queue_show(task_id: Annotated[str, typer.Argument(metavar="ID")], as_json: J
 @queue_app.command("retry")
 def queue_retry(task_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonFlag = False) -> None:
     """Make a task due now with its attempts reset (dead, cancelled, expired or pending tasks)."""
-    from waystation.cli import render
-
     with waystation() as ws:
         task = ws.retry_task(task_id)
-    if as_json:
-        render.emit_json(task)
-    else:
-        render.say(f"task {task['id']} is {task['state']} again, due now")
+    _steered(task, as_json, "task {id} is {state} again, due now")
 
 
 @queue_app.command("cancel")
 def queue_cancel(task_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonFlag = False) -> None:
     """Cancel a pending task; its receipt records the cancellation."""
-    from waystation.cli import render
-
     with waystation() as ws:
         task = ws.cancel_task(task_id)
+    _steered(task, as_json, "cancelled task {id}")
+
+
+def _steered(task: dict[str, Any], as_json: bool, line: str) -> None:
+    """What a steered task now is: the task object, or one line about it."""
+    from waystation.cli import render
+
     if as_json:
         render.emit_json(task)
     else:
-        render.say(f"cancelled task {task['id']}")
+        render.say(line.format(**task))
 
 
 @queue_app.command("flush")
