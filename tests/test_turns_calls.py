@@ -17,10 +17,9 @@ from waystation.adapters.routes.local import LocalRoute
 from waystation.adapters.tools import default_tools
 from waystation.config import ModelSettings, QueueSettings
 from waystation.db import Database
-from waystation.errors import ReplyCutOff, UnknownTool
+from waystation.errors import NoUrlToCall, ReplyCutOff, UnknownTool
 from waystation.queue.store import TaskStore
 from waystation.station.turns.calls import (
-    NoUrlToCall,
     call_key,
     conversation_urls,
     offer,

@@ -18,6 +18,7 @@
     │   ├── IdempotencyConflict(key) same key, other arguments (409)
     │   ├── InvalidTransition(...)   e.g. cancelling a task that is done (409)
     │   ├── EmptyPrompt              a turn needs a prompt (400)
+    │   ├── NoUrlToCall(tool_choice) a call was demanded and the prompt names no URL (400)
     │   └── PromptTooLong            longer than the model's context (400)
     ├── ModelError(path)             the model file cannot be used: missing, not a model, too big (422)
     ├── ProviderError(route, status) a provider route failed in a way that may pass (429, 5xx)
@@ -236,6 +237,19 @@ class EmptyPrompt(InputError):
 
     def __init__(self) -> None:
         super().__init__("the prompt is empty; say what the turn should do")
+
+
+class NoUrlToCall(InputError):
+    """A call was demanded (required, or a named tool) but the conversation names no URL."""
+
+    code = "no_url_to_call"
+
+    def __init__(self, tool_choice: str) -> None:
+        super().__init__(
+            f"tool_choice {tool_choice} needs a URL to call, and the prompt names none; "
+            "put the http(s) URL in the prompt, or list its host in [tools] allow_hosts"
+        )
+        self.tool_choice = tool_choice
 
 
 class PromptTooLong(InputError):

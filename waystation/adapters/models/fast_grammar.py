@@ -52,9 +52,10 @@ class _CheckFirstGrammar:
 
     def _apply(self, cur: Any) -> None:
         array = cur.contents
-        data = np.ctypeslib.as_array(
-            (self._lib.llama_token_data * array.size).from_address(ctypes.addressof(array.data.contents))
-        ).view(TOKEN_DATA)
+        raw = (ctypes.c_char * (array.size * TOKEN_DATA.itemsize)).from_address(
+            ctypes.addressof(array.data.contents)
+        )
+        data = np.frombuffer(raw, dtype=TOKEN_DATA)  # a view: no copy of the 49,152 candidates
         best = int(np.argmax(data["logit"]))
         self._one.id, self._one.logit, self._one.p = int(data["id"][best]), float(data["logit"][best]), 0.0
         self._lib.llama_sampler_apply(self._grammar, ctypes.byref(self._one_array))

@@ -12,7 +12,7 @@ import ctypes
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,9 @@ CHATML = (
 class Loaded:
     llm: Any  # llama_cpp.Llama
     formatter: Any  # llama_cpp.llama_chat_format.Jinja2ChatFormatter: the model's own template
+    # The evaluated state of system blocks that carry tool instructions, by their tokens: a tool
+    # turn after some other turn restores it instead of evaluating the instructions again.
+    warm: dict[tuple[int, ...], Any] = field(default_factory=dict)
 
 
 class LlamaCppBackend(ThreadedBackend[Loaded]):
@@ -101,6 +104,9 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         prompt = llm.tokenize(formatted.prompt.encode(), add_bos=False, special=True)
         if len(prompt) + request.max_tokens > llm.n_ctx():
             raise PromptTooLong(len(prompt), llm.n_ctx() - request.max_tokens)
+        if constrained:
+            system = handle.formatter(messages=messages[:1]).prompt.encode()
+            _warm_prefix(handle, _common_prefix(prompt, llm.tokenize(system, add_bos=False, special=True)))
         pieces: list[str] = []
         finish = "stop"
         for chunk in llm.create_completion(
@@ -140,6 +146,36 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
             completion_tokens=completion_tokens,
             finish_reason="tool_calls" if tool_calls else finish,
         )
+
+
+WARM_PREFIXES = 4  # system blocks kept evaluated (each a KV snapshot of a few hundred tokens)
+
+
+def _warm_prefix(handle: Loaded, prefix: list[int]) -> None:
+    """Make the model's context start with `prefix` evaluated: as it is (llama-cpp-python then
+    evaluates only what follows), from a saved state, or evaluated once and saved."""
+    llm = handle.llm
+    if len(prefix) < 16 or llm._input_ids[: len(prefix)].tolist() == prefix:
+        return
+    key = tuple(prefix)
+    state = handle.warm.get(key)
+    if state is not None:
+        llm.load_state(state)
+        return
+    llm.reset()
+    llm.eval(prefix)
+    handle.warm[key] = llm.save_state()
+    while len(handle.warm) > WARM_PREFIXES:
+        del handle.warm[next(iter(handle.warm))]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> list[int]:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return a[:n]
 
 
 def cut_answer(text: str) -> tuple[str, str]:

@@ -24,25 +24,12 @@ import httpx
 from waystation import receipts
 from waystation.adapters.models.base import Message, ToolChoice, ToolSpec, urls_in
 from waystation.adapters.tools import ToolRegistry
-from waystation.errors import InputError, InvalidArguments, UnknownTool
+from waystation.errors import InvalidArguments, NoUrlToCall, UnknownTool
 from waystation.ports import Connectivity, Deliver, Outcome
 from waystation.queue.tasks import NewTask
 from waystation.station.turns.progress import Progress
 
 RESULT_CHARS_FOR_MODEL = 2000  # a tool result is cut to this before the model sees it
-
-
-class NoUrlToCall(InputError):
-    """A call was demanded (required, or a named tool) but the conversation names no URL."""
-
-    code = "no_url_to_call"
-
-    def __init__(self, tool_choice: str) -> None:
-        super().__init__(
-            f"tool_choice {tool_choice} needs a URL to call, and the prompt names none; "
-            "put the http(s) URL in the prompt, or list its host in [tools] allow_hosts"
-        )
-        self.tool_choice = tool_choice
 
 
 def conversation_urls(messages: Sequence[Message]) -> list[str]:

@@ -115,12 +115,10 @@ class TurnEngine:
         request = TurnRequest(**loaded.request)
         tasks = {t.id: t for t in await self._store.for_turn(turn_id)}
         progress = Progress(loaded.messages, resumed=True, tool_calls=loaded.tool_calls)
-        progress.deferred = {}  # what this resumption parks, if anything
         for message in progress.messages:
             task = tasks.get(message.get("waystation_task_id", ""))
             if message.get("role") == "tool" and task is not None and task.id in loaded.deferred:
                 message["content"] = result_for_model(task.result, task.last_error)
-                message["waystation_state"] = str(task.state)
         failed = [t for i, t in tasks.items() if i in loaded.deferred and t.state != TaskState.DONE]
         log.info("resuming turn", turn_id=turn_id, failed=len(failed))
         return await self._drive(turn_id, request, progress, None, failed=failed)
