@@ -27,6 +27,9 @@ STATE_STYLE = {
     "expired": "magenta",
     "ok": "green",
     "parked": "yellow",
+    "resuming": "cyan",
+    "deferred": "yellow",
+    "interrupted": "magenta",
     "refused": "red",
     "error": "red",
     "online": "green",
@@ -335,6 +338,19 @@ def routes_table(routes: list[dict[str, Any]]) -> None:
     console().print(table)
 
 
+def _counts(by_state: Mapping[str, Any]) -> Text:
+    """`pending 2 · running 0 · ...`, the states with none dimmed."""
+    from rich.text import Text
+
+    counts = Text()
+    for i, (state, n) in enumerate(by_state.items()):
+        if i:
+            counts.append(" · ", style="dim")
+        counts.append(f"{state} ", style=STATE_STYLE.get(str(state), "") if n else "dim")
+        counts.append(str(n), style="bold" if n else "dim")
+    return counts
+
+
 def status_screen(s: Mapping[str, Any]) -> None:
     from rich.text import Text
 
@@ -345,13 +361,8 @@ def status_screen(s: Mapping[str, Any]) -> None:
     header.append(f"  agent running{up}", "green")
     out.print(header)
     queue = s.get("queue") if isinstance(s.get("queue"), Mapping) else {}
-    assert isinstance(queue, Mapping)
-    counts = Text()
-    for i, (state, n) in enumerate(queue.items()):
-        if i:
-            counts.append(" · ", style="dim")
-        counts.append(f"{state} ", style=STATE_STYLE.get(str(state), "") if n else "dim")
-        counts.append(str(n), style="bold" if n else "dim")
+    turns = s.get("turns") if isinstance(s.get("turns"), Mapping) else {}
+    assert isinstance(queue, Mapping) and isinstance(turns, Mapping)
     model = s.get("model") if isinstance(s.get("model"), Mapping) else {}
     assert isinstance(model, Mapping)
     model_line = Text(f"{model.get('backend') or '-'}  {model.get('path') or '(embedded default)'}  ")
@@ -360,7 +371,8 @@ def status_screen(s: Mapping[str, Any]) -> None:
     conn = s.get("connectivity")
     rows: list[tuple[str, object]] = [
         ("connectivity", connectivity_line(conn) if isinstance(conn, Mapping) else conn),
-        ("queue", counts if queue else None),
+        ("queue", _counts(queue) if queue else None),
+        ("turns", _counts(turns) if any(turns.values()) else None),
         ("model", model_line),
     ]
     routes = s.get("routes")

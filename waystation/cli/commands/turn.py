@@ -151,6 +151,7 @@ def _wait(turn_id: str, timeout: float | None, as_json: bool) -> int:
 
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = 0.1
+    told = False
     with waystation() as ws:
         while True:
             try:
@@ -160,6 +161,11 @@ def _wait(turn_id: str, timeout: float | None, as_json: bool) -> int:
                 continue
             if found["state"] not in WAITING:
                 break
+            if not ws.via_agent and not told:
+                told = True
+                sys.stderr.write(
+                    f"turn {turn_id} is {found['state']}; it goes on once an agent runs (`waystation run`)\n"
+                )
             if deadline is not None and time.monotonic() >= deadline:
                 return _still_going(found, as_json)
             time.sleep(min(pause, _left(deadline) or pause))
