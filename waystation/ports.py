@@ -13,10 +13,22 @@ Data crosses these ports as plain values (JSON objects, enums), never as a layer
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
+
+# What an idempotency key may be: it travels as the Idempotency-Key header of every delivery,
+# so printable ASCII (spaces inside allowed), not blank, at most 255 characters.
+_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+
+
+def idempotency_key_problem(key: str) -> str | None:
+    """Why `key` cannot be an idempotency key (None when it can)."""
+    if _KEY.fullmatch(key) and key.strip():
+        return None
+    return f"idempotency key {key!r} must be 1-255 printable ASCII characters, not all spaces"
 
 
 class Outcome(StrEnum):

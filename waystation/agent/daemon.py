@@ -10,19 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import math
 import os
 import signal
-import socket
-import time
-from collections.abc import Iterator, Mapping
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 
 from waystation import __version__
-from waystation.adapters.connectivity.monitor import ConnectivityMonitor
 from waystation.agent.api import create_app
 from waystation.agent.jobs import Housekeeping
 from waystation.agent.peer import (
@@ -32,10 +29,9 @@ from waystation.agent.peer import (
     prepare_socket_dir,
     socket_gid,
 )
+from waystation.agent.systemd import Notifier, StatusReporter
 from waystation.config import Paths, Settings
-from waystation.queue.store import TaskStore
 from waystation.station.build import build_agent, cancel
-from waystation.station.events import EventBus
 
 log = structlog.get_logger(__name__)
 
@@ -49,9 +45,9 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as stack:
-        watchdog = watchdog_interval()
-        if watchdog is not None:  # pings from the loop itself: a hung loop stops them
-            pinging = asyncio.create_task(_watchdog_pings(watchdog), name="sd-watchdog")
+        notifier = Notifier()  # takes NOTIFY_SOCKET out of the environment children inherit
+        if notifier.watchdog_s is not None:
+            pinging = asyncio.create_task(notifier.watchdog_pings(notifier.watchdog_s), name="sd-watchdog")
             stack.push_async_callback(cancel, pinging)
         gid = socket_gid(settings.agent.socket_group)
         prepare_socket_dir(paths.socket, gid)
@@ -76,14 +72,14 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
         stack.callback(station.announcer.events.close)
 
         log.info("agent ready", socket=str(paths.socket), database=str(paths.database), version=__version__)
-        sd_notify("READY=1")
-        if os.environ.get("NOTIFY_SOCKET"):
-            status = StatusReporter(station.monitor, station.store, station.announcer.events)
+        notifier.send("READY=1")
+        if notifier.active:
+            status = StatusReporter(notifier, station.monitor, station.store, station.announcer.events)
             reporting = asyncio.create_task(status.run(), name="sd-status")
             stack.push_async_callback(cancel, reporting)
         await stop.wait()
         log.info("agent stopping")
-        sd_notify("STOPPING=1")
+        notifier.send("STOPPING=1")
     for sig in STOP_SIGNALS:
         loop.remove_signal_handler(sig)
 
@@ -103,94 +99,28 @@ def single_instance(socket_path: Path) -> Iterator[None]:
         os.close(fd)
         raise SocketError(f"another agent is already running on {socket_path}") from None
     try:
-        _unlink(socket_path)  # stale: its agent is gone, since we hold the lock
+        _remove_stale_socket(socket_path)  # its agent is gone, since we hold the lock
         yield
     finally:
         os.close(fd)
 
 
+def _remove_stale_socket(path: Path) -> None:
+    """Remove a socket an agent left behind, and nothing else: a file or a directory that
+    happens to have that name is someone's data, so start-up stops and says so."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a symbolic link" if stat.S_ISLNK(mode) else "a file"
+        raise SocketError(
+            f"{path} is {kind}, not a socket: it is left as it is; move it away, or set "
+            "WAYSTATION_SOCKET to another path"
+        )
+    path.unlink()
+
+
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-
-
-def sd_notify(message: str) -> None:
-    """Tell systemd about our state when it started us with Type=notify; a no-op otherwise."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]  # abstract namespace
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(message.encode(), address)
-
-
-# --- systemd: STATUS= lines and watchdog pings ------------------------------------------------
-
-STATUS_MIN_INTERVAL_S = 5.0  # queue changes update STATUS= at most this often
-
-
-def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
-    """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None when not watched."""
-    env = os.environ if env is None else env
-    try:
-        usec = int(env.get("WATCHDOG_USEC", ""))
-    except ValueError:
-        return None
-    pid = env.get("WATCHDOG_PID")
-    if usec <= 0 or not env.get("NOTIFY_SOCKET") or (pid and pid != str(os.getpid())):
-        return None
-    return usec / 2 / 1_000_000
-
-
-async def _watchdog_pings(interval: float) -> None:
-    while True:
-        sd_notify("WATCHDOG=1")
-        await asyncio.sleep(interval)
-
-
-class StatusReporter:
-    """Keeps systemd's STATUS= line current: connectivity at once, queue depth rate-limited.
-
-    It sleeps on the event stream while nothing happens (no polling).
-    """
-
-    def __init__(self, monitor: ConnectivityMonitor, store: TaskStore, events: EventBus) -> None:
-        self._monitor = monitor
-        self._store = store
-        self._events = events
-        self._dirty = asyncio.Event()
-        self._urgent = asyncio.Event()
-
-    async def run(self) -> None:
-        following = asyncio.create_task(self._follow(), name="sd-status-follow")
-        try:
-            self._dirty.set()
-            self._urgent.set()
-            last = -math.inf
-            while True:
-                await self._dirty.wait()
-                wait = STATUS_MIN_INTERVAL_S - (time.monotonic() - last)
-                if wait > 0 and not self._urgent.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._urgent.wait(), wait)
-                self._dirty.clear()
-                self._urgent.clear()
-                sd_notify(f"STATUS={await self.line()}")
-                last = time.monotonic()
-        finally:
-            await cancel(following)
-
-    async def line(self) -> str:
-        counts = await self._store.counts()
-        queue = ", ".join(f"{counts.get(state, 0)} {state}" for state in ("pending", "running", "dead"))
-        return f"connectivity {self._monitor.state} (mode {self._monitor.mode}); queue: {queue}"
-
-    async def _follow(self) -> None:
-        while True:  # a dropped subscriber (too slow) subscribes again
-            async for event in self._events.subscribe():
-                if event.kind == "connectivity":
-                    self._urgent.set()
-                    self._dirty.set()
-                elif event.kind == "task":
-                    self._dirty.set()

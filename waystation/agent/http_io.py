@@ -26,11 +26,19 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     raw = await request.read()  # aiohttp enforces client_max_size here (413)
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MalformedRequest(f"request body is not valid JSON: {exc}") from None
+        # A lone surrogate ("\\ud800") is valid JSON but not Unicode: nothing could store or send it.
+        json.dumps(body, ensure_ascii=False).encode()
+    except (ValueError, UnicodeError) as exc:  # JSONDecodeError, an integer of 4,300+ digits
+        raise MalformedRequest(f"request body is not valid JSON: {_first_line(exc)}") from None
+    except RecursionError:
+        raise MalformedRequest("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise MalformedRequest("request body must be a JSON object")
     return body
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def query_int(request: web.Request, name: str, default: int, maximum: int = MAX_LIST) -> int:

@@ -112,7 +112,14 @@ def socket_gid(group: str) -> int | None:
 
 
 def prepare_socket_dir(path: Path, gid: int | None = None) -> None:
-    """Create the socket's directory 0700 (0750 of the socket group), or refuse an open one."""
+    """Create the socket's directory 0700 (0750 of the socket group), or refuse an open one, or a
+    path no Unix socket can have (checked first: nothing is created for an agent that cannot run)."""
+    size = len(os.fsencode(path))
+    if size > SOCKET_PATH_MAX:
+        raise SocketError(
+            f"cannot listen on {path}: the path is {size} bytes and a Unix socket's may be at most "
+            f"{SOCKET_PATH_MAX}; set WAYSTATION_SOCKET (or WAYSTATION_HOME) to a shorter one"
+        )
     directory = path.parent
     directory.mkdir(mode=0o700 if gid is None else 0o750, parents=True, exist_ok=True)
     info = directory.stat()
@@ -142,6 +149,10 @@ def prepare_socket_dir(path: Path, gid: int | None = None) -> None:
         ) from None
 
 
+# sun_path holds 108 bytes on Linux (104 on macOS and the BSDs), its terminating NUL included.
+SOCKET_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
+
+
 def bind_unix_socket(path: Path, gid: int | None = None) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -155,7 +166,7 @@ def bind_unix_socket(path: Path, gid: int | None = None) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise SocketError(f"cannot listen on {path}: {exc.strerror}") from None
+        raise SocketError(f"cannot listen on {path}: {exc.strerror or exc}") from None
     return sock
 
 

@@ -85,8 +85,9 @@ def decide(
     if outcome is Outcome.DONE:
         return Decision(TaskState.DONE, attempts + 1, 0, now, None)
     if outcome is Outcome.DEAD:
-        why = f"destination answered HTTP {status}" if status is not None else error or "cannot be sent"
-        return Decision(TaskState.DEAD, attempts + 1, 0, now, why)
+        if status is None:  # dead for a reason of its own: nothing was sent, no attempt counted
+            return Decision(TaskState.DEAD, attempts, 0, now, error or "cannot be sent")
+        return Decision(TaskState.DEAD, attempts + 1, 0, now, f"destination answered HTTP {status}")
     if outcome is Outcome.UNREACHABLE:
         # Not the destination's answer, so no attempt is counted. Back off a little so one dead
         # host cannot spin the flusher; a return to `online` makes such tasks due at once.

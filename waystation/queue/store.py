@@ -85,10 +85,11 @@ class TaskStore:
             now = timeutil.now()
             window = limit * 8
             # Only what choosing needs (id, host); the full rows are read for the chosen alone.
+            # A task past its expires_at is never sent, even before the expiry job tombstones it.
             rows = conn.execute(
                 "SELECT id, host FROM tasks WHERE state = 'pending' AND next_attempt_at <= ?"
-                f"{held_sql} ORDER BY next_attempt_at LIMIT ?",
-                (now, *held_params, window),
+                f" AND expires_at > ?{held_sql} ORDER BY next_attempt_at LIMIT ?",
+                (now, now, *held_params, window),
             ).fetchall()
             counts = dict(in_flight)
             chosen = _take(rows, limit, counts, per_host)
@@ -103,8 +104,9 @@ class TaskStore:
                         continue
                     more = conn.execute(
                         "SELECT id, host FROM tasks WHERE host = ? AND state = 'pending'"
-                        f" AND next_attempt_at <= ?{held_sql} ORDER BY next_attempt_at LIMIT ?",
-                        (host, now, *held_params, room),
+                        f" AND next_attempt_at <= ? AND expires_at > ?{held_sql}"
+                        " ORDER BY next_attempt_at LIMIT ?",
+                        (host, now, now, *held_params, room),
                     ).fetchall()
                     taken = set(chosen)
                     chosen += _take(

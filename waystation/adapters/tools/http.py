@@ -22,6 +22,7 @@ from waystation.adapters.tools.base import (
 )
 from waystation.adapters.tools.client import DeliveryClient
 from waystation.errors import DeliveryError, InvalidArguments, NetworkUnreachable
+from waystation.ports import idempotency_key_problem
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 USER_AGENT = f"waystation/{__version__}"
@@ -146,8 +147,9 @@ async def _send(
     timeout_s: float,
 ) -> DeliveryResult:
     """One HTTP exchange. No answer raises NetworkUnreachable; any answer is a DeliveryResult."""
-    if not _HEADER_VALUE.fullmatch(idempotency_key) or not idempotency_key.strip():
-        raise InvalidArguments(tool, "the idempotency key must be non-empty printable ASCII")
+    problem = idempotency_key_problem(idempotency_key)
+    if problem is not None:  # refused at enqueue; a task stored by an older version may have one
+        raise InvalidArguments(tool, problem)
     url = request_args["url"]
     headers = {**request_args.get("headers", {}), "idempotency-key": idempotency_key}
     headers["user-agent"] = USER_AGENT

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from waystation.errors import MalformedRequest
+from waystation import timeutil
+from waystation.errors import InvalidArguments, MalformedRequest
+from waystation.ports import idempotency_key_problem
 from waystation.queue.policy import TaskState
 from waystation.queue.tasks import NewTask
 from waystation.station.build import AgentStation, Station
@@ -18,6 +20,12 @@ async def add(
     """(task, created): an existing task when the key exists with equal arguments."""
     tool = station.tools.get(tool_name)
     valid = tool.validate(args)
+    if key is not None and (problem := idempotency_key_problem(key)) is not None:
+        raise InvalidArguments(tool.name, problem)
+    if expires_at is not None and expires_at <= timeutil.now():
+        raise InvalidArguments(
+            tool.name, f"expires_at {timeutil.iso(expires_at)} is in the past: it would never be sent"
+        )
     new = NewTask(
         tool=tool.name,
         args=valid,

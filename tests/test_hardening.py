@@ -1,0 +1,239 @@
+"""What a hostile host or a careless script does to the agent (issue 12), each case against a real
+agent process or a real database, each failing before its fix:
+
+- the socket's path naming a file, a directory, or a path too long for a Unix socket;
+- request bodies that are JSON but not data (a 5,000-digit integer, 5,000 levels of nesting, a
+  lone surrogate): 4xx, never 500;
+- an expires_at in the past (422), and a task past its expires_at is never leased;
+- idempotency keys that cannot travel as a header: refused at enqueue (422), through the agent
+  and without it; a task dead for a reason of its own counts no attempt;
+- NOTIFY_SOCKET is not inherited by the agent's children (a busctl that would report to systemd).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from agentproc import AGENT_COMMAND, Agent, agent_env, make_home, remove_home
+
+from waystation import timeutil
+from waystation.config import QueueSettings
+from waystation.db import Database
+from waystation.ports import Outcome
+from waystation.queue.policy import decide
+from waystation.queue.store import TaskStore
+from waystation.queue.tasks import NewTask
+
+URL = "http://127.0.0.1:9/x"
+QUEUE_ADD = [
+    sys.executable,
+    "-m",
+    "waystation",
+    "queue",
+    "add",
+    "web_fetch",
+    "--args",
+    json.dumps({"url": URL}),
+]
+
+
+def refused_start(home: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        AGENT_COMMAND, env=agent_env(home, env), capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+@pytest.mark.parametrize("kind", ["file", "directory"])
+def test_a_socket_path_that_is_not_a_socket_is_left_alone(kind: str) -> None:
+    home = make_home()
+    try:
+        target = home / "waystation.sock"
+        if kind == "file":
+            target.write_bytes(b"someone's data")
+        else:
+            target.mkdir()
+        done = refused_start(home, {"WAYSTATION_CONNECTIVITY__MODE": "offline"})
+        assert done.returncode != 0
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith("error: ") and f"is a {kind}, not a socket" in line, done.stderr
+        assert "Traceback" not in done.stderr
+        if kind == "file":
+            assert target.read_bytes() == b"someone's data"
+        else:
+            assert stat.S_ISDIR(target.lstat().st_mode)
+    finally:
+        remove_home(home)
+
+
+def test_a_socket_path_too_long_says_so() -> None:
+    home = make_home()
+    try:
+        long = home / ("s" * 120)
+        done = refused_start(
+            home, {"WAYSTATION_SOCKET": str(long), "WAYSTATION_CONNECTIVITY__MODE": "offline"}
+        )
+        assert done.returncode != 0
+        (line,) = done.stderr.strip().splitlines()
+        assert "a Unix socket's may be at most" in line and "None" not in line, done.stderr
+    finally:
+        remove_home(home)
+
+
+def test_a_stale_socket_is_replaced(agent_factory: Callable[..., Agent]) -> None:
+    agent = agent_factory({"WAYSTATION_CONNECTIVITY__MODE": "offline"})
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(agent.socket))
+    stale.close()  # a socket file with nobody behind it, as a crash leaves it
+    agent.start()
+    assert agent.api("GET", "/v1/status").status_code == 200
+
+
+@pytest.fixture
+def agent(agent_factory: Callable[..., Agent]) -> Agent:
+    return agent_factory({"WAYSTATION_CONNECTIVITY__MODE": "offline"}).start()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"tool": "http_request", "args": {"url": "' + URL + '", "json": ' + "9" * 5000 + "}}",
+        '{"tool": "http_request", "args": {"url": "' + URL + '", "json": ' + "[" * 5000 + "]" * 5000 + "}}",
+        '{"tool": "http_request", "args": {"url": "http://127.0.0.1:9/\\ud800"}}',
+        '{"tool": "http_request", "args": {"url": "' + URL + '", "method": "POST", "body": "\\udfff"}}',
+        '{"tool": "http_request", "args": {"url": "' + URL + '"}, "idempotency_key": "\\ud800"}',
+    ],
+    ids=[
+        "5000-digit integer",
+        "nested 5000 deep",
+        "surrogate in url",
+        "surrogate in body",
+        "surrogate in key",
+    ],
+)
+def test_json_that_is_not_data_is_a_4xx(agent: Agent, raw: str) -> None:
+    response = agent.api(
+        "POST", "/v1/tasks", content=raw.encode(), headers={"Content-Type": "application/json"}
+    )
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["error"]["code"] in ("malformed_request", "invalid_arguments")
+    assert agent.api("GET", "/v1/status").status_code == 200
+    assert agent.tasks() == []
+
+
+@pytest.mark.parametrize("key", ["clé", "a\nb", "   ", "x" * 256])
+def test_a_key_that_cannot_travel_is_refused_at_enqueue(agent: Agent, key: str) -> None:
+    body = {"tool": "web_fetch", "args": {"url": URL}, "idempotency_key": key}
+    response = agent.api("POST", "/v1/tasks", json=body)
+    assert response.status_code in (400, 422), response.text
+    assert agent.tasks() == []
+
+
+def test_a_key_that_cannot_travel_is_refused_without_the_agent_too() -> None:
+    home = make_home()
+    try:
+        done = subprocess.run(
+            [*QUEUE_ADD, "--key", "clé"],
+            env=agent_env(home),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1 and "printable ASCII" in done.stderr, done.stderr
+    finally:
+        remove_home(home)
+
+
+def test_an_expires_at_in_the_past_is_422(agent: Agent) -> None:
+    body = {"tool": "web_fetch", "args": {"url": URL}, "expires_at": "2020-01-01T00:00:00Z"}
+    response = agent.api("POST", "/v1/tasks", json=body)
+    assert response.status_code == 422 and "in the past" in response.json()["error"]["message"]
+    assert agent.tasks() == []
+
+
+async def test_a_task_past_its_expires_at_is_never_leased(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1_800_000_000.0]
+    monkeypatch.setattr(timeutil, "now", lambda: now[0])
+    store = TaskStore(db, QueueSettings())
+    await store.enqueue(NewTask("web_fetch", {"url": URL}, "127.0.0.1:9", "soon", expires_at=now[0] + 10))
+    now[0] += 20  # expired, and the expiry job has not run yet
+    assert await store.lease(10, {}, 10) == []
+
+
+def test_dead_for_its_own_reason_counts_no_attempt() -> None:
+    import random
+
+    decision = decide(
+        outcome=Outcome.DEAD,
+        status=None,
+        attempts=2,
+        net_failures=0,
+        now=1.0,
+        settings=QueueSettings(),
+        rng=random.Random(1),
+        error="http_request: the idempotency key cannot travel",
+    )
+    assert decision.attempts == 2 and decision.error == "http_request: the idempotency key cannot travel"
+
+
+def test_children_do_not_inherit_notify_socket(agent_factory: Callable[..., Agent], tmp_path: Path) -> None:
+    """A busctl that, like the real one on failure, reports to $NOTIFY_SOCKET: the agent asks it
+    about a metered link at start, and systemd must hear only the agent."""
+    directory = Path(os.environ.get("TMPDIR", "/tmp")) / f"ws-n-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+    directory.mkdir()
+    path = directory / "notify"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(path))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    busctl = bin_dir / "busctl"
+    busctl.write_text(
+        "#!/usr/bin/env python3\nimport os, socket\n"
+        "address = os.environ.get('NOTIFY_SOCKET')\n"
+        "if address:\n"
+        "    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'ERRNO=2', address)\n"
+        "raise SystemExit(1)\n"
+    )
+    busctl.chmod(0o755)
+    try:
+        env = {
+            "NOTIFY_SOCKET": str(path),
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "WAYSTATION_CONNECTIVITY__MODE": "offline",
+            "WAYSTATION_CONNECTIVITY__METERED": "auto",
+        }
+        agent = agent_factory(env)
+        agent.proc = agent.launch()
+        heard: list[str] = []
+        listener.settimeout(0.5)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "READY=1" not in heard:
+            try:
+                heard += listener.recv(4096).decode().splitlines()
+            except TimeoutError:
+                continue
+        agent.set_mode("online")  # a connectivity change asks busctl again
+        agent.set_mode("offline")
+        end = time.monotonic() + 2
+        while time.monotonic() < end:
+            try:
+                heard += listener.recv(4096).decode().splitlines()
+            except TimeoutError:
+                continue
+        assert "READY=1" in heard
+        assert "ERRNO=2" not in heard, heard
+        assert agent.stop() == 0
+    finally:
+        listener.close()
+        path.unlink(missing_ok=True)
+        directory.rmdir()
