@@ -237,3 +237,37 @@ def test_children_do_not_inherit_notify_socket(agent_factory: Callable[..., Agen
         listener.close()
         path.unlink(missing_ok=True)
         directory.rmdir()
+
+
+def test_doctor_fails_on_a_model_that_is_not_there() -> None:
+    home = make_home()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "waystation", "doctor"],
+            env=agent_env(home, {"WAYSTATION_MODEL__PATH": "/nonexistent.gguf"}),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 1
+        (line,) = [ln for ln in done.stdout.splitlines() if ln.split()[1:2] == ["model"]]
+        assert line.startswith("fail") and "/nonexistent.gguf not found" in line, done.stdout
+    finally:
+        remove_home(home)
+
+
+def test_ollama_with_nothing_listening_is_unavailable_and_refuses(
+    agent_factory: Callable[..., Agent],
+) -> None:
+    nothing = "127.0.0.1:9"  # the discard port: nothing listens there
+    agent = agent_factory({"OLLAMA_HOST": nothing, "WAYSTATION_CONNECTIVITY__MODE": "offline"}).start()
+    (ollama,) = [r for r in agent.api("GET", "/v1/routes").json() if r["name"] == "ollama"]
+    assert ollama["available"] is False and "is Ollama running" in ollama["reason"], ollama
+    done = subprocess.run(
+        [sys.executable, "-m", "waystation", "turn", "hi", "--route", "ollama"],
+        env=agent_env(agent.home, {"OLLAMA_HOST": nothing}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 4 and "is Ollama running at http://127.0.0.1:9" in done.stderr, done.stderr

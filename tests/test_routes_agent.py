@@ -242,7 +242,7 @@ def credentials() -> dict[str, str]:
         "DEEPSEEK_API_KEY": fake_secret("sk-"),
         "XAI_API_KEY": fake_secret("xai-"),
         "CLAUDE_CODE_OAUTH_TOKEN": fake_secret("sk-ant-oat01-"),
-        "config [routes.compatible] api_key": fake_secret("sk-compat-"),
+        "config [routes.compatible] api_key": fake_secret("sk-cfg-"),  # "compat-m" would be in "compat-model"
         "cookie": fake_secret("COOKIESECRET"),
     }
 

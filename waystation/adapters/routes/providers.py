@@ -8,10 +8,13 @@ handed to the backend that sends them; they appear in no reason, receipt or log.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import math
 import os
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +40,10 @@ DEFAULT_MODELS = {
 }
 
 
+REACHABLE_FOR_S = 5.0
+CONNECT_TIMEOUT_S = 0.5
+
+
 @dataclass
 class ProviderRoute:
     name: str
@@ -46,6 +53,8 @@ class ProviderRoute:
     settings: Settings
     env: Mapping[str, str]
     make: Callable[[ProviderRoute, str], ModelBackend]
+    _reached_at: float = field(default=-math.inf, init=False)  # Ollama's reachability, checked then
+    _unreachable: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self._backends: dict[str, ModelBackend] = {}
@@ -82,7 +91,30 @@ class ProviderRoute:
         if not self.settings.route(self.name).enabled:
             return False, f"{self.name} is disabled by policy ([routes.{self.name}] enabled = false)"
         reason = self._missing()
+        if reason is None and self.name == "ollama":
+            reason = await self._ollama_unreachable()
         return reason is None, reason
+
+    async def _ollama_unreachable(self) -> str | None:
+        """Ollama is a server on this host or the LAN: whether anything listens there is known in
+        a moment, and a turn refused now says more than a connection error later. Remembered for
+        a few seconds, so `status` and `routes` stay fast."""
+        now = time.monotonic()
+        if now - self._reached_at > REACHABLE_FOR_S:
+            parts = urlsplit(self.base_url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    _, writer = await asyncio.open_connection(parts.hostname, port)
+                writer.close()
+                self._unreachable = None
+            except (OSError, TimeoutError):
+                self._unreachable = (
+                    f"is Ollama running at {self.base_url}? nothing answers there "
+                    "(start it with `ollama serve`, or set OLLAMA_HOST)"
+                )
+            self._reached_at = now
+        return self._unreachable
 
     def _missing(self) -> str | None:
         """What the route lacks to run, in words a user can act on; None when it lacks nothing."""

@@ -58,7 +58,8 @@ class Check:
 def doctor(as_json: JsonFlag = False) -> None:
     """Check the install and say how to fix what is wrong; exit 1 if any check fails.
 
-    Checks Python, the configuration, llama.cpp (loads the embedded model and decodes a batch),
+    Checks Python, the configuration, the configured model, llama.cpp (loads the embedded model
+    and decodes a batch),
     the socket's directory and whether an agent answers, the database's health, and whether the
     service unit is installed.
 
@@ -73,6 +74,7 @@ def doctor(as_json: JsonFlag = False) -> None:
     for run_check in (
         check_python,
         lambda: check_config(paths),
+        lambda: check_model(paths),
         check_llama,
         lambda: check_socket_dir(paths.socket),
         lambda: check_agent(paths.socket),
@@ -109,6 +111,28 @@ def check_config(paths: Any) -> Check:
         )
     where = paths.config_file if paths.config_file.exists() else "defaults (no config file)"
     return Check("ok", "config", f"{where}")
+
+
+def check_model(paths: Any) -> Check:
+    """The configured model (`[model] path`) is there and is a model, as the local route sees it."""
+    import asyncio
+
+    from waystation.adapters.models.llamacpp import check_gguf
+    from waystation.adapters.routes.local import LocalRoute
+    from waystation.config import load_settings
+    from waystation.errors import WaystationError
+
+    try:
+        route = LocalRoute(load_settings(paths).model)
+        status = asyncio.run(route.status())
+        if status["available"] and status["provider"] == "llamacpp":
+            check_gguf(route.model_path())
+    except WaystationError as exc:
+        status = {"available": False, "reason": exc.message}
+    if not status["available"]:
+        fix = 'set [model] path to a GGUF file or an MLX model directory ("" = the embedded default)'
+        return Check("fail", "model", f"{status['reason']}: {fix}")
+    return Check("ok", "model", f"{route.model_path()} ({status['provider']})")
 
 
 def _reinstall_hint() -> str:
