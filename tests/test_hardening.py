@@ -271,3 +271,33 @@ def test_ollama_with_nothing_listening_is_unavailable_and_refuses(
         timeout=60,
     )
     assert done.returncode == 4 and "is Ollama running at http://127.0.0.1:9" in done.stderr, done.stderr
+
+
+def test_events_are_slim_and_their_history_bounded_by_bytes() -> None:
+    from waystation.station import events as events_module
+    from waystation.station.announce import Announcer
+    from waystation.station.events import EventBus
+    from waystation.station.metrics import Metrics
+
+    bus = EventBus()
+    announcer = Announcer(bus, Metrics())
+    body = "x" * 1_000_000
+    for i in range(50):
+        task = {
+            "id": f"t_{i}",
+            "state": "pending",
+            "args": {
+                "method": "POST",
+                "url": URL,
+                "body": body,
+                "headers": {"Authorization": "Bearer s3cret"},
+            },
+            "result": {"status": 200, "body": body},
+        }
+        announcer.task_changed(task)
+    frames = [e.to_sse() for e in bus._history]
+    assert all(len(f) < 2_000 for f in frames)  # no body, no headers, no answer's body
+    assert b"s3cret" not in b"".join(frames)
+    for i in range(3000):
+        bus.publish("connectivity", {"state": "online", "pad": "y" * 5000, "i": i})
+    assert sum(len(e.to_sse()) for e in bus._history) <= events_module.HISTORY_BYTES

@@ -22,6 +22,21 @@ log = structlog.get_logger(__name__)
 Listener = Callable[[Mapping[str, Any]], None]
 
 
+SLIM_ARGS = ("method", "url")  # what a task event says of its arguments
+
+
+def slim(task: Mapping[str, Any]) -> dict[str, Any]:
+    """A task as its event carries it: where it goes and how it stands, not its body, headers or
+    the answer's body (`GET /v1/tasks/{id}` has those). Events are kept and sent to every
+    subscriber; a task's payload can be megabytes, and its headers credentials."""
+    args, result = task.get("args") or {}, task.get("result")
+    return {
+        **task,
+        "args": {name: args[name] for name in SLIM_ARGS if name in args},
+        "result": {"status": result.get("status")} if isinstance(result, Mapping) else result,
+    }
+
+
 class Announcer:
     def __init__(self, events: EventBus, metrics: Metrics, connectivity: str = "unknown") -> None:
         self.events = events
@@ -43,7 +58,7 @@ class Announcer:
     # --- ports.Announce --------------------------------------------------------------------------
 
     def task_changed(self, task: Mapping[str, Any], receipt: Mapping[str, Any] | None = None) -> None:
-        self.events.publish("task", dict(task))
+        self.events.publish("task", slim(task))
         if receipt is not None:
             self.events.publish("receipt", dict(receipt))
         self._tell("task", task)

@@ -1,8 +1,10 @@
 """The agent's event stream: connectivity, task, turn and receipt events, numbered for resumption.
 
 Events are kept in a bounded ring so a client that reconnects with `Last-Event-ID` gets what it
-missed. A subscriber that cannot keep up is dropped rather than growing memory without bound; it
-reconnects with its last id and catches up from the ring.
+missed: at most HISTORY events and HISTORY_BYTES of them (so 500 tasks with 1 MB bodies cannot
+hold 500 MB with nobody listening). Each event is encoded once, when published. A subscriber that
+cannot keep up is dropped rather than growing memory without bound; it reconnects with its last
+id and catches up from the ring.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from waystation import sse, timeutil
 
 HISTORY = 2048
+HISTORY_BYTES = 4 * 1024 * 1024
 SUBSCRIBER_BUFFER = 1024
 
 
@@ -25,9 +28,10 @@ class Event:
     id: int
     kind: str  # connectivity | task | turn | receipt
     data: dict[str, Any]
+    frame: bytes  # the SSE frame, encoded once
 
     def to_sse(self) -> bytes:
-        return sse.frame(self.data, self.kind, self.id)
+        return self.frame
 
 
 class _Dropped(Exception):
@@ -41,13 +45,18 @@ class EventBus:
         # one, instead of nothing until the count passes its old id. (< 2**53: safe in JavaScript.)
         started = timeutil.now()
         self._ids = itertools.count(int(started * 1_000_000))
-        self._history: collections.deque[Event] = collections.deque(maxlen=HISTORY)
+        self._history: collections.deque[Event] = collections.deque()
+        self._history_bytes = 0
         self._subscribers: set[asyncio.Queue[Event | None]] = set()
         self.boot = timeutil.iso(started)
 
     def publish(self, kind: str, data: dict[str, Any]) -> Event:
-        event = Event(next(self._ids), kind, data)
+        ident = next(self._ids)
+        event = Event(ident, kind, data, sse.frame(data, kind, ident))
         self._history.append(event)
+        self._history_bytes += len(event.frame)
+        while len(self._history) > HISTORY or self._history_bytes > HISTORY_BYTES:
+            self._history_bytes -= len(self._history.popleft().frame)
         for queue in list(self._subscribers):
             try:
                 queue.put_nowait(event)
