@@ -301,3 +301,39 @@ def test_events_are_slim_and_their_history_bounded_by_bytes() -> None:
     for i in range(3000):
         bus.publish("connectivity", {"state": "online", "pad": "y" * 5000, "i": i})
     assert sum(len(e.to_sse()) for e in bus._history) <= events_module.HISTORY_BYTES
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_metrics_listen_serves_metrics_and_nothing_else(agent_factory: Callable[..., Agent]) -> None:
+    import httpx
+
+    port = free_port()
+    env = {
+        "WAYSTATION_AGENT__METRICS_LISTEN": f"127.0.0.1:{port}",
+        "WAYSTATION_CONNECTIVITY__MODE": "offline",
+    }
+    agent = agent_factory(env).start()
+    assert agent.api("POST", "/v1/tasks", json={"tool": "web_fetch", "args": {"url": URL}}).status_code == 201
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=10) as tcp:
+        scraped = tcp.get("/metrics")
+        assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+        assert 'waystation_build_info{version="' in scraped.text
+        assert "waystation_queue_oldest_pending_age_seconds" in scraped.text
+        assert 'waystation_queue_tasks{state="pending"} 1' in scraped.text
+        assert tcp.get("/v1/status").status_code == 404  # the control API is never exposed here
+        assert tcp.put("/v1/connectivity", json={"mode": "online"}).status_code in (404, 405)
+    assert agent.api("GET", "/v1/connectivity").json()["mode"] == "offline"
+
+
+def test_a_bad_metrics_listen_stops_start_up_naming_the_key() -> None:
+    home = make_home()
+    try:
+        done = refused_start(home, {"WAYSTATION_AGENT__METRICS_LISTEN": "everywhere"})
+        assert done.returncode != 0 and "agent.metrics_listen" in done.stderr, done.stderr
+    finally:
+        remove_home(home)

@@ -47,6 +47,8 @@ def test_every_family_is_listed_before_anything_happened() -> None:
         "waystation_tokens": "counter",
         "waystation_model_load_seconds": "gauge",
         "waystation_model_loads": "counter",
+        "waystation_build_info": "gauge",
+        "waystation_queue_oldest_pending_age_seconds": "gauge",
     }
     for family in families.values():
         assert family.documentation

@@ -30,6 +30,8 @@ class AgentSettings:
     resume: Literal["auto", "off"] = "auto"
     # Members of this group may use the socket too (0660/0750 of the group); "" = only our uid.
     socket_group: str = ""
+    # "host:port" to serve GET /metrics (and nothing else) over TCP for Prometheus; "" = off.
+    metrics_listen: str = ""
 
 
 @dataclass(frozen=True)
@@ -281,3 +283,6 @@ def _check_ranges(s: Settings) -> None:
         raise ConfigError("connectivity.expect_status", "must be an HTTP status code")
     if not s.connectivity.probe_url.startswith(("http://", "https://")):
         raise ConfigError("connectivity.probe_url", "must be an http:// or https:// URL")
+    host, colon, port = s.agent.metrics_listen.rpartition(":")
+    if s.agent.metrics_listen and not (colon and host and port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError("agent.metrics_listen", 'must be "host:port", e.g. "127.0.0.1:9464" ("" = off)')

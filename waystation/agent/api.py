@@ -163,6 +163,15 @@ async def events(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def create_metrics_app(station: AgentStation) -> web.Application:
+    """`[agent] metrics_listen`: GET /metrics over TCP for Prometheus, and nothing else; the
+    control API stays on the socket, whose peers are checked."""
+    app = web.Application(middlewares=[errors_as_json])
+    app[STATION] = station
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
 async def metrics(request: web.Request) -> web.Response:
     text = await status.metrics(station_of(request))
     # The exposition format's version goes in the content type, as Prometheus negotiates on it.

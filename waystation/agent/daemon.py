@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from waystation import __version__
-from waystation.agent.api import create_app
+from waystation.agent.api import create_app, create_metrics_app
 from waystation.agent.jobs import Housekeeping
 from waystation.agent.peer import (
     PeerCheckedUnixSite,
@@ -31,7 +31,7 @@ from waystation.agent.peer import (
 )
 from waystation.agent.systemd import Notifier, StatusReporter
 from waystation.config import Paths, Settings
-from waystation.station.build import build_agent, cancel
+from waystation.station.build import AgentStation, build_agent, cancel
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +70,8 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
         await PeerCheckedUnixSite(runner, sock, paths.socket, gid).start()
         # Shut streams before the runner waits on open connections (it would wait on SSE forever).
         stack.callback(station.announcer.events.close)
+        if settings.agent.metrics_listen:
+            await serve_metrics(stack, station, settings.agent.metrics_listen)
 
         log.info("agent ready", socket=str(paths.socket), database=str(paths.database), version=__version__)
         notifier.send("READY=1")
@@ -82,6 +84,19 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
         notifier.send("STOPPING=1")
     for sig in STOP_SIGNALS:
         loop.remove_signal_handler(sig)
+
+
+async def serve_metrics(stack: contextlib.AsyncExitStack, station: AgentStation, listen: str) -> None:
+    """GET /metrics alone, on TCP `host:port` (a bracketed IPv6 host allowed)."""
+    host, _, port = listen.rpartition(":")
+    runner = web.AppRunner(create_metrics_app(station), handle_signals=False, access_log=None)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    try:
+        await web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port), shutdown_timeout=1.0).start()
+    except (OSError, ValueError) as exc:
+        raise SocketError(f"cannot serve metrics on {listen!r} ([agent] metrics_listen): {exc}") from None
+    log.info("metrics served", listen=listen)
 
 
 @contextlib.contextmanager

@@ -337,6 +337,11 @@ class TaskStore:
         )
         return row[0] if row else None
 
+    async def oldest_pending_at(self) -> float | None:
+        """When the oldest pending task was created (None when none is pending)."""
+        row = await self.db.fetchone("SELECT MIN(created_at) FROM tasks WHERE state = 'pending'")
+        return row[0] if row else None
+
     async def for_turn(self, turn_id: str) -> builtins.list[Task]:
         rows = await self.db.fetchall("SELECT * FROM tasks WHERE turn_id = ? ORDER BY created_at", (turn_id,))
         return [Task.from_row(r) for r in rows]

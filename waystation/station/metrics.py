@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from waystation import __version__
 from waystation.config import ROUTE_NAMES
 
 CONNECTIVITY_STATES = ("online", "offline", "portal", "unknown")
@@ -109,12 +110,21 @@ class Metrics:
         self.model_loads = self._add(
             "waystation_model_loads_total", "Model loads since the agent started.", "counter"
         )
+        self.build_info = self._add(
+            "waystation_build_info", "1, labelled with the running version.", "gauge", "version"
+        )
+        self.oldest_pending = self._add(
+            "waystation_queue_oldest_pending_age_seconds",
+            "How long the oldest pending task has waited (0 when none).",
+            "gauge",
+        )
         for outcome in ("done", "retry", "dead", "unreachable"):
             self.deliveries.inc(0, outcome=outcome)
         for state in CONNECTIVITY_STATES:
             self.connectivity_transitions.inc(0, to=state)
         self.delivery_retries.inc(0)
         self.model_loads.inc(0)
+        self.build_info.set(1, version=__version__)
 
     def _add(self, name: str, help: str, kind: Kind, *label_names: str) -> Family:
         family = Family(name, help, kind, label_names)
@@ -156,11 +166,15 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-def render_metrics(queue: Mapping[str, int], connectivity: str, metrics: Metrics | None = None) -> str:
-    """The exposition text, with the scrape-time gauges (queue depth, connectivity) brought up to date."""
+def render_metrics(
+    queue: Mapping[str, int], connectivity: str, metrics: Metrics | None = None, oldest_pending_s: float = 0.0
+) -> str:
+    """The exposition text, with the scrape-time gauges (queue depth, connectivity, the oldest
+    pending task's age) brought up to date."""
     metrics = metrics or Metrics()
     metrics.observe_queue(queue)
     metrics.observe_connectivity(connectivity)
+    metrics.oldest_pending.set(oldest_pending_s)
     return metrics.render()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, cast, get_args
 
+from waystation import timeutil
 from waystation.adapters.connectivity.monitor import Mode
 from waystation.errors import MalformedRequest
 from waystation.station.build import AgentStation, TurnStation
@@ -43,4 +44,8 @@ def set_connectivity(station: TurnStation, mode: object) -> dict[str, object]:
 
 async def metrics(station: AgentStation) -> str:
     """The Prometheus exposition text, queue depth and connectivity read at scrape time."""
-    return render_metrics(await station.store.counts(), station.monitor.state, station.announcer.metrics)
+    oldest = await station.store.oldest_pending_at()
+    waited = 0.0 if oldest is None else max(0.0, timeutil.now() - oldest)
+    return render_metrics(
+        await station.store.counts(), station.monitor.state, station.announcer.metrics, waited
+    )
