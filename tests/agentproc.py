@@ -321,6 +321,8 @@ class Hit:
     method: str
     key: str | None
     at: float  # the receiver's time.time() when the request arrived
+    auth: str | None = None  # the Authorization header, if any
+    body: str = ""
 
 
 class Receiver:
@@ -333,6 +335,7 @@ class Receiver:
                              with a given Idempotency-Key, then 200
     /slow/<ms>/<anything>    waits <ms> ms, then 200
     /page/<Title-Words>      200, an HTML page titled "Title Words"
+    /redirect/<code>/<rest>  <code> with Location: /<rest>; ?to=URL sends it to URL instead
     Every request is recorded; `hits()` reads the records (the /_hits path is not recorded).
     """
 
@@ -402,8 +405,18 @@ def receiver_main(host: str = "127.0.0.1") -> None:
     async def record(request: web.Request) -> web.StreamResponse:
         path = request.path
         key = request.headers.get("Idempotency-Key")
-        hits.append({"path": path, "method": request.method, "key": key, "at": time.time()})
-        await request.read()
+        body = (await request.read()).decode(errors="replace")
+        auth = request.headers.get("Authorization")
+        hits.append(
+            {
+                "path": path,
+                "method": request.method,
+                "key": key,
+                "at": time.time(),
+                "auth": auth,
+                "body": body,
+            }
+        )
         parts = path.strip("/").split("/")
         if parts[0] == "generate_204":
             return web.Response(status=204)
@@ -414,6 +427,9 @@ def receiver_main(host: str = "127.0.0.1") -> None:
             if seen[(path, key)] <= int(parts[1]):
                 retry_after = request.query.get("retry_after", "1")
                 return web.Response(status=503, text="busy", headers={"Retry-After": retry_after})
+        if parts[0] == "redirect" and len(parts) > 1:
+            target = request.query.get("to") or "/" + "/".join(parts[2:])
+            return web.Response(status=int(parts[1]), headers={"Location": target})
         if parts[0] == "page" and len(parts) > 1:
             title = parts[1].replace("-", " ")
             page = f"<html><head><title>{title}</title></head><body><h1>{title}</h1><p>All about {title}.</p>"

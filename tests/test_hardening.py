@@ -337,3 +337,47 @@ def test_a_bad_metrics_listen_stops_start_up_naming_the_key() -> None:
         assert done.returncode != 0 and "agent.metrics_listen" in done.stderr, done.stderr
     finally:
         remove_home(home)
+
+
+def delivered_task(agent: Agent, tool: str, args: dict[str, object]) -> dict[str, object]:
+    from agentproc import wait_for
+
+    task = agent.api("POST", "/v1/tasks", json={"tool": tool, "args": args}).json()
+
+    def settled() -> dict[str, object] | None:
+        found = agent.api("GET", f"/v1/tasks/{task['id']}").json()
+        return found if found["state"] in ("done", "dead") else None
+
+    return wait_for(settled, 20, what="the task to settle")
+
+
+def test_redirects_are_followed_as_a_user_expects(agent_factory: Callable[..., Agent]) -> None:
+    from agentproc import Receiver
+
+    with Receiver() as here, Receiver() as elsewhere:
+        agent = agent_factory({"WAYSTATION_CONNECTIVITY__MODE": "online"}).start()
+        moved = delivered_task(agent, "web_fetch", {"url": here.url("/redirect/301/ok/moved")})
+        assert moved["state"] == "done" and moved["result"]["status"] == 200  # type: ignore[index]
+        assert [h.key for h in here.hits("/ok/moved")] == [moved["idempotency_key"]]  # same origin: kept
+
+        kept = delivered_task(
+            agent, "http_request", {"method": "POST", "url": here.url("/redirect/307/ok/kept"), "body": "hi"}
+        )
+        assert kept["state"] == "done"
+        (hit,) = here.hits("/ok/kept")
+        assert (hit.method, hit.body) == ("POST", "hi")  # 307 keeps the method and the body
+
+        stays = delivered_task(
+            agent, "http_request", {"method": "POST", "url": here.url("/redirect/302/ok/no")}
+        )
+        assert stays["state"] == "dead" and here.hits("/ok/no") == []  # a POST's 302 is the answer
+
+        away = here.url("/redirect/302/x") + "?to=" + elsewhere.url("/ok/away")
+        args = {
+            "url": away,
+            "headers": {"Authorization": "Bearer s3cret", "X-Api-Key": "k3y", "Accept": "a/b"},
+        }
+        crossed = delivered_task(agent, "http_request", args)
+        assert crossed["state"] == "done"
+        (other,) = elsewhere.hits("/ok/away")
+        assert other.key is None and other.auth is None  # another origin: no key, no credential

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trustme
 from aiohttp import web
@@ -30,6 +31,7 @@ from waystation.adapters.tools import (
     default_tools,
     new_client,
 )
+from waystation.adapters.tools.http import redirected
 from waystation.errors import InvalidArguments, NetworkUnreachable, UnknownTool
 
 HTTP = HttpRequestTool()
@@ -381,10 +383,35 @@ async def test_truncation_drops_a_split_character(server: TestServer, client: De
     assert "\ufffd" not in result.body
 
 
-async def test_a_redirect_is_an_answer(server: TestServer, client: DeliveryClient) -> None:
+async def test_a_fetch_follows_a_redirect(server: TestServer, client: DeliveryClient) -> None:
     result = await FETCH.deliver(client, {"url": url(server, "/redirect")}, KEY, 5.0)
-    assert result.status == 302
-    assert result.headers["location"] == "/echo"
+    assert result.status == 200
+    assert json.loads(result.body)["path"] == "/echo"
+
+
+def test_which_redirects_are_followed_and_what_they_carry() -> None:
+    def follow(method: str, status: int, location: str, **headers: str) -> httpx.Request | None:
+        request = httpx.Request(
+            method, "http://a.example/x", headers=headers, content=b"b" if method == "POST" else None
+        )
+        return redirected(request, httpx.Response(status, headers={"location": location}))
+
+    assert follow("GET", 301, "/y").url == "http://a.example/y"  # type: ignore[union-attr]
+    assert follow("POST", 302, "/y") is None
+    assert follow("POST", 308, "/y").content == b"b"  # type: ignore[union-attr]
+    after = follow("POST", 303, "/y", **{"content-type": "text/plain"})
+    assert after is not None and (after.method, after.content, "content-type" in after.headers) == (
+        "GET",
+        b"",
+        False,
+    )
+    assert follow("GET", 301, "ftp://a.example/") is None
+    assert follow("GET", 200, "/y") is None
+    kept = {"idempotency-key": "k", "authorization": "Bearer t", "x-api-key": "s", "accept": "a/b"}
+    upgraded = follow("GET", 301, "https://a.example/y", **kept)
+    assert upgraded is not None and upgraded.headers["idempotency-key"] == "k"  # the same site, upgraded
+    away = follow("GET", 302, "http://b.example/y", **kept)
+    assert away is not None and {k for k in away.headers if k in kept} == {"accept"}
 
 
 async def test_cookies_and_auth_headers_are_not_kept(server: TestServer, client: DeliveryClient) -> None:
