@@ -331,3 +331,18 @@ async def test_verify_sees_a_removed_hash_field(db: Database) -> None:
     stripped = {k: v for k, v in chain[0].items() if k != "hash"}
     rows = [(chain[0]["id"], receipts.canonical_json(stripped), chain[0]["hash"])]
     assert verify(rows).first_broken_id == chain[0]["id"]
+
+
+async def test_verify_walks_the_chain_a_page_at_a_time(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages of 7: a break in a later page is still named, with its position in the whole chain."""
+    monkeypatch.setattr(receipts, "VERIFY_PAGE", 7)
+    chain = await _chain(db, 23)
+    assert await verify_database(db) == receipts.Verification(True, 23)
+    target = chain[17]
+    with _raw(db.path) as conn:
+        conn.execute(
+            "UPDATE receipts SET body = replace(body, '\"ok\"', '\"error\"') WHERE id = ?", (target["id"],)
+        )
+        conn.commit()
+    broken = await verify_database(db)
+    assert (broken.ok, broken.count, broken.first_broken_id) == (False, 18, target["id"])

@@ -11,6 +11,7 @@ writer, in this process or another, so the chain never forks.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
@@ -135,25 +136,38 @@ class Verification:
         return asdict(self)
 
 
+class ChainCheck:
+    """Walks the chain a page at a time, so a chain of millions needs one page in memory."""
+
+    def __init__(self) -> None:
+        self.previous = GENESIS_HASH
+        self.count = 0
+
+    def check(self, rows: Iterable[sqlite3.Row | tuple[str, str, str]]) -> Verification | None:
+        """The first break among `rows` (id, body, hash, in chain order), or None: all good."""
+        for ident, text, stored_hash in rows:
+            self.count += 1
+            try:
+                body = json.loads(text)
+            except json.JSONDecodeError:
+                return Verification(False, self.count, ident, "stored body is not valid JSON")
+            if not isinstance(body, dict) or body.get("id") != ident:
+                return Verification(False, self.count, ident, "stored body does not belong to this receipt")
+            if body.get("prev_hash") != self.previous:
+                return Verification(
+                    False, self.count, ident, "prev_hash does not match the receipt before it"
+                )
+            actual = receipt_hash(body)
+            if actual != body.get("hash") or actual != stored_hash:
+                return Verification(False, self.count, ident, "hash does not match the receipt's content")
+            self.previous = actual
+        return None
+
+
 def verify(rows: Iterable[sqlite3.Row | tuple[str, str, str]]) -> Verification:
     """Check stored receipts (id, body, hash) in chain order; name the first one that breaks it."""
-    previous = GENESIS_HASH
-    count = 0
-    for ident, text, stored_hash in rows:
-        count += 1
-        try:
-            body = json.loads(text)
-        except json.JSONDecodeError:
-            return Verification(False, count, ident, "stored body is not valid JSON")
-        if not isinstance(body, dict) or body.get("id") != ident:
-            return Verification(False, count, ident, "stored body does not belong to this receipt")
-        if body.get("prev_hash") != previous:
-            return Verification(False, count, ident, "prev_hash does not match the receipt before it")
-        actual = receipt_hash(body)
-        if actual != body.get("hash") or actual != stored_hash:
-            return Verification(False, count, ident, "hash does not match the receipt's content")
-        previous = actual
-    return Verification(True, count)
+    chain = ChainCheck()
+    return chain.check(rows) or Verification(True, chain.count)
 
 
 async def list_receipts(db: Database, after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -182,5 +196,18 @@ async def get_receipt(db: Database, ident: str) -> dict[str, Any]:
     return body
 
 
+VERIFY_PAGE = 2000  # receipts read and hashed at a time
+
+
 async def verify_database(db: Database) -> Verification:
-    return verify(await db.fetchall("SELECT id, body, hash FROM receipts ORDER BY seq"))
+    """The whole chain, a page at a time, each page hashed off the event loop: memory stays at a
+    page, and the agent keeps answering while a long chain is checked."""
+    chain, seq = ChainCheck(), 0
+    while rows := await db.fetchall(
+        "SELECT seq, id, body, hash FROM receipts WHERE seq > ? ORDER BY seq LIMIT ?", (seq, VERIFY_PAGE)
+    ):
+        seq = rows[-1][0]
+        broken = await asyncio.to_thread(chain.check, [(r[1], r[2], r[3]) for r in rows])
+        if broken is not None:
+            return broken
+    return Verification(True, chain.count)
