@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agentproc import AGENT_COMMAND, Agent, agent_env, make_home, remove_home
@@ -381,3 +382,48 @@ def test_redirects_are_followed_as_a_user_expects(agent_factory: Callable[..., A
         assert crossed["state"] == "done"
         (other,) = elsewhere.hits("/ok/away")
         assert other.key is None and other.auth is None  # another origin: no key, no credential
+
+
+def test_shown_args_hide_credentials_but_keep_the_rest() -> None:
+    from waystation.redact import REDACTED, shown_args, shown_url
+
+    assert shown_url("http://u:pw@h.example/p?api_key=s3cret&page=2") == (
+        f"http://u:{REDACTED}@h.example/p?api_key=%5Bredacted%5D&page=2"
+    )
+    assert shown_url("http://h.example/p?q=1") == "http://h.example/p?q=1"  # untouched, not re-encoded
+    shown = shown_args(
+        {"url": "http://h.example/", "headers": {"Authorization": "Bearer t", "Accept": "a/b"}}
+    )
+    assert shown["headers"] == {"Authorization": REDACTED, "Accept": "a/b"}
+
+
+def test_credentials_in_a_task_reach_the_destination_and_no_output(
+    agent_factory: Callable[..., Agent], receiver: Any
+) -> None:
+    agent = agent_factory({"WAYSTATION_CONNECTIVITY__MODE": "offline"}).start()
+    secret = "Bearer s3cretT0ken"
+    args = {"url": receiver.url("/ok/creds") + "?token=qu3ryT0ken", "headers": {"Authorization": secret}}
+    with agent.client(timeout=30.0) as client, client.stream("GET", "/v1/events") as events:
+        created = client.post("/v1/tasks", json={"tool": "http_request", "args": args}).json()
+        agent.set_mode("online")
+        from agentproc import wait_for
+
+        wait_for(lambda: receiver.hits("/ok/creds"), 20, what="the delivery")
+        seen = b""
+        for chunk in events.iter_bytes():
+            seen += chunk
+            if b'"state":"done"' in seen:
+                break
+    (hit,) = receiver.hits("/ok/creds")
+    assert hit.auth == secret  # the destination gets the real credential
+    shown = [json.dumps(created), json.dumps(agent.tasks()), seen.decode()]
+    cli = subprocess.run(
+        [sys.executable, "-m", "waystation", "queue", "show", created["id"]],
+        env=agent_env(agent.home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    shown.append(cli.stdout)
+    for text in shown:
+        assert "s3cretT0ken" not in text and "qu3ryT0ken" not in text, text[:300]

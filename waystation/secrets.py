@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from waystation.config import Settings
+from waystation.redact import REDACTED
 
 log = structlog.get_logger(__name__)
 
@@ -31,7 +32,6 @@ KEY_VARIABLES: dict[str, str] = {
 # Credentials Waystation never uses for an unattended turn, but must never leak either.
 OTHER_SECRET_VARIABLES = ("CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN", "GOOGLE_API_KEY")
 WINDOW = 8  # a run of this many characters of a secret counts as the secret "in part"
-REDACTED = "[redacted]"
 
 
 def api_key(route: str, settings: Settings, env: Mapping[str, str] | None = None) -> str | None:

@@ -12,6 +12,7 @@ from typing import Any
 from waystation import timeutil
 from waystation.queue.policy import TaskState
 from waystation.receipts import RouteInfo
+from waystation.redact import shown_args
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class Task:
         return {
             "id": self.id,
             "tool": self.tool,
-            "args": self.args,
+            "args": shown_args(self.args),  # credentials stay in the row, not in what is shown
             "idempotency_key": self.idempotency_key,
             "state": str(self.state),
             "attempts": self.attempts,

@@ -23,6 +23,7 @@ from waystation.adapters.tools.base import (
 from waystation.adapters.tools.client import DeliveryClient
 from waystation.errors import DeliveryError, InvalidArguments, NetworkUnreachable
 from waystation.ports import idempotency_key_problem
+from waystation.redact import CREDENTIAL_NAME
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 USER_AGENT = f"waystation/{__version__}"
@@ -258,7 +259,8 @@ def redirected(request: httpx.Request, response: httpx.Response) -> httpx.Reques
         (url.scheme == request.url.scheme and url.port == request.url.port) or url.scheme == "https"
     )
     if not same_site:
-        headers = {k: v for k, v in headers.items() if not PRIVATE_HEADER.fullmatch(k)}
+        # Nor the key (idempotency-key), nor anything named like a credential.
+        headers = {k: v for k, v in headers.items() if not CREDENTIAL_NAME.fullmatch(k)}
     headers.pop("content-length", None)
     headers.pop("host", None)
     return httpx.Request(method, url, headers=headers, content=content, extensions=request.extensions)
