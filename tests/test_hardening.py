@@ -427,3 +427,24 @@ def test_credentials_in_a_task_reach_the_destination_and_no_output(
     shown.append(cli.stdout)
     for text in shown:
         assert "s3cretT0ken" not in text and "qu3ryT0ken" not in text, text[:300]
+
+
+def test_a_body_announced_over_8_mib_is_refused_before_it_is_read(agent: Agent) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.settimeout(10)
+        raw.connect(str(agent.socket))
+        raw.sendall(b"POST /v1/tasks HTTP/1.1\r\nHost: w\r\nContent-Type: application/json\r\n")
+        raw.sendall(f"Content-Length: {9 * 1024 * 1024}\r\n\r\n".encode())  # and no body at all
+        answer = raw.recv(4096).decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 413"), answer[:200]
+    assert "body_too_large" in answer
+
+
+def test_the_agent_raises_its_open_file_limit_to_the_hard_one(agent: Agent) -> None:
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limits = Path(f"/proc/{agent.pid}/limits").read_text().splitlines()
+    (line,) = [ln for ln in limits if ln.startswith("Max open files")]
+    soft_now = line.split()[3]
+    assert soft_now == (str(hard) if hard != resource.RLIM_INFINITY else str(1 << 20)), line

@@ -84,6 +84,7 @@ ExecStart={_escape(python)} -m waystation run
 Restart=on-failure
 RestartSec=2
 WatchdogSec={WATCHDOG_SEC}
+LimitNOFILE=65536
 TimeoutStopSec=15
 Environment=PYTHONUNBUFFERED=1
 {environment}{runtime}UMask=0077
@@ -128,6 +129,7 @@ ExecStart={_escape(python)} -m waystation run
 Restart=on-failure
 RestartSec=2
 WatchdogSec={WATCHDOG_SEC}
+LimitNOFILE=65536
 TimeoutStopSec=15
 StateDirectory=waystation
 StateDirectoryMode=0750

@@ -36,6 +36,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        announced = request.content_length or 0
+        if announced > MAX_BODY_BYTES:  # refused before a byte of it is read
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=announced)
         return await handler(request)
     except WaystationError as exc:
         if not isinstance(exc, InputError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 
 import structlog
@@ -19,6 +20,7 @@ def run_agent() -> int:
         paths = Paths.resolve()
         settings = load_settings(paths)
         logs.configure(secrets=known_secrets(settings))
+        _raise_open_file_limit()
         warn_if_config_exposed(paths.config_file, settings)
         from waystation.agent.daemon import serve
 
@@ -32,3 +34,18 @@ def run_agent() -> int:
         structlog.get_logger("waystation.agent").exception("agent crashed")
         return 1
     return 0
+
+
+OPEN_FILES_IF_UNLIMITED = 1 << 20
+
+
+def _raise_open_file_limit() -> None:
+    """The soft open-file limit up to the hard one, as systemd's LimitNOFILE does for a unit: each
+    socket client is a file, and 1,024 (the usual soft limit) is easy to exhaust."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_IF_UNLIMITED if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
