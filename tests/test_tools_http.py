@@ -31,7 +31,7 @@ from waystation.adapters.tools import (
     default_tools,
     new_client,
 )
-from waystation.adapters.tools.http import redirected
+from waystation.adapters.tools.redirects import redirected
 from waystation.errors import InvalidArguments, NetworkUnreachable, UnknownTool
 
 HTTP = HttpRequestTool()
