@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -203,3 +204,41 @@ async def test_stopping_gives_held_tasks_back_as_pending(
         await running
     assert await states(store, tasks) == [TaskState.PENDING] * 8
     assert announced.tasks == []  # nothing was answered, so nothing settled
+
+
+async def test_a_host_that_keeps_not_answering_is_left_alone_while_others_deliver(
+    store: TaskStore, flusher: Flusher, delivery: ScriptedDelivery
+) -> None:
+    from waystation.queue.breaker import FAILURES_TO_OPEN
+
+    def answer(call: Any) -> Delivery:
+        if "dead.example" in call.args["url"]:
+            return Delivery(Outcome.UNREACHABLE, error="dead.example: no answer within 4s")
+        return delivered()
+
+    delivery.default = answer
+    dead = await add(store, flusher, 12, host="dead.example")
+    healthy = await add(store, flusher, 6, host="ok.example")
+    await until(lambda: sum("ok.example" in c.args["url"] for c in delivery.calls) == 6, within=5.0)
+    await asyncio.sleep(0.3)
+    to_dead = [c for c in delivery.calls if "dead.example" in c.args["url"]]
+    # Once its circuit opened, no new delivery went to the dead host: at most the ones in flight.
+    assert len(to_dead) <= FAILURES_TO_OPEN + SETTINGS.per_host, len(to_dead)
+    assert {s for s in await states(store, dead)} == {TaskState.PENDING}  # all kept, none lost
+    assert await states(store, healthy) == [TaskState.DONE] * 6
+    flusher.connectivity_changed("online")  # the network came back: every host gets a chance
+    await until(lambda: len([c for c in delivery.calls if "dead.example" in c.args["url"]]) > len(to_dead))
+
+
+def test_the_breaker_opens_after_failures_in_a_row_and_closes_on_an_answer() -> None:
+    from waystation.queue.breaker import OPEN_FIRST_S, Breaker
+
+    breaker = Breaker()
+    assert breaker.answered("h", False, 0.0) is False
+    assert breaker.answered("h", False, 1.0) is True  # the second in a row opens it
+    assert breaker.open_hosts(2.0) == ["h"] and breaker.next_close(2.0) == 1.0 + OPEN_FIRST_S
+    assert breaker.open_hosts(1.0 + OPEN_FIRST_S + 0.1) == []
+    breaker.answered("h", False, 20.0)
+    assert breaker.answered("h", False, 21.0) is True and breaker.next_close(21.0) == 21.0 + 2 * OPEN_FIRST_S
+    breaker.answered("h", True, 22.0)  # any answer closes it and forgets the doubling
+    assert breaker.open_hosts(22.0) == []

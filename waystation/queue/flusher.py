@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import random
 import time
 from typing import Any
@@ -24,6 +25,7 @@ from waystation import timeutil
 from waystation.config import QueueSettings
 from waystation.errors import DatabaseError
 from waystation.ports import Announce, Connectivity, Deliver, Outcome
+from waystation.queue.breaker import Breaker
 from waystation.queue.policy import Decision, decide
 from waystation.queue.store import TaskStore
 from waystation.queue.tasks import Task
@@ -43,6 +45,7 @@ LEASE_AHEAD = 4
 # tasks pile up: each would be delivered again after a crash. With at most `concurrency` being
 # sent, the tasks that can be delivered twice after a crash are at most 3 x concurrency.
 UNRECORDED_MAX = 2
+HOST_CLOSED = 1 << 30  # counts a host as full: an open circuit
 # Pauses between attempts to record a delivery's answer the database refused (about a minute).
 SETTLE_RETRIES_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 SHUTDOWN_RECORD_S = 2.0  # at shutdown, how long a lease or an answer's record may still take
@@ -76,6 +79,7 @@ class Flusher:
         self._lease_again_at = 0.0  # monotonic; after a database error, wait before leasing
         self._hold_lifted_until = 0.0  # monotonic; an explicit flush sends held tasks too
         self._was_metered = False
+        self._breaker = Breaker()
         self.deliveries = 0
 
     def wake(self) -> None:
@@ -110,6 +114,7 @@ class Flusher:
             self.wake()  # the held tasks are due already
         if state == "online":
             self._refresh_due = True
+            self._breaker.reset()  # hosts failed while the network was going: a fresh chance
             self.wake()
 
     async def run(self) -> None:
@@ -157,6 +162,8 @@ class Flusher:
 
     async def _lease(self, want: int, wakes: int) -> None:
         held = self._per_host + collections.Counter(t.host for t in self._ready)
+        for host in self._breaker.open_hosts(time.monotonic()):
+            held[host] = HOST_CLOSED  # open circuit: none of its tasks is leased
         hold_back = self._hold_back_bytes()
         extra = {} if hold_back is None else {"hold_back_bytes": hold_back}
         try:
@@ -180,7 +187,11 @@ class Flusher:
             next_due = await self._store.next_due_at()
         else:
             next_due = await self._store.next_due_at(hold_back_bytes=hold_back)
-        return None if next_due is None else max(0.0, next_due - timeutil.now())
+        wait = None if next_due is None else max(0.0, next_due - timeutil.now())
+        reopens = self._breaker.next_close(time.monotonic())
+        if reopens is not None:  # a host left alone gets its turn again then
+            wait = min(wait if wait is not None else math.inf, reopens - time.monotonic())
+        return wait
 
     def _start_ready(self) -> None:
         """Start leased tasks while there are free slots and their host is under its limit."""
@@ -198,6 +209,14 @@ class Flusher:
             else:
                 waiting.append(task)
         self._ready = waiting
+
+    async def _release_host(self, host: str) -> None:
+        """A host's circuit opened: its tasks leased ahead go back to pending, unsent."""
+        ids = [t.id for t in self._ready if t.host == host]
+        if ids:
+            self._ready = collections.deque(t for t in self._ready if t.host != host)
+            with contextlib.suppress(DatabaseError):
+                await self._store.release(ids)
 
     async def _release_ready(self) -> None:
         """Connectivity left `online`: tasks leased ahead go back to pending, undelivered."""
@@ -240,6 +259,9 @@ class Flusher:
         sent = await self._deliver_once(task.tool, task.args, task.idempotency_key)
         if sent.outcome == Outcome.UNREACHABLE:
             self._connectivity.report_network_error()
+        if self._breaker.answered(task.host, sent.outcome != Outcome.UNREACHABLE, time.monotonic()):
+            log.warning("destination keeps not answering; leaving it alone for a while", host=task.host)
+            await self._release_host(task.host)
         decision = decide(
             outcome=sent.outcome,
             status=sent.status,
