@@ -448,3 +448,25 @@ def test_the_agent_raises_its_open_file_limit_to_the_hard_one(agent: Agent) -> N
     (line,) = [ln for ln in limits if ln.startswith("Max open files")]
     soft_now = line.split()[3]
     assert soft_now == (str(hard) if hard != resource.RLIM_INFINITY else str(1 << 20)), line
+
+
+def test_cancelling_a_task_being_delivered_stops_its_delivery(
+    agent_factory: Callable[..., Agent], receiver: Any
+) -> None:
+    from agentproc import wait_for
+
+    agent = agent_factory({"WAYSTATION_CONNECTIVITY__MODE": "online"}).start()
+    task = agent.api(
+        "POST", "/v1/tasks", json={"tool": "web_fetch", "args": {"url": receiver.url("/slow/8000/c")}}
+    )
+    task_id = task.json()["id"]
+    wait_for(lambda: receiver.hits("/slow/8000/c"), 10, what="the delivery to start")
+    started = time.monotonic()
+    cancelled = agent.api("POST", f"/v1/tasks/{task_id}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled", cancelled.text
+    assert time.monotonic() - started < 5  # it did not wait for the 8 s answer
+    time.sleep(1.0)
+    assert agent.api("GET", f"/v1/tasks/{task_id}").json()["state"] == "cancelled"
+    assert len(receiver.hits("/slow/8000/c")) == 1  # and it is not sent again
+    receipts = [r for r in agent.api("GET", "/v1/receipts").json() if r["task_id"] == task_id]
+    assert [r["status"] for r in receipts] == ["error"] and "cancel" in str(receipts[0]["reason"])

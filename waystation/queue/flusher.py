@@ -226,6 +226,21 @@ class Flusher:
             with contextlib.suppress(DatabaseError):
                 await self._store.release(ids)
 
+    async def abort(self, task_id: str) -> bool:
+        """Stop sending a task that is being cancelled: a delivery still waiting for its
+        destination is abandoned (its connection closed), a task leased ahead is dropped. True
+        when the task is no longer being sent by us, so it may go from `running` to `cancelled`;
+        False when we do not hold it, or its answer is in and being recorded."""
+        if any(t.id == task_id for t in self._ready):
+            self._ready = collections.deque(t for t in self._ready if t.id != task_id)
+            return True
+        delivery = self._in_flight.get(task_id)
+        if delivery is None or task_id not in self._sending:
+            return False
+        delivery.cancel()
+        await asyncio.wait({delivery})
+        return True
+
     def _start(self, task: Task) -> None:
         self._per_host[task.host] += 1
         self._sending.add(task.id)

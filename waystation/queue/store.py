@@ -253,10 +253,13 @@ class TaskStore:
 
         return await self.db.write(op)
 
-    async def cancel(self, task_id: str) -> tuple[Task, dict[str, Any]]:
+    async def cancel(self, task_id: str, *, abandoned: bool = False) -> tuple[Task, dict[str, Any]]:
+        """Pending -> cancelled, with its receipt; also running, when the flusher has let go of it
+        (`abandoned`: its delivery was stopped before any answer)."""
+
         def op(conn: sqlite3.Connection) -> tuple[Task, dict[str, Any]]:
             task = _load(conn, task_id)
-            if task.state not in CANCELLABLE:
+            if task.state not in CANCELLABLE and not (abandoned and task.state == TaskState.RUNNING):
                 raise InvalidTransition(task.id, task.state, "cancel")
             _set_state(conn, task_id, TaskState.CANCELLED, "cancelled by request")
             task = _load(conn, task_id)

@@ -61,6 +61,11 @@ class Station:
     def wake_flusher(self) -> None:
         """Something is due now; with no agent running, it goes out when one starts."""
 
+    async def stop_delivery(self, task_id: str) -> bool:
+        """Stop sending a task (a cancel); True when nothing sends it any more. With no agent
+        running, nothing does."""
+        return False
+
 
 @dataclass
 class TurnStation(Station):
@@ -80,6 +85,9 @@ class AgentStation(TurnStation):
 
     def wake_flusher(self) -> None:
         self.flusher.wake()
+
+    async def stop_delivery(self, task_id: str) -> bool:
+        return await self.flusher.abort(task_id)
 
 
 async def build_direct(stack: Stack, paths: Paths, settings: Settings) -> Station:

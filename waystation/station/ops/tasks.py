@@ -66,7 +66,10 @@ async def retry(station: Station, task_id: str) -> dict[str, Any]:
 
 
 async def cancel(station: Station, task_id: str) -> dict[str, Any]:
-    task, receipt = await station.store.cancel(task_id)
+    """A pending task, or a running one whose delivery has not been answered yet (it is stopped)."""
+    current = await station.store.get(task_id)
+    stopped = current.state == TaskState.RUNNING and await station.stop_delivery(task_id)
+    task, receipt = await station.store.cancel(task_id, abandoned=stopped)
     answer = task.to_json()
     station.announcer.task_changed(answer, receipt)
     return answer
