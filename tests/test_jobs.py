@@ -69,7 +69,10 @@ def flusher() -> StubFlusher:
 
 @pytest.fixture
 def housekeeping(station: Station, flusher: StubFlusher) -> Housekeeping:
-    return Housekeeping(station, cast(Flusher, flusher))
+    # These tests move the wall clock to stand for time passing, so the clock watch is told that
+    # monotonic time passes with it (a wall clock that was *set* is the test at the end).
+    steady = jobs.ClockWatch(wall=lambda: timeutil.now(), monotonic=lambda: timeutil.now())
+    return Housekeeping(station, cast(Flusher, flusher), steady)
 
 
 @pytest.fixture
@@ -312,3 +315,38 @@ async def test_start_registers_jobs_and_stop_shuts_down(housekeeping: Housekeepi
     assert getattr(scheduler, "_timeout", None) is None  # its wakeup timer is cancelled
     housekeeping.stop()  # a second stop is harmless
     await asyncio.sleep(0)  # the loop keeps running normally afterwards
+
+
+# --- the wall clock being set ---------------------------------------------------------------------
+
+
+async def test_a_wall_clock_set_days_forward_moves_deadlines_instead_of_expiring_work(
+    station: Station, flusher: StubFlusher, clock: list[float]
+) -> None:
+    """A board without a real-time clock boots days behind, parks work, then NTP sets the time:
+    the time the agent did not live through expires nothing and makes no retry due."""
+    monotonic = [100.0]
+    watch = jobs.ClockWatch(wall=lambda: clock[0], monotonic=lambda: monotonic[0])
+    housekeeping = Housekeeping(station, cast(Flusher, flusher), watch)
+    task, _ = await station.store.enqueue(_new(1))
+    days = 10 * 86400.0
+    clock[0] += days + 1.0  # NTP: ten days forward at once, one second after the last look
+    monotonic[0] += 1.0
+    assert await housekeeping.expire() == 0
+    after = await station.store.get(task.id)
+    assert after.state == TaskState.PENDING and after.expires_at == task.expires_at + days
+    assert after.next_attempt_at == task.next_attempt_at + days and flusher.wakes == 1
+    # Time that really passes still counts: past retention, it expires.
+    clock[0] += RETENTION_S + 1
+    monotonic[0] += RETENTION_S + 1
+    assert await housekeeping.expire() == 1
+
+
+def test_a_clock_that_only_drifts_is_not_a_jump() -> None:
+    wall, monotonic = [1000.0], [5.0]
+    watch = jobs.ClockWatch(wall=lambda: wall[0], monotonic=lambda: monotonic[0])
+    wall[0] += 60.5
+    monotonic[0] += 60.0
+    assert watch.jump() == 0.0
+    wall[0] -= 3600
+    assert watch.jump() == -3600

@@ -7,9 +7,13 @@ only decides when. Intervals are minutes apart: an idle agent should stay asleep
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from waystation import timeutil
 from waystation.errors import DatabaseError
 from waystation.queue.flusher import Flusher
 from waystation.station.build import Station
@@ -22,10 +26,34 @@ CHECKPOINT_INTERVAL_S = 600
 COMPACT_INTERVAL_S = 6 * 3600
 
 
+CLOCK_JUMP_S = 120.0  # wall time moved this much more (or less) than time passed: it was set
+
+
+class ClockWatch:
+    """Notices the wall clock being set (NTP reaching a board without a real-time clock that
+    booted days behind): the difference between wall and monotonic time moves at once."""
+
+    def __init__(
+        self,
+        wall: Callable[[], float] = lambda: timeutil.now(),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._wall, self._monotonic = wall, monotonic
+        self._offset = wall() - monotonic()
+
+    def jump(self) -> float:
+        """Seconds the wall clock was set forward (negative: back) since the last look; 0 for
+        the drift and slewing of a clock that was not set."""
+        offset = self._wall() - self._monotonic()
+        moved, self._offset = offset - self._offset, offset
+        return moved if abs(moved) >= CLOCK_JUMP_S else 0.0
+
+
 class Housekeeping:
-    def __init__(self, station: Station, flusher: Flusher) -> None:
+    def __init__(self, station: Station, flusher: Flusher, clock: ClockWatch | None = None) -> None:
         self._station = station
         self._flusher = flusher
+        self._clock = clock or ClockWatch()
         self._scheduler = AsyncIOScheduler()
 
     def start(self) -> None:
@@ -41,8 +69,17 @@ class Housekeeping:
             self._scheduler.shutdown(wait=False)
 
     async def expire(self) -> int:
-        """Pending tasks past retention become `expired` with a tombstone receipt each."""
+        """Pending tasks past retention become `expired` with a tombstone receipt each; first,
+        a wall clock that was set moves the deadlines of unsettled tasks with it, so time the
+        agent did not live through neither expires work nor makes every retry due."""
         try:
+            jump = self._clock.jump()
+            if jump:
+                moved = await self._station.store.shift_deadlines(jump)
+                log.warning(
+                    "the wall clock was set; deadlines moved with it", seconds=round(jump), tasks=moved
+                )
+                self._flusher.wake()
             expired = await self._station.store.expire_due()
         except DatabaseError as exc:
             log.error("expiry sweep failed", error=exc.message)

@@ -12,6 +12,7 @@ States:
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -102,3 +103,18 @@ def decide(
         # Honour the destination's Retry-After, but never beyond our own ceiling.
         delay = min(max(delay, retry_after_s), settings.backoff_max_s)
     return Decision(TaskState.PENDING, counted, 0, now + delay, f"{answered}; will retry")
+
+
+def take_per_host(
+    rows: Iterable[tuple[str, str]], limit: int, counts: dict[str, int], per_host: int
+) -> list[str]:
+    """Ids of up to `limit` of `rows` (id, host) in order, keeping each host under `per_host`
+    (`counts`, what each host already has, is updated)."""
+    chosen: list[str] = []
+    for task_id, host in rows:
+        if len(chosen) == limit:
+            break
+        if counts.get(host, 0) < per_host:
+            counts[host] = counts.get(host, 0) + 1
+            chosen.append(task_id)
+    return chosen

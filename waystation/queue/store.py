@@ -16,7 +16,7 @@ from waystation import receipts, timeutil
 from waystation.config import QueueSettings
 from waystation.db import Database
 from waystation.errors import IdempotencyConflict, InvalidTransition, NotFound
-from waystation.queue.policy import CANCELLABLE, RETRYABLE, SETTLED, Decision, TaskState
+from waystation.queue.policy import CANCELLABLE, RETRYABLE, SETTLED, Decision, TaskState, take_per_host
 from waystation.queue.tasks import NewTask, Task
 from waystation.receipts import ReceiptDraft
 
@@ -92,7 +92,7 @@ class TaskStore:
                 (now, now, *held_params, window),
             ).fetchall()
             counts = dict(in_flight)
-            chosen = _take(rows, limit, counts, per_host)
+            chosen = take_per_host(rows, limit, counts, per_host)
             if len(chosen) < limit and len(rows) == window:
                 # The window was all saturated hosts: look past them, host by host, so one
                 # host's backlog cannot starve the others (the point of the per-host limit).
@@ -109,7 +109,7 @@ class TaskStore:
                         (host, now, now, *held_params, room),
                     ).fetchall()
                     taken = set(chosen)
-                    chosen += _take(
+                    chosen += take_per_host(
                         [r for r in more if r[0] not in taken], limit - len(chosen), counts, per_host
                     )
             if not chosen:
@@ -340,6 +340,19 @@ class TaskStore:
         )
         return row[0] if row else None
 
+    async def shift_deadlines(self, seconds: float) -> int:
+        """Move the retry time, expiry and lease of every unsettled task by `seconds` (the wall
+        clock was set by that much); how many tasks moved."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE tasks SET next_attempt_at = next_attempt_at + ?, expires_at = expires_at + ?,"
+                " lease_expires_at = lease_expires_at + ? WHERE state IN ('pending', 'running')",
+                (seconds, seconds, seconds),
+            ).rowcount
+
+        return await self.db.write(op)
+
     async def oldest_pending_at(self) -> float | None:
         """When the oldest pending task was created (None when none is pending)."""
         row = await self.db.fetchone("SELECT MIN(created_at) FROM tasks WHERE state = 'pending'")
@@ -348,19 +361,6 @@ class TaskStore:
     async def for_turn(self, turn_id: str) -> builtins.list[Task]:
         rows = await self.db.fetchall("SELECT * FROM tasks WHERE turn_id = ? ORDER BY created_at", (turn_id,))
         return [Task.from_row(r) for r in rows]
-
-
-def _take(rows: list[sqlite3.Row], limit: int, counts: dict[str, int], per_host: int) -> list[str]:
-    """Ids of up to `limit` of `rows` (id, host) in order, keeping each host under `per_host`
-    (counts updated)."""
-    chosen: list[str] = []
-    for task_id, host in rows:
-        if len(chosen) == limit:
-            break
-        if counts.get(host, 0) < per_host:
-            counts[host] = counts.get(host, 0) + 1
-            chosen.append(task_id)
-    return chosen
 
 
 def _load(conn: sqlite3.Connection, task_id: str) -> Task:
