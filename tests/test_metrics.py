@@ -47,6 +47,8 @@ def test_every_family_is_listed_before_anything_happened() -> None:
         "waystation_tokens": "counter",
         "waystation_model_load_seconds": "gauge",
         "waystation_model_loads": "counter",
+        "waystation_delivery_duration_seconds": "histogram",
+        "waystation_turn_duration_seconds": "histogram",
         "waystation_build_info": "gauge",
         "waystation_queue_oldest_pending_age_seconds": "gauge",
     }
@@ -63,9 +65,9 @@ def test_every_family_is_listed_before_anything_happened() -> None:
 
 def test_counts_add_up_and_route_labels_stay_bounded() -> None:
     metrics = Metrics()
-    metrics.delivered("done", False)
-    metrics.delivered("retry", False)
-    metrics.delivered("done", True)
+    metrics.delivered("done", False, 0.02)
+    metrics.delivered("retry", False, 0.3)
+    metrics.delivered("done", True, 40.0)
     metrics.turn_finished("nonesuch", "refused", 0, 0)
     metrics.turn_finished("openai", "ok", 10, 3)
     metrics.turn_finished("local", "ok", 5, 2)
@@ -82,6 +84,12 @@ def test_counts_add_up_and_route_labels_stay_bounded() -> None:
     assert value(tokens, "waystation_tokens_total", route="local", kind="completion") == 2
     assert value(families["waystation_model_load_seconds"].samples, "waystation_model_load_seconds") == 0.25
     assert value(families["waystation_model_loads"].samples, "waystation_model_loads_total") == 1
+    took = families["waystation_delivery_duration_seconds"].samples
+    assert value(took, "waystation_delivery_duration_seconds_count") == 3
+    assert value(took, "waystation_delivery_duration_seconds_bucket", le="0.025") == 1
+    assert value(took, "waystation_delivery_duration_seconds_bucket", le="0.5") == 2
+    assert value(took, "waystation_delivery_duration_seconds_bucket", le="+Inf") == 3
+    assert value(took, "waystation_delivery_duration_seconds_sum") == 40.32
 
 
 def test_label_values_are_escaped() -> None:

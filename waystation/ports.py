@@ -81,8 +81,9 @@ class Announce(Protocol):
         """A task (the contract's task object) changed state; `receipt` if it wrote one."""
         ...
 
-    def delivered(self, outcome: Outcome, repeated: bool) -> None:
-        """A delivery's answer was recorded; `repeated` when it was not the task's first try."""
+    def delivered(self, outcome: Outcome, repeated: bool, seconds: float) -> None:
+        """A delivery's answer was recorded; `repeated` when it was not the task's first try;
+        `seconds` it took."""
         ...
 
     def turn_finished(

@@ -97,13 +97,15 @@ class ScriptedDelivery:
 class RecordingAnnouncer:
     tasks: list[tuple[dict[str, Any], dict[str, Any] | None]] = field(default_factory=list)
     deliveries: list[tuple[Outcome, bool]] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)  # of each delivery, in seconds
     turns: list[tuple[dict[str, Any], dict[str, Any] | None, bool]] = field(default_factory=list)
 
     def task_changed(self, task: Mapping[str, Any], receipt: Mapping[str, Any] | None = None) -> None:
         self.tasks.append((dict(task), None if receipt is None else dict(receipt)))
 
-    def delivered(self, outcome: Outcome, repeated: bool) -> None:
+    def delivered(self, outcome: Outcome, repeated: bool, seconds: float) -> None:
         self.deliveries.append((outcome, repeated))
+        self.durations.append(seconds)
 
     def turn_finished(
         self, turn: Mapping[str, Any], receipt: Mapping[str, Any] | None = None, resumed: bool = False

@@ -298,7 +298,8 @@ class Flusher:
             return
         settled, receipt = recorded
         self.deliveries += 1
-        self._announce.delivered(sent.outcome, task.attempts > 0 or task.net_failures > 0)
+        repeated = task.attempts > 0 or task.net_failures > 0
+        self._announce.delivered(sent.outcome, repeated, duration_ms / 1000)
         log.debug("delivered", state=str(settled.state), status=sent.status)
         self._announce.task_changed(settled.to_json(), receipt)
 

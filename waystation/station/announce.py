@@ -63,8 +63,8 @@ class Announcer:
             self.events.publish("receipt", dict(receipt))
         self._tell("task", task)
 
-    def delivered(self, outcome: Outcome, repeated: bool) -> None:
-        self.metrics.delivered(str(outcome), repeated)
+    def delivered(self, outcome: Outcome, repeated: bool, seconds: float) -> None:
+        self.metrics.delivered(str(outcome), repeated, seconds)
 
     def turn_finished(
         self, turn: Mapping[str, Any], receipt: Mapping[str, Any] | None = None, resumed: bool = False
@@ -76,6 +76,9 @@ class Announcer:
             int(usage.get("prompt_tokens", 0)),
             int(usage.get("completion_tokens", 0)),
         )
+        took_ms = receipt.get("duration_ms") if receipt is not None else None
+        if isinstance(took_ms, int | float) and not isinstance(took_ms, bool):
+            self.metrics.turn_seconds.observe(took_ms / 1000)
         cold_load_ms = receipt.get("cold_load_ms") if receipt is not None else None
         if isinstance(cold_load_ms, int | float) and not isinstance(cold_load_ms, bool):
             self.metrics.model_loaded(cold_load_ms / 1000)

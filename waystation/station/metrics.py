@@ -58,11 +58,46 @@ class Family:
         return lines
 
 
+@dataclass
+class Histogram:
+    """Durations in seconds as Prometheus histograms them: cumulative buckets, a sum, a count."""
+
+    name: str
+    help: str
+    buckets: tuple[float, ...]
+    counts: list[int] = field(init=False)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * len(self.buckets)
+
+    def observe(self, seconds: float) -> None:
+        for i, bound in enumerate(self.buckets):
+            if seconds <= bound:
+                self.counts[i] += 1
+        self.total += seconds
+        self.count += 1
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.name} histogram"]
+        for bound, n in zip(self.buckets, self.counts, strict=True):
+            lines.append(f'{self.name}_bucket{{le="{_number(bound)}"}} {n}')
+        lines.append(f'{self.name}_bucket{{le="+Inf"}} {self.count}')
+        lines.append(f"{self.name}_sum {_number(self.total)}")
+        lines.append(f"{self.name}_count {self.count}")
+        return lines
+
+
+DELIVERY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TURN_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
 class Metrics:
     """Every family the agent exposes, created up front so a scrape always lists all of them."""
 
     def __init__(self) -> None:
-        self._families: dict[str, Family] = {}
+        self._families: dict[str, Family | Histogram] = {}
         self.queue_tasks = self._add(
             "waystation_queue_tasks", "Tasks in the deferred queue by state.", "gauge", "state"
         )
@@ -110,6 +145,14 @@ class Metrics:
         self.model_loads = self._add(
             "waystation_model_loads_total", "Model loads since the agent started.", "counter"
         )
+        self.delivery_seconds = self._histogram(
+            "waystation_delivery_duration_seconds",
+            "How long deliveries took, answer or not.",
+            DELIVERY_BUCKETS,
+        )
+        self.turn_seconds = self._histogram(
+            "waystation_turn_duration_seconds", "How long turns took, from start to receipt.", TURN_BUCKETS
+        )
         self.build_info = self._add(
             "waystation_build_info", "1, labelled with the running version.", "gauge", "version"
         )
@@ -131,7 +174,12 @@ class Metrics:
         self._families[name] = family
         return family
 
-    def families(self) -> list[Family]:
+    def _histogram(self, name: str, help: str, buckets: tuple[float, ...]) -> Histogram:
+        histogram = Histogram(name, help, buckets)
+        self._families[name] = histogram
+        return histogram
+
+    def families(self) -> list[Family | Histogram]:
         return list(self._families.values())
 
     # --- what the agent reports -----------------------------------------------------------------
@@ -144,8 +192,9 @@ class Metrics:
         for known in CONNECTIVITY_STATES:
             self.connectivity_state.set(int(known == state), state=known)
 
-    def delivered(self, outcome: str, repeated: bool) -> None:
+    def delivered(self, outcome: str, repeated: bool, seconds: float) -> None:
         self.deliveries.inc(outcome=outcome)
+        self.delivery_seconds.observe(seconds)
         if repeated:
             self.delivery_retries.inc()
 
