@@ -399,3 +399,24 @@ def test_without_socket_group_the_socket_stays_private(agent_factory: Callable[.
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(str(agent.socket))
     assert agent.stop() == 0
+
+
+def test_a_venv_closed_to_other_users_is_found() -> None:
+    """`service install --system` refuses a Python the `waystation` user could not reach (a
+    venv in a 0700 home, Debian's default) and names the directory that closes it."""
+    import tempfile
+
+    from waystation.cli.commands.service import closed_to_others
+
+    base = Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's own temp dirs sit in a 0700 directory
+    try:
+        python = base / "home" / "venv" / "bin" / "python"
+        python.parent.mkdir(parents=True)
+        python.write_text("")
+        for directory in (base, base / "home", base / "home" / "venv", python.parent):
+            directory.chmod(0o755)
+        assert closed_to_others(python) is None
+        (base / "home").chmod(0o700)
+        assert closed_to_others(python) == base / "home"
+    finally:
+        shutil.rmtree(base)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -26,6 +29,33 @@ SystemFlag = Annotated[
 def _say(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+def closed_to_others(path: Path) -> Path | None:
+    """The first directory on the way to `path` that other users cannot pass through (no o+x),
+    or None: the system unit runs as the `waystation` user, and a venv in a 0700 home (Debian's
+    default) is out of its reach."""
+    for directory in reversed(path.parents):
+        if not os.stat(directory).st_mode & stat.S_IXOTH:
+            return directory
+    return None
+
+
+def _reachable_by_the_service_user() -> None:
+    """Refuse a system install the service user could not run, saying what to do."""
+    import waystation
+
+    for path in (Path(sys.executable), Path(sys.executable).resolve(), Path(waystation.__file__).resolve()):
+        closed = closed_to_others(path)
+        if closed is not None:
+            from waystation.service import SYSTEM_USER, ServiceError
+
+            raise ServiceError(
+                f"the system unit would run {path}, but {closed} is closed to other users (mode "
+                f"{stat.S_IMODE(os.stat(closed).st_mode):o}), so user `{SYSTEM_USER}` cannot reach it; "
+                "install Waystation where others can read it (e.g. python3 -m venv /opt/waystation), "
+                f"or chmod o+x {closed}"
+            )
 
 
 def _service(system: bool) -> Service:
@@ -56,6 +86,8 @@ def install(
         if print_only:
             sys.stdout.write(service.render())
             return
+        if system:
+            _reachable_by_the_service_user()
         service.install(_say)
     except WaystationError as exc:
         fail(exc.message)
