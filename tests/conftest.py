@@ -16,6 +16,7 @@ import pytest
 # tests/ is not a package: make the helper module importable as `agentproc`.
 sys.path.insert(0, str(Path(__file__).parent))
 
+import agentproc
 from agentproc import Agent, Receiver, ip, make_home, remove_home
 
 from waystation.db import Database
@@ -89,10 +90,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 
 @pytest.fixture
-def agent_namespace() -> Iterator[tuple[str, str, str]]:
+def agent_namespace(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str, str]]:
     """(namespace, its veth end, the host's address on the other end), removed afterwards.
 
-    The agent runs in the namespace; the receiver stays in the test's own namespace, listening on
+    Agents the test starts run in the namespace (`ip netns exec` execs the agent, so the pid the
+    test kills at teardown is the agent's own); the receiver stays in the test's own namespace, listening on
     the host end of the veth pair, so the test reads its records directly and the agent talks to
     the test over its Unix socket (a file, not bound to any network namespace).
     """
@@ -116,6 +118,7 @@ def agent_namespace() -> Iterator[tuple[str, str, str]]:
         ip("-n", ns, "addr", "add", f"{subnet}.2/30", "dev", veth_agent)
         ip("-n", ns, "link", "set", "lo", "up")
         ip("-n", ns, "link", "set", veth_agent, "up")
+        monkeypatch.setattr(agentproc, "AGENT_COMMAND", ["ip", "netns", "exec", ns, *agentproc.AGENT_COMMAND])
         yield ns, veth_agent, f"{subnet}.1"
     finally:
         # Deleting the namespace destroys the veth end inside it, and with it the host end.

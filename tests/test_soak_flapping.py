@@ -215,7 +215,6 @@ def test_forced_flapping_delivers_only_while_online_and_each_task_once(
 def test_link_flapping_in_a_namespace_delivers_each_task_once(
     agent_namespace: tuple[str, str, str],
     agent_factory: Callable[..., Agent],
-    monkeypatch: pytest.MonkeyPatch,
     soak_length: Callable[[int, int], int],
     soak_report: Callable[[str], None],
 ) -> None:
@@ -224,9 +223,6 @@ def test_link_flapping_in_a_namespace_delivers_each_task_once(
     n = soak_length(200, 600)
     seed, rng = seeded()
     prefix = "/slow/300/link/"  # slow: the backlog lasts through the flapping
-    # The agent, exactly as usual, but inside the namespace (`ip netns exec` execs it, so the pid
-    # the test kills at teardown is the agent's own).
-    monkeypatch.setattr(agentproc, "AGENT_COMMAND", ["ip", "netns", "exec", ns, *agentproc.AGENT_COMMAND])
 
     with Receiver(host) as receiver:  # on the veth's host end, reachable from the namespace
         # Deliberately longer than the whole flapping: a delivery that times out after its request

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import agentproc
 import pytest
 from agentproc import Agent, Receiver, agent_env, ip, netns_only, wait_for
 
@@ -60,10 +59,8 @@ def offline_agent(agent_factory: Callable[..., Agent]) -> Agent:
 def test_offline_turn_resumes_when_the_link_returns_and_shows_the_title(
     agent_namespace: tuple[str, str, str],
     agent_factory: Callable[..., Agent],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ns, veth, host = agent_namespace
-    monkeypatch.setattr(agentproc, "AGENT_COMMAND", ["ip", "netns", "exec", ns, *agentproc.AGENT_COMMAND])
     with Receiver(host) as receiver:
         agent = agent_factory(
             {
