@@ -234,7 +234,7 @@ def test_receipts_ls_show_export_verify(home: Path) -> None:
 
     receipts = ok_json(home, "receipts", "ls")
     assert [r["task_id"] for r in receipts] == [t["id"] for t in tasks]  # chain order
-    assert all(r["kind"] == "task" and r["status"] == "error" for r in receipts)
+    assert all(r["kind"] == "task" and r["status"] == "refused" for r in receipts)
     assert receipts[1]["prev_hash"] == receipts[0]["hash"]
     assert ok_json(home, "receipts", "ls", "--limit", "2") == receipts[1:]  # the latest two
     assert ok_json(home, "receipts", "ls", "--after", receipts[0]["id"], "--limit", "1") == receipts[1:2]

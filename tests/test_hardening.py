@@ -469,4 +469,4 @@ def test_cancelling_a_task_being_delivered_stops_its_delivery(
     assert agent.api("GET", f"/v1/tasks/{task_id}").json()["state"] == "cancelled"
     assert len(receiver.hits("/slow/8000/c")) == 1  # and it is not sent again
     receipts = [r for r in agent.api("GET", "/v1/receipts").json() if r["task_id"] == task_id]
-    assert [r["status"] for r in receipts] == ["error"] and "cancel" in str(receipts[0]["reason"])
+    assert [r["status"] for r in receipts] == ["refused"] and "cancel" in str(receipts[0]["reason"])

@@ -538,7 +538,7 @@ async def test_cancel_a_pending_task_writes_a_receipt(store: TaskStore, db: Data
     task, _ = await store.enqueue(_new(1, turn_id="u_1"))
     cancelled, receipt = await store.cancel(task.id)
     assert cancelled.state is TaskState.CANCELLED
-    assert receipt["task_id"] == task.id and receipt["status"] == "error"
+    assert receipt["task_id"] == task.id and receipt["status"] == "refused"
     assert "cancel" in receipt["reason"]
     assert await store.lease(10, {}, 10) == []
     assert await _receipt_counts(db) == {task.id: ("cancelled", 1)}

@@ -151,6 +151,11 @@ class MalformedRequest(InputError):
     code = "malformed_request"
 
 
+class RequestTimeout(InputError):
+    code = "request_timeout"
+    http_status = 408
+
+
 class BodyTooLarge(InputError):
     code = "body_too_large"
     http_status = 413

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from waystation import __version__
 from waystation.agent.api import create_app, create_metrics_app
+from waystation.agent.connections import HEAD_TIMEOUT_S, QuietResourceErrors
 from waystation.agent.jobs import Housekeeping
 from waystation.agent.peer import (
     PeerCheckedUnixSite,
@@ -44,6 +45,7 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
     loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
+    loop.set_exception_handler(QuietResourceErrors())
     async with contextlib.AsyncExitStack() as stack:
         notifier = Notifier()  # takes NOTIFY_SOCKET out of the environment children inherit
         if notifier.watchdog_s is not None:
@@ -59,9 +61,14 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
         stack.callback(housekeeping.stop)
         await housekeeping.expire()
 
-        # A short grace for open requests at shutdown keeps the whole stop inside 10 s.
+        # A short grace for open requests at shutdown keeps the whole stop inside 10 s. aiohttp's
+        # keep-alive timer closes a connection still waiting for a whole request: the head timeout.
         runner = web.AppRunner(
-            create_app(station), handle_signals=False, access_log=None, shutdown_timeout=2.0
+            create_app(station),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=2.0,
+            keepalive_timeout=HEAD_TIMEOUT_S,
         )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
-from waystation.errors import MalformedRequest, error_body
+from waystation.agent.connections import BODY_TIMEOUT_S
+from waystation.errors import MalformedRequest, RequestTimeout, error_body
 from waystation.station.build import AgentStation
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -23,7 +25,11 @@ def error_response(
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()  # aiohttp enforces client_max_size here (413)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            raw = await request.read()  # aiohttp enforces client_max_size here (413)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {BODY_TIMEOUT_S:g} s") from None
     try:
         body = json.loads(raw)
         # A lone surrogate ("\\ud800") is valid JSON but not Unicode: nothing could store or send it.

@@ -13,6 +13,7 @@ import functools
 from typing import Any
 
 from waystation import __version__
+from waystation.agent.connections import BODY_TIMEOUT_S
 from waystation.agent.http_io import MAX_BODY_BYTES, MAX_LIST
 from waystation.agent.openapi_schemas import ID_PATTERN, SCHEMAS, TASK_STATES, TURN_STATES, Schema, ref
 
@@ -38,6 +39,7 @@ SSE = {"text/event-stream": {"schema": {"type": "string"}}}
 COMMON_ERRORS = {"404": _error("no such thing"), "405": _error("method not allowed on this path")}
 BODY_ERRORS = {
     "400": _error("malformed request (not JSON, not an object, or a bad field)"),
+    "408": _error(f"the request body did not arrive within {BODY_TIMEOUT_S:g} s"),
     "413": _error(f"request body over {MAX_BODY_BYTES} bytes"),
 }
 TURN_ERRORS = {

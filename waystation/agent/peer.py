@@ -29,6 +29,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from waystation.agent.connections import ConnectionCap
 from waystation.errors import WaystationError
 
 log = structlog.get_logger(__name__)
@@ -171,12 +172,14 @@ def bind_unix_socket(path: Path, gid: int | None = None) -> socket.socket:
 
 
 class _PeerChecked(asyncio.Protocol):
-    """Wraps aiohttp's per-connection protocol; a refused peer never reaches it."""
+    """Wraps aiohttp's per-connection protocol; a refused peer, or one past the connection cap,
+    never reaches it."""
 
-    def __init__(self, inner: asyncio.Protocol, uid: int, gid: int | None = None) -> None:
+    def __init__(self, inner: asyncio.Protocol, uid: int, gid: int | None, cap: ConnectionCap) -> None:
         self._inner = inner
         self._uid = uid
         self._gid = gid
+        self._cap = cap
         self._refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -190,6 +193,12 @@ class _PeerChecked(asyncio.Protocol):
             )
             typing.cast(asyncio.Transport, transport).abort()
             return
+        if not self._cap.admit():
+            self._refused = True
+            refused = typing.cast(asyncio.Transport, transport)
+            refused.write(self._cap.refusal)
+            refused.close()
+            return
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -201,6 +210,7 @@ class _PeerChecked(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._refused:
+            self._cap.release()
             self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -211,7 +221,8 @@ class _PeerChecked(asyncio.Protocol):
 
 
 class PeerCheckedUnixSite(web.BaseSite):
-    """aiohttp's UnixSite, with our socket permissions and the peer check on every connection."""
+    """aiohttp's UnixSite, with our socket permissions, the peer check on every connection and a
+    cap on how many are open."""
 
     def __init__(
         self, runner: web.BaseRunner, sock: socket.socket, path: Path, gid: int | None = None
@@ -230,6 +241,7 @@ class PeerCheckedUnixSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         uid = os.getuid()
+        cap = ConnectionCap()
         self._server = await asyncio.get_running_loop().create_unix_server(
-            lambda: _PeerChecked(server(), uid, self._gid), sock=self._sock, backlog=self._backlog
+            lambda: _PeerChecked(server(), uid, self._gid, cap), sock=self._sock, backlog=self._backlog
         )

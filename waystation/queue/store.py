@@ -380,6 +380,8 @@ def _set_state(conn: sqlite3.Connection, task_id: str, state: TaskState, error: 
 def _task_receipt(task: Task, duration_ms: int) -> ReceiptDraft:
     if task.state == TaskState.DONE:
         status, reason = "ok", f"delivered after {task.attempts} attempt(s)"
+    elif task.state == TaskState.CANCELLED:  # its owner chose not to send it: no failure
+        status, reason = "refused", f"cancelled: {task.last_error}"
     else:
         status, reason = "error", f"{task.state}: {task.last_error}"
     return ReceiptDraft(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import contextlib
 import functools
@@ -21,6 +20,7 @@ from waystation.adapters.tools.base import (
     kept_headers,
 )
 from waystation.adapters.tools.client import DeliveryClient
+from waystation.adapters.tools.deadline import Deadline
 from waystation.adapters.tools.redirects import MAX_REDIRECTS, redirected
 from waystation.errors import DeliveryError, InvalidArguments, NetworkUnreachable
 from waystation.ports import idempotency_key_problem
@@ -166,14 +166,15 @@ async def _send(
         _parsed_url(url),
         headers=headers,
         content=content,
-        extensions={"timeout": httpx.Timeout(timeout_s).as_dict()},
+        # No timeout per operation (connect, each read): one deadline bounds the whole delivery, so
+        # a server trickling a byte at a time cannot hold a queue slot forever, and a pause of the
+        # agent does not turn an answer that came meanwhile into a timeout (see deadline.py).
+        extensions={"timeout": httpx.Timeout(None).as_dict()},
     )
-    # httpx's timeouts are per operation (connect, each read); the deadline bounds the whole
-    # delivery, so a server trickling a byte at a time cannot hold a queue slot forever.
-    deadline = asyncio.get_running_loop().time() + timeout_s
+    deadline = Deadline(timeout_s)
     started = time.monotonic()
     try:
-        async with asyncio.timeout_at(deadline):
+        async with deadline.bound():
             response = await client.send(request)
             for _ in range(MAX_REDIRECTS):
                 follow = redirected(request, response)
@@ -196,7 +197,7 @@ async def _send(
     data = bytearray()
     truncated = False
     try:
-        async with asyncio.timeout_at(deadline):
+        async with deadline.bound():
             async for chunk in response.aiter_bytes():
                 data += chunk
                 if len(data) > MAX_RESULT_BYTES:
