@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import tomllib
 import typing
@@ -21,6 +22,9 @@ from waystation.errors import ConfigError
 
 ENV_PREFIX = "WAYSTATION_"
 APP_NAME = "waystation"
+# What a secret may be named (`[secrets] NAME`, a task's `{"secret": "NAME"}`): an environment
+# variable's or a file's name, never a path.
+SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,8 @@ class Settings:
     queue: QueueSettings = field(default_factory=QueueSettings)
     tools: ToolsSettings = field(default_factory=ToolsSettings)
     routes: typing.Mapping[str, RouteSettings] = field(default_factory=dict)
+    # `[secrets] NAME = "value"`: what a task's header `{"secret": "NAME"}` may resolve to.
+    secrets: typing.Mapping[str, str] = field(default_factory=dict)
 
     def route(self, name: str) -> RouteSettings:
         """A route's settings, with its defaults where the config says nothing."""
@@ -172,6 +178,8 @@ def load_settings(paths: Paths, env: typing.Mapping[str, str] | None = None) -> 
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if section == "secrets":  # the override would lower-case the name; the variable is the source
+            raise ConfigError(name, f"set the secret as the environment variable {name.split('__', 1)[1]}")
         if section == "routes":  # WAYSTATION_ROUTES__CLAUDE_SEAT__ENABLED: route names use "-"
             route, _, key = key.partition("__")
             kind = typing.get_type_hints(RouteSettings).get(key)
@@ -204,6 +212,9 @@ def _build(raw: dict[str, dict[str, Any]]) -> Settings:
         if section == "routes":
             sections["routes"] = _build_routes(values)
             continue
+        if section == "secrets":
+            sections["secrets"] = _build_secrets(values)
+            continue
         if section not in hints:
             raise ConfigError(section, f"unknown section; known: {', '.join(hints)}")
         cls = hints[section]
@@ -224,6 +235,15 @@ def _build_routes(raw: dict[str, Any]) -> dict[str, RouteSettings]:
         checked = {"enabled": name not in OFF_BY_DEFAULT, **_checked_keys(f"routes.{name}", fields, values)}
         routes[name] = RouteSettings(**checked)
     return routes
+
+
+def _build_secrets(raw: dict[str, Any]) -> dict[str, str]:
+    for name, value in raw.items():
+        if not SECRET_NAME.fullmatch(name):
+            raise ConfigError(f"secrets.{name}", "a name is a letter or _, then letters, digits, _ . or -")
+        if not isinstance(value, str):  # the value itself is never shown: it may be the secret
+            raise ConfigError(f"secrets.{name}", "expected a string")
+    return dict(raw)
 
 
 def _checked_keys(table: str, fields: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:

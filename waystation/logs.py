@@ -10,15 +10,21 @@ import structlog
 
 from waystation.secrets import Redactor
 
+# The redactor of the logging configured last. Module state, as structlog's configuration is: one
+# per process, and a secret a task resolves later must reach the very processor that runs.
+_redactor = Redactor(())
+
 
 def configure(level: int = logging.INFO, secrets: Iterable[str] = ()) -> None:
     """Set up logging; `secrets` are blanked from every line, whole or in part."""
+    global _redactor
+    _redactor = Redactor(secrets)
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
-        Redactor(secrets),
+        _redactor,
     ]
     if sys.stderr.isatty():
         # Plain tracebacks, already formatted and redacted above: rich's would show local variables.
@@ -31,3 +37,8 @@ def configure(level: int = logging.INFO, secrets: Iterable[str] = ()) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+def redact_too(secret: str) -> None:
+    """Blank `secret` from every later line as well: a value a task's secret reference resolved to."""
+    _redactor.add(secret)

@@ -16,13 +16,17 @@ CREDENTIAL_NAME = re.compile(r".*(key|token|secret|auth|cookie|passw|signature).
 def shown_args(args: Mapping[str, Any]) -> dict[str, Any]:
     """A task's arguments as every output shows them (the API, the command line, events): header
     values and URL parts that may be credentials replaced by [redacted]. The stored row (0600)
-    keeps them, since the delivery needs them."""
+    keeps them, since the delivery needs them. A reference to a secret ({"secret": "NAME"}) is
+    shown as is: it names the secret, and holds nothing of it."""
     shown = dict(args)
     if isinstance(shown.get("url"), str):
         shown["url"] = shown_url(shown["url"])
     headers = shown.get("headers")
     if isinstance(headers, Mapping):
-        shown["headers"] = {k: REDACTED if CREDENTIAL_NAME.fullmatch(k) else v for k, v in headers.items()}
+        shown["headers"] = {
+            k: REDACTED if isinstance(v, str) and CREDENTIAL_NAME.fullmatch(k) else v
+            for k, v in headers.items()
+        }
     return shown
 
 

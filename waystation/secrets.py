@@ -1,22 +1,27 @@
-"""Credentials: where each route's key comes from, and keeping every credential out of the logs.
+"""Credentials: where each route's key and each task's secret come from, and keeping every
+credential out of the logs.
 
 Keys come from the providers' usual environment variables or from `[routes.NAME] api_key` in the
 config file. Waystation holds them in memory to send them to their provider and nowhere else: no
 key, token or cookie goes into the database, a receipt, a log line, an error or an answer on the
 socket, whole or in part. The log redaction below is the last line of that defence, not the first.
+
+A task's header may name a secret (`{"secret": "NAME"}`) instead of holding it: the task keeps
+the name, and the SecretResolver below finds the value when the task is added and again when it
+is delivered.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from waystation.config import Settings
+from waystation.config import SECRET_NAME, Settings
 from waystation.redact import REDACTED
 
 log = structlog.get_logger(__name__)
@@ -45,12 +50,13 @@ def known_secrets(settings: Settings, env: Mapping[str, str] | None = None) -> l
     env = os.environ if env is None else env
     names = [*KEY_VARIABLES.values(), *OTHER_SECRET_VARIABLES]
     values = [env.get(n, "") for n in names] + [r.api_key for r in settings.routes.values()]
+    values += settings.secrets.values()
     return sorted({v for v in values if len(v) >= WINDOW})
 
 
 def warn_if_config_exposed(config_file: Path, settings: Settings) -> None:
     """A config file holding keys should be readable by its owner alone."""
-    if not any(r.api_key for r in settings.routes.values()):
+    if not any(r.api_key for r in settings.routes.values()) and not settings.secrets:
         return
     try:
         mode = stat.S_IMODE(config_file.stat().st_mode)
@@ -64,11 +70,80 @@ def warn_if_config_exposed(config_file: Path, settings: Settings) -> None:
         )
 
 
+class SecretResolver:
+    """Where a task's secret NAME is found, the first place that has it (empty counts as unset):
+
+    1. the file $CREDENTIALS_DIRECTORY/NAME: systemd's LoadCredential=NAME:PATH, made for this
+       (readable by the service alone, never in its environment); one trailing newline dropped
+    2. the environment variable NAME, but never a route's key variable: those go to their
+       provider only, whoever may post a task
+    3. `[secrets] NAME` in the config file
+
+    Looked up each time, not once at start: a credential or a variable may change while tasks
+    wait. Each value found is handed to `found` (the log redaction), since its name is unknown
+    until a task names it.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        config_file: Path,
+        env: Mapping[str, str] | None = None,
+        found: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self._settings = settings
+        self._config_file = config_file
+        self._env = os.environ if env is None else env
+        self._found = found
+
+    def resolve(self, name: str) -> str | None:
+        if not SECRET_NAME.fullmatch(name):  # never a path: the name becomes a file name below
+            return None
+        value = self._credential(name) or self._variable(name) or self._settings.secrets.get(name)
+        if value:
+            self._found(value)
+        return value or None
+
+    def unset(self, name: str) -> str:
+        """Why NAME resolves nowhere, and where to put it."""
+        where = (
+            f"[secrets] of {self._config_file}, the environment, or the service's credentials "
+            f"(LoadCredential={name}:...)"
+        )
+        if _provider_key(name):
+            return f"secret {name} is a model provider's key, never sent elsewhere: put a secret in {where}"
+        return f"secret {name} is not set: put it in {where}"
+
+    def _credential(self, name: str) -> str | None:
+        directory = self._env.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            return None
+        try:
+            data = (Path(directory) / name).read_bytes()
+        except OSError:  # not one of the service's credentials (or unreadable): try the next place
+            return None
+        # Undecodable bytes stay visible as such: the header check refuses them, naming the secret.
+        return data.decode(errors="replace").removesuffix("\n").removesuffix("\r")
+
+    def _variable(self, name: str) -> str | None:
+        return None if _provider_key(name) else self._env.get(name)
+
+
+def _provider_key(name: str) -> bool:
+    return name in KEY_VARIABLES.values() or name in OTHER_SECRET_VARIABLES
+
+
 class Redactor:
     """A structlog processor that blanks any known secret, whole or any WINDOW-long part of it."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        self._windows = {s[i : i + WINDOW] for s in secrets for i in range(len(s) - WINDOW + 1)}
+        self._windows: set[str] = set()
+        for secret in secrets:
+            self.add(secret)
+
+    def add(self, secret: str) -> None:
+        """Blank `secret` too from now on (shorter than WINDOW: too short to tell from other text)."""
+        self._windows.update(secret[i : i + WINDOW] for i in range(len(secret) - WINDOW + 1))
 
     def redact(self, text: str) -> str:
         if len(text) < WINDOW or not self._windows:

@@ -80,7 +80,16 @@ SCHEMAS: dict[str, Schema] = {
         "type": "object",
         "properties": {
             "tool": {"type": "string", "description": "a tool's name, e.g. http_request or web_fetch"},
-            "args": {"type": "object", "description": "the tool's arguments"},
+            "args": {
+                "type": "object",
+                "description": (
+                    "the tool's arguments. An http_request header's value may name a secret instead "
+                    'of holding it, {"secret": "NAME"}: the task keeps the reference, and the agent '
+                    "sends the value it finds at delivery in $CREDENTIALS_DIRECTORY/NAME, the "
+                    "environment variable NAME, or [secrets] NAME of its config file, in that order "
+                    "(422 when it is set nowhere when the task is added)"
+                ),
+            },
             "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 255},
             "expires_at": {"type": "string", "format": "date-time"},
         },

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from waystation import __version__
+from waystation import __version__, logs
 from waystation.adapters.connectivity.monitor import ConnectivityMonitor
 from waystation.adapters.routes import Router
 from waystation.adapters.routes.local import LocalRoute
@@ -32,6 +32,7 @@ from waystation.config import Paths, Settings
 from waystation.db import Database
 from waystation.queue.flusher import Flusher
 from waystation.queue.store import TaskStore
+from waystation.secrets import SecretResolver
 from waystation.station.announce import Announcer
 from waystation.station.background import Background
 from waystation.station.delivery import Deliveries
@@ -92,6 +93,8 @@ class AgentStation(TurnStation):
 
 async def build_direct(stack: Stack, paths: Paths, settings: Settings) -> Station:
     db = await _database(stack, paths, check=False)
+    # No secrets: this process cannot see the service's environment or credentials, so a task's
+    # reference is checked for shape only, and the agent finds its value when it delivers.
     return Station(paths, settings, db, TaskStore(db, settings.queue), default_tools(), _announcer(stack))
 
 
@@ -151,7 +154,7 @@ def _turn_station(
     monitor.listen(announcer.connectivity_changed)
     client = new_client()
     stack.push_async_callback(client.aclose)
-    tools = default_tools()
+    tools = default_tools(SecretResolver(settings, paths.config_file, found=logs.redact_too))
     deliveries = Deliveries(tools, client, settings.queue.delivery_timeout_s)
     router = Router(
         LocalRoute(settings.model), settings.agent.default_route, settings=settings, connectivity=monitor

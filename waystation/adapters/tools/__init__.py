@@ -8,11 +8,13 @@ from waystation.adapters.tools.base import (
 )
 from waystation.adapters.tools.client import DeliveryClient, new_client
 from waystation.adapters.tools.http import MAX_REQUEST_BODY_BYTES, HttpRequestTool, WebFetchTool
+from waystation.adapters.tools.secret_refs import Secrets
 
 
-def default_tools() -> ToolRegistry:
-    """The built-in network tools: what models and `POST /v1/tasks` may use."""
-    return ToolRegistry([HttpRequestTool(), WebFetchTool()])
+def default_tools(secrets: Secrets | None = None) -> ToolRegistry:
+    """The built-in network tools: what models and `POST /v1/tasks` may use. `secrets`: where a
+    task's header references resolve (None: they are checked for shape only, and not sent)."""
+    return ToolRegistry([HttpRequestTool(secrets), WebFetchTool()])
 
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "DeliveryClient",
     "DeliveryResult",
     "HttpRequestTool",
+    "Secrets",
     "Tool",
     "ToolRegistry",
     "WebFetchTool",

@@ -84,8 +84,10 @@ class Tool(Protocol):
     needs_network: bool
     parameters: dict[str, object]  # JSON Schema of the args, for telling a model about the tool
 
-    def validate(self, args: object) -> dict[str, Any]:
-        """Normalized args (equal calls normalize equal), or raise InvalidArguments."""
+    def validate(self, args: object, *, allow_secrets: bool = False) -> dict[str, Any]:
+        """Normalized args (equal calls normalize equal), or raise InvalidArguments. References to
+        secrets are allowed only where said: in a task posted to the API, never in a model's call
+        (a model must not be able to send a secret of the host's anywhere)."""
         ...
 
     def destination_host(self, args: Mapping[str, Any]) -> str:

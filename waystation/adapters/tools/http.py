@@ -22,6 +22,7 @@ from waystation.adapters.tools.base import (
 from waystation.adapters.tools.client import DeliveryClient
 from waystation.adapters.tools.deadline import Deadline
 from waystation.adapters.tools.redirects import MAX_REDIRECTS, redirected
+from waystation.adapters.tools.secret_refs import HEADER_VALUE, Secrets, checked_reference, resolved
 from waystation.errors import DeliveryError, InvalidArguments, NetworkUnreachable
 from waystation.ports import idempotency_key_problem
 
@@ -37,9 +38,6 @@ MAX_REQUEST_BODY_BYTES = 1024 * 1024
 # RFC 9110 token: what a header name may be. Anything else (spaces, colons, CR/LF) could split
 # or smuggle headers, and httpx/h11 would refuse it only at delivery time.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# Visible ASCII, space and tab. httpx encodes str header values as ASCII, so anything else would
-# fail at delivery time instead of now.
-_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 # Headers the agent owns: the task's key must be the one the queue chose (that is the point of
 # it), the User-Agent says who is calling, and the framing headers are computed from the body.
 _RESERVED_HEADERS = {
@@ -94,29 +92,33 @@ def _check_url(tool: str, value: object) -> str:
     return value
 
 
-def _check_headers(tool: str, value: object) -> dict[str, str]:
+def _check_headers(tool: str, value: object, refs: bool, secrets: Secrets | None) -> dict[str, Any]:
+    """Lower-cased names to values: text, or (with `refs`) a reference {"secret": NAME}."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         raise InvalidArguments(tool, f"headers must be an object of strings, not {_json_type(value)}")
-    headers: dict[str, str] = {}
+    headers: dict[str, Any] = {}
     for name, text in value.items():
         if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
             raise InvalidArguments(
                 tool, f"header name {_shown(name)} is not a valid HTTP header name (no space, colon, CR, LF)"
             )
-        if not isinstance(text, str):
-            raise InvalidArguments(tool, f"header {name!r} must have a string value, not {_json_type(text)}")
-        if "\r" in text or "\n" in text:
-            raise InvalidArguments(tool, f"header {name!r} value must not contain CR or LF")
-        if not _HEADER_VALUE.fullmatch(text):
-            raise InvalidArguments(tool, f"header {name!r} value must be printable ASCII")
         # Names are case-insensitive: lower case makes equal calls normalize equal.
         lowered = name.lower()
         if lowered in _RESERVED_HEADERS:
             raise InvalidArguments(tool, f"header {name!r} cannot be given: it {_RESERVED_HEADERS[lowered]}")
         if lowered in headers:
             raise InvalidArguments(tool, f"header {name!r} is given twice (header names ignore case)")
+        if refs and isinstance(text, Mapping):
+            headers[lowered] = checked_reference(tool, name, text, secrets)
+            continue
+        if not isinstance(text, str):
+            raise InvalidArguments(tool, f"header {name!r} must have a string value, not {_json_type(text)}")
+        if "\r" in text or "\n" in text:
+            raise InvalidArguments(tool, f"header {name!r} value must not contain CR or LF")
+        if not HEADER_VALUE.fullmatch(text):
+            raise InvalidArguments(tool, f"header {name!r} value must be printable ASCII")
         # HTTP ignores surrounding whitespace, and h11 refuses to send it.
         headers[lowered] = text.strip(" \t")
     return headers
@@ -146,6 +148,7 @@ async def _send(
     request_args: Mapping[str, Any],
     idempotency_key: str,
     timeout_s: float,
+    secret_headers: frozenset[str] = frozenset(),
 ) -> DeliveryResult:
     """One HTTP exchange. No answer raises NetworkUnreachable; any answer is a DeliveryResult."""
     problem = idempotency_key_problem(idempotency_key)
@@ -177,7 +180,7 @@ async def _send(
         async with deadline.bound():
             response = await client.send(request)
             for _ in range(MAX_REDIRECTS):
-                follow = redirected(request, response)
+                follow = redirected(request, response, secret_headers)
                 if follow is None:
                     break
                 await response.aclose()
@@ -310,7 +313,10 @@ class HttpRequestTool:
     }
     _keys = ("method", "url", "headers", "body", "json")
 
-    def validate(self, args: object) -> dict[str, Any]:
+    def __init__(self, secrets: Secrets | None = None) -> None:
+        self._secrets = secrets  # where header references resolve (None: nowhere, in this process)
+
+    def validate(self, args: object, *, allow_secrets: bool = False) -> dict[str, Any]:
         given = _check_keys(self.name, args, self._keys)
         method = given.get("method", "GET")
         if not isinstance(method, str) or method.upper() not in METHODS:
@@ -318,7 +324,7 @@ class HttpRequestTool:
         normalized: dict[str, Any] = {
             "method": method.upper(),
             "url": _check_url(self.name, given.get("url")),
-            "headers": _check_headers(self.name, given.get("headers")),
+            "headers": _check_headers(self.name, given.get("headers"), allow_secrets, self._secrets),
         }
         # null counts as absent for both: models often send every optional key.
         body, payload = given.get("body"), given.get("json")
@@ -346,7 +352,11 @@ class HttpRequestTool:
     async def deliver(
         self, client: DeliveryClient, args: Mapping[str, Any], idempotency_key: str, timeout_s: float
     ) -> DeliveryResult:
-        return await _send(self.name, client, args, idempotency_key, timeout_s)
+        headers = args.get("headers", {})
+        secret_headers = frozenset(name for name, text in headers.items() if not isinstance(text, str))
+        if secret_headers:
+            args = {**args, "headers": resolved(self.name, headers, self._secrets)}
+        return await _send(self.name, client, args, idempotency_key, timeout_s, secret_headers)
 
 
 class WebFetchTool:
@@ -360,7 +370,7 @@ class WebFetchTool:
         "additionalProperties": False,
     }
 
-    def validate(self, args: object) -> dict[str, Any]:
+    def validate(self, args: object, *, allow_secrets: bool = False) -> dict[str, Any]:
         given = _check_keys(self.name, args, ("url",))
         return {"url": _check_url(self.name, given.get("url"))}
 

@@ -19,7 +19,7 @@ async def add(
 ) -> tuple[dict[str, Any], bool]:
     """(task, created): an existing task when the key exists with equal arguments."""
     tool = station.tools.get(tool_name)
-    valid = tool.validate(args)
+    valid = tool.validate(args, allow_secrets=True)  # a model's calls never name secrets; a client may
     if key is not None and (problem := idempotency_key_problem(key)) is not None:
         raise InvalidArguments(tool.name, problem)
     if expires_at is not None and expires_at <= timeutil.now():
