@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,11 +100,16 @@ def _agent_commands() -> list[list[str]]:
 
 @contextlib.asynccontextmanager
 async def running_agent(
-    mode: str = "offline", extra_env: Mapping[str, str] | None = None
+    mode: str = "offline",
+    extra_env: Mapping[str, str] | None = None,
+    prepare: Callable[[Path], Awaitable[None]] | None = None,
 ) -> AsyncIterator[Agent]:
-    """Start an agent in a fresh WAYSTATION_HOME; stop it with SIGTERM on the way out."""
+    """Start an agent in a fresh WAYSTATION_HOME (`prepare` fills it first); stop it with SIGTERM
+    on the way out."""
     home = Path(tempfile.mkdtemp(prefix="waystation-bench-"))
     os.chmod(home, 0o700)
+    if prepare is not None:
+        await prepare(home)
     env = {"WAYSTATION_HOME": str(home), "WAYSTATION_CONNECTIVITY__MODE": mode, **(extra_env or {})}
     socket_path = home / "waystation.sock"
     failures = []

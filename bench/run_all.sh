@@ -18,6 +18,7 @@ if [[ -n "${QUICK:-}" ]]; then
     "bench/idle.py --settle 2 --duration 5"
     "bench/turns.py --reps 3 --max-tokens 32"
     "bench/tool_calls.py --reps 2"
+    "bench/hostile.py --connections 500 --receipts 20000 --big-tasks 50 --hung 5"
   )
 else
   RUNS=(
@@ -28,6 +29,7 @@ else
     "bench/idle.py --settle 5 --duration 20"
     "bench/turns.py --reps 9 --max-tokens 64"
     "bench/tool_calls.py --reps 5"
+    "bench/hostile.py"
   )
 fi
 
