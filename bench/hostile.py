@@ -81,8 +81,11 @@ def idle_connections(path: Path, count: int) -> Iterator[None]:
 
 async def seed_receipts(home: Path, count: int) -> None:
     """A valid chain of `count` task receipts, appended the way the store appends them."""
+    from waystation import logs
     from waystation.db import Database
     from waystation.receipts import ReceiptDraft, RouteInfo, append
+
+    logs.configure()  # its lines to stderr, with the progress: stdout is the report
 
     route = RouteInfo(name="http_request", provider="example.org", auth_lane="none", cost_lane="local")
 
