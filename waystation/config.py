@@ -133,6 +133,12 @@ class Paths:
     socket: Path
     logs: Path
 
+    @property
+    def models(self) -> Path:
+        """Named models (`waystation models ...`): beside the database, in the data directory,
+        since model files are data worth keeping, and far larger than anything in the state dir."""
+        return self.database.parent / "models"
+
     @classmethod
     def resolve(cls, env: typing.Mapping[str, str] | None = None) -> Paths:
         env = os.environ if env is None else env
