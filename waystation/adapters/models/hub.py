@@ -56,11 +56,10 @@ def hub_file(
         raise PullFailed(shown, f"the hub answered HTTP {_status(exc)}", _status(exc)) from None
     except errors.OfflineModeIsEnabled:
         raise PullFailed(shown, "HF_HUB_OFFLINE is set: unset it to download") from None
-    except (httpx2.TransportError, errors.FileMetadataError) as exc:
-        where = _origin(url)
-        raise PullFailed(
-            shown, f"{where} did not answer as a Hugging Face hub ({type(exc).__name__})"
-        ) from None
+    except httpx2.TransportError as exc:
+        raise PullFailed(shown, f"cannot reach {_origin(url)} ({type(exc).__name__})") from None
+    except errors.FileMetadataError:
+        raise PullFailed(shown, f"{_origin(url)} did not answer as a Hugging Face hub") from None
     if meta.commit_hash is None or meta.etag is None:
         raise PullFailed(shown, f"{_origin(url)} did not answer as a Hugging Face hub (no commit or ETag)")
     location = meta.location or url
