@@ -154,7 +154,7 @@ def test_a_download_that_is_not_a_gguf_file_is_refused(hub: FakeHub, home: Path)
     hub.plain["page.gguf"] = b"<html>" + b"x" * 10_000
     done = cli(home, "models", "pull", hub.file_url("page.gguf"))
     assert done.returncode == 1 and "not a GGUF model file" in done.stderr
-    assert files_under(home / "models") == []
+    assert list((home / "models").iterdir()) == []
 
 
 def test_an_unknown_model_name_says_where_names_come_from(home: Path) -> None:
@@ -283,3 +283,41 @@ def test_a_turn_on_an_unknown_model_is_a_clear_404(agent: Agent) -> None:
     error: dict[str, Any] = answer.json()["error"]
     assert error["code"] == "model_not_found"
     assert "`waystation models pull` gets one" in error["message"]
+
+
+def sse_events(agent: Agent, body: dict[str, Any]) -> list[tuple[str, Any]]:
+    from waystation.sse import SseParser
+
+    events: list[tuple[str, Any]] = []
+    parser = SseParser()
+    with agent.client() as client, client.stream("POST", "/v1/models/pull", json=body) as answer:
+        assert answer.status_code == 200
+        assert answer.headers["content-type"] == "text/event-stream"
+        for line in answer.iter_lines():
+            events.extend((found.event, found.json()) for found in parser.feed(line))
+    return events
+
+
+def test_a_pull_over_the_api_streams_progress_then_the_model(agent: Agent, hub: FakeHub) -> None:
+    content = fake_gguf(2_500_000, seed=5)
+    hub.plain["Api-Model.gguf"] = content
+    body = {"source": hub.file_url("Api-Model.gguf"), "sha256": hashlib.sha256(content).hexdigest()}
+    events = sse_events(agent, body)
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "progress" and kinds[-1] == "done" and set(kinds) == {"progress", "done"}
+    statuses = [data["status"] for kind, data in events if kind == "progress"]
+    assert statuses[-2:] == ["verifying", "success"] and "downloading" in statuses
+    assert events[-2][1] == {"status": "success", "completed": len(content), "total": len(content)}
+    model = events[-1][1]
+    assert model["id"] == "api-model" and model["waystation"]["verified"] is True
+    assert "api-model" in [m["id"] for m in agent.api("GET", "/v1/models").json()["data"]]
+
+    again = sse_events(agent, body)  # the same file again: nothing to download
+    assert [kind for kind, _ in again] == ["progress", "done"] and again[0][1]["status"] == "up to date"
+
+    hub.plain["other.gguf"] = fake_gguf(1000, seed=6)
+    taken = agent.api(
+        "POST", "/v1/models/pull", json={"source": hub.file_url("other.gguf"), "name": "api-model"}
+    )
+    assert taken.status_code == 409 and "the name is taken" in taken.json()["error"]["message"]
+    assert agent.api("DELETE", "/v1/models/api-model").status_code == 200

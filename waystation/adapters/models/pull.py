@@ -91,21 +91,17 @@ def plan(
 async def download(pull: Pull, store: ModelStore, on_progress: ProgressSink | None = None) -> StoredModel:
     """Download, check and install `pull`; the model as installed."""
     progress = on_progress or (lambda _event: None)
-    existing = store.find(pull.name)
-    if existing is not None:
-        if pull.sha256 and existing.sha256 == pull.sha256:
-            progress({"status": "up to date", "completed": existing.size, "total": existing.size})
-            return existing
-        if existing.source != pull.source:
-            raise ModelConflict(
-                pull.name,
-                f"the name is taken (by {existing.source or 'a model put there by hand'}); "
-                f"`waystation models rm {pull.name}` first, or pull with another --name",
-            )
+    existing = check_target(pull, store)
+    if existing is not None and pull.sha256 and existing.sha256 == pull.sha256:
+        progress({"status": "up to date", "completed": existing.size, "total": existing.size})
+        return existing
     partial = store.partial(pull.key)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(partial, pull) as f:
-        digest, size = await _fetch(pull, f, partial, progress)
+    try:
+        with _locked(partial, pull) as f:
+            digest, size = await _fetch(pull, f, partial, progress)
+    finally:
+        store.tidy()  # a refused download leaves not even its directory
     progress({"status": "verifying", "completed": size, "total": size})
     if pull.sha256 and digest != pull.sha256:
         _discard(partial, store)
@@ -125,6 +121,19 @@ async def download(pull: Pull, store: ModelStore, on_progress: ProgressSink | No
         raise PullFailed(pull.source, f"cannot install it in {store.root}: {exc.strerror}") from None
     progress({"status": "success", "completed": size, "total": size})
     return model
+
+
+def check_target(pull: Pull, store: ModelStore) -> StoredModel | None:
+    """The model `pull` would replace (the same source again: an update), or ModelConflict when
+    its name belongs to another model."""
+    existing = store.find(pull.name)
+    if existing is not None and existing.source != pull.source:
+        raise ModelConflict(
+            pull.name,
+            f"the name is taken (by {existing.source or 'a model put there by hand'}); "
+            f"`waystation models rm {pull.name}` first, or pull with another --name",
+        )
+    return existing
 
 
 async def _fetch(pull: Pull, f: IO[bytes], partial: Path, progress: ProgressSink) -> tuple[str, int]:

@@ -48,10 +48,10 @@ async def prepare_pull(
     """Resolve a pull (asking the hub for the file's metadata) without downloading anything yet,
     so that a wrong source or name is refused before any progress is promised. `token` and
     `endpoint` stand in for HF_TOKEN and HF_ENDPOINT of this process where the caller has its own."""
-    del station  # the same on every station
     plan = await asyncio.to_thread(pulling.plan, source, name, sha256, token=token, endpoint=endpoint)
     for secret in plan.secrets:  # never in a log line, whatever a library prints
         logs.redact_too(secret)
+    pulling.check_target(plan, station.models)
     return plan
 
 
