@@ -81,6 +81,29 @@ def test_a_default_name_comes_from_the_file_name() -> None:
             check_name(bad)
 
 
+def test_models_put_there_by_hand_are_named_models_too(tmp_path: Path) -> None:
+    from waystation.adapters.models import choose_backend
+    from waystation.adapters.models.store import ModelStore
+    from waystation.adapters.routes.local import LocalRoute
+    from waystation.config import ModelSettings
+    from waystation.errors import UnknownModel
+
+    store = ModelStore(tmp_path / "models")
+    (tmp_path / "models" / "mlx-smol").mkdir(parents=True)
+    (tmp_path / "models" / "mlx-smol" / "config.json").write_text("{}")
+    (tmp_path / "models" / "hand.gguf").write_bytes(fake_gguf(100))
+    (tmp_path / "models" / "stray.json").write_text("{}")  # a record with no model: not a model
+    listed = [(m.name, m.format, m.source) for m in store.all()]
+    assert listed == [("hand", "gguf", None), ("mlx-smol", "mlx", None)]
+    route = LocalRoute(ModelSettings(path="hand"), models=store)
+    assert route.model_path() == tmp_path / "models" / "hand.gguf"
+    assert route.model_path("MLX-Smol") == tmp_path / "models" / "mlx-smol"
+    assert choose_backend(route.model_path("mlx-smol"), "auto") == "mlx"
+    assert route.model_path("embedded") == default_model_path()
+    with pytest.raises(UnknownModel):
+        route.model_path("stray")
+
+
 # --- with no agent: the command line pulls into the state directory itself -----------------------
 
 
