@@ -15,6 +15,7 @@ from typing import Any, cast
 import pytest
 
 from waystation import timeutil
+from waystation.adapters.models.store import ModelStore
 from waystation.adapters.tools import default_tools
 from waystation.agent import jobs
 from waystation.agent.jobs import Housekeeping
@@ -58,7 +59,13 @@ def station(db: Database, tmp_path: Path, announced: RecordingAnnouncer) -> Stat
     """What the jobs touch, real (database, store, settings), announcing to a recorder."""
     paths = Paths.resolve({"WAYSTATION_HOME": str(tmp_path)})
     return Station(
-        paths, Settings(), db, TaskStore(db, SETTINGS), default_tools(), cast(Announcer, announced)
+        paths,
+        Settings(),
+        db,
+        TaskStore(db, SETTINGS),
+        default_tools(),
+        cast(Announcer, announced),
+        models=ModelStore(paths.models),
     )
 
 

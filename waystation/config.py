@@ -132,6 +132,13 @@ class Paths:
     database: Path
     socket: Path
     logs: Path
+    # Named models (`waystation models ...`); unset: beside the database, in the data directory,
+    # since model files are data worth keeping, and far larger than anything in the state dir.
+    models: Path = Path()
+
+    def __post_init__(self) -> None:
+        if self.models == Path():
+            object.__setattr__(self, "models", self.database.parent / "models")
 
     @classmethod
     def resolve(cls, env: typing.Mapping[str, str] | None = None) -> Paths:

@@ -21,6 +21,10 @@
     │   ├── NoUrlToCall(tool_choice) a call was demanded and the prompt names no URL (400)
     │   └── PromptTooLong            longer than the model's context (400)
     ├── ModelError(path)             the model file cannot be used: missing, not a model, too big (422)
+    ├── UnknownModel(name)           no model of that name in the state directory's models/ (404)
+    ├── ModelConflict(name, problem) the name is taken, a pull of it is under way, ... (409)
+    ├── PullFailed(source, problem)  a model download did not complete (502; resumable)
+    │   └── ChecksumMismatch         the file is not the one its source vouches for (422; discarded)
     ├── ProviderError(route, status) a provider route failed in a way that may pass (429, 5xx)
     ├── ProviderRejected(route, ...) the provider refused the request itself (unknown model...)
     ├── SeatRunFailed(route, ...)    a seat CLI ended without an answer (its output never shown)
@@ -249,6 +253,54 @@ class ModelError(WaystationError):
         super().__init__(f"model {path}: {problem}")
         self.path = path
         self.problem = problem
+
+
+class UnknownModel(WaystationError):
+    """A turn's `model`, or a name given to `models rm`, names no model: say where names come from."""
+
+    code = "model_not_found"  # OpenAI's code for the same answer
+    http_status = 404
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"no model named {name!r}; `waystation models ls` lists them, `waystation models pull` gets one"
+        )
+        self.name = name
+
+
+class ModelConflict(WaystationError):
+    code = "model_conflict"
+    http_status = 409
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"model {name!r}: {problem}")
+        self.name = name
+        self.problem = problem
+
+
+class PullFailed(WaystationError):
+    """A download that did not complete: what arrived is kept, and the same pull resumes it."""
+
+    code = "pull_failed"
+    http_status = 502
+
+    def __init__(self, source: str, problem: str, status: int | None = None) -> None:
+        super().__init__(f"pull {source}: {problem}")
+        self.source = source
+        self.problem = problem
+        self.status = status  # the HTTP status the server answered, if that was the problem
+
+
+class ChecksumMismatch(PullFailed):
+    """The downloaded bytes are not the file the source vouches for: discarded, never installed."""
+
+    code = "checksum_mismatch"
+    http_status = 422
+
+    def __init__(self, source: str, expected: str, actual: str) -> None:
+        super().__init__(source, f"sha256 {actual} does not match the expected {expected}; discarded")
+        self.expected = expected
+        self.actual = actual
 
 
 class ProviderError(WaystationError):

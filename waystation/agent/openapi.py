@@ -1,6 +1,6 @@
 """The socket API's OpenAPI 3.1 document (`GET /v1/openapi.json`), built from the contract.
 
-It describes every route api.py and api_turns.py serve: request bodies, query and path
+It describes every route api.py, api_turns.py and api_models.py serve: request bodies, query and path
 parameters, the contract's objects (task, receipt, route, connectivity, status) and the error
 object every 4xx/5xx carries. Tests validate it with openapi-spec-validator and fuzz the live
 agent against it with schemathesis, so a route added without a description here shows up there.
@@ -13,6 +13,8 @@ import functools
 from typing import Any
 
 from waystation import __version__
+from waystation.agent.api_models import ENDPOINT_HEADER as PULL_ENDPOINT_HEADER
+from waystation.agent.api_models import TOKEN_HEADER as PULL_TOKEN_HEADER
 from waystation.agent.connections import BODY_TIMEOUT_S
 from waystation.agent.http_io import MAX_BODY_BYTES, MAX_LIST
 from waystation.agent.openapi_schemas import ID_PATTERN, SCHEMAS, TASK_STATES, TURN_STATES, Schema, ref
@@ -80,6 +82,16 @@ def _query(name: str, schema: Schema, description: str) -> Schema:
 LIMIT = _query(
     "limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIST}, "at most this many (default 100)"
 )
+
+
+def _header(name: str, description: str) -> Schema:
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string"},
+    }
 
 
 def _task_op(summary: str, extra_errors: dict[str, Schema]) -> Schema:
@@ -197,6 +209,58 @@ PATHS: dict[str, Schema] = {
             "ChatCompletion",
             operationId="chatCompletions",
             requestBody=_body("ChatCompletionRequest"),
+        )
+    },
+    "/v1/models": {
+        "get": _op(
+            "the models a turn may name (OpenAI's list), the default first",
+            {"200": _json("models", ref("ModelList"))},
+            operationId="listModels",
+        )
+    },
+    "/v1/models/loaded": {
+        "get": _op(
+            "the models in memory now, and when each unloads",
+            {"200": _json("loaded models", {"type": "array", "items": ref("LoadedModel")})},
+            operationId="loadedModels",
+        )
+    },
+    "/v1/models/pull": {
+        "post": _op(
+            "download a model under a name: Server-Sent Events `progress`, then `done` (the model) "
+            "or `error`; resumes a download that stopped",
+            {
+                "200": {"description": "the progress stream", "content": SSE},
+                **BODY_ERRORS,
+                "409": _error("the name is taken, or a pull of the same file is under way"),
+                "422": _error("the hub's sha256 is not the one given"),
+                "502": _error("the hub or server failed, or refused (e.g. a gated repository)"),
+            },
+            operationId="pullModel",
+            requestBody=_body("PullRequest"),
+            parameters=[
+                _header(PULL_TOKEN_HEADER, "a Hugging Face token for this pull only (never stored)"),
+                _header(PULL_ENDPOINT_HEADER, "the hub's URL for this pull (as HF_ENDPOINT)"),
+            ],
+        )
+    },
+    "/v1/models/{name}": {
+        "delete": _op(
+            "remove a named model (unloaded first)",
+            {
+                "200": _json("removed", ref("ModelDeleted")),
+                "409": _error("the embedded model cannot be removed"),
+            },
+            operationId="deleteModel",
+            parameters=[
+                {
+                    "name": "name",
+                    "in": "path",
+                    "required": True,
+                    "description": "the model's name",
+                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+                }
+            ],
         )
     },
     "/v1/receipts": {

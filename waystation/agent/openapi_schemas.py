@@ -185,6 +185,59 @@ SCHEMAS: dict[str, Schema] = {
             "routes": {"type": "array", "items": ref("Route")},
         }
     ),
+    "ModelDetails": _object(
+        {
+            "name": {"type": "string"},
+            "path": {"type": "string"},
+            "format": {"type": "string", "enum": ["gguf", "mlx"]},
+            "size": {"type": "integer", "minimum": 0, "description": "bytes on disk"},
+            "sha256": _nullable("string", description="of the GGUF file, when a pull recorded it"),
+            "source": _nullable("string", description="hf:OWNER/REPO/FILE or the URL (no credentials)"),
+            "pulled_at": _nullable("string"),
+            "verified": {"type": "boolean", "description": "sha256 checked against the source's"},
+            "embedded": {"type": "boolean", "description": "the model the package ships"},
+            "default": {"type": "boolean", "description": "what a turn naming no model runs"},
+        }
+    ),
+    "Model": _object(
+        {
+            "id": {"type": "string", "description": "the name a turn's `model` may give"},
+            "object": {"const": "model"},
+            "created": {"type": "integer"},
+            "owned_by": {"type": "string"},
+            "waystation": ref("ModelDetails"),
+        },
+        required=["id", "object", "created", "owned_by"],
+    ),
+    "ModelList": _object({"object": {"const": "list"}, "data": {"type": "array", "items": ref("Model")}}),
+    "ModelDeleted": _object(
+        {"id": {"type": "string"}, "object": {"const": "model"}, "deleted": {"const": True}}
+    ),
+    "LoadedModel": _object(
+        {
+            "name": {"type": "string", "description": "its name, `embedded`, or its path"},
+            "path": {"type": "string"},
+            "backend": {"type": "string"},
+            "size": {"type": "integer", "description": "bytes of its weights (mapped whole)"},
+            "loaded_at": _nullable("string"),
+            "unloads_at": _nullable("string", description="null: never, or generating now"),
+            "busy": {"type": "boolean"},
+        }
+    ),
+    "PullRequest": {
+        "type": "object",
+        "properties": {
+            "source": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 2048,
+                "description": "hf:OWNER/REPO/FILE (Hugging Face) or an http(s) URL",
+            },
+            "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+            "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+        },
+        "required": ["source"],
+    },
     "FlushResult": _object(
         {
             "pending": {"type": "integer", "minimum": 0},

@@ -1,9 +1,10 @@
 """The `waystation` commands (typer): a thin client of the agent's socket API, plus `run`.
 
-Commands that only read or steer stored data (`queue ...` but flush, `receipts ...`) work
-straight on the database when no agent runs; `status`, `routes`, `connectivity` and
-`queue flush` need the agent and exit 3 without it. Every failure is one `error: ...` line on
-stderr; exit codes are the contract's (0 ok, 1 error, 2 usage, 3 agent not running, 4 refused).
+Commands that only read or steer stored data (`queue ...` but flush, `receipts ...`, `models
+...` but ps) work straight on the database or the state directory when no agent runs; `status`,
+`routes`, `connectivity`, `queue flush` and `models ps` need the agent and exit 3 without it.
+Every failure is one `error: ...` line on stderr; exit codes are the contract's (0 ok, 1 error,
+2 usage, 3 agent not running, 4 refused).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from waystation import __version__
 from waystation.cli.commands.agent import connectivity_app, routes, run, status
 from waystation.cli.commands.doctor import doctor
 from waystation.cli.commands.events import events
+from waystation.cli.commands.models import models_app
 from waystation.cli.commands.queue import queue_app
 from waystation.cli.commands.receipts import receipts_app
 from waystation.cli.commands.service import service_app
@@ -32,6 +34,7 @@ DEBUG_ENV = "WAYSTATION_DEBUG"
 
 app = typer_app(name="waystation", no_args_is_help=True, add_completion=True)
 app.add_typer(queue_app, name="queue")
+app.add_typer(models_app, name="models")
 app.add_typer(receipts_app, name="receipts")
 app.add_typer(connectivity_app, name="connectivity")
 app.add_typer(service_app, name="service")

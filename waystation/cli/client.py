@@ -176,12 +176,13 @@ class AgentClient:
         json: Any = None,
         read_timeout: float | None = None,
         on_open: Callable[[httpx.Headers], None] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Iterator[tuple[str, Any]]:
         """(event, data) of a Server-Sent Events answer as they come; AgentTimeout when nothing
         comes for `read_timeout` seconds (None: wait as long as the stream is open). `on_open`
         gets the answer's headers before any event."""
         for _ident, event, data in self._sse(
-            method, path, json=json, read_timeout=read_timeout, on_open=on_open
+            method, path, json=json, headers=headers, read_timeout=read_timeout, on_open=on_open
         ):
             yield event, data
 
@@ -275,6 +276,10 @@ class Waystation:
                 self.via_agent = True
                 return result
         return direct(self.direct)
+
+    def either(self, agent: Callable[[AgentClient], T], direct: Callable[[DirectStation], T]) -> T:
+        """`agent` when the agent runs, else `direct` here: for commands with their own requests."""
+        return self._either(agent, direct)
 
     # --- agent only ------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ import structlog
 
 from waystation import __version__, logs
 from waystation.adapters.connectivity.monitor import ConnectivityMonitor
+from waystation.adapters.models.store import ModelStore
 from waystation.adapters.routes import Router
 from waystation.adapters.routes.local import LocalRoute
 from waystation.adapters.tools import ToolRegistry, default_tools, new_client
@@ -56,6 +57,7 @@ class Station:
     store: TaskStore
     tools: ToolRegistry  # what models and `POST /v1/tasks` may use
     announcer: Announcer
+    models: ModelStore = field(kw_only=True)  # the named models in the state directory
     started: float = field(default_factory=time.monotonic, kw_only=True)
     version: str = field(default=__version__, kw_only=True)
 
@@ -95,7 +97,9 @@ async def build_direct(stack: Stack, paths: Paths, settings: Settings) -> Statio
     db = await _database(stack, paths, check=False)
     # No secrets: this process cannot see the service's environment or credentials, so a task's
     # reference is checked for shape only, and the agent finds its value when it delivers.
-    return Station(paths, settings, db, TaskStore(db, settings.queue), default_tools(), _announcer(stack))
+    store = TaskStore(db, settings.queue)
+    models = ModelStore(paths.models)
+    return Station(paths, settings, db, store, default_tools(), _announcer(stack), models=models)
 
 
 async def build_in_process(stack: Stack, paths: Paths, settings: Settings) -> TurnStation:
@@ -156,8 +160,12 @@ def _turn_station(
     stack.push_async_callback(client.aclose)
     tools = default_tools(SecretResolver(settings, paths.config_file, found=logs.redact_too))
     deliveries = Deliveries(tools, client, settings.queue.delivery_timeout_s)
+    models = ModelStore(paths.models)
     router = Router(
-        LocalRoute(settings.model), settings.agent.default_route, settings=settings, connectivity=monitor
+        LocalRoute(settings.model, models=models),
+        settings.agent.default_route,
+        settings=settings,
+        connectivity=monitor,
     )
     stack.push_async_callback(router.close)
     announcer.listen("turn", router.answered)
@@ -166,7 +174,8 @@ def _turn_station(
     turns = TurnEngine(
         db, store, tools, monitor, deliveries, router.resolve, announcer, allow_hosts=allow_hosts
     )
-    return TurnStation(paths, settings, db, store, tools, announcer, monitor, router, turns), deliveries
+    station = TurnStation(paths, settings, db, store, tools, announcer, monitor, router, turns, models=models)
+    return station, deliveries
 
 
 async def cancel(task: asyncio.Task[None]) -> None:

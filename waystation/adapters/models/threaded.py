@@ -39,10 +39,17 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
         self._stop: threading.Event = threading.Event()  # the running generation's stop flag
         self._closing = False  # set by close(): stops a generation that has not started yet too
         self.load_ms: int | None = None
+        self.loaded_at: float | None = None  # wall clock, for `models ps`
+        self.unloads_at: float | None = None  # when the idle timer fires (None: never, or busy)
 
     @property
     def loaded(self) -> bool:
         return self._handle is not None
+
+    @property
+    def busy(self) -> bool:
+        """Generating now (the idle timer starts again when it is done)."""
+        return self._lock.locked()
 
     # --- what a backend provides, all called on the owner thread ------------------------------
 
@@ -82,6 +89,7 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
                 started = time.perf_counter()
                 self._handle = await loop.run_in_executor(self._owner, self.load_blocking)
                 cold_ms = self.load_ms = int((time.perf_counter() - started) * 1000)
+                self.loaded_at = time.time()
                 log.info("model loaded", backend=self.name, path=self.model_path, load_ms=cold_ms)
             handle = self._handle
             stage("generating", 0)
@@ -118,6 +126,7 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
         async with self._lock:
             self._cancel_idle_timer()
             handle, self._handle = self._handle, None
+            self.loaded_at = None
             if handle is not None:
                 await asyncio.get_running_loop().run_in_executor(self._owner, self.unload_blocking, handle)
                 log.info("model unloaded", backend=self.name, path=self.model_path)
@@ -131,14 +140,16 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
     def _arm_idle_timer(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._idle_unload_s > 0:
             self._idle_timer = loop.call_later(self._idle_unload_s, self._idle_expired)
+            self.unloads_at = time.time() + self._idle_unload_s
 
     def _cancel_idle_timer(self) -> None:
+        self.unloads_at = None
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
 
     def _idle_expired(self) -> None:
-        self._idle_timer = None
+        self._idle_timer = self.unloads_at = None
         task = asyncio.ensure_future(self.unload())
         _background.add(task)
         task.add_done_callback(_background.discard)

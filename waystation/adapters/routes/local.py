@@ -2,6 +2,7 @@
 
 Backends are kept per model path, each loading lazily on its first turn and unloading after
 `idle_unload_s` unused, so naming another model for one turn does not evict the default.
+A model is named by a name from `waystation models ls` (see adapters/models/store.py) or a path.
 """
 
 from __future__ import annotations
@@ -12,21 +13,50 @@ from typing import Any
 from waystation.adapters.models import choose_backend, open_backend
 from waystation.adapters.models.base import ModelBackend
 from waystation.adapters.models.embedded import default_model_path
+from waystation.adapters.models.store import EMBEDDED, ModelStore, looks_like_name
 from waystation.config import ModelSettings
-from waystation.errors import ModelError, RouteRefused
+from waystation.errors import ModelError, RouteRefused, UnknownModel
 from waystation.receipts import RouteInfo, route_object
+from waystation.timeutil import iso
 
 
 class LocalRoute:
     name = "local"
 
-    def __init__(self, settings: ModelSettings, backends: dict[str, ModelBackend] | None = None) -> None:
+    def __init__(
+        self,
+        settings: ModelSettings,
+        backends: dict[str, ModelBackend] | None = None,
+        models: ModelStore | None = None,
+    ) -> None:
         self._settings = settings
         self._backends: dict[str, ModelBackend] = backends or {}
+        self._models = models
 
     def model_path(self, model: str | None = None) -> Path:
+        """The file (or MLX directory) a turn's `model` means; `[model] path` may be a name too."""
         chosen = model or self._settings.path
-        return Path(chosen).expanduser() if chosen else default_model_path()
+        if not chosen or chosen.lower() == EMBEDDED:
+            return default_model_path()
+        if not looks_like_name(chosen):
+            return Path(chosen).expanduser()
+        found = self._models.find(chosen) if self._models is not None else None
+        if found is not None:
+            return found.path
+        if Path(chosen).exists():  # a file or directory of that name where we run, as before names
+            return Path(chosen)
+        raise UnknownModel(chosen)
+
+    def model_name(self, path: Path) -> str:
+        """What `models ls` calls the model at `path`: its name, `embedded`, or the path itself."""
+        if self._models is not None and path.parent == self._models.root:
+            return path.name.removesuffix(".gguf")
+        try:
+            if path == default_model_path():
+                return EMBEDDED
+        except ModelError:
+            pass
+        return str(path)
 
     def backend(self, model: str | None = None) -> tuple[RouteInfo, ModelBackend]:
         path = self.model_path(model)
@@ -39,9 +69,9 @@ class LocalRoute:
         return self.info(path, backend.name), backend
 
     def info(self, path: Path, provider: str) -> RouteInfo:
-        return RouteInfo(
-            name="local", provider=provider, auth_lane="none", cost_lane="local", model=path.name
-        )
+        named = self._models is not None and path.parent == self._models.root
+        model = self.model_name(path) if named else path.name
+        return RouteInfo(name="local", provider=provider, auth_lane="none", cost_lane="local", model=model)
 
     def needs_internet(self) -> bool:
         return False
@@ -62,7 +92,7 @@ class LocalRoute:
             provider = choose_backend(path, self._settings.backend)
             available, reason = path.exists(), None if path.exists() else f"model {path} not found"
             model: str | None = path.name
-        except ModelError as exc:
+        except (ModelError, UnknownModel) as exc:
             provider, available, reason, model = self._settings.backend, False, exc.message, None
         return route_object(RouteInfo("local", provider, "none", "local", model), available, reason)
 
@@ -70,7 +100,7 @@ class LocalRoute:
         """For `GET /v1/status`: the default model, and whether it is in memory now."""
         try:
             path = str(self.model_path())
-        except ModelError:
+        except (ModelError, UnknownModel):
             path = self._settings.path
         backend = self._backends.get(path)
         return {
@@ -79,7 +109,44 @@ class LocalRoute:
             "loaded": bool(backend and backend.loaded),
         }
 
+    def loaded(self) -> list[dict[str, Any]]:
+        """For `models ps`: each model in memory now, its size on disk (about what it takes: the
+        weights are mapped whole) and when it unloads (null: never, or busy and then idle anew)."""
+        rows = []
+        for key, backend in self._backends.items():
+            if not backend.loaded:
+                continue
+            path = Path(key)
+            rows.append(
+                {
+                    "name": self.model_name(path),
+                    "path": key,
+                    "backend": backend.name,
+                    "size": _size(path),
+                    "loaded_at": iso(getattr(backend, "loaded_at", None)),
+                    "unloads_at": iso(getattr(backend, "unloads_at", None)),
+                    "busy": bool(getattr(backend, "busy", False)),
+                }
+            )
+        return rows
+
+    async def forget(self, path: Path) -> None:
+        """Unload the model at `path` (after a generation under way) and drop it: it is being removed."""
+        backend = self._backends.pop(str(path), None)
+        if backend is not None:
+            await backend.unload()
+            await backend.close()
+
     async def close(self) -> None:
         for backend in self._backends.values():
             await backend.close()
         self._backends.clear()
+
+
+def _size(path: Path) -> int:
+    try:
+        if path.is_dir():
+            return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        return path.stat().st_size
+    except OSError:
+        return 0

@@ -118,19 +118,23 @@ def check_model(paths: Any) -> Check:
     import asyncio
 
     from waystation.adapters.models.llamacpp import check_gguf
+    from waystation.adapters.models.store import ModelStore
     from waystation.adapters.routes.local import LocalRoute
     from waystation.config import load_settings
     from waystation.errors import WaystationError
 
     try:
-        route = LocalRoute(load_settings(paths).model)
+        route = LocalRoute(load_settings(paths).model, models=ModelStore(paths.models))
         status = asyncio.run(route.status())
         if status["available"] and status["provider"] == "llamacpp":
             check_gguf(route.model_path())
     except WaystationError as exc:
         status = {"available": False, "reason": exc.message}
     if not status["available"]:
-        fix = 'set [model] path to a GGUF file or an MLX model directory ("" = the embedded default)'
+        fix = (
+            "set [model] path to a name from `waystation models ls`, a GGUF file or an MLX model "
+            'directory ("" = the embedded default)'
+        )
         return Check("fail", "model", f"{status['reason']}: {fix}")
     return Check("ok", "model", f"{route.model_path()} ({status['provider']})")
 

@@ -44,7 +44,11 @@ def turn(
         str | None, typer.Option("--route", help="The route to run on (default: agent.default_route).")
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", help="A GGUF file or MLX model dir for this turn.")
+        str | None,
+        typer.Option(
+            "--model",
+            help="A name from `waystation models ls`, or a GGUF file or MLX model dir, for this turn.",
+        ),
     ] = None,
     system: Annotated[str | None, typer.Option("--system", help="A system prompt.")] = None,
     max_tokens: Annotated[

@@ -1,0 +1,199 @@
+"""Named models in the state directory's `models/`: what `waystation models` lists, pulls into
+and removes, and what a turn's `model` may name.
+
+    models/NAME.gguf     a GGUF model
+    models/NAME/         an MLX model directory (config.json beside its weights)
+    models/NAME.json     what `models pull` recorded: source, sha256, size, when. A model put
+                         there by hand has none and is listed all the same.
+    models/.partial/     downloads under way, kept when one stops so that the same pull resumes
+
+A name is lower case (a name given in capitals is the same name: on macOS's file system it would
+be the same file anyway), and never looks like a path, so `--model X` is a name or a path at a
+glance. `embedded` is reserved for the model the package ships.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from waystation.errors import MalformedRequest, UnknownModel
+
+EMBEDDED = "embedded"
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+GGUF = ".gguf"
+RECORD = ".json"
+PARTIAL_DIR = ".partial"
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    name: str
+    path: Path
+    format: str  # gguf | mlx
+    size: int  # bytes on disk (the weights: about what loading it takes)
+    sha256: str | None = None  # of the GGUF file, when a pull recorded it
+    source: str | None = None  # what it was pulled from (a URL without its credentials)
+    pulled_at: str | None = None  # ISO 8601 UTC
+    verified: bool = False  # the sha256 was checked against one its source (or --sha256) gave
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "format": self.format,
+            "size": self.size,
+            "sha256": self.sha256,
+            "source": self.source,
+            "pulled_at": self.pulled_at,
+            "verified": self.verified,
+        }
+
+
+def check_name(name: str) -> str:
+    """The name as stored (lower case), or MalformedRequest saying what a name may be."""
+    lowered = name.lower()
+    if not NAME.fullmatch(lowered) or lowered.endswith((GGUF, RECORD)) or lowered == EMBEDDED:
+        raise MalformedRequest(
+            f"{name!r} cannot name a model: use letters, digits, '.', '_' and '-' (up to 128, starting "
+            f"with a letter or digit, not ending in .gguf or .json, not {EMBEDDED!r})"
+        )
+    return lowered
+
+
+def looks_like_name(text: str) -> bool:
+    """Whether `--model text` means a name rather than a path: no slash, no .gguf, no ~."""
+    return bool(NAME.fullmatch(text.lower())) and not text.lower().endswith(GGUF)
+
+
+def default_name(filename: str) -> str | None:
+    """The name a pulled file gets unless told otherwise: SmolLM2-135M-Instruct-Q8_0.gguf ->
+    smollm2-135m-instruct-q8_0 (lower case, the .gguf dropped, other characters as '-')."""
+    stem = filename.rsplit("/", 1)[-1]
+    if stem.lower().endswith(GGUF):
+        stem = stem[: -len(GGUF)]
+    cleaned = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")[:128]
+    try:
+        return check_name(cleaned) if cleaned else None
+    except MalformedRequest:
+        return None
+
+
+class ModelStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def find(self, name: str) -> StoredModel | None:
+        """The model of that name (any case), or None."""
+        name = name.lower()
+        if not NAME.fullmatch(name):
+            return None
+        gguf = self.root / f"{name}{GGUF}"
+        if gguf.is_file():
+            return self._model(name, gguf, "gguf")
+        folder = self.root / name
+        if (folder / "config.json").is_file():
+            return self._model(name, folder, "mlx")
+        return None
+
+    def get(self, name: str) -> StoredModel:
+        found = self.find(name)
+        if found is None:
+            raise UnknownModel(name)
+        return found
+
+    def all(self) -> list[StoredModel]:
+        try:
+            entries = sorted(self.root.iterdir())
+        except FileNotFoundError:
+            return []
+        found = []
+        for entry in entries:
+            name = entry.name[: -len(GGUF)] if entry.name.endswith(GGUF) else entry.name
+            model = self.find(name) if NAME.fullmatch(name) else None
+            if model is not None and model.path == entry:
+                found.append(model)
+        return found
+
+    def remove(self, name: str) -> StoredModel:
+        model = self.get(name)
+        if model.format == "gguf":
+            model.path.unlink(missing_ok=True)
+        else:
+            _remove_tree(model.path)
+        (self.root / f"{model.name}{RECORD}").unlink(missing_ok=True)
+        return model
+
+    def partial(self, key: str) -> Path:
+        """Where a download under `key` (content-addressed where its sha256 is known) accumulates."""
+        return self.root / PARTIAL_DIR / f"{key}.partial"
+
+    def install(self, name: str, downloaded: Path, record: dict[str, Any]) -> StoredModel:
+        """Move a complete, verified GGUF file in under `name` (replacing an older one of that name),
+        its record first: a model appears only whole, with what is known of it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        target = self.root / f"{name}{GGUF}"
+        record_path = self.root / f"{name}{RECORD}"
+        temporary = record_path.with_name(f".{name}{RECORD}.tmp")
+        temporary.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(temporary, record_path)
+        os.replace(downloaded, target)
+        _fsync_dir(self.root)
+        self.tidy()
+        return self.get(name)
+
+    def tidy(self) -> None:
+        """Remove the downloads directory once nothing is left in it."""
+        with contextlib.suppress(OSError):
+            (self.root / PARTIAL_DIR).rmdir()
+
+    def _model(self, name: str, path: Path, kind: str) -> StoredModel:
+        record = _read_record(self.root / f"{name}{RECORD}")
+        size = path.stat().st_size if kind == "gguf" else _tree_size(path)
+        return StoredModel(
+            name=name,
+            path=path,
+            format=kind,
+            size=size,
+            sha256=_str(record.get("sha256")),
+            source=_str(record.get("source")),
+            pulled_at=_str(record.get("pulled_at")),
+            verified=record.get("verified") is True,
+        )
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """A model's record; a missing or damaged one reads as empty (the model itself is still there)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _tree_size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def _remove_tree(folder: Path) -> None:
+    import shutil
+
+    shutil.rmtree(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames into `folder` durable (a power cut must not leave the old name behind)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
