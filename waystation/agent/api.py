@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 
 from waystation import timeutil
+from waystation.agent.api_openai import add_openai_routes
 from waystation.agent.api_turns import add_turn_routes
 from waystation.agent.http_io import (
     MAX_BODY_BYTES,
@@ -74,6 +75,7 @@ def create_app(station: AgentStation) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/openapi.json", openapi)
     add_turn_routes(app)
+    add_openai_routes(app)
     return app
 
 
