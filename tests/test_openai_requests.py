@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from waystation.db import Database
 from waystation.errors import EmptyPrompt, MalformedRequest, UnsupportedParameter
 from waystation.queue.store import TaskStore
 from waystation.receipts import Usage
+from waystation.station.ops import chat
 from waystation.station.turns.engine import TurnEngine
 from waystation.station.turns.request import TurnRequest, TurnResult
 from waystation.testing import FakeConnectivity, RecordingAnnouncer, ScriptedDelivery
@@ -267,3 +269,33 @@ def test_calls_stream_as_openai_streams_them() -> None:
     assert arguments["delta"]["tool_calls"] == [{"index": 0, "function": {"arguments": '{"city": "Paris"}'}}]
     assert last["finish_reason"] == "tool_calls" and last["delta"] == {}
     assert {c["model"] for c in chunks} == {"m.gguf"}
+
+
+# --- which model runs, and what the route cannot honour ---------------------------------------------
+
+
+def station_on(default_route: str, model_file: Path, backends: dict[str, Any]) -> Any:
+    local = LocalRoute(ModelSettings(path=str(model_file)), backends)
+    return SimpleNamespace(router=Router(local, default_route, env={}))
+
+
+async def test_the_request_model_picks_a_local_model_only_when_the_route_knows_it(
+    tmp_path: Path, model_file: Path
+) -> None:
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF")
+    backends: dict[str, Any] = {str(model_file): ScriptedBackend([]), str(other): ScriptedBackend([])}
+    station = station_on("local", model_file, backends)
+    assert await chat.model_for(station, str(other)) == (str(other), "other.gguf")
+    for name in ("gpt-4o", "default", None):
+        assert await chat.model_for(station, name) == (None, "scripted.gguf")
+    # On another default route the request's model names nothing of ours.
+    assert (await chat.model_for(station_on("openai", model_file, backends), str(other)))[0] is None
+
+
+def test_response_format_off_the_local_route_is_refused(model_file: Path) -> None:
+    turn = chat_request(body(response_format={"type": "json_object"})).turn
+    chat.check(station_on("local", model_file, {}), turn)
+    with pytest.raises(UnsupportedParameter) as caught:
+        chat.check(station_on("openai", model_file, {}), turn)
+    assert caught.value.parameter == "response_format"

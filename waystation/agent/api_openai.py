@@ -34,6 +34,7 @@ def add_openai_routes(app: web.Application) -> None:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     station = station_of(request)
     chat_req = chat_request(await json_body(request))
+    chat.check(station, chat_req.turn)
     model, model_name = await chat.model_for(station, chat_req.turn.model)
     turn = dataclasses.replace(chat_req.turn, model=model)
     completion = Completion(f"chatcmpl-{int(time.time() * 1000):x}", int(time.time()), model_name)

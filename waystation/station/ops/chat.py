@@ -7,8 +7,18 @@ otherwise the route's own model runs. Either way the answer names the model that
 
 from __future__ import annotations
 
-from waystation.errors import WaystationError
+from waystation.errors import UnsupportedParameter, WaystationError
 from waystation.station.build import TurnStation
+from waystation.station.turns.request import TurnRequest
+
+
+def check(station: TurnStation, request: TurnRequest) -> None:
+    """Refuse what the default route would silently drop: only llama.cpp's grammar constrains."""
+    if request.response_format is not None and station.router.default_route != "local":
+        route = station.router.default_route
+        raise UnsupportedParameter(
+            "response_format", f"the default route {route} cannot constrain its answer"
+        )
 
 
 async def model_for(station: TurnStation, requested: str | None) -> tuple[str | None, str]:
