@@ -19,6 +19,7 @@
     │   ├── InvalidTransition(...)   e.g. cancelling a task that is done (409)
     │   ├── EmptyPrompt              a turn needs a prompt (400)
     │   ├── NoUrlToCall(tool_choice) a call was demanded and the prompt names no URL (400)
+    │   ├── UnsupportedParameter(parameter, problem)  one we cannot honour, never dropped (400)
     │   └── PromptTooLong            longer than the model's context (400)
     ├── ModelError(path)             the model file cannot be used: missing, not a model, too big (422)
     ├── UnknownModel(name)           no model of that name in the state directory's models/ (404)
@@ -234,6 +235,18 @@ class NoUrlToCall(InputError):
             "put the http(s) URL in the prompt, or list its host in [tools] allow_hosts"
         )
         self.tool_choice = tool_choice
+
+
+class UnsupportedParameter(InputError):
+    """A request parameter that would change the answer and that we cannot honour (`n` > 1, a
+    schema the grammar cannot express): refused by name rather than silently ignored."""
+
+    code = "unsupported_parameter"
+
+    def __init__(self, parameter: str, problem: str) -> None:
+        super().__init__(f"{parameter}: {problem}")
+        self.parameter = parameter
+        self.problem = problem
 
 
 class PromptTooLong(InputError):

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from waystation import timeutil
 from waystation.agent.api_models import add_model_routes
+from waystation.agent.api_openai import add_openai_routes
 from waystation.agent.api_turns import add_turn_routes
 from waystation.agent.http_io import (
     MAX_BODY_BYTES,
@@ -76,6 +77,7 @@ def create_app(station: AgentStation) -> web.Application:
     app.router.add_get("/v1/openapi.json", openapi)
     add_turn_routes(app)
     add_model_routes(app)
+    add_openai_routes(app)
     return app
 
 

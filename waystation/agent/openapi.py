@@ -204,7 +204,8 @@ PATHS: dict[str, Schema] = {
     },
     "/v1/chat/completions": {
         "post": _turn_op(
-            "OpenAI-compatible chat completions on the default route (plain and streaming)",
+            "OpenAI-compatible chat completions on the default route (plain and streaming); the"
+            " client's tools come back as tool_calls for the client to run",
             "a completion",
             "ChatCompletion",
             operationId="chatCompletions",

@@ -306,15 +306,19 @@ SCHEMAS: dict[str, Schema] = {
     "ChatMessage": {
         "type": "object",
         "properties": {
-            "role": {"type": "string"},
+            "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
             "content": {
                 "oneOf": [
                     {"type": "string"},
                     {"type": "array", "items": {"type": "object"}},
-                ]
+                    {"type": "null"},
+                ],
+                "description": "null only on an assistant message with tool_calls",
             },
+            "tool_calls": {"type": "array", "items": {"type": "object"}},
+            "tool_call_id": {"type": "string", "description": "on a tool message: the call it answers"},
         },
-        "required": ["role", "content"],
+        "required": ["role"],
     },
     "ChatCompletionRequest": {
         "type": "object",
@@ -325,6 +329,13 @@ SCHEMAS: dict[str, Schema] = {
             "max_tokens": {"type": "integer", "minimum": 1, "maximum": 8192},
             "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": 8192},
             "stream": {"type": "boolean"},
+            "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+            "tools": {"type": "array", "items": {"type": "object"}, "description": "OpenAI function tools"},
+            "tool_choice": {
+                "oneOf": [{"type": "string", "enum": ["auto", "none", "required"]}, {"type": "object"}]
+            },
+            "response_format": {"type": "object", "description": "text, json_object or json_schema"},
+            "n": {"type": "integer", "const": 1},
         },
         "required": ["messages"],
     },

@@ -56,6 +56,8 @@ class GenerationRequest:
     max_tokens: int = 256
     temperature: float = 0.0
     on_stage: StageSink | None = field(default=None, compare=False)
+    # A JSON Schema the answer must match (OpenAI's response_format); None: free text.
+    response_format: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -90,9 +92,12 @@ class ModelBackend(Protocol):
     async def close(self) -> None: ...
 
 
-def tool_call_schema(tools: Sequence[ToolSpec], choice: ToolChoice) -> dict[str, Any]:
+def tool_call_schema(
+    tools: Sequence[ToolSpec], choice: ToolChoice, answer: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """JSON Schema of one assistant reply when tools are offered: a tool call, or (on "auto")
-    a plain answer. Constraining generation to it makes even a 135M model's calls parse."""
+    a plain answer (text, or a value matching `answer`, a response format's schema).
+    Constraining generation to it makes even a 135M model's calls parse."""
     calls = [
         {
             "type": "object",
@@ -101,8 +106,9 @@ def tool_call_schema(tools: Sequence[ToolSpec], choice: ToolChoice) -> dict[str,
         }
         for t in tools
     ]
-    answer = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
-    options = calls if choice == "required" else [*calls, answer]
+    value = dict(answer) if answer is not None else {"type": "string"}
+    reply = {"type": "object", "properties": {"answer": value}, "required": ["answer"]}
+    options = calls if choice == "required" else [*calls, reply]
     return options[0] if len(options) == 1 else {"anyOf": options}
 
 
@@ -122,8 +128,16 @@ def tool_instructions(tools: Sequence[ToolSpec], choice: ToolChoice) -> str:
     return "\n".join(lines)
 
 
-def parse_tool_reply(text: str, call_id: str) -> tuple[str, list[ToolCall]]:
-    """Read a constrained reply: (answer text, tool calls). Unparseable text is the answer itself."""
+def format_instructions(schema: Mapping[str, Any]) -> str:
+    """The system text for an answer held to a JSON Schema (the grammar holds the exact shape;
+    the names of its keys help a small model fill them with something sensible)."""
+    keys = ", ".join(dict(schema.get("properties") or {}))
+    return "Reply with JSON only" + (f": an object with {keys}." if keys else ".")
+
+
+def parse_tool_reply(text: str, call_id: str, json_answer: bool = False) -> tuple[str, list[ToolCall]]:
+    """Read a constrained reply: (answer text, tool calls). Unparseable text is the answer itself;
+    an answer held to a response format's schema (`json_answer`) is that value's JSON."""
     try:
         reply = json.loads(text)
     except json.JSONDecodeError:
@@ -131,6 +145,8 @@ def parse_tool_reply(text: str, call_id: str) -> tuple[str, list[ToolCall]]:
     if isinstance(reply, dict) and isinstance(reply.get("tool"), str):
         arguments = reply.get("arguments")
         return "", [ToolCall(call_id, reply["tool"], arguments if isinstance(arguments, dict) else {})]
+    if isinstance(reply, dict) and json_answer and "answer" in reply:
+        return json.dumps(reply["answer"]), []
     if isinstance(reply, dict) and isinstance(reply.get("answer"), str):
         return reply["answer"], []
     return text, []

@@ -23,13 +23,14 @@ from waystation.adapters.models.base import (
     Message,
     TokenSink,
     ToolCall,
+    format_instructions,
     parse_tool_reply,
     tool_call_schema,
     tool_instructions,
     urls_in,
 )
 from waystation.adapters.models.threaded import ThreadedBackend
-from waystation.errors import ModelError, PromptTooLong
+from waystation.errors import ModelError, PromptTooLong, UnsupportedParameter
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_CONTEXT = 4096
@@ -85,11 +86,10 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         _return_freed_memory()
 
     def generate_blocking(self, handle: Loaded, request: GenerationRequest, emit: TokenSink) -> Generation:
-        from llama_cpp.llama_grammar import LlamaGrammar
-
         llm = handle.llm
         messages = [_plain(m) for m in request.messages]
         tools = request.tools if request.tool_choice != "none" else ()
+        answer_format = request.response_format
         # After tool results a small model answers in the JSON it saw its calls written in; held
         # to {"answer": ...} it answers in words (and its answer is never a tool call's JSON).
         constrained = bool(tools) or any(m["role"] == "tool" for m in messages)
@@ -97,9 +97,11 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         if constrained:
             choice = request.tool_choice if tools else "none"
             messages = _with_system(messages, tool_instructions(tools, choice))
-            schema = _grammar_safe(tool_call_schema(tools, choice))
-            grammar_schema = json.dumps(_pin_urls(schema, urls_in(messages)))
-            grammar = LlamaGrammar.from_json_schema(grammar_schema, verbose=False)
+            schema = _grammar_safe(tool_call_schema(tools, choice, answer_format))
+            grammar = json_grammar(_pin_urls(schema, urls_in(messages)), request)
+        elif answer_format is not None:  # the answer is the JSON itself, streamed as text
+            messages = _with_system(messages, format_instructions(answer_format))
+            grammar = json_grammar(answer_format, request)
         formatted = handle.formatter(messages=messages)
         prompt = llm.tokenize(formatted.prompt.encode(), add_bos=False, special=True)
         if len(prompt) + request.max_tokens > llm.n_ctx():
@@ -133,9 +135,10 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         completion_tokens = len(llm.tokenize(text.encode(), add_bos=False, special=True)) if text else 0
         tool_calls: list[ToolCall] = []
         if constrained:
-            answer, tool_calls = parse_tool_reply(text, call_id=f"call_{os.urandom(6).hex()}")
+            json_answer = answer_format is not None
+            answer, tool_calls = parse_tool_reply(text, f"call_{os.urandom(6).hex()}", json_answer)
             if not tool_calls and answer == text:  # not a whole reply: cut off at max_tokens
-                answer, finish = cut_answer(text)
+                answer, finish = cut_answer(text, json_answer)
             text = answer
             if text:
                 emit(text)
@@ -178,17 +181,59 @@ def _common_prefix(a: list[int], b: list[int]) -> list[int]:
     return a[:n]
 
 
-def cut_answer(text: str) -> tuple[str, str]:
+def cut_answer(text: str, json_answer: bool = False) -> tuple[str, str]:
     """A constrained reply that max_tokens cut short: an answer keeps what it had said
-    ("length"); a tool call has nothing to give ("cut_off")."""
+    ("length"), a JSON answer the JSON it had begun (as OpenAI's does); a tool call has nothing
+    to give ("cut_off")."""
     head = '{"answer": "'
     compact = text.replace('{ "answer"', '{"answer"').replace('"answer" :', '"answer":')
+    if json_answer and compact.startswith('{"answer":'):
+        return compact[len('{"answer":') :].lstrip(), "length"
     if compact.startswith(head):
         try:
             return json.loads(compact + '"}')["answer"], "length"
         except (ValueError, KeyError):
             return compact[len(head) :], "length"
     return "", "cut_off"
+
+
+# What llama-cpp-python's JSON Schema converter raises on a schema it cannot express.
+_SCHEMA_ERRORS = (AssertionError, ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError)
+
+
+def json_grammar(schema: Any, request: GenerationRequest) -> Any:
+    """The grammar for a reply's JSON Schema, or UnsupportedParameter naming the part of the
+    request (a tool's parameters, the response format) that the converter refused."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    def refusal(part: Any) -> BaseException | None:
+        try:
+            LlamaGrammar.from_json_schema(json.dumps(part), verbose=False)
+        except _SCHEMA_ERRORS as exc:
+            return exc
+        return None
+
+    try:
+        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    except _SCHEMA_ERRORS as exc:
+        problem: BaseException = exc
+    name = "tools"  # the tools together, when no part alone is refused
+    # Each part as it went into the grammar: a tool's parameters grammar-safe, the format whole.
+    parts = [
+        (f"tools: function {t.name!r} parameters", _grammar_safe(t.grammar or t.parameters))
+        for t in request.tools
+    ]
+    if request.response_format is not None:
+        parts.append(("response_format", request.response_format))
+    for part_name, part in parts:
+        if (refused := refusal(part)) is not None:
+            name, problem = part_name, refused
+            break
+    raise UnsupportedParameter(name, f"cannot constrain to this JSON Schema: {_why(problem)}")
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
 def check_gguf(path: Path) -> None:
@@ -254,11 +299,19 @@ def _plain(message: Message) -> Message:
     content = message.get("content")
     if message.get("tool_calls") and not content:
         calls = [
-            {"tool": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
+            {"tool": c["function"]["name"], "arguments": _arguments(c["function"].get("arguments"))}
             for c in message["tool_calls"]
         ]
         content = json.dumps(calls[0] if len(calls) == 1 else calls)
     return {"role": message["role"], "content": content if isinstance(content, str) else json.dumps(content)}
+
+
+def _arguments(raw: Any) -> Any:
+    """A call's arguments as sent back by a client: a JSON string, kept as text if it is not."""
+    try:
+        return json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return raw
 
 
 def _with_system(messages: list[Message], text: str) -> list[Message]:

@@ -31,7 +31,7 @@ from waystation.adapters.models.base import (
     tool_instructions,
 )
 from waystation.adapters.models.threaded import ThreadedBackend
-from waystation.errors import ModelError, PromptTooLong
+from waystation.errors import ModelError, PromptTooLong, UnsupportedParameter
 
 _TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
@@ -100,6 +100,8 @@ class MlxBackend(ThreadedBackend[MlxModel]):
         import mlx_lm  # type: ignore[import-untyped, import-not-found, unused-ignore]
         from mlx_lm.sample_utils import make_sampler  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
+        if request.response_format is not None:  # no grammar here: never pretend to constrain
+            raise UnsupportedParameter("response_format", "the mlx backend cannot constrain its answer")
         started = time.perf_counter()
         tools = list(request.tools) if request.tool_choice != "none" else []
         prompt = self.prompt_tokens(handle, request.messages, tools, request)

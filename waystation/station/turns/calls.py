@@ -24,7 +24,7 @@ import httpx
 from waystation import receipts
 from waystation.adapters.models.base import Message, ToolChoice, ToolSpec, urls_in
 from waystation.adapters.tools import ToolRegistry
-from waystation.errors import InvalidArguments, NoUrlToCall, UnknownTool
+from waystation.errors import InvalidArguments, MalformedRequest, NoUrlToCall, UnknownTool
 from waystation.ports import Connectivity, Deliver, Outcome
 from waystation.queue.tasks import NewTask
 from waystation.station.turns.progress import Progress
@@ -56,6 +56,27 @@ def offer(
     if choice == "required" and not offered:
         raise NoUrlToCall("required")
     return offered, choice if offered else "none"
+
+
+def offer_client(
+    tools: Sequence[Mapping[str, Any]], choice: ToolChoice | Mapping[str, str]
+) -> tuple[list[ToolSpec], ToolChoice]:
+    """An OpenAI client's function tools for its chat completion, and how the model must use
+    them: the same choices as ours, but nothing is called here (the client runs them)."""
+    specs = [
+        ToolSpec(t["name"], t.get("description") or "", t.get("parameters") or NO_PARAMETERS) for t in tools
+    ]
+    if choice == "none" or not specs:
+        return [], "none"
+    if isinstance(choice, Mapping):  # {"tool": NAME}: that function, a call demanded
+        named = [s for s in specs if s.name == choice["tool"]]
+        if not named:
+            raise MalformedRequest(f"tool_choice names {choice['tool']!r}, which is not one of the tools")
+        return named, "required"
+    return specs, choice
+
+
+NO_PARAMETERS = {"type": "object", "properties": {}}
 
 
 def _spec(tool: Any) -> ToolSpec:

@@ -22,7 +22,16 @@ from typing import Any
 import structlog
 
 from waystation import receipts
-from waystation.adapters.models.base import GenerationRequest, Message, ModelBackend, StageSink, TokenSink
+from waystation.adapters.models.base import (
+    Generation,
+    GenerationRequest,
+    Message,
+    ModelBackend,
+    StageSink,
+    TokenSink,
+    ToolChoice,
+    ToolSpec,
+)
 from waystation.adapters.tools import ToolRegistry
 from waystation.db import Database
 from waystation.errors import (
@@ -38,7 +47,7 @@ from waystation.queue.policy import TaskState
 from waystation.queue.store import TaskStore
 from waystation.queue.tasks import NewTask
 from waystation.receipts import ReceiptDraft, RouteInfo, Usage
-from waystation.station.turns.calls import Caller, conversation_urls, offer, result_for_model
+from waystation.station.turns.calls import Caller, conversation_urls, offer, offer_client, result_for_model
 from waystation.station.turns.progress import Progress
 from waystation.station.turns.records import TurnRow, claim_for_resume, get_turn, save_turn
 from waystation.station.turns.request import DEFERRED_TURN_TOOL, TurnRequest, TurnResult
@@ -101,7 +110,9 @@ class TurnEngine:
         else:
             messages.append({"role": "user", "content": request.prompt})
         last = messages[-1]
-        if last.get("role") != "user" or not str(last.get("content") or "").strip():
+        # A client's conversation may end with its tools' results, for the model to answer from.
+        answers_tools = request.client_tools is not None and last.get("role") == "tool"
+        if not answers_tools and (last.get("role") != "user" or not str(last.get("content") or "").strip()):
             raise EmptyPrompt()
         row = TurnRow("running", request.to_json(), messages, route=request.route, model=request.model)
         await self._db.write(lambda conn: save_turn(conn, turn_id, row))
@@ -216,45 +227,25 @@ class TurnEngine:
         # A call is demanded (required, or a named tool) on the first step of a turn only; a
         # resumed model may call again; the last step, and a step after a repeated call, answer.
         choice = "auto" if progress.resumed and request.tool_choice != "none" else request.tool_choice
+        if request.client_tools is not None:  # a chat completion: the model's calls go back
+            specs, model_choice = offer_client(request.client_tools, request.tool_choice)
+            generation = await self._generate(request, progress, model, specs, model_choice, on_token)
+            if _answered(progress, generation):
+                return
+            progress.tool_calls += [
+                {"id": c.id, "tool": c.name, "arguments": c.arguments, "status": "client"}
+                for c in generation.tool_calls
+            ]
+            return
         for step in range(request.max_steps):
             if step == request.max_steps - 1 and choice != "none":
                 choice = "none"
                 progress.reason = f"answered at the step limit ({request.max_steps} steps)"
             urls = conversation_urls(progress.messages)
             specs, model_choice = offer(self._tools, choice, urls, self._allow_hosts)
-            generation = await model.generate(
-                GenerationRequest(
-                    [_for_model(m) for m in progress.messages],
-                    tools=tuple(specs),
-                    tool_choice=model_choice,
-                    max_tokens=request.max_tokens,
-                    temperature=request.temperature,
-                    on_stage=progress.on_stage,
-                ),
-                on_token,
-            )
-            progress.steps += 1
-            progress.prompt_tokens += generation.prompt_tokens
-            progress.completion_tokens += generation.completion_tokens
-            if generation.cold_load_ms is not None:
-                progress.cold_load_ms = generation.cold_load_ms
-            progress.model_answered = generation.model_answered or progress.model_answered
-            progress.telemetry.update(generation.telemetry)
-            if generation.finish_reason == "cancelled":  # the backend was stopped (closing)
-                raise asyncio.CancelledError
-            if generation.finish_reason == "cut_off":  # inside a tool call: no answer to give
-                raise ReplyCutOff(request.max_tokens)
-            if not generation.tool_calls:
-                progress.text = generation.text
-                progress.messages.append({"role": "assistant", "content": generation.text})
+            generation = await self._generate(request, progress, model, specs, model_choice, on_token)
+            if _answered(progress, generation):
                 return
-            progress.messages.append(
-                {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [c.to_json() for c in generation.tool_calls],
-                }
-            )
             repeated = False
             for call in generation.tool_calls:
                 repeated |= await self._caller.call(
@@ -263,6 +254,42 @@ class TurnEngine:
             if progress.deferred:
                 return  # the model waits for the parked results; the turn resumes with them
             choice = "none" if repeated else "auto"  # it has that result already: answer now
+
+    async def _generate(
+        self,
+        request: TurnRequest,
+        progress: Progress,
+        model: ModelBackend,
+        specs: Sequence[ToolSpec],
+        choice: ToolChoice,
+        on_token: TokenSink | None,
+    ) -> Generation:
+        """One step's generation, counted into the turn's progress."""
+        generation = await model.generate(
+            GenerationRequest(
+                [_for_model(m) for m in progress.messages],
+                tools=tuple(specs),
+                tool_choice=choice,
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+                on_stage=progress.on_stage,
+                response_format=request.response_format,
+            ),
+            on_token,
+        )
+        progress.steps += 1
+        progress.prompt_tokens += generation.prompt_tokens
+        progress.completion_tokens += generation.completion_tokens
+        if generation.cold_load_ms is not None:
+            progress.cold_load_ms = generation.cold_load_ms
+        progress.model_answered = generation.model_answered or progress.model_answered
+        progress.telemetry.update(generation.telemetry)
+        progress.finish_reason = generation.finish_reason
+        if generation.finish_reason == "cancelled":  # the backend was stopped (closing)
+            raise asyncio.CancelledError
+        if generation.finish_reason == "cut_off":  # inside a tool call: no answer to give
+            raise ReplyCutOff(request.max_tokens)
+        return generation
 
     async def _finish(
         self,
@@ -321,10 +348,22 @@ class TurnEngine:
             usage=draft.usage,
             model=route.model,
             model_answered=progress.model_answered,
+            finish_reason=progress.finish_reason,
         )
         turn = await get_turn(self._db, turn_id)
         self._announce.turn_finished({**result.to_json(), **turn}, receipt, progress.resumed)
         return result
+
+
+def _answered(progress: Progress, generation: Generation) -> bool:
+    """Write the model's reply into the conversation: its answer (True), or its calls."""
+    if not generation.tool_calls:
+        progress.text = generation.text
+        progress.messages.append({"role": "assistant", "content": generation.text})
+        return True
+    calls = [c.to_json() for c in generation.tool_calls]
+    progress.messages.append({"role": "assistant", "content": None, "tool_calls": calls})
+    return False
 
 
 def _for_model(message: Message) -> Message:

@@ -26,3 +26,4 @@ class Progress:
     parked: list[NewTask] = field(default_factory=list)
     deferred: dict[str, str] = field(default_factory=dict)  # task id -> tool call id
     on_stage: StageSink | None = None  # told when the model is busy, loading, then generating
+    finish_reason: str = "stop"  # the last generation's

@@ -29,6 +29,10 @@ class TurnRequest:
     messages: list[Message] | None = None  # a whole conversation (OpenAI-style) instead of prompt
     temperature: float = 0.0  # greedy by default
     defer: bool = False  # offline on a cloud route: park the whole turn until the network is back
+    # An OpenAI client's own function tools ({"name", "description", "parameters"}): offered
+    # instead of ours, and the model's calls to them end the turn, returned for the client to run.
+    client_tools: list[dict[str, Any]] | None = None
+    response_format: dict[str, Any] | None = None  # a JSON Schema the answer must match
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,6 +50,7 @@ class TurnResult:
     usage: Usage = field(default_factory=Usage)
     model: str | None = None  # the model asked for
     model_answered: str | None = None  # the model the provider says answered
+    finish_reason: str = "stop"  # the last generation's: stop, length, tool_calls
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "usage": asdict(self.usage)}
