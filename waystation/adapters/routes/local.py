@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from waystation.adapters.models import choose_backend, open_backend
+from waystation.adapters.models import choose_backend, cpu_threads, open_backend
 from waystation.adapters.models.base import ModelBackend
 from waystation.adapters.models.embedded import default_model_path
 from waystation.config import ModelSettings
@@ -67,7 +67,8 @@ class LocalRoute:
         return route_object(RouteInfo("local", provider, "none", "local", model), available, reason)
 
     def model_status(self) -> dict[str, Any]:
-        """For `GET /v1/status`: the default model, and whether it is in memory now."""
+        """For `GET /v1/status`: the default model, whether it is in memory now, and the CPU
+        threads llama.cpp runs it with (null for MLX)."""
         try:
             path = str(self.model_path())
         except ModelError:
@@ -77,6 +78,7 @@ class LocalRoute:
             "backend": backend.name if backend else self._settings.backend,
             "path": path,
             "loaded": bool(backend and backend.loaded),
+            "threads": cpu_threads(backend, Path(path), self._settings),
         }
 
     async def close(self) -> None:
