@@ -161,11 +161,13 @@ def running(binary: Path, model: Path, args: list[str], log: Path) -> Iterator[S
 
 
 def threads_in_log(log: Path) -> str:
-    """The thread counts llama-server reports at start ("n_threads = 2 (n_threads_batch = 2)")."""
+    """What llama-server says it runs with at start: its threads ("n_threads = 2") and slots."""
+    found = []
     for line in log.read_text(errors="replace").splitlines():
-        if "n_threads" in line and "system_info" in line:
-            return line.split("system_info:", 1)[1].split("|")[0].strip()
-    return "?"
+        for key in ("n_threads = ", "n_slots = "):
+            if key in line and not any(f.startswith(key) for f in found):
+                found.append(line[line.index(key) :].strip())
+    return "; ".join(found) or "?"
 
 
 if __name__ == "__main__":  # build (or find) it: python bench/_llama_server.py
