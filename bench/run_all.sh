@@ -16,7 +16,7 @@ if [[ -n "${QUICK:-}" ]]; then
     "bench/socket_tasks.py --posts 400 --gets 200"
     "bench/flush.py --tasks 1000 --bare 500"
     "bench/idle.py --settle 2 --duration 5"
-    "bench/turns.py --reps 3 --max-tokens 32"
+    "bench/turns.py --reps 2 --max-tokens 64"
     "bench/tool_calls.py --reps 2"
     "bench/hostile.py --connections 500 --receipts 20000 --big-tasks 50 --hung 5"
   )
@@ -27,7 +27,7 @@ else
     "bench/socket_tasks.py --posts 4000 --gets 2000"
     "bench/flush.py --tasks 10000 --bare 3000"
     "bench/idle.py --settle 5 --duration 20"
-    "bench/turns.py --reps 9 --max-tokens 64"
+    "bench/turns.py --reps 7 --max-tokens 128"
     "bench/tool_calls.py --reps 5"
     "bench/hostile.py"
   )

@@ -1,40 +1,52 @@
-"""Local-model turns through the agent, against raw llama-cpp-python on the same model, in one run.
+"""Local-model turns through the agent, against llama.cpp's own llama-server and raw
+llama-cpp-python, on the same model and the same llama.cpp build, in one run.
 
-    python bench/turns.py [--reps 9] [--max-tokens 64]
+    python bench/turns.py [--reps 5] [--max-tokens 128] [--threads N] [--models embedded,tiny]
 
-Through the agent: `POST /v1/turns` with `"stream": true, "tool_choice": "none"` over the Unix
-socket, timed by the client as each SSE `token` event arrives. Raw: `Llama(...)` in this process,
-`create_chat_completion(stream=True)` with the same model, prompt, max_tokens, temperature 0,
-n_ctx (llamacpp.DEFAULT_CONTEXT) and thread count (llama-cpp-python's default, as the agent
-uses). Repetitions alternate which side goes first, each uses its own prompt (so the prompt is
-really evaluated, not served from the KV cache of the previous call), and the table shows medians.
+llama-server is built once from the llama.cpp source that the installed llama-cpp-python's sdist
+vendors, with install.sh's flags, into ~/.cache/waystation-bench/ (bench/_llama_server.py; the
+first run says so and takes several minutes). Two models: the embedded SmolLM2 and a tiny
+random-weight GGUF made here (bench/_tiny_gguf.py), whose thousands of tokens a second make any
+per-token overhead visible.
 
-  decode tok/s   (tokens - 1) / (last token - first token): the generation loop itself
-  end-to-end     tokens / (request sent -> stream ended): TTFT, decode, receipt and HTTP included
-  TTFT           request sent (or call made) -> first text piece received
+Sides, each streamed with the same prompt, max_tokens and temperature 0:
+  agent          `POST /v1/turns` `"stream": true` over its socket, at its defaults as a user gets
+                 them (`[model] threads = 0`: one per physical core)
+  llama-server   `/v1/chat/completions` `"stream": true`, at its defaults (`llama-server -m MODEL`)
+  ... @N         both at equal settings: N threads (--threads, default the physical cores),
+                 context 4096, batch 512, one slot, the same flash attention
+  raw            llama-cpp-python in this process at the equal settings (what the agent wraps)
+Repetitions rotate which side goes first, each uses its own prompt (so the prompt is really
+evaluated), and the tables show medians; ratios are the median of per-repetition ratios.
 
-Goal: agent / raw >= 0.98 for tokens per second. Also: cold load (the agent's receipt
-`cold_load_ms` of its first turn vs constructing `Llama`), and the agent's RSS before the model
-is loaded, with it loaded, and after idle unload (a second agent, WAYSTATION_MODEL__IDLE_UNLOAD_S=3).
+  decode tok/s   (tokens - 1) / (last text piece - first text piece)
+  TTFT           request sent -> first text piece received
+  CPU ms/token   the server process's CPU time over the turn / tokens (this process for raw)
+
+Goal (issue 13): agent / llama-server >= 0.95 for decode tok/s at each side's defaults, and TTFT
+within 10 ms. Also, on the embedded model: the agent's cold load, its RSS, and idle unload.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from _harness import cpu_seconds, print_notes, print_table, proc_status, progress, running_agent, uds_client
+from _llama_server import build_record, cache_dir, ensure_built, running, threads_in_log
+from _tiny_gguf import write_tiny_gguf
+from _turn_clients import Run, agent_turn, raw_turn, server_turn
 
+from waystation.adapters.models.cpu_cores import physical_cores
 from waystation.adapters.models.embedded import default_model_path
-from waystation.adapters.models.llamacpp import DEFAULT_CONTEXT
+from waystation.adapters.models.llamacpp import LlamaOptions
 
 PROMPTS = [
     "Write a short paragraph about lighthouses.",
@@ -49,231 +61,201 @@ PROMPTS = [
     "Write a short poem about trains.",
 ]
 IDLE_UNLOAD_S = 3
+Turn = Callable[[str, int], Awaitable[Run]]
 
 
-@dataclass
-class Run:
-    ttft_ms: float
-    decode_tps: float
-    e2e_tps: float
-    tokens: int
-    text: str
-    cpu_ms_per_token: float = float("nan")
+Measured = tuple[dict[str, list[Run]], list[str]]
 
 
-def summarize(started: float, stamps: list[float], ended: float, pieces: list[str]) -> Run:
-    n = len(stamps)
-    decode = (n - 1) / (stamps[-1] - stamps[0]) if n > 1 and stamps[-1] > stamps[0] else float("nan")
-    return Run(
-        ttft_ms=(stamps[0] - started) * 1000 if stamps else float("nan"),
-        decode_tps=decode,
-        e2e_tps=n / (ended - started),
-        tokens=n,
-        text="".join(pieces),
+async def measure(model: Path, binary: Path, threads: int, reps: int, max_tokens: int) -> Measured:
+    """Every side on one model: `reps` streamed turns each, order rotated per repetition; and the
+    thread counts each llama-server reported."""
+    equal = LlamaOptions(threads=threads)
+    flash = "on" if equal.llama_kwargs()["flash_attn"] else "off"
+    server_equal = ["-t", str(threads), "-tb", str(threads), "-c", "4096", "-b", "512", "-ub", "512",
+                    "-np", "1", "-fa", flash]  # fmt: skip
+    env = {"WAYSTATION_MODEL__PATH": str(model)}
+    runs: dict[str, list[Run]] = {}
+    logs = cache_dir() / "logs"
+    logs.mkdir(exist_ok=True)
+    from llama_cpp import Llama
+
+    async with (
+        running_agent("offline", env) as agent,
+        running_agent("offline", {**env, "WAYSTATION_MODEL__THREADS": str(threads)}) as agent_n,
+        uds_client(agent.socket) as client,
+        uds_client(agent_n.socket) as client_n,
+        httpx.AsyncClient(timeout=120) as http,
+    ):
+        with (
+            running(binary, model, [], logs / "default.log") as server,
+            running(binary, model, server_equal, logs / "equal.log") as server_n,
+        ):
+            llm = Llama(model_path=str(model), verbose=False, **equal.llama_kwargs())
+
+            def on_agent(proc_pid: int, c: Any) -> Turn:
+                async def turn(prompt: str, n: int) -> Run:
+                    return (await agent_turn(c, prompt, n))[0]
+
+                return timed(proc_pid, turn)
+
+            def on_server(pid: int, url: str) -> Turn:
+                return timed(pid, lambda prompt, n: server_turn(http, url, prompt, n))
+
+            async def raw(prompt: str, n: int) -> Run:
+                return raw_turn(llm, prompt, n)
+
+            sides: dict[str, Turn] = {
+                "agent": on_agent(agent.pid, client),
+                "llama-server": on_server(server.proc.pid, server.url),
+                f"agent @{threads}": on_agent(agent_n.pid, client_n),
+                f"llama-server @{threads}": on_server(server_n.proc.pid, server_n.url),
+                f"raw @{threads}": raw,
+            }
+            for turn in sides.values():  # load and warm up each side
+                await turn("Say hello.", 8)
+            for rep in range(reps):
+                names = list(sides)
+                names = names[rep % len(names) :] + names[: rep % len(names)]
+                for name in names:
+                    runs.setdefault(name, []).append(
+                        await sides[name](PROMPTS[rep % len(PROMPTS)], max_tokens)
+                    )
+                progress(
+                    f"{model.name} rep {rep + 1}/{reps}: "
+                    + ", ".join(
+                        f"{n} {r[-1].decode_tps:.0f} tok/s {r[-1].ttft_ms:.0f} ms" for n, r in runs.items()
+                    )
+                )
+            llm.close()
+    return runs, [threads_in_log(logs / "default.log"), threads_in_log(logs / "equal.log")]
+
+
+def timed(pid: int, turn: Turn) -> Turn:
+    """The turn, with the server process's CPU time per token recorded."""
+
+    async def run(prompt: str, n: int) -> Run:
+        cpu = cpu_seconds(pid)
+        result = await turn(prompt, n)
+        result.cpu_ms_per_token = (cpu_seconds(pid) - cpu) * 1000 / max(1, result.tokens)
+        return result
+
+    return run
+
+
+def report(label: str, measured: Measured, threads: int, max_tokens: int) -> None:
+    runs, server_threads = measured
+    median = statistics.median
+
+    def col(name: str, attr: str) -> float:
+        return float(median(getattr(r, attr) for r in runs[name]))
+
+    print(f"\n### {label}\n")
+    print_table(
+        ["side (median)", "decode tok/s", "TTFT ms", "CPU ms/token", "tokens", "SSE events"],
+        [(n, col(n, "decode_tps"), col(n, "ttft_ms"), col(n, "cpu_ms_per_token"), col(n, "tokens"),
+          col(n, "events")) for n in runs],
+    )  # fmt: skip
+    print()
+    rows = []
+    for a, b, goal in [
+        ("agent", "llama-server", "goal >= 0.95, TTFT within 10 ms"),
+        (f"agent @{threads}", f"llama-server @{threads}", "equal settings"),
+        (f"raw @{threads}", f"llama-server @{threads}", "llama-cpp-python's own cost"),
+        (f"agent @{threads}", f"raw @{threads}", "the agent's own cost"),
+    ]:
+        pairs = list(zip(runs[a], runs[b], strict=True))
+        rows.append((
+            f"{a} / {b}",
+            median(x.decode_tps / y.decode_tps for x, y in pairs),
+            median(x.ttft_ms - y.ttft_ms for x, y in pairs),
+            median(x.cpu_ms_per_token - y.cpu_ms_per_token for x, y in pairs),
+            goal,
+        ))  # fmt: skip
+    print_table(["ratio (median of pairs)", "decode tok/s", "TTFT +ms", "CPU +ms/token", "note"], rows)
+    print_notes(
+        f"llama-server reported `{server_threads[0]}` at its defaults, `{server_threads[1]}` equal",
+        f"the agent's default threads: {physical_cores()} (physical cores); max_tokens {max_tokens}",
     )
 
 
-async def agent_turn(client: Any, prompt: str, max_tokens: int) -> tuple[Run, dict[str, Any]]:
-    body = {"prompt": prompt, "stream": True, "tool_choice": "none", "max_tokens": max_tokens}
-    stamps: list[float] = []
-    pieces: list[str] = []
-    done: dict[str, Any] | None = None
-    event = ""
-    started = time.perf_counter()
-    async with client.stream("POST", "/v1/turns", json=body) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"POST /v1/turns: {response.status_code} {await response.aread()!r}")
-        async for line in response.aiter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data = json.loads(line[6:])
-                if event == "token":
-                    stamps.append(time.perf_counter())
-                    pieces.append(data["text"])
-                elif event == "done":
-                    done = data
-                elif event == "error":
-                    raise RuntimeError(f"the turn failed: {data}")
-    ended = time.perf_counter()
-    if done is None:
-        raise RuntimeError("the stream ended without a done event")
-    if done["usage"]["completion_tokens"] != len(stamps):
-        progress(f"note: {done['usage']['completion_tokens']} tokens counted, {len(stamps)} pieces seen")
-    return summarize(started, stamps, ended, pieces), done
-
-
-def raw_turn(llm: Any, prompt: str, max_tokens: int) -> Run:
-    stamps: list[float] = []
-    pieces: list[str] = []
-    cpu = time.process_time()
-    started = time.perf_counter()
-    for chunk in llm.create_chat_completion(
-        messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0.0, stream=True
+async def footprint(model: Path) -> list[tuple[object, ...]]:
+    """The agent's cold load and RSS on the embedded model, and idle unload (a second agent)."""
+    env = {"WAYSTATION_MODEL__PATH": str(model)}
+    async with running_agent("offline", env) as agent, uds_client(agent.socket) as client:
+        before = rss_mb(agent.pid)
+        _, done = await agent_turn(client, "Say hello.", 8)
+        cold = (await client.get(f"/v1/receipts/{done['receipt_id']}")).json()["cold_load_ms"]
+        loaded = rss_mb(agent.pid)
+    async with (
+        running_agent("offline", {**env, "WAYSTATION_MODEL__IDLE_UNLOAD_S": str(IDLE_UNLOAD_S)}) as agent,
+        uds_client(agent.socket) as client,
     ):
-        content = chunk["choices"][0]["delta"].get("content")
-        if content:
-            stamps.append(time.perf_counter())
-            pieces.append(content)
-    run = summarize(started, stamps, time.perf_counter(), pieces)
-    run.cpu_ms_per_token = (time.process_time() - cpu) * 1000 / max(1, run.tokens)
-    return run
+        await agent_turn(client, "Say hello.", 8)
+        finished = time.perf_counter()
+        deadline = finished + IDLE_UNLOAD_S + 15
+        while (await client.get("/v1/status")).json()["model"]["loaded"]:
+            if time.perf_counter() > deadline:
+                raise RuntimeError("the model was not unloaded after idling")
+            await asyncio.sleep(0.1)
+        unload_s = time.perf_counter() - finished
+        await asyncio.sleep(1.0)  # let the allocator hand memory back
+        unloaded = rss_mb(agent.pid)
+    return [
+        ("cold load of the first turn (receipt cold_load_ms)", float(cold)),
+        ("RSS started, model not loaded, MB", before),
+        ("RSS model loaded, MB", loaded),
+        (f"RSS after idle unload ({IDLE_UNLOAD_S} s idle, seen after {unload_s:.1f} s), MB", unloaded),
+    ]
 
 
 def rss_mb(pid: int) -> float:
     return int(proc_status(pid)["VmRSS"].split()[0]) / 1024
 
 
-def raw_cold_load_in_fresh_process(model: Path) -> float:
-    """Milliseconds to import llama_cpp and construct Llama in a new interpreter: what the agent's
-    first turn pays too (it imports llama_cpp only when it first loads a model)."""
-    code = (
-        "import sys, time\n"
-        "t = time.perf_counter()\n"
-        "from llama_cpp import Llama\n"
-        f"Llama(model_path={str(model)!r}, n_ctx={DEFAULT_CONTEXT}, verbose=False)\n"
-        "print((time.perf_counter() - t) * 1000)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
-
-
-async def receipt(client: Any, receipt_id: str) -> dict[str, Any]:
-    answer: dict[str, Any] = (await client.get(f"/v1/receipts/{receipt_id}")).json()
-    return answer
-
-
-async def model_loaded(client: Any) -> bool:
-    return bool((await client.get("/v1/status")).json()["model"]["loaded"])
-
-
-async def compare(reps: int, max_tokens: int, model: Path) -> None:
-    from llama_cpp import Llama
-
-    agent_runs: list[Run] = []
-    raw_runs: list[Run] = []
-    reloads = 0
-    async with running_agent("offline") as agent, uds_client(agent.socket) as client:
-        progress(f"agent pid {agent.pid}: warming up")
-        rss_before = rss_mb(agent.pid)
-        _, first = await agent_turn(client, "Say hello.", 8)
-        agent_cold_ms = (await receipt(client, first["receipt_id"]))["cold_load_ms"]
-
-        started = time.perf_counter()
-        llm = Llama(model_path=str(model), n_ctx=DEFAULT_CONTEXT, verbose=False)
-        raw_cold_ms = (time.perf_counter() - started) * 1000
-        threads = llm.n_threads
-        raw_turn(llm, "Say hello.", 8)
-
-        for rep in range(reps):
-            prompt = PROMPTS[rep % len(PROMPTS)]
-            order = ("agent", "raw") if rep % 2 == 0 else ("raw", "agent")
-            for side in order:
-                if side == "agent":
-                    cpu = cpu_seconds(agent.pid)
-                    run, done = await agent_turn(client, prompt, max_tokens)
-                    run.cpu_ms_per_token = (cpu_seconds(agent.pid) - cpu) * 1000 / max(1, run.tokens)
-                    if (await receipt(client, done["receipt_id"]))["cold_load_ms"] is not None:
-                        reloads += 1
-                    agent_runs.append(run)
-                else:
-                    raw_runs.append(raw_turn(llm, prompt, max_tokens))
-            a, r = agent_runs[-1], raw_runs[-1]
-            progress(
-                f"rep {rep + 1}/{reps}: agent {a.decode_tps:.1f} tok/s, TTFT {a.ttft_ms:.0f} ms "
-                f"({a.tokens} tok) | raw {r.decode_tps:.1f} tok/s, TTFT {r.ttft_ms:.0f} ms ({r.tokens} tok)"
-            )
-        rss_loaded = rss_mb(agent.pid)
-        llm.close()
-        how_agent = agent.how
-
-    progress("raw cold load in a fresh interpreter")
-    raw_cold_fresh_ms = raw_cold_load_in_fresh_process(model)
-    progress("second agent: idle unload")
-    unload = await idle_unload()
-
-    def row(label: str, attr: str, higher_is_better: bool, note: str) -> tuple[object, ...]:
-        """Medians of each side; the ratio of the medians and the median of per-repetition ratios,
-        both oriented so that 1.0 is parity and more than 1.0 means the agent did better."""
-        agent_median = statistics.median(getattr(x, attr) for x in agent_runs)
-        raw_median = statistics.median(getattr(x, attr) for x in raw_runs)
-        pairs = [(getattr(a, attr), getattr(r, attr)) for a, r in zip(agent_runs, raw_runs, strict=True)]
-        if higher_is_better:
-            return (
-                label,
-                agent_median,
-                raw_median,
-                agent_median / raw_median,
-                statistics.median(a / r for a, r in pairs),
-                note,
-            )
-        return (label, agent_median, raw_median, raw_median / agent_median,
-                statistics.median(r / a for a, r in pairs), note)  # fmt: skip
-
-    same = sum(a.text == r.text for a, r in zip(agent_runs, raw_runs, strict=True))
-    rows: list[tuple[object, ...]] = [
-        row("decode tok/s", "decode_tps", True, "goal >= 0.98"),
-        row("end-to-end tok/s", "e2e_tps", True, "goal >= 0.98; includes TTFT, receipt, HTTP"),
-        row("TTFT ms", "ttft_ms", False, "raw / agent"),
-        row("CPU ms per token", "cpu_ms_per_token", False, "whole turn; agent process vs this one"),
-        row("completion tokens", "tokens", True, f"max_tokens {max_tokens}"),
-        ("cold load ms", float(agent_cold_ms), raw_cold_fresh_ms, raw_cold_fresh_ms / agent_cold_ms, "-",
-         "agent: cold_load_ms of its first turn; raw: import llama_cpp + Llama(...), new process"),
-        ("cold load ms, warm import", float(agent_cold_ms), raw_cold_ms, raw_cold_ms / agent_cold_ms, "-",
-         "raw: Llama(...) with llama_cpp already imported"),
-    ]  # fmt: skip
-    print_table(["measure (median)", "agent", "raw llama-cpp-python", "ratio", "paired ratio", "note"], rows)
-    print()
-    print_table(
-        ["agent RSS", "MB"],
-        [
-            ("started, model not loaded yet", rss_before),
-            (f"after {reps * 2 + 1} turns, model loaded", rss_loaded),
-            ("second agent, model loaded", unload["loaded"]),
-            (f"second agent, after idle unload ({IDLE_UNLOAD_S} s)", unload["unloaded"]),
-        ],
-    )
+async def main_async(args: argparse.Namespace) -> None:
+    binary = ensure_built()
+    models = {
+        "embedded": ("SmolLM2-135M-Instruct Q4_1 (the embedded model)", default_model_path()),
+        "tiny": (
+            "tiny random-weight GGUF (2 layers, width 64, SmolLM2's tokenizer)",
+            write_tiny_gguf(cache_dir() / "tiny.gguf", default_model_path(), cache_dir() / "gguf-py"),
+        ),
+    }
+    results = {}
+    for key in args.models.split(","):
+        label, model = models[key]
+        progress(f"== {label}")
+        results[label] = await measure(model, binary, args.threads, args.reps, args.max_tokens)
+    footprint_rows = await footprint(default_model_path()) if "embedded" in args.models else []
+    build = build_record()
+    for label, measured in results.items():
+        report(label, measured, args.threads, args.max_tokens)
+    if footprint_rows:
+        print()
+        print_table(["agent, embedded model", "value"], footprint_rows)
     print_notes(
-        f"model: {model.name}; n_ctx {DEFAULT_CONTEXT}; threads {threads} (llama-cpp-python's default, "
-        "both sides); temperature 0; streaming",
-        f"{reps} repetitions, alternating which side goes first, one prompt per repetition; medians;"
-        " ratio > 1 means the agent did better, paired ratio = median of per-repetition ratios",
-        f"greedy texts identical in {same}/{reps} repetitions",
-        f"agent turns that reloaded the model mid-run: {reloads} (should be 0)",
-        f"idle unload seen {unload['unload_s']:.1f} s after the turn (WAYSTATION_MODEL__IDLE_UNLOAD_S="
-        f"{IDLE_UNLOAD_S})",
-        f"agent: `{how_agent}`",
-        f"reproduce: `python bench/turns.py --reps {reps} --max-tokens {max_tokens}`",
+        f"llama-server {build.get('version', '?')} built from the sdist's vendor/llama.cpp with "
+        f"`{' '.join(map(str, build.get('cmake_flags', [])))}` in {build.get('build_s', '?')} s, cached in "
+        f"{cache_dir()}",
+        f"{args.reps} repetitions per side, rotating which side goes first; ratio > 1: the first did better",
+        f"reproduce: `python bench/turns.py --reps {args.reps} --max-tokens {args.max_tokens} "
+        f"--threads {args.threads} --models {args.models}`",
     )
-
-
-async def idle_unload() -> dict[str, float]:
-    env = {"WAYSTATION_MODEL__IDLE_UNLOAD_S": str(IDLE_UNLOAD_S)}
-    async with running_agent("offline", env) as agent, uds_client(agent.socket) as client:
-        await agent_turn(client, "Say hello.", 8)
-        finished = time.perf_counter()
-        loaded = rss_mb(agent.pid)
-        if not await model_loaded(client):
-            raise RuntimeError("the model is not loaded right after a turn")
-        deadline = finished + IDLE_UNLOAD_S + 15
-        while await model_loaded(client):
-            if time.perf_counter() > deadline:
-                raise RuntimeError("the model was not unloaded after idling")
-            await asyncio.sleep(0.1)
-        unload_s = time.perf_counter() - finished
-        await asyncio.sleep(1.0)  # let the allocator hand memory back
-        return {"loaded": loaded, "unloaded": rss_mb(agent.pid), "unload_s": unload_s}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--reps", type=int, default=9, help="repetitions per side")
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--model", type=Path, default=None, help="GGUF file (default: the embedded model)")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions per side")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=physical_cores(), help="threads for the equal rows")
+    parser.add_argument("--models", default="embedded,tiny", help="embedded, tiny, or both")
     args = parser.parse_args()
-    asyncio.run(compare(args.reps, args.max_tokens, args.model or default_model_path()))
+    if not set(args.models.split(",")) <= {"embedded", "tiny"}:
+        sys.exit("--models: embedded, tiny, or embedded,tiny")
+    asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

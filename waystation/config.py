@@ -43,6 +43,17 @@ class ModelSettings:
     path: str = ""
     backend: Literal["auto", "llamacpp", "mlx"] = "auto"
     idle_unload_s: float = 300.0
+    # llama.cpp's own settings, under the contract's names (MLX takes none of them: it sizes its
+    # cache as it goes, runs on the GPU, and reads the context length from the model's config).
+    threads: int = 0  # 0 = one per physical core, as llama.cpp (and llama-server) choose
+    gpu_layers: int = 0  # layers offloaded to the GPU; -1 = all that the build's GPU can take
+    context: int = 4096  # tokens of prompt and reply together (the KV cache is sized for it)
+    batch: int = 512  # prompt tokens evaluated per step
+    # auto: on where every layer runs on the CPU (llama.cpp's auto resolves to on there), off
+    # with GPU layers: llama-cpp-python can pass only on or off, not llama.cpp's per-device check.
+    flash_attention: Literal["auto", "on", "off"] = "auto"
+    mmap: bool = True  # map the file instead of reading it into memory (pages load as used)
+    mlock: bool = False  # pin the model in RAM so it is never swapped out
 
 
 @dataclass(frozen=True)
@@ -285,6 +296,27 @@ def _check(key: str, kind: Any, value: Any) -> Any:
     raise ConfigError(key, f"expected {kind.__name__}, got {value!r}")
 
 
+# llama.cpp's own ceilings: GGML_MAX_N_THREADS, and a context (and batch) of 2^20 tokens, far
+# beyond any model's training and any host's memory for the KV cache.
+MAX_THREADS = 512
+MAX_CONTEXT = 1 << 20
+
+
+def _check_model_ranges(m: ModelSettings) -> None:
+    if not 0 <= m.threads <= MAX_THREADS:
+        raise ConfigError(
+            "model.threads", f"must be 0 (one per physical core) to {MAX_THREADS}, got {m.threads}"
+        )
+    if m.gpu_layers < -1:
+        raise ConfigError(
+            "model.gpu_layers", f"must be -1 (all), 0 (none) or a number of layers, got {m.gpu_layers}"
+        )
+    if not 64 <= m.context <= MAX_CONTEXT:
+        raise ConfigError("model.context", f"must be 64 to {MAX_CONTEXT} tokens, got {m.context}")
+    if not 1 <= m.batch <= MAX_CONTEXT:
+        raise ConfigError("model.batch", f"must be 1 to {MAX_CONTEXT} tokens, got {m.batch}")
+
+
 def _check_ranges(s: Settings) -> None:
     positive = {
         "connectivity.probe_timeout_s": s.connectivity.probe_timeout_s,
@@ -306,6 +338,7 @@ def _check_ranges(s: Settings) -> None:
         raise ConfigError("queue.backoff_max_s", "must not be less than queue.backoff_base_s")
     if s.model.idle_unload_s < 0:
         raise ConfigError("model.idle_unload_s", "must be 0 (never) or more")
+    _check_model_ranges(s.model)
     if not 100 <= s.connectivity.expect_status <= 599:
         raise ConfigError("connectivity.expect_status", "must be an HTTP status code")
     if not s.connectivity.probe_url.startswith(("http://", "https://")):

@@ -173,7 +173,13 @@ SCHEMAS: dict[str, Schema] = {
     },
     "QueueCounts": _object({state: {"type": "integer", "minimum": 0} for state in TASK_STATES}),
     "ModelStatus": _object(
-        {"backend": {"type": "string"}, "path": {"type": "string"}, "loaded": {"type": "boolean"}}
+        {
+            "backend": {"type": "string"},
+            "path": {"type": "string"},
+            "loaded": {"type": "boolean"},
+            "threads": _nullable("integer"),
+        },
+        ["backend", "path", "loaded"],
     ),
     "Status": _object(
         {

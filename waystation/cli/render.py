@@ -368,6 +368,8 @@ def status_screen(s: Mapping[str, Any]) -> None:
     model_line = Text(f"{model.get('backend') or '-'}  {model.get('path') or '(embedded default)'}  ")
     loaded = bool(model.get("loaded"))
     model_line.append("loaded" if loaded else "not loaded", "green" if loaded else "dim")
+    if isinstance(model.get("threads"), int):
+        model_line.append(f"  {model['threads']} CPU threads", "dim")
     conn = s.get("connectivity")
     rows: list[tuple[str, object]] = [
         ("connectivity", connectivity_line(conn) if isinstance(conn, Mapping) else conn),

@@ -5,10 +5,15 @@ from __future__ import annotations
 import platform
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from waystation.adapters.models.base import ModelBackend
+from waystation.adapters.models.cpu_cores import physical_cores
 from waystation.config import ModelSettings
 from waystation.errors import ModelError
+
+if TYPE_CHECKING:
+    from waystation.adapters.models.llamacpp import LlamaOptions
 
 
 def choose_backend(path: Path, backend: str) -> str:
@@ -28,8 +33,33 @@ def open_backend(path: Path, settings: ModelSettings) -> ModelBackend:
     if kind == "llamacpp":
         from waystation.adapters.models.llamacpp import LlamaCppBackend
 
-        return LlamaCppBackend(str(path), idle_unload_s=settings.idle_unload_s)
+        return LlamaCppBackend(
+            str(path), idle_unload_s=settings.idle_unload_s, options=llama_options(settings)
+        )
     raise ModelError(path, f"unknown backend {kind!r}")
+
+
+def llama_options(settings: ModelSettings) -> LlamaOptions:
+    from waystation.adapters.models.llamacpp import LlamaOptions
+
+    return LlamaOptions(
+        context=settings.context,
+        threads=settings.threads,
+        gpu_layers=settings.gpu_layers,
+        batch=settings.batch,
+        flash_attention=settings.flash_attention,
+        mmap=settings.mmap,
+        mlock=settings.mlock,
+    )
+
+
+def cpu_threads(backend: ModelBackend | None, path: Path, settings: ModelSettings) -> int | None:
+    """The CPU threads llama.cpp generates with for this model (its own report once loaded);
+    None for MLX, which has no such setting."""
+    if choose_backend(path, settings.backend) != "llamacpp":
+        return None
+    threads = getattr(backend, "threads", None)
+    return threads if isinstance(threads, int) else settings.threads or physical_cores()
 
 
 def on_apple_silicon() -> bool:

@@ -29,6 +29,7 @@ from waystation.adapters.models.base import (
     tool_instructions,
     urls_in,
 )
+from waystation.adapters.models.cpu_cores import physical_cores
 from waystation.adapters.models.threaded import ThreadedBackend
 from waystation.errors import ModelError, PromptTooLong, UnsupportedParameter
 
@@ -50,6 +51,35 @@ class Loaded:
     warm: dict[tuple[int, ...], Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class LlamaOptions:
+    """What `[model]` sets for llama.cpp (config.ModelSettings has the why of each)."""
+
+    context: int = DEFAULT_CONTEXT
+    threads: int = 0  # 0: one per physical core
+    gpu_layers: int = 0  # -1: all
+    batch: int = 512
+    flash_attention: str = "auto"  # auto | on | off
+    mmap: bool = True
+    mlock: bool = False
+
+    def llama_kwargs(self) -> dict[str, Any]:
+        """Llama(...)'s keyword arguments. Prompt evaluation uses as many threads as decoding, as
+        llama.cpp's own default (llama-cpp-python's would take every logical CPU for it)."""
+        threads = self.threads or physical_cores()
+        flash = self.flash_attention == "on" or (self.flash_attention == "auto" and self.gpu_layers == 0)
+        return {
+            "n_ctx": self.context,
+            "n_threads": threads,
+            "n_threads_batch": threads,
+            "n_gpu_layers": self.gpu_layers,
+            "n_batch": self.batch,
+            "flash_attn": flash,
+            "use_mmap": self.mmap,
+            "use_mlock": self.mlock,
+        }
+
+
 class LlamaCppBackend(ThreadedBackend[Loaded]):
     name = "llamacpp"
 
@@ -59,22 +89,24 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         *,
         idle_unload_s: float = 0,
         n_ctx: int = DEFAULT_CONTEXT,
-        n_threads: int | None = None,
+        options: LlamaOptions | None = None,
     ) -> None:
         super().__init__(model_path, idle_unload_s=idle_unload_s)
-        self.n_ctx = n_ctx
-        self.n_threads = n_threads
+        self.options = options or LlamaOptions(context=n_ctx)
+        # What it generates with: the setting resolved now, llama.cpp's own report once loaded.
+        self.threads: int = self.options.llama_kwargs()["n_threads"]
 
     def load_blocking(self) -> Loaded:
         path = Path(self.model_path)
         check_gguf(path)
-        from llama_cpp import Llama  # imported here: the agent starts without paying for it
+        import llama_cpp  # imported here: the agent starts without paying for it
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         try:
-            llm = Llama(model_path=str(path), n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False)
+            llm = llama_cpp.Llama(model_path=str(path), verbose=False, **self.options.llama_kwargs())
         except (ValueError, RuntimeError) as exc:
             raise ModelError(path, f"llama.cpp could not load it ({type(exc).__name__})") from None
+        self.threads = llama_cpp.llama_n_threads(llm.ctx)
         fast_grammar.install(llm)  # tool calls decode as fast as text (see fast_grammar.py)
         template = llm.metadata.get("tokenizer.chat_template") or CHATML
         eos = llm.detokenize([llm.token_eos()], special=True).decode(errors="replace")

@@ -2,7 +2,8 @@
 
 llama.cpp and MLX generate with blocking calls and are not safe to drive from several threads, so
 every call on a loaded model happens on its one owner thread. Tokens cross to the event loop with
-`call_soon_threadsafe`, so streaming never blocks generation and generation never blocks the loop.
+`call_soon_threadsafe`, a few at a time when they come fast (token_relay.py), so streaming never
+blocks generation and generation never blocks the loop.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Generic, TypeVar
 import structlog
 
 from waystation.adapters.models.base import Generation, GenerationRequest, TokenSink
+from waystation.adapters.models.token_relay import TokenRelay
 from waystation.errors import ModelError, WaystationError
 
 log = structlog.get_logger(__name__)
@@ -94,10 +96,8 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
             handle = self._handle
             stage("generating", 0)
 
-            def emit(piece: str) -> None:
-                if on_token is not None and piece:
-                    loop.call_soon_threadsafe(on_token, piece)
-
+            relay = TokenRelay(loop, on_token) if on_token is not None else None
+            emit: TokenSink = relay.emit if relay is not None else _discard
             stop = threading.Event()
 
             def run() -> Generation:
@@ -115,6 +115,8 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
                 stop.set()  # the owner thread stops at its next token instead of finishing
                 raise
             finally:
+                if relay is not None:
+                    relay.flush()  # the last pieces go now, not at the relay's next tick
                 self._arm_idle_timer(loop)
         finally:
             self._lock.release()
@@ -153,6 +155,10 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
         task = asyncio.ensure_future(self.unload())
         _background.add(task)
         task.add_done_callback(_background.discard)
+
+
+def _discard(piece: str) -> None:
+    del piece
 
 
 _background: set[asyncio.Future[Any]] = set()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from waystation.adapters.models import choose_backend, open_backend
+from waystation.adapters.models import choose_backend, cpu_threads, open_backend
 from waystation.adapters.models.base import ModelBackend
 from waystation.adapters.models.embedded import default_model_path
 from waystation.adapters.models.store import EMBEDDED, ModelStore, looks_like_name
@@ -97,7 +97,8 @@ class LocalRoute:
         return route_object(RouteInfo("local", provider, "none", "local", model), available, reason)
 
     def model_status(self) -> dict[str, Any]:
-        """For `GET /v1/status`: the default model, and whether it is in memory now."""
+        """For `GET /v1/status`: the default model, whether it is in memory now, and the CPU
+        threads llama.cpp runs it with (null for MLX)."""
         try:
             path = str(self.model_path())
         except (ModelError, UnknownModel):
@@ -107,6 +108,7 @@ class LocalRoute:
             "backend": backend.name if backend else self._settings.backend,
             "path": path,
             "loaded": bool(backend and backend.loaded),
+            "threads": cpu_threads(backend, Path(path), self._settings),
         }
 
     def loaded(self) -> list[dict[str, Any]]:

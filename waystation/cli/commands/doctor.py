@@ -38,13 +38,14 @@ MAX_SOCKET_PATH = 104 if sys.platform == "darwin" else 108
 # Load the embedded default model and decode one batch of several tokens, as a turn's prompt does.
 LLAMA_PROBE = """
 import sys
+import llama_cpp
 from llama_cpp import Llama
 from waystation.adapters.models.embedded import default_model_path
 llm = Llama(model_path=str(default_model_path()), n_ctx=256, n_batch=64, verbose=False)
 tokens = llm.tokenize(b"The quick brown fox jumps over the lazy dog.", add_bos=True)
 assert len(tokens) > 1, tokens
 llm.eval(tokens)
-print(len(tokens), llm.n_tokens)
+print(len(tokens), llm.n_tokens, int(llama_cpp.llama_supports_gpu_offload()))
 """
 
 
@@ -136,7 +137,9 @@ def check_model(paths: Any) -> Check:
             'directory ("" = the embedded default)'
         )
         return Check("fail", "model", f"{status['reason']}: {fix}")
-    return Check("ok", "model", f"{route.model_path()} ({status['provider']})")
+    threads = route.model_status()["threads"]
+    cpu = f", {threads} CPU threads" if threads else ""
+    return Check("ok", "model", f"{route.model_path()} ({status['provider']}{cpu})")
 
 
 def _reinstall_hint() -> str:
@@ -187,7 +190,11 @@ def check_llama(code: str = LLAMA_PROBE, timeout_s: float = LLAMA_TIMEOUT_S) -> 
         return Check("fail", "llama.cpp", f"could not load the embedded model: {last}")
     counts = done.stdout.split()
     tokens = counts[0] if counts else "?"
-    return Check("ok", "llama.cpp", f"loads the embedded default model and decodes a batch ({tokens} tokens)")
+    # What `[model] gpu_layers` can use: a CPU build ignores it.
+    gpu = "built for a GPU" if counts[2:] == ["1"] else "CPU only (see README: Building for a GPU)"
+    return Check(
+        "ok", "llama.cpp", f"loads the embedded default model and decodes a batch ({tokens} tokens); {gpu}"
+    )
 
 
 def check_socket_dir(socket: Path) -> Check:
