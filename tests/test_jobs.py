@@ -300,13 +300,14 @@ async def test_start_registers_jobs_and_stop_shuts_down(housekeeping: Housekeepi
     try:
         assert scheduler.running
         scheduled = {job.id: job for job in scheduler.get_jobs()}
-        assert set(scheduled) == {"expire", "reap", "checkpoint", "compact"}
+        assert set(scheduled) == {"expire", "reap", "checkpoint", "compact", "sign"}
         intervals = {i: job.trigger.interval.total_seconds() for i, job in scheduled.items()}
         assert intervals == {
             "expire": jobs.EXPIRY_INTERVAL_S,
             "reap": jobs.REAP_INTERVAL_S,
             "checkpoint": jobs.CHECKPOINT_INTERVAL_S,
             "compact": jobs.COMPACT_INTERVAL_S,
+            "sign": jobs.SIGN_INTERVAL_S,
         }
         assert scheduled["compact"].func == housekeeping.compact
         # Nothing is due right away: an idle agent stays asleep until the first interval passes.
@@ -357,3 +358,18 @@ def test_a_clock_that_only_drifts_is_not_a_jump() -> None:
     assert watch.jump() == 0.0
     wall[0] -= 3600
     assert watch.jump() == -3600
+
+
+async def test_a_checkpoint_is_signed_every_thousand_receipts(station: Station) -> None:
+    housekeeping = Housekeeping(station, cast(Flusher, StubFlusher()))
+    kept = station.paths.state / "receipts.checkpoint"
+    for _ in range(jobs.RECEIPTS_PER_SIGNING - 1):
+        housekeeping.receipt_written({})
+    await asyncio.sleep(0)
+    assert not kept.exists()
+    housekeeping.receipt_written({})
+    for _ in range(100):  # the signing runs as its own task
+        await asyncio.sleep(0.01)
+        if kept.exists():
+            break
+    assert kept.read_text().startswith("waystation/")

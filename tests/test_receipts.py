@@ -237,7 +237,13 @@ async def test_get_receipt(db: Database) -> None:
 def test_verify_an_empty_chain_is_ok() -> None:
     result = verify([])
     assert result.ok and result.count == 0 and result.first_broken_id is None
-    assert result.to_json() == {"ok": True, "count": 0, "first_broken_id": None, "reason": None}
+    assert result.to_json() == {
+        "ok": True,
+        "count": 0,
+        "first_broken_id": None,
+        "reason": None,
+        "checkpoint": None,
+    }
 
 
 async def test_verify_an_empty_database_is_ok(db: Database) -> None:

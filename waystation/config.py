@@ -146,10 +146,14 @@ class Paths:
     # Named models (`waystation models ...`); unset: beside the database, in the data directory,
     # since model files are data worth keeping, and far larger than anything in the state dir.
     models: Path = Path()
+    # The receipts' signing key and last checkpoint; unset: beside the database, like models/.
+    state: Path = Path()
 
     def __post_init__(self) -> None:
         if self.models == Path():
             object.__setattr__(self, "models", self.database.parent / "models")
+        if self.state == Path():
+            object.__setattr__(self, "state", self.database.parent)
 
     @classmethod
     def resolve(cls, env: typing.Mapping[str, str] | None = None) -> Paths:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import structlog
 
+from waystation import receipt_tree
 from waystation.errors import (
     DatabaseCorrupt,
     DatabaseError,
@@ -45,7 +46,9 @@ WriteOp = Callable[[sqlite3.Connection], T]
 BUSY_TIMEOUT_MS = 5000
 MAX_BATCH = 512
 
-MIGRATIONS: list[str] = [
+# Each migration: SQL statements, or SQL then a function that fills what it made (same transaction).
+Migration = str | tuple[str, Callable[[sqlite3.Connection], None]]
+MIGRATIONS: list[Migration] = [
     # 1: the queue and the receipt chain.
     """
     CREATE TABLE tasks (
@@ -107,6 +110,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE turns ADD COLUMN tool_calls TEXT NOT NULL DEFAULT '[]';
     CREATE INDEX turns_created ON turns (created_at)
     """,
+    # 5: the receipts' Merkle tree (RFC 6962), for signed checkpoints and proofs.
+    (receipt_tree.SCHEMA, receipt_tree.backfill),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -353,9 +358,13 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         if version > SCHEMA_VERSION:
             raise _too_new(path, version)
         for number in range(version, SCHEMA_VERSION):
-            for statement in MIGRATIONS[number].split(";"):
+            migration = MIGRATIONS[number]
+            sql, fill = migration if isinstance(migration, tuple) else (migration, None)
+            for statement in sql.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            if fill is not None:
+                fill(conn)
             conn.execute(f"PRAGMA user_version = {number + 1}")
             log.info("database migrated", path=str(path), version=number + 1)
         conn.execute("COMMIT")

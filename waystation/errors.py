@@ -20,6 +20,7 @@
     │   ├── EmptyPrompt              a turn needs a prompt (400)
     │   ├── NoUrlToCall(tool_choice) a call was demanded and the prompt names no URL (400)
     │   ├── UnsupportedParameter(parameter, problem)  one we cannot honour, never dropped (400)
+    │   ├── BadCheckpoint            a checkpoint, proof or key malformed or not signed so (422)
     │   └── PromptTooLong            longer than the model's context (400)
     ├── ModelError(path)             the model file cannot be used: missing, not a model, too big (422)
     ├── UnknownModel(name)           no model of that name in the state directory's models/ (404)
@@ -247,6 +248,13 @@ class UnsupportedParameter(InputError):
         super().__init__(f"{parameter}: {problem}")
         self.parameter = parameter
         self.problem = problem
+
+
+class BadCheckpoint(InputError):
+    """A checkpoint, proof or verifier key that is malformed or not signed by the key given (422)."""
+
+    code = "bad_checkpoint"
+    http_status = 422
 
 
 class PromptTooLong(InputError):

@@ -20,9 +20,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from waystation import timeutil
+from waystation import receipt_tree, timeutil
+from waystation.checkpoints import Checkpoint
 from waystation.db import Database
 from waystation.errors import NotFound
+from waystation.merkle import EMPTY_ROOT, CompactRange, ProofError, check_consistency, leaf_hash
 
 GENESIS_HASH = "0" * 64
 Status = Literal["ok", "parked", "refused", "error"]
@@ -90,7 +92,7 @@ def receipt_hash(body: Mapping[str, Any]) -> str:
 
 def append(conn: sqlite3.Connection, draft: ReceiptDraft) -> dict[str, Any]:
     """Chain `draft` onto the head and insert it; call only inside `Database.write`."""
-    row = conn.execute("SELECT hash FROM receipts ORDER BY seq DESC LIMIT 1").fetchone()
+    row = conn.execute("SELECT hash, leaf FROM receipts ORDER BY seq DESC LIMIT 1").fetchone()
     route, usage = draft.route, draft.usage
     body: dict[str, Any] = {
         "id": new_id("r"),
@@ -118,10 +120,12 @@ def append(conn: sqlite3.Connection, draft: ReceiptDraft) -> dict[str, Any]:
         "prev_hash": row[0] if row else GENESIS_HASH,
     }
     body["hash"] = receipt_hash(body)
+    leaf = 0 if row is None else row[1] + 1  # the next leaf of the Merkle tree: one past the head's
     conn.execute(
-        "INSERT INTO receipts (id, kind, task_id, turn_id, body, hash) VALUES (?, ?, ?, ?, ?, ?)",
-        (body["id"], draft.kind, draft.task_id, draft.turn_id, canonical_json(body), body["hash"]),
+        "INSERT INTO receipts (id, kind, task_id, turn_id, body, hash, leaf) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (body["id"], draft.kind, draft.task_id, draft.turn_id, canonical_json(body), body["hash"], leaf),
     )
+    receipt_tree.append_leaf(conn, body["hash"], leaf)
     return body
 
 
@@ -131,20 +135,28 @@ class Verification:
     count: int
     first_broken_id: str | None = None
     reason: str | None = None
+    # The checkpoint checked against, when there was one: {"origin", "size", "root_hash"}.
+    checkpoint: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 class ChainCheck:
-    """Walks the chain a page at a time, so a chain of millions needs one page in memory."""
+    """Walks the chain a page at a time, so a chain of millions needs one page in memory, and
+    rebuilds the Merkle tree's root from the receipts themselves as it goes (O(log n) memory)."""
 
-    def __init__(self) -> None:
+    def __init__(self, mark: int | None = None) -> None:
         self.previous = GENESIS_HASH
         self.count = 0
+        self.tree = CompactRange()
+        self.mark = mark  # a size whose root to keep: the checkpoint's
+        self.root_at_mark: bytes | None = EMPTY_ROOT if mark == 0 else None
+        self.nodes: list[tuple[int, int, bytes]] = []  # the tree's nodes the last page completed
 
     def check(self, rows: Iterable[sqlite3.Row | tuple[str, str, str]]) -> Verification | None:
         """The first break among `rows` (id, body, hash, in chain order), or None: all good."""
+        self.nodes = []
         for ident, text, stored_hash in rows:
             self.count += 1
             try:
@@ -161,6 +173,9 @@ class ChainCheck:
             if actual != body.get("hash") or actual != stored_hash:
                 return Verification(False, self.count, ident, "hash does not match the receipt's content")
             self.previous = actual
+            self.nodes += self.tree.append(leaf_hash(bytes.fromhex(actual)))
+            if self.tree.size == self.mark:
+                self.root_at_mark = self.tree.root()
         return None
 
 
@@ -197,17 +212,48 @@ async def get_receipt(db: Database, ident: str) -> dict[str, Any]:
 
 
 VERIFY_PAGE = 2000  # receipts read and hashed at a time
+TREE_EDITED = "the stored Merkle tree does not match the receipts: it was edited"
 
 
-async def verify_database(db: Database) -> Verification:
+async def verify_database(db: Database, checkpoint: Checkpoint | None = None) -> Verification:
     """The whole chain, a page at a time, each page hashed off the event loop: memory stays at a
-    page, and the agent keeps answering while a long chain is checked."""
-    chain, seq = ChainCheck(), 0
-    while rows := await db.fetchall(
-        "SELECT seq, id, body, hash FROM receipts WHERE seq > ? ORDER BY seq LIMIT ?", (seq, VERIFY_PAGE)
+    page, and the agent keeps answering while a long chain is checked. Then the stored Merkle tree
+    must have the root the receipts give, and with a `checkpoint` (already known to be signed by
+    us) the receipts must still begin with the tree it names: consistent, not truncated, rolled
+    back or rewritten. Receipts appended meanwhile wait for the next verify."""
+    size, stored_root = await receipt_tree.head(db)
+    chain, seq = ChainCheck(None if checkpoint is None else checkpoint.size), 0
+    while chain.count < size and (
+        rows := await db.fetchall(
+            "SELECT seq, id, body, hash FROM receipts WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, min(VERIFY_PAGE, size - chain.count)),
+        )
     ):
         seq = rows[-1][0]
         broken = await asyncio.to_thread(chain.check, [(r[1], r[2], r[3]) for r in rows])
         if broken is not None:
             return broken
-    return Verification(True, chain.count)
+        if not await receipt_tree.holds(db, chain.nodes):
+            return Verification(False, chain.count, None, TREE_EDITED)
+    if chain.tree.root() != stored_root or chain.count != size:
+        return Verification(False, chain.count, None, TREE_EDITED)
+    if checkpoint is None:
+        return Verification(True, chain.count)
+    shown = {"origin": checkpoint.origin, "size": checkpoint.size, "root_hash": checkpoint.root_b64}
+    if chain.count < checkpoint.size:
+        reason = (
+            f"truncated or rolled back: the checkpoint covers {checkpoint.size} receipts and the database "
+            f"holds {chain.count}"
+        )
+        return Verification(False, chain.count, None, reason, shown)
+    try:  # RFC 6962: the proof a remote party would check, from the stored tree
+        proof = await receipt_tree.consistency(db, checkpoint.size, size)
+        check_consistency(checkpoint.size, size, checkpoint.root, stored_root, proof)
+    except (ProofError, receipt_tree.MissingNode):
+        consistent = False
+    else:
+        consistent = chain.root_at_mark == checkpoint.root
+    if not consistent:
+        reason = f"rewritten: the first {checkpoint.size} receipts no longer have the checkpoint's root hash"
+        return Verification(False, chain.count, None, reason, shown)
+    return Verification(True, chain.count, checkpoint=shown)

@@ -15,6 +15,7 @@ from aiohttp import web
 from waystation import timeutil
 from waystation.agent.api_models import add_model_routes
 from waystation.agent.api_openai import add_openai_routes
+from waystation.agent.api_receipts import add_receipt_routes
 from waystation.agent.api_turns import add_turn_routes
 from waystation.agent.http_io import (
     MAX_BODY_BYTES,
@@ -28,7 +29,7 @@ from waystation.agent.http_io import (
 from waystation.agent.openapi import openapi_document
 from waystation.errors import InputError, MalformedRequest, WaystationError
 from waystation.station.build import AgentStation
-from waystation.station.ops import receipts, status, tasks
+from waystation.station.ops import status, tasks
 
 log = structlog.get_logger(__name__)
 
@@ -69,9 +70,7 @@ def create_app(station: AgentStation) -> web.Application:
     app.router.add_post("/v1/tasks/{id}/retry", retry_task)
     app.router.add_post("/v1/tasks/{id}/cancel", cancel_task)
     app.router.add_post("/v1/flush", flush)
-    app.router.add_get("/v1/receipts", list_receipts)
-    app.router.add_get("/v1/receipts/verify", verify_receipts)
-    app.router.add_get("/v1/receipts/{id}", get_receipt)
+    add_receipt_routes(app)
     app.router.add_get("/v1/events", events)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/openapi.json", openapi)
@@ -138,20 +137,6 @@ async def cancel_task(request: web.Request) -> web.Response:
 
 async def flush(request: web.Request) -> web.Response:
     return web.json_response(await tasks.flush(station_of(request)), status=202)
-
-
-async def list_receipts(request: web.Request) -> web.Response:
-    after = request.query.get("after") or None
-    limit = query_int(request, "limit", 100)
-    return web.json_response(await receipts.after(station_of(request), after, limit))
-
-
-async def get_receipt(request: web.Request) -> web.Response:
-    return web.json_response(await receipts.get(station_of(request), request.match_info["id"]))
-
-
-async def verify_receipts(request: web.Request) -> web.Response:
-    return web.json_response(await receipts.verify(station_of(request)))
 
 
 async def events(request: web.Request) -> web.StreamResponse:

@@ -59,7 +59,9 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
         housekeeping = Housekeeping(station, station.flusher)
         housekeeping.start()
         stack.callback(housekeeping.stop)
+        station.announcer.listen("receipt", housekeeping.receipt_written)
         await housekeeping.expire()
+        await housekeeping.sign()  # and at stop (build_agent), after the last receipt
 
         # A short grace for open requests at shutdown keeps the whole stop inside 10 s. aiohttp's
         # keep-alive timer closes a connection still waiting for a whole request: the head timeout.

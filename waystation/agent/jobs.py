@@ -1,5 +1,6 @@
 """Scheduled housekeeping on apscheduler's asyncio scheduler: expiry, lease reaping, WAL checkpoints,
-and retention of settled tasks (rows compacted, receipts kept).
+retention of settled tasks (rows compacted, receipts kept), and signed checkpoints of the receipts
+(every 1,000 receipts or 10 minutes, whichever comes first, and at start and stop).
 
 Each job is a plain coroutine method so it can be tested without the scheduler; the scheduler
 only decides when. Intervals are minutes apart: an idle agent should stay asleep.
@@ -7,16 +8,19 @@ only decides when. Intervals are minutes apart: an idle agent should stay asleep
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from waystation import timeutil
-from waystation.errors import DatabaseError
+from waystation.errors import DatabaseError, WaystationError
 from waystation.queue.flusher import Flusher
 from waystation.station.build import Station
+from waystation.station.ops import receipts
 
 log = structlog.get_logger(__name__)
 
@@ -24,6 +28,8 @@ EXPIRY_INTERVAL_S = 60
 REAP_INTERVAL_S = 60
 CHECKPOINT_INTERVAL_S = 600
 COMPACT_INTERVAL_S = 6 * 3600
+SIGN_INTERVAL_S = 600
+RECEIPTS_PER_SIGNING = 1000
 
 
 CLOCK_JUMP_S = 120.0  # wall time moved this much more (or less) than time passed: it was set
@@ -55,6 +61,8 @@ class Housekeeping:
         self._flusher = flusher
         self._clock = clock or ClockWatch()
         self._scheduler = AsyncIOScheduler()
+        self._unsigned = 0  # receipts announced since the last signed checkpoint
+        self._signing: asyncio.Task[int | None] | None = None
 
     def start(self) -> None:
         add = self._scheduler.add_job
@@ -62,6 +70,7 @@ class Housekeeping:
         add(self.reap, "interval", seconds=REAP_INTERVAL_S, id="reap", coalesce=True, max_instances=1)
         add(self.checkpoint, "interval", seconds=CHECKPOINT_INTERVAL_S, id="checkpoint", coalesce=True)
         add(self.compact, "interval", seconds=COMPACT_INTERVAL_S, id="compact", coalesce=True)
+        add(self.sign, "interval", seconds=SIGN_INTERVAL_S, id="sign", coalesce=True, max_instances=1)
         self._scheduler.start()
 
     def stop(self) -> None:
@@ -117,3 +126,20 @@ class Housekeeping:
             return 0
         log.info("compacted settled tasks", count=compacted)
         return compacted
+
+    def receipt_written(self, _receipt: Mapping[str, Any]) -> None:
+        """Listens for receipts announced: the 1,000th since the last checkpoint signs one."""
+        self._unsigned += 1
+        if self._unsigned >= RECEIPTS_PER_SIGNING and self._signing is None:
+            self._signing = asyncio.create_task(self.sign(), name="sign-checkpoint")
+            self._signing.add_done_callback(lambda _: setattr(self, "_signing", None))
+
+    async def sign(self) -> int | None:
+        """Sign the receipt tree and keep it as the state directory's checkpoint (see
+        ops.receipts.store_checkpoint: one the receipts no longer extend is kept, and said)."""
+        self._unsigned = 0
+        try:
+            return await receipts.store_checkpoint(self._station)
+        except (WaystationError, OSError) as exc:
+            log.error("cannot sign a checkpoint of the receipts", error=str(exc))
+            return None

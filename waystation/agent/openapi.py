@@ -282,9 +282,29 @@ PATHS: dict[str, Schema] = {
     },
     "/v1/receipts/verify": {
         "get": _op(
-            "check the hash chain; names the first receipt that breaks it",
+            "check the hash chain, the Merkle tree, and consistency with the checkpoint the agent kept",
             {"200": _json("the verdict", ref("Verification"))},
             operationId="verifyReceipts",
+        ),
+        "post": _op(
+            "the same, and prove the receipts extend the signed checkpoint given (RFC 6962 consistency)",
+            {"200": _json("the verdict", ref("Verification")), **BODY_ERRORS},
+            operationId="verifyReceiptsAgainst",
+            requestBody=_body("CheckpointToVerify"),
+        ),
+    },
+    "/v1/receipts/checkpoint": {
+        "get": _op(
+            "a signed checkpoint of the receipts' Merkle tree now (C2SP tlog-checkpoint)",
+            {"200": _json("the checkpoint", ref("Checkpoint"))},
+            operationId="receiptCheckpoint",
+        )
+    },
+    "/v1/receipts/key": {
+        "get": _op(
+            "the verifier key of the checkpoints (C2SP note format)",
+            {"200": _json("the key", ref("VerifierKey"))},
+            operationId="receiptKey",
         )
     },
     "/v1/receipts/{id}": {
@@ -292,6 +312,14 @@ PATHS: dict[str, Schema] = {
             "one receipt",
             {"200": _json("the receipt", ref("Receipt"))},
             operationId="getReceipt",
+            parameters=[_id_param("receipt")],
+        )
+    },
+    "/v1/receipts/{id}/proof": {
+        "get": _op(
+            "an inclusion proof of one receipt, with the signed checkpoint it leads to",
+            {"200": _json("the proof", ref("ReceiptProof"))},
+            operationId="proveReceipt",
             parameters=[_id_param("receipt")],
         )
     },

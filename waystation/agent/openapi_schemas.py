@@ -145,6 +145,38 @@ SCHEMAS: dict[str, Schema] = {
             "count": {"type": "integer", "minimum": 0},
             "first_broken_id": _nullable("string"),
             "reason": _nullable("string"),
+            "checkpoint": {
+                "oneOf": [
+                    {"type": "null"},
+                    _object(
+                        {
+                            "origin": {"type": "string"},
+                            "size": {"type": "integer", "minimum": 0},
+                            "root_hash": {"type": "string"},
+                        }
+                    ),
+                ],
+                "description": "the checkpoint the receipts were checked against, if any",
+            },
+        }
+    ),
+    "CheckpointToVerify": _object({"checkpoint": {"type": "string", "minLength": 1}}),
+    "Checkpoint": _object(
+        {
+            "origin": {"type": "string", "description": "waystation/<host>"},
+            "size": {"type": "integer", "minimum": 0},
+            "root_hash": {"type": "string", "description": "RFC 6962 root, base64"},
+            "note": {"type": "string", "description": "the whole signed note (C2SP signed-note)"},
+        }
+    ),
+    "VerifierKey": _object({"key": {"type": "string", "description": "NAME+KEYID+BASE64"}}),
+    "ReceiptProof": _object(
+        {
+            "receipt": ref("Receipt"),
+            "leaf_index": {"type": "integer", "minimum": 0},
+            "tree_size": {"type": "integer", "minimum": 1},
+            "inclusion_proof": {"type": "array", "items": {"type": "string"}},
+            "checkpoint": {"type": "string"},
         }
     ),
     "Probe": _object(

@@ -363,11 +363,36 @@ class Waystation:
 
         return self._answer("GET", f"/v1/receipts/{_seg(receipt_id)}", receipts.get, receipt_id)
 
-    def verify_receipts(self) -> dict[str, Any]:
-        """{"ok", "count", "first_broken_id", "reason"}."""
+    def verify_receipts(self, checkpoint: str | None = None) -> dict[str, Any]:
+        """{"ok", "count", "first_broken_id", "reason", "checkpoint"}; against `checkpoint` (a
+        signed note's text) when given, else against the one the agent keeps."""
         from waystation.station.ops import receipts
 
-        return self._answer("GET", "/v1/receipts/verify", receipts.verify)
+        if checkpoint is None:
+            return self._answer("GET", "/v1/receipts/verify", receipts.verify)
+
+        def agent(client: AgentClient) -> dict[str, Any]:
+            answer: dict[str, Any] = client.request(
+                "POST", "/v1/receipts/verify", json={"checkpoint": checkpoint}
+            )
+            return answer
+
+        return self._either(agent, lambda d: d.read(receipts.verify, checkpoint))
+
+    def receipts_key(self) -> dict[str, str]:
+        from waystation.station.ops import receipts
+
+        return self._answer("GET", "/v1/receipts/key", receipts.key)
+
+    def checkpoint(self) -> dict[str, Any]:
+        from waystation.station.ops import receipts
+
+        return self._answer("GET", "/v1/receipts/checkpoint", receipts.checkpoint)
+
+    def prove(self, receipt_id: str) -> dict[str, Any]:
+        from waystation.station.ops import receipts
+
+        return self._answer("GET", f"/v1/receipts/{_seg(receipt_id)}/proof", receipts.prove, receipt_id)
 
     def _answer(
         self,

@@ -41,11 +41,16 @@ class Announcer:
     def __init__(self, events: EventBus, metrics: Metrics, connectivity: str = "unknown") -> None:
         self.events = events
         self.metrics = metrics
-        self._listeners: dict[str, list[Listener]] = {"task": [], "turn": [], "connectivity": []}
+        self._listeners: dict[str, list[Listener]] = {
+            "task": [],
+            "turn": [],
+            "connectivity": [],
+            "receipt": [],
+        }
         self._connectivity_seen = connectivity  # the monitor's state when it was built
 
     def listen(self, kind: str, listener: Listener) -> None:
-        """Call `listener(data)` for each `kind` ("task", "turn", "connectivity") announced."""
+        """Call `listener(data)` for each `kind` ("task", "turn", "connectivity", "receipt") announced."""
         self._listeners[kind].append(listener)
 
     def _tell(self, kind: str, data: Mapping[str, Any]) -> None:
@@ -60,7 +65,7 @@ class Announcer:
     def task_changed(self, task: Mapping[str, Any], receipt: Mapping[str, Any] | None = None) -> None:
         self.events.publish("task", slim(task))
         if receipt is not None:
-            self.events.publish("receipt", dict(receipt))
+            self._receipt(receipt)
         self._tell("task", task)
 
     def delivered(self, outcome: Outcome, repeated: bool, seconds: float) -> None:
@@ -84,8 +89,12 @@ class Announcer:
             self.metrics.model_loaded(cold_load_ms / 1000)
         self.events.publish("turn", {**turn, "resumed": resumed})
         if receipt is not None:
-            self.events.publish("receipt", dict(receipt))
+            self._receipt(receipt)
         self._tell("turn", turn)
+
+    def _receipt(self, receipt: Mapping[str, Any]) -> None:
+        self.events.publish("receipt", dict(receipt))
+        self._tell("receipt", receipt)
 
     # --- the connectivity monitor's on_change -----------------------------------------------------
 

@@ -29,10 +29,13 @@ from waystation.adapters.models.store import ModelStore
 from waystation.adapters.routes import Router
 from waystation.adapters.routes.local import LocalRoute
 from waystation.adapters.tools import ToolRegistry, default_tools, new_client
+from waystation.checkpoints import SigningKey
 from waystation.config import Paths, Settings
 from waystation.db import Database
+from waystation.errors import WaystationError
 from waystation.queue.flusher import Flusher
 from waystation.queue.store import TaskStore
+from waystation.receipt_proofs import keep_checkpoint
 from waystation.secrets import SecretResolver
 from waystation.station.announce import Announcer
 from waystation.station.background import Background
@@ -113,6 +116,10 @@ async def build_in_process(stack: Stack, paths: Paths, settings: Settings) -> Tu
 
 async def build_agent(stack: Stack, paths: Paths, settings: Settings) -> AgentStation:
     db = await _database(stack, paths, check=True)
+    # Made at first start; the receipts are signed once more at stop, after the last settles and
+    # before the database closes.
+    key = SigningKey.load_or_create(paths.state)
+    stack.push_async_callback(_sign_at_stop, db, key, paths)
     base, deliveries = _turn_station(stack, paths, settings, db, watch_os_events=True)
     recovered = await base.store.recover(all_running=True)
     if recovered:
@@ -135,6 +142,13 @@ async def build_agent(stack: Stack, paths: Paths, settings: Settings) -> AgentSt
     stack.push_async_callback(cancel, flushing)
     await resumptions.start(db)
     return station
+
+
+async def _sign_at_stop(db: Database, key: SigningKey, paths: Paths) -> None:
+    try:
+        await keep_checkpoint(db, key, paths.state)
+    except (WaystationError, OSError) as exc:
+        log.error("cannot sign a checkpoint of the receipts", error=str(exc))
 
 
 async def _database(stack: Stack, paths: Paths, *, check: bool) -> Database:

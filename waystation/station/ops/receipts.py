@@ -1,5 +1,6 @@
-"""Receipt operations: read the chain, one receipt, verify it. A stored body that is not JSON
-(someone edited the table) is one clear error on every path, with the agent or without."""
+"""Receipt operations: read the chain, one receipt, verify it; sign checkpoints, prove receipts.
+A stored body that is not JSON (someone edited the table) is one clear error on every path, with
+the agent or without."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from waystation import receipts
-from waystation.errors import DatabaseCorrupt
+from waystation import receipt_proofs, receipts
+from waystation.checkpoints import SigningKey, open_checkpoint
+from waystation.errors import BadCheckpoint, DatabaseCorrupt
 from waystation.station.build import Station
 
 
@@ -40,6 +42,41 @@ async def get(station: Station, receipt_id: str) -> dict[str, Any]:
         return await receipts.get_receipt(station.db, receipt_id)
 
 
-async def verify(station: Station) -> dict[str, Any]:
-    """{"ok", "count", "first_broken_id", "reason"}."""
-    return (await receipts.verify_database(station.db)).to_json()
+async def verify(station: Station, note: str | None = None) -> dict[str, Any]:
+    """{"ok", "count", "first_broken_id", "reason", "checkpoint"}: the chain, the stored tree, and
+    consistency with `note` (a signed checkpoint), else with the one the agent stored last."""
+    note = note if note is not None else receipt_proofs.stored_note(station.paths.state)
+    if note is None:
+        return (await receipts.verify_database(station.db)).to_json()
+    try:
+        signed = open_checkpoint(note, _key(station).verifier)
+    except BadCheckpoint as exc:  # a forged or damaged checkpoint is a failed check, said as such
+        failed = receipts.Verification(False, 0, None, f"the checkpoint cannot be used: {exc.message}")
+        return failed.to_json()
+    return (await receipts.verify_database(station.db, signed)).to_json()
+
+
+async def key(station: Station) -> dict[str, str]:
+    """{"key"}: the verifier key of the host's receipt checkpoints, in C2SP's note format."""
+    return {"key": str(_key(station).verifier)}
+
+
+async def checkpoint(station: Station) -> dict[str, Any]:
+    """{"origin", "size", "root_hash", "note"}: the tree now, signed."""
+    made, note = await receipt_proofs.checkpoint(station.db, _key(station))
+    return made.to_json(note)
+
+
+async def prove(station: Station, receipt_id: str) -> dict[str, Any]:
+    """A receipt's inclusion proof with the signed checkpoint it leads to."""
+    with _readable(station):
+        return await receipt_proofs.prove(station.db, _key(station), receipt_id)
+
+
+async def store_checkpoint(station: Station) -> int | None:
+    """Sign the tree now and keep it in the state directory (see receipt_proofs.keep_checkpoint)."""
+    return await receipt_proofs.keep_checkpoint(station.db, _key(station), station.paths.state)
+
+
+def _key(station: Station) -> SigningKey:
+    return SigningKey.load_or_create(station.paths.state)

@@ -1,0 +1,98 @@
+"""Signed checkpoints with a real agent and the real command line (issue 14): the agent signs at
+start and stop and keeps the last checkpoint, the API serves checkpoints, proofs and the key, a
+proof checks out in a fresh process that has only the key, and receipts removed while the agent
+was down are named on the next verify, the kept checkpoint never overwritten by the shorter tree.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from agentproc import Agent, agent_env, make_home, remove_home
+
+CLI = [sys.executable, "-m", "waystation"]
+URL = "http://127.0.0.1:9/x"
+
+
+def receipts_of_cancelled_tasks(agent: Agent, n: int) -> list[str]:
+    ids = []
+    for i in range(n):
+        task = agent.api("POST", "/v1/tasks", json={"tool": "web_fetch", "args": {"url": f"{URL}{i}"}}).json()
+        assert agent.api("POST", f"/v1/tasks/{task['id']}/cancel").status_code == 200
+        ids.append(task["id"])
+    return [r["id"] for r in agent.api("GET", "/v1/receipts").json()]
+
+
+def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], env=agent_env(home), capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_the_agent_signs_serves_and_proves(agent_factory: Callable[..., Agent], tmp_path: Path) -> None:
+    agent = agent_factory({"WAYSTATION_CONNECTIVITY__MODE": "offline"}).start()
+    home = agent.home
+    assert (home / "receipts.key").stat().st_mode & 0o777 == 0o600
+    assert (home / "receipts.checkpoint").read_text().split("\n")[1] == "0"  # signed at start
+    receipt_ids = receipts_of_cancelled_tasks(agent, 5)
+
+    checkpoint = agent.api("GET", "/v1/receipts/checkpoint").json()
+    assert set(checkpoint) == {"origin", "size", "root_hash", "note"} and checkpoint["size"] == 5
+    key = agent.api("GET", "/v1/receipts/key").json()["key"]
+    assert key.startswith(checkpoint["origin"] + "+")
+    assert cli(home, "receipts", "key").stdout.strip() == key
+
+    verified = agent.api("POST", "/v1/receipts/verify", json={"checkpoint": checkpoint["note"]}).json()
+    assert verified["ok"] and verified["checkpoint"]["size"] == 5
+    assert agent.api("POST", "/v1/receipts/verify", json={"checkpoint": 7}).status_code == 400
+
+    proved = cli(home, "receipts", "prove", receipt_ids[1], "--json")
+    assert proved.returncode == 0, proved.stderr
+    proof_file = tmp_path / "proof.json"
+    proof_file.write_text(proved.stdout)
+    assert json.loads(proved.stdout)["leaf_index"] == 1
+
+    # An auditor elsewhere: another home with nothing in it, no agent, only the key.
+    elsewhere = make_home()
+    try:
+        checked = cli(elsewhere, "receipts", "verify-proof", str(proof_file), "--key", key)
+        assert checked.returncode == 0, checked.stderr
+        assert f"receipt {receipt_ids[1]} is leaf 1" in checked.stdout
+        assert not (elsewhere / "waystation.db").exists() and not (elsewhere / "receipts.key").exists()
+        forged = json.loads(proved.stdout)
+        forged["receipt"]["reason"] = "delivered"
+        proof_file.write_text(json.dumps(forged))
+        refused = cli(elsewhere, "receipts", "verify-proof", str(proof_file), "--key", key)
+        assert refused.returncode == 1 and "edited" in refused.stderr
+    finally:
+        remove_home(elsewhere)
+
+    assert agent.stop() == 0
+    kept = (home / "receipts.checkpoint").read_text()
+    assert kept.split("\n")[1] == "5"  # signed again at stop
+
+
+def test_receipts_removed_while_the_agent_was_down_are_named(agent_factory: Callable[..., Agent]) -> None:
+    agent = agent_factory({"WAYSTATION_CONNECTIVITY__MODE": "offline"}).start()
+    receipts_of_cancelled_tasks(agent, 6)
+    assert agent.stop() == 0
+    kept = (agent.home / "receipts.checkpoint").read_text()
+
+    with sqlite3.connect(agent.database) as conn:  # the last two receipts, gone
+        conn.execute("DELETE FROM receipts WHERE seq > 4")
+    conn.close()
+
+    agent.start()
+    assert (agent.home / "receipts.checkpoint").read_text() == kept  # not replaced by the shorter tree
+    assert "no longer extend the stored checkpoint" in agent.output()
+    verify = cli(agent.home, "receipts", "verify")
+    assert verify.returncode == 1
+    assert "truncated or rolled back" in verify.stderr and "holds 4" in verify.stderr
+    # The agent goes on recording; the kept checkpoint still names what went missing.
+    receipts_of_cancelled_tasks(agent, 1)
+    assert cli(agent.home, "receipts", "verify").returncode == 1

@@ -1,0 +1,197 @@
+"""Signed checkpoints of the receipt tree, in the formats transparency logs share (C2SP).
+
+A checkpoint (C2SP tlog-checkpoint) is three lines: the origin (`waystation/<host>`), the tree
+size in decimal, the root hash in base64. It travels as a signed note (C2SP signed-note): that
+text, a blank line, and one line per signature, `— <key name> <base64(key id || signature)>`,
+where the key id is the first 4 bytes of SHA-256(name || "\\n" || 0x01 || Ed25519 public key) and
+the signature is Ed25519 over the text. The verifier key is `<name>+<key id hex>+<base64(0x01 ||
+public key)>`: what `receipts key` prints, and all an auditor needs.
+
+The private key is `receipts.key` (PKCS#8 PEM, 0600) in the state directory, made at first use;
+`receipts.pub` beside it holds the verifier key, so the origin stays what it was when the key was
+made even if the host is renamed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from waystation.errors import BadCheckpoint
+
+ED25519 = b"\x01"  # the signed-note signature type of Ed25519
+DASH = "\u2014"  # the em dash that opens a signature line
+
+
+def key_id(name: str, public: bytes) -> bytes:
+    return hashlib.sha256(name.encode() + b"\n" + ED25519 + public).digest()[:4]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadCheckpoint(f"{what} is not base64") from None
+
+
+@dataclass(frozen=True)
+class VerifierKey:
+    name: str
+    public: bytes  # the 32 bytes of the Ed25519 public key
+
+    def __str__(self) -> str:
+        return f"{self.name}+{key_id(self.name, self.public).hex()}+{_b64(ED25519 + self.public)}"
+
+    @classmethod
+    def parse(cls, text: str) -> VerifierKey:
+        """A verifier key as `receipts key` prints it; BadCheckpoint when it is not one."""
+        parts = text.strip().split("+", 2)  # a key name never holds "+"; base64 may
+        if len(parts) != 3:
+            raise BadCheckpoint("not an Ed25519 verifier key of the form NAME+KEYID+BASE64")
+        name, hex_id, encoded = parts
+        raw = _unb64(encoded, "the verifier key")
+        if not name or len(raw) != 33 or raw[:1] != ED25519:
+            raise BadCheckpoint("not an Ed25519 verifier key of the form NAME+KEYID+BASE64")
+        key = cls(name, raw[1:])
+        if key_id(name, key.public).hex() != hex_id.lower():
+            raise BadCheckpoint("the verifier key's id does not match its name and key")
+        return key
+
+    def verify(self, note: str) -> str:
+        """The text of `note` when this key signed it; BadCheckpoint otherwise."""
+        text, sep, signatures = note.partition("\n\n")
+        if not sep:
+            raise BadCheckpoint("not a signed note: no blank line before its signatures")
+        text += "\n"
+        wanted = key_id(self.name, self.public)
+        public = Ed25519PublicKey.from_public_bytes(self.public)
+        for line in signatures.splitlines():
+            dash, _, rest = line.partition(" ")
+            name, _, encoded = rest.partition(" ")
+            if dash != DASH or name != self.name:
+                continue
+            raw = _unb64(encoded, "a signature")
+            if raw[:4] != wanted:
+                continue
+            try:
+                public.verify(raw[4:], text.encode())
+            except InvalidSignature:
+                raise BadCheckpoint(f"the signature of {self.name} does not match the note") from None
+            return text
+        raise BadCheckpoint(f"the note has no signature by {self.name} (key id {wanted.hex()})")
+
+
+class SigningKey:
+    """The host's receipt-signing key: made at first use, 0600, never leaves the state directory."""
+
+    def __init__(self, private: Ed25519PrivateKey, name: str) -> None:
+        self._private = private
+        public = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.verifier = VerifierKey(name, public)
+
+    @property
+    def name(self) -> str:
+        return self.verifier.name
+
+    @classmethod
+    def load_or_create(cls, state_dir: Path) -> SigningKey:
+        private_path, public_path = state_dir / "receipts.key", state_dir / "receipts.pub"
+        try:
+            pem = private_path.read_bytes()
+        except FileNotFoundError:
+            return cls._create(private_path, public_path)
+        private = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(private, Ed25519PrivateKey):
+            raise BadCheckpoint(f"{private_path} does not hold an Ed25519 key")
+        try:
+            name = VerifierKey.parse(public_path.read_text()).name
+        except (OSError, BadCheckpoint):
+            name = default_origin()
+        key = cls(private, name)
+        _write_public(public_path, key)
+        return key
+
+    @classmethod
+    def _create(cls, private_path: Path, public_path: Path) -> SigningKey:
+        private = Ed25519PrivateKey.generate()
+        pem = private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        private_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # O_EXCL: two processes making the key at once keep the first one's, never a mix.
+        try:
+            fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return cls.load_or_create(private_path.parent)
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+            out.flush()
+            os.fsync(out.fileno())
+        key = cls(private, default_origin())
+        _write_public(public_path, key)
+        return key
+
+    def sign(self, text: str) -> str:
+        """`text` (ending in a newline) as a signed note with this key's one signature."""
+        signature = self._private.sign(text.encode())
+        raw = key_id(self.name, self.verifier.public) + signature
+        return f"{text}\n{DASH} {self.name} {_b64(raw)}\n"
+
+
+def _write_public(path: Path, key: SigningKey) -> None:
+    text = f"{key.verifier}\n"
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def default_origin() -> str:
+    return f"waystation/{socket.gethostname() or 'localhost'}"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    origin: str
+    size: int
+    root: bytes
+
+    @property
+    def root_b64(self) -> str:
+        return _b64(self.root)
+
+    def text(self) -> str:
+        return f"{self.origin}\n{self.size}\n{self.root_b64}\n"
+
+    def to_json(self, note: str) -> dict[str, object]:
+        return {"origin": self.origin, "size": self.size, "root_hash": self.root_b64, "note": note}
+
+    @classmethod
+    def parse(cls, text: str) -> Checkpoint:
+        """The checkpoint a note's (verified) text holds."""
+        lines = text.split("\n")
+        if len(lines) < 4 or not lines[1].isdigit():
+            raise BadCheckpoint("not a checkpoint: expected origin, tree size and root hash lines")
+        root = _unb64(lines[2], "the root hash")
+        if len(root) != 32:
+            raise BadCheckpoint("the root hash is not 32 bytes")
+        return cls(lines[0], int(lines[1]), root)
+
+
+def open_checkpoint(note: str, key: VerifierKey) -> Checkpoint:
+    """The checkpoint in a signed note, once `key`'s signature on it checks out."""
+    checkpoint = Checkpoint.parse(key.verify(note))
+    if checkpoint.origin != key.name:
+        raise BadCheckpoint(f"the checkpoint is for {checkpoint.origin}, the key is {key.name}'s")
+    return checkpoint
