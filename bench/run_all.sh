@@ -19,6 +19,7 @@ if [[ -n "${QUICK:-}" ]]; then
     "bench/turns.py --reps 2 --max-tokens 64"
     "bench/tool_calls.py --reps 2"
     "bench/hostile.py --connections 500 --receipts 20000 --big-tasks 50 --hung 5"
+    "bench/receipts_tree.py --sizes 1000,20000 --appends 1000"
   )
 else
   RUNS=(
@@ -30,6 +31,7 @@ else
     "bench/turns.py --reps 7 --max-tokens 128"
     "bench/tool_calls.py --reps 5"
     "bench/hostile.py"
+    "bench/receipts_tree.py"
   )
 fi
 
