@@ -24,16 +24,17 @@ RSS_GROWTH_MAX_MB = 150
 pytestmark = pytest.mark.soak
 
 
+def receipt(i: int) -> ReceiptDraft:
+    return ReceiptDraft(kind="task", status="ok", route=ROUTE, task_id=f"t_{i}")
+
+
 async def write_chain(path: Path, count: int) -> None:
     db = await Database.open(path)
     try:
         for first in range(0, count, 5000):
             size = min(5000, count - first)
             await db.write(
-                lambda conn, first=first, size=size: [
-                    append(conn, ReceiptDraft(kind="task", status="ok", route=ROUTE, task_id=f"t_{first + i}"))
-                    for i in range(size)
-                ]
+                lambda conn, first=first, size=size: [append(conn, receipt(first + i)) for i in range(size)]
             )
     finally:
         await db.close()
