@@ -146,9 +146,24 @@ class CompactRange:
     """The roots of the perfect subtrees of the leaves seen so far, left to right: a tree's root
     at any size in O(log n) memory, for a pass over every leaf."""
 
-    def __init__(self) -> None:
-        self.size = 0
-        self._peaks: list[tuple[int, bytes]] = []  # (level, hash), levels strictly decreasing
+    def __init__(self, size: int = 0, peaks: list[bytes] | None = None) -> None:
+        """Empty, or the range of a tree of `size` leaves given its perfect subtrees' roots, left
+        to right (one per bit set in `size`, largest first)."""
+        levels = [bit for bit in reversed(range(size.bit_length())) if size >> bit & 1]
+        if len(levels) != len(peaks or []):
+            raise ProofError(f"a tree of {size} has {len(levels)} perfect subtrees")
+        self.size = size
+        self._peaks: list[tuple[int, bytes]] = list(zip(levels, peaks or [], strict=True))
+
+    @staticmethod
+    def peak_nodes(size: int) -> list[tuple[int, int]]:
+        """The (level, index) of the perfect subtrees a tree of `size` leaves splits into."""
+        nodes, start = [], 0
+        for level in reversed(range(size.bit_length())):
+            if size >> level & 1:
+                nodes.append((level, start >> level))
+                start += 1 << level
+        return nodes
 
     def append(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
         """Add a leaf hash; the perfect subtrees it completes, (level, index, hash), itself first."""

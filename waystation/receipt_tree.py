@@ -14,13 +14,16 @@ import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
+import structlog
+
 from waystation.errors import NotFound
-from waystation.merkle import Node, consistency_proof, inclusion_proof, leaf_hash, node_hash, subtree_root
+from waystation.merkle import CompactRange, Node, consistency_proof, inclusion_proof, leaf_hash, subtree_root
 
 if TYPE_CHECKING:  # db.py imports this module for its migration
     from waystation.db import Database
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 SCHEMA = """
 ALTER TABLE receipts ADD COLUMN leaf INTEGER;
@@ -42,22 +45,41 @@ def size(conn: sqlite3.Connection) -> int:
     return 0 if row is None or row[0] is None else int(row[0]) + 1
 
 
-def append_leaf(conn: sqlite3.Connection, receipt_hash: str, index: int) -> None:
-    """Add leaf `index`, of a receipt whose `hash` (hex) is given, and the subtrees it completes."""
-    digest = leaf_hash(_leaf_data(receipt_hash))
-    rows = [(0, index, digest)]
-    level, position = 0, index
-    while position & 1:  # a right child completes its parent
-        (left,) = conn.execute(
-            "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?", (level, position - 1)
-        ).fetchone()
-        digest = node_hash(left, digest)
-        level, position = level + 1, position >> 1
-        rows.append((level, position, digest))
-    if len(rows) == 1:  # half of all appends: skip executemany's own overhead
-        conn.execute("INSERT OR REPLACE INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", rows[0])
+def append_leaf(conn: sqlite3.Connection, receipt_hash: str, index: int) -> int:
+    """Add leaf `index`, of a receipt whose `hash` (hex) is given, and the subtrees it completes;
+    the index it took (another only if the tree was damaged and rebuilt from the receipts first).
+
+    The right edge of the tree (its perfect subtrees' roots) is kept in memory per connection, so
+    an append reads nothing; it is read again from the table when the tree moved without us (a
+    rolled-back write, another process appending, receipts removed)."""
+    edge = _edges.get(id(conn))
+    if edge is None or edge[0] is not conn or edge[1].size != index:
+        try:
+            peaks = [_node(conn, level, position) for level, position in CompactRange.peak_nodes(index)]
+        except MissingNode:  # rows removed from the table: it is an index of the receipts, rebuilt
+            rebuild(conn)
+            return append_leaf(conn, receipt_hash, size(conn))
+        edge = (conn, CompactRange(index, peaks))
+        _edges[id(conn)] = edge
+        while len(_edges) > MAX_EDGES:  # connections come and go (tests, CLI runs): keep a few
+            del _edges[next(iter(_edges))]
+    made = edge[1].append(leaf_hash(_leaf_data(receipt_hash)))
+    if len(made) == 1:  # half of all appends: skip executemany's own overhead
+        conn.execute("INSERT OR REPLACE INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", made[0])
     else:
-        conn.executemany("INSERT OR REPLACE INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", rows)
+        conn.executemany("INSERT OR REPLACE INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", made)
+    return index
+
+
+_edges: dict[int, tuple[sqlite3.Connection, CompactRange]] = {}
+MAX_EDGES = 8
+
+
+def _node(conn: sqlite3.Connection, level: int, index: int) -> bytes:
+    row = conn.execute("SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?", (level, index)).fetchone()
+    if row is None:
+        raise MissingNode(f"the receipt tree has no node ({level}, {index})")
+    return bytes(row[0])
 
 
 def _leaf_data(receipt_hash: str) -> bytes:
@@ -80,6 +102,15 @@ def backfill(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE receipts SET leaf = ? WHERE seq = ?", (index, row_seq))
             index += 1
         seq = rows[-1][0]
+
+
+def rebuild(conn: sqlite3.Connection) -> None:
+    """The tree made again from the receipts, the source of truth (`verify` against a checkpoint
+    still names any receipt removed or rewritten)."""
+    log.error("the receipt tree lacks nodes; rebuilding it from the receipts")
+    conn.execute("DELETE FROM merkle_nodes")
+    _edges.pop(id(conn), None)
+    backfill(conn)
 
 
 # --- reading: each answer reads the O(log n) nodes it needs in one query ------------------------
