@@ -155,3 +155,14 @@ def test_the_openai_sdk_sends_keep_alive_in_extra_body(agent: Agent) -> None:
                 model="alpha", messages=[{"role": "user", "content": "hi"}], extra_body={"keep_alive": "x"}
             )
     http_client.close()
+
+
+def test_the_command_line_passes_keep_alive(agent: Agent) -> None:
+    done = cli(agent.home, "turn", "Say hi.", "--model", "alpha", "--max-tokens", "2", "--keep-alive=-1")
+    assert done.returncode == 0, done.stderr
+    assert loaded(agent)["alpha"]["until"] == "forever"
+    done = cli(agent.home, "turn", "Say hi.", "--model", "alpha", "--max-tokens", "2", "--keep-alive", "0")
+    assert done.returncode == 0, done.stderr
+    assert "alpha" not in loaded(agent)
+    refused = cli(agent.home, "turn", "Say hi.", "--model", "alpha", "--keep-alive", "later")
+    assert refused.returncode != 0 and "keep_alive" in refused.stderr
