@@ -161,7 +161,11 @@ async def test_keep_alive_sets_when_the_model_unloads_and_negative_keeps_it() ->
     await backend.generate(say())  # no keep_alive: the setting's 300 s again, as Ollama's default
     assert backend.unloads_at == pytest.approx(time.time() + 300, abs=5)
     await backend.generate(say(0.2))
-    await asyncio.sleep(0.5)
+    assert backend.loaded
+    for _ in range(100):  # the timer fires after 0.2 s; a busy machine may take longer to unload
+        await asyncio.sleep(0.05)
+        if not backend.loaded:
+            break
     assert not backend.loaded
     await backend.close()
 
