@@ -54,6 +54,10 @@ class ModelSettings:
     flash_attention: Literal["auto", "on", "off"] = "auto"
     mmap: bool = True  # map the file instead of reading it into memory (pages load as used)
     mlock: bool = False  # pin the model in RAM so it is never swapped out
+    # Several models may stay loaded: before one loads, the least recently used idle ones unload
+    # until it fits both limits (a model that is generating is waited for, never cut off).
+    max_loaded: int = 0  # models loaded at once; 0 = 3, Ollama's OLLAMA_MAX_LOADED_MODELS on a CPU
+    memory_budget_mb: int = 0  # MB (10^6 bytes) for their weights and KV caches; 0 = 3/4 of the RAM
 
 
 @dataclass(frozen=True)
@@ -304,6 +308,7 @@ def _check(key: str, kind: Any, value: Any) -> Any:
 # beyond any model's training and any host's memory for the KV cache.
 MAX_THREADS = 512
 MAX_CONTEXT = 1 << 20
+MAX_LOADED = 64  # each loaded model holds an owner thread and its own KV cache
 
 
 def _check_model_ranges(m: ModelSettings) -> None:
@@ -319,6 +324,12 @@ def _check_model_ranges(m: ModelSettings) -> None:
         raise ConfigError("model.context", f"must be 64 to {MAX_CONTEXT} tokens, got {m.context}")
     if not 1 <= m.batch <= MAX_CONTEXT:
         raise ConfigError("model.batch", f"must be 1 to {MAX_CONTEXT} tokens, got {m.batch}")
+    if not 0 <= m.max_loaded <= MAX_LOADED:
+        raise ConfigError("model.max_loaded", f"must be 0 (3) to {MAX_LOADED} models, got {m.max_loaded}")
+    if m.memory_budget_mb < 0:
+        raise ConfigError(
+            "model.memory_budget_mb", f"must be 0 (3/4 of the RAM) or more, got {m.memory_budget_mb}"
+        )
 
 
 def _check_ranges(s: Settings) -> None:

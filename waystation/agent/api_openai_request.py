@@ -17,7 +17,13 @@ from typing import Any
 
 from waystation.adapters.models.base import Message
 from waystation.errors import MalformedRequest, UnsupportedParameter
-from waystation.station.turns.request import MAX_TOKENS_LIMIT, TurnRequest, bounded_int, tool_choice
+from waystation.station.turns.request import (
+    MAX_TOKENS_LIMIT,
+    TurnRequest,
+    bounded_int,
+    keep_alive,
+    tool_choice,
+)
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 JSON_TYPES = ("string", "number", "integer", "boolean", "object", "array", "null")
@@ -87,6 +93,7 @@ def chat_request(body: Mapping[str, Any]) -> ChatRequest:
         tool_choice=choice if tools else "none",
         client_tools=tools,
         response_format=_response_schema(body.get("response_format")),
+        keep_alive=keep_alive(body.get("keep_alive")),  # Ollama's, through the SDK's extra_body
     )
     return ChatRequest(turn, bool(stream), bool((options or {}).get("include_usage")))
 

@@ -16,6 +16,21 @@ def _nullable(type_name: str, **extra: Any) -> Schema:
     return {"type": [type_name, "null"], **extra}
 
 
+# Ollama's keep_alive, on a turn and a chat completion alike.
+KEEP_ALIVE: Schema = {
+    "oneOf": [
+        {"type": "number", "maximum": 315360000},
+        {
+            "type": "string",
+            "pattern": r"^[+-]?(\d+(\.\d*)?|\.\d+)((ms|s|m|h)((\d+(\.\d*)?|\.\d+)(ms|s|m|h))*)?$",
+        },
+    ],
+    "description": "how long a local model stays loaded after this request: seconds, or a duration"
+    ' such as "30s", "5m", "1h30m"; 0 unloads it at once, a negative value keeps it loaded;'
+    " unset: [model] idle_unload_s",
+}
+
+
 def ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -257,8 +272,16 @@ SCHEMAS: dict[str, Schema] = {
             "path": {"type": "string"},
             "backend": {"type": "string"},
             "size": {"type": "integer", "description": "bytes of its weights (mapped whole)"},
+            "memory": {
+                "type": "integer",
+                "description": "bytes it takes as the memory budget counts them: weights and KV cache",
+            },
             "loaded_at": _nullable("string"),
             "unloads_at": _nullable("string", description="null: never, or generating now"),
+            "until": {
+                "type": "string",
+                "description": 'when it unloads: unloads_at, "busy" (generating) or "forever"',
+            },
             "busy": {"type": "boolean"},
         }
     ),
@@ -301,6 +324,7 @@ SCHEMAS: dict[str, Schema] = {
             },
             "defer": {"type": "boolean"},
             "stream": {"type": "boolean", "description": "answer with Server-Sent Events"},
+            "keep_alive": KEEP_ALIVE,
         },
         "required": ["prompt"],
     },
@@ -374,6 +398,7 @@ SCHEMAS: dict[str, Schema] = {
             },
             "response_format": {"type": "object", "description": "text, json_object or json_schema"},
             "n": {"type": "integer", "const": 1},
+            "keep_alive": KEEP_ALIVE,
         },
         "required": ["messages"],
     },

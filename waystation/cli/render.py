@@ -96,7 +96,7 @@ def _parse(ts: object) -> datetime | None:
 
 
 def duration(seconds: float) -> str:
-    seconds = abs(seconds)
+    seconds = round(abs(seconds))  # whole seconds first: 599.6 is 10m00s, never 9m60s
     if seconds < 60:
         return f"{seconds:.0f}s"
     if seconds < 3600:

@@ -14,6 +14,7 @@ from waystation.errors import ModelError
 
 if TYPE_CHECKING:
     from waystation.adapters.models.llamacpp import LlamaOptions
+    from waystation.adapters.models.threaded import Admission
 
 
 def choose_backend(path: Path, backend: str) -> str:
@@ -23,18 +24,22 @@ def choose_backend(path: Path, backend: str) -> str:
     return "mlx" if path.is_dir() or on_apple_silicon() else "llamacpp"
 
 
-def open_backend(path: Path, settings: ModelSettings) -> ModelBackend:
-    """A backend for `path`, not yet loaded: loading happens on the first turn."""
+def open_backend(path: Path, settings: ModelSettings, admission: Admission | None = None) -> ModelBackend:
+    """A backend for `path`, not yet loaded: loading happens on the first turn (once `admission`,
+    the route's memory budget, has made room)."""
     kind = choose_backend(path, settings.backend)
     if kind == "mlx":
         from waystation.adapters.models.mlx import MlxBackend
 
-        return MlxBackend(str(path), idle_unload_s=settings.idle_unload_s)
+        return MlxBackend(str(path), idle_unload_s=settings.idle_unload_s, admission=admission)
     if kind == "llamacpp":
         from waystation.adapters.models.llamacpp import LlamaCppBackend
 
         return LlamaCppBackend(
-            str(path), idle_unload_s=settings.idle_unload_s, options=llama_options(settings)
+            str(path),
+            idle_unload_s=settings.idle_unload_s,
+            options=llama_options(settings),
+            admission=admission,
         )
     raise ModelError(path, f"unknown backend {kind!r}")
 

@@ -58,6 +58,10 @@ class GenerationRequest:
     on_stage: StageSink | None = field(default=None, compare=False)
     # A JSON Schema the answer must match (OpenAI's response_format); None: free text.
     response_format: Mapping[str, Any] | None = None
+    # Ollama's keep_alive, in seconds: how long the model stays loaded after this generation
+    # (None: `[model] idle_unload_s`; 0: unloaded before the answer returns; negative: forever).
+    # Backends with nothing to unload (providers, the scripted double) ignore it.
+    keep_alive: float | None = None
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from waystation.adapters.models.base import (
     urls_in,
 )
 from waystation.adapters.models.cpu_cores import physical_cores
-from waystation.adapters.models.threaded import ThreadedBackend
+from waystation.adapters.models.threaded import Admission, ThreadedBackend
 from waystation.errors import ModelError, PromptTooLong, UnsupportedParameter
 
 GGUF_MAGIC = b"GGUF"
@@ -90,8 +90,9 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         idle_unload_s: float = 0,
         n_ctx: int = DEFAULT_CONTEXT,
         options: LlamaOptions | None = None,
+        admission: Admission | None = None,
     ) -> None:
-        super().__init__(model_path, idle_unload_s=idle_unload_s)
+        super().__init__(model_path, idle_unload_s=idle_unload_s, admission=admission)
         self.options = options or LlamaOptions(context=n_ctx)
         # What it generates with: the setting resolved now, llama.cpp's own report once loaded.
         self.threads: int = self.options.llama_kwargs()["n_threads"]

@@ -4,6 +4,10 @@ llama.cpp and MLX generate with blocking calls and are not safe to drive from se
 every call on a loaded model happens on its one owner thread. Tokens cross to the event loop with
 `call_soon_threadsafe`, a few at a time when they come fast (token_relay.py), so streaming never
 blocks generation and generation never blocks the loop.
+
+A model stays loaded for its request's `keep_alive` after each generation (else `[model]
+idle_unload_s`), and before it loads it asks its admission (residency.py) for room: other
+models may be unloaded first, the least recently used of them.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import concurrent.futures
 import dataclasses
 import threading
 import time
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
@@ -27,12 +31,24 @@ log = structlog.get_logger(__name__)
 Handle = TypeVar("Handle")
 
 
+class Admission(Protocol):
+    """Who decides whether a model may load now (residency.py: a memory budget across models)."""
+
+    async def admit(self, incoming: Any) -> None: ...
+
+    def released(self) -> None: ...
+
+
 class ThreadedBackend(abc.ABC, Generic[Handle]):
     name = "threaded"
 
-    def __init__(self, model_path: str, *, idle_unload_s: float = 0) -> None:
+    def __init__(
+        self, model_path: str, *, idle_unload_s: float = 0, admission: Admission | None = None
+    ) -> None:
         self.model_path = model_path
         self._idle_unload_s = idle_unload_s
+        self._admission = admission
+        self._last_used = time.monotonic()
         self._owner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"waystation-{self.name}")
         self._handle: Handle | None = None
         self._lock = asyncio.Lock()  # one generation at a time; the model has one context
@@ -52,6 +68,11 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
     def busy(self) -> bool:
         """Generating now (the idle timer starts again when it is done)."""
         return self._lock.locked()
+
+    @property
+    def last_used(self) -> float:
+        """When its last generation ended (monotonic): the least recently used unloads first."""
+        return self._last_used
 
     # --- what a backend provides, all called on the owner thread ------------------------------
 
@@ -87,6 +108,8 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
             self._cancel_idle_timer()
             cold_ms = None
             if self._handle is None:
+                if self._admission is not None:
+                    await self._admission.admit(self)  # other models may unload to make room
                 stage("loading", 0)
                 started = time.perf_counter()
                 self._handle = await loop.run_in_executor(self._owner, self.load_blocking)
@@ -117,21 +140,32 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
             finally:
                 if relay is not None:
                     relay.flush()  # the last pieces go now, not at the relay's next tick
-                self._arm_idle_timer(loop)
+                self._last_used = time.monotonic()
+                if request.keep_alive == 0:  # unloaded before the answer goes: "after" is strict
+                    await self._release_handle(loop)
+                else:
+                    keep_alive = request.keep_alive
+                    self._arm_idle_timer(loop, self._idle_unload_s if keep_alive is None else keep_alive)
         finally:
             self._lock.release()
+            if self._admission is not None:
+                self._admission.released()
         if cold_ms is not None:
             generation = dataclasses.replace(generation, cold_load_ms=cold_ms)
         return generation
 
     async def unload(self) -> None:
         async with self._lock:
-            self._cancel_idle_timer()
-            handle, self._handle = self._handle, None
-            self.loaded_at = None
-            if handle is not None:
-                await asyncio.get_running_loop().run_in_executor(self._owner, self.unload_blocking, handle)
-                log.info("model unloaded", backend=self.name, path=self.model_path)
+            await self._release_handle(asyncio.get_running_loop())
+
+    async def _release_handle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Unload, the lock held."""
+        self._cancel_idle_timer()
+        handle, self._handle = self._handle, None
+        self.loaded_at = None
+        if handle is not None:
+            await loop.run_in_executor(self._owner, self.unload_blocking, handle)
+            log.info("model unloaded", backend=self.name, path=self.model_path)
 
     async def close(self) -> None:
         self._closing = True  # a generation queued on the owner thread ends at its first token
@@ -139,10 +173,12 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
         await self.unload()
         self._owner.shutdown(wait=True)
 
-    def _arm_idle_timer(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._idle_unload_s > 0:
-            self._idle_timer = loop.call_later(self._idle_unload_s, self._idle_expired)
-            self.unloads_at = time.time() + self._idle_unload_s
+    def _arm_idle_timer(self, loop: asyncio.AbstractEventLoop, keep_alive: float) -> None:
+        """Unload after `keep_alive` idle seconds; 0 or less: never (a request's keep_alive of 0,
+        unload at once, is handled before this: 0 means never only as `[model] idle_unload_s`)."""
+        if keep_alive > 0:
+            self._idle_timer = loop.call_later(keep_alive, self._idle_expired)
+            self.unloads_at = time.time() + keep_alive
 
     def _cancel_idle_timer(self) -> None:
         self.unloads_at = None

@@ -1,7 +1,9 @@
 """The `local` route: a model on this host (llama.cpp, or MLX), no credential, no cost.
 
 Backends are kept per model path, each loading lazily on its first turn and unloading after
-`idle_unload_s` unused, so naming another model for one turn does not evict the default.
+`idle_unload_s` unused (or a request's `keep_alive`), so naming another model for one turn does
+not evict the default. Several stay loaded within `[model] max_loaded` and `memory_budget_mb`;
+past those the least recently used idle one unloads first (adapters/models/residency.py).
 A model is named by a name from `waystation models ls` (see adapters/models/store.py) or a path.
 """
 
@@ -13,7 +15,9 @@ from typing import Any
 from waystation.adapters.models import choose_backend, cpu_threads, open_backend
 from waystation.adapters.models.base import ModelBackend
 from waystation.adapters.models.embedded import default_model_path
+from waystation.adapters.models.residency import Residency
 from waystation.adapters.models.store import EMBEDDED, ModelStore, looks_like_name
+from waystation.adapters.models.threaded import ThreadedBackend
 from waystation.config import ModelSettings
 from waystation.errors import ModelError, RouteRefused, UnknownModel
 from waystation.receipts import RouteInfo, route_object
@@ -32,6 +36,7 @@ class LocalRoute:
         self._settings = settings
         self._backends: dict[str, ModelBackend] = backends or {}
         self._models = models
+        self.residency = Residency.for_settings(settings)
 
     def model_path(self, model: str | None = None) -> Path:
         """The file (or MLX directory) a turn's `model` means; `[model] path` may be a name too."""
@@ -64,7 +69,10 @@ class LocalRoute:
         if key not in self._backends:
             if not path.exists():
                 raise ModelError(path, "no such file or directory")
-            self._backends[key] = open_backend(path, self._settings)
+            opened = open_backend(path, self._settings, self.residency)
+            if isinstance(opened, ThreadedBackend):
+                self.residency.add(opened)
+            self._backends[key] = opened
         backend = self._backends[key]
         return self.info(path, backend.name), backend
 
@@ -112,22 +120,27 @@ class LocalRoute:
         }
 
     def loaded(self) -> list[dict[str, Any]]:
-        """For `models ps`: each model in memory now, its size on disk (about what it takes: the
-        weights are mapped whole) and when it unloads (null: never, or busy and then idle anew)."""
+        """For `models ps`: each model in memory now, its size on disk, the memory it takes (the
+        estimate the budget counts: weights and KV cache), and when it unloads: `until` is that
+        time, "busy" (the timer starts anew when it is done) or "forever"."""
         rows = []
         for key, backend in self._backends.items():
             if not backend.loaded:
                 continue
             path = Path(key)
+            busy = bool(getattr(backend, "busy", False))
+            unloads_at = iso(getattr(backend, "unloads_at", None))
             rows.append(
                 {
                     "name": self.model_name(path),
                     "path": key,
                     "backend": backend.name,
                     "size": _size(path),
+                    "memory": self.residency.size(key),
                     "loaded_at": iso(getattr(backend, "loaded_at", None)),
-                    "unloads_at": iso(getattr(backend, "unloads_at", None)),
-                    "busy": bool(getattr(backend, "busy", False)),
+                    "unloads_at": unloads_at,
+                    "until": "busy" if busy else unloads_at or "forever",
+                    "busy": busy,
                 }
             )
         return rows
@@ -136,6 +149,8 @@ class LocalRoute:
         """Unload the model at `path` (after a generation under way) and drop it: it is being removed."""
         backend = self._backends.pop(str(path), None)
         if backend is not None:
+            if isinstance(backend, ThreadedBackend):
+                self.residency.discard(backend)
             await backend.unload()
             await backend.close()
 

@@ -210,7 +210,8 @@ def models_rm(name: Annotated[str, typer.Argument(metavar="NAME")], as_json: Jso
 
 @models_app.command("ps")
 def models_ps(as_json: JsonFlag = False) -> None:
-    """What the running agent has in memory: each model, its size and when it unloads."""
+    """What the running agent has in memory: each model, the memory it takes (weights and KV
+    cache, as `[model] memory_budget_mb` counts them) and when it unloads."""
     from waystation.cli import render
 
     with waystation() as ws:
@@ -227,16 +228,16 @@ def _loaded_table(loaded: list[dict[str, Any]]) -> None:
         render.say("no model is loaded")
         return
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for column in ("NAME", "BACKEND", "SIZE", "LOADED", "UNLOADS"):
+    for column in ("NAME", "BACKEND", "MEMORY", "LOADED", "UNTIL"):
         table.add_column(column, no_wrap=True)
     for row in loaded:
-        until = "busy" if row.get("busy") else render.ago(row.get("unloads_at"))
+        until = row.get("until")
         table.add_row(
             str(row.get("name")),
             str(row.get("backend")),
-            human_size(row.get("size")),
+            human_size(row.get("memory", row.get("size"))),
             render.ago(row.get("loaded_at")),
-            "never" if until == "-" else until,
+            until if until in ("busy", "forever") else render.ago(until),
         )
     render.console().print(table)
 

@@ -51,6 +51,13 @@ def turn(
         ),
     ] = None,
     system: Annotated[str | None, typer.Option("--system", help="A system prompt.")] = None,
+    keep_alive: Annotated[
+        str | None,
+        typer.Option(
+            "--keep-alive",
+            help='How long a local model stays loaded after it: "5m", "30s", 0 (unload now), -1 (forever).',
+        ),
+    ] = None,
     max_tokens: Annotated[
         int, typer.Option("--max-tokens", min=1, max=8192, help="Reply length limit.")
     ] = 256,
@@ -97,6 +104,7 @@ def turn(
         "max_tokens": max_tokens,
         "tool_choice": tool_choice,
         "defer": defer,
+        "keep_alive": keep_alive,
     }
     deadline = None if timeout is None else time.monotonic() + timeout
     stream = sys.stdout.isatty() and not as_json

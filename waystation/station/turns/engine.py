@@ -274,6 +274,7 @@ class TurnEngine:
                 temperature=request.temperature,
                 on_stage=progress.on_stage,
                 response_format=request.response_format,
+                keep_alive=request.keep_alive,
             ),
             on_token,
         )

@@ -3,6 +3,8 @@ explicit JSON, shared by the engine, the operations and the socket API."""
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -33,6 +35,9 @@ class TurnRequest:
     # instead of ours, and the model's calls to them end the turn, returned for the client to run.
     client_tools: list[dict[str, Any]] | None = None
     response_format: dict[str, Any] | None = None  # a JSON Schema the answer must match
+    # Ollama's keep_alive in seconds: how long a local model stays loaded after the turn's
+    # generations (None: `[model] idle_unload_s`; 0: unload at once; negative: forever).
+    keep_alive: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,7 +81,50 @@ def turn_request(body: Mapping[str, Any]) -> TurnRequest:
         tool_choice=choice,
         max_steps=bounded_int(body, "max_steps", MAX_STEPS, 16),
         defer=bool(body.get("defer", False)),
+        keep_alive=keep_alive(body.get("keep_alive")),
     )
+
+
+KEEP_ALIVE_MAX_S = 10 * 365 * 86400  # beyond any uptime; a longer one is a typo, or "forever" (-1)
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+KEEP_ALIVE_PROBLEM = (
+    'keep_alive must be a number of seconds or a duration such as "30s", "5m", "1h30m" '
+    f"(0: unload at once, negative: keep loaded; at most {KEEP_ALIVE_MAX_S // 3600}h)"
+)
+
+
+def keep_alive(value: Any) -> float | None:
+    """Ollama's keep_alive in seconds: a number of seconds, or a Go-style duration ("5m",
+    "1h30m", "-1s"; a bare number reads as seconds too); any negative value is -1 (forever)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise MalformedRequest(KEEP_ALIVE_PROBLEM)
+    seconds = value if not isinstance(value, str) else _duration(value.strip())
+    if seconds is None or not -math.inf < seconds <= KEEP_ALIVE_MAX_S:  # no NaN, no ±inf
+        raise MalformedRequest(KEEP_ALIVE_PROBLEM)
+    return -1.0 if seconds < 0 else float(seconds)
+
+
+def _duration(text: str) -> float | None:
+    sign = -1.0 if text.startswith("-") else 1.0
+    text = text.removeprefix("-").removeprefix("+")
+    try:
+        return sign * float(text) if text and text[-1].isdigit() else _units(text, sign)
+    except ValueError:
+        return None
+
+
+def _units(text: str, sign: float) -> float | None:
+    total, at = 0.0, 0
+    while at < len(text):
+        part = _DURATION_PART.match(text, at)
+        if part is None:
+            return None
+        total += float(part[1]) * _UNIT_S[part[2]]
+        at = part.end()
+    return sign * total if text else None
 
 
 def tool_choice(value: Any) -> ToolChoice | dict[str, str]:
