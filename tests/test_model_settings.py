@@ -139,7 +139,7 @@ def test_settings_become_llamas_arguments() -> None:
         "n_threads_batch": 3,
         "n_gpu_layers": -1,
         "n_batch": 128,
-        "flash_attn": False,  # auto with GPU layers: off (llama-cpp-python cannot pass auto)
+        "flash_attn": True,  # auto: on, as llama.cpp's auto decides on CPU, CUDA and Metal
         "use_mmap": False,
         "use_mlock": True,
     }
@@ -147,7 +147,7 @@ def test_settings_become_llamas_arguments() -> None:
 
 @pytest.mark.parametrize(
     ("flash", "gpu_layers", "on"),
-    [("auto", 0, True), ("auto", 10, False), ("on", 10, True), ("off", 0, False)],
+    [("auto", 0, True), ("auto", 10, True), ("on", 10, True), ("off", 0, False), ("off", 10, False)],
 )
 def test_flash_attention(flash: str, gpu_layers: int, on: bool) -> None:
     assert LlamaOptions(flash_attention=flash, gpu_layers=gpu_layers).llama_kwargs()["flash_attn"] is on

@@ -22,6 +22,8 @@ def run_agent() -> int:
         logs.configure(secrets=known_secrets(settings))
         _raise_open_file_limit()
         warn_if_config_exposed(paths.config_file, settings)
+        if settings.model.gpu_layers != 0:
+            _load_llama_cpp_first()
         from waystation.agent.daemon import serve
 
         asyncio.run(serve(paths, settings))
@@ -49,3 +51,13 @@ def _raise_open_file_limit() -> None:
     if soft != resource.RLIM_INFINITY and soft < wanted:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def _load_llama_cpp_first() -> None:
+    """With GPU layers, llama.cpp's libraries load before anything else's. A CUDA build (H100,
+    CUDA 13, gcc 13) crashed in `llama_model_load_from_file` when numpy or aiohttp had been
+    imported first, and loaded fine when llama_cpp came first (as when the system's libstdc++ was
+    preloaded): the C++ runtime a process loads first is the one it keeps. Without GPU layers
+    the import waits for the first turn, so the agent starts without paying for it."""
+    with contextlib.suppress(ImportError):
+        import llama_cpp  # noqa: F401

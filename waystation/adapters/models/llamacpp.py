@@ -67,7 +67,10 @@ class LlamaOptions:
         """Llama(...)'s keyword arguments. Prompt evaluation uses as many threads as decoding, as
         llama.cpp's own default (llama-cpp-python's would take every logical CPU for it)."""
         threads = self.threads or physical_cores()
-        flash = self.flash_attention == "on" or (self.flash_attention == "auto" and self.gpu_layers == 0)
+        # llama-cpp-python passes on or off, not llama.cpp's per-device auto; the backends it is
+        # built for here (CPU, CUDA, Metal) all have flash attention, and llama.cpp's auto turns it
+        # on for them (measured on an H100: 0.77x -> 0.83x of llama-server's decode with it on).
+        flash = self.flash_attention != "off"
         return {
             "n_ctx": self.context,
             "n_threads": threads,
