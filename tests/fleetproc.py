@@ -80,8 +80,10 @@ async def _stream_messages(url: str, stream: str, subject: str) -> list[tuple[di
             info = await js.stream_info(stream, subjects_filter=subject)
         except nats.js.errors.NotFoundError:
             return []
-        found = []
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        found: list[tuple[dict[str, str], bytes]] = []
+        if not info.state.messages:
+            return found
+        for seq in range(max(1, info.state.first_seq), info.state.last_seq + 1):
             try:
                 msg = await js.get_msg(stream, seq)
             except nats.js.errors.NotFoundError:

@@ -106,8 +106,9 @@ class Published:
 class Hub:
     """One connection to the hub, reconnecting forever once made."""
 
-    def __init__(self, settings: FleetSettings, name: str = "waystation") -> None:
+    def __init__(self, settings: FleetSettings, name: str = "waystation", *, quiet: bool = False) -> None:
         self.settings = settings
+        self._quiet = quiet  # the command line: one answer on stdout, no connection chatter
         self._name = name
         self._creds = os.path.expanduser(settings.creds) if settings.creds else ""
         self._nc: Client | None = None
@@ -153,14 +154,17 @@ class Hub:
                 raise
             raise _translate(exc, f"cannot connect to {safe_url(self.settings.url)}") from None
         self._js = self._nc.jetstream(timeout=REQUEST_TIMEOUT_S)
-        log.info("fleet hub connected", url=safe_url(self.settings.url))
+        if not self._quiet:
+            log.info("fleet hub connected", url=safe_url(self.settings.url))
 
     async def _error(self, exc: Exception) -> None:
         self._refusal = str(exc)
-        log.warning("fleet hub error", error=str(exc))
+        if not self._quiet:
+            log.warning("fleet hub error", error=str(exc))
 
     async def _disconnected(self) -> None:
-        log.warning("fleet hub disconnected; reconnecting", url=safe_url(self.settings.url))
+        if not self._quiet and self._nc is not None and not self._nc.is_closed:
+            log.warning("fleet hub disconnected; reconnecting", url=safe_url(self.settings.url))
 
     async def _reconnected(self) -> None:
         log.info("fleet hub reconnected", url=safe_url(self.settings.url))

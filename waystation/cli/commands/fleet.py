@@ -27,7 +27,7 @@ def _hub() -> Any:
     if not settings.fleet.url:
         raise ConfigError("fleet.url", "no hub is set: set [fleet] url (or WAYSTATION_FLEET__URL)")
     check_fleet_creds(settings.fleet)
-    return Hub(settings.fleet, name="waystation cli")
+    return Hub(settings.fleet, name="waystation cli", quiet=True)
 
 
 async def _statuses() -> list[dict[str, Any]]:
