@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -18,8 +19,7 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
-
-from tests.agentproc import free_port, wait_for
+from agentproc import Agent, free_port, wait_for
 
 
 def nats_server_binary() -> str:
@@ -31,8 +31,11 @@ def nats_server_binary() -> str:
 
 
 class NatsServer:
-    def __init__(self, store: Path, *, jetstream: bool = True, config: str | None = None) -> None:
+    def __init__(
+        self, store: Path, *, jetstream: bool = True, config: str | None = None, listen: str = "127.0.0.1"
+    ) -> None:
         self.store = store
+        self.listen = listen
         self.port = free_port()
         self.jetstream = jetstream
         self.config = config
@@ -41,10 +44,10 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"nats://{self.listen}:{self.port}"
 
     def start(self) -> NatsServer:
-        args = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port)]
+        args = [nats_server_binary(), "-a", self.listen, "-p", str(self.port)]
         if self.jetstream:
             args += ["-js", "-sd", str(self.store)]
         if self.config:
@@ -59,7 +62,7 @@ class NatsServer:
 
         assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-2000:]
         with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
+            return s.connect_ex((self.listen, self.port)) == 0
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -130,3 +133,44 @@ def host_statuses(url: str) -> dict[str, Any]:
 
 def settle(seconds: float) -> None:
     time.sleep(seconds)
+
+
+def fleet_env(hub: NatsServer, host: str, mode: str = "online") -> dict[str, str]:
+    return {
+        "WAYSTATION_FLEET__URL": hub.url,
+        "WAYSTATION_FLEET__HOST": host,
+        "WAYSTATION_CONNECTIVITY__MODE": mode,
+    }
+
+
+def chain(agent: Agent) -> list[str]:
+    """The agent's receipt ids in chain order, straight from its database."""
+    with sqlite3.connect(agent.database) as conn:
+        return [row[0] for row in conn.execute("SELECT id FROM receipts ORDER BY seq")]
+
+
+DEAD_URL = f"http://127.0.0.1:{free_port()}/nothing-listens"
+
+
+def make_receipts(agent: Agent, count: int) -> None:
+    """`count` tasks added and cancelled: a receipt each (or a delivery's, if one went first)."""
+    with agent.client() as client:
+        for _ in range(count):
+            made = client.post(
+                "/v1/tasks", json={"tool": "http_request", "args": {"method": "GET", "url": DEAD_URL}}
+            )
+            assert made.status_code == 201, made.text
+            client.post(f"/v1/tasks/{made.json()['id']}/cancel")
+
+
+def arrived_in_order(hub: NatsServer, agent: Agent, host: str, timeout: float = 30.0) -> list[str]:
+    """Wait until the hub holds the agent's whole chain; it must be exactly it, once each, in order."""
+    expected = chain(agent)
+
+    def caught_up() -> bool:
+        return len(receipt_ids(hub.url, host)) >= len(expected)
+
+    wait_for(caught_up, timeout, interval=0.3, what=f"{len(expected)} receipts of {host} in the hub")
+    got = receipt_ids(hub.url, host)
+    assert got == expected, (len(got), len(expected), len(set(got)))
+    return got

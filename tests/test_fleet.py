@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,9 +16,18 @@ from typing import Any
 
 import nats
 import pytest
-
-from tests.agentproc import Agent, agent_env, free_port, make_home, remove_home, wait_for
-from tests.fleetproc import NatsServer, host_statuses, receipt_ids, stream_messages
+from agentproc import Agent, agent_env, make_home, remove_home, wait_for
+from fleetproc import (
+    DEAD_URL,
+    NatsServer,
+    arrived_in_order,
+    chain,
+    fleet_env,
+    host_statuses,
+    make_receipts,
+    receipt_ids,
+    stream_messages,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -31,66 +39,10 @@ def hub(tmp_path: Path) -> Iterator[NatsServer]:
     server.stop()
 
 
-def fleet_env(hub: NatsServer, host: str, mode: str = "online") -> dict[str, str]:
-    return {
-        "WAYSTATION_FLEET__URL": hub.url,
-        "WAYSTATION_FLEET__HOST": host,
-        "WAYSTATION_CONNECTIVITY__MODE": mode,
-    }
-
-
-def chain(agent: Agent) -> list[str]:
-    """The agent's receipt ids in chain order, straight from its database."""
-    with sqlite3.connect(agent.database) as conn:
-        return [row[0] for row in conn.execute("SELECT id FROM receipts ORDER BY seq")]
-
-
-DEAD_URL = f"http://127.0.0.1:{free_port()}/nothing-listens"
-
-
-def make_receipts(agent: Agent, count: int) -> None:
-    """`count` tasks added and cancelled: a receipt each (or a delivery's, if one went first)."""
-    with agent.client() as client:
-        for _ in range(count):
-            made = client.post(
-                "/v1/tasks", json={"tool": "http_request", "args": {"method": "GET", "url": DEAD_URL}}
-            )
-            assert made.status_code == 201, made.text
-            client.post(f"/v1/tasks/{made.json()['id']}/cancel")
-
-
-def arrived_in_order(hub: NatsServer, agent: Agent, host: str, timeout: float = 30.0) -> list[str]:
-    """Wait until the hub holds the agent's whole chain; it must be exactly it, once each, in order."""
-    expected = chain(agent)
-
-    def caught_up() -> bool:
-        return len(receipt_ids(hub.url, host)) >= len(expected)
-
-    wait_for(caught_up, timeout, interval=0.3, what=f"{len(expected)} receipts of {host} in the hub")
-    got = receipt_ids(hub.url, host)
-    assert got == expected, (len(got), len(expected), len(set(got)))
-    return got
-
-
-@pytest.fixture
-def agents() -> Iterator[Callable[..., Agent]]:
-    made: list[Agent] = []
-
-    def make(env: dict[str, str]) -> Agent:
-        agent = Agent(make_home(), env)
-        made.append(agent)
-        return agent
-
-    yield make
-    for agent in made:
-        agent.close()
-        remove_home(agent.home)
-
-
 def test_receipts_arrive_once_in_order_and_status_is_kept(
-    hub: NatsServer, agents: Callable[..., Agent]
+    hub: NatsServer, agent_factory: Callable[..., Agent]
 ) -> None:
-    agent = agents(fleet_env(hub, "edge-a")).start()
+    agent = agent_factory(fleet_env(hub, "edge-a")).start()
     make_receipts(agent, 20)
     arrived_in_order(hub, agent, "edge-a")
     headers, _ = stream_messages(hub.url, "WAYSTATION_RECEIPTS", "waystation.edge-a.receipts")[0]
@@ -110,9 +62,9 @@ def test_receipts_arrive_once_in_order_and_status_is_kept(
 
 
 def test_hub_outage_while_the_agent_works_loses_nothing_and_sends_nothing_twice(
-    hub: NatsServer, agents: Callable[..., Agent]
+    hub: NatsServer, agent_factory: Callable[..., Agent]
 ) -> None:
-    agent = agents(fleet_env(hub, "edge-a")).start()
+    agent = agent_factory(fleet_env(hub, "edge-a")).start()
     make_receipts(agent, 15)
     arrived_in_order(hub, agent, "edge-a")
     hub.stop()
@@ -123,9 +75,9 @@ def test_hub_outage_while_the_agent_works_loses_nothing_and_sends_nothing_twice(
 
 
 def test_kill_9_mid_publish_then_restart_drains_the_backlog_in_order(
-    hub: NatsServer, agents: Callable[..., Agent]
+    hub: NatsServer, agent_factory: Callable[..., Agent]
 ) -> None:
-    agent = agents(fleet_env(hub, "edge-a", mode="offline")).start()
+    agent = agent_factory(fleet_env(hub, "edge-a", mode="offline")).start()
     make_receipts(agent, 300)  # offline: the fleet waits, the backlog grows
     total = len(chain(agent))
     agent.set_mode("online")
@@ -137,9 +89,9 @@ def test_kill_9_mid_publish_then_restart_drains_the_backlog_in_order(
     arrived_in_order(hub, agent, "edge-a", timeout=60)
 
 
-def test_two_hosts_on_one_hub_stay_apart(hub: NatsServer, agents: Callable[..., Agent]) -> None:
-    a = agents(fleet_env(hub, "edge-a")).start()
-    b = agents(fleet_env(hub, "edge-b")).start()
+def test_two_hosts_on_one_hub_stay_apart(hub: NatsServer, agent_factory: Callable[..., Agent]) -> None:
+    a = agent_factory(fleet_env(hub, "edge-a")).start()
+    b = agent_factory(fleet_env(hub, "edge-b")).start()
     make_receipts(a, 5)
     make_receipts(b, 8)
     got_a = arrived_in_order(hub, a, "edge-a")
@@ -184,9 +136,9 @@ def fleet_cli(hub: NatsServer, *args: str, host: str = "cli") -> subprocess.Comp
 
 
 def test_work_sent_while_the_host_is_offline_arrives_once_when_it_returns(
-    hub: NatsServer, agents: Callable[..., Agent]
+    hub: NatsServer, agent_factory: Callable[..., Agent]
 ) -> None:
-    agent = agents(fleet_env(hub, "edge-a", mode="offline")).start()
+    agent = agent_factory(fleet_env(hub, "edge-a", mode="offline")).start()
     fleet_cli(hub, "submit", "edge-a", "http_request", "--args", json.dumps(GET), "--key", "job-1")
     fleet_cli(hub, "submit", "edge-a", "http_request", "--args", json.dumps(GET), "--key", "job-1")  # again
     time.sleep(1.5)
@@ -223,9 +175,9 @@ async def _publish_raw(url: str, subject: str, data: bytes, msg_id: str) -> None
 
 
 def test_a_malformed_work_message_is_terminated_not_redelivered(
-    hub: NatsServer, agents: Callable[..., Agent]
+    hub: NatsServer, agent_factory: Callable[..., Agent]
 ) -> None:
-    agent = agents(fleet_env(hub, "edge-a")).start()
+    agent = agent_factory(fleet_env(hub, "edge-a")).start()
     make_receipts(agent, 1)
     arrived_in_order(hub, agent, "edge-a")  # streams made
     subject = "waystation.edge-a.work"
@@ -247,8 +199,8 @@ def test_a_malformed_work_message_is_terminated_not_redelivered(
     ] == ["good"]
 
 
-def test_fleet_status_lists_hosts_from_the_hub(hub: NatsServer, agents: Callable[..., Agent]) -> None:
-    agent = agents(fleet_env(hub, "edge-a")).start()
+def test_fleet_status_lists_hosts_from_the_hub(hub: NatsServer, agent_factory: Callable[..., Agent]) -> None:
+    agent = agent_factory(fleet_env(hub, "edge-a")).start()
     make_receipts(agent, 2)
     wait_for(lambda: host_statuses(hub.url).get("edge-a"), 10, interval=0.3, what="status in KV")
     listed = json.loads(fleet_cli(hub, "status", "--json").stdout)
@@ -259,12 +211,12 @@ def test_fleet_status_lists_hosts_from_the_hub(hub: NatsServer, agents: Callable
 
 @pytest.mark.parametrize("content", [None, "not a credentials file\n"])
 def test_a_bad_credentials_file_stops_start_up_naming_fleet_creds(
-    hub: NatsServer, agents: Callable[..., Agent], tmp_path: Path, content: str | None
+    hub: NatsServer, agent_factory: Callable[..., Agent], tmp_path: Path, content: str | None
 ) -> None:
     creds = tmp_path / "user.creds"
     if content is not None:
         creds.write_text(content)
-    agent = agents({**fleet_env(hub, "edge-a"), "WAYSTATION_FLEET__CREDS": str(creds)})
+    agent = agent_factory({**fleet_env(hub, "edge-a"), "WAYSTATION_FLEET__CREDS": str(creds)})
     proc = agent.launch()
     assert proc.wait(20) == 1
     lines = [line for line in agent.output().splitlines() if line.startswith("error:")]

@@ -140,6 +140,9 @@ class Hub:
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=1,
+                # A link cut without a reset is noticed in about 30 s (nats-py's default: 4 min).
+                ping_interval=10,
+                max_outstanding_pings=3,
                 # Nothing is buffered while the link is down: a publish then fails at once and the
                 # outbox resends from its last ack, in order (a buffer resent after a reconnect
                 # could overtake what the broken link lost).
