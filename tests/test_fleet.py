@@ -118,10 +118,12 @@ def keyed(agent: Agent, key: str) -> list[dict[str, Any]]:
     return [t for t in agent.tasks() if t.get("idempotency_key") == key]
 
 
-def fleet_cli(hub: NatsServer, *args: str, host: str = "cli") -> subprocess.CompletedProcess[str]:
+def fleet_cli(
+    hub: NatsServer, *args: str, url: str | None = None, code: int = 0
+) -> subprocess.CompletedProcess[str]:
     home = make_home()
     try:
-        env = agent_env(home, {"WAYSTATION_FLEET__URL": hub.url})
+        env = agent_env(home, {"WAYSTATION_FLEET__URL": url or hub.url})
         done = subprocess.run(
             [sys.executable, "-m", "waystation", "fleet", *args],
             env=env,
@@ -131,7 +133,7 @@ def fleet_cli(hub: NatsServer, *args: str, host: str = "cli") -> subprocess.Comp
         )
     finally:
         remove_home(home)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == code, done.stderr
     return done
 
 
@@ -222,3 +224,34 @@ def test_a_bad_credentials_file_stops_start_up_naming_fleet_creds(
     lines = [line for line in agent.output().splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "fleet.creds" in lines[0] and str(creds) in lines[0], agent.output()
     assert "not a credentials file" not in lines[0]  # the content is never shown
+
+
+def test_a_hub_without_jetstream_is_refused_clearly(tmp_path: Path) -> None:
+    plain = NatsServer(tmp_path / "plain", jetstream=False).start()
+    try:
+        done = fleet_cli(plain, "status", code=1)
+    finally:
+        plain.stop()
+    assert done.stderr.startswith("error: ") and "JetStream" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_hub_that_refuses_the_user_is_refused_clearly(
+    tmp_path: Path, agent_factory: Callable[..., Agent]
+) -> None:
+    config = tmp_path / "auth.conf"
+    config.write_text('authorization { user: "fleet", password: "s3cret-pass" }\n')
+    locked = NatsServer(tmp_path / "locked", config=str(config)).start()
+    try:
+        wrong = locked.url.replace("nats://", "nats://fleet:wrong-pass@")
+        done = fleet_cli(locked, "status", url=wrong, code=1)
+        assert "authorization" in done.stderr.lower(), done.stderr
+        assert "wrong-pass" not in done.stderr  # the URL's password is never shown
+        right = locked.url.replace("nats://", "nats://fleet:s3cret-pass@")
+        assert json.loads(fleet_cli(locked, "status", "--json", url=right).stdout) == []
+        # The agent keeps running (the hub may be fixed), saying why as an error.
+        agent = agent_factory({**fleet_env(locked, "edge-a"), "WAYSTATION_FLEET__URL": wrong}).start()
+        wait_for(lambda: "authorization refused" in agent.output(), 10, what="the refusal in the log")
+        assert agent.running() and "wrong-pass" not in agent.output()
+    finally:
+        locked.stop()

@@ -30,6 +30,7 @@ log = structlog.get_logger(__name__)
 
 STATUS_EVERY_S = 60.0
 STATUS_DEBOUNCE_S = 1.0
+REFUSED_RETRY_S = 60.0
 RETRY_MAX_S = 5.0  # nats-py itself reconnects every second; this only paces our retries
 WORK_BATCH = 16
 WORK_WAIT_S = 5.0
@@ -83,8 +84,10 @@ class Fleet:
         self._status_due.set()
 
     async def _forever(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
-        """Run one loop again after a failure, backing off; the hub's refusals are logged as errors."""
-        delay = 0.5
+        """Run one loop again after a failure: once the connection is back when the link broke
+        (nats-py reconnects by itself), else after a backoff. The first failure of a streak is a
+        warning and the rest of it quiet; the hub's refusals are errors, a minute apart."""
+        streak = 0
         while True:
             began = time.monotonic()
             try:
@@ -92,16 +95,23 @@ class Fleet:
                 return
             except FleetRefused as exc:
                 log.error("fleet: the hub refused", part=name, error=exc.message)
+                pause = REFUSED_RETRY_S
             except FleetError as exc:
-                log.warning("fleet: the hub is unavailable; retrying", part=name, error=exc.message)
+                if time.monotonic() - began > RETRY_MAX_S:
+                    streak = 0  # it ran a good while: a new failure, not the last one again
+                if streak == 0:
+                    log.warning("fleet: the hub is unavailable; retrying", part=name, error=exc.message)
+                pause = min(0.5 * 2**streak, RETRY_MAX_S)
             except Exception:
                 log.exception("fleet: unexpected failure", part=name)
+                pause = RETRY_MAX_S
+            streak += 1
             self.outbox.unsynced()
             self._outbox_due.set()
-            if time.monotonic() - began > RETRY_MAX_S:
-                delay = 0.5  # it ran a good while: this is a new failure, not the same one again
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_S)
+            if self.hub.ever_connected and not self.hub.connected:
+                await self.hub.wait_up()
+            else:
+                await asyncio.sleep(pause)
 
     async def _connect(self) -> None:
         await self._online.wait()

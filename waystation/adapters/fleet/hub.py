@@ -90,8 +90,15 @@ def _translate(exc: BaseException, doing: str) -> FleetError:
         return FleetRefused(f"fleet hub: {doing}: no JetStream answers (is the server run with -js?)")
     if isinstance(exc, nats.js.errors.APIError):
         return FleetRefused(f"fleet hub: {doing}: {exc.description or exc}")
-    if isinstance(exc, nats.errors.AuthorizationError | nats.errors.InvalidUserCredentialsError):
+    said = str(exc).lower()  # the server's -ERR text arrives as a plain nats Error
+    if isinstance(exc, nats.errors.AuthorizationError | nats.errors.InvalidUserCredentialsError) or (
+        "authorization violation" in said or "authentication" in said
+    ):
         return FleetRefused(f"fleet hub: {doing}: authorization refused (check [fleet] creds)")
+    if "permissions violation" in said:
+        return FleetRefused(f"fleet hub: {doing}: permission denied by the hub ({exc})")
+    if isinstance(exc, nats.errors.OutboundBufferLimitError | nats.errors.ConnectionReconnectingError):
+        return FleetUnavailable(f"fleet hub: {doing}: the link is down; reconnecting")
     if isinstance(exc, asyncio.TimeoutError | nats.errors.Error | OSError):
         return FleetUnavailable(f"fleet hub: {doing}: {type(exc).__name__} {exc}".strip())
     return FleetError(f"fleet hub: {doing}: {exc}")
@@ -116,10 +123,20 @@ class Hub:
         self._kv: KeyValue | None = None
         self.on_reconnect: Callable[[], None] = lambda: None
         self._refusal: str | None = None  # the last error the server sent (permissions, auth)
+        self._up = asyncio.Event()  # connected now (nats-py reconnects by itself once connected)
+        self._errors_said = 0  # errors logged since the link went down: the first one only
 
     @property
     def connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected
+
+    @property
+    def ever_connected(self) -> bool:
+        return self._nc is not None
+
+    async def wait_up(self) -> None:
+        """Until nats-py has the connection back (it retries every second by itself)."""
+        await self._up.wait()
 
     @property
     def js(self) -> JetStreamContext:
@@ -137,7 +154,10 @@ class Hub:
                 servers=[self.settings.url],
                 name=self._name,
                 connect_timeout=CONNECT_TIMEOUT_S,
-                allow_reconnect=True,
+                # The first connection is tried once, so that a refusal (authorization, a
+                # credentials file the hub rejects) comes back here as an error instead of
+                # nats-py retrying it forever in silence; whoever called retries with a backoff.
+                allow_reconnect=False,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=1,
                 # A link cut without a reset is noticed in about 30 s (nats-py's default: 4 min).
@@ -156,21 +176,30 @@ class Hub:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise _translate(exc, f"cannot connect to {safe_url(self.settings.url)}") from None
+        # Connected once: from now on nats-py reconnects by itself, forever (it reads the option
+        # at each disconnection; connect() has no separate setting for the first attempt).
+        self._nc.options["allow_reconnect"] = True
         self._js = self._nc.jetstream(timeout=REQUEST_TIMEOUT_S)
+        self._up.set()
         if not self._quiet:
             log.info("fleet hub connected", url=safe_url(self.settings.url))
 
     async def _error(self, exc: Exception) -> None:
         self._refusal = str(exc)
-        if not self._quiet:
+        if not self._quiet and (self.connected or not self._errors_said):  # one line per outage
+            self._errors_said += 1
             log.warning("fleet hub error", error=str(exc))
 
     async def _disconnected(self) -> None:
+        self._up.clear()
         if not self._quiet and self._nc is not None and not self._nc.is_closed:
             log.warning("fleet hub disconnected; reconnecting", url=safe_url(self.settings.url))
 
     async def _reconnected(self) -> None:
-        log.info("fleet hub reconnected", url=safe_url(self.settings.url))
+        self._errors_said = 0
+        self._up.set()
+        if not self._quiet:
+            log.info("fleet hub reconnected", url=safe_url(self.settings.url))
         self.on_reconnect()
 
     async def close(self) -> None:
