@@ -54,7 +54,7 @@ class Fleet:
         self._connectivity({"state": self._station.monitor.state})
         announcer = self._station.announcer
         announcer.listen("connectivity", self._connectivity)
-        announcer.listen("receipt", lambda _: self._outbox_due.set())
+        announcer.listen("receipt", self._receipt)
         announcer.listen("task", lambda _: self._status_due.set())
         for name, loop in (
             ("connect", self._connect),
@@ -77,6 +77,10 @@ class Fleet:
             self._status_due.set()
         else:
             self._online.clear()
+
+    def _receipt(self, _: Any) -> None:
+        self._outbox_due.set()
+        self._status_due.set()  # the last receipt is part of the status
 
     def _reconnected(self) -> None:
         self.outbox.unsynced()
