@@ -16,7 +16,6 @@ import json
 import os
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import nats
@@ -38,6 +37,7 @@ from nats.js.kv import KeyValue
 
 from waystation.config import FleetSettings
 from waystation.errors import FleetError, FleetRefused, FleetUnavailable
+from waystation.ports import PubAck
 
 log = structlog.get_logger(__name__)
 
@@ -104,14 +104,8 @@ def _translate(exc: BaseException, doing: str) -> FleetError:
     return FleetError(f"fleet hub: {doing}: {exc}")
 
 
-@dataclass
-class Published:
-    seq: int  # the stream's sequence
-    duplicate: bool  # the hub had it already (within its duplicate window)
-
-
 class Hub:
-    """One connection to the hub, reconnecting forever once made."""
+    """One connection to the hub, reconnecting forever once made (a ports.FleetHub)."""
 
     def __init__(self, settings: FleetSettings, name: str = "waystation", *, quiet: bool = False) -> None:
         self.settings = settings
@@ -277,7 +271,7 @@ class Hub:
 
     async def publish(
         self, subject: str, data: bytes, msg_id: str, headers: dict[str, str] | None = None
-    ) -> Published:
+    ) -> PubAck:
         """Publish and wait for the stream's ack (the hub has it stored)."""
         try:
             ack = await self.js.publish(
@@ -289,7 +283,7 @@ class Hub:
             if isinstance(exc, nats.errors.TimeoutError) and self._refusal and "ermission" in self._refusal:
                 raise FleetRefused(f"fleet hub: publish to {subject}: {self._refusal}") from None
             raise _translate(exc, f"publish to {subject}") from None
-        return Published(ack.seq, bool(ack.duplicate))
+        return PubAck(ack.seq, bool(ack.duplicate))
 
     async def last_headers(self, stream: str, subject: str) -> dict[str, str] | None:
         """The headers of the last message the stream holds on `subject` (None: it holds none)."""

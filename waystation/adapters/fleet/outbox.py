@@ -19,16 +19,11 @@ from collections.abc import Callable
 
 import structlog
 
-from waystation.adapters.fleet.hub import (
-    RECEIPTS_STREAM,
-    SEQ_HEADER,
-    Hub,
-    checkpoints_subject,
-    receipts_subject,
-)
+from waystation.adapters.fleet.hub import RECEIPTS_STREAM, SEQ_HEADER, checkpoints_subject, receipts_subject
 from waystation.checkpoints import Checkpoint
 from waystation.db import Database
 from waystation.errors import BadCheckpoint
+from waystation.ports import FleetHub
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +32,7 @@ MARK_EVERY = 200
 
 
 class Outbox:
-    def __init__(self, db: Database, hub: Hub, host: str) -> None:
+    def __init__(self, db: Database, hub: FleetHub, host: str) -> None:
         self._db = db
         self._hub = hub
         self._host = host
