@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -174,3 +177,39 @@ def arrived_in_order(hub: NatsServer, agent: Agent, host: str, timeout: float = 
     got = receipt_ids(hub.url, host)
     assert got == expected, (len(got), len(expected), len(set(got)))
     return got
+
+
+class KillAfter:
+    """SIGKILL a process as soon as `count` messages on `subject` have passed through the hub (a
+    plain subscription sees each publish as the stream stores it): a kill -9 mid-publish, at a
+    point that does not depend on how fast the machine is."""
+
+    def __init__(self, url: str, subject: str, pid: int, count: int) -> None:
+        self._url, self._subject, self._pid, self._count = url, subject, pid, count
+        self.ready = threading.Event()
+        self.fired = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread.start()
+        assert self.ready.wait(10), "the killer could not subscribe"
+
+    async def _run(self) -> None:
+        nc = await nats.connect(self._url)
+        seen = 0
+
+        async def on_message(_: Any) -> None:
+            nonlocal seen
+            seen += 1
+            if seen == self._count:
+                os.kill(self._pid, signal.SIGKILL)
+                self.fired.set()
+
+        await nc.subscribe(self._subject, cb=on_message)
+        await nc.flush()
+        self.ready.set()
+        await asyncio.to_thread(self._stop.wait)
+        await nc.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)

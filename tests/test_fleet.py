@@ -19,6 +19,7 @@ import pytest
 from agentproc import Agent, agent_env, make_home, remove_home, wait_for
 from fleetproc import (
     DEAD_URL,
+    KillAfter,
     NatsServer,
     arrived_in_order,
     chain,
@@ -80,11 +81,15 @@ def test_kill_9_mid_publish_then_restart_drains_the_backlog_in_order(
     agent = agent_factory(fleet_env(hub, "edge-a", mode="offline")).start()
     make_receipts(agent, 300)  # offline: the fleet waits, the backlog grows
     total = len(chain(agent))
-    agent.set_mode("online")
-    wait_for(lambda: receipt_ids(hub.url, "edge-a"), 20, interval=0.01, what="the first receipts in the hub")
-    agent.kill()
+    killer = KillAfter(hub.url, "waystation.edge-a.receipts", agent.pid, 120)
+    try:
+        agent.set_mode("online")
+        assert killer.fired.wait(20), "the backlog did not start going out"
+    finally:
+        killer.close()
+    agent.wait(10)
     sent = len(receipt_ids(hub.url, "edge-a"))
-    assert sent < total, "the whole backlog went before the kill: make it longer"
+    assert 120 <= sent < total, (sent, total)
     agent.start(env={"WAYSTATION_CONNECTIVITY__MODE": "online"})
     arrived_in_order(hub, agent, "edge-a", timeout=60)
 
