@@ -20,6 +20,7 @@ if [[ -n "${QUICK:-}" ]]; then
     "bench/tool_calls.py --reps 2"
     "bench/hostile.py --connections 500 --receipts 20000 --big-tasks 50 --hung 5"
     "bench/receipts_tree.py --sizes 1000,20000 --appends 1000"
+    "bench/fleet.py --backlog 1000 --submits 10"
   )
 else
   RUNS=(
@@ -32,12 +33,13 @@ else
     "bench/tool_calls.py --reps 5"
     "bench/hostile.py"
     "bench/receipts_tree.py"
+    "bench/fleet.py"
   )
 fi
 
 versions=$("$PY" - <<'PY'
 import importlib.metadata as md, platform, sqlite3
-names = ["waystation", "aiohttp", "httpx", "httpcore", "aiosqlite", "persist-queue", "huey", "litequeue"]
+names = ["waystation", "aiohttp", "httpx", "httpcore", "aiosqlite", "persist-queue", "huey", "litequeue", "nats-py"]
 parts = [f"Python {platform.python_version()}", f"SQLite {sqlite3.sqlite_version}"]
 parts += [f"{n} {md.version(n)}" for n in names]
 print(", ".join(parts))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 import sys
 import tomllib
 import typing
@@ -96,6 +97,44 @@ class QueueSettings:
     metered_max_bytes: int = 65536
 
 
+@dataclass(frozen=True)
+class FleetSettings:
+    """`[fleet]`: the NATS JetStream hub this host reports to and takes work from ("" url = off)."""
+
+    url: str = ""  # nats://host:4222 (tls://, ws://, wss:// too); "" = no fleet
+    host: str = ""  # this host's name in the subjects and the status bucket; "" = the hostname
+    # A NATS credentials file (JWT and seed). Only its path is ever shown: the content is a secret.
+    creds: str = ""
+
+
+FLEET_SCHEMES = ("nats://", "tls://", "ws://", "wss://")
+# A host name is one subject token: no dots (they separate tokens), wildcards or spaces.
+FLEET_HOST = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def fleet_host(fleet: FleetSettings) -> str:
+    """The host's name in the fleet: `[fleet] host`, else the hostname's first label, made a
+    subject token (a dotted name would add tokens to every subject)."""
+    if fleet.host:
+        return fleet.host
+    label = socket.gethostname().split(".")[0]
+    return re.sub(r"[^A-Za-z0-9_-]", "-", label)[:64] or "localhost"
+
+
+def check_fleet_creds(fleet: FleetSettings) -> None:
+    """Refuse, naming `fleet.creds`, a credentials file that cannot be read or is not one; its
+    content is never shown (it holds the user's seed)."""
+    if not fleet.creds:
+        return
+    path = Path(fleet.creds).expanduser()
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise ConfigError("fleet.creds", f"cannot read {path}: {exc.strerror or exc}") from None
+    if "BEGIN NATS USER JWT" not in text or "BEGIN USER NKEY SEED" not in text:
+        raise ConfigError("fleet.creds", f"{path} is not a NATS credentials file (no user JWT and seed)")
+
+
 ROUTE_NAMES = (
     "local",
     "openai",
@@ -130,6 +169,7 @@ class Settings:
     connectivity: ConnectivitySettings = field(default_factory=ConnectivitySettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     tools: ToolsSettings = field(default_factory=ToolsSettings)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
     routes: typing.Mapping[str, RouteSettings] = field(default_factory=dict)
     # `[secrets] NAME = "value"`: what a task's header `{"secret": "NAME"}` may resolve to.
     secrets: typing.Mapping[str, str] = field(default_factory=dict)
@@ -358,6 +398,14 @@ def _check_ranges(s: Settings) -> None:
         raise ConfigError("connectivity.expect_status", "must be an HTTP status code")
     if not s.connectivity.probe_url.startswith(("http://", "https://")):
         raise ConfigError("connectivity.probe_url", "must be an http:// or https:// URL")
+    _check_fleet(s.fleet)
     host, colon, port = s.agent.metrics_listen.rpartition(":")
     if s.agent.metrics_listen and not (colon and host and port.isdigit() and 0 < int(port) < 65536):
         raise ConfigError("agent.metrics_listen", 'must be "host:port", e.g. "127.0.0.1:9464" ("" = off)')
+
+
+def _check_fleet(f: FleetSettings) -> None:
+    if f.url and not f.url.startswith(FLEET_SCHEMES):
+        raise ConfigError("fleet.url", 'must be a NATS URL, e.g. "nats://hub.example:4222" ("" = off)')
+    if f.host and not FLEET_HOST.fullmatch(f.host):
+        raise ConfigError("fleet.host", "must be 1 to 64 letters, digits, _ or - (it is a subject token)")

@@ -112,6 +112,13 @@ MIGRATIONS: list[Migration] = [
     """,
     # 5: the receipts' Merkle tree (RFC 6962), for signed checkpoints and proofs.
     (receipt_tree.SCHEMA, receipt_tree.backfill),
+    # 6: the fleet's outbox: how far each stream has the receipts (the last seq the hub acked).
+    """
+    CREATE TABLE fleet_outbox (
+        name TEXT PRIMARY KEY,              -- receipts | checkpoints
+        position INTEGER NOT NULL           -- receipts: the last seq acked, checkpoints: the tree size
+    )
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -454,3 +454,22 @@ class NetworkUnreachable(DeliveryError):
     """No answer from the destination: retried without counting an attempt."""
 
     code = "network_unreachable"
+
+
+class FleetError(WaystationError):
+    """The fleet's hub (NATS JetStream) cannot be used: unreachable, or it refused."""
+
+    code = "fleet_error"
+    http_status = 503
+
+
+class FleetUnavailable(FleetError):
+    """The hub did not answer in time (down, or the link is cut): retried, never lost."""
+
+    code = "fleet_unavailable"
+
+
+class FleetRefused(FleetError):
+    """The hub answered no: no JetStream, bad credentials, a permission it does not grant."""
+
+    code = "fleet_refused"

@@ -91,3 +91,25 @@ class Announce(Protocol):
     ) -> None:
         """A turn ended a run (ok, parked, refused, error) and its receipt committed."""
         ...
+
+
+@dataclass(frozen=True)
+class PubAck:
+    """A stream's acknowledgement: the message is stored (or was already, within its window)."""
+
+    seq: int  # the stream's sequence
+    duplicate: bool  # the hub had this Nats-Msg-Id already
+
+
+class FleetHub(Protocol):
+    """What the fleet's outbox needs of its hub (adapters/fleet/hub.py is the NATS JetStream one)."""
+
+    async def publish(
+        self, subject: str, data: bytes, msg_id: str, headers: dict[str, str] | None = None
+    ) -> PubAck:
+        """Store one message, de-duplicated by `msg_id`; FleetError when it cannot be known stored."""
+        ...
+
+    async def last_headers(self, stream: str, subject: str) -> dict[str, str] | None:
+        """The headers of the last message `stream` holds on `subject`; None when it holds none."""
+        ...

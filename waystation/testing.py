@@ -6,6 +6,7 @@ the rest of the agent, so the queue and the turn engine can be tested alone.
     ScriptedDelivery     ports.Deliver: answers you script, calls recorded, deliveries you can hold
     RecordingAnnouncer   ports.Announce: everything announced, kept in lists
     ScriptedBackend      the model port (adapters.models.base.ModelBackend): scripted replies
+    MemoryHub            ports.FleetHub: streams in memory, de-duplicated by message id in a window
 
 The real implementations get their own tests on real things (loopback servers, real models).
 """
@@ -19,11 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from waystation.adapters.models.scripted import ScriptedBackend
-from waystation.ports import Delivery, Outcome
+from waystation.errors import FleetUnavailable
+from waystation.ports import Delivery, Outcome, PubAck
 from waystation.queue.policy import classify
 
 __all__ = [
     "FakeConnectivity",
+    "MemoryHub",
     "RecordingAnnouncer",
     "ScriptedBackend",
     "ScriptedDelivery",
@@ -125,3 +128,48 @@ async def until(predicate: Callable[[], object], within: float = 3.0) -> float:
             raise AssertionError(f"condition not met within {within} s")
         await asyncio.sleep(0.01)
     return time.monotonic() - start
+
+
+@dataclass
+class MemoryHub:
+    """ports.FleetHub in memory, with JetStream's de-duplication: a message whose id was seen
+    within `window_s` is not stored again (`window_s=0` turns it off, to show what a resend would
+    do beyond the window). `lose_ack_at(n)` stores the n-th publish and then fails it, as a link
+    that broke before the ack came back; `down = True` fails every call."""
+
+    window_s: float = 86400.0
+    clock: Callable[[], float] = time.monotonic
+    down: bool = False
+    streams: dict[str, list[tuple[dict[str, str], bytes]]] = field(default_factory=dict)
+    _seen: dict[str, float] = field(default_factory=dict)
+    _publishes: int = 0
+    _lose_at: int | None = None
+
+    def lose_ack_at(self, publish_number: int) -> None:
+        self._lose_at = publish_number
+
+    def held(self, subject: str) -> list[tuple[dict[str, str], bytes]]:
+        return self.streams.get(subject, [])
+
+    async def publish(
+        self, subject: str, data: bytes, msg_id: str, headers: dict[str, str] | None = None
+    ) -> PubAck:
+        if self.down:
+            raise FleetUnavailable("memory hub: down")
+        self._publishes += 1
+        now = self.clock()
+        seen = self._seen.get(msg_id)
+        duplicate = seen is not None and now - seen < self.window_s
+        if not duplicate:
+            self._seen[msg_id] = now
+            self.streams.setdefault(subject, []).append(({"Nats-Msg-Id": msg_id, **(headers or {})}, data))
+        if self._publishes == self._lose_at:
+            self.down = True
+            raise FleetUnavailable("memory hub: the link broke before the ack")
+        return PubAck(sum(len(v) for v in self.streams.values()), duplicate)
+
+    async def last_headers(self, stream: str, subject: str) -> dict[str, str] | None:
+        if self.down:
+            raise FleetUnavailable("memory hub: down")
+        held = self.streams.get(subject)
+        return dict(held[-1][0]) if held else None

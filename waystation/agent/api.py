@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from waystation import timeutil
 from waystation.agent.api_models import add_model_routes
 from waystation.agent.api_openai import add_openai_routes
 from waystation.agent.api_receipts import add_receipt_routes
@@ -22,7 +21,6 @@ from waystation.agent.http_io import (
     STATION,
     error_response,
     json_body,
-    optional_str,
     query_int,
     station_of,
 )
@@ -101,20 +99,7 @@ async def get_routes(request: web.Request) -> web.Response:
 
 
 async def create_task(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    tool = body.get("tool")
-    if not isinstance(tool, str):
-        raise MalformedRequest("tool must be a string naming a tool")
-    expires_at = body.get("expires_at")
-    if expires_at is not None:
-        try:
-            expires_at = timeutil.parse_iso(expires_at) if isinstance(expires_at, str) else None
-        except ValueError:
-            expires_at = None
-        if expires_at is None:
-            raise MalformedRequest("expires_at must be an ISO 8601 timestamp")
-    key = optional_str(body, "idempotency_key")
-    task, created = await tasks.add(station_of(request), tool, body.get("args", {}), key, expires_at)
+    task, created = await tasks.add_request(station_of(request), await json_body(request))
     return web.json_response(task, status=201 if created else 200)
 
 

@@ -22,6 +22,7 @@ from aiohttp import web
 from waystation import __version__
 from waystation.agent.api import create_app, create_metrics_app
 from waystation.agent.connections import HEAD_TIMEOUT_S, QuietResourceErrors
+from waystation.agent.fleet import Fleet
 from waystation.agent.jobs import Housekeeping
 from waystation.agent.peer import (
     PeerCheckedUnixSite,
@@ -31,7 +32,7 @@ from waystation.agent.peer import (
     socket_gid,
 )
 from waystation.agent.systemd import Notifier, StatusReporter
-from waystation.config import Paths, Settings
+from waystation.config import Paths, Settings, check_fleet_creds
 from waystation.station.build import AgentStation, build_agent, cancel
 
 log = structlog.get_logger(__name__)
@@ -46,6 +47,8 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     loop.set_exception_handler(QuietResourceErrors())
+    if settings.fleet.url:
+        check_fleet_creds(settings.fleet)  # before anything starts: one line naming fleet.creds
     async with contextlib.AsyncExitStack() as stack:
         notifier = Notifier()  # takes NOTIFY_SOCKET out of the environment children inherit
         if notifier.watchdog_s is not None:
@@ -62,6 +65,10 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
         station.announcer.listen("receipt", housekeeping.receipt_written)
         await housekeeping.expire()
         await housekeeping.sign()  # and at stop (build_agent), after the last receipt
+        if settings.fleet.url:
+            fleet = Fleet(station)
+            await fleet.start()
+            stack.push_async_callback(fleet.stop)  # before the database closes
 
         # A short grace for open requests at shutdown keeps the whole stop inside 10 s. aiohttp's
         # keep-alive timer closes a connection still waiting for a whole request: the head timeout.

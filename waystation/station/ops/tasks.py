@@ -40,6 +40,33 @@ async def add(
     return task.to_json(), created
 
 
+async def add_request(
+    station: Station, body: dict[str, Any], key: str | None = None
+) -> tuple[dict[str, Any], bool]:
+    """A `POST /v1/tasks` body as a task (the API's and the fleet's work alike); `key` when the
+    body names no idempotency_key (the fleet gives its message id)."""
+    tool = body.get("tool")
+    if not isinstance(tool, str):
+        raise MalformedRequest("tool must be a string naming a tool")
+    expires_at = body.get("expires_at")
+    if expires_at is not None:
+        try:
+            expires_at = timeutil.parse_iso(expires_at) if isinstance(expires_at, str) else None
+        except ValueError:
+            expires_at = None
+        if expires_at is None:
+            raise MalformedRequest("expires_at must be an ISO 8601 timestamp")
+    given = body.get("idempotency_key")
+    if given is not None and not (isinstance(given, str) and 0 < len(given) <= MAX_KEY_LEN):
+        raise MalformedRequest(
+            f"idempotency_key must be a non-empty string of at most {MAX_KEY_LEN} characters"
+        )
+    return await add(station, tool, body.get("args", {}), given or key, expires_at)
+
+
+MAX_KEY_LEN = 255
+
+
 def state_of(text: str | None) -> TaskState | None:
     """A task state named by a caller, or MalformedRequest listing the states."""
     if not text:

@@ -1,0 +1,364 @@
+"""The fleet's hub: one NATS connection with JetStream, the contract's streams and status bucket.
+
+Names are the contract's (CONTRACT.md, "Fleet"). The streams and the bucket are made when absent
+with the settings below; one that exists is used as it is (an operator may have tuned it).
+
+Every failure comes out as a FleetError: FleetUnavailable when the hub did not answer in time
+(down, link cut: whoever called retries), FleetRefused when it answered no (no JetStream,
+authorisation, permissions). The credentials file is only ever named by its path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    ConsumerConfig,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+
+from waystation.config import FleetSettings
+from waystation.errors import FleetError, FleetRefused, FleetUnavailable
+from waystation.ports import PubAck
+
+log = structlog.get_logger(__name__)
+
+RECEIPTS_STREAM = "WAYSTATION_RECEIPTS"
+WORK_STREAM = "WAYSTATION_WORK"
+HOSTS_BUCKET = "waystation_hosts"
+DAY_S = 24 * 3600.0
+# JetStream drops a message with a Nats-Msg-Id it saw within this window. The outbox sends one
+# receipt at a time and, on every (re)connect, first asks the stream which receipt it holds last,
+# so a resend can only be the one receipt whose ack was lost; the window only has to cover that
+# receipt's first send and its resend across an outage. A day covers a hub down overnight; the
+# hub keeps the ids of one window in memory (a few hundred bytes each), so a day of a busy fleet
+# stays in megabytes. See README, "Fleet".
+DUPLICATE_WINDOW_S = DAY_S
+RECEIPTS_MAX_AGE_S = 365 * DAY_S  # a year of receipts, or the byte limit, whichever comes first
+RECEIPTS_MAX_BYTES = 10 * 1024**3
+WORK_MAX_AGE_S = 14 * DAY_S  # work for a host gone a fortnight is stale; it stays in its queue till then
+WORK_MAX_BYTES = 1024**3
+# A host writes its status every minute; the bucket keeps it a day, so a host that died shows as
+# stale (its last write ages) for a day, then leaves the list.
+HOSTS_TTL_S = DAY_S
+CONNECT_TIMEOUT_S = 3
+REQUEST_TIMEOUT_S = 5.0
+SEQ_HEADER = "Waystation-Seq"  # the receipt's place in the host's chain, for resuming the outbox
+SAFE_URL = re.compile(r"//[^/@]*@")
+
+
+def safe_url(url: str) -> str:
+    """The URL without user:password, for logs and errors."""
+    return SAFE_URL.sub("//***@", url)
+
+
+def receipts_subject(host: str) -> str:
+    return f"waystation.{host}.receipts"
+
+
+def checkpoints_subject(host: str) -> str:
+    return f"waystation.{host}.checkpoints"
+
+
+def work_subject(host: str) -> str:
+    return f"waystation.{host}.work"
+
+
+def _translate(exc: BaseException, doing: str) -> FleetError:
+    """A nats-py error as one of ours, saying what we were doing."""
+    if isinstance(exc, FleetError):
+        return exc
+    if isinstance(exc, nats.js.errors.ServiceUnavailableError | nats.errors.NoRespondersError):
+        return FleetRefused(f"fleet hub: {doing}: no JetStream answers (is the server run with -js?)")
+    if isinstance(exc, nats.js.errors.APIError):
+        return FleetRefused(f"fleet hub: {doing}: {exc.description or exc}")
+    said = str(exc).lower()  # the server's -ERR text arrives as a plain nats Error
+    if isinstance(exc, nats.errors.AuthorizationError | nats.errors.InvalidUserCredentialsError) or (
+        "authorization violation" in said or "authentication" in said
+    ):
+        return FleetRefused(f"fleet hub: {doing}: authorization refused (check [fleet] creds)")
+    if "permissions violation" in said:
+        return FleetRefused(f"fleet hub: {doing}: permission denied by the hub ({exc})")
+    if isinstance(exc, nats.errors.OutboundBufferLimitError | nats.errors.ConnectionReconnectingError):
+        return FleetUnavailable(f"fleet hub: {doing}: the link is down; reconnecting")
+    if isinstance(exc, asyncio.TimeoutError | nats.errors.Error | OSError):
+        return FleetUnavailable(f"fleet hub: {doing}: {type(exc).__name__} {exc}".strip())
+    return FleetError(f"fleet hub: {doing}: {exc}")
+
+
+class Hub:
+    """One connection to the hub, reconnecting forever once made (a ports.FleetHub)."""
+
+    def __init__(self, settings: FleetSettings, name: str = "waystation", *, quiet: bool = False) -> None:
+        self.settings = settings
+        self._quiet = quiet  # the command line: one answer on stdout, no connection chatter
+        self._name = name
+        self._creds = os.path.expanduser(settings.creds) if settings.creds else ""
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._kv: KeyValue | None = None
+        self.on_reconnect: Callable[[], None] = lambda: None
+        self._refusal: str | None = None  # the last error the server sent (permissions, auth)
+        self._up = asyncio.Event()  # connected now (nats-py reconnects by itself once connected)
+        self._errors_said = 0  # errors logged since the link went down: the first one only
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    @property
+    def ever_connected(self) -> bool:
+        return self._nc is not None
+
+    async def wait_up(self) -> None:
+        """Until nats-py has the connection back (it retries every second by itself)."""
+        await self._up.wait()
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise FleetUnavailable("fleet hub: not connected")
+        return self._js
+
+    async def connect(self) -> None:
+        """Connect once (FleetError if that fails); after that nats-py reconnects by itself."""
+        options: dict[str, Any] = {}
+        if self._creds:
+            options["user_credentials"] = self._creds
+        try:
+            self._nc = await nats.connect(
+                servers=[self.settings.url],
+                name=self._name,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                # The first connection is tried once, so that a refusal (authorization, a
+                # credentials file the hub rejects) comes back here as an error instead of
+                # nats-py retrying it forever in silence; whoever called retries with a backoff.
+                allow_reconnect=False,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+                # A link cut without a reset is noticed in about 30 s (nats-py's default: 4 min).
+                ping_interval=10,
+                max_outstanding_pings=3,
+                # Nothing is buffered while the link is down: a publish then fails at once and the
+                # outbox resends from its last ack, in order (a buffer resent after a reconnect
+                # could overtake what the broken link lost).
+                pending_size=0,
+                error_cb=self._error,
+                disconnected_cb=self._disconnected,
+                reconnected_cb=self._reconnected,
+                **options,
+            )
+        except BaseException as exc:  # nats-py raises many kinds, some bare Exceptions
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise _translate(exc, f"cannot connect to {safe_url(self.settings.url)}") from None
+        # Connected once: from now on nats-py reconnects by itself, forever (it reads the option
+        # at each disconnection; connect() has no separate setting for the first attempt).
+        self._nc.options["allow_reconnect"] = True
+        self._js = self._nc.jetstream(timeout=REQUEST_TIMEOUT_S)
+        self._up.set()
+        if not self._quiet:
+            log.info("fleet hub connected", url=safe_url(self.settings.url))
+
+    async def _error(self, exc: Exception) -> None:
+        self._refusal = str(exc)
+        if not self._quiet and (self.connected or not self._errors_said):  # one line per outage
+            self._errors_said += 1
+            log.warning("fleet hub error", error=str(exc))
+
+    async def _disconnected(self) -> None:
+        self._up.clear()
+        if not self._quiet and self._nc is not None and not self._nc.is_closed:
+            log.warning("fleet hub disconnected; reconnecting", url=safe_url(self.settings.url))
+
+    async def _reconnected(self) -> None:
+        self._errors_said = 0
+        self._up.set()
+        if not self._quiet:
+            log.info("fleet hub reconnected", url=safe_url(self.settings.url))
+        self.on_reconnect()
+
+    async def close(self) -> None:
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+            self._nc = self._js = self._kv = None
+
+    async def ensure(self) -> None:
+        """Make the streams and the bucket when absent; FleetRefused naming what the hub refused."""
+        try:
+            await self.js.account_info()
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise _translate(exc, "JetStream account") from None
+        await self._stream(
+            StreamConfig(
+                name=RECEIPTS_STREAM,
+                subjects=["waystation.*.receipts", "waystation.*.checkpoints"],
+                storage=StorageType.FILE,
+                num_replicas=1,
+                retention=RetentionPolicy.LIMITS,
+                discard=DiscardPolicy.OLD,
+                max_age=RECEIPTS_MAX_AGE_S,
+                max_bytes=RECEIPTS_MAX_BYTES,
+                duplicate_window=DUPLICATE_WINDOW_S,
+            )
+        )
+        await self._stream(
+            StreamConfig(
+                name=WORK_STREAM,
+                subjects=["waystation.*.work"],
+                storage=StorageType.FILE,
+                num_replicas=1,
+                retention=RetentionPolicy.LIMITS,
+                # New work is refused when full rather than old work silently dropped.
+                discard=DiscardPolicy.NEW,
+                max_age=WORK_MAX_AGE_S,
+                max_bytes=WORK_MAX_BYTES,
+                duplicate_window=DUPLICATE_WINDOW_S,
+            )
+        )
+        await self.bucket()
+
+    async def _stream(self, config: StreamConfig) -> None:
+        assert config.name is not None
+        try:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self.js.stream_info(config.name)
+                return
+            await self.js.add_stream(config)
+            log.info("fleet stream created", stream=config.name)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise _translate(exc, f"stream {config.name}") from None
+
+    async def bucket(self) -> KeyValue:
+        if self._kv is None:
+            try:
+                try:
+                    self._kv = await self.js.key_value(HOSTS_BUCKET)
+                except nats.js.errors.BucketNotFoundError:
+                    self._kv = await self.js.create_key_value(
+                        KeyValueConfig(
+                            bucket=HOSTS_BUCKET, history=1, ttl=HOSTS_TTL_S, storage=StorageType.FILE
+                        )
+                    )
+            except BaseException as exc:
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise _translate(exc, f"bucket {HOSTS_BUCKET}") from None
+        return self._kv
+
+    async def publish(
+        self, subject: str, data: bytes, msg_id: str, headers: dict[str, str] | None = None
+    ) -> PubAck:
+        """Publish and wait for the stream's ack (the hub has it stored)."""
+        try:
+            ack = await self.js.publish(
+                subject, data, timeout=REQUEST_TIMEOUT_S, headers={"Nats-Msg-Id": msg_id, **(headers or {})}
+            )
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            if isinstance(exc, nats.errors.TimeoutError) and self._refusal and "ermission" in self._refusal:
+                raise FleetRefused(f"fleet hub: publish to {subject}: {self._refusal}") from None
+            raise _translate(exc, f"publish to {subject}") from None
+        return PubAck(ack.seq, bool(ack.duplicate))
+
+    async def last_headers(self, stream: str, subject: str) -> dict[str, str] | None:
+        """The headers of the last message the stream holds on `subject` (None: it holds none)."""
+        try:
+            msg = await self.js.get_last_msg(stream, subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise _translate(exc, f"last message on {subject}") from None
+        return dict(msg.headers or {})
+
+    async def put_status(self, host: str, status: dict[str, Any]) -> None:
+        kv = await self.bucket()
+        try:
+            await kv.put(host, json.dumps(status, separators=(",", ":")).encode())
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise _translate(exc, f"status of {host}") from None
+
+    async def statuses(self) -> dict[str, dict[str, Any]]:
+        """Every host's last status in the bucket."""
+        kv = await self.bucket()
+        try:
+            try:
+                keys = await kv.keys()
+            except nats.js.errors.NoKeysError:
+                return {}
+            found = {}
+            for key in keys:
+                with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                    entry = await kv.get(key)
+                    with contextlib.suppress(ValueError):
+                        found[key] = json.loads(entry.value or b"{}")
+            return found
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise _translate(exc, f"bucket {HOSTS_BUCKET}") from None
+
+    async def work(self, host: str) -> JetStreamContext.PullSubscription:
+        """The host's durable pull consumer on its work subject (made when absent)."""
+        durable = f"waystation_{host}"
+        try:
+            return await self.js.pull_subscribe(
+                work_subject(host),
+                durable=durable,
+                stream=WORK_STREAM,
+                config=ConsumerConfig(durable_name=durable, ack_wait=60.0, max_ack_pending=64),
+            )
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise _translate(exc, f"work consumer {durable}") from None
+
+
+async def fetch(sub: JetStreamContext.PullSubscription, batch: int, wait_s: float) -> list[Msg]:
+    """Up to `batch` messages, waiting at most `wait_s`; [] when none came."""
+    try:
+        return await sub.fetch(batch, timeout=wait_s)
+    except nats.errors.TimeoutError:
+        return []
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        raise _translate(exc, "fetch work") from None
+
+
+async def settle(msg: Msg, action: Callable[[Msg], Awaitable[Any]]) -> None:
+    """Ack or term a message; a lost answer means redelivery, which the task's key absorbs."""
+    try:
+        await action(msg)
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        log.warning("fleet work: cannot settle a message", error=str(exc))

@@ -1,0 +1,189 @@
+"""The agent's side of the fleet: the outbox, the host's status and the host's work, over one hub
+connection (adapters/fleet). It rides the connectivity monitor as deliveries do: while the host is
+offline nothing is sent or fetched, and coming back online wakes all three.
+
+Only the agent runs this (it needs the operations layer, which the station's composition root
+cannot import), so it is started beside housekeeping in agent/daemon.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from nats.aio.msg import Msg
+
+from waystation import receipt_proofs, timeutil
+from waystation.adapters.fleet.hub import Hub, fetch, safe_url, settle
+from waystation.adapters.fleet.outbox import Outbox
+from waystation.config import fleet_host
+from waystation.errors import FleetError, FleetRefused, InputError
+from waystation.station.build import AgentStation, cancel
+from waystation.station.ops import receipts, tasks
+
+log = structlog.get_logger(__name__)
+
+STATUS_EVERY_S = 60.0
+STATUS_DEBOUNCE_S = 1.0
+REFUSED_RETRY_S = 60.0
+RETRY_MAX_S = 5.0  # nats-py itself reconnects every second; this only paces our retries
+WORK_BATCH = 16
+WORK_WAIT_S = 5.0
+
+
+class Fleet:
+    def __init__(self, station: AgentStation) -> None:
+        self._station = station
+        self.host = fleet_host(station.settings.fleet)
+        self.hub = Hub(station.settings.fleet, name=f"waystation {self.host}")
+        self.outbox = Outbox(station.db, self.hub, self.host)
+        self._online = asyncio.Event()
+        self._outbox_due = asyncio.Event()
+        self._status_due = asyncio.Event()
+        self._ready = asyncio.Event()  # connected, streams and bucket there
+        self._tasks: list[asyncio.Task[None]] = []
+        self.hub.on_reconnect = self._reconnected
+
+    async def start(self) -> None:
+        await self.outbox.load()
+        self._connectivity({"state": self._station.monitor.state})
+        announcer = self._station.announcer
+        announcer.listen("connectivity", self._connectivity)
+        announcer.listen("receipt", self._receipt)
+        announcer.listen("task", lambda _: self._status_due.set())
+        for name, loop in (
+            ("connect", self._connect),
+            ("outbox", self._outbox),
+            ("status", self._status),
+            ("work", self._work),
+        ):
+            self._tasks.append(asyncio.create_task(self._forever(name, loop), name=f"fleet-{name}"))
+        log.info("fleet on", url=safe_url(self._station.settings.fleet.url), host=self.host)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            await cancel(task)
+        await self.hub.close()
+
+    def _connectivity(self, change: Any) -> None:
+        if str(change.get("state")) == "online":
+            self._online.set()
+            self._outbox_due.set()
+            self._status_due.set()
+        else:
+            self._online.clear()
+
+    def _receipt(self, _: Any) -> None:
+        self._outbox_due.set()
+        self._status_due.set()  # the last receipt is part of the status
+
+    def _reconnected(self) -> None:
+        self.outbox.unsynced()
+        self._outbox_due.set()
+        self._status_due.set()
+
+    async def _forever(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run one loop again after a failure: once the connection is back when the link broke
+        (nats-py reconnects by itself), else after a backoff. The first failure of a streak is a
+        warning and the rest of it quiet; the hub's refusals are errors, a minute apart."""
+        streak = 0
+        while True:
+            began = time.monotonic()
+            try:
+                await loop()
+                return
+            except FleetRefused as exc:
+                log.error("fleet: the hub refused", part=name, error=exc.message)
+                pause = REFUSED_RETRY_S
+            except FleetError as exc:
+                if time.monotonic() - began > RETRY_MAX_S:
+                    streak = 0  # it ran a good while: a new failure, not the last one again
+                if streak == 0:
+                    log.warning("fleet: the hub is unavailable; retrying", part=name, error=exc.message)
+                pause = min(0.5 * 2**streak, RETRY_MAX_S)
+            except Exception:
+                log.exception("fleet: unexpected failure", part=name)
+                pause = RETRY_MAX_S
+            streak += 1
+            self.outbox.unsynced()
+            self._outbox_due.set()
+            if self.hub.ever_connected and not self.hub.connected:
+                await self.hub.wait_up()
+            else:
+                await asyncio.sleep(pause)
+
+    async def _connect(self) -> None:
+        await self._online.wait()
+        await self.hub.connect()
+        await self.hub.ensure()
+        self._ready.set()
+
+    async def _outbox(self) -> None:
+        await self._ready.wait()
+        while True:
+            await self._online.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._outbox_due.wait(), STATUS_EVERY_S)
+            self._outbox_due.clear()
+            if not self._online.is_set():
+                continue
+            await self.outbox.drain(self._online.is_set)
+            if await self.outbox.checkpoint(receipt_proofs.stored_note(self._station.paths.state)):
+                self._status_due.set()
+
+    async def _status(self) -> None:
+        await self._ready.wait()
+        while True:
+            await self._online.wait()
+            await self.hub.put_status(self.host, await self.status())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._status_due.wait(), STATUS_EVERY_S)
+            await asyncio.sleep(STATUS_DEBOUNCE_S)  # a burst of changes makes one write
+            self._status_due.clear()
+
+    async def status(self) -> dict[str, Any]:
+        """What the bucket holds for this host: the ops layer's status, less what is local only."""
+        station = self._station
+        latest = await receipts.latest(station, 1)
+        return {
+            "host": self.host,
+            "at": timeutil.iso(time.time()),
+            "version": station.version,
+            "connectivity": station.monitor.snapshot().get("state"),
+            "queue": await station.store.counts(),
+            "model": station.router.local.model_status(),
+            "last_receipt": {"id": latest[-1]["id"], "created_at": latest[-1].get("created_at")}
+            if latest
+            else None,
+            "published_seq": self.outbox.published,
+        }
+
+    async def _work(self) -> None:
+        await self._ready.wait()
+        sub = await self.hub.work(self.host)
+        while True:
+            await self._online.wait()
+            for msg in await fetch(sub, WORK_BATCH, WORK_WAIT_S):
+                await self._take(msg)
+
+    async def _take(self, msg: Msg) -> None:
+        """One message as a local task, acked once committed; a malformed one is terminated."""
+        seq = msg.metadata.sequence.stream
+        key = (msg.headers or {}).get("Nats-Msg-Id") or f"{self.host}-work-{seq}"
+        try:
+            body = json.loads(msg.data)
+            if not isinstance(body, dict):
+                raise ValueError("the body is not a JSON object")
+            task, created = await tasks.add_request(self._station, body, key)
+        except (ValueError, InputError) as exc:
+            reason = exc.message if isinstance(exc, InputError) else f"not a task: {exc}"
+            log.error("fleet work: message terminated", stream_seq=seq, key=key, reason=reason)
+            await settle(msg, lambda m: m.term())
+            return
+        log.info("fleet work: task added", stream_seq=seq, task_id=task["id"], created=created)
+        await settle(msg, lambda m: m.ack_sync())
