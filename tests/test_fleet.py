@@ -260,3 +260,31 @@ def test_a_hub_that_refuses_the_user_is_refused_clearly(
         assert agent.running() and "wrong-pass" not in agent.output()
     finally:
         locked.stop()
+
+
+def test_doctor_checks_the_hub(hub: NatsServer, tmp_path: Path) -> None:
+    def fleet_line(url: str) -> str:
+        home = make_home()
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "waystation", "doctor"],
+                env=agent_env(home, {"WAYSTATION_FLEET__URL": url, "WAYSTATION_FLEET__HOST": "edge-d"}),
+                capture_output=True,
+                text=True,
+                timeout=180,
+                check=False,
+            )
+        finally:
+            remove_home(home)
+        return next(line for line in done.stdout.splitlines() if line.split()[1] == "fleet")
+
+    ok = fleet_line(hub.url)
+    assert ok.startswith("ok") and "JetStream" in ok and "edge-d" in ok, ok
+    plain = NatsServer(tmp_path / "plain", jetstream=False).start()
+    try:
+        refused = fleet_line(plain.url)
+    finally:
+        plain.stop()
+    assert refused.startswith("fail") and "JetStream" in refused, refused
+    unreachable = fleet_line("nats://127.0.0.1:9")
+    assert unreachable.startswith("fail") and "127.0.0.1:9" in unreachable, unreachable

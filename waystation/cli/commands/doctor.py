@@ -61,8 +61,8 @@ def doctor(as_json: JsonFlag = False) -> None:
 
     Checks Python, the configuration, the configured model, llama.cpp (loads the embedded model
     and decodes a batch),
-    the socket's directory and whether an agent answers, the database's health, and whether the
-    service unit is installed.
+    the socket's directory and whether an agent answers, the database's health, whether the
+    service unit is installed, and, with `[fleet] url` set, whether the hub answers with JetStream.
 
     ```
     waystation doctor
@@ -81,6 +81,7 @@ def doctor(as_json: JsonFlag = False) -> None:
         lambda: check_agent(paths.socket),
         lambda: check_database(paths.database),
         check_service,
+        lambda: check_fleet(paths),
     ):
         check = run_check()
         checks.append(check)
@@ -312,4 +313,43 @@ def check_service() -> Check:
         "service",
         f"no {kind} installed ({service_unit_paths()[0]}): `waystation service install` "
         "starts the agent at login and restarts it on failure",
+    )
+
+
+def check_fleet(paths: Any) -> Check:
+    """Off without `[fleet] url`; else the hub must answer, with JetStream on for this account."""
+    import asyncio
+
+    from waystation.adapters.fleet.hub import Hub, safe_url
+    from waystation.config import check_fleet_creds, fleet_host, load_settings
+    from waystation.errors import WaystationError
+
+    try:
+        fleet = load_settings(paths).fleet
+    except WaystationError:
+        return Check("warn", "fleet", "not checked: the configuration does not load (see config)")
+    if not fleet.url:
+        return Check("ok", "fleet", "off ([fleet] url is not set)")
+
+    async def probe() -> None:
+        hub = Hub(fleet, name="waystation doctor", quiet=True)
+        try:
+            await hub.connect()
+            await hub.js.account_info()  # no JetStream for this account: refused here
+        finally:
+            await hub.close()
+
+    try:
+        check_fleet_creds(fleet)
+        asyncio.run(asyncio.wait_for(probe(), AGENT_TIMEOUT_S * 2))
+    except WaystationError as exc:
+        return Check("fail", "fleet", exc.message)
+    except TimeoutError:
+        return Check("fail", "fleet", f"the hub at {safe_url(fleet.url)} did not answer in time")
+    except Exception as exc:  # nats-py's own errors: a hub without JetStream
+        return Check("fail", "fleet", f"the hub at {safe_url(fleet.url)} answers without JetStream: {exc}")
+    return Check(
+        "ok",
+        "fleet",
+        f"the hub at {safe_url(fleet.url)} answers with JetStream; this host is {fleet_host(fleet)}",
     )
