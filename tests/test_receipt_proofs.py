@@ -261,8 +261,8 @@ async def test_restoring_an_older_copy_is_named_a_rollback(
 
 
 async def test_an_edited_tree_is_named(db: Database) -> None:
-    await chain(db, 5)
-    tamper(db, lambda c: c.execute("UPDATE merkle_nodes SET hash = zeroblob(32) WHERE level = 1 AND idx = 0"))
+    await chain(db, 40)  # two blocks of 16 stored (level 4) and their parent (level 5)
+    tamper(db, lambda c: c.execute("UPDATE merkle_nodes SET hash = zeroblob(32) WHERE level = 4 AND idx = 0"))
     result = await verify_database(db)
     assert not result.ok and "Merkle tree" in result.reason
 
@@ -313,3 +313,41 @@ def test_proofs_and_roots_read_a_logarithmic_number_of_nodes(size: int) -> None:
     reads = 0
     consistency_proof(node, size // 2 + 1, size)
     assert reads <= log2 * log2
+
+
+async def test_after_receipts_were_removed_the_tree_follows_the_receipts_that_remain(
+    db: Database, key: SigningKey
+) -> None:
+    await chain(db, 8)
+    tamper(db, lambda c: c.execute("DELETE FROM receipts WHERE seq > 4"))  # its nodes stay behind
+    await chain(db, 5)  # row ids go on from 9: the leaves no longer sit at seq - 1
+    rows = await db.fetchall("SELECT id, hash FROM receipts ORDER BY seq")
+    hashes = [bytes.fromhex(h) for _, h in rows]
+    _, size, root = c2sp_open(await kept_checkpoint(db, key), str(key.verifier))
+    assert (size, root) == (9, rfc6962_mth(hashes))  # stale nodes were replaced, not reused
+    for index in (1, 6):  # a leaf before the gap in row ids, and one after it
+        proof = await receipt_proofs.prove(db, key, rows[index][0])
+        path = [base64.b64decode(p) for p in proof["inclusion_proof"]]
+        assert rfc9162_root_from_path(index, 9, hashes[index], path) == root
+    assert (await verify_database(db)).ok
+
+
+async def test_a_tree_of_several_stored_blocks_proves_every_kind_of_leaf(
+    db: Database, key: SigningKey
+) -> None:
+    """Past 16 receipts the tree keeps block roots and computes what lies below them: leaves at a
+    block's edges, in the middle, and in the unfinished last block all prove out."""
+    await chain(db, 17)
+    early = await kept_checkpoint(db, key)
+    await chain(db, 53)
+    rows = await db.fetchall("SELECT id, hash FROM receipts ORDER BY seq")
+    hashes = [bytes.fromhex(h) for _, h in rows]
+    _, size, root = c2sp_open(await kept_checkpoint(db, key), str(key.verifier))
+    assert (size, root) == (70, rfc6962_mth(hashes))
+    for index in (0, 7, 15, 16, 31, 32, 47, 63, 64, 69):
+        proof = await receipt_proofs.prove(db, key, rows[index][0])
+        path = [base64.b64decode(p) for p in proof["inclusion_proof"]]
+        assert rfc9162_root_from_path(index, 70, hashes[index], path) == root, index
+    assert (await verdict(db, key, early)).ok
+    stored = (await db.fetchone("SELECT COUNT(*) FROM merkle_nodes"))[0]
+    assert stored == 7  # 4 blocks of 16, 2 of 32, 1 of 64: nothing below a block

@@ -35,6 +35,7 @@
     ├── AgentNotRunning(socket)      a command that needs the agent found none (exit 3)
     ├── RouteRefused(route, reason)  fail-closed: the named route cannot run (exit 4)
     │   └── RouteOffline             ... because it needs the network and the host is offline
+    ├── ReceiptsDamaged(problem)     the receipts' tree lacks what they say it holds (500)
     └── DeliveryError                a tool delivery did not get an answer
         └── NetworkUnreachable       connection, DNS or timeout: transient, no attempt counted
 
@@ -443,6 +444,17 @@ class RouteOffline(RouteRefused):
             auth_lane=refusal.auth_lane,
             cost_lane=refusal.cost_lane,
         )
+
+
+class ReceiptsDamaged(WaystationError):
+    """The receipts' Merkle tree lacks what the receipts say it holds: rows were removed or edited
+    behind the agent's back (500; `receipts verify` names what)."""
+
+    code = "receipts_damaged"
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"{problem}: the receipts were edited; `waystation receipts verify` names what")
+        self.problem = problem
 
 
 class DeliveryError(WaystationError):

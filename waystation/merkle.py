@@ -142,6 +142,14 @@ def check_consistency(old_size: int, size: int, old_root: bytes, root: bytes, pr
         raise ProofError("the consistency proof does not match the roots")
 
 
+def root_of(leaves: list[bytes]) -> bytes:
+    """MTH of these leaf hashes, held in memory (a block's worth)."""
+    tree = CompactRange()
+    for leaf in leaves:
+        tree.append(leaf)
+    return tree.root()
+
+
 class CompactRange:
     """The roots of the perfect subtrees of the leaves seen so far, left to right: a tree's root
     at any size in O(log n) memory, for a pass over every leaf."""

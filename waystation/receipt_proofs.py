@@ -20,7 +20,7 @@ import structlog
 from waystation import receipt_tree
 from waystation.checkpoints import Checkpoint, SigningKey, VerifierKey, open_checkpoint
 from waystation.db import Database
-from waystation.errors import BadCheckpoint
+from waystation.errors import BadCheckpoint, ReceiptsDamaged
 from waystation.merkle import ProofError, check_consistency, leaf_hash, root_from_inclusion
 from waystation.receipts import get_receipt, receipt_hash
 
@@ -86,7 +86,7 @@ async def extends(db: Database, old: Checkpoint, new: Checkpoint) -> bool:
     try:
         proof = await receipt_tree.consistency(db, old.size, new.size)
         check_consistency(old.size, new.size, old.root, new.root, proof)
-    except (ProofError, receipt_tree.MissingNode):
+    except (ProofError, ReceiptsDamaged):
         return False
     return True
 

@@ -1,9 +1,11 @@
 """The receipts' Merkle tree in SQLite: each receipt a leaf in chain order, kept as it appends.
 
-A leaf's data is the 32 bytes of the receipt's `hash`; `merkle_nodes` keeps every perfect
-subtree's root by (level, index), so a root, an inclusion proof or a consistency proof reads
-O(log n) rows, and an append writes its leaf and the subtrees it completes (two rows on average).
-`receipts.leaf` is each receipt's index in the tree, so a proof finds its leaf without counting.
+A leaf's data is the 32 bytes of the receipt's `hash`. Like C2SP's tiles, the tree is stored
+in blocks: `merkle_nodes` keeps the root of every perfect subtree of 16 leaves or more, by
+(level, index), and what lies below a block's root is computed from its 16 receipts when asked
+(`receipts.leaf` is each receipt's index in the tree; it is found by its row id, `seq`, which runs
+alongside, or searched for where removed rows left a gap). So an append writes one row in 16, a
+root or a proof reads O(log n) rows and at most a block of receipts per level it touches.
 
 Called only inside a write transaction, like `receipts.append`, so leaves never interleave.
 """
@@ -16,8 +18,16 @@ from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
-from waystation.errors import NotFound
-from waystation.merkle import CompactRange, Node, consistency_proof, inclusion_proof, leaf_hash, subtree_root
+from waystation.errors import NotFound, ReceiptsDamaged
+from waystation.merkle import (
+    CompactRange,
+    Node,
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    root_of,
+    subtree_root,
+)
 
 if TYPE_CHECKING:  # db.py imports this module for its migration
     from waystation.db import Database
@@ -35,6 +45,8 @@ CREATE TABLE merkle_nodes (
 ) WITHOUT ROWID
 """
 BACKFILL_PAGE = 5000
+STORED_FROM = 4  # the lowest level stored: a block of 16 leaves, as one tile's row of C2SP's tiles
+BLOCK = 1 << STORED_FROM
 
 
 def size(conn: sqlite3.Connection) -> int:
@@ -55,31 +67,62 @@ def append_leaf(conn: sqlite3.Connection, receipt_hash: str, index: int) -> int:
     edge = _edges.get(id(conn))
     if edge is None or edge[0] is not conn or edge[1].size != index:
         try:
-            peaks = [_node(conn, level, position) for level, position in CompactRange.peak_nodes(index)]
-        except MissingNode:  # rows removed from the table: it is an index of the receipts, rebuilt
+            edge = (conn, CompactRange(index, _peaks(conn, index)))
+        except ReceiptsDamaged:  # rows removed from the table: it is an index of the receipts, rebuilt
             rebuild(conn)
             return append_leaf(conn, receipt_hash, size(conn))
-        edge = (conn, CompactRange(index, peaks))
         _edges[id(conn)] = edge
         while len(_edges) > MAX_EDGES:  # connections come and go (tests, CLI runs): keep a few
             del _edges[next(iter(_edges))]
-    made = edge[1].append(leaf_hash(_leaf_data(receipt_hash)))
-    if len(made) == 1:  # half of all appends: skip executemany's own overhead
-        conn.execute("INSERT OR REPLACE INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", made[0])
-    else:
-        conn.executemany("INSERT OR REPLACE INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", made)
+    made = [node for node in edge[1].append(leaf_hash(_leaf_data(receipt_hash))) if node[0] >= STORED_FROM]
+    if made:
+        try:
+            _insert(conn, made)
+        except sqlite3.IntegrityError:  # nodes left past the head by receipts removed: replaced
+            conn.execute("DELETE FROM merkle_nodes WHERE ((idx + 1) << level) > ?", (index,))
+            _insert(conn, made)
     return index
+
+
+def _insert(conn: sqlite3.Connection, nodes: list[tuple[int, int, bytes]]) -> None:
+    if len(nodes) == 1:  # most appends complete one subtree: executemany costs more for one row
+        conn.execute("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes[0])
+    else:
+        conn.executemany("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
 
 
 _edges: dict[int, tuple[sqlite3.Connection, CompactRange]] = {}
 MAX_EDGES = 8
 
 
-def _node(conn: sqlite3.Connection, level: int, index: int) -> bytes:
-    row = conn.execute("SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?", (level, index)).fetchone()
-    if row is None:
-        raise MissingNode(f"the receipt tree has no node ({level}, {index})")
-    return bytes(row[0])
+def _peaks(conn: sqlite3.Connection, size: int) -> list[bytes]:
+    """The roots of the perfect subtrees a tree of `size` splits into: stored ones read, those
+    below a block computed from the receipts at the tail (the head's block, under 16 of them)."""
+    peaks, wanted = [], CompactRange.peak_nodes(size)
+    block_start = size & ~(BLOCK - 1)
+    tail = _tail_leaves(conn, block_start, size) if size > block_start else []
+    for level, position in wanted:
+        if level >= STORED_FROM:
+            row = conn.execute(
+                "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?", (level, position)
+            ).fetchone()
+            if row is None:
+                raise ReceiptsDamaged(f"the receipt tree has no node ({level}, {position})")
+            peaks.append(bytes(row[0]))
+        else:
+            first = (position << level) - block_start
+            peaks.append(root_of(tail[first : first + (1 << level)]))
+    return peaks
+
+
+def _tail_leaves(conn: sqlite3.Connection, start: int, size: int) -> list[bytes]:
+    """The leaf hashes of leaves [start, size), the chain's last: by row id back from the head."""
+    rows = conn.execute(
+        "SELECT leaf, hash FROM receipts ORDER BY seq DESC LIMIT ?", (size - start,)
+    ).fetchall()
+    if [leaf for leaf, _ in reversed(rows)] != list(range(start, size)):
+        raise ReceiptsDamaged(f"the receipts of leaves {start} to {size - 1} are not all there")
+    return [leaf_hash(_leaf_data(text)) for _, text in reversed(rows)]
 
 
 def _leaf_data(receipt_hash: str) -> bytes:
@@ -116,10 +159,15 @@ def rebuild(conn: sqlite3.Connection) -> None:
 # --- reading: each answer reads the O(log n) nodes it needs in one query ------------------------
 
 
+async def size_of(db: Database) -> int:
+    """How many leaves the tree has (see `size`)."""
+    row = await db.fetchone("SELECT leaf FROM receipts ORDER BY seq DESC LIMIT 1")
+    return 0 if row is None or row[0] is None else int(row[0]) + 1
+
+
 async def head(db: Database) -> tuple[int, bytes]:
     """(size, root) of the tree now."""
-    row = await db.fetchone("SELECT leaf FROM receipts ORDER BY seq DESC LIMIT 1")
-    size = 0 if row is None or row[0] is None else int(row[0]) + 1
+    size = await size_of(db)
     return size, await root(db, size)
 
 
@@ -148,7 +196,8 @@ async def holds(db: Database, expected: list[tuple[int, int, bytes]]) -> bool:
     level, since a page of leaves completes a contiguous run of nodes at each level."""
     by_level: dict[int, dict[int, bytes]] = {}
     for level, index, digest in expected:
-        by_level.setdefault(level, {})[index] = digest
+        if level >= STORED_FROM:  # below, the receipts the caller just hashed are the tree
+            by_level.setdefault(level, {})[index] = digest
     for level, wanted in by_level.items():
         rows = await db.fetchall(
             "SELECT idx, hash FROM merkle_nodes WHERE level = ? AND idx BETWEEN ? AND ?",
@@ -159,8 +208,24 @@ async def holds(db: Database, expected: list[tuple[int, int, bytes]]) -> bool:
     return True
 
 
-class MissingNode(LookupError):
-    """The tree lacks a node it should have: the table was edited."""
+async def _leaves(db: Database, indexes: list[int]) -> dict[int, bytes]:
+    """The leaf hashes of these leaves: by row id where `seq` runs alongside `leaf` (always,
+    unless rows were removed), else by a search of `leaf` for those not found so."""
+    if not indexes:
+        return {}
+    head = await db.fetchone("SELECT seq - leaf FROM receipts ORDER BY seq DESC LIMIT 1")
+    offset = 0 if head is None or head[0] is None else int(head[0])
+    marks = ", ".join("?" * len(indexes))
+    rows = await db.fetchall(
+        f"SELECT leaf, hash FROM receipts WHERE seq IN ({marks})", [offset + i for i in indexes]
+    )
+    found = {int(leaf): text for leaf, text in rows if leaf is not None}
+    if missing := [i for i in indexes if i not in found]:
+        more = await db.fetchall(
+            f"SELECT leaf, hash FROM receipts WHERE leaf IN ({', '.join('?' * len(missing))})", missing
+        )
+        found.update((int(leaf), text) for leaf, text in more)
+    return {i: leaf_hash(_leaf_data(found[i])) for i in indexes if i in found}
 
 
 async def _computed(db: Database, compute: Callable[[Node], T]) -> T:
@@ -174,8 +239,18 @@ async def _computed(db: Database, compute: Callable[[Node], T]) -> T:
 
     compute(placeholder)
     by_level: dict[int, list[int]] = {}
+    low: list[tuple[int, int]] = []
     for level, index in dict.fromkeys(wanted):
-        by_level.setdefault(level, []).append(index)
+        if level >= STORED_FROM:
+            by_level.setdefault(level, []).append(index)
+        else:
+            low.append((level, index))
+    leaves = await _leaves(db, sorted({i for lv, ix in low for i in range(ix << lv, (ix + 1) << lv)}))
+    found: dict[tuple[int, int], bytes] = {}
+    for level, index in low:
+        block = [leaves.get(i) for i in range(index << level, (index + 1) << level)]
+        if all(leaf is not None for leaf in block):
+            found[(level, index)] = root_of([leaf for leaf in block if leaf is not None])
     # One statement, a primary-key lookup per level (a row-value IN over VALUES would scan).
     parts, params = [], []
     for level, indexes in by_level.items():
@@ -184,15 +259,14 @@ async def _computed(db: Database, compute: Callable[[Node], T]) -> T:
             f"({', '.join('?' * len(indexes))})"
         )
         params += [level, *indexes]
-    found: dict[tuple[int, int], bytes] = {}
     if parts:
         rows = await db.fetchall(" UNION ALL ".join(parts), params)
-        found = {(level, index): bytes(digest) for level, index, digest in rows}
+        found.update(((level, index), bytes(digest)) for level, index, digest in rows)
 
     def node(level: int, index: int) -> bytes:
         try:
             return found[(level, index)]
         except KeyError:
-            raise MissingNode(f"the receipt tree has no node ({level}, {index})") from None
+            raise ReceiptsDamaged(f"the receipt tree has no node ({level}, {index})") from None
 
     return compute(node)

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from waystation import receipt_tree, timeutil
 from waystation.checkpoints import Checkpoint
 from waystation.db import Database
-from waystation.errors import NotFound
+from waystation.errors import NotFound, ReceiptsDamaged
 from waystation.merkle import EMPTY_ROOT, CompactRange, ProofError, check_consistency, leaf_hash
 
 GENESIS_HASH = "0" * 64
@@ -221,7 +221,10 @@ async def verify_database(db: Database, checkpoint: Checkpoint | None = None) ->
     must have the root the receipts give, and with a `checkpoint` (already known to be signed by
     us) the receipts must still begin with the tree it names: consistent, not truncated, rolled
     back or rewritten. Receipts appended meanwhile wait for the next verify."""
-    size, stored_root = await receipt_tree.head(db)
+    try:
+        size, stored_root = await receipt_tree.head(db)
+    except ReceiptsDamaged:  # the walk below names what was removed
+        size, stored_root = await receipt_tree.size_of(db), None
     chain, seq = ChainCheck(None if checkpoint is None else checkpoint.size), 0
     while chain.count < size and (
         rows := await db.fetchall(
@@ -249,7 +252,7 @@ async def verify_database(db: Database, checkpoint: Checkpoint | None = None) ->
     try:  # RFC 6962: the proof a remote party would check, from the stored tree
         proof = await receipt_tree.consistency(db, checkpoint.size, size)
         check_consistency(checkpoint.size, size, checkpoint.root, stored_root, proof)
-    except (ProofError, receipt_tree.MissingNode):
+    except (ProofError, ReceiptsDamaged):
         consistent = False
     else:
         consistent = chain.root_at_mark == checkpoint.root
