@@ -351,3 +351,27 @@ async def test_a_tree_of_several_stored_blocks_proves_every_kind_of_leaf(
     assert (await verdict(db, key, early)).ok
     stored = (await db.fetchone("SELECT COUNT(*) FROM merkle_nodes"))[0]
     assert stored == 7  # 4 blocks of 16, 2 of 32, 1 of 64: nothing below a block
+
+
+async def test_the_tree_stays_right_when_a_write_rolls_back_and_another_process_appends(
+    db: Database, key: SigningKey
+) -> None:
+    await chain(db, 20)
+
+    def append_then_fail(conn: sqlite3.Connection) -> None:
+        append(conn, ReceiptDraft(kind="task", status="ok", route=ROUTE, task_id="t_undone"))
+        raise ValueError("the op fails after its receipt: its savepoint is rolled back")
+
+    with pytest.raises(ValueError):
+        await db.write(append_then_fail)
+    # Another process (the command line, with no agent) appends the receipt at that very place.
+    other = sqlite3.connect(db.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    append(other, ReceiptDraft(kind="task", status="ok", route=ROUTE, task_id="t_elsewhere"))
+    other.execute("COMMIT")
+    other.close()
+    await chain(db, 15)  # the agent's connection appends again, past a block boundary
+    hashes = [bytes.fromhex(h) for (h,) in await db.fetchall("SELECT hash FROM receipts ORDER BY seq")]
+    _, size, root = c2sp_open(await kept_checkpoint(db, key), str(key.verifier))
+    assert (size, root) == (36, rfc6962_mth(hashes))
+    assert (await verify_database(db)).ok

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 import structlog
@@ -57,24 +58,28 @@ def size(conn: sqlite3.Connection) -> int:
     return 0 if row is None or row[0] is None else int(row[0]) + 1
 
 
-def append_leaf(conn: sqlite3.Connection, receipt_hash: str, index: int) -> int:
-    """Add leaf `index`, of a receipt whose `hash` (hex) is given, and the subtrees it completes;
-    the index it took (another only if the tree was damaged and rebuilt from the receipts first).
+def append_leaf(conn: sqlite3.Connection, receipt_hash: str, index: int, previous: str | None = None) -> int:
+    """Add leaf `index`, of a receipt whose `hash` (hex) is given after the one whose hash is
+    `previous` (the chain's head; None for the first), and the subtrees it completes; the index it
+    took (another only if the tree was damaged and rebuilt from the receipts first).
 
     The right edge of the tree (its perfect subtrees' roots) is kept in memory per connection, so
     an append reads nothing; it is read again from the table when the tree moved without us (a
-    rolled-back write, another process appending, receipts removed)."""
+    rolled-back write, another process appending, receipts removed): when the edge's size or its
+    last leaf is not the head the database has."""
     edge = _edges.get(id(conn))
-    if edge is None or edge[0] is not conn or edge[1].size != index:
+    if edge is None or edge.conn is not conn or edge.tree.size != index or edge.last != previous:
         try:
-            edge = (conn, CompactRange(index, _peaks(conn, index)))
+            edge = _Edge(conn, CompactRange(index, _peaks(conn, index)), previous)
         except ReceiptsDamaged:  # rows removed from the table: it is an index of the receipts, rebuilt
             rebuild(conn)
-            return append_leaf(conn, receipt_hash, size(conn))
+            head = conn.execute("SELECT hash FROM receipts ORDER BY seq DESC LIMIT 1").fetchone()
+            return append_leaf(conn, receipt_hash, size(conn), head[0] if head else None)
         _edges[id(conn)] = edge
         while len(_edges) > MAX_EDGES:  # connections come and go (tests, CLI runs): keep a few
             del _edges[next(iter(_edges))]
-    made = [node for node in edge[1].append(leaf_hash(_leaf_data(receipt_hash))) if node[0] >= STORED_FROM]
+    made = [node for node in edge.tree.append(leaf_hash(_leaf_data(receipt_hash))) if node[0] >= STORED_FROM]
+    edge.last = receipt_hash
     if made:
         try:
             _insert(conn, made)
@@ -84,6 +89,13 @@ def append_leaf(conn: sqlite3.Connection, receipt_hash: str, index: int) -> int:
     return index
 
 
+@dataclass
+class _Edge:
+    conn: sqlite3.Connection
+    tree: CompactRange
+    last: str | None  # the hash of the receipt at the tree's last leaf
+
+
 def _insert(conn: sqlite3.Connection, nodes: list[tuple[int, int, bytes]]) -> None:
     if len(nodes) == 1:  # most appends complete one subtree: executemany costs more for one row
         conn.execute("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes[0])
@@ -91,7 +103,7 @@ def _insert(conn: sqlite3.Connection, nodes: list[tuple[int, int, bytes]]) -> No
         conn.executemany("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
 
 
-_edges: dict[int, tuple[sqlite3.Connection, CompactRange]] = {}
+_edges: dict[int, _Edge] = {}
 MAX_EDGES = 8
 
 
@@ -136,12 +148,13 @@ def _leaf_data(receipt_hash: str) -> bytes:
 
 def backfill(conn: sqlite3.Connection) -> None:
     """Migration 5: the tree of the receipts already there, in chain order, a page at a time."""
-    seq, index = 0, 0
+    seq, index, previous = 0, 0, None
     while rows := conn.execute(
         "SELECT seq, hash FROM receipts WHERE seq > ? ORDER BY seq LIMIT ?", (seq, BACKFILL_PAGE)
     ).fetchall():
         for row_seq, receipt_hash in rows:
-            append_leaf(conn, receipt_hash, index)
+            append_leaf(conn, receipt_hash, index, previous)
+            previous = receipt_hash
             conn.execute("UPDATE receipts SET leaf = ? WHERE seq = ?", (index, row_seq))
             index += 1
         seq = rows[-1][0]

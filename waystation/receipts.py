@@ -121,7 +121,9 @@ def append(conn: sqlite3.Connection, draft: ReceiptDraft) -> dict[str, Any]:
     }
     body["hash"] = receipt_hash(body)
     # The next leaf of the Merkle tree: one past the head's, unless a damaged tree was rebuilt.
-    leaf = receipt_tree.append_leaf(conn, body["hash"], 0 if row is None else row[1] + 1)
+    leaf = receipt_tree.append_leaf(
+        conn, body["hash"], 0 if row is None else row[1] + 1, None if row is None else row[0]
+    )
     conn.execute(
         "INSERT INTO receipts (id, kind, task_id, turn_id, body, hash, leaf) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (body["id"], draft.kind, draft.task_id, draft.turn_id, canonical_json(body), body["hash"], leaf),
