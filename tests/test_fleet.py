@@ -288,3 +288,20 @@ def test_doctor_checks_the_hub(hub: NatsServer, tmp_path: Path) -> None:
     assert refused.startswith("fail") and "JetStream" in refused, refused
     unreachable = fleet_line("nats://127.0.0.1:9")
     assert unreachable.startswith("fail") and "127.0.0.1:9" in unreachable, unreachable
+
+
+def test_connecting_again_closes_the_connection_before(hub: NatsServer) -> None:
+    from waystation.adapters.fleet.hub import Hub
+    from waystation.config import FleetSettings
+
+    async def twice() -> bool:
+        fleet = Hub(FleetSettings(url=hub.url, host="edge-c"), quiet=True)
+        await fleet.connect()
+        first = fleet._nc
+        await fleet.connect()  # as after streams that could not be made: a retry
+        try:
+            return first is not None and first.is_closed
+        finally:
+            await fleet.close()
+
+    assert asyncio.run(twice())

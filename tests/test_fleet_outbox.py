@@ -97,3 +97,20 @@ async def test_a_checkpoint_goes_once_its_receipts_are_there(db: Database) -> No
     assert await box.checkpoint(note)
     assert not await box.checkpoint(note)  # once
     assert [h["Nats-Msg-Id"] for h, _ in hub.held("waystation.edge.checkpoints")] == ["edge-4"]
+
+
+async def test_a_new_hub_or_a_renamed_host_gets_the_chain_from_its_start(db: Database) -> None:
+    chain = await make_receipts(db, 5)
+    await (await outbox(db, MemoryHub(window_s=0))).drain(lambda: True)
+    fresh = MemoryHub(window_s=0)  # the position says 5, but this hub holds nothing of ours
+    assert await (await outbox(db, fresh)).drain(lambda: True) == 5
+    assert held_ids(fresh) == chain
+
+
+async def test_a_hub_restored_from_an_older_copy_gets_what_it_lost(db: Database) -> None:
+    chain = await make_receipts(db, 8)
+    hub = MemoryHub(window_s=0)
+    await (await outbox(db, hub)).drain(lambda: True)
+    hub.streams[SUBJECT] = hub.streams[SUBJECT][:3]  # its storage rolled back to an older copy
+    assert await (await outbox(db, hub)).drain(lambda: True) == 5
+    assert held_ids(hub) == chain

@@ -166,10 +166,14 @@ class Fleet:
     async def _work(self) -> None:
         await self._ready.wait()
         sub = await self.hub.work(self.host)
-        while True:
-            await self._online.wait()
-            for msg in await fetch(sub, WORK_BATCH, WORK_WAIT_S):
-                await self._take(msg)
+        try:
+            while True:
+                await self._online.wait()
+                for msg in await fetch(sub, WORK_BATCH, WORK_WAIT_S):
+                    await self._take(msg)
+        finally:  # a failed fetch restarts this loop with a new subscription: drop this one
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _take(self, msg: Msg) -> None:
         """One message as a local task, acked once committed; a malformed one is terminated."""

@@ -62,7 +62,7 @@ HOSTS_TTL_S = DAY_S
 CONNECT_TIMEOUT_S = 3
 REQUEST_TIMEOUT_S = 5.0
 SEQ_HEADER = "Waystation-Seq"  # the receipt's place in the host's chain, for resuming the outbox
-SAFE_URL = re.compile(r"//[^/@]*@")
+SAFE_URL = re.compile(r"//[^/]*@")  # to the last "@" before the path: a password may hold "@"
 
 
 def safe_url(url: str) -> str:
@@ -139,7 +139,9 @@ class Hub:
         return self._js
 
     async def connect(self) -> None:
-        """Connect once (FleetError if that fails); after that nats-py reconnects by itself."""
+        """Connect once (FleetError if that fails); after that nats-py reconnects by itself. A
+        connection from an earlier try (one whose streams could not be made) is closed first."""
+        await self.close()
         options: dict[str, Any] = {}
         if self._creds:
             options["user_credentials"] = self._creds

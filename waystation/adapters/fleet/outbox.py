@@ -53,12 +53,20 @@ class Outbox:
         self._synced = False
 
     async def _resync(self) -> None:
+        """Move the position to what the stream holds of this host's chain: past it when the hub
+        has more than the mark says (an ack lost, a kill -9 before the mark), back to it when it
+        has less (a new hub, a hub restored from an older copy, a renamed host): the stream must
+        always hold the chain from its start."""
         headers = await self._hub.last_headers(RECEIPTS_STREAM, receipts_subject(self._host))
         self._synced = True
         if not headers or not (headers.get(SEQ_HEADER) or "").isdigit():
+            if self.published:
+                log.warning("the hub holds none of this host's receipts; sending the chain from its start")
+                self.published, self._checkpoint = 0, 0
+                await self._mark()
             return
         seq, receipt_id = int(headers[SEQ_HEADER]), headers.get("Nats-Msg-Id")
-        if seq <= self.published:
+        if seq == self.published:
             return
         row = await self._db.fetchone("SELECT id FROM receipts WHERE seq = ?", (seq,))
         if row is None or row["id"] != receipt_id:
@@ -69,7 +77,13 @@ class Outbox:
                 hub_seq=seq,
             )
             return
-        log.info("the hub has receipts past the mark; resuming after them", mark=self.published, seq=seq)
+        log.info(
+            "the hub's receipts end elsewhere than the mark; resuming after them",
+            mark=self.published,
+            seq=seq,
+        )
+        if seq < self.published:
+            self._checkpoint = 0  # its checkpoints may have gone with the receipts
         self.published = seq
         await self._mark()
 
@@ -111,6 +125,11 @@ class Outbox:
             log.info("the hub had this receipt already", receipt_id=row["id"])
         self.published = seq
 
+    async def _leaves_published(self) -> int:
+        """How many leaves of the receipt tree the hub holds (the position is a row id)."""
+        row = await self._db.fetchone("SELECT leaf FROM receipts WHERE seq = ?", (self.published,))
+        return 0 if row is None or row["leaf"] is None else int(row["leaf"]) + 1
+
     async def _mark(self) -> None:
         position = self.published
 
@@ -133,7 +152,7 @@ class Outbox:
             size = Checkpoint.parse(note).size
         except BadCheckpoint:
             return False
-        if size <= self._checkpoint or size > self.published:
+        if size <= self._checkpoint or size > await self._leaves_published():
             return False
         await self._hub.publish(checkpoints_subject(self._host), note.encode(), f"{self._host}-{size}")
         self._checkpoint = size
