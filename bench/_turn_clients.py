@@ -9,11 +9,14 @@ what the model produced while its event loop was busy as one event).
 from __future__ import annotations
 
 import json
+import statistics
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from _harness import print_table
 
 
 @dataclass
@@ -117,3 +120,16 @@ def raw_turn(llm: Any, prompt: str, max_tokens: int) -> Run:
     run = summarize(started, stamps, time.perf_counter(), pieces, tokens)
     run.cpu_ms_per_token = (time.process_time() - cpu) * 1000 / max(1, run.tokens)
     return run
+
+
+def print_sides(runs: Mapping[str, Sequence[Run]]) -> None:
+    """One row per side: the medians of its runs."""
+
+    def col(name: str, attr: str) -> float:
+        return float(statistics.median(getattr(r, attr) for r in runs[name]))
+
+    print_table(
+        ["side (median)", "decode tok/s", "TTFT ms", "CPU ms/token", "tokens", "SSE events"],
+        [(n, col(n, "decode_tps"), col(n, "ttft_ms"), col(n, "cpu_ms_per_token"), col(n, "tokens"),
+          col(n, "events")) for n in runs],
+    )  # fmt: skip

@@ -62,7 +62,7 @@ import numpy as np
 from _harness import Agent, print_notes, print_table, progress, running_agent, uds_client
 from _llama_server import running, threads_in_log
 from _tiny_gguf import write_tiny_gguf
-from _turn_clients import Run, agent_turn, raw_turn, server_turn
+from _turn_clients import Run, agent_turn, print_sides, raw_turn, server_turn
 from turns import PROMPTS, Turn, timed
 
 from waystation.adapters.models.llamacpp import LlamaOptions
@@ -269,16 +269,8 @@ def dead_agents(*agents: Agent) -> str:
 def report(label: str, measured: Measured, max_tokens: int) -> None:
     runs, notes = measured
     median = statistics.median
-
-    def col(name: str, attr: str) -> float:
-        return float(median(getattr(r, attr) for r in runs[name]))
-
     print(f"\n### {label}\n")
-    print_table(
-        ["side (median)", "decode tok/s", "TTFT ms", "CPU ms/token", "tokens", "SSE events"],
-        [(n, col(n, "decode_tps"), col(n, "ttft_ms"), col(n, "cpu_ms_per_token"), col(n, "tokens"),
-          col(n, "events")) for n in runs],
-    )  # fmt: skip
+    print_sides(runs)
     print()
     rows = []
     for a, b, note in [

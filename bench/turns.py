@@ -42,7 +42,7 @@ import httpx
 from _harness import cpu_seconds, print_notes, print_table, proc_status, progress, running_agent, uds_client
 from _llama_server import build_record, cache_dir, ensure_built, running, threads_in_log
 from _tiny_gguf import write_tiny_gguf
-from _turn_clients import Run, agent_turn, raw_turn, server_turn
+from _turn_clients import Run, agent_turn, print_sides, raw_turn, server_turn
 
 from waystation.adapters.models.cpu_cores import physical_cores
 from waystation.adapters.models.embedded import default_model_path
@@ -146,16 +146,8 @@ def timed(pid: int, turn: Turn) -> Turn:
 def report(label: str, measured: Measured, threads: int, max_tokens: int) -> None:
     runs, server_threads = measured
     median = statistics.median
-
-    def col(name: str, attr: str) -> float:
-        return float(median(getattr(r, attr) for r in runs[name]))
-
     print(f"\n### {label}\n")
-    print_table(
-        ["side (median)", "decode tok/s", "TTFT ms", "CPU ms/token", "tokens", "SSE events"],
-        [(n, col(n, "decode_tps"), col(n, "ttft_ms"), col(n, "cpu_ms_per_token"), col(n, "tokens"),
-          col(n, "events")) for n in runs],
-    )  # fmt: skip
+    print_sides(runs)
     print()
     rows = []
     for a, b, goal in [
