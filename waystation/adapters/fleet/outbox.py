@@ -64,6 +64,7 @@ class Outbox:
                 log.warning("the hub holds none of this host's receipts; sending the chain from its start")
                 self.published, self._checkpoint = 0, 0
                 await self._mark()
+                await self._keep("checkpoints", 0)
             return
         seq, receipt_id = int(headers[SEQ_HEADER]), headers.get("Nats-Msg-Id")
         if seq == self.published:
@@ -84,6 +85,7 @@ class Outbox:
         )
         if seq < self.published:
             self._checkpoint = 0  # its checkpoints may have gone with the receipts
+            await self._keep("checkpoints", 0)
         self.published = seq
         await self._mark()
 
@@ -132,16 +134,18 @@ class Outbox:
 
     async def _mark(self) -> None:
         position = self.published
+        await self._keep("receipts", position)
+        self._marked = position
 
+    async def _keep(self, name: str, position: int) -> None:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO fleet_outbox (name, position) VALUES ('receipts', ?) "
+                "INSERT INTO fleet_outbox (name, position) VALUES (?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-                (position,),
+                (name, position),
             )
 
         await self._db.write(op)
-        self._marked = position
 
     async def checkpoint(self, note: str | None) -> bool:
         """Publish the signed checkpoint once the hub has every receipt it covers (and not one
@@ -156,13 +160,5 @@ class Outbox:
             return False
         await self._hub.publish(checkpoints_subject(self._host), note.encode(), f"{self._host}-{size}")
         self._checkpoint = size
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO fleet_outbox (name, position) VALUES ('checkpoints', ?) "
-                "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-                (size,),
-            )
-
-        await self._db.write(op)
+        await self._keep("checkpoints", size)
         return True
