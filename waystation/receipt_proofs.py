@@ -20,8 +20,8 @@ import structlog
 from waystation import receipt_tree
 from waystation.checkpoints import Checkpoint, SigningKey, VerifierKey, open_checkpoint
 from waystation.db import Database
-from waystation.errors import BadCheckpoint, ReceiptsDamaged
-from waystation.merkle import ProofError, check_consistency, leaf_hash, root_from_inclusion
+from waystation.errors import BadCheckpoint
+from waystation.merkle import leaf_hash, root_from_inclusion
 from waystation.receipts import get_receipt, receipt_hash
 
 log = structlog.get_logger(__name__)
@@ -81,16 +81,6 @@ def stored_note(state: Path) -> str | None:
     return None
 
 
-async def extends(db: Database, old: Checkpoint, new: Checkpoint) -> bool:
-    """Whether the tree `new` names extends `old` (RFC 6962 consistency, from the stored tree)."""
-    try:
-        proof = await receipt_tree.consistency(db, old.size, new.size)
-        check_consistency(old.size, new.size, old.root, new.root, proof)
-    except (ProofError, ReceiptsDamaged):
-        return False
-    return True
-
-
 async def keep_checkpoint(db: Database, key: SigningKey, state: Path) -> int | None:
     """Sign the tree now and keep it as the state directory's checkpoint, unless the tree does not
     extend the one kept there (receipts removed or rewritten behind the agent's back): then that
@@ -102,7 +92,7 @@ async def keep_checkpoint(db: Database, key: SigningKey, state: Path) -> int | N
             old = open_checkpoint(kept, key.verifier)
             if (old.size, old.root) == (made.size, made.root):
                 return made.size
-            if not await extends(db, old, made):
+            if not await receipt_tree.extends(db, old.size, old.root, made.size, made.root):
                 log.error(
                     "the receipts no longer extend the stored checkpoint; keeping it",
                     checkpoint_size=old.size,

@@ -23,6 +23,8 @@ from waystation.errors import NotFound, ReceiptsDamaged
 from waystation.merkle import (
     CompactRange,
     Node,
+    ProofError,
+    check_consistency,
     consistency_proof,
     inclusion_proof,
     leaf_hash,
@@ -194,6 +196,16 @@ async def inclusion(db: Database, index: int, size: int) -> list[bytes]:
 
 async def consistency(db: Database, old_size: int, size: int) -> list[bytes]:
     return await _computed(db, lambda node: consistency_proof(node, old_size, size))
+
+
+async def extends(db: Database, old_size: int, old_root: bytes, size: int, root: bytes) -> bool:
+    """Whether the tree (size, root) extends (old_size, old_root): the RFC 6962 consistency proof
+    between them, made from the stored tree and checked, as a remote party would check it."""
+    try:
+        check_consistency(old_size, size, old_root, root, await consistency(db, old_size, size))
+    except (ProofError, ReceiptsDamaged):
+        return False
+    return True
 
 
 async def leaf_of(db: Database, receipt_id: str) -> tuple[int, str]:
