@@ -375,13 +375,7 @@ class Receiver:
 
     def close(self) -> None:
         self._http.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
         assert self.proc.stdout is not None
         self.proc.stdout.close()
 
@@ -461,6 +455,17 @@ def receiver_main(host: str = "127.0.0.1") -> None:
         await runner.cleanup()
 
     asyncio.run(main())
+
+
+def terminate(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL if it has not gone within 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def free_port() -> int:

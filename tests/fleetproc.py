@@ -22,7 +22,7 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
-from agentproc import Agent, free_port, wait_for
+from agentproc import Agent, free_port, terminate, wait_for
 
 
 def nats_server_binary() -> str:
@@ -68,13 +68,8 @@ class NatsServer:
             return s.connect_ex((self.listen, self.port)) == 0
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            terminate(self.proc)
         self.proc = None
 
 
