@@ -53,7 +53,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,25 +60,11 @@ import httpx
 import numpy as np
 from _harness import Agent, print_notes, print_table, progress, running_agent, uds_client
 from _llama_server import running, threads_in_log
-from _tiny_gguf import write_tiny_gguf
+from _tiny_gguf import Shape, write_llama_gguf, write_tiny_gguf
 from _turn_clients import Run, agent_turn, print_sides, raw_turn, server_turn
 from turns import PROMPTS, Turn, timed
 
 from waystation.adapters.models.llamacpp import LlamaOptions
-
-CONTEXT = 8192
-SEED = 13
-
-
-@dataclass(frozen=True)
-class Shape:
-    label: str
-    embed: int
-    layers: int
-    heads: int
-    kv_heads: int
-    ffn: int
-
 
 SHAPES = {
     "small": Shape("SmolLM2-135M's shape, f16 random weights", 576, 30, 9, 3, 1536),
@@ -88,63 +73,13 @@ SHAPES = {
 TINY_LABEL = "tiny (bench/_tiny_gguf.py: 2 layers, width 64)"
 
 
+def _f16_weights(rng: np.random.Generator, dims: tuple[int, ...]) -> Any:
+    return (rng.standard_normal(dims, dtype=np.float32) * 0.02).astype(np.float16)
+
+
 def write_random_gguf(out: Path, shape: Shape, tokenizer_from: Path, gguf_py: Path) -> Path:
-    """A llama-architecture GGUF of `shape` with random f16 weights and the tokenizer (and chat
-    template) of `tokenizer_from`; kept when it is there already. The embedding doubles as the
-    output layer, as in SmolLM2."""
-    if out.exists():
-        return out
-    sys.path.insert(0, str(gguf_py))
-    import gguf  # type: ignore[import-not-found, import-untyped, unused-ignore]
-
-    reader = gguf.GGUFReader(tokenizer_from)
-    vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
-    head_dim = shape.embed // shape.heads
-    kv = shape.kv_heads * head_dim
-    rng = np.random.default_rng(SEED)
-
-    def weights(*dims: int) -> Any:
-        return (rng.standard_normal(dims, dtype=np.float32) * 0.02).astype(np.float16)
-
-    def ones(n: int) -> Any:
-        return np.ones(n, dtype=np.float32)
-
-    tmp = out.with_suffix(".tmp")
-    writer = gguf.GGUFWriter(tmp, "llama")
-    writer.add_name(f"waystation-bench-{out.stem}")
-    writer.add_context_length(CONTEXT)
-    writer.add_embedding_length(shape.embed)
-    writer.add_block_count(shape.layers)
-    writer.add_feed_forward_length(shape.ffn)
-    writer.add_head_count(shape.heads)
-    writer.add_head_count_kv(shape.kv_heads)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_vocab_size(vocab)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    for name, field in reader.fields.items():
-        if name.startswith("tokenizer."):
-            sub_type = field.types[1] if len(field.types) > 1 else None
-            writer.add_key_value(name, field.contents(), field.types[0], sub_type)
-    writer.add_tensor("token_embd.weight", weights(vocab, shape.embed))
-    writer.add_tensor("output_norm.weight", ones(shape.embed))
-    for i in range(shape.layers):
-        writer.add_tensor(f"blk.{i}.attn_norm.weight", ones(shape.embed))
-        writer.add_tensor(f"blk.{i}.attn_q.weight", weights(shape.embed, shape.embed))
-        writer.add_tensor(f"blk.{i}.attn_k.weight", weights(kv, shape.embed))
-        writer.add_tensor(f"blk.{i}.attn_v.weight", weights(kv, shape.embed))
-        writer.add_tensor(f"blk.{i}.attn_output.weight", weights(shape.embed, shape.embed))
-        writer.add_tensor(f"blk.{i}.ffn_norm.weight", ones(shape.embed))
-        writer.add_tensor(f"blk.{i}.ffn_gate.weight", weights(shape.ffn, shape.embed))
-        writer.add_tensor(f"blk.{i}.ffn_up.weight", weights(shape.ffn, shape.embed))
-        writer.add_tensor(f"blk.{i}.ffn_down.weight", weights(shape.embed, shape.ffn))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    tmp.rename(out)
-    return out
+    """A llama-architecture GGUF of `shape` with random f16 weights (_tiny_gguf's writer)."""
+    return write_llama_gguf(out, shape, tokenizer_from, gguf_py, _f16_weights, f"waystation-bench-{out.stem}")
 
 
 def make_model(key: str, model_dir: Path, tokenizer: Path, gguf_py: Path) -> tuple[str, Path]:
