@@ -9,10 +9,8 @@ Every failure is one `error: ...` line on stderr; exit codes are the contract's 
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
-from types import ModuleType
 from typing import Annotated
 
 import typer
@@ -27,7 +25,7 @@ from waystation.cli.commands.queue import queue_app
 from waystation.cli.commands.receipts import receipts_app
 from waystation.cli.commands.service import service_app
 from waystation.cli.commands.turn import turn
-from waystation.cli.common import fail, typer_app
+from waystation.cli.common import click_exceptions, fail, typer_app
 from waystation.errors import WaystationError
 
 DEBUG_ENV = "WAYSTATION_DEBUG"
@@ -71,17 +69,9 @@ def _root(
 # --- entry point -------------------------------------------------------------------------------
 
 
-def _click_exceptions() -> ModuleType:
-    # Recent typer vendors click as typer._click; older releases use the click package.
-    try:
-        return importlib.import_module("typer._click.exceptions")
-    except ImportError:
-        return importlib.import_module("click.exceptions")
-
-
 def run_cli(argv: list[str] | None = None) -> int:
     """Run one command; its exit code. Failures print one line on stderr, never a traceback."""
-    click_errors = _click_exceptions()
+    click_errors = click_exceptions()
     try:
         result = app(args=argv, prog_name="waystation", standalone_mode=False)
     except WaystationError as exc:

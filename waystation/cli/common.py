@@ -4,8 +4,10 @@ the progress line shown on a terminal while something slow runs."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import sys
 from collections.abc import Iterator
+from types import ModuleType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -16,6 +18,21 @@ if TYPE_CHECKING:
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print one JSON document (the HTTP API's objects) instead of a table.")
 ]
+
+
+def click_exceptions() -> ModuleType:
+    """click's exceptions module as typer uses it: recent typer vendors click as typer._click,
+    older releases use the click package (a UsageError from the other one would not be caught)."""
+    try:
+        return importlib.import_module("typer._click.exceptions")
+    except ImportError:
+        return importlib.import_module("click.exceptions")
+
+
+def usage_error(message: str, ctx: Any = None) -> Exception:
+    """A usage error (exit 2) saying `message`, to raise."""
+    error: Exception = click_exceptions().UsageError(message, ctx)
+    return error
 
 
 def typer_app(**options: Any) -> typer.Typer:
@@ -65,6 +82,15 @@ class Progress:
         if self._live is not None:
             self._spinner.update(text=text)
             self._live.refresh()
+
+    def note(self, line: str) -> None:
+        """A line on stderr that stays: printed above the spinner while one shows (a plain write
+        would be overdrawn by its next refresh)."""
+        if self._live is not None:
+            self._live.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
 
     def stop(self) -> None:
         if self._live is not None:
