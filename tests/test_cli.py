@@ -5,7 +5,8 @@ that need the agent exit 3. With a real agent (`waystation run`, forced offline)
 commands go through the socket and answer the same objects.
 
 Exit codes checked here: 0 ok, 1 error (unknown tool, bad tool args, key conflict, not found,
-broken chain, bad config), 2 usage (bad --args JSON, bad --state, bad mode), 3 agent not running.
+broken chain, bad config), 2 usage (bad --args JSON, bad --state, bad mode, `turn show` without an
+id), 3 agent not running.
 """
 
 from __future__ import annotations
@@ -179,6 +180,11 @@ def test_unknown_tool_and_bad_tool_args_are_errors(home: Path) -> None:
         ["receipts", "ls", "--limit", "5000"],
         ["connectivity", "set", "sideways"],
         ["queue", "nonsense"],
+        ["turn", "show"],
+        ["turn", "wait"],
+        ["turn", "ls", "--state", "sleeping"],
+        ["turn", "ls", "--limit", "0"],
+        ["turn", "Hello", "--state", "ok"],
     ],
 )
 def test_usage_errors_exit_2_with_one_line(home: Path, argv: list[str]) -> None:
@@ -197,7 +203,48 @@ def test_reads_on_a_fresh_home_create_nothing(home: Path) -> None:
     assert cli(home, "receipts", "export").stdout == ""
     missing = cli(home, "queue", "show", "t_missing")
     assert missing.returncode == 1 and "no task" in one_error_line(missing)
+    assert ok_json(home, "turn", "ls") == []
+    assert cli(home, "turn", "ls").stdout == "no turns\n"
     assert not (home / "waystation.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage"),
+    [
+        (["turn", "show"], "waystation turn show TURN_ID [--json]"),
+        (["turn", "wait", "--json"], "waystation turn wait TURN_ID [--timeout S] [--json]"),
+    ],
+)
+def test_turn_show_and_wait_without_an_id_say_the_usage(home: Path, argv: list[str], usage: str) -> None:
+    done = cli(home, *argv)
+    assert done.returncode == 2 and done.stdout == ""
+    assert f"needs a turn id: {usage}" in one_error_line(done)
+    assert not (home / "waystation.db").exists()  # no turn ran
+
+
+REFUSED = ("--route", "compatible")  # no server configured: refused at once, no model runs
+
+
+def test_turn_ls_without_an_agent_reads_the_database(home: Path) -> None:
+    for prompt in ("first question", "second question"):
+        assert cli(home, "turn", prompt, *REFUSED).returncode == 4
+    turns = ok_json(home, "turn", "ls")
+    assert [t["prompt"] for t in turns] == ["second question", "first question"]  # newest first
+    assert {t["state"] for t in turns} == {"refused"}
+    assert set(turns[0]) >= {"turn_id", "state", "route", "model", "prompt", "text", "tool_calls"}
+    assert ok_json(home, "turn", "ls", "--limit", "1") == turns[:1]
+    assert ok_json(home, "turn", "ls", "--state", "refused") == turns
+    assert ok_json(home, "turn", "ls", "--state", "ok") == []
+    bad = cli(home, "turn", "ls", "--state", "sleeping")
+    assert bad.returncode == 2
+    assert "use one of running, parked, resuming, deferred, ok, refused, error, interrupted" in bad.stderr
+    human = cli(home, "turn", "ls")
+    assert human.returncode == 0, human.stderr
+    header, *rows = human.stdout.splitlines()
+    assert header.split() == ["id", "state", "route", "age", "prompt", "answer", "/", "reason"]
+    assert rows[0].startswith(turns[0]["turn_id"])
+    assert "refused" in rows[0] and "compatible" in rows[0] and "second question" in rows[0]
+    assert "no server configured" in rows[0]
 
 
 def test_queue_ls_show_cancel_retry(home: Path) -> None:
@@ -429,6 +476,15 @@ def test_queue_through_the_agent(agent: Agent) -> None:
     assert cli(home, "receipts", "export").stdout == exported
     assert ok_json(home, "queue", "show", task["id"])["state"] == "cancelled"
     assert cli(home, "status").returncode == 3
+
+
+def test_turn_ls_through_the_agent_answers_its_turns(agent: Agent) -> None:
+    assert cli(agent.home, "turn", "hello there", *REFUSED).returncode == 4
+    listed = ok_json(agent.home, "turn", "ls")
+    assert listed == agent.api("GET", "/v1/turns").json()
+    assert [t["prompt"] for t in listed] == ["hello there"]
+    assert ok_json(agent.home, "turn", "ls", "--state", "parked") == []
+    assert ok_json(agent.home, "turn", "show", listed[0]["turn_id"])["state"] == "refused"
 
 
 def test_task_added_by_cli_is_delivered_when_online(agent: Agent, receiver: Receiver) -> None:

@@ -1,7 +1,9 @@
 """Progress on a terminal, and shell completion: the real CLI under a pseudo-terminal.
 
 `waystation turn` shows a spinner on stderr ("loading model…", then "thinking…" once the model
-is in memory) until the reply starts; `waystation queue flush` follows the queue counts until
+is in memory) until the reply starts, and `turn wait` says what a parked turn waits for ("parked:
+waiting for the network (1 call)"); a turn that parks says how to get its answer later;
+`waystation queue flush` follows the queue counts until
 nothing is left or connectivity is not online. Neither shows anything of the kind when its
 output is piped, and --show-completion prints a completion script.
 """
@@ -164,6 +166,40 @@ def test_turn_piped_shows_no_spinner(agent: Agent) -> None:
     assert as_json.returncode == 0, as_json.stderr
     assert json.loads(as_json.stdout)["text"] is not None
     assert "\x1b" not in as_json.stdout + as_json.stderr
+
+
+# --- a parked turn ---------------------------------------------------------------------------------
+
+PARK = ("turn", f"Fetch {URL} and tell me its title.", "--tools", "required", "--route", "local")
+WAITS_FOR_THE_NETWORK = "parked: waiting for the network (1 call)"
+
+
+@pytest.fixture(scope="module")
+def parked(agent: Agent) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """(the id, the piped run) of one turn that parked its call: the agent is offline."""
+    done = piped(agent.home, *PARK)
+    assert done.returncode == 0, done.stderr
+    (turn,) = agent.api("GET", "/v1/turns", params={"state": "parked"}).json()
+    return turn["turn_id"], done
+
+
+def test_turn_wait_on_a_terminal_says_the_turn_waits_for_the_network(
+    agent: Agent, parked: tuple[str, subprocess.CompletedProcess[str]]
+) -> None:
+    turn_id, _ = parked
+    code, out = in_terminal(agent.home, "turn", "wait", turn_id, "--timeout", "2")
+    assert code == 5, out  # still parked when it stopped waiting
+    assert WAITS_FOR_THE_NETWORK in out
+    assert f"turn {turn_id} is still parked" in out
+    assert "Traceback" not in out and "error:" not in out
+    # Never with --json, nor when stderr is not a terminal.
+    code, out = in_terminal(agent.home, "turn", "wait", turn_id, "--timeout", "1", "--json")
+    assert code == 5, out
+    assert "waiting for the network" not in out
+    done = piped(agent.home, "turn", "wait", turn_id, "--timeout", "1")
+    assert done.returncode == 5, done.stderr
+    assert done.stdout == turn_id + "\n"
+    assert "waiting for the network" not in done.stderr and "\x1b" not in done.stderr
 
 
 # --- queue flush -----------------------------------------------------------------------------------

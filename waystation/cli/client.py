@@ -358,6 +358,12 @@ class Waystation:
 
         return self._answer("GET", f"/v1/turns/{_seg(turn_id)}", turns.get, turn_id)
 
+    def list_turns(self, state: str | None, limit: int) -> list[dict[str, Any]]:
+        """Newest first."""
+        from waystation.station.ops import turns
+
+        return self._answer("GET", "/v1/turns", turns.list_turns, state, limit, query=("state", "limit"))
+
     def get_receipt(self, receipt_id: str) -> dict[str, Any]:
         from waystation.station.ops import receipts
 

@@ -217,6 +217,51 @@ def task_detail(task: Mapping[str, Any]) -> None:
 # --- turns -------------------------------------------------------------------------------------
 
 
+def parked_calls(turn: Mapping[str, Any]) -> int:
+    """How many of the turn's calls still wait in the queue for the network."""
+    return sum(
+        1
+        for call in turn.get("tool_calls") or []
+        if call.get("task_id") and call.get("task_state") in ("pending", "running")
+    )
+
+
+def n_calls(n: int) -> str:
+    return f"{n} call{'' if n == 1 else 's'}"
+
+
+def _start(text: object, width: int) -> str:
+    """The beginning of a text on one line, cut with an ellipsis."""
+    line = " ".join(str(text or "").split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def turn_outcome(turn: Mapping[str, Any]) -> str:
+    """In a few words how the turn ended, or what it waits for."""
+    if turn.get("state") == "ok":
+        return str(turn.get("text") or "")
+    if turn.get("state") == "parked" and parked_calls(turn):
+        return f"waiting on {n_calls(parked_calls(turn))}"
+    return str(turn.get("reason") or "")
+
+
+def turns_table(turns: list[dict[str, Any]]) -> None:
+    if not turns:
+        say("no turns")
+        return
+    table = _table("id", "state", "route", "age", "prompt", "answer / reason")
+    for t in turns:
+        table.add_row(
+            _text(t.get("turn_id")),
+            _styled(t.get("state")),
+            _text(t.get("route")),
+            _text(ago(t.get("created_at"))),
+            _text(_start(t.get("prompt"), 40)),
+            _text(_start(turn_outcome(t), 60)),
+        )
+    console().print(table)
+
+
 def turn_detail(turn: Mapping[str, Any]) -> None:
     """A turn: its answer when it has one, else where it stands; then its calls."""
     rows: list[tuple[str, object]] = [

@@ -1,5 +1,5 @@
 """`waystation turn`: one turn, through the agent when it runs, else in this process; and the
-turns you come back to (`turn show ID`, `turn wait ID`).
+turns you come back to (`turn ls`, `turn show ID`, `turn wait ID`, in turn_comeback.py).
 
 Through the agent a turn runs in the agent: if this command stops waiting (its --timeout, a
 lost connection) the turn goes on, and the command prints its id and exits 5 instead of
@@ -16,28 +16,45 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import sys
 import time
 from typing import Annotated, Any
 
 import typer
 
-from waystation.cli.common import JsonFlag, Progress, progress, stderr_is_terminal, waystation
+from waystation.cli.commands.turn_comeback import check_state, list_turns, show_turn, wait_for_turn
+from waystation.cli.common import JsonFlag, Progress, progress, stderr_is_terminal, usage_error, waystation
 from waystation.config import Paths, Settings, load_settings
 from waystation.errors import AgentNotRunning, WaystationError
 
-# Exit codes of a turn's final state (the contract's): 5 = still going when we stopped waiting.
-EXIT_FOR_STATE = {"ok": 0, "error": 1, "interrupted": 1, "refused": 4}
-STILL_GOING = 5
-WAITING = ("running", "parked", "resuming", "deferred")
+# What a turn id looks like on the command line: `show`/`wait` before one of these is the
+# subcommand; before any other word it starts a prompt ("show me a haiku").
+TURN_ID = re.compile(r"turn_[A-Za-z0-9]+")
+LS_LIMIT = 100
+
+
+def read_words(words: list[str]) -> tuple[str, str | None]:
+    """What the words ask for: ("ls", None); ("show" or "wait", the turn id, or None when it
+    is missing); or ("prompt", None). Only whole arguments count, so a quoted prompt is always a
+    prompt: `waystation turn "show turn_1a2b"` asks the model."""
+    first, rest = words[0], words[1:]
+    if first == "ls" and not rest:
+        return "ls", None
+    if first in ("show", "wait") and not rest:
+        return first, None
+    if first in ("show", "wait") and len(rest) == 1 and TURN_ID.fullmatch(rest[0]):
+        return first, rest[0]
+    return "prompt", None
 
 
 def turn(
+    ctx: typer.Context,
     words: Annotated[
         list[str],
         typer.Argument(
-            metavar="PROMPT | show TURN_ID | wait TURN_ID",
-            help="What the turn should do; or `show`/`wait` and a turn's id.",
+            metavar="PROMPT | ls | show TURN_ID | wait TURN_ID",
+            help="What the turn should do; or `ls`, or `show`/`wait` and a turn's id.",
         ),
     ],
     route: Annotated[
@@ -77,23 +94,52 @@ def turn(
         float | None,
         typer.Option("--timeout", min=0, help="Stop waiting after this many seconds (exit 5; it goes on)."),
     ] = None,
+    state: Annotated[
+        str | None,
+        typer.Option(
+            "--state",
+            metavar="STATE",
+            callback=check_state,
+            help="`turn ls`: only turns in this state: running, parked, resuming, deferred, ok, "
+            "refused, error or interrupted.",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", min=1, max=1000, help=f"`turn ls`: at most this many (default {LS_LIMIT})."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Run one model turn. Network tool calls made while offline are parked and resume the turn
     once delivered. Exit 4 when the route refuses (it never falls back to another); exit 5 when
     the turn is still going as this command stops waiting (it prints the turn's id).
 
+    `ls` lists turns, newest first. `show TURN_ID` prints one; `wait TURN_ID` waits until it ends
+    (exit 0 ok, 1 error, 4 refused, 5 still going at --timeout). Only `ls` alone, and `show` or
+    `wait` followed by one turn id (`turn_...`), are these commands; `show` and `wait` without an
+    id are usage errors; any other words are a prompt. Quote a prompt to be sure:
+    `waystation turn "show turn_1a2b"` asks the model.
+
     ```
     waystation turn "Summarize https://example.org/ in one line" --wait
     waystation turn "Hello" --route local --json
+    waystation turn ls --state parked
     waystation turn show turn_1a2b3c
     waystation turn wait turn_1a2b3c --timeout 600 --json
     ```
     """
-    if words[0] in ("show", "wait") and len(words) == 2:
-        raise typer.Exit(
-            _show(words[1], as_json) if words[0] == "show" else _wait(words[1], timeout, as_json)
-        )
+    action, turn_id = read_words(words)
+    if action != "ls" and (state is not None or limit is not None):
+        raise usage_error("--state and --limit are for `waystation turn ls`", ctx)
+    if action == "ls":
+        raise typer.Exit(list_turns(state, LS_LIMIT if limit is None else limit, as_json))
+    if action in ("show", "wait") and turn_id is None:
+        options = "[--json]" if action == "show" else "[--timeout S] [--json]"
+        raise usage_error(f"turn {action} needs a turn id: waystation turn {action} TURN_ID {options}", ctx)
+    if action == "show":
+        raise typer.Exit(show_turn(str(turn_id), as_json))
+    if action == "wait":
+        raise typer.Exit(wait_for_turn(str(turn_id), timeout, as_json))
     if tool_choice not in ("auto", "required", "none"):
         raise typer.BadParameter("use auto, required or none", param_hint="--tools")
     body = {
@@ -106,6 +152,10 @@ def turn(
         "defer": defer,
         "keep_alive": keep_alive,
     }
+    raise typer.Exit(_new_turn(body, wait, timeout, as_json))
+
+
+def _new_turn(body: dict[str, Any], wait: bool, timeout: float | None, as_json: bool) -> int:
     deadline = None if timeout is None else time.monotonic() + timeout
     stream = sys.stdout.isatty() and not as_json
     show = stderr_is_terminal() and not as_json
@@ -116,14 +166,14 @@ def turn(
             settings = load_settings(ws.paths)
             result = asyncio.run(_in_process(ws.paths, settings, body, stream, shown))
     if isinstance(result, str):  # we stopped waiting: say where it stands
-        raise typer.Exit(_wait(result, 0.0, as_json))
+        return wait_for_turn(result, 0.0, as_json)
     if wait and result.get("status") == "parked":
         if stream:
             sys.stdout.write("\n")
-        raise typer.Exit(_wait(result["turn_id"], _left(deadline), as_json))
+        return wait_for_turn(result["turn_id"], _left(deadline), as_json)
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
-        return
+        return 0
     if not stream:
         sys.stdout.write(result["text"] + "\n")
     else:
@@ -132,58 +182,11 @@ def turn(
         sys.stderr.write(f"parked: task {task_id} (the turn resumes once it is delivered)\n")
     if result.get("status") == "parked":
         sys.stderr.write(f"turn {result['turn_id']} parked; receipt {result['receipt_id']}\n")
+    return 0
 
 
 def _left(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-def _still_going(turn: dict[str, Any], as_json: bool) -> int:
-    """We stop waiting; the turn goes on: its id (or object), and how to come back to it."""
-    sys.stdout.write((json.dumps(turn) if as_json else turn["turn_id"]) + "\n")
-    turn_id = turn["turn_id"]
-    sys.stderr.write(
-        f"turn {turn_id} is still {turn['state']}; `waystation turn wait {turn_id}` gets its answer\n"
-    )
-    return STILL_GOING
-
-
-def _show(turn_id: str, as_json: bool) -> int:
-    from waystation.cli import render
-
-    with waystation() as ws:
-        found = ws.get_turn(turn_id)
-    render.output(found, as_json, render.turn_detail)
-    return 0
-
-
-def _wait(turn_id: str, timeout: float | None, as_json: bool) -> int:
-    """Poll the turn (through the agent, or the database while none runs) until it ends."""
-    from waystation.cli import render
-
-    deadline = None if timeout is None else time.monotonic() + timeout
-    pause = 0.1
-    told = False
-    with waystation() as ws:
-        while True:
-            try:
-                found = ws.get_turn(turn_id)
-            except AgentNotRunning:  # it stopped under us: read the database until one runs again
-                ws.via_agent = None
-                continue
-            if found["state"] not in WAITING:
-                break
-            if not ws.via_agent and not told:
-                told = True
-                sys.stderr.write(
-                    f"turn {turn_id} is {found['state']}; it goes on once an agent runs (`waystation run`)\n"
-                )
-            if deadline is not None and time.monotonic() >= deadline:
-                return _still_going(found, as_json)
-            time.sleep(min(pause, _left(deadline) or pause))
-            pause = min(pause * 2, 1.0)
-    render.output(found, as_json, render.turn_detail)
-    return EXIT_FOR_STATE.get(found["state"], 1)
 
 
 def _stage_text(stage: str, ahead: int) -> str:

@@ -1,0 +1,135 @@
+"""`waystation turn` says what is happening: which words are a subcommand and which a prompt,
+and what a waiting turn is waiting for.
+
+The word rules and the waiting loop are pure (a scripted reader stands in for the agent).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from waystation.cli.commands.turn import read_words
+from waystation.cli.commands.turn_comeback import follow_turn, waiting_text
+from waystation.errors import AgentNotRunning
+
+# --- which words are a subcommand ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("words", "meant"),
+    [
+        (["ls"], ("ls", None)),
+        (["show"], ("show", None)),
+        (["wait"], ("wait", None)),
+        (["show", "turn_1a2b3c"], ("show", "turn_1a2b3c")),
+        (["wait", "turn_01a24b58bdb205dcf9d76e"], ("wait", "turn_01a24b58bdb205dcf9d76e")),
+        (["show", "me", "a", "haiku"], ("prompt", None)),
+        (["show", "me"], ("prompt", None)),
+        (["wait", "for", "it"], ("prompt", None)),
+        (["wait", "turn_1a2b", "please"], ("prompt", None)),
+        (["show", "turn_"], ("prompt", None)),
+        (["show turn_1a2b"], ("prompt", None)),  # quoted as one argument: always a prompt
+        (["ls", "the", "files"], ("prompt", None)),
+        (["list"], ("prompt", None)),
+        (["Hello"], ("prompt", None)),
+    ],
+)
+def test_words_are_a_subcommand_only_in_its_exact_shape(
+    words: list[str], meant: tuple[str, str | None]
+) -> None:
+    assert read_words(words) == meant
+
+
+# --- what a waiting turn waits for -----------------------------------------------------------------
+
+
+def a_turn(state: str, *task_states: str) -> dict[str, Any]:
+    calls = [
+        {"id": f"c{i}", "tool": "web_fetch", "status": "deferred", "task_id": f"t_{i}", "task_state": s}
+        for i, s in enumerate(task_states)
+    ]
+    return {"turn_id": "turn_1a2b", "state": state, "tool_calls": calls}
+
+
+@pytest.mark.parametrize(
+    ("turn", "text"),
+    [
+        (a_turn("parked", "pending"), "parked: waiting for the network (1 call)"),
+        (a_turn("parked", "pending", "running", "done"), "parked: waiting for the network (2 calls)"),
+        (a_turn("parked", "done"), "resuming"),  # every call answered: it resumes next
+        (a_turn("resuming", "done"), "resuming"),
+        (a_turn("deferred"), "deferred: waiting for the network"),
+        (a_turn("running"), "running"),
+    ],
+)
+def test_waiting_text(turn: dict[str, Any], text: str) -> None:
+    assert waiting_text(turn) == text
+
+
+class ScriptedTurns:
+    """A reader that answers one scripted turn after another (the last one for good)."""
+
+    def __init__(self, *answers: dict[str, Any] | Exception, via_agent: bool = True) -> None:
+        self.answers = list(answers)
+        self.via_agent: bool | None = via_agent
+        self.asked = 0
+
+    def get_turn(self, turn_id: str) -> dict[str, Any]:
+        self.asked += 1
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+class Shown:
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.notes: list[str] = []
+
+    def update(self, text: str) -> None:
+        if not self.texts or self.texts[-1] != text:
+            self.texts.append(text)
+
+    def note(self, line: str) -> None:
+        self.notes.append(line)
+
+
+def test_following_a_turn_says_parked_then_resuming_until_it_ends() -> None:
+    ended = {**a_turn("ok", "done"), "text": "Harbour Lights"}
+    reader = ScriptedTurns(
+        a_turn("running"),
+        a_turn("parked", "pending"),
+        a_turn("parked", "pending"),
+        a_turn("parked", "done"),
+        a_turn("resuming", "done"),
+        ended,
+    )
+    shown, pauses = Shown(), []
+    found, done = follow_turn(reader, "turn_1a2b", None, shown, pauses.append)
+    assert (found, done) == (ended, True)
+    assert shown.texts == ["running", "parked: waiting for the network (1 call)", "resuming"]
+    assert shown.notes == []
+    assert pauses == [0.1, 0.2, 0.4, 0.8, 1.0]  # looks come less often as it waits, at most 1 s apart
+
+
+def test_following_stops_at_the_timeout_with_the_turn_still_parked() -> None:
+    reader = ScriptedTurns(a_turn("parked", "pending"))
+    shown = Shown()
+    found, done = follow_turn(reader, "turn_1a2b", 0.0, shown, lambda _s: None)
+    assert not done and found["state"] == "parked" and reader.asked == 1
+    assert shown.texts == ["parked: waiting for the network (1 call)"]
+
+
+def test_following_without_an_agent_says_once_that_it_needs_one() -> None:
+    reader = ScriptedTurns(
+        AgentNotRunning(Path("/nowhere.sock")), a_turn("parked", "pending"), a_turn("parked", "pending")
+    )
+    reader.via_agent = False
+    shown = Shown()
+    found, done = follow_turn(reader, "turn_1a2b", 0.0, shown, lambda _s: None)
+    assert not done and found["state"] == "parked"
+    assert shown.notes == ["turn turn_1a2b is parked; it goes on once an agent runs (`waystation run`)"]
