@@ -183,6 +183,15 @@ def parked(agent: Agent) -> tuple[str, subprocess.CompletedProcess[str]]:
     return turn["turn_id"], done
 
 
+def test_a_turn_that_parks_says_how_to_get_its_answer(
+    parked: tuple[str, subprocess.CompletedProcess[str]],
+) -> None:
+    turn_id, done = parked
+    assert done.stderr == (
+        f"parked 1 call until the network is back; see the answer with: waystation turn wait {turn_id}\n"
+    )
+
+
 def test_turn_wait_on_a_terminal_says_the_turn_waits_for_the_network(
     agent: Agent, parked: tuple[str, subprocess.CompletedProcess[str]]
 ) -> None:

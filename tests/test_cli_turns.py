@@ -1,5 +1,5 @@
 """`waystation turn` says what is happening: which words are a subcommand and which a prompt,
-and what a waiting turn is waiting for.
+what a waiting turn is waiting for, and the next step for a turn that ends parked.
 
 The word rules and the waiting loop are pure (a scripted reader stands in for the agent).
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from waystation.cli.commands.turn import read_words
+from waystation.cli.commands.turn import parked_note, read_words
 from waystation.cli.commands.turn_comeback import follow_turn, waiting_text
 from waystation.errors import AgentNotRunning
 
@@ -133,3 +133,23 @@ def test_following_without_an_agent_says_once_that_it_needs_one() -> None:
     found, done = follow_turn(reader, "turn_1a2b", 0.0, shown, lambda _s: None)
     assert not done and found["state"] == "parked"
     assert shown.notes == ["turn turn_1a2b is parked; it goes on once an agent runs (`waystation run`)"]
+
+
+# --- the next step for a turn that ends parked -----------------------------------------------------
+
+
+def test_a_parked_turn_names_the_command_that_gets_its_answer() -> None:
+    result = {
+        "turn_id": "turn_ab12",
+        "status": "parked",
+        "tool_calls": a_turn("parked", "pending")["tool_calls"],
+    }
+    assert parked_note(result, in_process=False) == (
+        "parked 1 call until the network is back; see the answer with: waystation turn wait turn_ab12"
+    )
+    assert parked_note(result, in_process=True) == (
+        "parked 1 call until the agent runs (`waystation run`) and the network is back; "
+        "see the answer with: waystation turn wait turn_ab12"
+    )
+    deferred = {"turn_id": "turn_ab12", "status": "parked", "tool_calls": [], "deferred_task_ids": ["t_1"]}
+    assert parked_note(deferred, in_process=False).startswith("deferred the turn until the network is back;")

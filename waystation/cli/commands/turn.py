@@ -7,7 +7,8 @@ reporting a failure. In-process turns use the same database, so a tool call park
 delivered by the agent when it next runs. On a terminal the reply streams as it is generated,
 and while nothing has come yet a spinner on stderr says what is happening: "waiting for the model
 (N ahead)" behind other turns, "loading model…" while it loads, else "thinking…"; never with
---json or when stderr is not a terminal.
+--json or when stderr is not a terminal. A turn that ends parked says on stderr how to get its
+answer later.
 """
 
 from __future__ import annotations
@@ -159,10 +160,12 @@ def _new_turn(body: dict[str, Any], wait: bool, timeout: float | None, as_json: 
     deadline = None if timeout is None else time.monotonic() + timeout
     stream = sys.stdout.isatty() and not as_json
     show = stderr_is_terminal() and not as_json
+    in_process = False
     with waystation() as ws, progress("thinking…", show) as shown:
         try:
             result = _through_agent(ws.agent, body, stream, shown, deadline)
         except AgentNotRunning:
+            in_process = True
             settings = load_settings(ws.paths)
             result = asyncio.run(_in_process(ws.paths, settings, body, stream, shown))
     if isinstance(result, str):  # we stopped waiting: say where it stands
@@ -178,11 +181,22 @@ def _new_turn(body: dict[str, Any], wait: bool, timeout: float | None, as_json: 
         sys.stdout.write(result["text"] + "\n")
     else:
         sys.stdout.write("\n")
-    for task_id in result.get("deferred_task_ids", []):
-        sys.stderr.write(f"parked: task {task_id} (the turn resumes once it is delivered)\n")
     if result.get("status") == "parked":
-        sys.stderr.write(f"turn {result['turn_id']} parked; receipt {result['receipt_id']}\n")
+        sys.stderr.write(parked_note(result, in_process) + "\n")
     return 0
+
+
+def parked_note(result: dict[str, Any], in_process: bool) -> str:
+    """The next step for a turn that ended parked: how its answer is got later."""
+    from waystation.cli.render import n_calls
+
+    calls = sum(1 for call in result.get("tool_calls") or [] if call.get("status") == "deferred")
+    parked = f"parked {n_calls(calls)}" if calls else "deferred the turn"
+    until = "the agent runs (`waystation run`) and " if in_process else ""
+    return (
+        f"{parked} until {until}the network is back; "
+        f"see the answer with: waystation turn wait {result['turn_id']}"
+    )
 
 
 def _left(deadline: float | None) -> float | None:
