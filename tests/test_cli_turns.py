@@ -1,19 +1,29 @@
-"""`waystation turn` says what is happening: which words are a subcommand and which a prompt,
-what a waiting turn is waiting for, and the next step for a turn that ends parked.
+"""`waystation turn` says what is happening: which words are a subcommand and which a prompt, the
+hint for a web address without its scheme, what a waiting turn is waiting for, and the next step
+for a turn that ends parked.
 
-The word rules and the waiting loop are pure (a scripted reader stands in for the agent).
+The word rules, the address detection and the waiting loop are pure (a scripted reader stands in
+for the agent); the hint is checked on the real command, on a route that refuses at once (no
+model runs, the turn still gets its receipt).
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from agentproc import agent_env
 
 from waystation.cli.commands.turn import parked_note, read_words
 from waystation.cli.commands.turn_comeback import follow_turn, waiting_text
+from waystation.cli.schemeless import hint, schemeless_links
 from waystation.errors import AgentNotRunning
+
+REFUSED = ("--route", "compatible")  # no server configured: refused before any model runs
 
 # --- which words are a subcommand ------------------------------------------------------------------
 
@@ -41,6 +51,88 @@ def test_words_are_a_subcommand_only_in_its_exact_shape(
     words: list[str], meant: tuple[str, str | None]
 ) -> None:
     assert read_words(words) == meant
+
+
+# --- web addresses without a scheme ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prompt", "found"),
+    [
+        ("summarise example.com/news", ["example.com/news"]),
+        ("fetch docs.python.org/3/", ["docs.python.org/3/"]),
+        ("what is on www.example.org", ["www.example.org"]),
+        ("read www.bbc.co.uk.", ["www.bbc.co.uk"]),
+        ("Summarise Example.com/news, please", ["Example.com/news"]),
+        ("see (github.com/python/cpython)", ["github.com/python/cpython"]),
+        ("open `docs.rs/tokio`", ["docs.rs/tokio"]),
+        ("try example.com:8080/api?x=1", ["example.com:8080/api?x=1"]),
+        ("news.ycombinator.com/ and lobste.rs/", ["news.ycombinator.com/", "lobste.rs/"]),
+        ("a.com/x then a.com/x again", ["a.com/x"]),
+        ("compare https://example.com/a with example.com/b", ["example.com/b"]),
+    ],
+)
+def test_addresses_without_a_scheme_are_found(prompt: str, found: list[str]) -> None:
+    assert schemeless_links(prompt) == found
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "e.g. this",
+        "i.e., that",
+        "version 3.5 is out",
+        "python 3.12/3.13 differences",
+        "edit notes.txt",
+        "open src/main.py",
+        "run setup.py/build",
+        "read README.md/intro",
+        "example.com",  # a bare host, no path and no www.: too likely a name in a sentence
+        "fetch https://example.com/news",
+        "fetch http://docs.python.org/3/",
+        "mail me at someone@example.com/x",
+        "ASP.NET/Core or Node.js/Express?",
+        "U.S. and U.K.",
+        "192.168.1.1/admin",
+        "localhost:8080/x",
+        "a//b",
+        "",
+    ],
+)
+def test_other_dotted_words_are_not_addresses(prompt: str) -> None:
+    assert schemeless_links(prompt) == []
+
+
+def test_the_hint_says_why_and_how() -> None:
+    assert hint("example.com/news") == (
+        "hint: example.com/news has no http:// or https://, so it will not be fetched; "
+        "write https://example.com/news"
+    )
+
+
+def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "waystation", *args],
+        env=agent_env(home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_prompt_with_a_bare_address_gets_the_hint_and_still_runs(tmp_path: Path) -> None:
+    done = cli(tmp_path, "turn", "summarise", "example.com/news", *REFUSED)
+    assert done.returncode == 4, done.stderr  # it ran: the route refused it
+    lines = done.stderr.splitlines()
+    assert lines[0] == hint("example.com/news")
+    assert lines[1].startswith("error: ")
+    as_json = cli(tmp_path, "turn", "summarise", "example.com/news", *REFUSED, "--json")
+    assert as_json.returncode == 4
+    assert "hint:" not in as_json.stderr
+    plain = cli(tmp_path, "turn", "summarise", "e.g.", "version", "3.5", *REFUSED)
+    assert plain.returncode == 4 and "hint:" not in plain.stderr
+    turns = json.loads(cli(tmp_path, "turn", "ls", "--json").stdout)
+    assert [t["state"] for t in turns] == ["refused"] * 3
 
 
 # --- what a waiting turn waits for -----------------------------------------------------------------

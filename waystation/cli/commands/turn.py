@@ -8,7 +8,8 @@ delivered by the agent when it next runs. On a terminal the reply streams as it 
 and while nothing has come yet a spinner on stderr says what is happening: "waiting for the model
 (N ahead)" behind other turns, "loading model…" while it loads, else "thinking…"; never with
 --json or when stderr is not a terminal. A turn that ends parked says on stderr how to get its
-answer later.
+answer later; a prompt naming a web address without http(s):// gets a hint that it will not be
+fetched (cli/schemeless.py).
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ def turn(
     id are usage errors; any other words are a prompt. Quote a prompt to be sure:
     `waystation turn "show turn_1a2b"` asks the model.
 
+    A web address needs its `https://` to be fetched: a prompt naming `example.com/news` gets a
+    hint on stderr, and the turn runs without fetching it.
+
     ```
     waystation turn "Summarize https://example.org/ in one line" --wait
     waystation turn "Hello" --route local --json
@@ -157,6 +161,11 @@ def turn(
 
 
 def _new_turn(body: dict[str, Any], wait: bool, timeout: float | None, as_json: bool) -> int:
+    from waystation.cli.schemeless import hint, schemeless_links
+
+    if not as_json:
+        for link in schemeless_links(body["prompt"]):
+            sys.stderr.write(hint(link) + "\n")
     deadline = None if timeout is None else time.monotonic() + timeout
     stream = sys.stdout.isatty() and not as_json
     show = stderr_is_terminal() and not as_json
