@@ -23,13 +23,13 @@ from waystation.station.turns.calls import (
     call_key,
     conversation_urls,
     offer,
-    page_text,
     refusal,
-    result_for_model,
 )
 from waystation.station.turns.engine import TurnEngine
+from waystation.station.turns.page_text import page_text
 from waystation.station.turns.records import count_turns, get_turn, list_turns, recover_turns
 from waystation.station.turns.request import TurnRequest, tool_choice
+from waystation.station.turns.results import result_for_model
 from waystation.testing import (
     FakeConnectivity,
     RecordingAnnouncer,
@@ -111,7 +111,7 @@ def test_one_key_per_distinct_call() -> None:
 def test_a_page_reaches_the_model_as_its_title_and_text() -> None:
     assert page_text(PAGE) == ("Harbour news", "Tides\nHigh tide at 6.")
     told = result_for_model({"status": 200, "headers": {"content-type": "text/html"}, "body": PAGE})
-    assert told == "HTTP 200\nTitle: Harbour news\n\nTides\nHigh tide at 6."
+    assert told == "Title: Harbour news\n\nTides\nHigh tide at 6."  # a success needs no status
     assert "<" not in told and "var x" not in told
     assert result_for_model({"status": 404, "headers": {}, "body": '{"error": "gone"}'}) == (
         'HTTP 404\n{"error": "gone"}'

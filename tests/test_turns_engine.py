@@ -252,7 +252,8 @@ async def test_system_prompt_and_required_choice_reach_the_model(
     first, second = model.requests
     assert first.messages[0] == {"role": "system", "content": "Be brief."}
     assert first.tool_choice == "required"
-    assert second.tool_choice == "auto"  # "required" forces the first step only
+    # "required" forces the first step only; with no URL left to call, the next one answers.
+    assert second.tool_choice == "none" and not second.tools
 
 
 # --- parking offline --------------------------------------------------------------------------------
@@ -391,7 +392,7 @@ async def test_online_tool_call_is_delivered_and_its_result_given_to_the_model(
     assert len(model.requests) == 2
     (told,) = tool_messages(model.requests[1])
     assert told["tool_call_id"] == "call_1"
-    assert told["content"].startswith("HTTP 200\n") and "rain tomorrow" in told["content"]
+    assert told["content"] == '{"headline": "rain tomorrow", "path": "/news"}'  # a success: the body
     assert not any(k.startswith("waystation_") for m in model.requests[1].messages for k in m)
 
     assert await count(db, "tasks") == 0  # nothing parked
@@ -481,9 +482,9 @@ async def test_resume_after_settling_writes_a_linked_receipt_with_the_real_resul
 
     # The model saw the real result in place of "deferred".
     (told,) = tool_messages(model.requests[-1])
-    assert told["content"].startswith("HTTP 200\n") and "rain tomorrow" in told["content"]
+    assert told["content"] == '{"headline": "rain tomorrow", "path": "/news"}'  # a success: the body
     assert "deferred" not in told["content"]
-    assert model.requests[-1].tool_choice == "auto"
+    assert model.requests[-1].tool_choice == "none"  # its URL answered: the resumed step answers
 
     turn_receipts = [r for r in await all_receipts(db) if r["kind"] == "turn"]
     assert [r["status"] for r in turn_receipts] == ["parked", "ok"]
@@ -551,7 +552,7 @@ async def test_resume_waits_for_every_task_of_the_turn(
     resumed = await engine.resume(parked.turn_id)
     assert resumed is not None and resumed.text == "both back"
     told = [m["content"] for m in tool_messages(model.requests[-1])]
-    assert len(told) == 2 and all(t.startswith("HTTP 200") for t in told)
+    assert len(told) == 2 and all("rain tomorrow" in t for t in told)
 
 
 async def test_resume_of_an_unknown_turn_is_none(make_engine: EngineFactory) -> None:
@@ -634,7 +635,8 @@ async def test_max_steps_bounds_the_turn_and_the_last_step_answers_in_text(
     model = ScriptedBackend(
         [fetch(destination.url("/0"), "c0"), fetch(destination.url("/1"), "c1"), "final", "never asked"]
     )
-    result = await make_engine(model).run(TurnRequest("loop", max_steps=3))
+    urls = " ".join(destination.url(f"/{i}") for i in range(3))
+    result = await make_engine(model).run(TurnRequest(f"loop over {urls}", max_steps=3))
 
     assert result.text == "final" and result.status == "ok"
     assert [r.tool_choice for r in model.requests] == ["auto", "auto", "none"]

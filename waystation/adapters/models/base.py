@@ -166,3 +166,24 @@ def urls_in(messages: list[Message]) -> list[str]:
         for match in URL_IN_TEXT.findall(str(message.get("content") or "")):
             found[match.rstrip(".,;:!?")] = None
     return list(found)
+
+
+def urls_to_call(messages: list[Message]) -> list[str]:
+    """The URLs the user's messages name that no call in the conversation has used yet: what a
+    next call may still be for (a URL already called has its answer in the conversation)."""
+    called = {
+        str(_call_arguments(call).get("url"))
+        for message in messages
+        for call in message.get("tool_calls") or []
+    }
+    return [url for url in urls_in([m for m in messages if m.get("role") == "user"]) if url not in called]
+
+
+def _call_arguments(call: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An OpenAI-shaped call's arguments (a JSON string) as an object; {} when unreadable."""
+    raw = (call.get("function") or {}).get("arguments")
+    try:
+        arguments = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return {}
+    return arguments if isinstance(arguments, Mapping) else {}

@@ -12,22 +12,25 @@ import ctypes
 import json
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from waystation.adapters.models import fast_grammar
+from waystation.adapters.models import fast_grammar, grounding
 from waystation.adapters.models.base import (
     Generation,
     GenerationRequest,
     Message,
     TokenSink,
     ToolCall,
+    ToolSpec,
     format_instructions,
     parse_tool_reply,
     tool_call_schema,
     tool_instructions,
     urls_in,
+    urls_to_call,
 )
 from waystation.adapters.models.cpu_cores import physical_cores
 from waystation.adapters.models.threaded import Admission, ThreadedBackend
@@ -123,25 +126,20 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
 
     def generate_blocking(self, handle: Loaded, request: GenerationRequest, emit: TokenSink) -> Generation:
         llm = handle.llm
-        messages = [_plain(m) for m in request.messages]
         tools = request.tools if request.tool_choice != "none" else ()
         answer_format = request.response_format
-        # After tool results a small model answers in the JSON it saw its calls written in; held
-        # to {"answer": ...} it answers in words (and its answer is never a tool call's JSON).
-        constrained = bool(tools) or any(m["role"] == "tool" for m in messages)
+        # A step that may call a tool is a constrained JSON reply; an answer after tool results
+        # is free text from them (grounding.py), as the model answers best.
+        constrained = bool(tools)
+        messages, formatted, prompt = self._prompt(handle, request, tools)
         grammar = None
         if constrained:
-            choice = request.tool_choice if tools else "none"
-            messages = _with_system(messages, tool_instructions(tools, choice))
-            schema = _grammar_safe(tool_call_schema(tools, choice, answer_format))
-            grammar = json_grammar(_pin_urls(schema, urls_in(messages)), request)
+            schema = _grammar_safe(tool_call_schema(tools, request.tool_choice, answer_format))
+            # A URL still to call, else any the conversation named (the call is gated either way).
+            urls = urls_to_call(list(request.messages)) or urls_in(messages)
+            grammar = json_grammar(_pin_urls(schema, urls), request)
         elif answer_format is not None:  # the answer is the JSON itself, streamed as text
-            messages = _with_system(messages, format_instructions(answer_format))
             grammar = json_grammar(answer_format, request)
-        formatted = handle.formatter(messages=messages)
-        prompt = llm.tokenize(formatted.prompt.encode(), add_bos=False, special=True)
-        if len(prompt) + request.max_tokens > llm.n_ctx():
-            raise PromptTooLong(len(prompt), llm.n_ctx() - request.max_tokens)
         if constrained:
             system = handle.formatter(messages=messages[:1]).prompt.encode()
             _warm_prefix(handle, _common_prefix(prompt, llm.tokenize(system, add_bos=False, special=True)))
@@ -185,6 +183,32 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
             completion_tokens=completion_tokens,
             finish_reason="tool_calls" if tool_calls else finish,
         )
+
+    def _prompt(
+        self, handle: Loaded, request: GenerationRequest, tools: Sequence[ToolSpec]
+    ) -> tuple[list[Message], Any, list[int]]:
+        """(messages, formatted, prompt tokens) of a generation: tool results in the form the
+        model answers from, cut to fewer passages while the prompt would not fit the context."""
+        llm = handle.llm
+        room = llm.n_ctx() - request.max_tokens
+        budget = grounding.budget_for(llm.n_ctx(), request.max_tokens)
+        while True:
+            if tools:
+                messages = grounding.trimmed(request.messages, budget)
+                messages = _with_system(
+                    [_plain(m) for m in messages], tool_instructions(tools, request.tool_choice)
+                )
+            else:
+                messages = [_plain(m) for m in grounding.grounded(request.messages, budget)]
+                if request.response_format is not None:
+                    messages = _with_system(messages, format_instructions(request.response_format))
+            formatted = handle.formatter(messages=messages)
+            prompt = llm.tokenize(formatted.prompt.encode(), add_bos=False, special=True)
+            if len(prompt) <= room:
+                return messages, formatted, prompt
+            if budget <= grounding.CHUNK_CHARS or not grounding.has_any_results(request.messages):
+                raise PromptTooLong(len(prompt), room)
+            budget //= 2
 
 
 WARM_PREFIXES = 4  # system blocks kept evaluated (each a KV snapshot of a few hundred tokens)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from waystation.adapters.models import grounding
 from waystation.adapters.models.base import (
     Generation,
     GenerationRequest,
@@ -159,6 +160,9 @@ class MlxBackend(ThreadedBackend[MlxModel]):
         """The chat-templated prompt as token ids; PromptTooLong when it fills the context."""
         import jinja2
 
+        budget = grounding.budget_for(handle.context, request.max_tokens)
+        # Tool results in the form the model answers from (grounding.py), as llama.cpp gets them.
+        messages = grounding.trimmed(messages, budget) if tools else grounding.grounded(messages, budget)
         try:
             if tools and handle.tool_template:
                 ids = handle.tokenizer.apply_chat_template(

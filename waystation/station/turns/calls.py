@@ -13,9 +13,7 @@ per distinct call, and results in a form a small model can answer from.
 from __future__ import annotations
 
 import hashlib
-import html.parser
 import json
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,8 +26,7 @@ from waystation.errors import InvalidArguments, MalformedRequest, NoUrlToCall, U
 from waystation.ports import Connectivity, Deliver, Outcome
 from waystation.queue.tasks import NewTask
 from waystation.station.turns.progress import Progress
-
-RESULT_CHARS_FOR_MODEL = 2000  # a tool result is cut to this before the model sees it
+from waystation.station.turns.results import result_for_model, result_summary
 
 
 def conversation_urls(messages: Sequence[Message]) -> list[str]:
@@ -195,78 +192,3 @@ class Caller:
             }
         )
         return False
-
-
-# --- results a small model can read --------------------------------------------------------------
-
-
-def result_for_model(result: Mapping[str, Any] | None, error: str | None = None) -> str:
-    """An HTTP answer as text: the status, and the body; an HTML page as its title and text."""
-    if result is None:
-        return _cut(f"no answer: {error or 'the call could not be made'}")
-    status = result.get("status")
-    headers = result.get("headers") or {}
-    body = str(result.get("body") or "")
-    content_type = str(headers.get("content-type", "")).lower()
-    if "html" in content_type or body.lstrip()[:15].lower().startswith(("<!doctype html", "<html")):
-        title, text = page_text(body)
-        body = f"Title: {title}\n\n{text}" if title else text
-    return _cut(f"HTTP {status}\n{body}")
-
-
-def result_summary(result: Mapping[str, Any] | None, error: str | None = None) -> str:
-    """One line on what a call got, for a person reading the turn: the status, and a page's
-    title or the start of the body."""
-    if result is None:
-        return f"no answer: {error or 'not sent'}"
-    told = result_for_model(result).split("\n")
-    first = next((line for line in told[1:] if line.strip()), "")
-    return f"{told[0]} · {first.removeprefix('Title: ')[:80]}" if first else told[0]
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= RESULT_CHARS_FOR_MODEL else text[:RESULT_CHARS_FOR_MODEL] + "…(truncated)"
-
-
-def page_text(markup: str) -> tuple[str, str]:
-    """(title, visible text) of an HTML page; scripts, styles and tags dropped, spaces collapsed."""
-    reader = _PageReader()
-    reader.feed(markup)
-    reader.close()
-    text = re.sub(r"[ \t\r\f\v]+", " ", "".join(reader.text))
-    text = re.sub(r"\s*\n\s*", "\n", text).strip()
-    return " ".join("".join(reader.title).split()), text
-
-
-class _PageReader(html.parser.HTMLParser):
-    SKIPPED = frozenset({"script", "style", "noscript", "template", "svg", "head"})
-    BLOCKS = frozenset({"p", "div", "br", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "section"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.title: list[str] = []
-        self.text: list[str] = []
-        self._skipping = 0
-        self._in_title = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "title":
-            self._in_title = True
-        elif tag in self.SKIPPED:
-            self._skipping += 1
-        elif tag in self.BLOCKS:
-            self.text.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "title":
-            self._in_title = False
-        elif tag in self.SKIPPED:
-            self._skipping = max(0, self._skipping - 1)
-        elif tag in self.BLOCKS:
-            self.text.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if self._in_title:
-            self.title.append(data)
-        elif not self._skipping:
-            self.text.append(data)

@@ -31,6 +31,7 @@ from waystation.adapters.models.base import (
     TokenSink,
     ToolChoice,
     ToolSpec,
+    urls_to_call,
 )
 from waystation.adapters.tools import ToolRegistry
 from waystation.db import Database
@@ -47,10 +48,11 @@ from waystation.queue.policy import TaskState
 from waystation.queue.store import TaskStore
 from waystation.queue.tasks import NewTask
 from waystation.receipts import ReceiptDraft, RouteInfo, Usage
-from waystation.station.turns.calls import Caller, conversation_urls, offer, offer_client, result_for_model
+from waystation.station.turns.calls import Caller, conversation_urls, offer, offer_client
 from waystation.station.turns.progress import Progress
 from waystation.station.turns.records import TurnRow, claim_for_resume, get_turn, save_turn
 from waystation.station.turns.request import DEFERRED_TURN_TOOL, TurnRequest, TurnResult
+from waystation.station.turns.results import result_for_model
 
 log = structlog.get_logger(__name__)
 
@@ -242,7 +244,10 @@ class TurnEngine:
                 choice = "none"
                 progress.reason = f"answered at the step limit ({request.max_steps} steps)"
             urls = conversation_urls(progress.messages)
-            specs, model_choice = offer(self._tools, choice, urls, self._allow_hosts)
+            # Offered: the URLs still to call (and, before any call, the allowed hosts). Once
+            # every URL the user named has its answer here, the next step answers from them.
+            allowed = self._allow_hosts if not progress.tool_calls else ()
+            specs, model_choice = offer(self._tools, choice, urls_to_call(progress.messages), allowed)
             generation = await self._generate(request, progress, model, specs, model_choice, on_token)
             if _answered(progress, generation):
                 return

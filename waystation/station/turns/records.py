@@ -20,7 +20,7 @@ from typing import Any
 from waystation import timeutil
 from waystation.db import Database
 from waystation.errors import NotFound
-from waystation.station.turns.calls import result_summary
+from waystation.station.turns.results import result_summary
 
 Message = dict[str, Any]
 
