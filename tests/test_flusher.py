@@ -242,3 +242,27 @@ def test_the_breaker_opens_after_failures_in_a_row_and_closes_on_an_answer() -> 
     assert breaker.answered("h", False, 21.0) is True and breaker.next_close(21.0) == 21.0 + 2 * OPEN_FIRST_S
     breaker.answered("h", True, 22.0)  # any answer closes it and forgets the doubling
     assert breaker.open_hosts(22.0) == []
+
+
+async def test_a_host_left_alone_does_not_make_the_flusher_spin(
+    store: TaskStore, flusher: Flusher, delivery: ScriptedDelivery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its tasks leased ahead go back due now while its circuit is open; the flusher must sleep
+    until the circuit closes, not lease (a write each time) in a loop that finds nothing."""
+    leases = 0
+    lease = store.lease
+
+    async def counted(*args: Any, **kwargs: Any) -> list[Task]:
+        nonlocal leases
+        leases += 1
+        return await lease(*args, **kwargs)
+
+    monkeypatch.setattr(store, "lease", counted)
+    delivery.default = Delivery(Outcome.UNREACHABLE, error="dead.example: connection refused")
+    await add(store, flusher, 12, host="dead.example")
+    await until(lambda: len(delivery.calls) >= 2 and flusher.in_flight == 0)
+    await asyncio.sleep(0.1)
+    before = leases
+    await asyncio.sleep(1.0)  # the circuit stays open far longer than this
+    assert leases - before <= 2, leases - before
+    assert len(delivery.calls) <= 4

@@ -642,6 +642,14 @@ async def test_next_due_at(store: TaskStore, clock: list[float]) -> None:
     assert await store.next_due_at() == T0
 
 
+async def test_next_due_at_skips_the_hosts_left_alone(store: TaskStore, clock: list[float]) -> None:
+    await store.enqueue(_new(1, host="down.example.test"))
+    clock[0] += 10
+    await store.enqueue(_new(2, host="up.example.test"))
+    assert await store.next_due_at(skip_hosts=["down.example.test"]) == T0 + 10
+    assert await store.next_due_at(skip_hosts=["down.example.test", "up.example.test"]) is None
+
+
 async def test_for_turn(store: TaskStore) -> None:
     a, _ = await store.enqueue(_new(1, turn_id="u_a"))
     b, _ = await store.enqueue(_new(2, turn_id="u_a"))

@@ -183,10 +183,11 @@ class Flusher:
 
     async def _until_next_due(self) -> float | None:
         hold_back = self._hold_back_bytes()
-        if hold_back is None:
-            next_due = await self._store.next_due_at()
-        else:
-            next_due = await self._store.next_due_at(hold_back_bytes=hold_back)
+        # Tasks of a host left alone may be due already (its tasks leased ahead went back due
+        # now): counting them would make this wait zero, and the loop would lease in vain, again
+        # and again, until the circuit closes. Their time comes with `reopens` below.
+        open_hosts = self._breaker.open_hosts(time.monotonic())
+        next_due = await self._store.next_due_at(hold_back_bytes=hold_back, skip_hosts=open_hosts)
         wait = None if next_due is None else max(0.0, next_due - timeutil.now())
         reopens = self._breaker.next_close(time.monotonic())
         if reopens is not None:  # a host left alone gets its turn again then

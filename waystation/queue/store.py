@@ -9,7 +9,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from waystation import receipts, timeutil
@@ -332,11 +332,16 @@ class TaskStore:
         counts.update({state: n for state, n in rows})
         return counts
 
-    async def next_due_at(self, *, hold_back_bytes: int | None = None) -> float | None:
-        """When the next pending task falls due, ignoring those `hold_back_bytes` holds back."""
+    async def next_due_at(
+        self, *, hold_back_bytes: int | None = None, skip_hosts: Collection[str] = ()
+    ) -> float | None:
+        """When the next pending task falls due, ignoring those `hold_back_bytes` holds back and
+        those bound for `skip_hosts` (hosts the flusher is leaving alone for now)."""
         held_sql, held_params = _hold_back(hold_back_bytes)
+        skip_sql = f" AND host NOT IN ({', '.join('?' for _ in skip_hosts)})" if skip_hosts else ""
         row = await self.db.fetchone(
-            f"SELECT MIN(next_attempt_at) FROM tasks WHERE state = 'pending'{held_sql}", held_params
+            f"SELECT MIN(next_attempt_at) FROM tasks WHERE state = 'pending'{held_sql}{skip_sql}",
+            (*held_params, *skip_hosts),
         )
         return row[0] if row else None
 
