@@ -266,3 +266,17 @@ async def test_a_host_left_alone_does_not_make_the_flusher_spin(
     await asyncio.sleep(1.0)  # the circuit stays open far longer than this
     assert leases - before <= 2, leases - before
     assert len(delivery.calls) <= 4
+
+
+async def test_an_announced_pending_task_wakes_it(
+    store: TaskStore, flusher: Flusher, delivery: ScriptedDelivery
+) -> None:
+    """How a task committed elsewhere (the API, a turn, the fleet's work) reaches a sleeping
+    flusher: the agent hands it every task announcement."""
+    await asyncio.sleep(0.1)  # it looked, found nothing, and sleeps until woken
+    task, _ = await store.enqueue(NewTask("http_request", {"url": "http://a.example/"}, "a.example", "k"))
+    flusher.task_changed({**task.to_json(), "state": "done"})  # a settled task: nothing to send
+    await asyncio.sleep(0.2)
+    assert delivery.calls == []
+    flusher.task_changed(task.to_json())
+    await until(lambda: delivery.keys == ["k"], within=1.0)

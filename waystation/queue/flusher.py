@@ -1,8 +1,9 @@
 """Drains the store while connectivity says online. It only drives; policy and store decide.
 
-The flusher sleeps on one event. It is woken when connectivity turns online, when a task is
-added, when a delivery finishes, or when the next retry falls due, so an idle agent does not poll
-and a returning network starts deliveries at once.
+The flusher sleeps on one event. It is woken when connectivity turns online, when a pending task
+is announced (every committed task is: added over the API or by the fleet, parked by a turn,
+retried; see task_changed), when a delivery finishes, or when the next retry falls due, so an
+idle agent does not poll and a returning network starts deliveries at once.
 
 On a metered connection (the connectivity's ``metered``) large or unsized tasks are not leased
 (see TaskStore.lease's hold_back_bytes) until the connection is unmetered again or an explicit
@@ -17,6 +18,7 @@ import contextlib
 import math
 import random
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -86,6 +88,13 @@ class Flusher:
         """Something changed (a task added or settled, a slot freed, the network back): look again."""
         self._wakes += 1
         self._wake.set()
+
+    def task_changed(self, task: Mapping[str, Any]) -> None:
+        """A listener for announced tasks. Whoever commits a task announces it, so listening here
+        wakes the flusher for every way a task can become pending, without each of them having
+        to know the flusher: one committed pending may be due now."""
+        if task.get("state") == "pending":
+            self.wake()
 
     @property
     def in_flight(self) -> int:
