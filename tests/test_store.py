@@ -334,7 +334,7 @@ async def test_settle_unreachable_counts_no_attempt(store: TaskStore, clock: lis
     settled, receipt = await store.settle(leased, _decision(leased, None, T0, error="refused"), None, 1)
     assert receipt is None
     assert (settled.state, settled.attempts, settled.net_failures) == (TaskState.PENDING, 0, 1)
-    assert settled.last_error == "refused"
+    assert settled.last_error == "destination unreachable: refused"
 
 
 async def test_retries_until_dead_with_exactly_one_receipt(

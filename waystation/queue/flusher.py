@@ -282,9 +282,11 @@ class Flusher:
     async def _deliver_task(self, task: Task) -> None:
         started = time.perf_counter()
         sent = await self._deliver_once(task.tool, task.args, task.idempotency_key)
+        held_s = time.perf_counter() - started
         if sent.outcome == Outcome.UNREACHABLE:
             self._connectivity.report_network_error()
-        if self._breaker.answered(task.host, sent.outcome != Outcome.UNREACHABLE, time.monotonic()):
+        reached = sent.outcome != Outcome.UNREACHABLE
+        if self._breaker.answered(task.host, reached, time.monotonic(), held_s=held_s):
             log.warning("destination keeps not answering; leaving it alone for a while", host=task.host)
             await self._release_host(task.host)
         decision = decide(
@@ -298,7 +300,7 @@ class Flusher:
             retry_after_s=sent.retry_after_s,
             error=sent.error,
         )
-        duration_ms = int((time.perf_counter() - started) * 1000)
+        duration_ms = int(held_s * 1000)
         # The next delivery need not wait for this one's commit (an fsync): the task stays
         # `running` until the settle commits, and a crash before then delivers it again with the
         # same Idempotency-Key, so the window of possible repeats is what the flusher holds.
