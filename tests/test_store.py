@@ -642,6 +642,14 @@ async def test_next_due_at(store: TaskStore, clock: list[float]) -> None:
     assert await store.next_due_at() == T0
 
 
+async def test_a_task_parked_after_a_try_that_got_no_answer_says_so(store: TaskStore) -> None:
+    error = "destination unreachable: api.example.test: ConnectError: refused"
+    task, created = await store.enqueue(_new(1, net_failures=1, last_error=error))
+    assert created and task.state == TaskState.PENDING
+    assert (task.attempts, task.net_failures, task.last_error) == (0, 1, error)
+    assert task.to_json()["last_error"] == error
+
+
 async def test_next_due_at_skips_the_hosts_left_alone(store: TaskStore, clock: list[float]) -> None:
     await store.enqueue(_new(1, host="down.example.test"))
     clock[0] += 10

@@ -417,6 +417,14 @@ async def test_unreachable_destination_while_online_is_parked_and_reported(
     (task_id,) = result.deferred_task_ids
     task = await store.get(task_id)
     assert task.state == TaskState.PENDING and task.turn_id == result.turn_id
+    # It says why it waits (not offline: the destination did not answer), and counts the turn's
+    # try as the flusher counts one: a network failure, no attempt.
+    assert task.attempts == 0 and task.net_failures == 1
+    assert task.last_error is not None
+    assert task.last_error.startswith(f"destination unreachable: 127.0.0.1:{port}: ConnectError")
+    told = json.loads(json.loads((await turn_row(db, result.turn_id))["messages"])[-1]["content"])  # type: ignore[index]
+    assert told["status"] == "deferred" and told["message"].startswith("destination unreachable: ")
+    assert told["message"].endswith(": queued, delivered when it answers")
     (receipt,) = await all_receipts(db)
     assert receipt["status"] == "parked" and receipt["deferred_task_ids"] == [task_id]
 

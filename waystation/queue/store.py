@@ -54,11 +54,25 @@ class TaskStore:
         key = new.idempotency_key or f"waystation-{task_id}"
         args = receipts.canonical_json(new.args)
         expires_at = new.expires_at or now + self.settings.retention_days * 86400
+        values = {
+            "id": task_id,
+            "tool": new.tool,
+            "args": args,
+            "idempotency_key": key,
+            "host": new.host,
+            "state": "pending",
+            "net_failures": new.net_failures,
+            "last_error": new.last_error,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+            "expires_at": expires_at,
+            "turn_id": new.turn_id,
+        }
         cursor = conn.execute(
-            "INSERT INTO tasks (id, tool, args, idempotency_key, host, state, next_attempt_at,"
-            " created_at, updated_at, expires_at, turn_id)"
-            " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
-            (task_id, new.tool, args, key, new.host, now, now, now, expires_at, new.turn_id),
+            f"INSERT INTO tasks ({', '.join(values)}) VALUES ({', '.join('?' for _ in values)})"
+            " ON CONFLICT (idempotency_key) DO NOTHING",
+            tuple(values.values()),
         )
         if cursor.rowcount == 1:
             if self._pending_hosts is not None:
