@@ -156,7 +156,7 @@ async def test_retry_honours_retry_after(
     after = await store.get(task.id)
     assert after.state == TaskState.PENDING and after.attempts == 1
     assert after.next_attempt_at >= before + 600.0
-    assert after.last_error == "HTTP 503; will retry"
+    assert after.last_error == "destination answered HTTP 503"
 
 
 async def test_dead_says_why_with_or_without_an_http_status(

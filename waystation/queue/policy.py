@@ -136,14 +136,15 @@ def decide(
         delay = unreachable_delay(net_failures + 1, settings, rng)
         return Decision(TaskState.PENDING, attempts, net_failures + 1, now + delay, no_answer(error))
     counted = attempts + 1
-    answered = f"HTTP {status}" if status is not None else error or "not now"
+    answered = f"destination answered HTTP {status}" if status is not None else error or "not now"
     if counted >= settings.max_attempts:
         return Decision(TaskState.DEAD, counted, 0, now, f"{answered}; gave up after {counted} attempts")
     delay = backoff_delay(counted, settings, rng)
     if retry_after_s is not None:
         # Honour the destination's Retry-After, but never beyond our own ceiling.
         delay = min(max(delay, retry_after_s), settings.backoff_max_s)
-    return Decision(TaskState.PENDING, counted, 0, now + delay, f"{answered}; will retry")
+    # Pending says it will be retried, and next_attempt_at when: the error says why it was not done.
+    return Decision(TaskState.PENDING, counted, 0, now + delay, answered)
 
 
 def take_per_host(
