@@ -1,7 +1,7 @@
 """Helper servers for the benchmarks, each run in its own process so it has its own event loop.
 
     python bench/_servers.py baseline --uds PATH   # a trivial aiohttp app on a Unix socket
-    python bench/_servers.py receiver              # a delivery target and probe target on loopback
+    python bench/_servers.py receiver [--port N]   # a delivery target and probe target on loopback
 
 Each prints its address on one line once it accepts connections, then serves until SIGTERM.
 """
@@ -107,7 +107,7 @@ class Receiver:
         return app
 
 
-async def serve(kind: str, uds: str | None) -> None:
+async def serve(kind: str, uds: str | None, port: int = 0) -> None:
     app = baseline_app() if kind == "baseline" else Receiver().app()
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -117,7 +117,7 @@ async def serve(kind: str, uds: str | None) -> None:
         await site.start()
         address = uds
     else:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", port)
         await site.start()
         server = site._server
         assert isinstance(server, asyncio.base_events.Server)
@@ -136,10 +136,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("kind", choices=["baseline", "receiver"])
     parser.add_argument("--uds")
+    parser.add_argument("--port", type=int, default=0, help="the receiver's port (default: any free one)")
     args = parser.parse_args()
     if args.kind == "baseline" and not args.uds:
         parser.error("baseline needs --uds PATH")
-    asyncio.run(serve(args.kind, args.uds))
+    asyncio.run(serve(args.kind, args.uds, args.port))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ if [[ -n "${QUICK:-}" ]]; then
     "bench/hostile.py --connections 500 --receipts 20000 --big-tasks 50 --hung 5"
     "bench/receipts_tree.py --sizes 1000,20000 --appends 1000"
     "bench/fleet.py --backlog 1000 --submits 10"
+    "bench/comeback.py --outages 3,10 --rounds 1"
   )
 else
   RUNS=(
@@ -34,6 +35,7 @@ else
     "bench/hostile.py"
     "bench/receipts_tree.py"
     "bench/fleet.py"
+    "bench/comeback.py --outages 3,10,45 --rounds 3"
   )
 fi
 

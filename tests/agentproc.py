@@ -339,14 +339,15 @@ class Receiver:
     Every request is recorded; `hits()` reads the records (the /_hits path is not recorded).
     """
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        """`host`: the address to listen on (another one than loopback: reachable from a netns)."""
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """`host`: the address to listen on (another one than loopback: reachable from a netns);
+        `port`: a given one (a destination that comes back where tasks wait for it), else any."""
         self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-c",
                 f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-                f"import agentproc; agentproc.receiver_main({host!r})",
+                f"import agentproc; agentproc.receiver_main({host!r}, {port})",
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -386,7 +387,7 @@ class Receiver:
         self.close()
 
 
-def receiver_main(host: str = "127.0.0.1") -> None:
+def receiver_main(host: str = "127.0.0.1", port: int = 0) -> None:
     """The receiver process: serve until SIGTERM. Prints its port as the first line."""
     import asyncio
     import collections
@@ -442,7 +443,7 @@ def receiver_main(host: str = "127.0.0.1") -> None:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         sock = socket.socket()
-        sock.bind((host, 0))
+        sock.bind((host, port))
         site = web.SockSite(runner, sock)
         await site.start()
         sys.stdout.write(f"{sock.getsockname()[1]}\n")

@@ -272,6 +272,38 @@ def test_queue_ls_show_cancel_retry(home: Path) -> None:
 
     shown = cli(home, "queue", "show", a["id"])
     assert shown.returncode == 0 and URL in shown.stdout
+    assert shown_row(shown.stdout, "waiting") == "for the agent: it goes out once `waystation run` is up"
+
+
+def shown_row(text: str, name: str) -> str | None:
+    """The value of one `name  value` row of a human `show`, or None."""
+    for line in text.splitlines():
+        key, _, value = line.partition("  ")
+        if key == name:
+            return value.strip()
+    return None
+
+
+def test_waiting_says_why_a_pending_task_has_not_gone_out() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from waystation.cli.render import waiting
+
+    def iso(seconds_from_now: float) -> str:
+        return (datetime.now(UTC) + timedelta(seconds=seconds_from_now)).isoformat()
+
+    refused = "destination unreachable: 127.0.0.1:4242: ConnectError: Cannot connect to host"
+    task = {"state": "pending", "next_attempt_at": iso(4.4), "last_error": refused}
+    assert waiting(task, "online") == f"{refused}; next try in 4s"
+    answered = {**task, "next_attempt_at": iso(30.4), "last_error": "destination answered HTTP 503"}
+    assert waiting(answered, "online") == "destination answered HTTP 503; next try in 30s"
+    assert waiting(task, "offline") == "for the network (offline)"
+    assert waiting(task, "portal") == "for the network (portal)"
+    assert waiting(task, None) == "for the agent: it goes out once `waystation run` is up"
+    assert (
+        waiting({"state": "pending", "next_attempt_at": iso(-1), "last_error": None}, "online") == "due now"
+    )
+    assert waiting({**task, "state": "done"}, "online") is None
 
 
 def test_receipts_ls_show_export_verify(home: Path) -> None:
@@ -451,6 +483,8 @@ def test_queue_through_the_agent(agent: Agent) -> None:
     assert unknown.returncode == 1 and "unknown tool" in one_error_line(unknown)
     missing = cli(home, "queue", "show", "t_missing")
     assert missing.returncode == 1 and "no task" in one_error_line(missing)
+    shown = cli(home, "queue", "show", task["id"])
+    assert shown.returncode == 0 and shown_row(shown.stdout, "waiting") == "for the network (offline)"
 
     flush = cli(home, "queue", "flush")
     assert flush.returncode == 0 and "offline" in flush.stdout

@@ -4,8 +4,10 @@ delivery, a connectivity state the test sets, and an announcer that records.
 What is checked: it delivers only while online and starts the instant the state turns online;
 the keys it sends; the limits on what is in flight (overall and per host); how each outcome
 settles a task (done, retry with Retry-After, dead with the reason, unreachable with no attempt
-counted and the monitor told); metered hold-back and an explicit flush; and that stopping gives
-every task it holds back as pending.
+counted and the monitor told); metered hold-back and an explicit flush; that stopping gives
+every task it holds back as pending; the breaker (a host left alone, briefly when it refuses at
+once, longer when it hangs, without the flusher spinning meanwhile); that an announced pending
+task wakes it; and that a destination back after refusing is delivered within seconds.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from waystation import timeutil
 from waystation.config import QueueSettings
 from waystation.db import Database
 from waystation.ports import Delivery, Outcome
+from waystation.queue import breaker
 from waystation.queue.flusher import Flusher
 from waystation.queue.policy import TaskState
 from waystation.queue.store import TaskStore
@@ -139,7 +142,7 @@ async def test_unreachable_counts_no_attempt_and_tells_the_monitor(
     await until(lambda: flusher.in_flight == 0)
     after = await store.get(task.id)
     assert after.state == TaskState.PENDING and after.attempts == 0 and after.net_failures >= 1
-    assert after.last_error == "a.example: connection refused"
+    assert after.last_error == "destination unreachable: a.example: connection refused"
 
 
 async def test_retry_honours_retry_after(
@@ -153,7 +156,7 @@ async def test_retry_honours_retry_after(
     after = await store.get(task.id)
     assert after.state == TaskState.PENDING and after.attempts == 1
     assert after.next_attempt_at >= before + 600.0
-    assert after.last_error == "HTTP 503; will retry"
+    assert after.last_error == "destination answered HTTP 503"
 
 
 async def test_dead_says_why_with_or_without_an_http_status(
@@ -207,9 +210,11 @@ async def test_stopping_gives_held_tasks_back_as_pending(
 
 
 async def test_a_host_that_keeps_not_answering_is_left_alone_while_others_deliver(
-    store: TaskStore, flusher: Flusher, delivery: ScriptedDelivery
+    store: TaskStore, flusher: Flusher, delivery: ScriptedDelivery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from waystation.queue.breaker import FAILURES_TO_OPEN
+
+    monkeypatch.setattr(breaker, "REFUSING_FIRST_S", 60.0)  # left alone for longer than this test
 
     def answer(call: Any) -> Delivery:
         if "dead.example" in call.args["url"]:
@@ -234,11 +239,118 @@ def test_the_breaker_opens_after_failures_in_a_row_and_closes_on_an_answer() -> 
     from waystation.queue.breaker import OPEN_FIRST_S, Breaker
 
     breaker = Breaker()
-    assert breaker.answered("h", False, 0.0) is False
-    assert breaker.answered("h", False, 1.0) is True  # the second in a row opens it
+    hung = 30.0  # each failure held its slot for a whole delivery timeout
+    assert breaker.answered("h", False, 0.0, held_s=hung) is False
+    assert breaker.answered("h", False, 1.0, held_s=hung) is True  # the second in a row opens it
     assert breaker.open_hosts(2.0) == ["h"] and breaker.next_close(2.0) == 1.0 + OPEN_FIRST_S
     assert breaker.open_hosts(1.0 + OPEN_FIRST_S + 0.1) == []
-    breaker.answered("h", False, 20.0)
-    assert breaker.answered("h", False, 21.0) is True and breaker.next_close(21.0) == 21.0 + 2 * OPEN_FIRST_S
-    breaker.answered("h", True, 22.0)  # any answer closes it and forgets the doubling
+    breaker.answered("h", False, 20.0, held_s=hung)
+    assert breaker.answered("h", False, 21.0, held_s=hung) is True
+    assert breaker.next_close(21.0) == 21.0 + 2 * OPEN_FIRST_S
+    breaker.answered("h", True, 22.0, held_s=0.1)  # any answer closes it and forgets the doubling
     assert breaker.open_hosts(22.0) == []
+
+
+def test_a_host_that_refuses_at_once_is_left_alone_briefly_and_never_long() -> None:
+    """A refused connection holds no slot: the breaker only spaces its backlog's tries, from
+    REFUSING_FIRST_S up to REFUSING_MAX_S (a no-answer retry's longest pause), so the host's
+    return is noticed within that; a hung host (slow failures) still gets the long windows."""
+    from waystation.queue.breaker import OPEN_MAX_S, REFUSING_FIRST_S, REFUSING_MAX_S, Breaker
+    from waystation.queue.policy import UNREACHABLE_MAX_S
+
+    assert REFUSING_MAX_S == UNREACHABLE_MAX_S
+    breaker = Breaker()
+    now, windows = 0.0, []
+    for _ in range(2000):  # a host refusing for most of a day: the windows stay bounded
+        breaker.answered("refusing", False, now, held_s=0.002)
+        if breaker.answered("refusing", False, now, held_s=0.002):
+            closes = breaker.next_close(now)
+            assert closes is not None
+            windows.append(closes - now)
+            now = closes
+    assert windows[:5] == [
+        REFUSING_FIRST_S,
+        2 * REFUSING_FIRST_S,
+        4 * REFUSING_FIRST_S,
+        8 * REFUSING_FIRST_S,
+        REFUSING_MAX_S,
+    ]
+    assert max(windows) == REFUSING_MAX_S
+    for _ in range(20):  # once one failure of the streak held its slot, the long windows apply
+        breaker.answered("hung", False, now, held_s=0.002)
+        breaker.answered("hung", False, now, held_s=30.0)
+        now = breaker.next_close(now) or now
+    assert breaker.answered("hung", False, now, held_s=0.0) is False
+    assert breaker.answered("hung", False, now, held_s=0.0) is True
+    assert breaker.next_close(now) == now + OPEN_MAX_S
+
+
+async def test_a_host_left_alone_does_not_make_the_flusher_spin(
+    store: TaskStore, flusher: Flusher, delivery: ScriptedDelivery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its tasks leased ahead go back due now while its circuit is open; the flusher must sleep
+    until the circuit closes, not lease (a write each time) in a loop that finds nothing."""
+    leases = 0
+    lease = store.lease
+
+    async def counted(*args: Any, **kwargs: Any) -> list[Task]:
+        nonlocal leases
+        leases += 1
+        return await lease(*args, **kwargs)
+
+    monkeypatch.setattr(store, "lease", counted)
+    monkeypatch.setattr(breaker, "REFUSING_FIRST_S", 60.0)  # open for longer than this test
+    delivery.default = Delivery(Outcome.UNREACHABLE, error="dead.example: connection refused")
+    await add(store, flusher, 12, host="dead.example")
+    await until(lambda: len(delivery.calls) >= 2 and flusher.in_flight == 0)
+    await asyncio.sleep(0.1)
+    before = leases
+    await asyncio.sleep(1.0)
+    assert leases - before <= 2, leases - before
+    assert len(delivery.calls) <= 4
+
+
+async def test_an_announced_pending_task_wakes_it(
+    store: TaskStore, flusher: Flusher, delivery: ScriptedDelivery
+) -> None:
+    """How a task committed elsewhere (the API, a turn, the fleet's work) reaches a sleeping
+    flusher: the agent hands it every task announcement."""
+    await asyncio.sleep(0.1)  # it looked, found nothing, and sleeps until woken
+    task, _ = await store.enqueue(NewTask("http_request", {"url": "http://a.example/"}, "a.example", "k"))
+    flusher.task_changed({**task.to_json(), "state": "done"})  # a settled task: nothing to send
+    await asyncio.sleep(0.2)
+    assert delivery.calls == []
+    flusher.task_changed(task.to_json())
+    await until(lambda: delivery.keys == ["k"], within=1.0)
+
+
+async def test_a_destination_back_after_refusing_is_delivered_within_seconds(
+    store: TaskStore,
+    flusher: Flusher,
+    delivery: ScriptedDelivery,
+    connectivity: FakeConnectivity,
+    announced: RecordingAnnouncer,
+) -> None:
+    """Online, the destination refuses for a while (the monitor's probe says online again: the
+    host is not offline, the destination alone is down). The task is tried again on its own,
+    counting no attempt, and goes out soon after the destination is back: no wake, no flush."""
+    back = asyncio.Event()
+
+    def answer(call: Any) -> Delivery:
+        if back.is_set():
+            return delivered()
+        return Delivery(Outcome.UNREACHABLE, error="a.example: ConnectError: connection refused")
+
+    delivery.default = answer
+    (task,) = await add(store, flusher, 1)
+    await until(lambda: len(delivery.calls) >= 2, within=3.0)  # tried again by itself
+    waiting = await store.get(task.id)
+    assert waiting.attempts == 0 and waiting.last_error is not None
+    assert waiting.last_error.startswith("destination unreachable: a.example: ConnectError")
+    back.set()
+    # Its next try is at most a few seconds away (the schedule's early pauses, or the breaker's
+    # first window for a host that refuses at once).
+    await until(lambda: announced.states(task.id)[-1:] == ["done"], within=5.0)
+    done = await store.get(task.id)
+    assert done.state == TaskState.DONE and done.attempts == 1
+    assert connectivity.network_errors == len(delivery.calls) - 1  # each refusal made it probe

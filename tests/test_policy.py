@@ -11,12 +11,17 @@ from waystation.queue.policy import (
     CANCELLABLE,
     RETRYABLE,
     SETTLED,
+    UNREACHABLE_FIRST_S,
+    UNREACHABLE_GROWTH,
+    UNREACHABLE_MAX_S,
     Decision,
     Outcome,
     TaskState,
     backoff_delay,
     classify,
     decide,
+    no_answer,
+    unreachable_delay,
 )
 
 NOW = 1_700_000_000.0
@@ -170,25 +175,52 @@ def test_unreachable_counts_no_attempt_and_never_dies() -> None:
             now=NOW,
             settings=SETTINGS,
             rng=rng,
-            error="connection refused",
+            error="a.example: ConnectError: connection refused",
         )
         assert d.state is TaskState.PENDING
         assert d.attempts == 3
         assert d.net_failures == net_failures + 1
-        assert NOW + SETTINGS.backoff_base_s <= d.next_attempt_at <= NOW + 60.0
-        assert d.error == "connection refused"
+        assert NOW + UNREACHABLE_FIRST_S <= d.next_attempt_at <= NOW + UNREACHABLE_MAX_S
+        assert d.error == "destination unreachable: a.example: ConnectError: connection refused"
         net_failures = d.net_failures
+
+
+def test_unreachable_retries_start_at_a_second_and_grow_to_at_most_thirty() -> None:
+    """The destination alone is down (the monitor says online): its return is noticed by trying,
+    soon at first, then further apart, never more than UNREACHABLE_MAX_S apart. The configured
+    backoff for answers (backoff_base_s, here 50 s) does not slow this down."""
+    settings = QueueSettings(backoff_base_s=50.0, backoff_max_s=3600.0)
+    rng = random.Random(8)
+    assert unreachable_delay(1, settings, rng) == UNREACHABLE_FIRST_S == 1.0
+    assert UNREACHABLE_MAX_S == 30.0
+    for failures in range(2, 40):
+        ceiling = min(UNREACHABLE_MAX_S, UNREACHABLE_GROWTH ** (failures - 1))
+        for _ in range(100):
+            delay = unreachable_delay(failures, settings, rng)
+            assert max(1.0, ceiling / 2) <= delay <= ceiling, (failures, delay)
+    late = [unreachable_delay(60, settings, rng) for _ in range(1000)]
+    assert len(set(late)) > 990 and min(late) < 16.0 and max(late) > 29.0  # jittered over 15-30 s
+
+
+def test_unreachable_retries_keep_within_a_smaller_configured_maximum() -> None:
+    settings = QueueSettings(backoff_base_s=0.1, backoff_max_s=5.0)
+    delays = [unreachable_delay(n, settings, random.Random(n)) for n in range(1, 50)]
+    assert delays[0] == 1.0 and max(delays) <= 5.0
 
 
 def test_unreachable_after_a_very_long_outage_still_decides() -> None:
     d = _decide(Outcome.UNREACHABLE, None, attempts=1, net_failures=2000)
     assert d.state is TaskState.PENDING
     assert d.attempts == 1
-    assert d.next_attempt_at <= NOW + 60.0
+    assert d.next_attempt_at <= NOW + UNREACHABLE_MAX_S
 
 
 def test_unreachable_default_error_text() -> None:
-    assert _decide(Outcome.UNREACHABLE, None).error == "no answer"
+    assert _decide(Outcome.UNREACHABLE, None).error == "destination unreachable: no answer"
+    assert (
+        no_answer("b.example: no answer within 30s")
+        == "destination unreachable: b.example: no answer within 30s"
+    )
 
 
 def test_a_real_answer_resets_net_failures() -> None:
@@ -224,3 +256,42 @@ def test_decide_is_pure() -> None:
     first = _decide(Outcome.RETRY, 500, attempts=4, rng=random.Random(42))
     second = _decide(Outcome.RETRY, 500, attempts=4, rng=random.Random(42))
     assert first == second
+
+
+# --- a destination away for a while, the monitor online --------------------------------------------
+
+
+def comeback(outage_s: float, rng: random.Random) -> tuple[float, int]:
+    """One task whose destination refuses until `outage_s`, driven by `decide` and the flusher's
+    breaker on a simulated clock, as the flusher drives them (each try fails at once; a host
+    left alone is tried when its circuit closes). (How long after the destination's return the
+    task went out, how many tries it took.)"""
+    from waystation.queue.breaker import Breaker
+
+    breaker, now, tries = Breaker(), 0.0, 1  # a turn's call tried once and parked it, due now
+    net_failures, due = 1, 0.0
+    while True:
+        now = max(due, breaker.next_close(now) or now)
+        if now >= outage_s:
+            return now - outage_s, tries
+        tries += 1
+        breaker.answered("h", False, now, held_s=0.001)
+        d = _decide(Outcome.UNREACHABLE, None, net_failures=net_failures, rng=rng)
+        net_failures, due = d.net_failures, now + (d.next_attempt_at - NOW)
+
+
+@pytest.mark.parametrize(("outage_s", "median_under", "worst"), [(10, 3, 10), (120, 20, 30), (3600, 20, 30)])
+def test_a_destination_back_is_noticed_within_seconds_and_never_more_than_thirty(
+    outage_s: float, median_under: float, worst: float
+) -> None:
+    """The figures the schedule was chosen for (policy.UNREACHABLE_FIRST_S): gone 10 s, the task
+    goes out a median ~1.2 s after the return and at worst ~7.5 s; gone an hour, a median ~13 s
+    and never more than UNREACHABLE_MAX_S, after about 145 tries in that hour."""
+    rng = random.Random(2024)
+    runs = [comeback(outage_s, rng) for _ in range(300 if outage_s >= 3600 else 2000)]  # ~1 s each
+    late = sorted(r[0] for r in runs)
+    assert late[len(late) // 2] < median_under, late[len(late) // 2]
+    assert late[-1] <= worst <= UNREACHABLE_MAX_S, late[-1]
+    if outage_s >= 3600:
+        tries_per_hour = sum(r[1] for r in runs) / len(runs) * 3600 / outage_s
+        assert tries_per_hour < 160, tries_per_hour

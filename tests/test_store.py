@@ -334,7 +334,7 @@ async def test_settle_unreachable_counts_no_attempt(store: TaskStore, clock: lis
     settled, receipt = await store.settle(leased, _decision(leased, None, T0, error="refused"), None, 1)
     assert receipt is None
     assert (settled.state, settled.attempts, settled.net_failures) == (TaskState.PENDING, 0, 1)
-    assert settled.last_error == "refused"
+    assert settled.last_error == "destination unreachable: refused"
 
 
 async def test_retries_until_dead_with_exactly_one_receipt(
@@ -640,6 +640,22 @@ async def test_next_due_at(store: TaskStore, clock: list[float]) -> None:
     clock[0] += 10
     await store.enqueue(_new(2))
     assert await store.next_due_at() == T0
+
+
+async def test_a_task_parked_after_a_try_that_got_no_answer_says_so(store: TaskStore) -> None:
+    error = "destination unreachable: api.example.test: ConnectError: refused"
+    task, created = await store.enqueue(_new(1, net_failures=1, last_error=error))
+    assert created and task.state == TaskState.PENDING
+    assert (task.attempts, task.net_failures, task.last_error) == (0, 1, error)
+    assert task.to_json()["last_error"] == error
+
+
+async def test_next_due_at_skips_the_hosts_left_alone(store: TaskStore, clock: list[float]) -> None:
+    await store.enqueue(_new(1, host="down.example.test"))
+    clock[0] += 10
+    await store.enqueue(_new(2, host="up.example.test"))
+    assert await store.next_due_at(skip_hosts=["down.example.test"]) == T0 + 10
+    assert await store.next_due_at(skip_hosts=["down.example.test", "up.example.test"]) is None
 
 
 async def test_for_turn(store: TaskStore) -> None:

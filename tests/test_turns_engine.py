@@ -44,6 +44,7 @@ from waystation.errors import (
     TurnTimeout,
     WaystationError,
 )
+from waystation.queue.flusher import Flusher
 from waystation.queue.policy import TaskState, classify, decide
 from waystation.queue.store import TaskStore
 from waystation.queue.tasks import Task
@@ -57,7 +58,7 @@ from waystation.station.turns.engine import TurnEngine
 from waystation.station.turns.records import get_turn, parked_turns_ready, recover_turns
 from waystation.station.turns.request import TurnRequest
 from waystation.station.turns.resume import Resumptions
-from waystation.testing import FakeConnectivity, RecordingAnnouncer
+from waystation.testing import FakeConnectivity, RecordingAnnouncer, ScriptedDelivery, until
 
 MODEL_FILE = "scripted.gguf"
 
@@ -417,8 +418,62 @@ async def test_unreachable_destination_while_online_is_parked_and_reported(
     (task_id,) = result.deferred_task_ids
     task = await store.get(task_id)
     assert task.state == TaskState.PENDING and task.turn_id == result.turn_id
+    # It says why it waits (not offline: the destination did not answer), and counts the turn's
+    # try as the flusher counts one: a network failure, no attempt.
+    assert task.attempts == 0 and task.net_failures == 1
+    assert task.last_error is not None
+    assert task.last_error.startswith(f"destination unreachable: 127.0.0.1:{port}: ConnectError")
+    told = json.loads(json.loads((await turn_row(db, result.turn_id))["messages"])[-1]["content"])  # type: ignore[index]
+    assert told["status"] == "deferred" and told["message"].startswith("destination unreachable: ")
+    assert told["message"].endswith(": queued, delivered when it answers")
     (receipt,) = await all_receipts(db)
     assert receipt["status"] == "parked" and receipt["deferred_task_ids"] == [task_id]
+
+
+async def test_parked_tasks_are_announced_once_committed(
+    make_engine: EngineFactory, store: TaskStore, destination: Destination
+) -> None:
+    """As a task added over the API is: whoever listens for tasks (the flusher, the event
+    stream) hears of a turn's parked calls too, after the commit that makes them real."""
+    announced = RecordingAnnouncer()
+    model = ScriptedBackend([fetch(destination.url("/news"))])
+    result = await make_engine(model, announce=announced).run(TurnRequest("fetch the news"))
+    (task_id,) = result.deferred_task_ids
+    assert announced.states(task_id) == ["pending"]
+    ((task, receipt),) = announced.tasks
+    assert task == (await store.get(task_id)).to_json() and receipt is None
+    assert announced.turns[0][0]["deferred_task_ids"] == [task_id]
+
+
+async def test_a_parked_call_wakes_the_flusher_with_nothing_else_to_nudge_it(
+    make_engine: EngineFactory, store: TaskStore, connectivity: FakeConnectivity
+) -> None:
+    """The reported bug: a call parked while online (its destination refused the connection)
+    sat pending and due, never tried, until an unrelated `queue add` or a restart woke the
+    flusher. The flusher listens for announced tasks as the agent wires it, and nothing else
+    happens here: the parked task must still go out."""
+    with socket.socket() as s:  # a loopback port with nothing listening: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    connectivity.state = "online"
+    announcer = Announcer(EventBus(), Metrics())
+    delivery = ScriptedDelivery()  # the flusher's try finds the destination back
+    flusher = Flusher(store, delivery, connectivity, QueueSettings(), announcer, rng=random.Random(3))
+    announcer.listen("task", flusher.task_changed)  # as build_agent wires it
+    flushing = asyncio.create_task(flusher.run())
+    try:
+        await asyncio.sleep(0.2)  # it looked, found nothing, and sleeps until woken
+        model = ScriptedBackend([fetch(f"http://127.0.0.1:{port}/hook")])
+        result = await make_engine(model, announce=announcer).run(TurnRequest("post it"))
+        (task_id,) = result.deferred_task_ids
+        await until(lambda: len(delivery.calls) == 1, within=2.0)
+        assert delivery.keys == [(await store.get(task_id)).idempotency_key]
+        await until(lambda: flusher.in_flight == 0)
+        assert (await store.get(task_id)).state == TaskState.DONE
+    finally:
+        flushing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flushing
 
 
 # --- bad calls from the model -------------------------------------------------------------------

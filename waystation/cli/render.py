@@ -190,11 +190,29 @@ def tasks_table(tasks: list[dict[str, Any]]) -> None:
     console().print(table)
 
 
-def task_detail(task: Mapping[str, Any]) -> None:
+def waiting(task: Mapping[str, Any], connectivity: str | None) -> str | None:
+    """Why a pending task has not gone out yet (None in any other state): the agent, the
+    network, or its last failure and when it is tried next. `connectivity` is the monitor's
+    state, None when no agent runs."""
+    if task.get("state") != "pending":
+        return None
+    if connectivity is None:
+        return "for the agent: it goes out once `waystation run` is up"
+    if connectivity != "online":
+        return f"for the network ({connectivity})"
+    next_try = due(task.get("next_attempt_at"))
+    next_try = next_try if next_try == "due now" else f"next try {next_try}"
+    last_error = task.get("last_error")
+    return f"{last_error}; {next_try}" if last_error else next_try
+
+
+def task_detail(task: Mapping[str, Any], waiting: str | None = None) -> None:
+    """One task; `waiting` says why a pending one has not gone out yet (see waiting())."""
     rows: list[tuple[str, object]] = [
         ("id", task.get("id")),
         ("tool", task.get("tool")),
         ("state", _styled(task.get("state"))),
+        *([("waiting", waiting)] if waiting else []),
         ("attempts", task.get("attempts")),
         ("idempotency key", task.get("idempotency_key")),
         ("next attempt", when(task.get("next_attempt_at")) if task.get("next_attempt_at") else None),

@@ -1,8 +1,9 @@
 """Drains the store while connectivity says online. It only drives; policy and store decide.
 
-The flusher sleeps on one event. It is woken when connectivity turns online, when a task is
-added, when a delivery finishes, or when the next retry falls due, so an idle agent does not poll
-and a returning network starts deliveries at once.
+The flusher sleeps on one event. It is woken when connectivity turns online, when a pending task
+is announced (every committed task is: added over the API or by the fleet, parked by a turn,
+retried; see task_changed), when a delivery finishes, or when the next retry falls due, so an
+idle agent does not poll and a returning network starts deliveries at once.
 
 On a metered connection (the connectivity's ``metered``) large or unsized tasks are not leased
 (see TaskStore.lease's hold_back_bytes) until the connection is unmetered again or an explicit
@@ -17,6 +18,7 @@ import contextlib
 import math
 import random
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -86,6 +88,13 @@ class Flusher:
         """Something changed (a task added or settled, a slot freed, the network back): look again."""
         self._wakes += 1
         self._wake.set()
+
+    def task_changed(self, task: Mapping[str, Any]) -> None:
+        """A listener for announced tasks. Whoever commits a task announces it, so listening here
+        wakes the flusher for every way a task can become pending, without each of them having
+        to know the flusher: one committed pending may be due now."""
+        if task.get("state") == "pending":
+            self.wake()
 
     @property
     def in_flight(self) -> int:
@@ -183,10 +192,11 @@ class Flusher:
 
     async def _until_next_due(self) -> float | None:
         hold_back = self._hold_back_bytes()
-        if hold_back is None:
-            next_due = await self._store.next_due_at()
-        else:
-            next_due = await self._store.next_due_at(hold_back_bytes=hold_back)
+        # Tasks of a host left alone may be due already (its tasks leased ahead went back due
+        # now): counting them would make this wait zero, and the loop would lease in vain, again
+        # and again, until the circuit closes. Their time comes with `reopens` below.
+        open_hosts = self._breaker.open_hosts(time.monotonic())
+        next_due = await self._store.next_due_at(hold_back_bytes=hold_back, skip_hosts=open_hosts)
         wait = None if next_due is None else max(0.0, next_due - timeutil.now())
         reopens = self._breaker.next_close(time.monotonic())
         if reopens is not None:  # a host left alone gets its turn again then
@@ -272,9 +282,11 @@ class Flusher:
     async def _deliver_task(self, task: Task) -> None:
         started = time.perf_counter()
         sent = await self._deliver_once(task.tool, task.args, task.idempotency_key)
+        held_s = time.perf_counter() - started
         if sent.outcome == Outcome.UNREACHABLE:
             self._connectivity.report_network_error()
-        if self._breaker.answered(task.host, sent.outcome != Outcome.UNREACHABLE, time.monotonic()):
+        reached = sent.outcome != Outcome.UNREACHABLE
+        if self._breaker.answered(task.host, reached, time.monotonic(), held_s=held_s):
             log.warning("destination keeps not answering; leaving it alone for a while", host=task.host)
             await self._release_host(task.host)
         decision = decide(
@@ -288,7 +300,7 @@ class Flusher:
             retry_after_s=sent.retry_after_s,
             error=sent.error,
         )
-        duration_ms = int((time.perf_counter() - started) * 1000)
+        duration_ms = int(held_s * 1000)
         # The next delivery need not wait for this one's commit (an fsync): the task stays
         # `running` until the settle commits, and a crash before then delivers it again with the
         # same Idempotency-Key, so the window of possible repeats is what the flusher holds.

@@ -50,15 +50,56 @@ def classify(status: int | None) -> Outcome:
     return Outcome.DEAD
 
 
-def backoff_delay(attempts: int, settings: QueueSettings, rng: random.Random) -> float:
-    """Full jitter: uniform between the base and an exponential ceiling capped at the maximum.
+# No answer at all (connection refused, no such name, a timeout) while the monitor says online: the
+# destination alone is away, and its return cannot be seen without trying. So it is tried again
+# from UNREACHABLE_FIRST_S on, each pause UNREACHABLE_GROWTH times the last, never more than
+# UNREACHABLE_MAX_S apart: a task goes out within about the outage's own length of the
+# destination's return, and never more than UNREACHABLE_MAX_S after it, at a cost of one
+# connection attempt (and one monitor probe) each time; the breaker (queue/breaker.py) keeps a
+# host's backlog from multiplying that. Simulated with the breaker (tests/test_policy.py,
+# comeback): gone 10 s, a task goes out a median 1.2 s after the destination's return and at
+# worst 7.5 s; gone an hour, a median 13 s and at most 30 s, after about 145 tries in that hour.
+UNREACHABLE_FIRST_S = 1.0
+UNREACHABLE_GROWTH = 1.5
+UNREACHABLE_MAX_S = 30.0
+# Pauses of a no-answer retry are drawn from the upper half of their band. The full band (as
+# backoff_delay draws) lets a few short draws in a row raise the ceiling before the outage is that
+# old: simulated, a 10 s outage was then noticed up to 11 s late instead of 7.5 s.
+UNREACHABLE_FLOOR = 0.5
+
+
+def jittered(
+    tries: int, first: float, growth: float, most: float, rng: random.Random, floor: float = 0.0
+) -> float:
+    """A pause drawn uniformly up to a ceiling that starts at `first` and grows `growth` times
+    per try after the first, capped at `most`; and from `floor` times that ceiling (never under
+    `first`).
 
     Jitter spreads retries of many tasks that failed together (one destination down), so they do
     not all come back in the same instant.
     """
     # The exponent is capped: 2.0 ** 1024 overflows, and net_failures has no upper bound.
-    ceiling = min(settings.backoff_max_s, settings.backoff_base_s * 2.0 ** min(max(attempts - 1, 0), 1023))
-    return rng.uniform(settings.backoff_base_s, max(settings.backoff_base_s, ceiling))
+    ceiling = max(first, min(most, first * growth ** min(max(tries - 1, 0), 1023)))
+    return rng.uniform(max(first, floor * ceiling), ceiling)
+
+
+def backoff_delay(attempts: int, settings: QueueSettings, rng: random.Random) -> float:
+    """After a destination answered "not now": full jitter, uniform between the base and an
+    exponential ceiling (doubling) capped at the maximum."""
+    return jittered(attempts, settings.backoff_base_s, 2.0, settings.backoff_max_s, rng)
+
+
+def unreachable_delay(net_failures: int, settings: QueueSettings, rng: random.Random) -> float:
+    """After no answer at all, the `net_failures`-th in a row: see UNREACHABLE_FIRST_S. Never
+    beyond the configured backoff_max_s either."""
+    most = min(UNREACHABLE_MAX_S, settings.backoff_max_s)
+    first = min(UNREACHABLE_FIRST_S, most)
+    return jittered(net_failures, first, UNREACHABLE_GROWTH, most, rng, UNREACHABLE_FLOOR)
+
+
+def no_answer(error: str | None) -> str:
+    """What a task records when its destination did not answer (whoever tried it)."""
+    return f"destination unreachable: {error or 'no answer'}"
 
 
 @dataclass(frozen=True)
@@ -90,19 +131,20 @@ def decide(
             return Decision(TaskState.DEAD, attempts, 0, now, error or "cannot be sent")
         return Decision(TaskState.DEAD, attempts + 1, 0, now, f"destination answered HTTP {status}")
     if outcome is Outcome.UNREACHABLE:
-        # Not the destination's answer, so no attempt is counted. Back off a little so one dead
-        # host cannot spin the flusher; a return to `online` makes such tasks due at once.
-        delay = min(backoff_delay(net_failures + 1, settings, rng), 60.0)
-        return Decision(TaskState.PENDING, attempts, net_failures + 1, now + delay, error or "no answer")
+        # Not the destination's answer, so no attempt is counted, and the task never dies of it.
+        # Tried again soon (unreachable_delay); a return to `online` makes such tasks due at once.
+        delay = unreachable_delay(net_failures + 1, settings, rng)
+        return Decision(TaskState.PENDING, attempts, net_failures + 1, now + delay, no_answer(error))
     counted = attempts + 1
-    answered = f"HTTP {status}" if status is not None else error or "not now"
+    answered = f"destination answered HTTP {status}" if status is not None else error or "not now"
     if counted >= settings.max_attempts:
         return Decision(TaskState.DEAD, counted, 0, now, f"{answered}; gave up after {counted} attempts")
     delay = backoff_delay(counted, settings, rng)
     if retry_after_s is not None:
         # Honour the destination's Retry-After, but never beyond our own ceiling.
         delay = min(max(delay, retry_after_s), settings.backoff_max_s)
-    return Decision(TaskState.PENDING, counted, 0, now + delay, f"{answered}; will retry")
+    # Pending says it will be retried, and next_attempt_at when: the error says why it was not done.
+    return Decision(TaskState.PENDING, counted, 0, now + delay, answered)
 
 
 def take_per_host(

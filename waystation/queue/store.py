@@ -9,7 +9,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from waystation import receipts, timeutil
@@ -54,11 +54,25 @@ class TaskStore:
         key = new.idempotency_key or f"waystation-{task_id}"
         args = receipts.canonical_json(new.args)
         expires_at = new.expires_at or now + self.settings.retention_days * 86400
+        values = {
+            "id": task_id,
+            "tool": new.tool,
+            "args": args,
+            "idempotency_key": key,
+            "host": new.host,
+            "state": "pending",
+            "net_failures": new.net_failures,
+            "last_error": new.last_error,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+            "expires_at": expires_at,
+            "turn_id": new.turn_id,
+        }
         cursor = conn.execute(
-            "INSERT INTO tasks (id, tool, args, idempotency_key, host, state, next_attempt_at,"
-            " created_at, updated_at, expires_at, turn_id)"
-            " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
-            (task_id, new.tool, args, key, new.host, now, now, now, expires_at, new.turn_id),
+            f"INSERT INTO tasks ({', '.join(values)}) VALUES ({', '.join('?' for _ in values)})"
+            " ON CONFLICT (idempotency_key) DO NOTHING",
+            tuple(values.values()),
         )
         if cursor.rowcount == 1:
             if self._pending_hosts is not None:
@@ -332,11 +346,16 @@ class TaskStore:
         counts.update({state: n for state, n in rows})
         return counts
 
-    async def next_due_at(self, *, hold_back_bytes: int | None = None) -> float | None:
-        """When the next pending task falls due, ignoring those `hold_back_bytes` holds back."""
+    async def next_due_at(
+        self, *, hold_back_bytes: int | None = None, skip_hosts: Collection[str] = ()
+    ) -> float | None:
+        """When the next pending task falls due, ignoring those `hold_back_bytes` holds back and
+        those bound for `skip_hosts` (hosts the flusher is leaving alone for now)."""
         held_sql, held_params = _hold_back(hold_back_bytes)
+        skip_sql = f" AND host NOT IN ({', '.join('?' for _ in skip_hosts)})" if skip_hosts else ""
         row = await self.db.fetchone(
-            f"SELECT MIN(next_attempt_at) FROM tasks WHERE state = 'pending'{held_sql}", held_params
+            f"SELECT MIN(next_attempt_at) FROM tasks WHERE state = 'pending'{held_sql}{skip_sql}",
+            (*held_params, *skip_hosts),
         )
         return row[0] if row else None
 

@@ -88,3 +88,7 @@ class NewTask:
     expires_at: float | None = None
     turn_id: str | None = None
     task_id: str | None = None  # chosen ahead when the caller must name the task before commit
+    # A try the caller already made that got no answer (a turn's call while online): the task
+    # starts as the flusher would have left it, its error saying why it waits.
+    net_failures: int = 0
+    last_error: str | None = None

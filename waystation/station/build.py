@@ -64,9 +64,6 @@ class Station:
     started: float = field(default_factory=time.monotonic, kw_only=True)
     version: str = field(default=__version__, kw_only=True)
 
-    def wake_flusher(self) -> None:
-        """Something is due now; with no agent running, it goes out when one starts."""
-
     async def stop_delivery(self, task_id: str) -> bool:
         """Stop sending a task (a cancel); True when nothing sends it any more. With no agent
         running, nothing does."""
@@ -88,9 +85,6 @@ class AgentStation(TurnStation):
 
     flusher: Flusher
     background: Background
-
-    def wake_flusher(self) -> None:
-        self.flusher.wake()
 
     async def stop_delivery(self, task_id: str) -> bool:
         return await self.flusher.abort(task_id)
@@ -134,6 +128,9 @@ async def build_agent(stack: Stack, paths: Paths, settings: Settings) -> AgentSt
     station.announcer.listen(
         "connectivity", lambda change: flusher.connectivity_changed(str(change["state"]))
     )
+    # Every committed task is announced (the API, the fleet's work, a turn's parked calls, a
+    # retry): hearing it here is what wakes the flusher, whichever way the task came.
+    station.announcer.listen("task", flusher.task_changed)
     resumptions = Resumptions(station.turns, background)
     if settings.agent.resume == "auto":
         station.announcer.listen("task", resumptions.task_changed)

@@ -49,7 +49,10 @@ class DeliveryClient:
         # httpx decodes the body, so offer only what it always can: aiohttp would advertise br or
         # zstd whenever some library for them is installed, and httpx looks for different ones.
         request.headers.setdefault("accept-encoding", "gzip, deflate")
-        response = await self._transport_for(request.url).handle_async_request(request)
+        try:
+            response = await self._transport_for(request.url).handle_async_request(request)
+        except httpx.ConnectTimeout as exc:
+            raise _as_httpx_names_it(exc, request) from exc.__cause__
         response.request = request
         return response
 
@@ -80,6 +83,19 @@ class DeliveryClient:
 
 def new_client() -> DeliveryClient:
     return DeliveryClient()
+
+
+def _as_httpx_names_it(exc: httpx.ConnectTimeout, request: httpx.Request) -> httpx.TransportError:
+    """The error httpx itself would raise. httpx-aiohttp calls nearly every aiohttp connection
+    error a ConnectTimeout (its map lets the broader aiohttp class win), so a refused connection,
+    a name that does not resolve or a certificate refused in 2 ms would be told, and stored in the
+    task, as "no answer within 30s"."""
+    cause = exc.__cause__
+    if isinstance(cause, TimeoutError) or not isinstance(cause, aiohttp.ClientConnectionError):
+        return exc  # a timeout indeed (aiohttp's timeouts are TimeoutErrors), or not aiohttp's
+    if isinstance(cause, aiohttp.ServerDisconnectedError):
+        return httpx.RemoteProtocolError(str(cause), request=request)
+    return httpx.ConnectError(str(cause), request=request)
 
 
 def _session(ssl: ssl_module.SSLContext | bool) -> aiohttp.ClientSession:

@@ -109,12 +109,18 @@ def queue_ls(
 
 @queue_app.command("show")
 def queue_show(task_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonFlag = False) -> None:
-    """Show one task: state, attempts, next attempt, last error, args and result."""
+    """Show one task: state, why a pending one waits, attempts, next attempt, last error, args
+    and result."""
     from waystation.cli import render
 
     with waystation() as ws:
         task = ws.get_task(task_id)
-    render.output(task, as_json, render.task_detail)
+        network: str | None = None  # as the agent's monitor sees it; None when no agent runs
+        if task.get("state") == "pending" and not as_json:
+            network = ws.either(
+                lambda agent: str(agent.request("GET", "/v1/connectivity")["state"]), lambda _: None
+            )
+    render.output(task, as_json, lambda shown: render.task_detail(shown, render.waiting(shown, network)))
 
 
 @queue_app.command("retry")

@@ -35,8 +35,7 @@ async def add(
     )
     task, created = await station.store.enqueue(new)
     if created:
-        station.announcer.task_changed(task.to_json())
-        station.wake_flusher()
+        station.announcer.task_changed(task.to_json())  # the agent's flusher hears it and wakes
     return task.to_json(), created
 
 
@@ -87,8 +86,7 @@ async def get(station: Station, task_id: str) -> dict[str, Any]:
 
 async def retry(station: Station, task_id: str) -> dict[str, Any]:
     task = (await station.store.retry(task_id)).to_json()
-    station.announcer.task_changed(task)
-    station.wake_flusher()
+    station.announcer.task_changed(task)  # due now: the agent's flusher hears it and wakes
     return task
 
 

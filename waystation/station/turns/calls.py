@@ -24,6 +24,7 @@ from waystation.adapters.models.base import Message, ToolChoice, ToolSpec, urls_
 from waystation.adapters.tools import ToolRegistry
 from waystation.errors import InvalidArguments, MalformedRequest, NoUrlToCall, UnknownTool
 from waystation.ports import Connectivity, Deliver, Outcome
+from waystation.queue.policy import no_answer
 from waystation.queue.tasks import NewTask
 from waystation.station.turns.progress import Progress
 from waystation.station.turns.results import result_for_model, result_summary
@@ -160,10 +161,12 @@ class Caller:
             record["status"] = "refused"
             message["content"] = json.dumps({"error": why_not})
             return False
+        unreachable: str | None = None
         if self._connectivity.state == "online":
             sent = await self._deliver(tool.name, args, key)
             if sent.outcome == Outcome.UNREACHABLE:
-                self._connectivity.report_network_error()  # then park it, as if offline
+                self._connectivity.report_network_error()  # then park it, retried until it answers
+                unreachable = no_answer(sent.error)
             else:
                 record["status"] = "done" if sent.result is not None else "error"
                 record["result_status"] = sent.status
@@ -179,16 +182,15 @@ class Caller:
                 idempotency_key=key,
                 turn_id=turn_id,
                 task_id=task_id,
+                net_failures=0 if unreachable is None else 1,
+                last_error=unreachable,
             )
         )
         progress.deferred[task_id] = call_id
         record.update(status="deferred", task_id=task_id)
         message["waystation_task_id"] = task_id
-        message["content"] = json.dumps(
-            {
-                "status": "deferred",
-                "task_id": task_id,
-                "message": "offline: queued, delivered when back online",
-            }
-        )
+        why = "offline: queued, delivered when back online"
+        if unreachable is not None:
+            why = f"{unreachable}: queued, delivered when it answers"
+        message["content"] = json.dumps({"status": "deferred", "task_id": task_id, "message": why})
         return False

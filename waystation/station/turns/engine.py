@@ -1,13 +1,14 @@
 """The turn engine: prompt -> model -> tool calls -> results -> model, bounded in steps and time.
 
 A turn's row is written when it starts, so it can be looked up (and waited on) at once. A network
-tool runs at once while the monitor says `online`; otherwise the call is parked as a task (its
-idempotency key derived from the turn and the call, so the same call is never parked twice) and
-the model is told it was deferred. The turn's receipt, its parked tasks and its row commit in one
-transaction. When every parked task has settled the turn resumes with the real results and
-writes a linked receipt (same `turn_id`); if any of them did not succeed it ends `error` naming
-them, and the model is not asked to pretend otherwise. Which tools a step offers and which calls
-may go out is station/turns/calls.py.
+tool runs at once while the monitor says `online`; otherwise (or when its destination does not
+answer) the call is parked as a task (its idempotency key derived from the turn and the call, so
+the same call is never parked twice) and the model is told it was deferred. The turn's receipt,
+its parked tasks and its row commit in one transaction; then each parked task is announced, as
+every committed task is (that is what wakes the agent's flusher). When every parked task has
+settled the turn resumes with the real results and writes a linked receipt (same `turn_id`); if
+any of them did not succeed it ends `error` naming them, and the model is not asked to pretend
+otherwise. Which tools a step offers and which calls may go out is station/turns/calls.py.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from waystation.errors import (
 from waystation.ports import Announce, Connectivity, Deliver
 from waystation.queue.policy import TaskState
 from waystation.queue.store import TaskStore
-from waystation.queue.tasks import NewTask
+from waystation.queue.tasks import NewTask, Task
 from waystation.receipts import ReceiptDraft, RouteInfo, Usage
 from waystation.station.turns.calls import Caller, conversation_urls, offer, offer_client
 from waystation.station.turns.progress import Progress
@@ -336,13 +337,18 @@ class TurnEngine:
             tool_calls=progress.tool_calls,
         )
 
-        def op(conn: sqlite3.Connection) -> dict[str, Any]:
+        def op(conn: sqlite3.Connection) -> tuple[dict[str, Any], list[Task]]:
+            parked = []
             for new in progress.parked:
-                self._store.insert(conn, new)
+                task, created = self._store.insert(conn, new)
+                if created:
+                    parked.append(task)
             save_turn(conn, turn_id, row)
-            return receipts.append(conn, draft)
+            return receipts.append(conn, draft), parked
 
-        receipt = await self._db.write(op)
+        receipt, parked = await self._db.write(op)
+        for task in parked:  # as every committed task is: the flusher hears of it and wakes
+            self._announce.task_changed(task.to_json())
         result = TurnResult(
             turn_id=turn_id,
             text=progress.text,
