@@ -24,11 +24,10 @@ def _exchange(*results: str) -> list[dict[str, object]]:
 
 
 def test_the_last_exchange_becomes_the_results_then_the_question() -> None:
-    messages = grounding.grounded(_exchange("Title: Fares\n\nAdult fare: 4.50 EUR."))
+    messages = grounding.grounded(_exchange("Fares\nAdult fare:\n4.50 EUR."))
     assert messages[:3] == _exchange()[:3]  # what came before is kept as it was
-    assert messages[3:] == [
-        {"role": "user", "content": f"Title: Fares\n\nAdult fare: 4.50 EUR.\n\n{QUESTION}"}
-    ]
+    # The text runs together, as a person pasting the page gets it.
+    assert messages[3:] == [{"role": "user", "content": f"Fares Adult fare: 4.50 EUR.\n\n{QUESTION}"}]
 
 
 def test_several_results_each_come_before_the_question() -> None:
@@ -44,13 +43,11 @@ def test_a_conversation_without_results_is_left_alone() -> None:
 
 
 def test_a_long_result_keeps_the_passages_that_match_the_question_in_order() -> None:
-    page = "\n".join(
-        ["Title: Harbour ferry", *FILLER[:120], "The adult fare is 4.50 EUR per trip.", *FILLER[120:]]
-    )
+    page = "\n".join(["Harbour ferry", *FILLER[:120], "The adult fare is 4.50 EUR per trip.", *FILLER[120:]])
     assert len(page) > 10_000
     kept = grounding.relevant(page, QUESTION, 1500)
     assert len(kept) <= 1500
-    assert kept.startswith("Title: Harbour ferry\n")
+    assert kept.startswith("Harbour ferry\n")
     assert "The adult fare is 4.50 EUR per trip." in kept  # not in the first 2,000 characters
     assert grounding.ELIDED in kept
     lines = [line for line in kept.split("\n") if line.startswith("Line")]
@@ -59,7 +56,7 @@ def test_a_long_result_keeps_the_passages_that_match_the_question_in_order() -> 
 
 def test_a_long_paragraph_is_cut_at_its_sentences() -> None:
     paragraph = " ".join([*FILLER[:60], "Children under twelve travel free.", *FILLER[60:120]])
-    kept = grounding.relevant(f"Title: Fares\n{paragraph}", "Do children travel free?", 800)
+    kept = grounding.relevant(f"Fares\n{paragraph}", "Do children travel free?", 800)
     assert "Children under twelve travel free." in kept and len(kept) <= 800
 
 
@@ -75,7 +72,7 @@ def test_the_budget_shrinks_with_the_context_and_is_bounded() -> None:
 
 
 def test_results_stay_tool_messages_when_a_step_may_still_call() -> None:
-    page = "\n".join(["Title: Harbour ferry", *FILLER, "The adult fare is 4.50 EUR."])
+    page = "\n".join(["Harbour ferry", *FILLER, "The adult fare is 4.50 EUR."])
     messages = grounding.trimmed(_exchange(page), 2000)
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "tool"]
     assert "4.50 EUR" in str(messages[-1]["content"]) and len(str(messages[-1]["content"])) <= 2000

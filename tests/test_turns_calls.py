@@ -111,7 +111,7 @@ def test_one_key_per_distinct_call() -> None:
 def test_a_page_reaches_the_model_as_its_title_and_text() -> None:
     assert page_text(PAGE) == ("Harbour news", "Tides\nHigh tide at 6.")
     told = result_for_model({"status": 200, "headers": {"content-type": "text/html"}, "body": PAGE})
-    assert told == "Title: Harbour news\n\nTides\nHigh tide at 6."  # a success needs no status
+    assert told == "Harbour news\nTides\nHigh tide at 6."  # a success needs no status
     assert "<" not in told and "var x" not in told
     assert result_for_model({"status": 404, "headers": {}, "body": '{"error": "gone"}'}) == (
         'HTTP 404\n{"error": "gone"}'
@@ -196,7 +196,7 @@ async def test_the_same_call_again_is_one_task(db: Database, model_file: Path) -
     assert key == call_key(parked.turn_id, "web_fetch", {"url": url})
     repeat = model.requests[2]
     assert repeat.tool_choice == "none"  # it has the result: it answers now
-    assert "Title: Harbour news" in repeat.messages[-1]["content"]
+    assert "Harbour news" in repeat.messages[-1]["content"]
     turn = await get_turn(db, parked.turn_id)
     assert [c["status"] for c in turn["tool_calls"]] == ["deferred", "repeated"]
     assert [c["task_id"] for c in turn["tool_calls"]] == [task_id, task_id]

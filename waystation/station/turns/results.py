@@ -19,7 +19,7 @@ RESULT_CHARS_KEPT = 24_000
 
 
 def result_for_model(result: Mapping[str, Any] | None, error: str | None = None) -> str:
-    """An HTTP answer as text: the body (an HTML page as its title and readable text), after the
+    """An HTTP answer as text: the body (an HTML page as its title line and readable text), after the
     status when it is not a success (a model told only "HTTP 200" answers with that)."""
     if result is None:
         return _cut(f"no answer: {error or 'the call could not be made'}")
@@ -29,7 +29,7 @@ def result_for_model(result: Mapping[str, Any] | None, error: str | None = None)
     content_type = str(headers.get("content-type", "")).lower()
     if "html" in content_type or body.lstrip()[:15].lower().startswith(("<!doctype html", "<html")):
         title, text = page_text(body)
-        body = f"Title: {title}\n\n{text}" if title else text
+        body = f"{title}\n{text}" if title else text
     succeeded = isinstance(status, int) and 200 <= status < 300
     return _cut(body if succeeded else f"HTTP {status}\n{body}")
 
@@ -42,7 +42,7 @@ def result_summary(result: Mapping[str, Any] | None, error: str | None = None) -
     status = f"HTTP {result.get('status')}"
     told = result_for_model(result).removeprefix(status).split("\n")
     first = next((line for line in told if line.strip()), "")
-    return f"{status} · {first.removeprefix('Title: ')[:80]}" if first else status
+    return f"{status} · {first[:80]}" if first else status
 
 
 def _cut(text: str) -> str:
