@@ -118,7 +118,7 @@ def test_n_above_one_is_refused_by_name() -> None:
 
 @pytest.mark.parametrize(
     "extra",
-    [{"stop": ["\n"]}, {"logprobs": True}, {"logit_bias": {"1": 5}}, {"functions": [{"name": "f"}]}],
+    [{"logprobs": True}, {"logit_bias": {"1": 5}}, {"functions": [{"name": "f"}]}],
 )
 def test_parameters_that_change_the_answer_are_refused(extra: dict[str, Any]) -> None:
     with pytest.raises(UnsupportedParameter) as caught:
@@ -131,6 +131,18 @@ def test_harmless_parameters_are_accepted() -> None:
         body(user="u1", seed=3, top_p=0.9, store=False, stop=None, logprobs=False, parallel_tool_calls=False)
     )
     assert chat.turn.messages == ASK
+
+
+def test_stop_is_a_string_or_up_to_four() -> None:
+    assert chat_request(body(stop="\n")).turn.stop == ["\n"]
+    assert chat_request(body(stop=["Observation:", "END"])).turn.stop == ["Observation:", "END"]
+    assert chat_request(body(stop=[])).turn.stop is None
+    assert chat_request(body()).turn.stop is None
+    with pytest.raises(MalformedRequest, match=r"^stop takes at most 4 sequences, not 5$"):
+        chat_request(body(stop=["a", "b", "c", "d", "e"]))
+    for bad in ("", [""], [1], {"a": 1}, ["a", None]):
+        with pytest.raises(MalformedRequest, match=r"^stop must be"):
+            chat_request(body(stop=bad))
 
 
 def test_response_formats_become_a_schema() -> None:
@@ -252,6 +264,14 @@ async def test_a_conversation_ending_in_tool_results_is_answered(db: Database, m
     # Our own turns still need the user to have said something.
     with pytest.raises(EmptyPrompt):
         await engine(db, ScriptedBackend([]), model_file).run(TurnRequest(prompt="", messages=messages))
+
+
+async def test_stop_reaches_the_model_and_ends_the_answer(db: Database, model_file: Path) -> None:
+    backend = ScriptedBackend([Generation("Paris. Then more words.", finish_reason="length")])
+    tokens: list[str] = []
+    result = await engine(db, backend, model_file).run(chat_request(body(stop=".")).turn, tokens.append)
+    assert backend.requests[0].stop == (".",)
+    assert result.text == "Paris" == "".join(tokens) and result.finish_reason == "stop"
 
 
 # --- streaming the calls ----------------------------------------------------------------------------

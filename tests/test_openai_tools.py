@@ -134,6 +134,14 @@ def test_tools_come_back_as_tool_calls_and_the_result_leads_to_an_answer(
     assert all(r["status"] == "ok" for r in receipts[before:])
 
 
+def test_a_tool_call_is_never_cut_by_stop_strings(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model="gpt-4o", messages=ASK, tools=[WEATHER], stop=["Paris", "{", '"'], max_tokens=MAX_TOKENS
+    )
+    (call,) = completion.choices[0].message.tool_calls or []
+    assert json.loads(call.function.arguments) == {"city": "Paris"}, "stop is for the answer's text"
+
+
 def test_tool_calls_stream_as_openai_streams_them(client: openai.OpenAI, agent: Agent) -> None:
     before = len(turn_receipts(agent))
     chunks = list(

@@ -30,6 +30,7 @@ from waystation.adapters.models.base import (
     urls_in,
 )
 from waystation.adapters.models.cpu_cores import physical_cores
+from waystation.adapters.models.stop import cut_at_stop
 from waystation.adapters.models.threaded import Admission, ThreadedBackend
 from waystation.errors import ModelError, PromptTooLong, UnsupportedParameter
 
@@ -145,13 +146,16 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         if constrained:
             system = handle.formatter(messages=messages[:1]).prompt.encode()
             _warm_prefix(handle, _common_prefix(prompt, llm.tokenize(system, add_bos=False, special=True)))
+        # A constrained reply is JSON for us (a call, or the answer inside it), not text for the
+        # user: the client's stop strings apply to its answer, below.
+        stop = _strings(formatted.stop) + ([] if constrained else list(request.stop))
         pieces: list[str] = []
         finish = "stop"
         for chunk in llm.create_completion(
             prompt=prompt,
             max_tokens=request.max_tokens,
             temperature=request.temperature,
-            stop=formatted.stop,
+            stop=stop,
             grammar=grammar,
             stream=True,
         ):
@@ -175,6 +179,9 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
             answer, tool_calls = parse_tool_reply(text, f"call_{os.urandom(6).hex()}", json_answer)
             if not tool_calls and answer == text:  # not a whole reply: cut off at max_tokens
                 answer, finish = cut_answer(text, json_answer)
+            if not tool_calls:
+                answer, stopped = cut_at_stop(answer, request.stop)
+                finish = "stop" if stopped else finish
             text = answer
             if text:
                 emit(text)
@@ -328,6 +335,11 @@ def _available_memory() -> int | None:
     except OSError:
         pass
     return None
+
+
+def _strings(stop: str | list[str] | None) -> list[str]:
+    """A chat format's stop strings (llama-cpp-python gives one, a list, or none) as a list."""
+    return [stop] if isinstance(stop, str) else list(stop or [])
 
 
 def _plain(message: Message) -> Message:

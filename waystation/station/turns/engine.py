@@ -275,6 +275,7 @@ class TurnEngine:
                 on_stage=progress.on_stage,
                 response_format=request.response_format,
                 keep_alive=request.keep_alive,
+                stop=tuple(request.stop or ()),
             ),
             on_token,
         )
