@@ -214,6 +214,28 @@ def test_json_object_answers_parse(client: openai.OpenAI) -> None:
     assert isinstance(json.loads(completion.choices[0].message.content or ""), dict)
 
 
+class Colors(BaseModel):
+    colors: list[str]
+
+
+def test_a_parsed_list_ends_without_repeating_an_item(client: openai.OpenAI) -> None:
+    """SmolLM2 lists five colours, then cycles through them until max_tokens (and `parse` raises
+    LengthFinishReasonError): the first repeat closes the list instead."""
+    ask: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Name some colors."}]
+    completion = client.chat.completions.parse(
+        model="gpt-4o", messages=ask, response_format=Colors, max_tokens=64
+    )
+    colors = completion.choices[0].message.parsed
+    assert colors is not None and len(colors.colors) >= 2
+    assert len(set(colors.colors)) == len(colors.colors), colors
+    # Streamed, what went out is the same JSON: a repeat is cut before it is sent.
+    with client.chat.completions.stream(
+        model="gpt-4o", messages=ask, response_format=Colors, max_tokens=64
+    ) as stream:
+        streamed = "".join(e.delta for e in stream if e.type == "content.delta")
+    assert Colors.model_validate_json(streamed) == colors
+
+
 def test_json_schema_answers_match_it(client: openai.OpenAI) -> None:
     chunks = list(
         client.chat.completions.create(
