@@ -1,7 +1,8 @@
 """Stop sequences (OpenAI's `stop`): a reply ends before the first of them, which it never contains.
 
-Backends that generate here (MLX, the scripted double, a seat's whole answer) cut with these;
-llama.cpp and the providers honour the strings themselves. A streamed reply must not show a stop
+Where nothing else ends a reply at them (MLX, the scripted double, a seat CLI's whole answer, an
+OpenAI reasoning model that refuses `stop`), these cut it; llama.cpp and the other providers'
+APIs honour the strings themselves. A streamed reply must not show a stop
 string either, and one can span pieces ("Obser" + "vation:"), so the stream holds back the tail
 that could still begin one, and lets it go once it cannot.
 """
