@@ -57,3 +57,43 @@ def test_other_sampling_keeps_llama_cpp_pythons_chain(models: tuple[Any, Any]) -
     free = checked.create_completion(PROMPTS[1], max_tokens=8, temperature=0)["choices"][0]["text"]
     warm = checked.create_completion(PROMPTS[1], max_tokens=8, temperature=0.7, seed=1, grammar=grammar())
     assert free and warm["choices"][0]["text"].lstrip().startswith("{")
+
+
+LIST_PROMPT = "<|im_start|>user\nName some colors.<|im_end|>\n<|im_start|>assistant\n"
+LIST = {"type": "object", "properties": {"colors": {"type": "array", "items": {"type": "string"}}}}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7], ids=["greedy", "sampled"])
+def test_a_resumed_grammar_goes_on_from_the_text_it_matched(
+    models: tuple[Any, Any], temperature: float
+) -> None:
+    """The reply so far is the end of the prompt, the grammar has matched it: what the model
+    writes next completes it under the same rules (on either sampling chain)."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    _, checked = models
+    rules = LlamaGrammar.from_json_schema(json.dumps(LIST), verbose=False)
+    so_far = '{"colors": ["red", "blue"]'  # an array closed early, as unique_items.py closes one
+    matched = checked.tokenize(so_far.encode(), add_bos=False)
+    assert fast_grammar.accepts(checked, rules, matched)
+    rest = checked.create_completion(
+        checked.tokenize(LIST_PROMPT.encode(), add_bos=False, special=True) + matched,
+        max_tokens=16,
+        temperature=temperature,
+        seed=1,
+        grammar=fast_grammar.resumed(rules, matched),
+    )["choices"][0]["text"]
+    assert json.loads(so_far + rest) == {"colors": ["red", "blue"]}
+
+
+def test_tokens_the_grammar_refuses_are_found_before_it_is_made_to_take_them(models: tuple[Any, Any]) -> None:
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    _, checked = models
+    rules = LlamaGrammar.from_json_schema(json.dumps({**LIST, "required": ["colors"]}), verbose=False)
+    assert not fast_grammar.accepts(checked, rules, checked.tokenize(b'{"shapes"', add_bos=False))
+    tight = LlamaGrammar.from_json_schema(
+        json.dumps({"type": "array", "items": {"type": "string"}, "minItems": 3}), verbose=False
+    )
+    assert not fast_grammar.accepts(checked, tight, checked.tokenize(b'["a", "b"]', add_bos=False))
+    assert fast_grammar.accepts(checked, tight, checked.tokenize(b'["a", "b", "c"]', add_bos=False))

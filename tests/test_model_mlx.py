@@ -129,6 +129,19 @@ async def test_generates_and_streams(mlx_dir: Path) -> None:
         await backend.close()
 
 
+async def test_stop_ends_the_answer_and_the_generation(mlx_dir: Path) -> None:
+    count = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]  # "1, 2, 3, 4, ..."
+    backend = MlxBackend(str(mlx_dir))
+    try:
+        pieces: list[str] = []
+        got = await backend.generate(GenerationRequest(count, max_tokens=24, stop=("3, 4",)), pieces.append)
+    finally:
+        await backend.close()
+    assert got.text.rstrip(", ") == "1, 2" == "".join(pieces).rstrip(", ")
+    assert not any("3" in p for p in pieces), "the start of the stop string is held back, then dropped"
+    assert got.finish_reason == "stop" and got.completion_tokens < 24, "it stopped generating"
+
+
 async def test_greedy_text_matches_llama_cpp(gguf_path: Path, mlx_dir: Path) -> None:
     expected = llama(gguf_path).create_chat_completion(DECISIVE, temperature=0, max_tokens=24)
     backend = MlxBackend(str(mlx_dir))

@@ -16,7 +16,11 @@ import httpx
 import openai
 import pytest
 from agentproc import Agent, started_agent
-from openai.types.chat import ChatCompletionContentPartParam, ChatCompletionContentPartTextParam
+from openai.types.chat import (
+    ChatCompletionContentPartParam,
+    ChatCompletionContentPartTextParam,
+    ChatCompletionMessageParam,
+)
 
 from waystation.adapters.models.embedded import default_model_path
 
@@ -235,3 +239,42 @@ def test_temperature_in_range_is_accepted(client: openai.OpenAI) -> None:
         assert completion.usage is not None and 0 < completion.usage.completion_tokens <= 4
         expected = "length" if completion.usage.completion_tokens == 4 else "stop"
         assert completion.choices[0].finish_reason == expected
+
+
+# --- stop --------------------------------------------------------------------------------------------
+
+COUNT: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Count from 1 to 10, separated by commas."}
+]  # SmolLM2 writes "1, 2, 3, 4, 5, ..."
+
+
+def test_stop_ends_the_answer_before_the_first_stop_string(client: openai.OpenAI) -> None:
+    for stop, before in (("4", "1, 2, 3"), (["7", "3, 4"], "1, 2")):
+        completion = client.chat.completions.create(
+            model="local", messages=COUNT, max_tokens=MAX_TOKENS, stop=stop
+        )
+        (choice,) = completion.choices
+        assert choice.finish_reason == "stop"
+        assert (choice.message.content or "").rstrip(", ") == before, stop
+
+
+def test_a_streamed_answer_never_shows_a_stop_string_spanning_pieces(client: openai.OpenAI) -> None:
+    # "3, 4" is four pieces ("3", ",", " ", "4"): the "3" is held back until it is known to begin it.
+    chunks = list(
+        client.chat.completions.create(
+            model="local", messages=COUNT, max_tokens=MAX_TOKENS, stop=["3, 4"], stream=True
+        )
+    )
+    pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert "".join(pieces).rstrip(", ") == "1, 2" and not any("3" in p for p in pieces)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_more_than_four_stop_strings_is_a_400_naming_stop(client: openai.OpenAI, agent: Agent) -> None:
+    before = len(turn_receipts(agent))
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="local", messages=COUNT, max_tokens=MAX_TOKENS, stop=["a", "b", "c", "d", "e"]
+        )
+    assert caught.value.body["message"] == "stop takes at most 4 sequences, not 5"  # type: ignore[index]
+    assert len(turn_receipts(agent)) == before, "refused before any turn ran"

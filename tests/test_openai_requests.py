@@ -27,6 +27,7 @@ from waystation.errors import EmptyPrompt, MalformedRequest, UnsupportedParamete
 from waystation.queue.store import TaskStore
 from waystation.receipts import Usage
 from waystation.station.ops import chat
+from waystation.station.turns.calls import answered_calls, is_repeat
 from waystation.station.turns.engine import TurnEngine
 from waystation.station.turns.request import TurnRequest, TurnResult
 from waystation.testing import FakeConnectivity, RecordingAnnouncer, ScriptedDelivery
@@ -118,7 +119,7 @@ def test_n_above_one_is_refused_by_name() -> None:
 
 @pytest.mark.parametrize(
     "extra",
-    [{"stop": ["\n"]}, {"logprobs": True}, {"logit_bias": {"1": 5}}, {"functions": [{"name": "f"}]}],
+    [{"logprobs": True}, {"logit_bias": {"1": 5}}, {"functions": [{"name": "f"}]}],
 )
 def test_parameters_that_change_the_answer_are_refused(extra: dict[str, Any]) -> None:
     with pytest.raises(UnsupportedParameter) as caught:
@@ -131,6 +132,18 @@ def test_harmless_parameters_are_accepted() -> None:
         body(user="u1", seed=3, top_p=0.9, store=False, stop=None, logprobs=False, parallel_tool_calls=False)
     )
     assert chat.turn.messages == ASK
+
+
+def test_stop_is_a_string_or_up_to_four() -> None:
+    assert chat_request(body(stop="\n")).turn.stop == ["\n"]
+    assert chat_request(body(stop=["Observation:", "END"])).turn.stop == ["Observation:", "END"]
+    assert chat_request(body(stop=[])).turn.stop is None
+    assert chat_request(body()).turn.stop is None
+    with pytest.raises(MalformedRequest, match=r"^stop takes at most 4 sequences, not 5$"):
+        chat_request(body(stop=["a", "b", "c", "d", "e"]))
+    for bad in ("", [""], [1], {"a": 1}, ["a", None]):
+        with pytest.raises(MalformedRequest, match=r"^stop must be"):
+            chat_request(body(stop=bad))
 
 
 def test_response_formats_become_a_schema() -> None:
@@ -252,6 +265,89 @@ async def test_a_conversation_ending_in_tool_results_is_answered(db: Database, m
     # Our own turns still need the user to have said something.
     with pytest.raises(EmptyPrompt):
         await engine(db, ScriptedBackend([]), model_file).run(TurnRequest(prompt="", messages=messages))
+
+
+WEATHER_CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},  # as a client sends it
+}
+ANSWERED = [
+    *ASK,
+    {"role": "assistant", "content": None, "tool_calls": [WEATHER_CALL]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 degrees"},
+]
+
+
+def test_answered_calls_are_those_a_later_tool_message_answers() -> None:
+    unanswered = {**WEATHER_CALL, "id": "call_2", "function": {"name": "get_time", "arguments": ""}}
+    messages = [
+        {"role": "tool", "tool_call_id": "call_2", "content": "before the call: answers nothing"},
+        *ANSWERED,
+        {"role": "assistant", "content": None, "tool_calls": [unanswered]},
+    ]
+    answered = answered_calls(messages)
+    assert is_repeat(ToolCall("c", "get_weather", {"city": "Paris"}), answered), "compared as JSON"
+    assert not is_repeat(ToolCall("c", "get_weather", {"city": "Rome"}), answered)
+    assert not is_repeat(ToolCall("c", "get_time", {}), answered), "its result never came"
+    later = [*messages, {"role": "tool", "tool_call_id": "call_2", "content": "noon"}]
+    assert is_repeat(ToolCall("c", "get_time", {}), answered_calls(later)), '"" is no arguments'
+
+
+@pytest.mark.parametrize(
+    "choice", ["auto", "required", {"type": "function", "function": {"name": "get_weather"}}]
+)
+async def test_a_repeated_call_is_answered_from_its_result_instead(
+    db: Database, model_file: Path, choice: Any
+) -> None:
+    backend = ScriptedBackend(
+        [
+            ToolCall("call_2", "get_weather", {"city": "Paris"}),
+            Generation("Sunny in Paris.", finish_reason="stop"),
+        ]
+    )
+    chat = chat_request(body(messages=ANSWERED, tools=[WEATHER], tool_choice=choice))
+    tokens: list[str] = []
+    result = await engine(db, backend, model_file).run(chat.turn, tokens.append)
+
+    assert result.text == "Sunny in Paris." == "".join(tokens) and result.tool_calls == []
+    assert result.finish_reason == "stop"
+    first, again = backend.requests
+    assert [t.name for t in first.tools] == ["get_weather"]
+    assert again.tools == () and again.tool_choice == "none", "an answer from the results, even when forced"
+    (receipt,) = await db.fetchall("SELECT body FROM receipts WHERE turn_id = ?", (result.turn_id,))
+    assert json.loads(receipt["body"])["reason"].startswith("answered from the results")
+
+
+async def test_of_several_calls_only_the_repeated_ones_are_dropped(db: Database, model_file: Path) -> None:
+    calls = [
+        ToolCall("call_2", "get_weather", {"city": "Paris"}),
+        ToolCall("call_3", "get_weather", {"city": "Rome"}),
+    ]
+    backend = ScriptedBackend([Generation("", tool_calls=calls, finish_reason="tool_calls")])
+    result = await engine(db, backend, model_file).run(
+        chat_request(body(messages=ANSWERED, tools=[WEATHER])).turn
+    )
+    assert result.tool_calls == [
+        {"id": "call_3", "tool": "get_weather", "arguments": {"city": "Rome"}, "status": "client"}
+    ]
+    assert len(backend.requests) == 1
+
+
+async def test_a_new_call_after_results_still_goes_to_the_client(db: Database, model_file: Path) -> None:
+    backend = ScriptedBackend([ToolCall("call_2", "get_weather", {"city": "Rome"})])
+    result = await engine(db, backend, model_file).run(
+        chat_request(body(messages=ANSWERED, tools=[WEATHER])).turn
+    )
+    assert [c["arguments"] for c in result.tool_calls] == [{"city": "Rome"}]
+
+
+async def test_stop_reaches_the_model_and_ends_the_answer(db: Database, model_file: Path) -> None:
+    backend = ScriptedBackend([Generation("Paris. Then more words.", finish_reason="length")])
+    tokens: list[str] = []
+    result = await engine(db, backend, model_file).run(chat_request(body(stop=".")).turn, tokens.append)
+    assert backend.requests[0].stop == (".",)
+    assert result.text == "Paris" == "".join(tokens) and result.finish_reason == "stop"
 
 
 # --- streaming the calls ----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 from agentproc import Agent, started_agent
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
@@ -134,6 +134,73 @@ def test_tools_come_back_as_tool_calls_and_the_result_leads_to_an_answer(
     assert all(r["status"] == "ok" for r in receipts[before:])
 
 
+CONVERT: ChatCompletionToolParam = {
+    "type": "function",
+    "function": {
+        "name": "convert_currency",
+        "description": "Convert an amount of money from one currency to another.",
+        "parameters": {
+            "type": "object",
+            "properties": {"amount": {"type": "number"}, "to": {"type": "string"}},
+            "required": ["amount", "to"],
+        },
+    },
+}
+# Each question with the one function that answers it, and what running it gave.
+ROUND_TRIPS = [
+    ("What is the weather in Paris?", WEATHER, "Sunny, 21 degrees Celsius"),
+    ("What time is it in Tokyo?", TIME, "14:05"),
+    ("How much is 10 dollars in euros?", CONVERT, "9.20 EUR"),
+]
+REQUEST_LIMIT = 4  # an agent's request limit (pydantic-ai's and LangGraph's are higher)
+
+
+@pytest.mark.timeout(300)  # up to a dozen generations on a CPU shared with other tests
+def test_a_tool_result_sent_back_with_the_tools_still_offered_leads_to_an_answer(
+    client: openai.OpenAI, agent: Agent
+) -> None:
+    """As agent frameworks loop: every request offers the tools (the first demands a call, so
+    that each question makes one); the client runs each call it gets and sends the result back,
+    until an answer. A call is never asked for twice (SmolLM2 asked for it again every time)."""
+    requests_per_answer = {}
+    for question, function, result in ROUND_TRIPS:
+        messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": question}]
+        calls: list[tuple[str, Any]] = []
+        requests = 0
+        while requests < REQUEST_LIMIT:
+            requests += 1
+            completion = client.chat.completions.create(
+                model="gpt-4o",
+                messages=messages,
+                tools=[function],
+                tool_choice="required" if requests == 1 else "auto",
+                max_tokens=MAX_TOKENS,
+            )
+            message = completion.choices[0].message
+            if not message.tool_calls:
+                break
+            for call in message.tool_calls:
+                asked = (call.function.name, json.loads(call.function.arguments))
+                assert asked not in calls, f"{question}: {asked} asked for again after its result"
+                calls.append(asked)
+            messages.append(message.model_dump(exclude_none=True))  # type: ignore[arg-type]
+            messages += [
+                {"role": "tool", "tool_call_id": c.id, "content": result} for c in message.tool_calls
+            ]
+        assert not message.tool_calls, f"{question}: no answer in {REQUEST_LIMIT} requests: {calls}"
+        assert (message.content or "").strip() and completion.choices[0].finish_reason in ("stop", "length")
+        requests_per_answer[question] = requests
+    assert all(n >= 2 for n in requests_per_answer.values()), requests_per_answer
+
+
+def test_a_tool_call_is_never_cut_by_stop_strings(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model="gpt-4o", messages=ASK, tools=[WEATHER], stop=["Paris", "{", '"'], max_tokens=MAX_TOKENS
+    )
+    (call,) = completion.choices[0].message.tool_calls or []
+    assert json.loads(call.function.arguments) == {"city": "Paris"}, "stop is for the answer's text"
+
+
 def test_tool_calls_stream_as_openai_streams_them(client: openai.OpenAI, agent: Agent) -> None:
     before = len(turn_receipts(agent))
     chunks = list(
@@ -204,6 +271,28 @@ def test_json_object_answers_parse(client: openai.OpenAI) -> None:
     )
     assert completion.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(completion.choices[0].message.content or ""), dict)
+
+
+class Colors(BaseModel):
+    colors: list[str]
+
+
+def test_a_parsed_list_ends_without_repeating_an_item(client: openai.OpenAI) -> None:
+    """SmolLM2 lists five colours, then cycles through them until max_tokens (and `parse` raises
+    LengthFinishReasonError): the first repeat closes the list instead."""
+    ask: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Name some colors."}]
+    completion = client.chat.completions.parse(
+        model="gpt-4o", messages=ask, response_format=Colors, max_tokens=64
+    )
+    colors = completion.choices[0].message.parsed
+    assert colors is not None and len(colors.colors) >= 2
+    assert len(set(colors.colors)) == len(colors.colors), colors
+    # Streamed, what went out is the same JSON: a repeat is cut before it is sent.
+    with client.chat.completions.stream(
+        model="gpt-4o", messages=ask, response_format=Colors, max_tokens=64
+    ) as stream:
+        streamed = "".join(e.delta for e in stream if e.type == "content.delta")
+    assert Colors.model_validate_json(streamed) == colors
 
 
 def test_json_schema_answers_match_it(client: openai.OpenAI) -> None:
@@ -310,6 +399,25 @@ def test_langchain_bind_tools_round_trip(chat_model: ChatOpenAI) -> None:
     final = chat_model.invoke([question, reply, ToolMessage(result, tool_call_id=call["id"])])
     assert not getattr(final, "tool_calls", None)
     assert "sunny" in str(final.content).lower()
+
+
+def test_langchain_agent_loop_with_one_tool_ends_within_its_limit(chat_model: ChatOpenAI) -> None:
+    """An agent's loop as LangGraph's prebuilt agent runs it: the tools bound on every request,
+    each call run and its result sent back, until the model answers."""
+    with_tools = chat_model.bind_tools([get_weather])
+    messages: list[BaseMessage] = [HumanMessage("What is the weather in Rome?")]
+    for _ in range(REQUEST_LIMIT):
+        reply = with_tools.invoke(messages)
+        messages.append(reply)
+        if not isinstance(reply, AIMessage) or not reply.tool_calls:
+            break
+        messages += [
+            ToolMessage(get_weather.invoke(c["args"]), tool_call_id=c["id"]) for c in reply.tool_calls
+        ]
+    calls = [c for m in messages if isinstance(m, AIMessage) for c in m.tool_calls]
+    assert [c["args"] for c in calls] == [{"city": "Rome"}]
+    assert isinstance(messages[-1], AIMessage) and not messages[-1].tool_calls
+    assert str(messages[-1].content).strip()
 
 
 def test_langchain_streams_tool_calls(chat_model: ChatOpenAI) -> None:

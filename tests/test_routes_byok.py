@@ -226,6 +226,40 @@ async def test_request_shape_credentials_and_system_prompt(
         assert body["generationConfig"] == {"maxOutputTokens": 64, "temperature": 0.2}
 
 
+STOP_FIELDS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "openai": lambda body: body["stop"],
+    "anthropic": lambda body: body["stop_sequences"],
+    "ollama": lambda body: body["options"]["stop"],
+    "vertex-claude": lambda body: body["stop_sequences"],
+    "vertex-gemini": lambda body: body["generationConfig"]["stopSequences"],
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_stop_strings_go_as_each_api_names_them(kind: str, server: ProviderServer, make: Make) -> None:
+    server.script(Reply(text="ok"), Reply(text="ok"))
+    backend = make(kind, server.url)
+    await backend.generate(GenerationRequest(PROMPT, stop=("\n\n", "END")))
+    await backend.generate(GenerationRequest(PROMPT))
+    with_stop, without = (seen.body for seen in server.requests)
+    assert STOP_FIELDS[kind](with_stop) == ["\n\n", "END"]
+    with pytest.raises(KeyError):
+        STOP_FIELDS[kind](without)
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "plain"])
+async def test_a_reasoning_model_takes_no_stop_so_its_answer_is_cut_here(
+    stream: bool, server: ProviderServer
+) -> None:
+    server.script(Reply(text="Paris is the capital. More follows here."))
+    async with httpx.AsyncClient() as client:
+        reasoning = OpenAICompatBackend("openai", f"{server.url}/v1", KEY, "gpt-5", client)
+        generation, tokens = await generate(reasoning, GenerationRequest(PROMPT, stop=(". M", "!")), stream)
+    assert "stop" not in server.requests[0].body, "the API answers 400 to it"
+    assert generation.text == "Paris is the capital" and generation.finish_reason == "stop"
+    assert "".join(tokens) == (generation.text if stream else "")
+
+
 def test_vertex_urls_for_regions_and_the_global_endpoint() -> None:
     async def token() -> str:
         return TOKEN

@@ -1,5 +1,5 @@
 """Reading an OpenAI Chat Completions request into a turn: messages (with the client's tool calls
-and results), its function tools, tool_choice, response_format, and the parameters we refuse.
+and results), its function tools, tool_choice, response_format, stop, and the parameters we refuse.
 
 A parameter that would change the answer and that we cannot honour is a 400 naming it, never
 silently dropped (a client asking for two choices must not get one). Parameters that only tune
@@ -28,10 +28,10 @@ from waystation.station.turns.request import (
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 JSON_TYPES = ("string", "number", "integer", "boolean", "object", "array", "null")
 FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for function names
+MAX_STOP = 4  # OpenAI's limit on stop sequences
 
 # Parameters we refuse unless they hold the value that asks for nothing (None, False, empty).
 REFUSED: dict[str, str] = {
-    "stop": "stop sequences are not supported",
     "logprobs": "log probabilities are not returned",
     "top_logprobs": "log probabilities are not returned",
     "logit_bias": "logit bias is not supported",
@@ -94,8 +94,21 @@ def chat_request(body: Mapping[str, Any]) -> ChatRequest:
         client_tools=tools,
         response_format=_response_schema(body.get("response_format")),
         keep_alive=keep_alive(body.get("keep_alive")),  # Ollama's, through the SDK's extra_body
+        stop=_stop(body.get("stop")),
     )
     return ChatRequest(turn, bool(stream), bool((options or {}).get("include_usage")))
+
+
+def _stop(raw: Any) -> list[str] | None:
+    """OpenAI's `stop`: a string, or a list of up to 4 (none: null or an empty list)."""
+    stop = [raw] if isinstance(raw, str) else raw
+    if stop is None or stop == []:
+        return None
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+        raise MalformedRequest(f"stop must be a non-empty string or a list of up to {MAX_STOP} of them")
+    if len(stop) > MAX_STOP:
+        raise MalformedRequest(f"stop takes at most {MAX_STOP} sequences, not {len(stop)}")
+    return stop
 
 
 def _messages(raw: Any) -> list[Message]:

@@ -398,6 +398,13 @@ SCHEMAS: dict[str, Schema] = {
             },
             "response_format": {"type": "object", "description": "text, json_object or json_schema"},
             "n": {"type": "integer", "const": 1},
+            "stop": {
+                "oneOf": [
+                    {"type": "string", "minLength": 1},
+                    {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 4},
+                ],
+                "description": "the answer ends before the first of these, which it never contains",
+            },
             "keep_alive": KEEP_ALIVE,
         },
         "required": ["messages"],

@@ -21,6 +21,11 @@ StageSink = Callable[[str, int], None]
 ToolChoice = Literal["auto", "required", "none"]
 
 
+def discard(piece: str) -> None:
+    """A token sink for text nobody streams."""
+    del piece
+
+
 @dataclass(frozen=True)
 class ToolSpec:
     """A tool as the model is told about it."""
@@ -62,6 +67,9 @@ class GenerationRequest:
     # (None: `[model] idle_unload_s`; 0: unloaded before the answer returns; negative: forever).
     # Backends with nothing to unload (providers, the scripted double) ignore it.
     keep_alive: float | None = None
+    # OpenAI's `stop`: the answer ends before the first of these strings and never contains it
+    # (a tool call's JSON is not cut: the strings are for the answer's text).
+    stop: Sequence[str] = ()
 
 
 @dataclass(frozen=True)

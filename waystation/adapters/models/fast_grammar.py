@@ -9,12 +9,19 @@ removes candidates, so an allowed best stays the best), so the output is identic
 
 `install(llm)` makes a Llama build this chain whenever it decodes greedily under a grammar; any
 other sampling keeps llama-cpp-python's own chain.
+
+It also lets a generation resume a grammar part-way: `resumed(grammar, tokens)` is the grammar
+with those tokens already matched (the reply so far, which the next generation's prompt ends
+with), so a reply can be taken back to an earlier point and continued from there under the same
+rules (unique_items.py). `accepts` checks such tokens first: llama.cpp aborts the process when a
+grammar is made to accept a token it refuses.
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -75,6 +82,12 @@ def install(llm: Any) -> None:
     samplers: Any = _internals.LlamaSampler  # untyped in llama-cpp-python
 
     def init_sampler(**options: Any) -> Any:
+        chain = chain_for(**options)
+        for token in getattr(options.get("grammar"), _ACCEPTED, ()):  # a resumed grammar
+            llama_cpp.llama_sampler_accept(chain.sampler, token)
+        return chain
+
+    def chain_for(**options: Any) -> Any:
         grammar = options.get("grammar")
         if grammar is None or options.get("temp", 0.8) != 0.0 or options.get("logits_processor"):
             return default(**options)
@@ -99,3 +112,37 @@ def install(llm: Any) -> None:
         return chain
 
     llm._init_sampler = init_sampler
+
+
+_ACCEPTED = "waystation_accepted"  # on a resumed grammar: the tokens it has matched already
+
+
+def resumed(grammar: Any, tokens: Sequence[int]) -> Any:
+    """The grammar with `tokens` already matched (check them with `accepts` first)."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    copy = LlamaGrammar(_grammar=grammar._grammar)
+    copy._root = grammar._root
+    setattr(copy, _ACCEPTED, list(tokens))
+    return copy
+
+
+def accepts(llm: Any, grammar: Any, tokens: Sequence[int]) -> bool:
+    """Whether the grammar matches `tokens` from its start, each in turn."""
+    import llama_cpp
+
+    sampler = llama_cpp.llama_sampler_init_grammar(
+        llm._model.vocab, grammar._grammar.encode(), grammar._root.encode()
+    )
+    one: Any = llama_cpp.llama_token_data()
+    array = llama_cpp.llama_token_data_array(data=ctypes.pointer(one), size=1, selected=-1, sorted=False)
+    try:
+        for token in tokens:
+            one.id, one.logit, one.p = token, 0.0, 0.0
+            llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
+            if math.isinf(one.logit):
+                return False
+            llama_cpp.llama_sampler_accept(sampler, token)
+        return True
+    finally:
+        llama_cpp.llama_sampler_free(sampler)

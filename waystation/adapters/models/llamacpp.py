@@ -25,6 +25,7 @@ from waystation.adapters.models.base import (
     TokenSink,
     ToolCall,
     ToolSpec,
+    discard,
     format_instructions,
     parse_tool_reply,
     tool_call_schema,
@@ -33,7 +34,9 @@ from waystation.adapters.models.base import (
     urls_to_call,
 )
 from waystation.adapters.models.cpu_cores import physical_cores
+from waystation.adapters.models.stop import cut_at_stop
 from waystation.adapters.models.threaded import Admission, ThreadedBackend
+from waystation.adapters.models.unique_items import ArrayItems
 from waystation.errors import ModelError, PromptTooLong, UnsupportedParameter
 
 GGUF_MAGIC = b"GGUF"
@@ -143,27 +146,10 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         if constrained:
             system = handle.formatter(messages=messages[:1]).prompt.encode()
             _warm_prefix(handle, _common_prefix(prompt, llm.tokenize(system, add_bos=False, special=True)))
-        pieces: list[str] = []
-        finish = "stop"
-        for chunk in llm.create_completion(
-            prompt=prompt,
-            max_tokens=request.max_tokens,
-            temperature=request.temperature,
-            stop=formatted.stop,
-            grammar=grammar,
-            stream=True,
-        ):
-            if self.stopping():
-                finish = "cancelled"
-                break
-            choice = chunk["choices"][0]
-            piece = choice["text"]
-            if piece:
-                pieces.append(piece)
-                if not constrained:  # a constrained reply is JSON for us, not text for the user
-                    emit(piece)
-            finish = choice.get("finish_reason") or finish
-        text = "".join(pieces)
+        # A constrained reply is JSON for us (a call, or the answer inside it), not text for the
+        # user: the client's stop strings apply to its answer, given out below.
+        stop = _strings(formatted.stop) + ([] if constrained else list(request.stop))
+        text, finish = self._decode(llm, prompt, request, grammar, stop, discard if constrained else emit)
         # Streamed pieces are not tokens (llama.cpp joins the tokens of one multi-byte character),
         # so the reply is counted by tokenizing it.
         completion_tokens = len(llm.tokenize(text.encode(), add_bos=False, special=True)) if text else 0
@@ -173,6 +159,9 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
             answer, tool_calls = parse_tool_reply(text, f"call_{os.urandom(6).hex()}", json_answer)
             if not tool_calls and answer == text:  # not a whole reply: cut off at max_tokens
                 answer, finish = cut_answer(text, json_answer)
+            if not tool_calls:
+                answer, stopped = cut_at_stop(answer, request.stop)
+                finish = "stop" if stopped else finish
             text = answer
             if text:
                 emit(text)
@@ -210,8 +199,83 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
                 raise PromptTooLong(len(prompt), room)
             budget //= 2
 
+    def _decode(
+        self,
+        llm: Any,
+        prompt: list[int],
+        request: GenerationRequest,
+        grammar: Any,
+        stop: list[str],
+        emit: TokenSink,
+    ) -> tuple[str, str]:
+        """The reply's text, streamed to `emit` as it comes, and why it ended.
+
+        Under a grammar, the first array item that repeats an earlier item of the same array
+        ends that array (unique_items.py has why): the reply goes back to the end of the item
+        before it, closes the array, and the model goes on from there with the grammar resumed at
+        that point, so the reply still matches its schema. Text goes out only once no such cut
+        can reach it. Where the grammar cannot close the array there (a `minItems` not reached),
+        the reply goes on with the repeat, as the model wrote it.
+        """
+        items = ArrayItems() if grammar is not None else None
+        text, emitted, finish = "", 0, "stop"
+        kept: list[int] = []  # the tokens of the text a round resumes from
+        for cuts in range(MAX_ARRAY_CUTS + 1):
+            if len(kept) >= request.max_tokens:
+                finish = "length"
+                break
+            if cuts == MAX_ARRAY_CUTS:  # the last round runs unguarded, so that it ends the reply
+                items = None
+            for chunk in llm.create_completion(
+                prompt=prompt + kept,
+                max_tokens=request.max_tokens - len(kept),
+                temperature=request.temperature,
+                stop=stop,
+                grammar=fast_grammar.resumed(grammar, kept) if kept else grammar,
+                stopping_criteria=None if items is None else _until_repeat(items),
+                stream=True,
+            ):
+                if self.stopping():
+                    return text, "cancelled"
+                choice = chunk["choices"][0]
+                text += choice["text"]
+                finish = choice.get("finish_reason") or finish
+                if items is not None:
+                    items.feed(choice["text"])
+                settled = len(text) if items is None else items.settled
+                if settled > emitted:
+                    emit(text[emitted:settled])
+                    emitted = settled
+            if items is None or items.repeat_at is None:
+                break
+            closed = text[: items.repeat_at] + "]"
+            if fast_grammar.accepts(llm, grammar, kept := _tokens(llm, closed)):
+                text, items = closed, ArrayItems()
+                items.feed(closed)
+            elif fast_grammar.accepts(llm, grammar, kept := _tokens(llm, text)):
+                items = None  # the array may not end there: the reply goes on with the repeat
+            else:  # as tokenized again, the grammar refuses the reply: it ends where it is
+                finish = "length"
+                break
+        if len(text) > emitted:
+            emit(text[emitted:])
+        return text, finish
+
 
 WARM_PREFIXES = 4  # system blocks kept evaluated (each a KV snapshot of a few hundred tokens)
+MAX_ARRAY_CUTS = 16  # repeated array items cut from one reply (each cut closes an array)
+
+
+def _tokens(llm: Any, text: str) -> list[int]:
+    """A reply's text as tokens, to resume from (not necessarily the tokens it was made of)."""
+    return list(llm.tokenize(text.encode(), add_bos=False, special=False))
+
+
+def _until_repeat(items: ArrayItems) -> Any:
+    """llama-cpp-python's stopping rule that ends a round once `items` has found a repeat."""
+    from llama_cpp import StoppingCriteriaList
+
+    return StoppingCriteriaList([lambda _ids, _logits: items.repeat_at is not None])
 
 
 def _warm_prefix(handle: Loaded, prefix: list[int]) -> None:
@@ -352,6 +416,11 @@ def _available_memory() -> int | None:
     except OSError:
         pass
     return None
+
+
+def _strings(stop: str | list[str] | None) -> list[str]:
+    """A chat format's stop strings (llama-cpp-python gives one, a list, or none) as a list."""
+    return [stop] if isinstance(stop, str) else list(stop or [])
 
 
 def _plain(message: Message) -> Message:

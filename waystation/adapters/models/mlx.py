@@ -28,9 +28,11 @@ from waystation.adapters.models.base import (
     TokenSink,
     ToolCall,
     ToolSpec,
+    discard,
     parse_tool_reply,
     tool_instructions,
 )
+from waystation.adapters.models.stop import StopStream, cut_at_stop
 from waystation.adapters.models.threaded import ThreadedBackend
 from waystation.errors import ModelError, PromptTooLong, UnsupportedParameter
 
@@ -114,7 +116,10 @@ class MlxBackend(ThreadedBackend[MlxModel]):
         if room < 1:
             return Generation("", prompt_tokens=len(prompt), finish_reason="length")
 
-        pieces: list[str] = []
+        # A reply that may be a tool call is read whole, then its answer is held to the stop
+        # strings and given out (a call's JSON is neither streamed as text nor cut); a plain
+        # answer streams, ending before the first stop string (no grammar here to end it).
+        stream = StopStream(() if tools else request.stop, discard if tools else emit)
         first_token_ms: int | None = None
         finish_reason = "stop"
         completion_tokens = 0
@@ -128,19 +133,25 @@ class MlxBackend(ThreadedBackend[MlxModel]):
                 break
             if first_token_ms is None:
                 first_token_ms = int((time.perf_counter() - started) * 1000)
-            if response.text:
-                pieces.append(response.text)
-                emit(response.text)
+            stream.feed(response.text)
+            if stream.stopped:
+                finish_reason, completion_tokens = "stop", response.generation_tokens
+                break
             if response.finish_reason is not None:
                 finish_reason = response.finish_reason
                 # the stop token ends the reply but is not part of it
                 completion_tokens = response.generation_tokens - (finish_reason == "stop")
-        text = "".join(pieces)
+        text = stream.finish()
         tool_calls: list[ToolCall] = []
         if tools:
             text, tool_calls = parse_tool_calls(text)
             if tool_calls:
                 finish_reason = "tool_calls"
+            else:
+                text, stopped = cut_at_stop(text, request.stop)
+                finish_reason = "stop" if stopped else finish_reason
+                if text:
+                    emit(text)
         return Generation(
             text=text,
             tool_calls=tool_calls,

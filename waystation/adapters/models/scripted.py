@@ -6,9 +6,11 @@ test can assert what the engine told the model (e.g. that a parked call was repo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
-from waystation.adapters.models.base import Generation, GenerationRequest, TokenSink, ToolCall
+from waystation.adapters.models.base import Generation, GenerationRequest, TokenSink, ToolCall, discard
+from waystation.adapters.models.stop import StopStream
 
 
 class ScriptedBackend:
@@ -35,17 +37,20 @@ class ScriptedBackend:
             reply = Generation(text=reply)
         elif isinstance(reply, ToolCall):
             reply = Generation(text="", tool_calls=[reply], finish_reason="tool_calls")
-        words = reply.text.split(" ")
-        for i, word in enumerate(words):
-            if on_token is not None and word:
-                on_token(word if i == 0 else " " + word)
+        # Streamed word by word, and held to the request's stop strings as a real model is.
+        stream = StopStream(request.stop, on_token or discard)
+        for word in re.split(r"(?<=\S)(?=\s)", reply.text):
+            stream.feed(word)
+            if stream.stopped:
+                break
+        text = stream.finish()
         prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in request.messages)
         return Generation(
-            text=reply.text,
+            text=text,
             tool_calls=reply.tool_calls,
             prompt_tokens=reply.prompt_tokens or prompt_tokens,
-            completion_tokens=reply.completion_tokens or len(reply.text.split()) + len(reply.tool_calls),
-            finish_reason=reply.finish_reason,
+            completion_tokens=reply.completion_tokens or len(text.split()) + len(reply.tool_calls),
+            finish_reason="stop" if stream.stopped else reply.finish_reason,
             cold_load_ms=cold,
         )
 

@@ -112,6 +112,8 @@ def messages_body(request: GenerationRequest) -> dict[str, Any]:
         "messages": [_simplified(t) for t in turns],
         "max_tokens": request.max_tokens,
     }
+    if request.stop:
+        body["stop_sequences"] = list(request.stop)
     if system:
         body["system"] = "\n\n".join(system)
     if with_tools:

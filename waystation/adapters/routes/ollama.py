@@ -89,6 +89,8 @@ class OllamaBackend(HttpRoute):
             "stream": stream,
             "options": {"temperature": request.temperature, "num_predict": request.max_tokens},
         }
+        if request.stop:
+            body["options"]["stop"] = list(request.stop)
         if request.tools and request.tool_choice != "none":
             body["tools"] = function_tools(request.tools)
         return body

@@ -8,13 +8,22 @@ carries `usage` because the request asks for it (`stream_options.include_usage`)
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from waystation.adapters.models.base import Generation, GenerationRequest, Message, TokenSink, ToolCall
+from waystation.adapters.models.base import (
+    Generation,
+    GenerationRequest,
+    Message,
+    TokenSink,
+    ToolCall,
+    discard,
+)
+from waystation.adapters.models.stop import StopStream, cut_at_stop
 from waystation.adapters.routes.http_common import (
     HttpRoute,
     as_int,
@@ -36,7 +45,7 @@ BASE_URLS = {
 KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "deepseek": "DEEPSEEK_API_KEY", "xai": "XAI_API_KEY"}
 PROVIDERS = {"openai": "openai", "deepseek": "deepseek", "xai": "xai", "compatible": "openai-compatible"}
 MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
-# OpenAI's reasoning models take `max_completion_tokens` and only the default temperature.
+# OpenAI's reasoning models take `max_completion_tokens`, only the default temperature, no `stop`.
 _REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
 
 
@@ -80,8 +89,10 @@ class OpenAICompatBackend(HttpRoute):
             body["max_completion_tokens"] = request.max_tokens
         else:
             body["max_tokens"] = request.max_tokens
-        if not (self.route == "openai" and _REASONING_MODEL.match(self.model_path)):
+        if not self._reasoning():
             body["temperature"] = request.temperature
+        if request.stop and not self._reasoning():
+            body["stop"] = list(request.stop)
         if request.tools:
             body["tools"] = function_tools(request.tools)
             body["tool_choice"] = request.tool_choice
@@ -89,7 +100,22 @@ class OpenAICompatBackend(HttpRoute):
             body["stream_options"] = {"include_usage": True}
         return body
 
+    def _reasoning(self) -> bool:
+        return self.route == "openai" and bool(_REASONING_MODEL.match(self.model_path))
+
     async def generate(self, request: GenerationRequest, on_token: TokenSink | None = None) -> Generation:
+        if not (request.stop and self._reasoning()):
+            return await self._generate(request, on_token)
+        # OpenAI's reasoning models refuse `stop`: their answer is cut here, streamed or whole.
+        held = StopStream(request.stop, on_token or discard)
+        generation = await self._generate(request, held.feed if on_token is not None else None)
+        text, stopped = cut_at_stop(generation.text, request.stop)
+        held.finish()
+        return dataclasses.replace(
+            generation, text=text, finish_reason="stop" if stopped else generation.finish_reason
+        )
+
+    async def _generate(self, request: GenerationRequest, on_token: TokenSink | None) -> Generation:
         stream = on_token is not None
         headers = {**self._headers, "accept": "text/event-stream"} if stream else self._headers
         async with self.post(self._url, self.body(request, stream), headers) as response:

@@ -11,7 +11,8 @@ key); `claude auth status --json` by its `loggedIn` field only.
 A seat CLI is an agent in its own right and runs its own tools, in its own sandbox, in a fresh
 empty directory. Waystation's tools are not offered through a seat: a request's `tools` are not
 passed on, and a seat's Generation never has tool calls. The conversation is flattened into one
-prompt; `max_tokens` and `temperature` have no CLI flag and are not passed on either.
+prompt; `max_tokens` and `temperature` have no CLI flag and are not passed on either. Stop strings
+have none either: the answer is cut at the first one here.
 
 `claude-seat` runs only where policy enables it (`[routes.claude-seat] enabled = true`): a
 subscription seat driven unattended is the user's choice to make, never a default.
@@ -29,6 +30,7 @@ from typing import Any, ClassVar
 import structlog
 
 from waystation.adapters.models.base import Generation, GenerationRequest, TokenSink
+from waystation.adapters.models.stop import cut_at_stop
 from waystation.adapters.routes.seats_cli import (
     PROMPT_LIMIT,
     Answer,
@@ -359,10 +361,11 @@ class SeatBackend:
         duration_ms = int((time.perf_counter() - started) * 1000)
         _log().info("seat.exited", route=route.name, returncode=returncode, duration_ms=duration_ms)
         answer = route.check(returncode, overflowed, answer)
-        if on_token is not None and answer.text:
-            on_token(answer.text)  # the CLIs' JSON modes give the answer whole, not token by token
+        text, _ = cut_at_stop(answer.text, request.stop)  # the CLIs take no stop strings
+        if on_token is not None and text:
+            on_token(text)  # the CLIs' JSON modes give the answer whole, not token by token
         return Generation(
-            text=answer.text,
+            text=text,
             prompt_tokens=answer.prompt_tokens,
             completion_tokens=answer.completion_tokens,
             first_token_ms=duration_ms if answer.text else None,

@@ -168,6 +168,8 @@ class VertexBackend(HttpRoute):
             "contents": contents,
             "generationConfig": {"maxOutputTokens": request.max_tokens, "temperature": request.temperature},
         }
+        if request.stop:
+            body["generationConfig"]["stopSequences"] = list(request.stop)
         if system:
             body["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
         if with_tools:

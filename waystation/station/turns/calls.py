@@ -8,10 +8,13 @@ per distinct call, and results in a form a small model can answer from.
   is refused with a tool result saying so: never sent, never parked.
 - A call is identified by its tool and normalized arguments; the same call twice in one turn
   (a resumed model asking again) is one task with one idempotency key, never parked twice.
+- A client's calls (a chat completion's tools) that its `tool` messages already answered are
+  not asked for again: `answered_calls` and `is_repeat` say which those are.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -20,7 +23,7 @@ from typing import Any
 import httpx
 
 from waystation import receipts
-from waystation.adapters.models.base import Message, ToolChoice, ToolSpec, urls_in
+from waystation.adapters.models.base import Message, ToolCall, ToolChoice, ToolSpec, urls_in
 from waystation.adapters.tools import ToolRegistry
 from waystation.errors import InvalidArguments, MalformedRequest, NoUrlToCall, UnknownTool
 from waystation.ports import Connectivity, Deliver, Outcome
@@ -75,6 +78,35 @@ def offer_client(
 
 
 NO_PARAMETERS = {"type": "object", "properties": {}}
+
+CallKey = tuple[str, str]  # a call's function name, and its arguments as canonical JSON
+
+
+def answered_calls(messages: Sequence[Message]) -> set[CallKey]:
+    """The calls a client's conversation already holds results for: each assistant tool call
+    that a later `tool` message answers (by its id)."""
+    asked: dict[str, CallKey] = {}
+    answered: set[CallKey] = set()
+    for message in messages:
+        if message.get("role") == "assistant":
+            for call in message.get("tool_calls") or []:
+                function = call.get("function") or {}
+                asked[call.get("id")] = _call_key(str(function.get("name")), function.get("arguments"))
+        elif message.get("role") == "tool" and message.get("tool_call_id") in asked:
+            answered.add(asked[message["tool_call_id"]])
+    return answered
+
+
+def is_repeat(call: ToolCall, answered: set[CallKey]) -> bool:
+    """Whether the call is one already answered: the same function, the same arguments as JSON."""
+    return _call_key(call.name, call.arguments) in answered
+
+
+def _call_key(name: str, arguments: Any) -> CallKey:
+    if isinstance(arguments, str):  # as a client sends them back: JSON text ("" for none)
+        with contextlib.suppress(ValueError):  # not JSON: equal only to the same text
+            arguments = json.loads(arguments or "{}")
+    return name, json.dumps(arguments, sort_keys=True)
 
 
 def _spec(tool: Any) -> ToolSpec:

@@ -49,7 +49,14 @@ from waystation.queue.policy import TaskState
 from waystation.queue.store import TaskStore
 from waystation.queue.tasks import NewTask, Task
 from waystation.receipts import ReceiptDraft, RouteInfo, Usage
-from waystation.station.turns.calls import Caller, conversation_urls, offer, offer_client
+from waystation.station.turns.calls import (
+    Caller,
+    answered_calls,
+    conversation_urls,
+    is_repeat,
+    offer,
+    offer_client,
+)
 from waystation.station.turns.progress import Progress
 from waystation.station.turns.records import TurnRow, claim_for_resume, get_turn, save_turn
 from waystation.station.turns.request import DEFERRED_TURN_TOOL, TurnRequest, TurnResult
@@ -233,6 +240,16 @@ class TurnEngine:
         if request.client_tools is not None:  # a chat completion: the model's calls go back
             specs, model_choice = offer_client(request.client_tools, request.tool_choice)
             generation = await self._generate(request, progress, model, specs, model_choice, on_token)
+            # A call the client's tool messages answered is not asked for again (the client would
+            # run it again, and ask again): it is dropped, and with nothing else called (even
+            # when the client demands a call) the model answers from the results instead.
+            answered = answered_calls(progress.messages)
+            fresh = [c for c in generation.tool_calls if not is_repeat(c, answered)]
+            if generation.tool_calls and not fresh:
+                progress.reason = "answered from the results: the model asked again for a call they answer"
+                generation = await self._generate(request, progress, model, [], "none", on_token)
+            elif len(fresh) < len(generation.tool_calls):
+                generation = dataclasses.replace(generation, tool_calls=fresh)
             if _answered(progress, generation):
                 return
             progress.tool_calls += [
@@ -281,6 +298,7 @@ class TurnEngine:
                 on_stage=progress.on_stage,
                 response_format=request.response_format,
                 keep_alive=request.keep_alive,
+                stop=tuple(request.stop or ()),
             ),
             on_token,
         )

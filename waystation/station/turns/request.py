@@ -38,6 +38,7 @@ class TurnRequest:
     # Ollama's keep_alive in seconds: how long a local model stays loaded after the turn's
     # generations (None: `[model] idle_unload_s`; 0: unload at once; negative: forever).
     keep_alive: float | None = None
+    stop: list[str] | None = None  # OpenAI's stop sequences: the answer ends before the first
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
