@@ -694,7 +694,8 @@ async def test_max_steps_bounds_the_turn_and_the_last_step_answers_in_text(
     result = await make_engine(model).run(TurnRequest(f"loop over {urls}", max_steps=3))
 
     assert result.text == "final" and result.status == "ok"
-    assert [r.tool_choice for r in model.requests] == ["auto", "auto", "none"]
+    # While a URL the user named is uncalled, auto calls for it; the last step answers regardless.
+    assert [r.tool_choice for r in model.requests] == ["required", "required", "none"]
     assert model.requests[-1].tools == ()
     assert len(destination.hits) == 2
 
@@ -702,6 +703,17 @@ async def test_max_steps_bounds_the_turn_and_the_last_step_answers_in_text(
     one = ScriptedBackend(["just text"])
     await make_engine(one).run(TurnRequest("hi", tool_choice="required", max_steps=1))
     assert [(r.tool_choice, tuple(r.tools)) for r in one.requests] == [("none", ())]
+
+
+async def test_auto_calls_for_a_named_url_and_then_answers(
+    make_engine: EngineFactory, connectivity: FakeConnectivity, destination: Destination
+) -> None:
+    connectivity.state = "online"
+    model = ScriptedBackend([fetch(destination.url("/a")), "the answer"])
+    result = await make_engine(model).run(TurnRequest(f"Fetch {destination.url('/a')} and tell me X"))
+    assert result.text == "the answer"
+    assert [r.tool_choice for r in model.requests] == ["required", "none"]
+    assert len(destination.hits) == 1
 
 
 async def test_tool_choice_none_never_offers_tools(make_engine: EngineFactory) -> None:

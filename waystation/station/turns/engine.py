@@ -262,10 +262,14 @@ class TurnEngine:
                 choice = "none"
                 progress.reason = f"answered at the step limit ({request.max_steps} steps)"
             urls = conversation_urls(progress.messages)
-            # Offered: the URLs still to call (and, before any call, the allowed hosts). Once
-            # every URL the user named has its answer here, the next step answers from them.
+            # Offered: the URLs still to call (and, before any call, the allowed hosts). While a
+            # URL the user named has no answer here, `auto` calls for it: a small model left to
+            # choose answered "fetch URL and tell me X" from nothing, inventing the page. Once
+            # every one has its answer, the next step answers from them.
+            to_call = urls_to_call(progress.messages)
+            step_choice = "required" if choice == "auto" and to_call else choice
             allowed = self._allow_hosts if not progress.tool_calls else ()
-            specs, model_choice = offer(self._tools, choice, urls_to_call(progress.messages), allowed)
+            specs, model_choice = offer(self._tools, step_choice, to_call, allowed)
             generation = await self._generate(request, progress, model, specs, model_choice, on_token)
             if _answered(progress, generation):
                 return
