@@ -133,6 +133,18 @@ async def test_same_key_and_equal_args_in_another_order_are_the_same(store: Task
     assert not created and again.id == first.id
 
 
+async def test_a_json_body_keeps_the_order_it_was_given_in(store: TaskStore) -> None:
+    """What is delivered is what the caller (or the user, whose JSON a model's write carries)
+    wrote: a parked body is not re-sorted."""
+    body = {"event": "deploy", "build": {"tags": ["b", "a"], "id": 7}, "at": "now"}
+    args = {"method": "POST", "url": "https://a.test/hook", "json": body}
+    task, _ = await store.enqueue(_new(args=args, idempotency_key="k"))
+    stored = await store.get(task.id)
+    assert json.dumps(stored.args["json"], separators=(",", ":")) == json.dumps(body, separators=(",", ":"))
+    (row,) = await store.db.fetchall("SELECT args FROM tasks WHERE id = ?", (task.id,))
+    assert row["args"] == json.dumps(args, separators=(",", ":"))
+
+
 async def test_same_key_other_args_is_a_conflict(store: TaskStore) -> None:
     first, _ = await store.enqueue(_new(1, idempotency_key="k"))
     with pytest.raises(IdempotencyConflict) as info:

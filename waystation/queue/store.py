@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import json
 import sqlite3
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -24,6 +25,8 @@ from waystation.receipts import ReceiptDraft
 LEASE_MARGIN_S = 30.0
 # Tools whose transfer size cannot be known ahead (a download): held back on a metered connection.
 UNSIZED_TOOLS = ("web_fetch",)
+# A task's args as stored: compact, and in the order given (receipts.canonical_json sorts keys).
+_ARGS_AS_GIVEN = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _hold_back(hold_back_bytes: int | None) -> tuple[str, tuple[Any, ...]]:
@@ -52,7 +55,9 @@ class TaskStore:
         now = timeutil.now()
         task_id = new.task_id or receipts.new_id("t")
         key = new.idempotency_key or f"waystation-{task_id}"
-        args = receipts.canonical_json(new.args)
+        # Kept as given, key order and all: a JSON body is delivered as the caller (or the user
+        # whose JSON a model's write carries) wrote it, byte for byte where written compact.
+        args = _ARGS_AS_GIVEN.encode(new.args)
         expires_at = new.expires_at or now + self.settings.retention_days * 86400
         values = {
             "id": task_id,
@@ -81,7 +86,9 @@ class TaskStore:
         row = conn.execute("SELECT * FROM tasks WHERE idempotency_key = ?", (key,)).fetchone()
         assert row is not None  # the conflict that stopped the insert is this row
         existing = Task.from_row(row)
-        if existing.tool != new.tool or row["args"] != args:
+        # The same args in another key order are the same task.
+        same_args = receipts.canonical_json(existing.args) == receipts.canonical_json(new.args)
+        if existing.tool != new.tool or not same_args:
             raise IdempotencyConflict(key, existing.id)
         return existing, False
 
