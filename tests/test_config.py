@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -257,6 +258,38 @@ def test_out_of_range_is_named(home: Path, toml: str, key: str) -> None:
     err = _error(_paths(home, toml))
     assert err.key == key
     assert key in str(err)
+
+
+def test_hosts_a_model_may_reach_and_write_to(home: Path) -> None:
+    toml = '[tools]\nallow_hosts = ["api.example.org"]\nallow_writes = ["hooks.example:8080", "[::1]:9000"]\n'
+    tools = load_settings(_paths(home, toml), {}).tools
+    assert tools.allow_hosts == ("api.example.org",)
+    assert tools.allow_writes == ("hooks.example:8080", "[::1]:9000")
+    env = {"WAYSTATION_TOOLS__ALLOW_WRITES": '["127.0.0.1", "fe80::1"]'}
+    assert load_settings(_paths(home, toml), env).tools.allow_writes == ("127.0.0.1", "fe80::1")
+    assert Settings().tools.allow_writes == ()
+
+
+@pytest.mark.parametrize(
+    ("entry", "key"),
+    [
+        ("https://hooks.example", "tools.allow_writes"),
+        ("hooks.example/hook", "tools.allow_writes"),
+        ("hooks.example:0", "tools.allow_writes"),
+        ("hooks.example:70000", "tools.allow_writes"),
+        ("", "tools.allow_hosts"),
+        ("two words", "tools.allow_hosts"),
+    ],
+)
+def test_a_host_entry_that_could_never_match_is_named(home: Path, entry: str, key: str) -> None:
+    err = _error(_paths(home, f"[tools]\n{key.split('.')[1]} = [{json.dumps(entry)}]\n"))
+    assert err.key == key
+    assert repr(entry) in str(err) and '"host" or "host:port"' in str(err)
+
+
+def test_allow_writes_from_env_must_be_a_list(home: Path) -> None:
+    err = _error(_paths(home), {"WAYSTATION_TOOLS__ALLOW_WRITES": "hooks.example"})
+    assert err.key == "tools.allow_writes" and "list of strings" in str(err)
 
 
 def test_out_of_range_from_env_is_named(home: Path) -> None:

@@ -79,6 +79,9 @@ class ToolsSettings:
     # Hosts a model's network call may reach though the conversation never named them (a
     # call to any other unnamed URL is refused, never parked). "host" or "host:port".
     allow_hosts: tuple[str, ...] = ()
+    # Hosts a model may write (POST, PUT, PATCH) JSON of its own to; to any other host a model
+    # writes only a JSON object the user's messages contain. "host" or "host:port".
+    allow_writes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,13 @@ class FleetSettings:
     # A NATS credentials file (JWT and seed). Only its path is ever shown: the content is a secret.
     creds: str = ""
 
+
+# An entry of [tools] allow_hosts or allow_writes: a host name or address, or host:port (an IPv6
+# address in brackets when it has a port). A URL or a path there would never match a call's host.
+HOST_ENTRY = re.compile(
+    r"(?:(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?"  # name or [IPv6], then :port
+    r"|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]+)"  # an IPv6 address without a port
+)
 
 FLEET_SCHEMES = ("nats://", "tls://", "ws://", "wss://")
 # A host name is one subject token: no dots (they separate tokens), wildcards or spaces.
@@ -399,6 +409,8 @@ def _check_ranges(s: Settings) -> None:
     if not s.connectivity.probe_url.startswith(("http://", "https://")):
         raise ConfigError("connectivity.probe_url", "must be an http:// or https:// URL")
     _check_fleet(s.fleet)
+    _check_hosts("tools.allow_hosts", s.tools.allow_hosts)
+    _check_hosts("tools.allow_writes", s.tools.allow_writes)
     host, colon, port = s.agent.metrics_listen.rpartition(":")
     if s.agent.metrics_listen and not (colon and host and port.isdigit() and 0 < int(port) < 65536):
         raise ConfigError("agent.metrics_listen", 'must be "host:port", e.g. "127.0.0.1:9464" ("" = off)')
@@ -409,3 +421,12 @@ def _check_fleet(f: FleetSettings) -> None:
         raise ConfigError("fleet.url", 'must be a NATS URL, e.g. "nats://hub.example:4222" ("" = off)')
     if f.host and not FLEET_HOST.fullmatch(f.host):
         raise ConfigError("fleet.host", "must be 1 to 64 letters, digits, _ or - (it is a subject token)")
+
+
+def _check_hosts(key: str, hosts: tuple[str, ...]) -> None:
+    for entry in hosts:
+        match = HOST_ENTRY.fullmatch(entry)
+        if match is None or (match[2] is not None and not 0 < int(match[2]) < 65536):
+            raise ConfigError(
+                key, f'{entry!r} is not "host" or "host:port" (e.g. "api.example.org", "127.0.0.1:8080")'
+            )
