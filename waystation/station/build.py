@@ -181,9 +181,16 @@ def _turn_station(
     stack.push_async_callback(router.close)
     announcer.listen("turn", router.answered)
     store = TaskStore(db, settings.queue)
-    allow_hosts = settings.tools.allow_hosts
     turns = TurnEngine(
-        db, store, tools, monitor, deliveries, router.resolve, announcer, allow_hosts=allow_hosts
+        db,
+        store,
+        tools,
+        monitor,
+        deliveries,
+        router.resolve,
+        announcer,
+        allow_hosts=settings.tools.allow_hosts,
+        allow_writes=settings.tools.allow_writes,
     )
     station = TurnStation(paths, settings, db, store, tools, announcer, monitor, router, turns, models=models)
     return station, deliveries

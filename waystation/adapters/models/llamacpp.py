@@ -12,7 +12,7 @@ import ctypes
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from waystation.adapters.models.base import (
     Message,
     TokenSink,
     ToolCall,
+    ToolChoice,
     ToolSpec,
     discard,
     format_instructions,
@@ -34,6 +35,7 @@ from waystation.adapters.models.base import (
     urls_to_call,
 )
 from waystation.adapters.models.cpu_cores import physical_cores
+from waystation.adapters.models.json_objects import json_objects_in
 from waystation.adapters.models.stop import cut_at_stop
 from waystation.adapters.models.threaded import Admission, ThreadedBackend
 from waystation.adapters.models.unique_items import ArrayItems
@@ -137,10 +139,11 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         messages, formatted, prompt = self._prompt(handle, request, tools)
         grammar = None
         if constrained:
-            schema = _grammar_safe(tool_call_schema(tools, request.tool_choice, answer_format))
             # A URL still to call, else any the conversation named (the call is gated either way).
             urls = urls_to_call(list(request.messages)) or urls_in(messages)
-            grammar = json_grammar(_pin_urls(schema, urls), request)
+            objects = json_objects_in([m for m in request.messages if m.get("role") == "user"])
+            schema = reply_schema(tools, request.tool_choice, answer_format, urls, objects)
+            grammar = json_grammar(schema, request)
         elif answer_format is not None:  # the answer is the JSON itself, streamed as text
             grammar = json_grammar(answer_format, request)
         if constrained:
@@ -381,6 +384,21 @@ def check_gguf(path: Path) -> None:
         )
 
 
+def reply_schema(
+    tools: Sequence[ToolSpec],
+    choice: ToolChoice,
+    answer: Mapping[str, Any] | None,
+    urls: list[str],
+    objects: list[dict[str, Any]],
+) -> Any:
+    """The JSON Schema a constrained reply is held to: a call to one of the tools (or an answer),
+    made grammar-safe, its `url` pinned to `urls` and its `json` to `objects`, the user's JSON
+    (last: the objects are data, which `_grammar_safe` and `_pin_urls` would read as schema, an
+    object's "title" key as an annotation)."""
+    schema = _grammar_safe(tool_call_schema(tools, choice, answer))
+    return _pin_json(_pin_urls(schema, urls), objects)
+
+
 def _pin_urls(schema: Any, urls: list[str]) -> Any:
     """Where the conversation names URLs, a `url` argument may only be one of them.
 
@@ -397,6 +415,30 @@ def _pin_urls(schema: Any, urls: list[str]) -> Any:
     properties = out.get("properties")
     if isinstance(properties, dict) and isinstance(properties.get("url"), dict):
         properties["url"] = {"enum": urls}
+    return out
+
+
+def _pin_json(schema: Any, objects: list[dict[str, Any]]) -> Any:
+    """Where the user's messages hold JSON objects, a `json` argument may only be one of them.
+
+    A write carries JSON the user gave (station/turns/writes.py refuses any other); asked to
+    "POST the JSON {...}", a 135M model otherwise fills in something of its own. Each object is
+    a constant the converter writes as `json.dumps` does, so the model copies it exactly, and
+    what it sends parses equal to what the user wrote.
+    """
+    if not objects:
+        return schema
+    if isinstance(schema, list):
+        return [_pin_json(v, objects) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _pin_json(v, objects) for k, v in schema.items()}
+    properties = out.get("properties")
+    if not isinstance(properties, dict):
+        return out
+    given = properties.get("json")
+    if isinstance(given, dict) and given.get("type", "object") == "object":  # a client's string stays
+        properties["json"] = {"enum": objects}
     return out
 
 

@@ -27,6 +27,9 @@ from waystation.errors import DeliveryError, InvalidArguments, NetworkUnreachabl
 from waystation.ports import idempotency_key_problem
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+# The methods a model writes with: its call carries a JSON object the user gave, or is refused
+# (station/turns/writes.py holds the rule).
+WRITE_METHODS = ("POST", "PUT", "PATCH")
 USER_AGENT = f"waystation/{__version__}"
 
 # Args are stored in the task row, echoed by the API and compared byte for byte when a client
@@ -261,6 +264,37 @@ URL_SCHEMA: dict[str, object] = {
 }
 
 
+# What a grammar-constrained model fills in: no DELETE (a 135M model picked it for "fetch"), and a
+# write's body only as a JSON object in `json` (sent as application/json): given a free `body`
+# string, a small model asked to "POST the JSON {...}" posted the URL as an octet-stream. The
+# object is bounded, so a small model cannot ramble to max_tokens, and the model backend pins it
+# to the objects the user wrote, as it pins `url` (llamacpp._pin_json). What a model produces is
+# validated against `parameters` and then gated (station/turns/writes.py); a task posted to the
+# API may still use any method, and `body`.
+_READ_CALL: dict[str, object] = {
+    "type": "object",
+    "properties": {"method": {"enum": ["GET", "HEAD"]}, "url": URL_SCHEMA},
+    "required": ["method", "url"],
+}
+_WRITE_CALL: dict[str, object] = {
+    "type": "object",
+    "properties": {
+        "method": {"enum": list(WRITE_METHODS)},
+        "url": URL_SCHEMA,
+        "json": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 100}},
+    },
+    "required": ["method", "url", "json"],
+}
+# With no JSON to send, a write has nothing to carry, and is always refused; it is still offered,
+# so that a model asked to "POST to ..." says so, and is told why not, instead of being held to a
+# GET of the same URL that nobody asked for (measured: reads still come out as GET).
+_WRITE_CALL_WITHOUT_JSON: dict[str, object] = {
+    "type": "object",
+    "properties": {"method": {"enum": list(WRITE_METHODS)}, "url": URL_SCHEMA},
+    "required": ["method", "url"],
+}
+
+
 class HttpRequestTool:
     name = "http_request"
     description = (
@@ -274,43 +308,22 @@ class HttpRequestTool:
             "method": {"type": "string", "enum": list(METHODS), "default": "GET"},
             "url": URL_SCHEMA,
             "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-            "body": {"type": "string", "description": "request body as text (not with json)"},
-            "json": {"description": "any JSON value, sent as application/json (not with body)"},
+            "body": {
+                "type": "string",
+                "description": "request body as text (tasks only: a model writes json)",
+            },
+            "json": {
+                "type": "object",
+                "description": "for POST, PUT, PATCH: a JSON object the user gave, sent as application/json",
+            },
         },
         "required": ["url"],
         "additionalProperties": False,
     }
-    # What a grammar-constrained model fills in: a body (text, or a flat JSON object) only for
-    # the methods that take one, and bounded, so a small model cannot ramble to max_tokens; no
-    # DELETE (a 135M model picked it for "fetch"). What it produces is validated against
-    # `parameters`, and a task posted to the API may still use any method.
-    grammar_parameters: dict[str, object] = {
-        "anyOf": [
-            {
-                "type": "object",
-                "properties": {"method": {"enum": ["GET", "HEAD"]}, "url": URL_SCHEMA},
-                "required": ["method", "url"],
-            },
-            {
-                "type": "object",
-                "properties": {
-                    "method": {"enum": ["POST", "PUT", "PATCH"]},
-                    "url": URL_SCHEMA,
-                    "body": {"type": "string", "maxLength": 300},
-                },
-                "required": ["method", "url", "body"],
-            },
-            {
-                "type": "object",
-                "properties": {
-                    "method": {"enum": ["POST", "PUT", "PATCH"]},
-                    "url": URL_SCHEMA,
-                    "json": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 100}},
-                },
-                "required": ["method", "url", "json"],
-            },
-        ]
-    }
+    grammar_parameters: dict[str, object] = {"anyOf": [_READ_CALL, _WRITE_CALL]}
+    # When the user gave no JSON object (and [tools] allow_writes lists no host), a write could
+    # only carry what the model made up: there is no `json` to fill (and the write is refused).
+    grammar_parameters_without_json: dict[str, object] = {"anyOf": [_READ_CALL, _WRITE_CALL_WITHOUT_JSON]}
     _keys = ("method", "url", "headers", "body", "json")
 
     def __init__(self, secrets: Secrets | None = None) -> None:
@@ -363,6 +376,9 @@ class WebFetchTool:
     name = "web_fetch"
     description = "Fetch a web page (HTTP GET) and return its text, up to 64 KiB."
     needs_network = True
+    # It only reads, as http_request's GET does: a turn where the user gave JSON to send does not
+    # offer it (station/turns/calls.offer), since a small model picks it for "POST the JSON {...}".
+    reads_only = True
     parameters: dict[str, object] = {
         "type": "object",
         "properties": {"url": URL_SCHEMA},

@@ -5,7 +5,8 @@ per distinct call, and results in a form a small model can answer from.
   network tools are offered only once the conversation (the user's messages or tool results)
   names an http(s) URL: a model asked "Say hello." is not handed a way to invent a request.
 - A call to a URL the conversation does not name, on a host `[tools] allow_hosts` does not list,
-  is refused with a tool result saying so: never sent, never parked.
+  is refused with a tool result saying so: never sent, never parked. So is a model's write of
+  anything but JSON the user gave (station/turns/writes.py).
 - A call is identified by its tool and normalized arguments; the same call twice in one turn
   (a resumed model asking again) is one task with one idempotency key, never parked twice.
 - A client's calls (a chat completion's tools) that its `tool` messages already answered are
@@ -31,6 +32,7 @@ from waystation.queue.policy import no_answer
 from waystation.queue.tasks import NewTask
 from waystation.station.turns.progress import Progress
 from waystation.station.turns.results import result_for_model, result_summary
+from waystation.station.turns.writes import as_the_user_wrote, host_listed, write_refusal
 
 
 def conversation_urls(messages: Sequence[Message]) -> list[str]:
@@ -43,17 +45,28 @@ def offer(
     choice: ToolChoice | Mapping[str, str],
     urls: Sequence[str],
     allow_hosts: Sequence[str],
+    objects: Sequence[Mapping[str, Any]] = (),
+    allow_writes: Sequence[str] = (),
 ) -> tuple[list[ToolSpec], ToolChoice]:
-    """The tools to offer the model for one step, and how it must use them."""
+    """The tools to offer the model for one step, and how it must use them. `objects`: the JSON
+    objects the user gave, what a write may carry (with `allow_writes`, see writes.py)."""
     if choice == "none":
         return [], "none"
     reachable = bool(urls) or bool(allow_hosts)
+    writes = bool(objects) or bool(allow_writes)
     if isinstance(choice, Mapping):  # {"tool": NAME}: that tool, a call demanded
         tool = tools.get(choice["tool"])
         if tool.needs_network and not reachable:
             raise NoUrlToCall(json.dumps(dict(choice)))
-        return [_spec(tool)], "required"
-    offered = [_spec(t) for t in tools if reachable or not t.needs_network]
+        return [_spec(tool, writes)], "required"
+    offered = [
+        _spec(t, writes)
+        for t in tools
+        # With JSON to send, a tool that only reads is left out: asked to "POST the JSON {...}",
+        # the 135M model picked web_fetch (a GET) over http_request on every port tried, and
+        # http_request reads as well.
+        if (reachable or not t.needs_network) and not (objects and getattr(t, "reads_only", False))
+    ]
     if choice == "required" and not offered:
         raise NoUrlToCall("required")
     return offered, choice if offered else "none"
@@ -109,8 +122,12 @@ def _call_key(name: str, arguments: Any) -> CallKey:
     return name, json.dumps(arguments, sort_keys=True)
 
 
-def _spec(tool: Any) -> ToolSpec:
-    return ToolSpec(tool.name, tool.description, tool.parameters, getattr(tool, "grammar_parameters", None))
+def _spec(tool: Any, writes: bool) -> ToolSpec:
+    """A tool as the model is told about it; `writes`: whether a write has JSON it may carry."""
+    grammar = getattr(tool, "grammar_parameters", None)
+    if not writes:
+        grammar = getattr(tool, "grammar_parameters_without_json", grammar)
+    return ToolSpec(tool.name, tool.description, tool.parameters, grammar)
 
 
 def refusal(args: Mapping[str, Any], urls: Sequence[str], allow_hosts: Sequence[str]) -> str | None:
@@ -120,11 +137,7 @@ def refusal(args: Mapping[str, Any], urls: Sequence[str], allow_hosts: Sequence[
     if not isinstance(url, str):
         return None
     wanted = _normalized(url)
-    if any(_normalized(u) == wanted for u in urls):
-        return None
-    parsed = httpx.URL(url)
-    host = parsed.host.lower()
-    if host in allow_hosts or f"{host}:{parsed.port}" in allow_hosts:
+    if any(_normalized(u) == wanted for u in urls) or host_listed(url, allow_hosts):
         return None
     return (
         f"refused: {url} is not a URL the conversation named (nor on [tools] allow_hosts); "
@@ -148,16 +161,23 @@ def call_key(turn_id: str, tool: str, args: Mapping[str, Any]) -> str:
 
 
 class Caller:
-    """Makes a model's calls: validated, refused when the URL was never named, the same call
-    answered from its first result, delivered at once while online, else parked as a task."""
+    """Makes a model's calls: validated, refused when the URL was never named or the write is
+    not the user's, the same call answered from its first result, delivered at once while online,
+    else parked as a task."""
 
     def __init__(
-        self, tools: ToolRegistry, connectivity: Connectivity, deliver: Deliver, allow_hosts: Sequence[str]
+        self,
+        tools: ToolRegistry,
+        connectivity: Connectivity,
+        deliver: Deliver,
+        allow_hosts: Sequence[str],
+        allow_writes: Sequence[str] = (),
     ) -> None:
         self._tools = tools
         self._connectivity = connectivity
         self._deliver = deliver
         self._allow_hosts = allow_hosts
+        self._allow_writes = allow_writes
 
     async def call(
         self,
@@ -167,15 +187,18 @@ class Caller:
         name: str,
         arguments: dict[str, Any],
         urls: Sequence[str],
+        objects: Sequence[Mapping[str, Any]],
     ) -> bool:
-        """Make one call (or refuse it, or park it); whether it repeated an earlier one."""
+        """Make one call (or refuse it, or park it); whether it repeated an earlier one. `urls`
+        and `objects`: what the conversation gave that a call may use (its URLs, the user's
+        JSON objects)."""
         record: dict[str, Any] = {"id": call_id, "tool": name, "arguments": arguments}
         progress.tool_calls.append(record)
         message: Message = {"role": "tool", "tool_call_id": call_id}
         progress.messages.append(message)
         try:
             tool = self._tools.get(name)
-            args = tool.validate(arguments)
+            args = as_the_user_wrote(tool.validate(arguments), objects)
         except (UnknownTool, InvalidArguments) as exc:
             record["status"] = "error"
             message["content"] = json.dumps({"error": exc.message})
@@ -188,7 +211,7 @@ class Caller:
             message["content"] = earlier["content"]
             return True
         message["waystation_key"] = key
-        why_not = refusal(args, urls, self._allow_hosts)
+        why_not = refusal(args, urls, self._allow_hosts) or write_refusal(args, objects, self._allow_writes)
         if why_not is not None:
             record["status"] = "refused"
             message["content"] = json.dumps({"error": why_not})

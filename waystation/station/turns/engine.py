@@ -61,6 +61,7 @@ from waystation.station.turns.progress import Progress
 from waystation.station.turns.records import TurnRow, claim_for_resume, get_turn, save_turn
 from waystation.station.turns.request import DEFERRED_TURN_TOOL, TurnRequest, TurnResult
 from waystation.station.turns.results import result_for_model
+from waystation.station.turns.writes import user_objects
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +80,7 @@ class TurnEngine:
         announce: Announce,
         *,
         allow_hosts: Sequence[str] = (),
+        allow_writes: Sequence[str] = (),
         turn_timeout_s: float = TURN_TIMEOUT_S,
     ) -> None:
         self._db = db
@@ -89,7 +91,8 @@ class TurnEngine:
         self._route_for = route_for
         self._announce = announce  # told of every finished turn once its receipt committed
         self._allow_hosts = tuple(allow_hosts)
-        self._caller = Caller(tools, connectivity, deliver, self._allow_hosts)
+        self._allow_writes = tuple(allow_writes)
+        self._caller = Caller(tools, connectivity, deliver, self._allow_hosts, self._allow_writes)
         self._turn_timeout_s = turn_timeout_s
 
     async def run(
@@ -269,14 +272,17 @@ class TurnEngine:
             to_call = urls_to_call(progress.messages)
             step_choice = "required" if choice == "auto" and to_call else choice
             allowed = self._allow_hosts if not progress.tool_calls else ()
-            specs, model_choice = offer(self._tools, step_choice, to_call, allowed)
+            objects = user_objects(progress.messages)  # what a write may carry
+            specs, model_choice = offer(
+                self._tools, step_choice, to_call, allowed, objects, self._allow_writes
+            )
             generation = await self._generate(request, progress, model, specs, model_choice, on_token)
             if _answered(progress, generation):
                 return
             repeated = False
             for call in generation.tool_calls:
                 repeated |= await self._caller.call(
-                    turn_id, progress, call.id, call.name, call.arguments, urls
+                    turn_id, progress, call.id, call.name, call.arguments, urls, objects
                 )
             if progress.deferred:
                 return  # the model waits for the parked results; the turn resumes with them
