@@ -323,6 +323,7 @@ class Hit:
     at: float  # the receiver's time.time() when the request arrived
     auth: str | None = None  # the Authorization header, if any
     body: str = ""
+    content_type: str | None = None  # the request's Content-Type header, if any
 
 
 class Receiver:
@@ -410,6 +411,7 @@ def receiver_main(host: str = "127.0.0.1", port: int = 0) -> None:
                 "at": time.time(),
                 "auth": auth,
                 "body": body,
+                "content_type": request.headers.get("Content-Type"),
             }
         )
         parts = path.strip("/").split("/")
