@@ -680,6 +680,49 @@ async def test_announced_settled_task_resumes_its_turn(
     assert seen[1]["receipt_id"] == turn_receipts[1]["id"]
 
 
+class OneAtATime:
+    """A model that generates one request at a time, each taking `seconds` (as a local one does)."""
+
+    def __init__(self, inner: ScriptedBackend, seconds: float) -> None:
+        self._inner, self._seconds, self._lock = inner, seconds, asyncio.Lock()
+        self.name, self.model_path, self.loaded = "scripted", "scripted", True
+
+    async def generate(self, request: Any, on_token: Any = None) -> Any:
+        async with self._lock:
+            await asyncio.sleep(self._seconds)
+            return await self._inner.generate(request, on_token)
+
+    async def unload(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_many_turns_resumed_together_each_get_their_whole_time(
+    make_engine: EngineFactory, db: Database, store: TaskStore, destination: Destination
+) -> None:
+    """A returning network settles many parked turns at once; resumed all together behind one
+    model, the last ones spent their time limit waiting for it and ended `error`."""
+    turns = 8
+    replies: list[Any] = [fetch(destination.url(f"/{i}"), f"c{i}") for i in range(turns)] + ["done"] * turns
+    engine = make_engine(OneAtATime(ScriptedBackend(replies), 0.2), turn_timeout_s=1.0)
+    parked = [await engine.run(TurnRequest(f"fetch {destination.url(f'/{i}')}")) for i in range(turns)]
+    for turn in parked:
+        await deliver_and_settle(store, turn.deferred_task_ids[0], destination)
+    background = Background()
+    resumptions = Resumptions(engine, background)
+    for turn in parked:
+        resumptions.resume_soon(turn.turn_id)
+    for _ in range(600):  # until every turn has its second receipt (30 s at most)
+        if len([r for r in await all_receipts(db) if r["kind"] == "turn"]) == 2 * turns:
+            break
+        await asyncio.sleep(0.05)
+    await background.close()
+    states = [(await turn_row(db, t.turn_id))["state"] for t in parked]  # type: ignore[index]
+    assert states == ["ok"] * turns
+
+
 # --- bounds and failures ----------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ its "interrupted" receipt.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,11 +23,18 @@ from waystation.station.turns.records import parked_turns_ready, recover_turns
 
 log = structlog.get_logger(__name__)
 
+# Resumptions running at once. A returning network settles many parked turns together, and each
+# resumed turn's time limit starts when it resumes: 24 resumed at once behind one model timed out
+# waiting for it. Two keep the model busy (one generating, the next ready) while the rest stay
+# `parked`, their time not yet counting.
+RESUMING_AT_ONCE = 2
+
 
 class Resumptions:
     def __init__(self, turns: TurnEngine, background: Background) -> None:
         self._turns = turns
         self._background = background
+        self._slots = asyncio.Semaphore(RESUMING_AT_ONCE)
 
     def task_changed(self, task: Mapping[str, Any]) -> None:
         """A listener for announced tasks: the last settled task of a turn resumes it."""
@@ -46,6 +54,7 @@ class Resumptions:
 
     async def _resume(self, turn_id: str) -> None:
         try:
-            await self._turns.resume(turn_id)  # the engine announces it
+            async with self._slots:
+                await self._turns.resume(turn_id)  # the engine announces it
         except WaystationError as exc:
             log.warning("resumed turn failed", turn_id=turn_id, error=exc.message)
