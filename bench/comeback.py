@@ -22,26 +22,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
-import socket
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import httpx
 from _harness import helper_server, print_notes, print_table, progress, running_agent, uds_client
 
-
-def free_port() -> int:
-    """A loopback port nothing listens on, below the usual ephemeral range so that no outgoing
-    connection takes it meanwhile."""
-    for port in random.sample(range(20000, 32000), 200):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free loopback port between 20000 and 32000")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from agentproc import port_nobody_uses
 
 
 async def post_tasks(agent: httpx.AsyncClient, url: str, count: int) -> float:
@@ -69,7 +59,7 @@ async def received(base: str, count: int, timeout_s: float = 120.0) -> tuple[flo
 
 async def one_outage(agent: httpx.AsyncClient, outage_s: float, count: int) -> tuple[float, float]:
     """Seconds from the destination's return to its first and to its last request."""
-    port = free_port()
+    port = port_nobody_uses()
     posted = await post_tasks(agent, f"http://127.0.0.1:{port}/hook", count)
     await asyncio.sleep(max(0.0, posted + outage_s - time.time()))
     with helper_server("receiver", "--port", str(port)) as (_, base):

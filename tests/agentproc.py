@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -476,6 +477,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def port_nobody_uses() -> int:
+    """A loopback port where nothing listens, below the usual ephemeral range (32768 and up), so
+    no outgoing connection takes it as its own port before a destination comes back on it."""
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free loopback port between 20000 and 32000")
 
 
 # --- server-sent events ---------------------------------------------------------------------------

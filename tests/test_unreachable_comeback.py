@@ -13,8 +13,6 @@ destination's return to each delivery is printed in the run's summary ("soak fig
 from __future__ import annotations
 
 import asyncio
-import random
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +21,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from agentproc import Agent, Receiver, agent_env, wait_for
+from agentproc import Agent, Receiver, agent_env, port_nobody_uses, wait_for
 from providers import ProviderServer, Reply
 
 from waystation.adapters.models.base import ToolCall
@@ -66,19 +64,6 @@ def provider() -> Iterator[Provider]:
     problems = list(running.server.problems)
     running.close()
     assert problems == [], "\n\n".join(problems)
-
-
-def port_nobody_uses() -> int:
-    """A loopback port where nothing listens, below the usual ephemeral range (32768 and up), so
-    no outgoing connection takes it as its own port before the destination comes back on it."""
-    for port in random.sample(range(20000, 32000), 200):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free loopback port between 20000 and 32000")
 
 
 def waiting_row(agent: Agent, task_id: str) -> str:
