@@ -67,7 +67,7 @@ def test_a_result_that_fits_is_given_whole() -> None:
 def test_the_budget_shrinks_with_the_context_and_is_bounded() -> None:
     assert grounding.budget_for(None, 256) == grounding.GROUNDED_CHARS
     assert grounding.budget_for(100_000, 256) == grounding.GROUNDED_CHARS
-    assert grounding.budget_for(1024, 256) == 768 * 3
+    assert grounding.budget_for(600, 256) == 344 * 3
     assert grounding.budget_for(300, 256) == grounding.CHUNK_CHARS
 
 
