@@ -17,7 +17,7 @@ from waystation.adapters.routes.local import LocalRoute
 from waystation.adapters.tools import default_tools
 from waystation.config import ModelSettings, QueueSettings
 from waystation.db import Database
-from waystation.errors import NoUrlToCall, ReplyCutOff, UnknownTool
+from waystation.errors import NoUrlToCall, ReplyCutOff, TurnFailed, UnknownTool
 from waystation.queue.store import TaskStore
 from waystation.station.turns.calls import (
     call_key,
@@ -221,6 +221,41 @@ async def test_a_reply_cut_off_inside_a_call_is_no_answer(db: Database, model_fi
         await engine_for(db, model_file, ScriptedBackend([cut])).run(TurnRequest("Fetch http://a.example/"))
     (turn,) = await list_turns(db, None, 10)
     assert turn["state"] == "error" and turn["text"] is None and "max_tokens" in turn["reason"]
+
+
+class Broken(ScriptedBackend):
+    """A model whose generation fails in a way nothing foresaw (a bug's stand-in)."""
+
+    async def generate(self, request: Any, on_token: Any = None) -> Generation:
+        raise RuntimeError("boom")
+
+
+async def test_a_turn_that_fails_unexpectedly_ends_error_with_its_receipt(
+    db: Database, model_file: Path
+) -> None:
+    with pytest.raises(TurnFailed) as failed:
+        await engine_for(db, model_file, Broken([])).run(TurnRequest("Hello"))
+    (turn,) = await list_turns(db, None, 10)
+    assert turn["state"] == "error" and "unexpected RuntimeError" in turn["reason"]  # never left running
+    assert failed.value.turn_id == turn["turn_id"] and len(turn["receipt_ids"]) == 1
+
+
+async def test_a_named_url_with_an_encoded_question_mark_or_hash_is_called(
+    db: Database, model_file: Path
+) -> None:
+    for url in ("http://a.example/x%3Fy", "http://a.example/x%23y"):
+        deliver = ScriptedDelivery(default=delivered(200, "fine"))
+        model = ScriptedBackend([fetch(url, "c1"), "It is fine."])
+        engine = engine_for(db, model_file, model, online=True, deliver=deliver)
+        result = await engine.run(TurnRequest(f"How is {url}?"))
+        assert result.status == "ok" and len(deliver.calls) == 1
+
+
+def test_paths_compare_as_written_and_hosts_ignore_case() -> None:
+    named = ["http://a.example/Docs/x%3Fy"]
+    assert refusal({"url": "HTTP://A.EXAMPLE/Docs/x%3Fy"}, named, []) is None
+    assert refusal({"url": "http://a.example/docs/x%3Fy"}, named, []) is not None  # another path
+    assert refusal({"url": "http://a.example/Docs/x?y"}, named, []) is not None  # a query, not the path
 
 
 async def test_turns_are_records_you_can_come_back_to(db: Database, model_file: Path) -> None:

@@ -31,6 +31,8 @@
     ├── ProviderRejected(route, ...) the provider refused the request itself (unknown model...)
     ├── SeatRunFailed(route, ...)    a seat CLI ended without an answer (its output never shown)
     ├── TurnTimeout(limit_s)         a turn ran past its wall-clock limit (504)
+    ├── TurnFailed(turn_id, problem) a turn failed in a way nobody foresaw; it ended `error`
+    │                                with its receipt, never left `running` (500)
     ├── ReplyCutOff(max_tokens)      the model's reply ended inside a tool call (422)
     ├── AgentNotRunning(socket)      a command that needs the agent found none (exit 3)
     ├── RouteRefused(route, reason)  fail-closed: the named route cannot run (exit 4)
@@ -377,6 +379,19 @@ class TurnTimeout(WaystationError):
     def __init__(self, limit_s: float) -> None:
         super().__init__(f"the turn ran past its {limit_s:g} s limit")
         self.limit_s = limit_s
+
+
+class TurnFailed(WaystationError):
+    """A turn failed in a way no other error names (a bug): it still ends `error` with its
+    receipt, so it is never left `running` for ever, and the answer says which turn."""
+
+    code = "turn_failed"
+    http_status = 500
+
+    def __init__(self, turn_id: str, problem: str) -> None:
+        super().__init__(f"turn {turn_id} failed: {problem}; it ended with an error receipt")
+        self.turn_id = turn_id
+        self.problem = problem
 
 
 class ReplyCutOff(WaystationError):

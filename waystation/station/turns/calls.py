@@ -146,11 +146,15 @@ def refusal(args: Mapping[str, Any], urls: Sequence[str], allow_hosts: Sequence[
 
 
 def _normalized(url: str) -> str:
+    """A URL as compared with the conversation's: scheme and host in lower case (they ignore
+    case), the path and query as written (`%3F` stays `%3F`, and `/A` is not `/a`)."""
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL:
         return url
-    return str(parsed.copy_with(path=parsed.path or "/")).rstrip("/").lower()
+    port = "" if parsed.port is None else f":{parsed.port}"
+    path = parsed.raw_path.decode("ascii", errors="replace") or "/"
+    return f"{parsed.scheme.lower()}://{parsed.host.lower()}{port}{path}".rstrip("/")
 
 
 def call_key(turn_id: str, tool: str, args: Mapping[str, Any]) -> str:

@@ -41,6 +41,7 @@ from waystation.errors import (
     ReplyCutOff,
     RouteOffline,
     RouteRefused,
+    TurnFailed,
     TurnTimeout,
     WaystationError,
 )
@@ -198,6 +199,11 @@ class TurnEngine:
             timeout = TurnTimeout(self._turn_timeout_s)
             await self._finish(turn_id, request, progress, route, "error", timeout.message, started)
             raise timeout from None
+        except Exception as exc:  # a bug: the turn still ends, with its receipt, never `running`
+            log.exception("turn failed", turn_id=turn_id)
+            failure = TurnFailed(turn_id, f"unexpected {type(exc).__name__}")
+            await self._finish(turn_id, request, progress, route, "error", failure.message, started)
+            raise failure from exc
         except asyncio.CancelledError:
             # The agent is stopping (or a caller gave up on it): the turn still gets its receipt.
             # A resumption cut short is parked again, so the next start resumes it.
