@@ -22,7 +22,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
-from waystation.adapters.models.base import Generation, GenerationRequest, TokenSink
+from waystation.adapters.models.base import Generation, GenerationRequest, TokenSink, discard
 from waystation.adapters.models.token_relay import TokenRelay
 from waystation.errors import ModelError, WaystationError
 
@@ -120,7 +120,7 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
             stage("generating", 0)
 
             relay = TokenRelay(loop, on_token) if on_token is not None else None
-            emit: TokenSink = relay.emit if relay is not None else _discard
+            emit: TokenSink = relay.emit if relay is not None else discard
             stop = threading.Event()
 
             def run() -> Generation:
@@ -191,10 +191,6 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
         task = asyncio.ensure_future(self.unload())
         _background.add(task)
         task.add_done_callback(_background.discard)
-
-
-def _discard(piece: str) -> None:
-    del piece
 
 
 _background: set[asyncio.Future[Any]] = set()
