@@ -38,8 +38,8 @@ def test_several_results_each_come_before_the_question() -> None:
 def test_a_conversation_without_results_is_left_alone() -> None:
     messages = _exchange()[:4]
     assert grounding.grounded(messages) == messages
-    assert not grounding.has_results(messages)
-    assert grounding.has_results(_exchange("x"))
+    assert not grounding.has_any_results(messages)
+    assert grounding.grounded(_exchange("x")) != _exchange("x")  # results after the question: rewritten
 
 
 def test_a_long_result_keeps_the_passages_that_match_the_question_in_order() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from waystation.adapters.models.base import ToolCall, ToolSpec
-from waystation.adapters.models.json_objects import json_objects_in
+from waystation.adapters.models.json_objects import json_objects_in, user_objects
 from waystation.adapters.models.llamacpp import reply_schema
 from waystation.adapters.routes import Router
 from waystation.adapters.routes.local import LocalRoute
@@ -31,7 +31,6 @@ from waystation.station.turns.writes import (
     as_the_user_wrote,
     host_listed,
     same_json,
-    user_objects,
     write_refusal,
 )
 from waystation.testing import FakeConnectivity, RecordingAnnouncer, ScriptedBackend, ScriptedDelivery

@@ -47,12 +47,8 @@ _STOPWORDS = frozenset(
 )  # fmt: skip
 
 
-def has_results(messages: Sequence[Message]) -> bool:
-    """Whether tool results follow the last user message: the model is to answer from them."""
-    return any(m.get("role") == "tool" for m in messages[_last_user(messages) + 1 :])
-
-
 def has_any_results(messages: Sequence[Message]) -> bool:
+    """Whether the conversation holds tool results (what a smaller budget could shorten)."""
     return any(m.get("role") == "tool" for m in messages)
 
 

@@ -23,6 +23,11 @@ _TOKENS = re.compile(r'[{}"\n]|\\.', re.DOTALL)
 SEARCHED_CHARS = 1024 * 1024
 
 
+def user_objects(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The JSON objects a model's write may carry: those written in the user's messages."""
+    return json_objects_in(m for m in messages if m.get("role") == "user")
+
+
 def json_objects_in(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The JSON objects written in the messages' text, in order, each once."""
     found: dict[str, dict[str, Any]] = {}

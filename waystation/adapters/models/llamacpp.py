@@ -35,7 +35,7 @@ from waystation.adapters.models.base import (
     urls_to_call,
 )
 from waystation.adapters.models.cpu_cores import physical_cores
-from waystation.adapters.models.json_objects import json_objects_in
+from waystation.adapters.models.json_objects import user_objects
 from waystation.adapters.models.stop import cut_at_stop
 from waystation.adapters.models.threaded import Admission, ThreadedBackend
 from waystation.adapters.models.unique_items import ArrayItems
@@ -141,7 +141,7 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         if constrained:
             # A URL still to call, else any the conversation named (the call is gated either way).
             urls = urls_to_call(list(request.messages)) or urls_in(messages)
-            objects = json_objects_in([m for m in request.messages if m.get("role") == "user"])
+            objects = user_objects(request.messages)
             schema = reply_schema(tools, request.tool_choice, answer_format, urls, objects)
             grammar = json_grammar(schema, request)
         elif answer_format is not None:  # the answer is the JSON itself, streamed as text

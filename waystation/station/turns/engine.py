@@ -34,6 +34,7 @@ from waystation.adapters.models.base import (
     ToolSpec,
     urls_to_call,
 )
+from waystation.adapters.models.json_objects import user_objects
 from waystation.adapters.tools import ToolRegistry
 from waystation.db import Database
 from waystation.errors import (
@@ -62,7 +63,6 @@ from waystation.station.turns.progress import Progress
 from waystation.station.turns.records import TurnRow, claim_for_resume, get_turn, save_turn
 from waystation.station.turns.request import DEFERRED_TURN_TOOL, TurnRequest, TurnResult
 from waystation.station.turns.results import result_for_model
-from waystation.station.turns.writes import user_objects
 
 log = structlog.get_logger(__name__)
 

@@ -15,16 +15,9 @@ from typing import Any
 
 import httpx
 
-from waystation.adapters.models.base import Message
-from waystation.adapters.models.json_objects import json_objects_in
 from waystation.adapters.tools.http import WRITE_METHODS
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def user_objects(messages: Sequence[Message]) -> list[dict[str, Any]]:
-    """The JSON objects a model's write may carry: those written in the user's messages."""
-    return json_objects_in([m for m in messages if m.get("role") == "user"])
 
 
 def is_write(args: Mapping[str, Any]) -> bool:
