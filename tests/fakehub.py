@@ -8,6 +8,8 @@ with `X-Error-Code: GatedRepo` unless the request carries the token; an unknown 
 `X-Error-Code: EntryNotFound`. The CDN (`/blobs/{sha256}`) and the file server (`/files/{name}`)
 honour `Range` (206, `Content-Range`), and give an `ETag`. Faults: `drop_after[path] = n` cuts the
 next GET of that path after n bytes of its body (Content-Length promised the whole), once.
+`unsized[name] = n` serves `/unsized/{name}`: n bytes of a GGUF-looking file with no length
+(chunked), 1 MiB at a time; while `flowing` is clear, each waits after each MiB.
 Every request is recorded (method, path, Authorization, Range).
 """
 
@@ -48,9 +50,12 @@ class FakeHub:
     plain: dict[str, bytes] = field(default_factory=dict)  # /files/{name}
     gated: dict[str, str] = field(default_factory=dict)  # "owner/repo" -> the token it needs
     drop_after: dict[str, int] = field(default_factory=dict)
+    unsized: dict[str, int] = field(default_factory=dict)
+    flowing: threading.Event = field(default_factory=threading.Event)
     seen: list[Seen] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.flowing.set()
         self.hub_port, self.cdn_port = _free_port(), _free_port()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -88,6 +93,7 @@ class FakeHub:
         app.router.add_route("*", "/{owner}/{repo}/resolve/{revision}/{file:.+}", self._resolve)
         app.router.add_get("/blobs/{sha}", self._blob)
         app.router.add_get("/files/{name}", self._plain)
+        app.router.add_get("/unsized/{name}", self._unsized)
         self._runner = web.AppRunner(app, access_log=None)
         self._loop.run_until_complete(self._runner.setup())
         for port in (self.hub_port, self.cdn_port):
@@ -136,6 +142,22 @@ class FakeHub:
         if content is None:
             return web.Response(status=404)
         return await self._ranged(request, content, f'"{hashlib.md5(content).hexdigest()}"')
+
+    async def _unsized(self, request: web.Request) -> web.StreamResponse:
+        self._record(request)
+        size = self.unsized.get(request.match_info["name"])
+        if size is None:
+            return web.Response(status=404)
+        response = web.StreamResponse()  # no Content-Length: chunked, as a generated body comes
+        await response.prepare(request)
+        block = b"GGUF" + bytes((1 << 20) - 4)
+        sent = 0
+        while sent < size:
+            await response.write(block[: size - sent])
+            sent += len(block[: size - sent])
+            await asyncio.to_thread(self.flowing.wait)
+        await response.write_eof()
+        return response
 
     async def _ranged(self, request: web.Request, content: bytes, etag: str) -> web.StreamResponse:
         start, status = 0, 200

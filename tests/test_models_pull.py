@@ -121,8 +121,16 @@ def test_an_interrupted_download_is_resumed_by_the_next_pull(
     assert "the same pull resumes it" in first.stderr
     kept = files_under(home / "models" / ".partial")
     had = kept[0].stat().st_size if kept else 0
-    assert [p.name for p in kept] == [f"{sha}.partial"] and 0 < had < len(content)
-    assert json.loads(cli(home, "models", "ls", "--json").stdout)["data"][0]["id"] == "embedded"
+    assert [p.name for p in kept] == [f"{sha}.partial", f"{sha}.partial.json"] and 0 < had < len(content)
+    listed = json.loads(cli(home, "models", "ls", "--json").stdout)
+    assert listed["data"][0]["id"] == "embedded"
+    assert listed["waystation"]["partial"] == [
+        {"name": "tiny-q8_0", "source": "hf:acme/tiny/tiny-Q8_0.gguf", "size": had, "path": str(kept[0])}
+    ]
+    assert (
+        f"  tiny-q8_0  {had / 1e6:.1f} MB so far  hf:acme/tiny/tiny-Q8_0.gguf"
+        in cli(home, "models", "ls").stdout
+    )
 
     second = cli(home, "models", "pull", "hf:acme/tiny/tiny-Q8_0.gguf", "--json", env=env)
     assert second.returncode == 0, second.stderr
@@ -284,6 +292,7 @@ def test_hf_token_goes_to_the_hub_only_and_is_never_shown(agent: Agent, hub: Fak
         (b'{"source": "http://127.0.0.1:9/m.gguf", "name": "a/b"}', 400, "cannot name a model"),
         (b'{"source": "http://127.0.0.1:9/m.gguf", "name": "embedded"}', 400, "cannot name a model"),
         (b'{"source": "hf:acme/none/missing.gguf"}', 502, "has no file 'missing.gguf'"),
+        (b'{"source": "hf:acme--x/none/m.gguf"}', 400, "is not a Hugging Face repository id"),
     ],
 )
 def test_malformed_pulls_are_refused_before_any_stream(

@@ -59,6 +59,9 @@ class ModelSettings:
     # until it fits both limits (a model that is generating is waited for, never cut off).
     max_loaded: int = 0  # models loaded at once; 0 = 3, Ollama's OLLAMA_MAX_LOADED_MODELS on a CPU
     memory_budget_mb: int = 0  # MB (10^6 bytes) for their weights and KV caches; 0 = 3/4 of the RAM
+    # MB a pull leaves free on the models' file system (for the database); 0 = the larger of 256 MiB
+    # and 1 % of the file system (the 1 % at most 4 GiB): adapters/models/room.py.
+    keep_free_mb: int = 0
 
 
 @dataclass(frozen=True)
@@ -379,6 +382,10 @@ def _check_model_ranges(m: ModelSettings) -> None:
     if m.memory_budget_mb < 0:
         raise ConfigError(
             "model.memory_budget_mb", f"must be 0 (3/4 of the RAM) or more, got {m.memory_budget_mb}"
+        )
+    if m.keep_free_mb < 0:
+        raise ConfigError(
+            "model.keep_free_mb", f"must be 0 (the default reserve) or more, got {m.keep_free_mb}"
         )
 
 

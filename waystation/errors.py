@@ -315,6 +315,14 @@ class PullFailed(WaystationError):
         self.status = status  # the HTTP status the server answered, if that was the problem
 
 
+class PullNoSpace(PullFailed):
+    """A download that would take the disk below the space kept free (or found it full): what
+    arrived is deleted, so the database keeps room to work."""
+
+    code = "pull_no_space"
+    http_status = 507
+
+
 class ChecksumMismatch(PullFailed):
     """The downloaded bytes are not the file the source vouches for: discarded, never installed."""
 

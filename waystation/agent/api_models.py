@@ -1,8 +1,9 @@
 """Models over the socket: `GET /v1/models` (OpenAI's list), `POST /v1/models/pull` (Server-Sent
 Events of its progress), `DELETE /v1/models/{name}`, and `GET /v1/models/loaded` for `models ps`.
 
-A pull is resolved (the source parsed, the hub asked for the file's metadata) before the answer
-begins, so a bad source or name, or a file the hub does not have, is a JSON error with its status;
+A pull is resolved (the source parsed, the hub asked for the file's metadata) and its name held
+before the answer begins, so a bad source or name, a file the hub does not have, a name another
+pull holds (409) or a known size with no room on disk (507) is a JSON error with its status;
 after that the stream says `progress` as bytes arrive, then `done` with the model, or `error`.
 A caller that goes away stops the download; what arrived is kept, and the same pull resumes it.
 """
@@ -10,14 +11,18 @@ A caller that goes away stops the download; what arrived is kept, and the same p
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from waystation import sse
 from waystation.agent.http_io import json_body, optional_str, station_of
 from waystation.errors import MalformedRequest, WaystationError
+from waystation.station.build import AgentStation
 from waystation.station.ops import models
+
+if TYPE_CHECKING:
+    from waystation.adapters.models.pull import Pull
 
 # The command line's own HF_TOKEN and HF_ENDPOINT, for this pull only (the agent may run as a
 # service that has neither): the token is never stored, logged or echoed.
@@ -53,14 +58,14 @@ async def pull_model(request: web.Request) -> web.StreamResponse:
         raise MalformedRequest(f"source must be hf:OWNER/REPO/FILE or an http(s) URL (at most {MAX_SOURCE})")
     name = optional_str(body, "name", 128)
     sha256 = optional_str(body, "sha256", 64)
-    plan = await models.prepare_pull(
-        station,
-        source,
-        name,
-        sha256,
-        token=request.headers.get(TOKEN_HEADER) or None,
-        endpoint=request.headers.get(ENDPOINT_HEADER) or None,
-    )
+    token = request.headers.get(TOKEN_HEADER) or None
+    endpoint = request.headers.get(ENDPOINT_HEADER) or None
+    async with models.prepare_pull(station, source, name, sha256, token=token, endpoint=endpoint) as plan:
+        return await _stream_pull(request, station, plan)
+
+
+async def _stream_pull(request: web.Request, station: AgentStation, plan: Pull) -> web.StreamResponse:
+    """The pull's progress as Server-Sent Events, then its model or its error."""
     frames: asyncio.Queue[bytes | None] = asyncio.Queue()
 
     def progress(event: dict[str, Any]) -> None:

@@ -6,18 +6,22 @@ same pull asks for the rest with `Range`. Where the file's sha256 is known in ad
 ETag, or `--sha256`), the partial file is named by it, so any URL serving those bytes continues
 it; otherwise it is named by the URL and resumed only while the server's validator (`If-Range`)
 says the file has not changed. A file whose sha256 is not the expected one, or that is not a GGUF
-file, is deleted, never installed.
+file, is deleted, never installed. A download never takes the disk below the reserve room.py keeps
+for the database: one stopped by it (or by a full disk) is deleted, not kept for a resume.
+
+While a pull of a name runs, another pull of that name is refused (409, here or in another process:
+a lock file `.partial/NAME.lock`), as is a second pull of the same file under another name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,9 +32,17 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from waystation import timeutil
+from waystation.adapters.models import room
 from waystation.adapters.models.hub import SHA256, hub_file
-from waystation.adapters.models.store import ModelStore, StoredModel, check_name, default_name
-from waystation.errors import ChecksumMismatch, MalformedRequest, ModelConflict, PullFailed
+from waystation.adapters.models.store import (
+    PARTIAL_DIR,
+    ModelStore,
+    StoredModel,
+    check_name,
+    default_name,
+    partial_note,
+)
+from waystation.errors import ChecksumMismatch, MalformedRequest, ModelConflict, PullFailed, PullNoSpace
 from waystation.redact import shown_url
 
 ProgressSink = Callable[[dict[str, Any]], None]
@@ -88,8 +100,32 @@ def plan(
     return Pull(shown_url(source), _name(name, filename, source), source, {}, expected, None)
 
 
-async def download(pull: Pull, store: ModelStore, on_progress: ProgressSink | None = None) -> StoredModel:
-    """Download, check and install `pull`; the model as installed."""
+@contextlib.contextmanager
+def claimed(pull: Pull, store: ModelStore, keep_free_mb: int = 0) -> Iterator[None]:
+    """Hold `pull`'s name while it runs: ModelConflict (409) when another pull of that name is
+    under way, here or in another process, or when the name belongs to another model; PullNoSpace
+    (507) when the file's known size does not fit above the reserve. Checked before any stream."""
+    lock = store.root / PARTIAL_DIR / f"{pull.name}.lock"
+    fd = _try_lock(lock)
+    if fd is None:
+        raise ModelConflict(pull.name, "a pull of this name is already under way; wait for it to finish")
+    try:
+        check_target(pull, store)
+        if pull.size is not None:
+            have = _size_of(store.partial(pull.key))
+            _check_room(pull, room.measure(lock.parent, keep_free_mb), pull.size - have, have)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # before the lock goes: see _try_lock
+        os.close(fd)
+        store.tidy()
+
+
+async def download(
+    pull: Pull, store: ModelStore, on_progress: ProgressSink | None = None, *, keep_free_mb: int = 0
+) -> StoredModel:
+    """Download, check and install `pull`; the model as installed. `keep_free_mb`: the reserve
+    (room.py; 0: its default)."""
     progress = on_progress or (lambda _event: None)
     existing = check_target(pull, store)
     if existing is not None and pull.sha256 and existing.sha256 == pull.sha256:
@@ -99,7 +135,7 @@ async def download(pull: Pull, store: ModelStore, on_progress: ProgressSink | No
     partial.parent.mkdir(parents=True, exist_ok=True)
     try:
         with _locked(partial, pull) as f:
-            digest, size = await _fetch(pull, f, partial, progress)
+            digest, size = await _fetch(pull, f, partial, progress, keep_free_mb)
     finally:
         store.tidy()  # a refused download leaves not even its directory
     progress({"status": "verifying", "completed": size, "total": size})
@@ -114,7 +150,7 @@ async def download(pull: Pull, store: ModelStore, on_progress: ProgressSink | No
         "verified": pull.sha256 is not None,
         **pull.record,
     }
-    _validator_path(partial).unlink(missing_ok=True)
+    partial_note(partial).unlink(missing_ok=True)
     try:
         model = store.install(pull.name, partial, record)
     except OSError as exc:
@@ -136,7 +172,9 @@ def check_target(pull: Pull, store: ModelStore) -> StoredModel | None:
     return existing
 
 
-async def _fetch(pull: Pull, f: IO[bytes], partial: Path, progress: ProgressSink) -> tuple[str, int]:
+async def _fetch(
+    pull: Pull, f: IO[bytes], partial: Path, progress: ProgressSink, keep_free_mb: int
+) -> tuple[str, int]:
     """Bring the partial file up to the whole file: (its sha256, its size)."""
     have = f.seek(0, os.SEEK_END)
     validator = None if pull.sha256 else _read_validator(partial)
@@ -150,6 +188,7 @@ async def _fetch(pull: Pull, f: IO[bytes], partial: Path, progress: ProgressSink
             headers["If-Range"] = validator
     total = pull.size
     try:
+        _note(partial, pull, validator)  # what `models ls` and `doctor` say of it meanwhile
         async with (
             httpx.AsyncClient(follow_redirects=True, timeout=httpx.Timeout(30.0, connect=10.0)) as client,
             client.stream("GET", pull.url, headers=headers) as response,
@@ -167,31 +206,40 @@ async def _fetch(pull: Pull, f: IO[bytes], partial: Path, progress: ProgressSink
                 have, hasher = _restart(f), hashlib.sha256()
                 total = total or _int(response.headers.get("Content-Length"))
                 if not pull.sha256:
-                    _save_validator(partial, response.headers)
+                    _note(partial, pull, _validator(response.headers))
             else:
                 status = response.status_code
                 raise PullFailed(pull.source, f"the server answered HTTP {status}", status)
-            _check_space(pull, partial, (total or 0) - have)
+            _check_room(pull, room.measure(partial.parent, keep_free_mb), (total or 0) - have, have)
             started = have
             shown_at = 0.0
             async for chunk in response.aiter_bytes(CHUNK):
                 if have == started == 0 and len(chunk) >= 4 and chunk[:4] != GGUF_MAGIC:
                     raise _not_gguf(pull, partial)
+                _check_room(pull, room.measure(partial.parent, keep_free_mb), len(chunk), have)
                 f.write(chunk)
                 hasher.update(chunk)
                 have += len(chunk)
                 if time.monotonic() - shown_at >= PROGRESS_EVERY_S:
                     shown_at = time.monotonic()
                     progress({"status": "downloading", "completed": have, "total": total})
+            f.flush()
+            os.fsync(f.fileno())
     except httpx.HTTPError as exc:
         got = f"{have} of {total} bytes" if total else f"{have} bytes"
         problem = f"the download stopped at {got} ({type(exc).__name__}); the same pull resumes it"
         raise PullFailed(pull.source, problem) from None
+    except PullNoSpace:
+        _delete(partial)  # kept, it would hold the disk at the reserve (or full) until a resume
+        raise
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            _delete(partial)
+            raise PullNoSpace(pull.source, f"{partial.parent} is full; what arrived was deleted") from None
         raise PullFailed(pull.source, f"cannot write {partial}: {exc.strerror}") from None
     finally:
-        f.flush()
-        os.fsync(f.fileno())
+        with contextlib.suppress(OSError):  # what arrived, kept for a resume (if it is still there)
+            f.flush()
     progress({"status": "downloading", "completed": have, "total": total or have})
     if total is not None and have != total:
         raise PullFailed(
@@ -257,22 +305,65 @@ def _head(f: IO[bytes]) -> bytes:
 
 
 def _not_gguf(pull: Pull, partial: Path) -> PullFailed:
-    partial.unlink(missing_ok=True)
-    _validator_path(partial).unlink(missing_ok=True)
+    _delete(partial)
     return PullFailed(pull.source, "not a GGUF model file; discarded")
 
 
 def _discard(partial: Path, store: ModelStore) -> None:
-    partial.unlink(missing_ok=True)
-    _validator_path(partial).unlink(missing_ok=True)
+    _delete(partial)
     store.tidy()
 
 
-def _check_space(pull: Pull, partial: Path, needed: int) -> None:
-    free = shutil.disk_usage(partial.parent).free
-    if needed > free:
-        problem = f"needs {needed / 2**30:.1f} GiB more and {partial.parent} has {free / 2**30:.1f} GiB free"
-        raise PullFailed(pull.source, problem)
+def _delete(partial: Path) -> None:
+    partial.unlink(missing_ok=True)
+    partial_note(partial).unlink(missing_ok=True)
+
+
+def _check_room(pull: Pull, found: room.Room, more: int, have: int) -> None:
+    """PullNoSpace unless `more` bytes fit on the disk above the reserve."""
+    if found.allows(more):
+        return
+    kept = f"{room.shown(found.reserve)} stays free for the database ([model] keep_free_mb)"
+    if have:
+        problem = (
+            f"stopped at {room.shown(have)}: {found.folder} is down to the {kept}; what arrived was deleted"
+        )
+    else:
+        problem = (
+            f"needs {room.shown(more)} and {found.folder} has {room.shown(found.free)} free, of which {kept}"
+        )
+    raise PullNoSpace(pull.source, problem)
+
+
+def _try_lock(path: Path) -> int | None:
+    """A descriptor holding `path` locked (created if need be), or None while another holds it.
+    Its holder removes the file before letting go, so a lock taken on a file since removed is
+    dropped and taken again on the file now there (else two could hold "the" lock at once)."""
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            continue  # another pull's tidy() removed the empty folder meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            return fd
+        os.close(fd)
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _range_start(response: httpx.Response) -> int | None:
@@ -289,26 +380,23 @@ def _int(text: str | None) -> int | None:
 
 
 # A URL's partial file is resumed only if the server still has the same file: its strong ETag, or
-# else its Last-Modified, goes back in If-Range (a changed file then comes whole, with a 200).
+# else its Last-Modified, goes back in If-Range (a changed file then comes whole, with a 200). It
+# is kept beside the partial file with the pull's name and source, which `models ls` shows.
 
 
-def _validator_path(partial: Path) -> Path:
-    return partial.with_name(partial.name + ".json")
+def _validator(headers: httpx.Headers) -> str | None:
+    etag: str | None = headers.get("ETag")
+    return etag if etag and not etag.startswith("W/") else headers.get("Last-Modified")
 
 
-def _save_validator(partial: Path, headers: httpx.Headers) -> None:
-    etag = headers.get("ETag")
-    validator = etag if etag and not etag.startswith("W/") else headers.get("Last-Modified")
-    path = _validator_path(partial)
-    if validator:
-        path.write_text(json.dumps({"validator": validator}))
-    else:
-        path.unlink(missing_ok=True)
+def _note(partial: Path, pull: Pull, validator: str | None) -> None:
+    note = {"name": pull.name, "source": pull.source, "validator": validator}
+    partial_note(partial).write_text(json.dumps(note))
 
 
 def _read_validator(partial: Path) -> str | None:
     try:
-        value = json.loads(_validator_path(partial).read_text()).get("validator")
+        value = json.loads(partial_note(partial).read_text()).get("validator")
     except (OSError, ValueError, AttributeError):
         return None
     return value if isinstance(value, str) else None

@@ -5,7 +5,9 @@ and removes, and what a turn's `model` may name.
     models/NAME/         an MLX model directory (config.json beside its weights)
     models/NAME.json     what `models pull` recorded: source, sha256, size, when. A model put
                          there by hand has none and is listed all the same.
-    models/.partial/     downloads under way, kept when one stops so that the same pull resumes
+    models/.partial/     downloads under way, kept when one stops so that the same pull resumes;
+                         KEY.partial.json beside each says its name and source, NAME.lock is
+                         held while a pull of NAME runs
 
 A name is lower case (a name given in capitals is the same name: on macOS's file system it would
 be the same file anyway), and never looks like a path, so `--model X` is a name or a path at a
@@ -29,6 +31,7 @@ NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 GGUF = ".gguf"
 RECORD = ".json"
 PARTIAL_DIR = ".partial"
+PARTIAL = ".partial"
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,24 @@ class StoredModel:
             "pulled_at": self.pulled_at,
             "verified": self.verified,
         }
+
+
+@dataclass(frozen=True)
+class PartialDownload:
+    """A download under way or stopped, in `.partial/`: what `models ls` and `doctor` show."""
+
+    name: str | None  # the name it will be installed under (None: no note beside it)
+    source: str | None
+    size: int  # bytes so far
+    path: Path
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "source": self.source, "size": self.size, "path": str(self.path)}
+
+
+def partial_note(partial: Path) -> Path:
+    """Where a partial download's name, source and validator are noted."""
+    return partial.with_name(partial.name + RECORD)
 
 
 def check_name(name: str) -> str:
@@ -129,9 +150,22 @@ class ModelStore:
         (self.root / f"{model.name}{RECORD}").unlink(missing_ok=True)
         return model
 
+    def partials(self) -> list[PartialDownload]:
+        """The downloads in `.partial/`, each with its bytes so far."""
+        found = []
+        for path in sorted((self.root / PARTIAL_DIR).glob(f"*{PARTIAL}")):
+            with contextlib.suppress(OSError):  # gone meanwhile: finished, or deleted
+                note = _read_record(partial_note(path))
+                found.append(
+                    PartialDownload(
+                        _str(note.get("name")), _str(note.get("source")), path.stat().st_size, path
+                    )
+                )
+        return found
+
     def partial(self, key: str) -> Path:
         """Where a download under `key` (content-addressed where its sha256 is known) accumulates."""
-        return self.root / PARTIAL_DIR / f"{key}.partial"
+        return self.root / PARTIAL_DIR / f"{key}{PARTIAL}"
 
     def install(self, name: str, downloaded: Path, record: dict[str, Any]) -> StoredModel:
         """Move a complete, verified GGUF file in under `name` (replacing an older one of that name),

@@ -76,6 +76,7 @@ def doctor(as_json: JsonFlag = False) -> None:
         check_python,
         lambda: check_config(paths),
         lambda: check_model(paths),
+        lambda: check_downloads(paths),
         check_llama,
         lambda: check_socket_dir(paths.socket),
         lambda: check_agent(paths.socket),
@@ -141,6 +142,33 @@ def check_model(paths: Any) -> Check:
     threads = route.model_status()["threads"]
     cpu = f", {threads} CPU threads" if threads else ""
     return Check("ok", "model", f"{route.model_path()} ({status['provider']}{cpu})")
+
+
+def check_downloads(paths: Any) -> Check:
+    """Unfinished downloads in models/.partial/ (what each holds), and whether the models' file
+    system has room above the reserve a pull keeps free for the database."""
+    from waystation.adapters.models import room
+    from waystation.adapters.models.store import ModelStore
+    from waystation.config import load_settings
+    from waystation.errors import WaystationError
+
+    try:
+        keep_free_mb = load_settings(paths).model.keep_free_mb
+    except WaystationError:
+        keep_free_mb = 0  # the config check says what is wrong with it
+    folder = next(p for p in (paths.models, *paths.models.parents) if p.exists())
+    found = room.measure(folder, keep_free_mb)
+    space = f"{room.shown(found.free)} free, {room.shown(found.reserve)} of it kept for the database"
+    partial = ModelStore(paths.models).partials()
+    if partial:
+        each = ", ".join(f"{p.name or p.path.name} {room.shown(p.size)}" for p in partial)
+        fix = f"the same `waystation models pull` resumes one; delete it from {paths.models / '.partial'}"
+        return Check("warn", "downloads", f"{len(partial)} unfinished ({each}): {fix}; {space}")
+    if not found.usable:
+        return Check(
+            "warn", "downloads", f"{folder}: {space}: a pull would be refused ([model] keep_free_mb)"
+        )
+    return Check("ok", "downloads", f"none unfinished; {space}")
 
 
 def _reinstall_hint() -> str:

@@ -157,7 +157,8 @@ class PullBar:
 
 @models_app.command("ls")
 def models_ls(as_json: JsonFlag = False) -> None:
-    """List the models a turn may name: those pulled, the embedded one, the default marked `*`."""
+    """List the models a turn may name: those pulled, the embedded one, the default marked `*`;
+    then the downloads under way or stopped (`.partial/`), with their bytes so far."""
     from waystation.cli import render
     from waystation.station.ops import models
 
@@ -187,6 +188,12 @@ def _models_table(listing: dict[str, Any]) -> None:
             render.ago(details.get("pulled_at")),
         )
     render.console().print(table)
+    partial = (listing.get("waystation") or {}).get("partial") or []
+    if partial:
+        render.say("\nunfinished downloads (the same pull resumes one; `waystation doctor` says where):")
+        for download in partial:
+            name, source = download.get("name") or "?", download.get("source") or "?"
+            render.say(f"  {name}  {human_size(download.get('size'))} so far  {source}")
 
 
 @models_app.command("rm")
@@ -244,9 +251,6 @@ def _loaded_table(loaded: list[dict[str, Any]]) -> None:
 
 def human_size(size: object) -> str:
     """Bytes as people read file sizes (decimal units, as Ollama and the hub show them)."""
-    if not isinstance(size, int):
-        return "-"
-    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} B"
+    from waystation.adapters.models.room import shown
+
+    return shown(size) if isinstance(size, int) else "-"

@@ -2,12 +2,15 @@
 
 Listing follows OpenAI's `GET /v1/models` (the default model first), each object carrying
 Waystation's own account of the model under `waystation`: clients that know only OpenAI's fields
-ignore it, and `waystation models ls` reads it.
+ignore it, and `waystation models ls` reads it. The list's own `waystation` names the downloads in
+`.partial/` (under way, or stopped and kept for a resume), with their bytes so far.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +36,11 @@ async def list_models(station: Station) -> dict[str, Any]:
     for entry in entries:
         entry["waystation"]["default"] = entry["id"] == default
     entries.sort(key=lambda e: not e["waystation"]["default"])  # stable: the rest keep their order
-    return {"object": "list", "data": entries}
+    partial = [p.to_json() for p in station.models.partials()]
+    return {"object": "list", "data": entries, "waystation": {"partial": partial}}
 
 
+@contextlib.asynccontextmanager
 async def prepare_pull(
     station: Station,
     source: str,
@@ -44,22 +49,24 @@ async def prepare_pull(
     *,
     token: str | None = None,
     endpoint: str | None = None,
-) -> pulling.Pull:
-    """Resolve a pull (asking the hub for the file's metadata) without downloading anything yet,
-    so that a wrong source or name is refused before any progress is promised. `token` and
-    `endpoint` stand in for HF_TOKEN and HF_ENDPOINT of this process where the caller has its own."""
+) -> AsyncIterator[pulling.Pull]:
+    """Resolve a pull (asking the hub for the file's metadata) and hold its name while the block
+    runs, without downloading anything yet, so that a wrong source or name, a name another pull
+    holds, or a known size the disk has no room for, is refused before any progress is promised.
+    `token` and `endpoint` stand in for HF_TOKEN and HF_ENDPOINT where the caller has its own."""
     plan = await asyncio.to_thread(pulling.plan, source, name, sha256, token=token, endpoint=endpoint)
     for secret in plan.secrets:  # never in a log line, whatever a library prints
         logs.redact_too(secret)
-    pulling.check_target(plan, station.models)
-    return plan
+    with pulling.claimed(plan, station.models, station.settings.model.keep_free_mb):
+        yield plan
 
 
 async def pull(
     station: Station, plan: pulling.Pull, on_progress: pulling.ProgressSink | None = None
 ) -> dict[str, Any]:
     """Download and install a prepared pull; the model's object, as `GET /v1/models` lists it."""
-    model = await pulling.download(plan, station.models, on_progress)
+    keep_free_mb = station.settings.model.keep_free_mb
+    model = await pulling.download(plan, station.models, on_progress, keep_free_mb=keep_free_mb)
     return _entry(model)
 
 
@@ -71,8 +78,8 @@ async def pull_source(
     on_progress: pulling.ProgressSink | None = None,
 ) -> dict[str, Any]:
     """Prepare and run a pull in one call (the command line with no agent)."""
-    plan = await prepare_pull(station, source, name, sha256)
-    return await pull(station, plan, on_progress)
+    async with prepare_pull(station, source, name, sha256) as plan:
+        return await pull(station, plan, on_progress)
 
 
 async def remove(station: Station, name: str) -> dict[str, Any]:
