@@ -248,6 +248,7 @@ def test_bad_literal_from_env_is_named(home: Path) -> None:
         ("[model]\nmax_loaded = -1\n", "model.max_loaded"),
         ("[model]\nmax_loaded = 65\n", "model.max_loaded"),
         ("[model]\nmemory_budget_mb = -5\n", "model.memory_budget_mb"),
+        ("[model]\nkeep_free_mb = -1\n", "model.keep_free_mb"),
         ("[connectivity]\nexpect_status = 42\n", "connectivity.expect_status"),
         ("[connectivity]\nexpect_status = 600\n", "connectivity.expect_status"),
         ("[connectivity]\nprobe_timeout_s = 0\n", "connectivity.probe_timeout_s"),

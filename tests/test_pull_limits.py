@@ -112,7 +112,7 @@ def test_a_body_with_no_length_stops_above_the_reserve_and_leaves_nothing(hub: F
         )
         with pytest.raises(PullNoSpace) as stopped:
             asyncio.run(pulling.download(plan, ModelStore(models), keep_free_mb=16))
-        assert "stays free for the database" in stopped.value.message
+        assert "kept free for the database" in stopped.value.message
         assert "what arrived was deleted" in stopped.value.message
         assert stopped.value.http_status == 507
         assert files_under(models) == []  # nothing kept "for a resume" that would hold the disk full

@@ -35,12 +35,12 @@ from waystation import timeutil
 from waystation.adapters.models import room
 from waystation.adapters.models.hub import SHA256, hub_file
 from waystation.adapters.models.store import (
-    PARTIAL_DIR,
     ModelStore,
     StoredModel,
     check_name,
     default_name,
     partial_note,
+    try_lock,
 )
 from waystation.errors import ChecksumMismatch, MalformedRequest, ModelConflict, PullFailed, PullNoSpace
 from waystation.redact import shown_url
@@ -105,18 +105,18 @@ def claimed(pull: Pull, store: ModelStore, keep_free_mb: int = 0) -> Iterator[No
     """Hold `pull`'s name while it runs: ModelConflict (409) when another pull of that name is
     under way, here or in another process, or when the name belongs to another model; PullNoSpace
     (507) when the file's known size does not fit above the reserve. Checked before any stream."""
-    lock = store.root / PARTIAL_DIR / f"{pull.name}.lock"
-    fd = _try_lock(lock)
+    lock = store.pull_lock(pull.name)
+    fd = try_lock(lock)
     if fd is None:
         raise ModelConflict(pull.name, "a pull of this name is already under way; wait for it to finish")
     try:
         check_target(pull, store)
         if pull.size is not None:
             have = _size_of(store.partial(pull.key))
-            _check_room(pull, room.measure(lock.parent, keep_free_mb), pull.size - have, have)
+            _check_room(pull, room.measure(lock.parent, keep_free_mb), pull.size - have, have, upfront=True)
         yield
     finally:
-        lock.unlink(missing_ok=True)  # before the lock goes: see _try_lock
+        lock.unlink(missing_ok=True)  # before the lock goes: see try_lock
         os.close(fd)
         store.tidy()
 
@@ -187,6 +187,7 @@ async def _fetch(
         if validator:
             headers["If-Range"] = validator
     total = pull.size
+    writing = False
     try:
         _note(partial, pull, validator)  # what `models ls` and `doctor` say of it meanwhile
         async with (
@@ -210,8 +211,10 @@ async def _fetch(
             else:
                 status = response.status_code
                 raise PullFailed(pull.source, f"the server answered HTTP {status}", status)
-            _check_room(pull, room.measure(partial.parent, keep_free_mb), (total or 0) - have, have)
-            started = have
+            _check_room(
+                pull, room.measure(partial.parent, keep_free_mb), (total or 0) - have, have, upfront=True
+            )
+            started, writing = have, True
             shown_at = 0.0
             async for chunk in response.aiter_bytes(CHUNK):
                 if have == started == 0 and len(chunk) >= 4 and chunk[:4] != GGUF_MAGIC:
@@ -230,7 +233,8 @@ async def _fetch(
         problem = f"the download stopped at {got} ({type(exc).__name__}); the same pull resumes it"
         raise PullFailed(pull.source, problem) from None
     except PullNoSpace:
-        _delete(partial)  # kept, it would hold the disk at the reserve (or full) until a resume
+        if writing:  # kept, it would hold the disk at the reserve until a resume
+            _delete(partial)
         raise
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -319,44 +323,22 @@ def _delete(partial: Path) -> None:
     partial_note(partial).unlink(missing_ok=True)
 
 
-def _check_room(pull: Pull, found: room.Room, more: int, have: int) -> None:
-    """PullNoSpace unless `more` bytes fit on the disk above the reserve."""
+def _check_room(pull: Pull, found: room.Room, more: int, have: int, *, upfront: bool = False) -> None:
+    """PullNoSpace unless `more` bytes fit on the disk above the reserve. `upfront`: the rest of a
+    file of known size, before any of it is written (what an earlier pull left stays, listed)."""
     if found.allows(more):
         return
-    kept = f"{room.shown(found.reserve)} stays free for the database ([model] keep_free_mb)"
-    if have:
+    kept = f"{room.shown(found.reserve)} kept free for the database ([model] keep_free_mb)"
+    where, free = found.folder, room.shown(found.free)
+    if upfront:
         problem = (
-            f"stopped at {room.shown(have)}: {found.folder} is down to the {kept}; what arrived was deleted"
+            f"needs {room.shown(more)} more and {where} has {free} free, {kept.replace('kept', 'of it kept')}"
         )
+    elif have:
+        problem = f"stopped at {room.shown(have)}: {where} is down to the {kept}; what arrived was deleted"
     else:
-        problem = (
-            f"needs {room.shown(more)} and {found.folder} has {room.shown(found.free)} free, of which {kept}"
-        )
+        problem = f"{where} has {free} free, under the {kept}"
     raise PullNoSpace(pull.source, problem)
-
-
-def _try_lock(path: Path) -> int | None:
-    """A descriptor holding `path` locked (created if need be), or None while another holds it.
-    Its holder removes the file before letting go, so a lock taken on a file since removed is
-    dropped and taken again on the file now there (else two could hold "the" lock at once)."""
-    while True:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:
-            continue  # another pull's tidy() removed the empty folder meanwhile
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        try:
-            current = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            current = False
-        if current:
-            return fd
-        os.close(fd)
 
 
 def _size_of(path: Path) -> int:

@@ -17,6 +17,7 @@ glance. `embedded` is reserved for the model the package ships.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -163,6 +164,10 @@ class ModelStore:
                 )
         return found
 
+    def pull_lock(self, name: str) -> Path:
+        """The file a pull of `name` holds locked while it runs (try_lock)."""
+        return self.root / PARTIAL_DIR / f"{name}.lock"
+
     def partial(self, key: str) -> Path:
         """Where a download under `key` (content-addressed where its sha256 is known) accumulates."""
         return self.root / PARTIAL_DIR / f"{key}{PARTIAL}"
@@ -230,4 +235,28 @@ def _fsync_dir(folder: Path) -> None:
     try:
         os.fsync(fd)
     finally:
+        os.close(fd)
+
+
+def try_lock(path: Path) -> int | None:
+    """A descriptor holding `path` locked (created if need be), or None while another holds it.
+    Its holder removes the file before letting go, so a lock taken on a file since removed is
+    dropped and taken again on the file now there (else two could hold "the" lock at once)."""
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            continue  # another pull's tidy() removed the empty folder meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            return fd
         os.close(fd)
