@@ -233,15 +233,20 @@ PATHS: dict[str, Schema] = {
             {
                 "200": {"description": "the progress stream", "content": SSE},
                 **BODY_ERRORS,
-                "409": _error("the name is taken, or a pull of the same file is under way"),
+                "409": _error("the name is taken, or a pull of that name (or of the same file) is under way"),
                 "422": _error("the hub's sha256 is not the one given"),
                 "502": _error("the hub or server failed, or refused (e.g. a gated repository)"),
+                "507": _error("the file's known size does not fit above `[model] keep_free_mb`"),
             },
             operationId="pullModel",
             requestBody=_body("PullRequest"),
             parameters=[
                 _header(PULL_TOKEN_HEADER, "a Hugging Face token for this pull only (never stored)"),
-                _header(PULL_ENDPOINT_HEADER, "the hub's URL for this pull (as HF_ENDPOINT)"),
+                _header(
+                    PULL_ENDPOINT_HEADER,
+                    "the hub's URL for this pull (as HF_ENDPOINT); another than the agent's own gets no "
+                    "token but the caller's",
+                ),
             ],
         )
     },

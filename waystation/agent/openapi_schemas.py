@@ -262,7 +262,24 @@ SCHEMAS: dict[str, Schema] = {
         },
         required=["id", "object", "created", "owned_by"],
     ),
-    "ModelList": _object({"object": {"const": "list"}, "data": {"type": "array", "items": ref("Model")}}),
+    "ModelList": _object(
+        {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": ref("Model")},
+            "waystation": _object(
+                {"partial": {"type": "array", "items": ref("PartialDownload")}},
+            ),
+        },
+        required=["object", "data"],
+    ),
+    "PartialDownload": _object(
+        {
+            "name": _nullable("string", description="the name it will be installed under"),
+            "source": _nullable("string"),
+            "size": {"type": "integer", "description": "bytes so far"},
+            "path": {"type": "string"},
+        }
+    ),
     "ModelDeleted": _object(
         {"id": {"type": "string"}, "object": {"const": "model"}, "deleted": {"const": True}}
     ),
