@@ -244,6 +244,7 @@ async def _fetch(
     finally:
         with contextlib.suppress(OSError):  # what arrived, kept for a resume (if it is still there)
             f.flush()
+            os.fsync(f.fileno())
     progress({"status": "downloading", "completed": have, "total": total or have})
     if total is not None and have != total:
         raise PullFailed(
