@@ -110,9 +110,16 @@ def main() -> None:
     rows = [metrics_row(args)]
     progress("socket reconnect flood")
     rows.append(reconnect_row(args))
+    print("## Listener floods (bench/listener_flood.py)")
+    print()
     print_table(["flood", "status answered", "status p99 ms", "scrape meanwhile", "agent fds"], rows)
     print_notes(
-        f"uid {os.getuid()}; a status call not answered counts its {TIMEOUT_S:g} s timeout in the p99"
+        f"reproduce: `python bench/listener_flood.py --probes {args.probes} "
+        f"--metrics-held {args.metrics_held}`",
+        f"floods from uid {os.getuid()} (the metrics flood as nobody when that is 0); "
+        f"the agent at nofile {NOFILE}",
+        "status: one GET at a time, each on a new connection; "
+        f"one not answered counts {TIMEOUT_S:g} s in the p99",
     )
 
 

@@ -54,10 +54,13 @@ def peer_credentials(sock: Any) -> PeerCredentials | None:
             pid, uid, gid = struct.unpack("3i", creds)
             return PeerCredentials(int(pid), int(uid), frozenset({int(gid)}))
         if sys.platform == "darwin":
-            sol_local, local_peercred = 0, 1
+            sol_local, local_peercred, local_peerpid = 0, 1, 2
             creds = sock.getsockopt(sol_local, local_peercred, struct.calcsize("IIh16I"))
             _version, uid, ngroups, *groups = struct.unpack("IIh16I", creds)
-            return PeerCredentials(None, int(uid), frozenset(int(g) for g in groups[: max(ngroups, 0)]))
+            pid: int | None = None
+            with contextlib.suppress(OSError):  # the pid, for each process's share of the socket
+                pid = struct.unpack("i", sock.getsockopt(sol_local, local_peerpid, 4))[0]
+            return PeerCredentials(pid, int(uid), frozenset(int(g) for g in groups[: max(ngroups, 0)]))
     except OSError:
         return None
     return None
