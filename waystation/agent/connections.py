@@ -126,12 +126,12 @@ class ConnectionCap:
     one more may be served (None) or the answer that refuses it."""
 
     def __init__(
-        self, cap: int | None = None, listener: str = "the agent", last_file: int | None = None
+        self, cap: int | None = None, listener: str = "the agent", reserved_from: int | None = None
     ) -> None:
         self.cap = connection_cap() if cap is None else cap
         self.open = 0
         self._listener = listener
-        self._last_file = last_file  # a connection on this descriptor number or above is refused
+        self._reserved_from = reserved_from  # a connection on this descriptor number or above is refused
         self._messages = _messages(listener, self.cap)
         self._answers = {reason: _answer(message) for reason, message in self._messages.items()}
         self._by_pid: Counter[int] = Counter()
@@ -147,7 +147,7 @@ class ConnectionCap:
             self._by_uid[peer.uid] if peer and peer.uid is not None else 0,
             peer is None or peer.own_user,
         )
-        if why is None and self._last_file is not None and fileno >= self._last_file:
+        if why is None and self._reserved_from is not None and fileno >= self._reserved_from:
             why = "descriptors"
         if why is not None:
             self._log_refusal(why, peer)
@@ -231,7 +231,7 @@ def refuse(transport: asyncio.Transport, answer: bytes) -> None:
 
 def capped(cap: ConnectionCap) -> Admit:
     """The admission of a listener whose peers are not told apart (TCP): the cap, and no
-    descriptor at or above `cap`'s last file."""
+    descriptor at or above `cap`'s reserved_from."""
 
     def admit(transport: asyncio.Transport) -> Callable[[], None] | None:
         sock = transport.get_extra_info("socket")
