@@ -19,14 +19,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import resource
 import socket
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _harness import (
     Agent,
     helper_server,
@@ -37,6 +39,7 @@ from _harness import (
     progress,
     running_agent,
 )
+from floods import flooding
 
 STATUS_SAMPLES = 200
 
@@ -64,19 +67,12 @@ async def status_ms(
 
 @contextlib.contextmanager
 def idle_connections(path: Path, count: int) -> Iterator[None]:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, count + 1024)), hard))
-    held = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            held.append(sock)
-            sock.connect(str(path))
+    """`count` connections, nothing sent on them, held by processes of 1,000 each: one process may
+    hold a quarter of the socket's connections (1,024 of 4,096), and status comes from this one."""
+    with contextlib.ExitStack() as holders:
+        for first in range(0, count, 1000):
+            holders.enter_context(flooding("idle", path, min(1000, count - first)))
         yield
-    finally:
-        for sock in held:
-            sock.close()
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 async def seed_receipts(home: Path, count: int) -> None:

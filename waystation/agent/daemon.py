@@ -21,7 +21,14 @@ from aiohttp import web
 
 from waystation import __version__
 from waystation.agent.api import create_app, create_metrics_app
-from waystation.agent.connections import HEAD_TIMEOUT_S, QuietResourceErrors
+from waystation.agent.connections import (
+    HEAD_TIMEOUT_S,
+    METRICS_CONNECTIONS,
+    CappedTCPSite,
+    ConnectionCap,
+    QuietResourceErrors,
+    first_reserved_file,
+)
 from waystation.agent.fleet import Fleet
 from waystation.agent.jobs import Housekeeping
 from waystation.agent.peer import (
@@ -103,13 +110,21 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
 
 
 async def serve_metrics(stack: contextlib.AsyncExitStack, station: AgentStation, listen: str) -> None:
-    """GET /metrics alone, on TCP `host:port` (a bracketed IPv6 host allowed)."""
+    """GET /metrics alone, on TCP `host:port` (a bracketed IPv6 host allowed): METRICS_CONNECTIONS at
+    once, the socket's head timeout, and no descriptor of those kept back (connections.py)."""
     host, _, port = listen.rpartition(":")
-    runner = web.AppRunner(create_metrics_app(station), handle_signals=False, access_log=None)
+    runner = web.AppRunner(
+        create_metrics_app(station),
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=1.0,
+        keepalive_timeout=HEAD_TIMEOUT_S,  # aiohttp's default keeps a half-sent request an hour
+    )
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
+    cap = ConnectionCap(METRICS_CONNECTIONS, "the metrics port", first_reserved_file())
     try:
-        await web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port), shutdown_timeout=1.0).start()
+        await CappedTCPSite(runner, host.strip("[]") or "127.0.0.1", int(port), cap).start()
     except (OSError, ValueError) as exc:
         raise SocketError(f"cannot serve metrics on {listen!r} ([agent] metrics_listen): {exc}") from None
     log.info("metrics served", listen=listen)

@@ -21,7 +21,7 @@ import socket
 import stat
 import struct
 import sys
-import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from waystation.agent.connections import ConnectionCap
+from waystation.agent.connections import Admit, ConnectionCap, Gated, Peer, refuse
 from waystation.errors import WaystationError
 
 log = structlog.get_logger(__name__)
@@ -54,10 +54,13 @@ def peer_credentials(sock: Any) -> PeerCredentials | None:
             pid, uid, gid = struct.unpack("3i", creds)
             return PeerCredentials(int(pid), int(uid), frozenset({int(gid)}))
         if sys.platform == "darwin":
-            sol_local, local_peercred = 0, 1
+            sol_local, local_peercred, local_peerpid = 0, 1, 2
             creds = sock.getsockopt(sol_local, local_peercred, struct.calcsize("IIh16I"))
             _version, uid, ngroups, *groups = struct.unpack("IIh16I", creds)
-            return PeerCredentials(None, int(uid), frozenset(int(g) for g in groups[: max(ngroups, 0)]))
+            pid: int | None = None
+            with contextlib.suppress(OSError):  # the pid, for each process's share of the socket
+                pid = struct.unpack("i", sock.getsockopt(sol_local, local_peerpid, 4))[0]
+            return PeerCredentials(pid, int(uid), frozenset(int(g) for g in groups[: max(ngroups, 0)]))
     except OSError:
         return None
     return None
@@ -171,58 +174,33 @@ def bind_unix_socket(path: Path, gid: int | None = None) -> socket.socket:
     return sock
 
 
-class _PeerChecked(asyncio.Protocol):
-    """Wraps aiohttp's per-connection protocol; a refused peer, or one past the connection cap,
-    never reaches it."""
+def _peer_checked(uid: int, gid: int | None, cap: ConnectionCap) -> Admit:
+    """The socket's admission: a peer of another user is cut off without a word (abort); one of
+    ours past the cap, or past its share of it, is answered 503 and closed."""
 
-    def __init__(self, inner: asyncio.Protocol, uid: int, gid: int | None, cap: ConnectionCap) -> None:
-        self._inner = inner
-        self._uid = uid
-        self._gid = gid
-        self._cap = cap
-        self._refused = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def admit(transport: asyncio.Transport) -> Callable[[], None] | None:
         creds = peer_credentials(transport.get_extra_info("socket"))
-        if not peer_allowed(creds, self._uid, self._gid):
-            self._refused = True
+        if creds is None or not peer_allowed(creds, uid, gid):
             log.warning(
                 "refused a socket peer of another user",
                 peer_uid=None if creds is None else creds.uid,
                 peer_gids=None if creds is None else sorted(creds.gids),
             )
-            typing.cast(asyncio.Transport, transport).abort()
-            return
-        if not self._cap.admit():
-            self._refused = True
-            refused = typing.cast(asyncio.Transport, transport)
-            refused.write(self._cap.refusal)
-            refused.close()
-            return
-        self._inner.connection_made(transport)
+            transport.abort()
+            return None
+        peer = Peer(creds.pid or None, creds.uid, own_user=creds.uid == uid)  # pid 0: not in our namespace
+        answer = cap.admit(peer)
+        if answer is not None:
+            refuse(transport, answer)
+            return None
+        return lambda: cap.release(peer)
 
-    def data_received(self, data: bytes) -> None:
-        if not self._refused:
-            self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return None if self._refused else self._inner.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self._refused:
-            self._cap.release()
-            self._inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
+    return admit
 
 
 class PeerCheckedUnixSite(web.BaseSite):
-    """aiohttp's UnixSite, with our socket permissions, the peer check on every connection and a
-    cap on how many are open."""
+    """aiohttp's UnixSite, with our socket permissions, the peer check on every connection, a cap
+    on how many are open and each peer's share of it."""
 
     def __init__(
         self, runner: web.BaseRunner, sock: socket.socket, path: Path, gid: int | None = None
@@ -241,7 +219,7 @@ class PeerCheckedUnixSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         uid = os.getuid()
-        cap = ConnectionCap()
+        admit = _peer_checked(uid, self._gid, ConnectionCap())
         self._server = await asyncio.get_running_loop().create_unix_server(
-            lambda: _PeerChecked(server(), uid, self._gid, cap), sock=self._sock, backlog=self._backlog
+            lambda: Gated(server(), admit), sock=self._sock, backlog=self._backlog
         )
