@@ -258,10 +258,11 @@ def check_agent(socket: Path) -> Check:
 def check_database(database: Path) -> Check:
     if not database.exists():
         return Check("warn", "database", f"no database yet at {database} (the agent creates it on first run)")
-    from waystation.db import refuse_unknown_schema
+    from waystation.db import refuse_non_file, refuse_unknown_schema
     from waystation.errors import DatabaseError
 
     try:
+        refuse_non_file(database)
         conn = sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True, timeout=5)
         try:
             refuse_unknown_schema(conn, database)  # the agent's own refusal: too new, or not ours
