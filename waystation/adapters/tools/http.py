@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import dataclasses
 import functools
 import json
 import re
@@ -25,6 +26,7 @@ from waystation.adapters.tools.redirects import MAX_REDIRECTS, redirected
 from waystation.adapters.tools.secret_refs import HEADER_VALUE, Secrets, checked_reference, resolved
 from waystation.errors import DeliveryError, InvalidArguments, NetworkUnreachable
 from waystation.ports import idempotency_key_problem
+from waystation.redact import without_values
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 # The methods a model writes with: its call carries a JSON object the user gave, or is refused
@@ -367,9 +369,21 @@ class HttpRequestTool:
     ) -> DeliveryResult:
         headers = args.get("headers", {})
         secret_headers = frozenset(name for name, text in headers.items() if not isinstance(text, str))
-        if secret_headers:
-            args = {**args, "headers": resolved(self.name, headers, self._secrets)}
-        return await _send(self.name, client, args, idempotency_key, timeout_s, secret_headers)
+        if not secret_headers:
+            return await _send(self.name, client, args, idempotency_key, timeout_s)
+        sent = resolved(self.name, headers, self._secrets)
+        result = await _send(
+            self.name, client, {**args, "headers": sent}, idempotency_key, timeout_s, secret_headers
+        )
+        # The answer is stored, shown and read by models: a destination echoing a header it was sent
+        # (an echo service, an error page quoting the request) must not echo the secret there.
+        values = [sent[name] for name in secret_headers]
+        values += [json.dumps(v)[1:-1] for v in values]  # as a JSON string escapes it
+        return dataclasses.replace(
+            result,
+            body=without_values(result.body, values),
+            headers={k: without_values(v, values) for k, v in result.headers.items()},
+        )
 
 
 class WebFetchTool:
