@@ -11,8 +11,10 @@ import contextlib
 import resource
 import socket
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -118,3 +120,38 @@ async def test_a_body_that_never_comes_is_a_408(monkeypatch: pytest.MonkeyPatch,
         assert whole.json() == {"a": 1}
     finally:
         await runner.cleanup()
+
+
+async def test_an_events_client_closing_mid_stream_is_no_unexpected_error(tmp_path: Path) -> None:
+    """`waystation events` stopped with Ctrl-C: the agent's next write finds the connection reset.
+    That is how an event stream ends, logged at debug, not an error with a traceback."""
+    from structlog.testing import capture_logs
+
+    from waystation.agent.api import errors_as_json, events
+    from waystation.station.events import EventBus
+
+    bus = EventBus()
+    station = types.SimpleNamespace(announcer=types.SimpleNamespace(events=bus))
+    app = web.Application(middlewares=[errors_as_json])
+    app[http_io.STATION] = cast(Any, station)
+    app.router.add_get("/v1/events", events)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    path = tmp_path / "s.sock"
+    await web.UnixSite(runner, str(path)).start()
+    try:
+        with capture_logs() as logged:
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            writer.write(b"GET /v1/events HTTP/1.1\r\nHost: w\r\n\r\n")
+            assert b": waystation events" in await asyncio.wait_for(reader.readuntil(b"events\n\n"), 5)
+            writer.close()
+            await writer.wait_closed()
+            for n in range(50):  # the stream ends at its first write after the close
+                bus.publish("task", {"n": n})
+                await asyncio.sleep(0.01)
+                if not bus._subscribers:
+                    break
+            assert not bus._subscribers, "the handler is still writing to a closed connection"
+    finally:
+        await runner.cleanup()
+    assert [e["log_level"] for e in logged] == ["debug"], logged
