@@ -17,7 +17,7 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from waystation import timeutil
-from waystation.errors import DatabaseError, WaystationError
+from waystation.errors import DatabaseError, SigningKeyUnusable, WaystationError
 from waystation.queue.flusher import Flusher
 from waystation.station.build import Station
 from waystation.station.ops import receipts
@@ -138,8 +138,13 @@ class Housekeeping:
         """Sign the receipt tree and keep it as the state directory's checkpoint (see
         ops.receipts.store_checkpoint: one the receipts no longer extend is kept, and said)."""
         self._unsigned = 0
+        said = self._station.signing_error
         try:
             return await receipts.store_checkpoint(self._station)
+        except SigningKeyUnusable as exc:  # one line when it starts, not one every ten minutes
+            if exc.message != said:
+                log.error("checkpoints of the receipts will not be signed", error=exc.message)
+            return None
         except (WaystationError, OSError) as exc:
             log.error("cannot sign a checkpoint of the receipts", error=str(exc))
             return None

@@ -32,7 +32,7 @@ from waystation.adapters.tools import ToolRegistry, default_tools, new_client
 from waystation.checkpoints import SigningKey
 from waystation.config import Paths, Settings
 from waystation.db import Database
-from waystation.errors import WaystationError
+from waystation.errors import SigningKeyUnusable, WaystationError
 from waystation.queue.flusher import Flusher
 from waystation.queue.store import TaskStore
 from waystation.receipt_proofs import keep_checkpoint
@@ -63,6 +63,8 @@ class Station:
     models: ModelStore = field(kw_only=True)  # the named models in the state directory
     started: float = field(default_factory=time.monotonic, kw_only=True)
     version: str = field(default=__version__, kw_only=True)
+    # Why the receipts' checkpoints cannot be signed now (a damaged receipts.key); None when they can.
+    signing_error: str | None = field(default=None, kw_only=True)
 
     async def stop_delivery(self, task_id: str) -> bool:
         """Stop sending a task (a cancel); True when nothing sends it any more. With no agent
@@ -111,10 +113,18 @@ async def build_in_process(stack: Stack, paths: Paths, settings: Settings) -> Tu
 async def build_agent(stack: Stack, paths: Paths, settings: Settings) -> AgentStation:
     db = await _database(stack, paths, check=True)
     # Made at first start; the receipts are signed once more at stop, after the last settles and
-    # before the database closes.
-    key = SigningKey.load_or_create(paths.state)
-    stack.push_async_callback(_sign_at_stop, db, key, paths)
+    # before the database closes. A damaged key stops the signing, never the queue: the agent runs
+    # on and says why in `status` and `doctor`, rather than crash-looping under its service.
+    signing_error = None
+    try:
+        key = SigningKey.load_or_create(paths.state)
+    except SigningKeyUnusable as exc:
+        log.error("checkpoints of the receipts will not be signed", error=exc.message)
+        signing_error = exc.message
+    else:
+        stack.push_async_callback(_sign_at_stop, db, key, paths)
     base, deliveries = _turn_station(stack, paths, settings, db, watch_os_events=True)
+    base.signing_error = signing_error
     recovered = await base.store.recover(all_running=True)
     if recovered:
         log.info("returned tasks left running by the last run to pending", count=recovered)

@@ -61,8 +61,9 @@ def doctor(as_json: JsonFlag = False) -> None:
 
     Checks Python, the configuration, the configured model, llama.cpp (loads the embedded model
     and decodes a batch),
-    the socket's directory and whether an agent answers, the database's health, whether the
-    service unit is installed, and, with `[fleet] url` set, whether the hub answers with JetStream.
+    the socket's directory and whether an agent answers, the database's health, the receipts'
+    signing key, whether the service unit is installed, and, with `[fleet] url` set, whether the
+    hub answers with JetStream.
 
     ```
     waystation doctor
@@ -80,6 +81,7 @@ def doctor(as_json: JsonFlag = False) -> None:
         lambda: check_socket_dir(paths.socket),
         lambda: check_agent(paths.socket),
         lambda: check_database(paths.database),
+        lambda: check_signing_key(paths),
         check_service,
         lambda: check_fleet(paths),
     ):
@@ -253,6 +255,21 @@ def check_agent(socket: Path) -> Check:
     connectivity = (status.get("connectivity") or {}).get("state") if isinstance(status, dict) else None
     version = status.get("version") if isinstance(status, dict) else None
     return Check("ok", "agent", f"running (version {version}, connectivity {connectivity}) on {socket}")
+
+
+def check_signing_key(paths: Any) -> Check:
+    """The receipts' signing key reads as one (made at the first signing when there is none)."""
+    from waystation.checkpoints import SigningKey
+    from waystation.errors import SigningKeyUnusable
+
+    private = paths.state / "receipts.key"
+    try:
+        key = SigningKey.load(private, paths.state / "receipts.pub")
+    except FileNotFoundError:
+        return Check("ok", "receipts", f"no signing key yet (made at the first signing, {private})")
+    except SigningKeyUnusable as exc:
+        return Check("fail", "receipts", exc.message)
+    return Check("ok", "receipts", f"checkpoints signed as {key.name} ({private})")
 
 
 def check_database(database: Path) -> Check:
