@@ -120,6 +120,16 @@ MIGRATIONS: list[Migration] = [
         position INTEGER NOT NULL           -- receipts: the last seq acked, checkpoints: the tree size
     )
     """,
+    # 7: the clocks when the deadlines were last known right (queue/clock.py): a wall clock set
+    # while no agent ran is seen at the next start.
+    """
+    CREATE TABLE clock_mark (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        wall REAL NOT NULL,                 -- epoch seconds
+        monotonic REAL NOT NULL,            -- seconds since boot
+        boot TEXT                           -- the boot id, NULL where the system has none
+    )
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
