@@ -3,14 +3,15 @@ the command line or the event stream show."""
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
 REDACTED = "[redacted]"
 # A shorter value is too common to tell from other text (and is no credential worth the name).
-MIN_SECRET_CHARS = 4
+MIN_SECRET_CHARS = 6
 # A header or query parameter whose name says it may hold a credential: any name holding one of the
 # words (api_key, X-Amz-Signature, X-Amz-Credential, X-Amz-Security-Token, access_token,
 # client_secret, password, ...), or one of the short names that are credentials on their own:
@@ -62,6 +63,28 @@ def _shown_params(text: str) -> str:
     if not any(CREDENTIAL_NAME.fullmatch(name) for name, _ in pairs):
         return text
     return urlencode([(n, REDACTED if CREDENTIAL_NAME.fullmatch(n) else v) for n, v in pairs])
+
+
+def hidden_values(url: str, headers: Mapping[str, Any], secret_headers: Collection[str] = ()) -> list[str]:
+    """The values a request's outputs hide (shown_args), and those a secret reference gave, as a
+    destination's answer may echo them: whole, a credential header's token without its scheme
+    (`Bearer ...`), a URL parameter as written and decoded, each also as a JSON string escapes it."""
+    values = [
+        v
+        for k, v in headers.items()
+        if isinstance(v, str) and (k in secret_headers or CREDENTIAL_NAME.fullmatch(k))
+    ]
+    values += [v.partition(" ")[2] for v in values if " " in v]
+    parts = urlsplit(url)
+    if parts.password:
+        values.append(parts.password)
+    for text in (parts.query, parts.fragment):
+        for pair in text.split("&"):
+            name, _, raw = pair.partition("=")
+            if CREDENTIAL_NAME.fullmatch(unquote_plus(name)):
+                values += [raw, unquote_plus(raw)]
+    values += [json.dumps(v)[1:-1] for v in values]
+    return [v for v in dict.fromkeys(values) if len(v) >= MIN_SECRET_CHARS]
 
 
 def without_values(text: str, secrets: Iterable[str]) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import dataclasses
 import functools
 import json
 import re
@@ -26,7 +25,7 @@ from waystation.adapters.tools.redirects import MAX_REDIRECTS, redirected
 from waystation.adapters.tools.secret_refs import HEADER_VALUE, Secrets, checked_reference, resolved
 from waystation.errors import DeliveryError, InvalidArguments, NetworkUnreachable
 from waystation.ports import idempotency_key_problem
-from waystation.redact import without_values
+from waystation.redact import hidden_values, without_values
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 # The methods a model writes with: its call carries a JSON object the user gave, or is refused
@@ -219,12 +218,14 @@ async def _send(
     finally:
         with contextlib.suppress(httpx.TransportError):
             await response.aclose()
+    # The answer is stored, shown and read by models: a destination echoing a credential it was
+    # sent (an echo service, an error page quoting the request) must not echo it there.
+    hidden = hidden_values(url, request_args.get("headers", {}), secret_headers)
+    body = _decode(bytes(data[:MAX_RESULT_BYTES]), response.headers.get("content-type"), final=not truncated)
     return DeliveryResult(
         status=response.status_code,
-        headers=kept_headers(response.headers),
-        body=_decode(
-            bytes(data[:MAX_RESULT_BYTES]), response.headers.get("content-type"), final=not truncated
-        ),
+        headers={k: without_values(v, hidden) for k, v in kept_headers(response.headers).items()},
+        body=without_values(body, hidden),
         truncated=truncated,
         retry_after_s=timeutil.retry_after_seconds(response.headers.get("retry-after")),
         duration_ms=round((time.monotonic() - started) * 1000),
@@ -369,21 +370,9 @@ class HttpRequestTool:
     ) -> DeliveryResult:
         headers = args.get("headers", {})
         secret_headers = frozenset(name for name, text in headers.items() if not isinstance(text, str))
-        if not secret_headers:
-            return await _send(self.name, client, args, idempotency_key, timeout_s)
-        sent = resolved(self.name, headers, self._secrets)
-        result = await _send(
-            self.name, client, {**args, "headers": sent}, idempotency_key, timeout_s, secret_headers
-        )
-        # The answer is stored, shown and read by models: a destination echoing a header it was sent
-        # (an echo service, an error page quoting the request) must not echo the secret there.
-        values = [sent[name] for name in secret_headers]
-        values += [json.dumps(v)[1:-1] for v in values]  # as a JSON string escapes it
-        return dataclasses.replace(
-            result,
-            body=without_values(result.body, values),
-            headers={k: without_values(v, values) for k, v in result.headers.items()},
-        )
+        if secret_headers:
+            args = {**args, "headers": resolved(self.name, headers, self._secrets)}
+        return await _send(self.name, client, args, idempotency_key, timeout_s, secret_headers)
 
 
 class WebFetchTool:
