@@ -83,7 +83,8 @@ def test_doctor_json_lists_every_check(home: Path) -> None:
     assert done.returncode == 0, done.stderr
     checks = json.loads(done.stdout)
     assert [c["name"] for c in checks] == [
-        "python", "config", "model", "downloads", "llama.cpp", "socket", "agent", "database", "service",
+        "python", "config", "model", "downloads", "llama.cpp", "socket", "agent", "database", "receipts",
+        "service",
         "fleet",
     ]  # fmt: skip
     assert {c["level"] for c in checks} <= {"ok", "warn"}

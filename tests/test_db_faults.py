@@ -133,6 +133,26 @@ async def test_a_text_file_is_reported_corrupt(tmp_path: Path) -> None:
     assert _digest(path) == before
 
 
+async def test_a_database_path_at_dev_null_is_refused_as_no_file(tmp_path: Path) -> None:
+    """`/dev/null` opens, then fails its first sync (SQLITE_IOERR_FSYNC): it was blamed on a full
+    disk. It is a device, said as such, and nothing is written to it."""
+    path = tmp_path / "waystation.db"
+    path.symlink_to("/dev/null")
+    with pytest.raises(DatabaseError) as info:
+        await Database.open(path)
+    message = info.value.message
+    assert type(info.value) is DatabaseError and "full" not in message
+    assert str(path) in str(info.value) and "not a file" in message
+
+
+def test_an_io_error_names_its_kind_and_blames_no_full_disk(tmp_path: Path) -> None:
+    exc = sqlite3.OperationalError("disk I/O error")
+    exc.sqlite_errorcode = sqlite3.SQLITE_IOERR_FSYNC  # type: ignore[attr-defined]
+    exc.sqlite_errorname = "SQLITE_IOERR_FSYNC"  # type: ignore[attr-defined]
+    translated = translate(exc, tmp_path / "x.db")
+    assert "SQLITE_IOERR_FSYNC" in translated.message and "full" not in translated.message
+
+
 async def _open_and_read_everything(path: Path, check: bool) -> None:
     async with await Database.open(path, check=check) as db:
         store = TaskStore(db, SETTINGS)

@@ -397,6 +397,32 @@ def test_shown_args_hide_credentials_but_keep_the_rest() -> None:
     assert shown["headers"] == {"Authorization": REDACTED, "Accept": "a/b"}
 
 
+@pytest.mark.parametrize(
+    ("url", "hidden"),
+    [
+        ("https://acct.blob.example/c/b?sv=2022-11-02&se=2026&sig=AzS4sS1gnature", "AzS4sS1gnature"),
+        (
+            "https://b.s3.example/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLE%2F20261206"
+            "&X-Amz-Signature=abcdef0123&X-Amz-Security-Token=FwoGZXIvYXdz",
+            "AKIAEXAMPLE",
+        ),
+        ("https://b.s3.example/k?X-Amz-Signature=abcdef0123", "abcdef0123"),
+        ("https://b.s3.example/k?X-Amz-Security-Token=FwoGZXIvYXdz", "FwoGZXIvYXdz"),
+        ("https://app.example/cb?code=0Auth-C0de&state=xyz", "0Auth-C0de"),
+        ("https://app.example/cb#access_token=fr4gment-T0ken&token_type=bearer", "fr4gment-T0ken"),
+        ("https://h.example/?api_key=k3y&password=pw0rd&client_secret=cs3cret&key=k3y", "k3y"),
+        ("https://h.example/?password=pw0rd&client_secret=cs3cret", "pw0rd"),
+        ("https://h.example/?client_secret=cs3cret", "cs3cret"),
+    ],
+)
+def test_shown_url_hides_signed_url_and_oauth_credentials(url: str, hidden: str) -> None:
+    from waystation.redact import shown_url
+
+    shown = shown_url(url)
+    assert hidden not in shown and "%5Bredacted%5D" in shown
+    assert shown_url("https://h.example/p?page=2#top") == "https://h.example/p?page=2#top"
+
+
 def test_credentials_in_a_task_reach_the_destination_and_no_output(
     agent_factory: Callable[..., Agent], receiver: Any
 ) -> None:

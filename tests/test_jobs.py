@@ -21,6 +21,8 @@ from waystation.agent import jobs
 from waystation.agent.jobs import Housekeeping
 from waystation.config import Paths, QueueSettings, Settings
 from waystation.db import Database
+from waystation.queue import clock as clock_module
+from waystation.queue.clock import ClockMark, set_while_away
 from waystation.queue.flusher import Flusher
 from waystation.queue.policy import Decision, TaskState, classify, decide
 from waystation.queue.store import LEASE_MARGIN_S, TaskStore
@@ -348,6 +350,80 @@ async def test_a_wall_clock_set_days_forward_moves_deadlines_instead_of_expiring
     clock[0] += RETENTION_S + 1
     monotonic[0] += RETENTION_S + 1
     assert await housekeeping.expire() == 1
+
+
+# --- the wall clock set while the agent was stopped ------------------------------------------------
+
+DAY = 86400.0
+
+
+async def _park_and_stop(station: Station, clock: list[float], boot: str = "boot-1") -> list[Task]:
+    """Three tasks parked, one of them waiting out a backoff; then the agent stops (its mark)."""
+    tasks = [(await station.store.enqueue(_new(n)))[0] for n in range(3)]
+    (leased,) = (await _lease(station.store, tasks[0].id)).values()
+    await station.store.settle(leased, _decision(leased, 503, clock[0]), None, 5)
+    clock[0] += 10.0
+    await clock_module.keep_mark(station.db, ClockMark(clock[0], 5000.0, boot))
+    return [await station.store.get(t.id) for t in tasks]
+
+
+async def _start(station: Station, housekeeping: Housekeeping, now: ClockMark, clock: list[float]) -> int:
+    """The next start, its clock at `now`: the re-base, then the first expiry sweep."""
+    clock[0] = now.wall
+    await clock_module.rebase_after_stop(station.db, now)
+    return await housekeeping.expire()
+
+
+async def test_a_clock_set_forward_while_stopped_expires_nothing_at_the_next_start(
+    station: Station, housekeeping: Housekeeping, clock: list[float]
+) -> None:
+    """Parked under a clock days behind, the agent stopped, NTP set the clock, the agent started:
+    3 of 3 tasks expired at once. The wall clock moved 10 days more than the minute that passed."""
+    parked = await _park_and_stop(station, clock)
+    set_by = RETENTION_S + 3 * DAY
+    now = ClockMark(clock[0] + set_by + 60.0, 5060.0, "boot-1")
+    assert await _start(station, housekeeping, now, clock) == 0
+    for before in parked:
+        after = await station.store.get(before.id)
+        assert after.state == TaskState.PENDING and after.expires_at == before.expires_at + set_by
+        assert after.next_attempt_at == before.next_attempt_at + set_by  # no retry made due early
+    # The mark is now this start's: a second start in the same minute moves nothing again.
+    assert await clock_module.rebase_after_stop(station.db, now) == (0.0, 0)
+
+
+async def test_a_clock_set_back_while_stopped_holds_no_retry_for_the_difference(
+    station: Station, housekeeping: Housekeeping, clock: list[float]
+) -> None:
+    """Parked under a clock a month ahead, then corrected: a backoff of seconds must not become a
+    wait of a month, nor retention a month longer."""
+    parked = await _park_and_stop(station, clock)
+    now = ClockMark(clock[0] - 30 * DAY + 60.0, 5060.0, "boot-1")
+    assert await _start(station, housekeeping, now, clock) == 0
+    waiting = await station.store.get(parked[0].id)
+    assert waiting.next_attempt_at == parked[0].next_attempt_at - 30 * DAY
+    assert waiting.next_attempt_at - clock[0] < SETTINGS.backoff_max_s
+
+
+async def test_after_a_reboot_only_a_clock_found_behind_is_known_to_be_set(
+    station: Station, housekeeping: Housekeeping, clock: list[float]
+) -> None:
+    """Monotonic time restarts at boot: a clock ahead of the mark may be real downtime (work past
+    retention expires); a clock behind it was set back, by at least the difference."""
+    parked = await _park_and_stop(station, clock)
+    behind = ClockMark(clock[0] - 2 * DAY, 30.0, "boot-2")
+    assert await clock_module.rebase_after_stop(station.db, behind) == (-2 * DAY, 3)
+    assert (await station.store.get(parked[1].id)).expires_at == parked[1].expires_at - 2 * DAY
+    ahead = ClockMark(behind.wall + RETENTION_S, 30.0, "boot-3")
+    assert await _start(station, housekeeping, ahead, clock) == 3  # a real week away
+
+
+def test_marks_on_one_boot_tell_a_set_from_time_passing() -> None:
+    then = ClockMark(T0, 100.0, "b")
+    assert set_while_away(then, ClockMark(T0 + 30 * DAY, 100.0 + 30 * DAY, "b")) == 0.0  # it passed
+    assert set_while_away(then, ClockMark(T0 + 60.5, 160.0, "b")) == 0.0  # drift, not a set
+    assert set_while_away(then, ClockMark(T0 + DAY, 160.0, "b")) == DAY - 60.0
+    assert set_while_away(then, ClockMark(T0 + DAY, 5.0, None)) == 0.0  # unknown boot, ahead
+    assert set_while_away(ClockMark(T0, 100.0, None), ClockMark(T0 - DAY, 5.0, None)) == -DAY
 
 
 def test_a_clock_that_only_drifts_is_not_a_jump() -> None:

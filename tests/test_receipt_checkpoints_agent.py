@@ -96,3 +96,50 @@ def test_receipts_removed_while_the_agent_was_down_are_named(agent_factory: Call
     # The agent goes on recording; the kept checkpoint still names what went missing.
     receipts_of_cancelled_tasks(agent, 1)
     assert cli(agent.home, "receipts", "verify").returncode == 1
+
+
+def test_a_damaged_signing_key_stops_the_signing_not_the_agent(agent_factory: Callable[..., Agent]) -> None:
+    """A receipts.key cut short (or overwritten) crash-looped the agent with a traceback. It starts,
+    says why in one log line, in `status` and `doctor`, and tasks are taken and settled; the file
+    is left for a restore, and moving it away signs again with a new key, without a restart."""
+    agent = agent_factory({"WAYSTATION_CONNECTIVITY__MODE": "offline"}).start()
+    key_file = agent.home / "receipts.key"
+    pem = key_file.read_bytes()
+    agent.stop()
+    for damaged in (pem[: len(pem) // 2], b"\x00garbage\xff" * 8):
+        key_file.write_bytes(damaged)
+        agent.start()
+        task = agent.api("POST", "/v1/tasks", json={"tool": "web_fetch", "args": {"url": URL}})
+        assert task.status_code == 201, task.text
+        assert agent.api("POST", f"/v1/tasks/{task.json()['id']}/cancel").status_code == 200
+        signing = agent.api("GET", "/v1/status").json()["signing"]
+        assert (
+            signing["ok"] is False
+            and str(key_file) in signing["error"]
+            and "move it away" in signing["error"]
+        )
+        shown = cli(agent.home, "status")
+        assert shown.returncode == 0 and "not signed" in shown.stdout, shown.stdout
+        refused = agent.api("GET", "/v1/receipts/checkpoint")
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "signing_key_unusable"
+        assert agent.stop() == 0
+        assert key_file.read_bytes() == damaged  # never replaced: it may be restored
+    run = agent.output().rsplit("===== run", 1)[1]
+    said = [line for line in run.splitlines() if str(key_file) in line and '"level": "error"' in line]
+    assert "Traceback" not in run and len(said) == 1, run  # one line says it
+
+    key_file.rename(agent.home / "receipts.key.damaged")
+    agent.start()
+    assert agent.api("GET", "/v1/status").json()["signing"] == {"ok": True, "error": None}
+    assert agent.api("GET", "/v1/receipts/checkpoint").status_code == 200
+
+
+def test_doctor_names_a_damaged_signing_key_and_makes_none(tmp_path: Path) -> None:
+    from waystation.cli.commands.doctor import check_signing_key
+    from waystation.config import Paths
+
+    paths = Paths.resolve({"WAYSTATION_HOME": str(tmp_path)})
+    assert check_signing_key(paths).level == "ok" and not (tmp_path / "receipts.key").exists()
+    (tmp_path / "receipts.key").write_bytes(b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2Vw")
+    check = check_signing_key(paths)
+    assert check.level == "fail" and str(tmp_path / "receipts.key") in check.message

@@ -222,6 +222,32 @@ async def test_a_secret_never_follows_a_redirect_to_another_origin() -> None:
     assert seen == [{**seen[0], "x-trace": "t1"}] and "x-pay" not in seen[0]
 
 
+async def test_a_destination_echoing_credentials_stores_and_shows_none() -> None:
+    """An echo service (or an error page quoting the request) answers with what it got: the
+    result that is stored, shown in events and `queue ls` and read by models holds no secret's
+    value, nor a credential the outputs hide (a credential header, a URL's credential parameter)."""
+
+    async def echo(request: web.Request) -> web.Response:
+        got = {k.lower(): v for k, v in request.headers.items()}
+        body = {"headers": got, "url": str(request.url), "query": dict(request.query)}
+        return web.json_response(body, headers={"X-Echo": got.get("x-pay", "")})
+
+    app = web.Application()
+    app.router.add_post("/echo", echo)
+    http = tool({"PAYMENTS_TOKEN": TOKEN})
+    async with TestServer(app, host="127.0.0.1") as server, new_client() as client:
+        url = f"http://127.0.0.1:{server.port}/echo?sig=AzureS1gnature%2B%3D&page=2"
+        headers = {"X-Pay": REF, "X-Api-Key": "literal-K3y-0123"}
+        valid = http.validate(args(headers, url), allow_secrets=True)
+        answer = await http.deliver(client, valid, "key-4", 10.0)
+    echoed = json.loads(answer.body)
+    assert answer.status == 200 and echoed["headers"]["x-pay"] == "[redacted]"
+    assert echoed["query"] == {"sig": "[redacted]", "page": "2"}
+    shown = json.dumps(answer.to_json())
+    for value in ("pay-T0ken", "literal-K3y", "AzureS1gnature"):
+        assert value not in shown, shown
+
+
 # --- the real agent -------------------------------------------------------------------------------
 
 

@@ -11,8 +11,10 @@ import contextlib
 import resource
 import socket
 import time
-from collections.abc import Callable, Iterator
+import types
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -106,11 +108,7 @@ async def test_a_body_that_never_comes_is_a_408(monkeypatch: pytest.MonkeyPatch,
 
     app = web.Application(middlewares=[errors_as_json])
     app.router.add_post("/echo", echo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    path = tmp_path / "s.sock"
-    await web.UnixSite(runner, str(path)).start()
-    try:
+    async with serving(app, tmp_path / "s.sock") as path:
         reader, writer = await asyncio.open_unix_connection(str(path))
         writer.write(b'POST /echo HTTP/1.1\r\nHost: w\r\nContent-Length: 50\r\n\r\n{"a":')
         await writer.drain()
@@ -121,5 +119,44 @@ async def test_a_body_that_never_comes_is_a_408(monkeypatch: pytest.MonkeyPatch,
         async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(path))) as client:
             whole = await client.post("http://w/echo", json={"a": 1})  # a whole body is not held up
         assert whole.json() == {"a": 1}
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, path: Path) -> AsyncIterator[Path]:
+    """`app` served in this process on the Unix socket `path`, for the length of the block."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.UnixSite(runner, str(path)).start()
+    try:
+        yield path
     finally:
         await runner.cleanup()
+
+
+async def test_an_events_client_closing_mid_stream_is_no_unexpected_error(tmp_path: Path) -> None:
+    """`waystation events` stopped with Ctrl-C: the agent's next write finds the connection reset.
+    That is how an event stream ends, logged at debug, not an error with a traceback."""
+    from structlog.testing import capture_logs
+
+    from waystation.agent.api import errors_as_json, events
+    from waystation.station.events import EventBus
+
+    bus = EventBus()
+    station = types.SimpleNamespace(announcer=types.SimpleNamespace(events=bus))
+    app = web.Application(middlewares=[errors_as_json])
+    app[http_io.STATION] = cast(Any, station)
+    app.router.add_get("/v1/events", events)
+    async with serving(app, tmp_path / "s.sock") as path:
+        with capture_logs() as logged:
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            writer.write(b"GET /v1/events HTTP/1.1\r\nHost: w\r\n\r\n")
+            assert b": waystation events" in await asyncio.wait_for(reader.readuntil(b"events\n\n"), 5)
+            writer.close()
+            await writer.wait_closed()
+            for n in range(50):  # the stream ends at its first write after the close
+                bus.publish("task", {"n": n})
+                await asyncio.sleep(0.01)
+                if not bus._subscribers:
+                    break
+            assert not bus._subscribers, "the handler is still writing to a closed connection"
+    assert [e["log_level"] for e in logged] == ["debug"], logged

@@ -22,11 +22,11 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from waystation.errors import BadCheckpoint
+from waystation.errors import BadCheckpoint, SigningKeyUnusable
 
 ED25519 = b"\x01"  # the signed-note signature type of Ed25519
 DASH = "\u2014"  # the em dash that opens a signature line
@@ -108,21 +108,36 @@ class SigningKey:
 
     @classmethod
     def load_or_create(cls, state_dir: Path) -> SigningKey:
+        """The key of `state_dir`, made when there is none; SigningKeyUnusable when the file is
+        there but holds no Ed25519 key (a key is never made over one: it may be restored)."""
         private_path, public_path = state_dir / "receipts.key", state_dir / "receipts.pub"
+        try:
+            key = cls.load(private_path, public_path)
+        except FileNotFoundError:
+            return cls._create(private_path, public_path)
+        _write_public(public_path, key)
+        return key
+
+    @classmethod
+    def load(cls, private_path: Path, public_path: Path) -> SigningKey:
+        """The key kept at `private_path`; FileNotFoundError when there is none."""
         try:
             pem = private_path.read_bytes()
         except FileNotFoundError:
-            return cls._create(private_path, public_path)
-        private = serialization.load_pem_private_key(pem, password=None)
+            raise
+        except OSError as exc:  # a directory, no permission, an I/O error
+            raise SigningKeyUnusable(private_path, exc.strerror or type(exc).__name__) from None
+        try:
+            private = serialization.load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):  # truncated, not PEM, encrypted
+            raise SigningKeyUnusable(private_path, "not a PEM private key, or damaged") from None
         if not isinstance(private, Ed25519PrivateKey):
-            raise BadCheckpoint(f"{private_path} does not hold an Ed25519 key")
+            raise SigningKeyUnusable(private_path, "not an Ed25519 key")
         try:
             name = VerifierKey.parse(public_path.read_text()).name
-        except (OSError, BadCheckpoint):
+        except (OSError, UnicodeError, BadCheckpoint):
             name = default_origin()
-        key = cls(private, name)
-        _write_public(public_path, key)
-        return key
+        return cls(private, name)
 
     @classmethod
     def _create(cls, private_path: Path, public_path: Path) -> SigningKey:

@@ -19,6 +19,7 @@ import concurrent.futures
 import contextlib
 import os
 import sqlite3
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -119,6 +120,16 @@ MIGRATIONS: list[Migration] = [
         position INTEGER NOT NULL           -- receipts: the last seq acked, checkpoints: the tree size
     )
     """,
+    # 7: the clocks when the deadlines were last known right (queue/clock.py): a wall clock set
+    # while no agent ran is seen at the next start.
+    """
+    CREATE TABLE clock_mark (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        wall REAL NOT NULL,                 -- epoch seconds
+        monotonic REAL NOT NULL,            -- seconds since boot
+        boot TEXT                           -- the boot id, NULL where the system has none
+    )
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -144,8 +155,28 @@ def translate(exc: sqlite3.Error, path: Path) -> DatabaseError:
             return DatabaseReadOnly(path, "read-only: make the file and its directory writable")
         return DatabaseError(path, "cannot open: check the path and its permissions")
     if code == _IOERR:
-        return DatabaseError(path, "I/O error (is the disk full or failing?)")
+        # SQLite reports a full disk as SQLITE_FULL, never as an I/O error: this one is the file
+        # system refusing a read, write or sync, and its extended name says which.
+        name = getattr(exc, "sqlite_errorname", "SQLITE_IOERR")
+        return DatabaseError(path, f"I/O error ({name}): check the file system and the disk it is on")
     return DatabaseError(path, f"SQLite error {getattr(exc, 'sqlite_errorname', type(exc).__name__)}")
+
+
+def refuse_non_file(path: Path) -> None:
+    """A database path that names a device, a directory or a pipe (`/dev/null`, a symlink to one)
+    is refused by what it is: SQLite would open it and fail its first sync with an I/O error."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return  # made at first open
+    except OSError as exc:
+        raise DatabaseError(path, f"cannot be examined ({exc.strerror}): check the path") from None
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a device or pipe, not a file"
+        raise DatabaseError(
+            path,
+            f"is {kind}: the database must be a regular file; move it away or set WAYSTATION_HOME elsewhere",
+        )
 
 
 def _writable(path: Path) -> bool:
@@ -178,6 +209,7 @@ class Database:
     async def open(cls, path: Path, *, check: bool = False) -> Database:
         """Open (creating if needed) and migrate; `check` also runs SQLite's quick_check."""
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        refuse_non_file(path)
         loop = asyncio.get_running_loop()
         executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="waystation-db-writer")
         writer: sqlite3.Connection | None = None

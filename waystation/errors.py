@@ -38,6 +38,8 @@
     ├── RouteRefused(route, reason)  fail-closed: the named route cannot run (exit 4)
     │   └── RouteOffline             ... because it needs the network and the host is offline
     ├── ReceiptsDamaged(problem)     the receipts' tree lacks what they say it holds (500)
+    ├── SigningKeyUnusable(path, problem)  receipts.key cannot be read as a key: checkpoints go
+    │                                unsigned, the queue works on (503)
     └── DeliveryError                a tool delivery did not get an answer
         └── NetworkUnreachable       connection, DNS or timeout: transient, no attempt counted
 
@@ -477,6 +479,23 @@ class ReceiptsDamaged(WaystationError):
 
     def __init__(self, problem: str) -> None:
         super().__init__(f"{problem}: the receipts were edited; `waystation receipts verify` names what")
+        self.problem = problem
+
+
+class SigningKeyUnusable(WaystationError):
+    """The receipts' signing key file is there but is no key (truncated, overwritten, another
+    format): checkpoints cannot be signed until it is restored or moved away (503)."""
+
+    code = "signing_key_unusable"
+    http_status = 503
+
+    def __init__(self, path: object, problem: str) -> None:
+        super().__init__(
+            f"{path} is not a usable signing key ({problem}): restore it from a backup, or move it "
+            "away and a new key is made at the next signing (checkpoints the old key signed then "
+            "verify only with its `receipts key`); until then checkpoints are not signed"
+        )
+        self.path = str(path)
         self.problem = problem
 
 

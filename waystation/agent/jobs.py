@@ -17,7 +17,9 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from waystation import timeutil
-from waystation.errors import DatabaseError, WaystationError
+from waystation.errors import DatabaseError, SigningKeyUnusable, WaystationError
+from waystation.queue import clock
+from waystation.queue.clock import CLOCK_JUMP_S
 from waystation.queue.flusher import Flusher
 from waystation.station.build import Station
 from waystation.station.ops import receipts
@@ -30,9 +32,6 @@ CHECKPOINT_INTERVAL_S = 600
 COMPACT_INTERVAL_S = 6 * 3600
 SIGN_INTERVAL_S = 600
 RECEIPTS_PER_SIGNING = 1000
-
-
-CLOCK_JUMP_S = 120.0  # wall time moved this much more (or less) than time passed: it was set
 
 
 class ClockWatch:
@@ -83,8 +82,9 @@ class Housekeeping:
         agent did not live through neither expires work nor makes every retry due."""
         try:
             jump = self._clock.jump()
+            # The mark, written each time, lets the next start see a clock set while it was stopped.
+            moved = await clock.keep_mark(self._station.db, clock.read_mark(), jump)
             if jump:
-                moved = await self._station.store.shift_deadlines(jump)
                 log.warning(
                     "the wall clock was set; deadlines moved with it", seconds=round(jump), tasks=moved
                 )
@@ -138,8 +138,13 @@ class Housekeeping:
         """Sign the receipt tree and keep it as the state directory's checkpoint (see
         ops.receipts.store_checkpoint: one the receipts no longer extend is kept, and said)."""
         self._unsigned = 0
+        said = self._station.signing_error
         try:
             return await receipts.store_checkpoint(self._station)
+        except SigningKeyUnusable as exc:  # one line when it starts, not one every ten minutes
+            if exc.message != said:
+                log.error("checkpoints of the receipts will not be signed", error=exc.message)
+            return None
         except (WaystationError, OSError) as exc:
             log.error("cannot sign a checkpoint of the receipts", error=str(exc))
             return None

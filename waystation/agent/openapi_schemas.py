@@ -236,7 +236,14 @@ SCHEMAS: dict[str, Schema] = {
             "queue": ref("QueueCounts"),
             "model": ref("ModelStatus"),
             "routes": {"type": "array", "items": ref("Route")},
-        }
+            "signing": _object(
+                {
+                    "ok": {"type": "boolean", "description": "the receipts' checkpoints are signed"},
+                    "error": _nullable("string", description="why not: a damaged receipts.key"),
+                }
+            ),
+        },
+        required=["version", "uptime_s", "connectivity", "queue", "model", "routes"],
     ),
     "ModelDetails": _object(
         {

@@ -440,6 +440,9 @@ def status_screen(s: Mapping[str, Any]) -> None:
         ("turns", _counts(turns) if any(turns.values()) else None),
         ("model", model_line),
     ]
+    signing = s.get("signing")
+    if isinstance(signing, Mapping) and signing.get("error"):
+        rows.append(("receipts", Text(f"not signed: {signing['error']}", "red")))
     routes = s.get("routes")
     table = isinstance(routes, list) and bool(routes) and all(isinstance(r, Mapping) for r in routes)
     if not table:

@@ -366,19 +366,6 @@ class TaskStore:
         )
         return row[0] if row else None
 
-    async def shift_deadlines(self, seconds: float) -> int:
-        """Move the retry time, expiry and lease of every unsettled task by `seconds` (the wall
-        clock was set by that much); how many tasks moved."""
-
-        def op(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "UPDATE tasks SET next_attempt_at = next_attempt_at + ?, expires_at = expires_at + ?,"
-                " lease_expires_at = lease_expires_at + ? WHERE state IN ('pending', 'running')",
-                (seconds, seconds, seconds),
-            ).rowcount
-
-        return await self.db.write(op)
-
     async def oldest_pending_at(self) -> float | None:
         """When the oldest pending task was created (None when none is pending)."""
         row = await self.db.fetchone("SELECT MIN(created_at) FROM tasks WHERE state = 'pending'")

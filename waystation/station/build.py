@@ -32,7 +32,8 @@ from waystation.adapters.tools import ToolRegistry, default_tools, new_client
 from waystation.checkpoints import SigningKey
 from waystation.config import Paths, Settings
 from waystation.db import Database
-from waystation.errors import WaystationError
+from waystation.errors import DatabaseError, SigningKeyUnusable, WaystationError
+from waystation.queue import clock
 from waystation.queue.flusher import Flusher
 from waystation.queue.store import TaskStore
 from waystation.receipt_proofs import keep_checkpoint
@@ -63,6 +64,8 @@ class Station:
     models: ModelStore = field(kw_only=True)  # the named models in the state directory
     started: float = field(default_factory=time.monotonic, kw_only=True)
     version: str = field(default=__version__, kw_only=True)
+    # Why the receipts' checkpoints cannot be signed now (a damaged receipts.key); None when they can.
+    signing_error: str | None = field(default=None, kw_only=True)
 
     async def stop_delivery(self, task_id: str) -> bool:
         """Stop sending a task (a cancel); True when nothing sends it any more. With no agent
@@ -111,10 +114,28 @@ async def build_in_process(stack: Stack, paths: Paths, settings: Settings) -> Tu
 async def build_agent(stack: Stack, paths: Paths, settings: Settings) -> AgentStation:
     db = await _database(stack, paths, check=True)
     # Made at first start; the receipts are signed once more at stop, after the last settles and
-    # before the database closes.
-    key = SigningKey.load_or_create(paths.state)
-    stack.push_async_callback(_sign_at_stop, db, key, paths)
+    # before the database closes. A damaged key stops the signing, never the queue: the agent runs
+    # on and says why in `status` and `doctor`, rather than crash-looping under its service.
+    signing_error = None
+    try:
+        key = SigningKey.load_or_create(paths.state)
+    except SigningKeyUnusable as exc:
+        log.error("checkpoints of the receipts will not be signed", error=exc.message)
+        signing_error = exc.message
+    else:
+        stack.push_async_callback(_sign_at_stop, db, key, paths)
     base, deliveries = _turn_station(stack, paths, settings, db, watch_os_events=True)
+    base.signing_error = signing_error
+    # Before anything reads a deadline: a wall clock set while no agent ran moves them with it, as
+    # a set seen while running does (agent/jobs.py), instead of expiring work or holding retries.
+    moved, tasks = await clock.rebase_after_stop(db, clock.read_mark())
+    if moved:
+        log.warning(
+            "the wall clock was set while the agent was stopped; deadlines moved with it",
+            seconds=round(moved),
+            tasks=tasks,
+        )
+    stack.push_async_callback(_mark_at_stop, db)
     recovered = await base.store.recover(all_running=True)
     if recovered:
         log.info("returned tasks left running by the last run to pending", count=recovered)
@@ -146,6 +167,14 @@ async def _sign_at_stop(db: Database, key: SigningKey, paths: Paths) -> None:
         await keep_checkpoint(db, key, paths.state)
     except (WaystationError, OSError) as exc:
         log.error("cannot sign a checkpoint of the receipts", error=str(exc))
+
+
+async def _mark_at_stop(db: Database) -> None:
+    """The clocks at stop, after the last task settled: what the next start compares against."""
+    try:
+        await clock.keep_mark(db, clock.read_mark())
+    except DatabaseError as exc:
+        log.error("cannot record the clock at stop", error=exc.message)
 
 
 async def _database(stack: Stack, paths: Paths, *, check: bool) -> Database:

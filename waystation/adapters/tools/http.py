@@ -25,6 +25,7 @@ from waystation.adapters.tools.redirects import MAX_REDIRECTS, redirected
 from waystation.adapters.tools.secret_refs import HEADER_VALUE, Secrets, checked_reference, resolved
 from waystation.errors import DeliveryError, InvalidArguments, NetworkUnreachable
 from waystation.ports import idempotency_key_problem
+from waystation.redact import hidden_values, without_values
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 # The methods a model writes with: its call carries a JSON object the user gave, or is refused
@@ -217,12 +218,14 @@ async def _send(
     finally:
         with contextlib.suppress(httpx.TransportError):
             await response.aclose()
+    # The answer is stored, shown and read by models: a destination echoing a credential it was
+    # sent (an echo service, an error page quoting the request) must not echo it there.
+    hidden = hidden_values(url, request_args.get("headers", {}), secret_headers)
+    body = _decode(bytes(data[:MAX_RESULT_BYTES]), response.headers.get("content-type"), final=not truncated)
     return DeliveryResult(
         status=response.status_code,
-        headers=kept_headers(response.headers),
-        body=_decode(
-            bytes(data[:MAX_RESULT_BYTES]), response.headers.get("content-type"), final=not truncated
-        ),
+        headers={k: without_values(v, hidden) for k, v in kept_headers(response.headers).items()},
+        body=without_values(body, hidden),
         truncated=truncated,
         retry_after_s=timeutil.retry_after_seconds(response.headers.get("retry-after")),
         duration_ms=round((time.monotonic() - started) * 1000),

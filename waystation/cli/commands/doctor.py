@@ -61,8 +61,9 @@ def doctor(as_json: JsonFlag = False) -> None:
 
     Checks Python, the configuration, the configured model, llama.cpp (loads the embedded model
     and decodes a batch),
-    the socket's directory and whether an agent answers, the database's health, whether the
-    service unit is installed, and, with `[fleet] url` set, whether the hub answers with JetStream.
+    the socket's directory and whether an agent answers, the database's health, the receipts'
+    signing key, whether the service unit is installed, and, with `[fleet] url` set, whether the
+    hub answers with JetStream.
 
     ```
     waystation doctor
@@ -81,6 +82,7 @@ def doctor(as_json: JsonFlag = False) -> None:
         lambda: check_socket_dir(paths.socket),
         lambda: check_agent(paths.socket),
         lambda: check_database(paths.database),
+        lambda: check_signing_key(paths),
         check_service,
         lambda: check_fleet(paths),
     ):
@@ -283,13 +285,29 @@ def check_agent(socket: Path) -> Check:
     return Check("ok", "agent", f"running (version {version}, connectivity {connectivity}) on {socket}")
 
 
+def check_signing_key(paths: Any) -> Check:
+    """The receipts' signing key reads as one (made at the first signing when there is none)."""
+    from waystation.checkpoints import SigningKey
+    from waystation.errors import SigningKeyUnusable
+
+    private = paths.state / "receipts.key"
+    try:
+        key = SigningKey.load(private, paths.state / "receipts.pub")
+    except FileNotFoundError:
+        return Check("ok", "receipts", f"no signing key yet (made at the first signing, {private})")
+    except SigningKeyUnusable as exc:
+        return Check("fail", "receipts", exc.message)
+    return Check("ok", "receipts", f"checkpoints signed as {key.name} ({private})")
+
+
 def check_database(database: Path) -> Check:
     if not database.exists():
         return Check("warn", "database", f"no database yet at {database} (the agent creates it on first run)")
-    from waystation.db import refuse_unknown_schema
+    from waystation.db import refuse_non_file, refuse_unknown_schema
     from waystation.errors import DatabaseError
 
     try:
+        refuse_non_file(database)
         conn = sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True, timeout=5)
         try:
             refuse_unknown_schema(conn, database)  # the agent's own refusal: too new, or not ours

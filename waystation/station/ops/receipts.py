@@ -10,7 +10,7 @@ from typing import Any
 
 from waystation import receipt_proofs, receipts
 from waystation.checkpoints import SigningKey, open_checkpoint
-from waystation.errors import BadCheckpoint, DatabaseCorrupt
+from waystation.errors import BadCheckpoint, DatabaseCorrupt, SigningKeyUnusable
 from waystation.station.build import Station
 
 
@@ -79,4 +79,12 @@ async def store_checkpoint(station: Station) -> int | None:
 
 
 def _key(station: Station) -> SigningKey:
-    return SigningKey.load_or_create(station.paths.state)
+    """The signing key as the state directory holds it now; what `status` says follows it (a key
+    restored or moved away while the agent runs signs again at once)."""
+    try:
+        key = SigningKey.load_or_create(station.paths.state)
+    except SigningKeyUnusable as exc:
+        station.signing_error = exc.message
+        raise
+    station.signing_error = None
+    return key

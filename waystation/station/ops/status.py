@@ -22,6 +22,7 @@ async def status(station: TurnStation) -> dict[str, Any]:
         "turns": await records.count_turns(station.db),
         "model": station.router.local.model_status(),
         "routes": await station.router.statuses(),
+        "signing": {"ok": station.signing_error is None, "error": station.signing_error},
     }
 
 
