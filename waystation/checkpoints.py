@@ -107,25 +107,27 @@ class SigningKey:
         return self.verifier.name
 
     @classmethod
-    def load_or_create(cls, state_dir: Path) -> SigningKey:
+    def load_or_create(cls, state_dir: Path, host: str = "") -> SigningKey:
+        """The key in `state_dir`, made when absent; a new key's origin names `host` (the fleet's
+        `[fleet] host`, so its checkpoints read as the fleet knows it), else the hostname."""
         private_path, public_path = state_dir / "receipts.key", state_dir / "receipts.pub"
         try:
             pem = private_path.read_bytes()
         except FileNotFoundError:
-            return cls._create(private_path, public_path)
+            return cls._create(private_path, public_path, host)
         private = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(private, Ed25519PrivateKey):
             raise BadCheckpoint(f"{private_path} does not hold an Ed25519 key")
         try:
             name = VerifierKey.parse(public_path.read_text()).name
         except (OSError, BadCheckpoint):
-            name = default_origin()
+            name = default_origin(host)
         key = cls(private, name)
         _write_public(public_path, key)
         return key
 
     @classmethod
-    def _create(cls, private_path: Path, public_path: Path) -> SigningKey:
+    def _create(cls, private_path: Path, public_path: Path, host: str) -> SigningKey:
         private = Ed25519PrivateKey.generate()
         pem = private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -135,12 +137,12 @@ class SigningKey:
         try:
             fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            return cls.load_or_create(private_path.parent)
+            return cls.load_or_create(private_path.parent, host)
         with os.fdopen(fd, "wb") as out:
             out.write(pem)
             out.flush()
             os.fsync(out.fileno())
-        key = cls(private, default_origin())
+        key = cls(private, default_origin(host))
         _write_public(public_path, key)
         return key
 
@@ -157,8 +159,8 @@ def _write_public(path: Path, key: SigningKey) -> None:
         path.write_text(text)
 
 
-def default_origin() -> str:
-    return f"waystation/{socket.gethostname() or 'localhost'}"
+def default_origin(host: str = "") -> str:
+    return f"waystation/{host or socket.gethostname() or 'localhost'}"
 
 
 @dataclass(frozen=True)

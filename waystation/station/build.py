@@ -112,7 +112,7 @@ async def build_agent(stack: Stack, paths: Paths, settings: Settings) -> AgentSt
     db = await _database(stack, paths, check=True)
     # Made at first start; the receipts are signed once more at stop, after the last settles and
     # before the database closes.
-    key = SigningKey.load_or_create(paths.state)
+    key = SigningKey.load_or_create(paths.state, settings.fleet.host)
     stack.push_async_callback(_sign_at_stop, db, key, paths)
     base, deliveries = _turn_station(stack, paths, settings, db, watch_os_events=True)
     recovered = await base.store.recover(all_running=True)

@@ -79,4 +79,4 @@ async def store_checkpoint(station: Station) -> int | None:
 
 
 def _key(station: Station) -> SigningKey:
-    return SigningKey.load_or_create(station.paths.state)
+    return SigningKey.load_or_create(station.paths.state, station.settings.fleet.host)
