@@ -205,6 +205,7 @@ class Fleet:
         except InputError as exc:
             reason = exc.message
         except Exception as exc:  # a bug one message triggers must not stop the host's work
+            log.exception("fleet work: unexpected failure of one message", stream_seq=seq, key=key)
             reason = f"unexpected {type(exc).__name__}: {exc}"
         else:
             log.info("fleet work: task added", stream_seq=seq, task_id=task["id"], created=created)

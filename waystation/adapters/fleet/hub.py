@@ -217,8 +217,8 @@ class Hub:
             raise _translate(exc, "JetStream account") from None
 
     async def ensure(self) -> list[Part]:
-        """Set up every part of the hub, each on its own: one the hub refuses (FleetRefused) says
-        why and leaves the others working. A hub that did not answer still raises."""
+        """Set up every part of the hub, each on its own: one the hub refuses says why and leaves
+        the others working. A hub without JetStream, or one that did not answer, raises."""
         await self.account()  # no JetStream at all: one refusal for the hub, not one per part
         parts = []
         for name, setup in (
@@ -228,7 +228,7 @@ class Hub:
         ):
             try:
                 parts.append(Part(name, note=await setup()))
-            except FleetRefused as exc:
+            except FleetError as exc:  # refused, or unanswered (a permission the hub denies silently)
                 parts.append(Part(name, refused=exc.message))
         return parts
 
