@@ -74,5 +74,5 @@ def test_a_missing_or_foreign_creds_file_is_named_never_shown(tmp_path: Path) ->
 def test_a_password_holding_an_at_sign_is_masked_whole() -> None:
     from waystation.adapters.fleet.hub import safe_url
 
-    assert safe_url("nats://user:p@ss@hub.example:4222") == "nats://***@hub.example:4222"
+    assert safe_url("nats://user:p@ss@hub.example:4222") == "nats://user:xxxxx@hub.example:4222"
     assert safe_url("nats://hub.example:4222") == "nats://hub.example:4222"

@@ -107,19 +107,21 @@ class SigningKey:
         return self.verifier.name
 
     @classmethod
-    def load_or_create(cls, state_dir: Path) -> SigningKey:
+    def load_or_create(cls, state_dir: Path, host: str = "") -> SigningKey:
         """The key of `state_dir`, made when there is none; SigningKeyUnusable when the file is
-        there but holds no Ed25519 key (a key is never made over one: it may be restored)."""
+        there but holds no Ed25519 key (a key is never made over one: it may be restored). A new
+        key's origin names `host` (the fleet's `[fleet] host`, so its checkpoints read as the fleet
+        knows it), else the hostname."""
         private_path, public_path = state_dir / "receipts.key", state_dir / "receipts.pub"
         try:
-            key = cls.load(private_path, public_path)
+            key = cls.load(private_path, public_path, host)
         except FileNotFoundError:
-            return cls._create(private_path, public_path)
+            return cls._create(private_path, public_path, host)
         _write_public(public_path, key)
         return key
 
     @classmethod
-    def load(cls, private_path: Path, public_path: Path) -> SigningKey:
+    def load(cls, private_path: Path, public_path: Path, host: str = "") -> SigningKey:
         """The key kept at `private_path`; FileNotFoundError when there is none."""
         try:
             pem = private_path.read_bytes()
@@ -136,11 +138,11 @@ class SigningKey:
         try:
             name = VerifierKey.parse(public_path.read_text()).name
         except (OSError, UnicodeError, BadCheckpoint):
-            name = default_origin()
+            name = default_origin(host)
         return cls(private, name)
 
     @classmethod
-    def _create(cls, private_path: Path, public_path: Path) -> SigningKey:
+    def _create(cls, private_path: Path, public_path: Path, host: str) -> SigningKey:
         private = Ed25519PrivateKey.generate()
         pem = private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -150,12 +152,12 @@ class SigningKey:
         try:
             fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            return cls.load_or_create(private_path.parent)
+            return cls.load_or_create(private_path.parent, host)
         with os.fdopen(fd, "wb") as out:
             out.write(pem)
             out.flush()
             os.fsync(out.fileno())
-        key = cls(private, default_origin())
+        key = cls(private, default_origin(host))
         _write_public(public_path, key)
         return key
 
@@ -172,8 +174,8 @@ def _write_public(path: Path, key: SigningKey) -> None:
         path.write_text(text)
 
 
-def default_origin() -> str:
-    return f"waystation/{socket.gethostname() or 'localhost'}"
+def default_origin(host: str = "") -> str:
+    return f"waystation/{host or socket.gethostname() or 'localhost'}"
 
 
 @dataclass(frozen=True)

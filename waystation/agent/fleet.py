@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,9 +21,10 @@ from nats.aio.msg import Msg
 
 from waystation import receipt_proofs, timeutil
 from waystation.adapters.fleet.hub import Hub, fetch, safe_url, settle
+from waystation.adapters.fleet.layout import WORK_MAX_DELIVER
 from waystation.adapters.fleet.outbox import Outbox
 from waystation.config import fleet_host
-from waystation.errors import FleetError, FleetRefused, InputError
+from waystation.errors import DatabaseError, FleetError, FleetRefused, InputError, MalformedRequest
 from waystation.station.build import AgentStation, cancel
 from waystation.station.ops import receipts, tasks
 
@@ -34,6 +36,10 @@ REFUSED_RETRY_S = 60.0
 RETRY_MAX_S = 5.0  # nats-py itself reconnects every second; this only paces our retries
 WORK_BATCH = 16
 WORK_WAIT_S = 5.0
+# A task body nests a few levels (the body, its args, a JSON body inside those); far deeper is an
+# attack on the parser, refused before parsing.
+MAX_WORK_DEPTH = 64
+LOCAL_RETRY_S = 30.0  # a task this host's database could not commit comes back this much later
 
 
 class Fleet:
@@ -45,7 +51,9 @@ class Fleet:
         self._online = asyncio.Event()
         self._outbox_due = asyncio.Event()
         self._status_due = asyncio.Event()
-        self._ready = asyncio.Event()  # connected, streams and bucket there
+        # Connected; each loop then sets up its own part of the hub (stream or bucket), so one the
+        # hub refuses (a small hub, a permission) leaves the others working.
+        self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.hub.on_reconnect = self._reconnected
 
@@ -120,11 +128,12 @@ class Fleet:
     async def _connect(self) -> None:
         await self._online.wait()
         await self.hub.connect()
-        await self.hub.ensure()
+        await self.hub.account()  # a hub without JetStream: refused once here, not by each part
         self._ready.set()
 
     async def _outbox(self) -> None:
         await self._ready.wait()
+        await self.hub.receipts_stream()
         while True:
             await self._online.wait()
             with contextlib.suppress(TimeoutError):
@@ -138,6 +147,7 @@ class Fleet:
 
     async def _status(self) -> None:
         await self._ready.wait()
+        await self.hub.bucket()
         while True:
             await self._online.wait()
             await self.hub.put_status(self.host, await self.status())
@@ -165,6 +175,7 @@ class Fleet:
 
     async def _work(self) -> None:
         await self._ready.wait()
+        await self.hub.work_stream()
         sub = await self.hub.work(self.host)
         try:
             while True:
@@ -176,18 +187,64 @@ class Fleet:
                 await sub.unsubscribe()
 
     async def _take(self, msg: Msg) -> None:
-        """One message as a local task, acked once committed; a malformed one is terminated."""
+        """One message as a local task, acked once committed. Whatever one message makes fail
+        terminates it (the hub never redelivers it) and the work behind it goes on; only a failure
+        of this host's own database leaves it to be redelivered later, up to the consumer's
+        max_deliver."""
         seq = msg.metadata.sequence.stream
         key = (msg.headers or {}).get("Nats-Msg-Id") or f"{self.host}-work-{seq}"
         try:
-            body = json.loads(msg.data)
-            if not isinstance(body, dict):
-                raise ValueError("the body is not a JSON object")
-            task, created = await tasks.add_request(self._station, body, key)
-        except (ValueError, InputError) as exc:
-            reason = exc.message if isinstance(exc, InputError) else f"not a task: {exc}"
-            log.error("fleet work: message terminated", stream_seq=seq, key=key, reason=reason)
-            await settle(msg, lambda m: m.term())
+            task, created = await tasks.add_request(self._station, work_body(msg.data), key)
+        except DatabaseError as exc:
+            delivered = msg.metadata.num_delivered or 1
+            if delivered < WORK_MAX_DELIVER:
+                log.warning("fleet work: cannot commit it now; redelivered later", key=key, error=exc.message)
+                await settle(msg, lambda m: m.nak(delay=LOCAL_RETRY_S))
+                return
+            reason = f"given up after {delivered} deliveries: {exc.message}"
+        except InputError as exc:
+            reason = exc.message
+        except Exception as exc:  # a bug one message triggers must not stop the host's work
+            log.exception("fleet work: unexpected failure of one message", stream_seq=seq, key=key)
+            reason = f"unexpected {type(exc).__name__}: {exc}"
+        else:
+            log.info("fleet work: task added", stream_seq=seq, task_id=task["id"], created=created)
+            await settle(msg, lambda m: m.ack_sync())
             return
-        log.info("fleet work: task added", stream_seq=seq, task_id=task["id"], created=created)
-        await settle(msg, lambda m: m.ack_sync())
+        log.error("fleet work: message terminated", stream_seq=seq, key=key, reason=reason)
+        await settle(msg, lambda m: m.term())
+
+
+def work_body(data: bytes) -> dict[str, Any]:
+    """A work message's body as a `POST /v1/tasks` body, or MalformedRequest saying why not. The
+    nesting is bounded before parsing: json.loads recurses once per level."""
+    if too_deep(data, MAX_WORK_DEPTH):
+        raise MalformedRequest(f"not a task: JSON nested over {MAX_WORK_DEPTH} levels deep")
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, an integer of 4,300+ digits
+        raise MalformedRequest(f"not a task: {exc}") from None
+    if not isinstance(body, dict):
+        raise MalformedRequest("not a task: the body is not a JSON object")
+    return body
+
+
+# Brackets, and strings (whose brackets do not count), in a JSON text.
+_NESTING = re.compile(rb'[\[{]|[\]}]|"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def too_deep(data: bytes, limit: int) -> bool:
+    """Whether JSON text nests arrays and objects over `limit` deep; cheap (stops at the first
+    level over), and loose on invalid JSON, which the parser refuses anyway."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    depth = 0
+    for token in _NESTING.finditer(data):
+        first = token[0][:1]
+        if first in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif first in (b"]", b"}"):
+            depth -= 1
+    return False

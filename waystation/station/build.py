@@ -118,7 +118,7 @@ async def build_agent(stack: Stack, paths: Paths, settings: Settings) -> AgentSt
     # on and says why in `status` and `doctor`, rather than crash-looping under its service.
     signing_error = None
     try:
-        key = SigningKey.load_or_create(paths.state)
+        key = SigningKey.load_or_create(paths.state, settings.fleet.host)
     except SigningKeyUnusable as exc:
         log.error("checkpoints of the receipts will not be signed", error=exc.message)
         signing_error = exc.message

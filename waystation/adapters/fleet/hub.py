@@ -1,7 +1,7 @@
 """The fleet's hub: one NATS connection with JetStream, the contract's streams and status bucket.
 
 Names are the contract's (CONTRACT.md, "Fleet"). The streams and the bucket are made when absent
-with the settings below; one that exists is used as it is (an operator may have tuned it).
+with the settings of layout.py; one that exists is used as it is (an operator may have tuned it).
 
 Every failure comes out as a FleetError: FleetUnavailable when the hub did not answer in time
 (down, link cut: whoever called retries), FleetRefused when it answered no (no JetStream,
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,48 +26,51 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
+    AccountInfo,
     ConsumerConfig,
-    DiscardPolicy,
     KeyValueConfig,
-    RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.kv import KeyValue
 
+from waystation.adapters.fleet.layout import (
+    HOSTS_BUCKET,
+    HOSTS_TTL_S,
+    NO_ROOM_CODES,
+    RECEIPTS_SHARE,
+    RECEIPTS_STREAM,
+    WORK_ACK_WAIT_S,
+    WORK_MAX_DELIVER,
+    WORK_SHARE,
+    WORK_STREAM,
+    Part,
+    receipts_config,
+    size_note,
+    stream_bytes,
+    work_config,
+)
 from waystation.config import FleetSettings
 from waystation.errors import FleetError, FleetRefused, FleetUnavailable
 from waystation.ports import PubAck
 
 log = structlog.get_logger(__name__)
 
-RECEIPTS_STREAM = "WAYSTATION_RECEIPTS"
-WORK_STREAM = "WAYSTATION_WORK"
-HOSTS_BUCKET = "waystation_hosts"
-DAY_S = 24 * 3600.0
-# JetStream drops a message with a Nats-Msg-Id it saw within this window. The outbox sends one
-# receipt at a time and, on every (re)connect, first asks the stream which receipt it holds last,
-# so a resend can only be the one receipt whose ack was lost; the window only has to cover that
-# receipt's first send and its resend across an outage. A day covers a hub down overnight; the
-# hub keeps the ids of one window in memory (a few hundred bytes each), so a day of a busy fleet
-# stays in megabytes. See README, "Fleet".
-DUPLICATE_WINDOW_S = DAY_S
-RECEIPTS_MAX_AGE_S = 365 * DAY_S  # a year of receipts, or the byte limit, whichever comes first
-RECEIPTS_MAX_BYTES = 10 * 1024**3
-WORK_MAX_AGE_S = 14 * DAY_S  # work for a host gone a fortnight is stale; it stays in its queue till then
-WORK_MAX_BYTES = 1024**3
-# A host writes its status every minute; the bucket keeps it a day, so a host that died shows as
-# stale (its last write ages) for a day, then leaves the list.
-HOSTS_TTL_S = DAY_S
 CONNECT_TIMEOUT_S = 3
 REQUEST_TIMEOUT_S = 5.0
 SEQ_HEADER = "Waystation-Seq"  # the receipt's place in the host's chain, for resuming the outbox
-SAFE_URL = re.compile(r"//[^/]*@")  # to the last "@" before the path: a password may hold "@"
 
 
 def safe_url(url: str) -> str:
-    """The URL without user:password, for logs and errors."""
-    return SAFE_URL.sub("//***@", url)
+    """The URL with its password masked, for logs and errors: as Go's url.URL.Redacted,
+    `user:xxxxx@host`, taking everything up to the last "@" as the user part (a password may hold
+    "@" and "/"). A lone user part is a NATS token: masked whole."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}:xxxxx@{host}" if colon else f"{scheme}://xxxxx@{host}"
 
 
 def receipts_subject(host: str) -> str:
@@ -204,55 +207,75 @@ class Hub:
                 await self._nc.close()
             self._nc = self._js = self._kv = None
 
-    async def ensure(self) -> None:
-        """Make the streams and the bucket when absent; FleetRefused naming what the hub refused."""
+    async def account(self) -> AccountInfo:
+        """The account's JetStream usage and limits; FleetRefused where it has no JetStream."""
         try:
-            await self.js.account_info()
+            return await self.js.account_info()
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise _translate(exc, "JetStream account") from None
-        await self._stream(
-            StreamConfig(
-                name=RECEIPTS_STREAM,
-                subjects=["waystation.*.receipts", "waystation.*.checkpoints"],
-                storage=StorageType.FILE,
-                num_replicas=1,
-                retention=RetentionPolicy.LIMITS,
-                discard=DiscardPolicy.OLD,
-                max_age=RECEIPTS_MAX_AGE_S,
-                max_bytes=RECEIPTS_MAX_BYTES,
-                duplicate_window=DUPLICATE_WINDOW_S,
-            )
-        )
-        await self._stream(
-            StreamConfig(
-                name=WORK_STREAM,
-                subjects=["waystation.*.work"],
-                storage=StorageType.FILE,
-                num_replicas=1,
-                retention=RetentionPolicy.LIMITS,
-                # New work is refused when full rather than old work silently dropped.
-                discard=DiscardPolicy.NEW,
-                max_age=WORK_MAX_AGE_S,
-                max_bytes=WORK_MAX_BYTES,
-                duplicate_window=DUPLICATE_WINDOW_S,
-            )
-        )
-        await self.bucket()
 
-    async def _stream(self, config: StreamConfig) -> None:
-        assert config.name is not None
+    async def ensure(self) -> list[Part]:
+        """Set up every part of the hub, each on its own: one the hub refuses says why and leaves
+        the others working. A hub without JetStream, or one that did not answer, raises."""
+        await self.account()  # no JetStream at all: one refusal for the hub, not one per part
+        parts = []
+        for name, setup in (
+            (RECEIPTS_STREAM, self.receipts_stream),
+            (WORK_STREAM, self.work_stream),
+            (HOSTS_BUCKET, self._bucket_part),
+        ):
+            try:
+                parts.append(Part(name, note=await setup()))
+            except FleetError as exc:  # refused, or unanswered (a permission the hub denies silently)
+                parts.append(Part(name, refused=exc.message))
+        return parts
+
+    async def receipts_stream(self) -> str:
+        """WAYSTATION_RECEIPTS, made when absent; a note on its size ("" when the usual one)."""
+        return await self._stream(receipts_config(), RECEIPTS_SHARE)
+
+    async def work_stream(self) -> str:
+        """WAYSTATION_WORK, made when absent; a note on its size ("" when the usual one)."""
+        return await self._stream(work_config(), WORK_SHARE)
+
+    async def _stream(self, config: StreamConfig, share: float) -> str:
+        """Make the stream when absent. JetStream reserves a stream's max_bytes up front and
+        refuses more than the account or the server has: the size is the account's share where
+        the account has a limit, and the stream is bounded by its age alone where the hub still
+        has no room for that many bytes (a small disk; limits set on the server, not the account)."""
+        assert config.name is not None and config.max_bytes is not None
+        wanted = config.max_bytes
         try:
             with contextlib.suppress(nats.js.errors.NotFoundError):
-                await self.js.stream_info(config.name)
-                return
-            await self.js.add_stream(config)
-            log.info("fleet stream created", stream=config.name)
+                return size_note((await self.js.stream_info(config.name)).config, wanted)
+            limits = (await self.js.account_info()).limits  # translated below
+            config = dataclasses.replace(
+                config,
+                max_bytes=stream_bytes(wanted, limits.max_storage, limits.storage_max_stream_bytes, share),
+            )
+            try:
+                await self.js.add_stream(config)
+            except nats.js.errors.APIError as exc:
+                if exc.err_code not in NO_ROOM_CODES:
+                    raise
+                config = dataclasses.replace(config, max_bytes=-1)
+                await self.js.add_stream(config)
+            note = size_note(config, wanted)
+            if note and not self._quiet:
+                log.warning("fleet stream created smaller than usual", stream=config.name, note=note)
+            elif not self._quiet:
+                log.info("fleet stream created", stream=config.name)
+            return note
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise _translate(exc, f"stream {config.name}") from None
+
+    async def _bucket_part(self) -> str:
+        await self.bucket()
+        return ""
 
     async def bucket(self) -> KeyValue:
         if self._kv is None:
@@ -332,11 +355,25 @@ class Hub:
         """The host's durable pull consumer on its work subject (made when absent)."""
         durable = f"waystation_{host}"
         try:
+            try:
+                found = (await self.js.consumer_info(WORK_STREAM, durable)).config
+            except nats.js.errors.NotFoundError:
+                found = None
+            if found is not None and (found.max_deliver or -1) < 0:
+                # Made before max_deliver was set: one poison message would be redelivered for
+                # ever. The rest of an existing consumer is left as it is (it may be tuned).
+                tuned = dataclasses.replace(found, max_deliver=WORK_MAX_DELIVER)
+                await self.js.add_consumer(WORK_STREAM, tuned)
             return await self.js.pull_subscribe(
                 work_subject(host),
                 durable=durable,
                 stream=WORK_STREAM,
-                config=ConsumerConfig(durable_name=durable, ack_wait=60.0, max_ack_pending=64),
+                config=ConsumerConfig(
+                    durable_name=durable,
+                    ack_wait=WORK_ACK_WAIT_S,
+                    max_ack_pending=64,
+                    max_deliver=WORK_MAX_DELIVER,
+                ),
             )
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):

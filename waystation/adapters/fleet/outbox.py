@@ -19,7 +19,8 @@ from collections.abc import Callable
 
 import structlog
 
-from waystation.adapters.fleet.hub import RECEIPTS_STREAM, SEQ_HEADER, checkpoints_subject, receipts_subject
+from waystation.adapters.fleet.hub import SEQ_HEADER, checkpoints_subject, receipts_subject
+from waystation.adapters.fleet.layout import RECEIPTS_STREAM
 from waystation.checkpoints import Checkpoint
 from waystation.db import Database
 from waystation.errors import BadCheckpoint

@@ -363,10 +363,12 @@ def check_service() -> Check:
 
 
 def check_fleet(paths: Any) -> Check:
-    """Off without `[fleet] url`; else the hub must answer, with JetStream on for this account."""
+    """Off without `[fleet] url`; else the hub must answer, with JetStream on for this account,
+    and make the fleet's streams and bucket (saying why where it refuses one, or sizes it down)."""
     import asyncio
 
     from waystation.adapters.fleet.hub import Hub, safe_url
+    from waystation.adapters.fleet.layout import Part
     from waystation.config import check_fleet_creds, fleet_host, load_settings
     from waystation.errors import WaystationError
 
@@ -377,25 +379,28 @@ def check_fleet(paths: Any) -> Check:
     if not fleet.url:
         return Check("ok", "fleet", "off ([fleet] url is not set)")
 
-    async def probe() -> None:
+    async def probe() -> list[Part]:
         hub = Hub(fleet, name="waystation doctor", quiet=True)
         try:
             await hub.connect()
-            await hub.js.account_info()  # no JetStream for this account: refused here
+            # No JetStream for this account: refused first; then each stream and the bucket, set
+            # up as the agent sets them up, each on its own.
+            return await hub.ensure()
         finally:
             await hub.close()
 
+    where = f"the hub at {safe_url(fleet.url)}"
     try:
         check_fleet_creds(fleet)
-        asyncio.run(asyncio.wait_for(probe(), AGENT_TIMEOUT_S * 2))
+        parts = asyncio.run(asyncio.wait_for(probe(), AGENT_TIMEOUT_S * 2))
     except WaystationError as exc:
         return Check("fail", "fleet", exc.message)
     except TimeoutError:
-        return Check("fail", "fleet", f"the hub at {safe_url(fleet.url)} did not answer in time")
+        return Check("fail", "fleet", f"{where} did not answer in time")
     except Exception as exc:  # nats-py's own errors: a hub without JetStream
-        return Check("fail", "fleet", f"the hub at {safe_url(fleet.url)} answers without JetStream: {exc}")
-    return Check(
-        "ok",
-        "fleet",
-        f"the hub at {safe_url(fleet.url)} answers with JetStream; this host is {fleet_host(fleet)}",
-    )
+        return Check("fail", "fleet", f"{where} answers without JetStream: {exc}")
+    refused = [part.refused for part in parts if part.refused]
+    if refused:
+        return Check("fail", "fleet", f"{where} answers with JetStream but refuses: " + "; ".join(refused))
+    notes = "".join(f"; {part.note}" for part in parts if part.note)
+    return Check("ok", "fleet", f"{where} answers with JetStream; this host is {fleet_host(fleet)}{notes}")

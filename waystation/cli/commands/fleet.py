@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from typing import Annotated, Any
 
@@ -32,10 +33,16 @@ def _hub() -> Any:
 
 async def _statuses() -> list[dict[str, Any]]:
     from waystation import timeutil
+    from waystation.adapters.fleet.layout import HOSTS_BUCKET
 
     hub = _hub()
     try:
         await hub.connect()
+        # Each part of the hub is set up as the hosts would: one the hub refuses says why here
+        # (on stderr: --json stays the list of hosts), where its absence would read "no hosts".
+        for part in await hub.ensure():
+            if part.name != HOSTS_BUCKET and (part.refused or part.note):  # the bucket's: the error below
+                sys.stderr.write(f"warning: {part.refused or part.note}\n")
         found = await hub.statuses()
     finally:
         await hub.close()
@@ -61,7 +68,7 @@ def _table(hosts: list[dict[str, Any]]) -> None:
     if not hosts:
         render.say("no hosts in the hub yet")
         return
-    table = Table("HOST", "CONNECTIVITY", "PENDING", "FAILED", "MODEL", "LAST RECEIPT", "SEEN")
+    table = Table("HOST", "CONNECTIVITY", "PENDING", "DEAD", "MODEL", "LAST RECEIPT", "SEEN")
     for h in hosts:
         queue = h.get("queue") or {}
         model = h.get("model") or {}
@@ -72,7 +79,7 @@ def _table(hosts: list[dict[str, Any]]) -> None:
             str(h["host"]),
             str(h.get("connectivity")),
             str(queue.get("pending", "")),
-            str(queue.get("failed", "")),
+            str(queue.get("dead", "")),
             str(model.get("name") or model.get("path") or "") if isinstance(model, dict) else str(model),
             str(last.get("id", "")),
             f"{seen} (stale)" if h.get("stale") else seen,
@@ -102,7 +109,7 @@ async def _submit(host: str, body: dict[str, Any], key: str | None) -> dict[str,
     msg_id = key or f"{host}-{uuid4().hex}"
     try:
         await hub.connect()
-        await hub.ensure()
+        await hub.work_stream()
         ack = await hub.publish(work_subject(host), json.dumps(body).encode(), msg_id)
     finally:
         await hub.close()

@@ -82,7 +82,7 @@ def _key(station: Station) -> SigningKey:
     """The signing key as the state directory holds it now; what `status` says follows it (a key
     restored or moved away while the agent runs signs again at once)."""
     try:
-        key = SigningKey.load_or_create(station.paths.state)
+        key = SigningKey.load_or_create(station.paths.state, station.settings.fleet.host)
     except SigningKeyUnusable as exc:
         station.signing_error = exc.message
         raise
