@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ import nats
 import nats.errors
 import nats.js.errors
 from agentproc import Agent, free_port, terminate, wait_for
+
+from waystation.checkpoints import SigningKey
 
 
 def nats_server_binary() -> str:
@@ -133,11 +136,21 @@ def settle(seconds: float) -> None:
     time.sleep(seconds)
 
 
+# The operator's key that signs the tests' work (`fleet submit --key-file`), and a host that
+# trusts it and lets work reach the tests' servers on loopback.
+OPERATOR = SigningKey.generate("ops@fleet.test")
+OPERATOR_KEY_FILE = Path(tempfile.mkdtemp(prefix="ws-operator-")) / "ops.key"
+OPERATOR_KEY_FILE.write_text(OPERATOR.private_text() + "\n")
+OPERATOR_KEY_FILE.chmod(0o600)
+
+
 def fleet_env(hub: NatsServer, host: str, mode: str = "online") -> dict[str, str]:
     return {
         "WAYSTATION_FLEET__URL": hub.url,
         "WAYSTATION_FLEET__HOST": host,
         "WAYSTATION_CONNECTIVITY__MODE": mode,
+        "WAYSTATION_FLEET__WORK_KEYS": json.dumps([str(OPERATOR.verifier)]),
+        "WAYSTATION_FLEET__WORK_HOSTS": '["127.0.0.1"]',
     }
 
 

@@ -11,18 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
 from nats.aio.msg import Msg
 
 from waystation import receipt_proofs, timeutil
+from waystation.adapters.fleet import work
 from waystation.adapters.fleet.hub import Hub, fetch, safe_url, settle
 from waystation.adapters.fleet.outbox import Outbox
+from waystation.checkpoints import VerifierKey
 from waystation.config import fleet_host
-from waystation.errors import FleetError, FleetRefused, InputError
+from waystation.errors import FleetError, FleetRefused, InputError, WorkRefused
 from waystation.station.build import AgentStation, cancel
 from waystation.station.ops import receipts, tasks
 
@@ -48,6 +51,7 @@ class Fleet:
         self._ready = asyncio.Event()  # connected, streams and bucket there
         self._tasks: list[asyncio.Task[None]] = []
         self.hub.on_reconnect = self._reconnected
+        self._work_keys = [VerifierKey.parse(k) for k in station.settings.fleet.work_keys]  # checked at load
 
     async def start(self) -> None:
         await self.outbox.load()
@@ -176,14 +180,19 @@ class Fleet:
                 await sub.unsubscribe()
 
     async def _take(self, msg: Msg) -> None:
-        """One message as a local task, acked once committed; a malformed one is terminated."""
+        """One message as a local task, acked once committed; a malformed one, or one not signed
+        by a key [fleet] work_keys lists, is terminated (adapters/fleet/work.py)."""
         seq = msg.metadata.sequence.stream
-        key = (msg.headers or {}).get("Nats-Msg-Id") or f"{self.host}-work-{seq}"
+        headers = msg.headers or {}
+        key = headers.get("Nats-Msg-Id") or f"{self.host}-work-{seq}"
         try:
+            refusal = work.signature_refusal(msg.data, headers.get(work.SIGNATURE_HEADER), self._work_keys)
+            if refusal is not None:
+                raise WorkRefused(refusal)
             body = json.loads(msg.data)
             if not isinstance(body, dict):
                 raise ValueError("the body is not a JSON object")
-            task, created = await tasks.add_request(self._station, body, key)
+            task, created = await tasks.add_request(self._station, body, key, self._admit)
         except (ValueError, InputError) as exc:
             reason = exc.message if isinstance(exc, InputError) else f"not a task: {exc}"
             log.error("fleet work: message terminated", stream_seq=seq, key=key, reason=reason)
@@ -191,3 +200,35 @@ class Fleet:
             return
         log.info("fleet work: task added", stream_seq=seq, task_id=task["id"], created=created)
         await settle(msg, lambda m: m.ack_sync())
+
+    async def _admit(self, tool: str, args: Mapping[str, Any], destination: str) -> None:
+        """Work names only the secrets, and reaches only the hosts, [fleet] allows."""
+        fleet = self._station.settings.fleet
+        refusal = work.secrets_refusal(args, fleet.work_secrets)
+        if refusal is None:
+            url = args.get("url")
+            scheme = str(url).partition(":")[0].lower() if isinstance(url, str) else "https"
+            port = DEFAULT_PORTS.get(scheme)
+            addresses = () if fleet.work_hosts else await _addresses(destination, port)
+            refusal = work.destination_refusal(destination, port, addresses, fleet.work_hosts)
+        if refusal is not None:
+            raise WorkRefused(f"{tool}: {refusal}")
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+RESOLVE_TIMEOUT_S = 5.0
+
+
+async def _addresses(destination: str, port: int | None) -> tuple[str, ...]:
+    """What a destination's name resolves to now; a name that does not resolve is refused (it
+    might resolve to an inner address later). A literal address is itself."""
+    host, given = work.split_destination(destination)
+    host = host.strip("[]")
+    try:
+        found = await asyncio.wait_for(
+            asyncio.get_running_loop().getaddrinfo(host, given or port, type=socket.SOCK_STREAM),
+            RESOLVE_TIMEOUT_S,
+        )
+    except (OSError, TimeoutError):
+        raise WorkRefused(f"cannot resolve {host}: only work to hosts that resolve now is taken") from None
+    return tuple(str(info[4][0]) for info in found)
