@@ -38,9 +38,16 @@ def nats_server_binary() -> str:
 
 class NatsServer:
     def __init__(
-        self, store: Path, *, jetstream: bool = True, config: str | None = None, listen: str = "127.0.0.1"
+        self,
+        store: Path,
+        *,
+        jetstream: bool = True,
+        config: str | None = None,
+        listen: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.store = store
+        self.env = env or {}  # e.g. the passwords a config file names as $VARIABLES
         self.listen = listen
         self.port = free_port()
         self.jetstream = jetstream
@@ -59,7 +66,13 @@ class NatsServer:
         if self.config:
             args += ["-c", self.config]
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+            )
         wait_for(self._listening, 10.0, what="nats-server to listen")
         return self
 

@@ -43,7 +43,7 @@ class Fleet:
     def __init__(self, station: AgentStation) -> None:
         self._station = station
         self.host = fleet_host(station.settings.fleet)
-        self.hub = Hub(station.settings.fleet, name=f"waystation {self.host}")
+        self.hub = Hub(station.settings.fleet, name=f"waystation {self.host}", inbox=f"_INBOX_{self.host}")
         self.outbox = Outbox(station.db, self.hub, self.host)
         self._online = asyncio.Event()
         self._outbox_due = asyncio.Event()
