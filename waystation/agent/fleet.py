@@ -68,6 +68,8 @@ class Fleet:
         ):
             self._tasks.append(asyncio.create_task(self._forever(name, loop), name=f"fleet-{name}"))
         log.info("fleet on", url=safe_url(self._station.settings.fleet.url), host=self.host)
+        if not self._work_keys:
+            log.warning("fleet: [fleet] work_keys lists no key: work from the hub is terminated, not taken")
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -14,7 +14,11 @@ import typer
 
 from waystation.cli.common import JsonFlag, typer_app
 
-fleet_app = typer_app(help="The fleet's hosts (from the hub), and work for them.", no_args_is_help=True)
+fleet_app = typer_app(
+    help="The fleet's hosts (from the hub), and signed work for them: a host takes work only when a "
+    "key its [fleet] work_keys lists signed it (`fleet keygen` makes one; `fleet submit --key-file` signs).",
+    no_args_is_help=True,
+)
 
 # A host writes its status every minute; one not heard from for over two and a half is stale.
 STALE_AFTER_S = 150.0
@@ -149,14 +153,14 @@ def fleet_submit(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Publish a task for HOST to `waystation.HOST.work`, signed with --key-file; the host adds it
-    to its queue when a key in its `[fleet] work_keys` verifies it, and it names only secrets in
+    """Publish a task for HOST to `waystation.HOST.work`, signed with --key-file.
+
+    The host adds it to its queue when a key in its `[fleet] work_keys` verifies it, it names only secrets in
     `[fleet] work_secrets` and reaches a host `[fleet] work_hosts` allows (none listed: public
     hosts only). Anything else the host terminates and logs.
 
     ```
-    waystation fleet submit edge-7 http_request --key-file ~/.config/waystation/fleet-keys/ops.key \
-        --args '{"method": "GET", "url": "https://example.com/"}'
+    waystation fleet submit edge-7 http_request --key-file ops.key --args '{"method": "GET", "url": "https://example.com/"}'
     ```
     """
     from waystation.cli import render
@@ -207,8 +211,10 @@ def fleet_keygen(
         ),
     ] = None,
 ) -> None:
-    """Make an operator's signing key pair for fleet work: writes the private key and prints the
-    verifier key (NAME+KEYID+BASE64) to list in each host's `[fleet] work_keys`. The formats are
+    """Make an operator's key pair for signing fleet work; prints the verifier key.
+
+    Writes the private key (0600) and prints the verifier key (NAME+KEYID+BASE64) to list in each
+    host's `[fleet] work_keys`. The formats are
     golang.org/x/mod/sumdb/note's (C2SP signed-note, Ed25519).
 
     ```
