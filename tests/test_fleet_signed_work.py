@@ -25,9 +25,10 @@ from fleetproc import (
     arrived_in_order,
     fleet_env,
     make_receipts,
+    stream_messages,
 )
 
-from waystation.adapters.fleet.work import sign_work
+from waystation.adapters.fleet.work import SIGNATURE_HEADER, sign_work
 from waystation.checkpoints import SigningKey
 
 pytestmark = pytest.mark.slow
@@ -45,6 +46,14 @@ def hub(tmp_path: Path) -> Iterator[NatsServer]:
 async def _publish(url: str, body: dict[str, Any], msg_id: str, signer: SigningKey | None) -> None:
     data = json.dumps(body).encode()
     headers = {"Nats-Msg-Id": msg_id, **(sign_work(data, signer) if signer else {})}
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().publish(SUBJECT, data, headers=headers)
+    finally:
+        await nc.close()
+
+
+async def _replay(url: str, data: bytes, headers: dict[str, str]) -> None:
     nc = await nats.connect(url)
     try:
         await nc.jetstream().publish(SUBJECT, data, headers=headers)
@@ -72,22 +81,35 @@ def test_only_signed_work_within_the_hosts_limits_is_taken(
         ("inner-host", request(inner), OPERATOR),
     ]:
         asyncio.run(_publish(hub.url, body, msg_id, signer))
-    submitted = submit(
-        hub, "edge-a", "http_request", json.dumps({"method": "GET", "url": DEAD_URL}), "operator"
-    )
+    submitted = submit(hub, "edge-a", "http_request", json.dumps({"method": "GET", "url": DEAD_URL}), None)
     assert submitted.returncode == 0, submitted.stderr
-    wait_for(lambda: keyed(agent, "operator"), 15, interval=0.2, what="the operator's task")
+    operator = json.loads(submitted.stdout)["msg_id"]  # no --key: the message id is the key
+    wait_for(lambda: keyed(agent, operator), 15, interval=0.2, what="the operator's task")
     wait_for(lambda: agent.log_path.read_text().count("message terminated") >= 4, 10, what="4 terminated")
     log = agent.log_path.read_text()
-    assert [t["idempotency_key"] for t in agent.tasks() if t["idempotency_key"] in KEYS] == ["operator"]
+    assert [t["idempotency_key"] for t in agent.tasks() if t["idempotency_key"] in (*KEYS, operator)] == [
+        operator
+    ]
     for reason in ("unsigned", "signed by no key", "PAYMENTS_TOKEN, which [fleet] work_secrets", "127.0.0.2"):
         assert reason in log, (reason, log[-3000:])
     assert "pay-4242-secret" not in log
-    unsigned = submit(hub, "edge-a", "http_request", "{}", "x", key_file=None)
+    # The operator's message, published again by someone else under another message id: the key
+    # is in the signed body, so it is the same task, not a second one.
+    _, data = stream_messages(hub.url, "WAYSTATION_WORK", SUBJECT)[-1]
+    # nats-py's get_msg mangles a non-ASCII header; Ed25519 is deterministic, so signing the
+    # captured body again gives the very header the operator's message carried.
+    signature = sign_work(data, OPERATOR)[SIGNATURE_HEADER]
+    asyncio.run(_replay(hub.url, data, {SIGNATURE_HEADER: signature, "Nats-Msg-Id": "replayed"}))
+    wait_for(
+        lambda: '"created": false' in agent.log_path.read_text(), 10, what="the replay taken as the same task"
+    )
+    assert [t["idempotency_key"] for t in agent.tasks() if t["idempotency_key"] in (*KEYS, "replayed")] == []
+    assert len(keyed(agent, operator)) == 1
+    unsigned = submit(hub, "edge-a", "http_request", "{}", None, key_file=None)
     assert unsigned.returncode != 0 and "--key-file" in unsigned.stderr
 
 
-KEYS = ("outsider", "forged", "unlisted-secret", "inner-host", "operator")
+KEYS = ("outsider", "forged", "unlisted-secret", "inner-host")
 
 
 def keyed(agent: Agent, key: str) -> list[dict[str, Any]]:
@@ -95,7 +117,12 @@ def keyed(agent: Agent, key: str) -> list[dict[str, Any]]:
 
 
 def submit(
-    hub: NatsServer, host: str, tool: str, args: str, key: str, key_file: Path | None = OPERATOR_KEY_FILE
+    hub: NatsServer,
+    host: str,
+    tool: str,
+    args: str,
+    key: str | None,
+    key_file: Path | None = OPERATOR_KEY_FILE,
 ) -> subprocess.CompletedProcess[str]:
     home = make_home()
     signs = ["--key-file", str(key_file)] if key_file else []
@@ -111,8 +138,8 @@ def submit(
                 tool,
                 "--args",
                 args,
-                "--key",
-                key,
+                "--json",
+                *(["--key", key] if key else []),
                 *signs,
             ],
             env=agent_env(home, {"WAYSTATION_FLEET__URL": hub.url}),

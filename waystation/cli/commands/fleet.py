@@ -116,14 +116,11 @@ def fleet_status(as_json: JsonFlag = False) -> None:
     render.output(asyncio.run(_statuses()), as_json, _table)
 
 
-async def _submit(host: str, body: dict[str, Any], key: str | None, signer: Any) -> dict[str, Any]:
-    from uuid import uuid4
-
+async def _submit(host: str, body: dict[str, Any], msg_id: str, signer: Any) -> dict[str, Any]:
     from waystation.adapters.fleet.hub import work_subject
     from waystation.adapters.fleet.work import sign_work
 
     hub = _hub()
-    msg_id = key or f"{host}-{uuid4().hex}"
     data = json.dumps(body).encode()
     try:
         await hub.connect()
@@ -163,6 +160,8 @@ def fleet_submit(
     waystation fleet submit edge-7 http_request --key-file ops.key --args '{"method": "GET", "url": "https://example.com/"}'
     ```
     """
+    from uuid import uuid4
+
     from waystation.cli import render
     from waystation.config import FLEET_HOST
     from waystation.errors import MalformedRequest
@@ -178,10 +177,11 @@ def fleet_submit(
         parsed = json.loads(args)
     except ValueError as exc:
         raise MalformedRequest(f"--args is not JSON: {exc}") from None
-    body: dict[str, Any] = {"tool": tool, "args": parsed}
-    if key:
-        body["idempotency_key"] = key
-    answer = asyncio.run(_submit(host, body, key, signer))
+    # The key is in the signed body, not only in the (unsigned) Nats-Msg-Id header: a copy of this
+    # message published again under another id is the same task, never a second one.
+    msg_id = key or f"{host}-{uuid4().hex}"
+    body: dict[str, Any] = {"tool": tool, "args": parsed, "idempotency_key": msg_id}
+    answer = asyncio.run(_submit(host, body, msg_id, signer))
     render.output(answer, as_json, lambda a: render.say(f"submitted to {a['host']}: message {a['msg_id']}"))
 
 
