@@ -90,7 +90,12 @@ def test_only_signed_work_within_the_hosts_limits_is_taken(
     assert [t["idempotency_key"] for t in agent.tasks() if t["idempotency_key"] in (*KEYS, operator)] == [
         operator
     ]
-    for reason in ("unsigned", "signed by no key", "PAYMENTS_TOKEN, which [fleet] work_secrets", "127.0.0.2"):
+    for reason in (
+        "unsigned",
+        "signed by no key",
+        "names secret PAYMENTS_TOKEN, which [fleet] work_secrets",
+        "127.0.0.2",
+    ):
         assert reason in log, (reason, log[-3000:])
     assert "pay-4242-secret" not in log
     # The operator's message, published again by someone else under another message id: the key

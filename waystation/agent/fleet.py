@@ -194,6 +194,11 @@ class Fleet:
             body = json.loads(msg.data)
             if not isinstance(body, dict):
                 raise ValueError("the body is not a JSON object")
+            # Before the arguments are validated, which looks each secret up: work learns
+            # nothing of secrets it may not name, not even whether they are set.
+            refusal = work.secrets_refusal(body.get("args"), self._station.settings.fleet.work_secrets)
+            if refusal is not None:
+                raise WorkRefused(refusal)
             task, created = await tasks.add_request(self._station, body, key, self._admit)
         except (ValueError, InputError) as exc:
             reason = exc.message if isinstance(exc, InputError) else f"not a task: {exc}"
@@ -204,15 +209,13 @@ class Fleet:
         await settle(msg, lambda m: m.ack_sync())
 
     async def _admit(self, tool: str, args: Mapping[str, Any], destination: str) -> None:
-        """Work names only the secrets, and reaches only the hosts, [fleet] allows."""
+        """Work reaches only the hosts [fleet] allows (checked once its arguments are valid)."""
         fleet = self._station.settings.fleet
-        refusal = work.secrets_refusal(args, fleet.work_secrets)
-        if refusal is None:
-            url = args.get("url")
-            scheme = str(url).partition(":")[0].lower() if isinstance(url, str) else "https"
-            port = DEFAULT_PORTS.get(scheme)
-            addresses = () if fleet.work_hosts else await _addresses(destination, port)
-            refusal = work.destination_refusal(destination, port, addresses, fleet.work_hosts)
+        url = args.get("url")
+        scheme = str(url).partition(":")[0].lower() if isinstance(url, str) else "https"
+        port = DEFAULT_PORTS.get(scheme)
+        addresses = () if fleet.work_hosts else await _addresses(destination, port)
+        refusal = work.destination_refusal(destination, port, addresses, fleet.work_hosts)
         if refusal is not None:
             raise WorkRefused(f"{tool}: {refusal}")
 
