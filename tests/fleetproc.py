@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ import nats
 import nats.errors
 import nats.js.errors
 from agentproc import Agent, free_port, terminate, wait_for
+
+from waystation.checkpoints import SigningKey
 
 
 def nats_server_binary() -> str:
@@ -35,9 +38,16 @@ def nats_server_binary() -> str:
 
 class NatsServer:
     def __init__(
-        self, store: Path, *, jetstream: bool = True, config: str | None = None, listen: str = "127.0.0.1"
+        self,
+        store: Path,
+        *,
+        jetstream: bool = True,
+        config: str | None = None,
+        listen: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.store = store
+        self.env = env or {}  # e.g. the passwords a config file names as $VARIABLES
         self.listen = listen
         self.port = free_port()
         self.jetstream = jetstream
@@ -56,7 +66,13 @@ class NatsServer:
         if self.config:
             args += ["-c", self.config]
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+            )
         wait_for(self._listening, 10.0, what="nats-server to listen")
         return self
 
@@ -133,11 +149,21 @@ def settle(seconds: float) -> None:
     time.sleep(seconds)
 
 
+# The operator's key that signs the tests' work (`fleet submit --key-file`), and a host that
+# trusts it and lets work reach the tests' servers on loopback.
+OPERATOR = SigningKey.generate("ops@fleet.test")
+OPERATOR_KEY_FILE = Path(tempfile.mkdtemp(prefix="ws-operator-")) / "ops.key"
+OPERATOR_KEY_FILE.write_text(OPERATOR.private_text() + "\n")
+OPERATOR_KEY_FILE.chmod(0o600)
+
+
 def fleet_env(hub: NatsServer, host: str, mode: str = "online") -> dict[str, str]:
     return {
         "WAYSTATION_FLEET__URL": hub.url,
         "WAYSTATION_FLEET__HOST": host,
         "WAYSTATION_CONNECTIVITY__MODE": mode,
+        "WAYSTATION_FLEET__WORK_KEYS": json.dumps([str(OPERATOR.verifier)]),
+        "WAYSTATION_FLEET__WORK_HOSTS": '["127.0.0.1"]',
     }
 
 

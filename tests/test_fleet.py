@@ -19,6 +19,8 @@ import pytest
 from agentproc import Agent, agent_env, make_home, remove_home, wait_for
 from fleetproc import (
     DEAD_URL,
+    OPERATOR,
+    OPERATOR_KEY_FILE,
     KillAfter,
     NatsServer,
     arrived_in_order,
@@ -29,6 +31,8 @@ from fleetproc import (
     receipt_ids,
     stream_messages,
 )
+
+from waystation.adapters.fleet.work import sign_work
 
 pytestmark = pytest.mark.slow
 
@@ -129,8 +133,9 @@ def fleet_cli(
     home = make_home()
     try:
         env = agent_env(home, {"WAYSTATION_FLEET__URL": url or hub.url})
+        signs = ["--key-file", str(OPERATOR_KEY_FILE)] if args[:1] == ("submit",) else []
         done = subprocess.run(
-            [sys.executable, "-m", "waystation", "fleet", *args],
+            [sys.executable, "-m", "waystation", "fleet", *args, *signs],
             env=env,
             capture_output=True,
             text=True,
@@ -174,9 +179,12 @@ def consumer_pending(hub: NatsServer, host: str) -> tuple[int, int]:
 
 
 async def _publish_raw(url: str, subject: str, data: bytes, msg_id: str) -> None:
+    """Published as the operator would (signed), but with whatever body the test gives."""
     nc = await nats.connect(url)
     try:
-        await nc.jetstream().publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+        await nc.jetstream().publish(
+            subject, data, headers={"Nats-Msg-Id": msg_id, **sign_work(data, OPERATOR)}
+        )
     finally:
         await nc.close()
 

@@ -114,3 +114,16 @@ async def test_a_hub_restored_from_an_older_copy_gets_what_it_lost(db: Database)
     hub.streams[SUBJECT] = hub.streams[SUBJECT][:3]  # its storage rolled back to an older copy
     assert await (await outbox(db, hub)).drain(lambda: True) == 5
     assert held_ids(hub) == chain
+
+
+async def test_a_foreign_message_on_the_subject_does_not_make_it_resend_the_chain(db: Database) -> None:
+    """Issue 20, item 3: one header-less `{}` published to the host's receipts subject made it
+    resend its whole chain (300 of 300) at the next resync."""
+    await make_receipts(db, 300)
+    hub = MemoryHub(window_s=0)
+    await (await outbox(db, hub)).drain(lambda: True)
+    hub.streams[SUBJECT].append(({}, b"{}"))  # anyone's, no Waystation-Seq
+    assert await (await outbox(db, hub)).drain(lambda: True) == 0  # as at the next resync
+    chain = await make_receipts(db, 2)
+    assert await (await outbox(db, hub)).drain(lambda: True) == 2
+    assert [json.loads(d)["id"] for _, d in hub.held(SUBJECT) if d != b"{}"] == chain

@@ -1,141 +1,151 @@
-"""The host's side of fleet work, in process: one message that fails in any way is terminated and
-the rest of its batch is still handled; a failure of the host's own database is redelivered later,
-up to the consumer's max_deliver; nesting is bounded before parsing. And the small things of the
-fleet: the URL's password masked (as Go's url.URL.Redacted), streams sized to the account, the
-checkpoint origin naming `[fleet] host`, `fleet status` showing the states the data has."""
+"""Which work from the hub a host takes (adapters/fleet/work.py), in-process: signed by a trusted
+key in golang.org/x/mod/sumdb/note's formats, naming only listed secrets, reaching only allowed
+hosts (issue 20, item 1)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import stat
+import subprocess
+import sys
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
+from agentproc import agent_env, make_home, remove_home
 
-from waystation.adapters.fleet.hub import safe_url
-from waystation.adapters.fleet.layout import (
-    RECEIPTS_MAX_BYTES,
-    WORK_MAX_BYTES,
-    WORK_MAX_DELIVER,
-    receipts_config,
-    size_note,
-    stream_bytes,
-    work_config,
+from waystation.adapters.fleet import work
+from waystation.checkpoints import SigningKey, VerifierKey
+from waystation.config import FleetSettings, Paths, load_settings
+from waystation.errors import BadCheckpoint, ConfigError
+
+# golang.org/x/mod/sumdb/note's own example (note.go's package documentation): its keys, and the
+# signature it makes over this text. Ed25519 is deterministic, so ours must be the same bytes.
+GO_SIGNER = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"
+GO_VERIFIER = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
+GO_TEXT = (
+    "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n"
 )
-from waystation.agent import fleet as agent_fleet
-from waystation.agent.fleet import MAX_WORK_DEPTH, Fleet, too_deep, work_body
-from waystation.checkpoints import SigningKey, default_origin
-from waystation.errors import DiskFull, MalformedRequest
+GO_SIGNATURE = (
+    "\u2014 PeterNeumann "
+    "x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM="
+)
 
 
-@dataclass
-class FakeMsg:
-    """What _take reads of a JetStream message, and what it did to it."""
-
-    data: bytes
-    stream_seq: int
-    delivered: int = 1
-    headers: dict[str, str] = field(default_factory=dict)
-    settled: list[str] = field(default_factory=list)
-
-    @property
-    def metadata(self) -> Any:
-        return SimpleNamespace(sequence=SimpleNamespace(stream=self.stream_seq), num_delivered=self.delivered)
-
-    async def ack_sync(self) -> None:
-        self.settled.append("ack")
-
-    async def term(self) -> None:
-        self.settled.append("term")
-
-    async def nak(self, delay: float | None = None) -> None:
-        self.settled.append(f"nak {delay:g}")
+def test_keys_and_signatures_are_go_sumdb_notes_byte_for_byte() -> None:
+    key = SigningKey.parse_private(GO_SIGNER)
+    assert str(key.verifier) == GO_VERIFIER and key.private_text() == GO_SIGNER
+    assert key.signature_line(GO_TEXT) == GO_SIGNATURE
+    VerifierKey.parse(GO_VERIFIER).check(GO_TEXT, [GO_SIGNATURE])
+    with pytest.raises(BadCheckpoint):
+        SigningKey.parse_private(GO_SIGNER.replace("c74f20a3", "c74f20a4"))
 
 
-def bare_fleet() -> Fleet:
-    fleet = Fleet.__new__(Fleet)
-    fleet.host = "edge-w"
-    fleet._station = None  # type: ignore[assignment]  # add_request is replaced below
-    return fleet
+BODY = json.dumps({"tool": "http_request", "args": {"method": "GET", "url": "https://example.com/"}}).encode()
 
 
-async def test_any_failure_of_one_message_terminates_it_and_the_batch_goes_on(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    async def add_request(_: Any, body: dict[str, Any], key: str) -> tuple[dict[str, Any], bool]:
-        if body.get("tool") == "crash":
-            raise RuntimeError("a bug one message triggers")
-        if body.get("tool") == "disk":
-            raise DiskFull("/x/waystation.db", "no space left")
-        return {"id": key}, True
-
-    monkeypatch.setattr(agent_fleet.tasks, "add_request", add_request)
-    fleet = bare_fleet()
-    batch = [
-        FakeMsg(json.dumps({"tool": "crash"}).encode(), 1),
-        FakeMsg(b"[" * 100_000 + b"]" * 100_000, 2),
-        FakeMsg(b"\xff\xfe not utf-8", 3),
-        FakeMsg(json.dumps({"tool": "disk"}).encode(), 4),
-        FakeMsg(json.dumps({"tool": "disk"}).encode(), 5, delivered=WORK_MAX_DELIVER),
-        FakeMsg(json.dumps({"tool": "http_request"}).encode(), 6),
-    ]
-    for msg in batch:
-        await fleet._take(msg)  # type: ignore[arg-type]
-    assert [m.settled for m in batch] == [
-        ["term"],
-        ["term"],
-        ["term"],
-        [f"nak {agent_fleet.LOCAL_RETRY_S:g}"],  # the host's own failure: again later
-        ["term"],  # ... until the consumer would give up anyway
-        ["ack"],
-    ]
+def test_only_work_signed_by_a_listed_key_over_its_body_is_taken() -> None:
+    ops, other = SigningKey.generate("ops"), SigningKey.generate("ops")
+    trusted = [ops.verifier]
+    signature = work.sign_work(BODY, ops)[work.SIGNATURE_HEADER]
+    assert work.signature_refusal(BODY, signature, trusted) is None
+    assert "unsigned" in str(work.signature_refusal(BODY, None, trusted))
+    assert "lists no key" in str(work.signature_refusal(BODY, signature, []))
+    tampered = BODY.replace(b"example.com", b"example.net")
+    assert "bad signature" in str(work.signature_refusal(tampered, signature, trusted))
+    foreign = work.sign_work(BODY, other)[work.SIGNATURE_HEADER]  # same name, another key
+    assert "no key" in str(work.signature_refusal(BODY, foreign, trusted))
+    assert work.signature_refusal(BODY, "garbage", trusted) is not None
+    assert work.signature_refusal(b"\xff", signature, trusted) == "the body is not UTF-8 text"
 
 
-def test_nesting_is_bounded_before_parsing() -> None:
-    assert too_deep(b"[" * 100_000, MAX_WORK_DEPTH)
-    assert not too_deep(b"[" * MAX_WORK_DEPTH + b"]" * MAX_WORK_DEPTH, MAX_WORK_DEPTH)
-    assert too_deep(b"[" * (MAX_WORK_DEPTH + 1), MAX_WORK_DEPTH)
-    # Brackets inside strings (escaped quotes included) are text, not nesting.
-    inside = json.dumps({"tool": "t", "args": {"body": "[{" * 500 + '\\"'}}).encode()
-    assert not too_deep(inside, MAX_WORK_DEPTH)
-    with pytest.raises(MalformedRequest, match="nested over 64 levels"):
-        work_body(b'{"a":' * 100_000)
-    with pytest.raises(MalformedRequest, match="not a JSON object"):
-        work_body(b"[1]")
+def test_secrets_must_be_listed() -> None:
+    args = {"headers": {"a": {"secret": "PAYMENTS_TOKEN"}, "b": {"secret": "HF_TOKEN"}, "c": "plain"}}
+    assert work.referenced_secrets(args) == {"PAYMENTS_TOKEN", "HF_TOKEN"}
+    assert "HF_TOKEN, PAYMENTS_TOKEN" in str(work.secrets_refusal(args, ()))
+    assert "HF_TOKEN" in str(work.secrets_refusal(args, ("PAYMENTS_TOKEN",)))
+    assert work.secrets_refusal(args, ("PAYMENTS_TOKEN", "HF_TOKEN")) is None
+    assert work.secrets_refusal({"headers": {"a": "x"}}, ()) is None
 
 
-def test_the_password_is_masked_as_go_redacts_it_even_with_slash_or_at() -> None:
-    assert safe_url("nats://fleet:pa/ss@hub.example:4222") == "nats://fleet:xxxxx@hub.example:4222"
-    assert safe_url("nats://fleet:p@ss/w@hub.example:4222") == "nats://fleet:xxxxx@hub.example:4222"
-    assert safe_url("tls://s3cret-token@hub.example") == "tls://xxxxx@hub.example"  # a token: all of it
-    assert safe_url("nats://hub.example:4222") == "nats://hub.example:4222"
+@pytest.mark.parametrize(
+    ("destination", "addresses"),
+    [
+        ("127.0.0.1:8080", ()),
+        ("localhost", ()),
+        ("api.localhost", ()),
+        ("169.254.169.254", ()),  # cloud metadata
+        ("10.0.0.7", ()),
+        ("[::1]:9", ()),
+        ("[::ffff:127.0.0.1]", ()),
+        ("[fd00::1]", ()),
+        ("0.0.0.0", ()),
+        ("intranet.example", ("93.184.216.34", "192.168.1.9")),  # a public name for a LAN address
+    ],
+)
+def test_inner_destinations_need_listing(destination: str, addresses: tuple[str, ...]) -> None:
+    assert "work_hosts" in str(work.destination_refusal(destination, 443, addresses, ()))
+    assert work.destination_refusal(destination, 443, addresses, (destination,)) is None
 
 
-def test_streams_are_sized_from_the_accounts_limits() -> None:
-    unlimited = -1
-    assert stream_bytes(RECEIPTS_MAX_BYTES, unlimited, unlimited, 0.5) == RECEIPTS_MAX_BYTES
-    assert stream_bytes(RECEIPTS_MAX_BYTES, 64 * 1024**2, unlimited, 0.5) == 32 * 1024**2
-    assert stream_bytes(WORK_MAX_BYTES, unlimited, 4 * 1024**2, 0.125) == 4 * 1024**2
-    assert size_note(receipts_config(), RECEIPTS_MAX_BYTES) == ""
-    small = work_config()
-    small.max_bytes = -1
-    assert size_note(small, WORK_MAX_BYTES) == (
-        "WAYSTATION_WORK is bounded by age only (14 days): the hub has no room for 1 GiB"
-    )
+def test_a_host_list_is_an_allow_list() -> None:
+    assert work.destination_refusal("example.com", 443, ("93.184.216.34",), ()) is None
+    assert "does not list" in str(work.destination_refusal("example.com", 443, (), ("example.org",)))
+    assert work.destination_refusal("example.com", 443, (), ("EXAMPLE.com:443",)) is None
+    assert work.destination_refusal("example.com:8443", 443, (), ("example.com:443",)) is not None
+    assert work.destination_refusal("127.0.0.1:8080", 80, (), ("127.0.0.1",)) is None
 
 
-def test_a_new_key_names_fleet_host_in_its_origin(tmp_path: Path) -> None:
-    assert SigningKey.load_or_create(tmp_path / "a", "edge-7").name == "waystation/edge-7"
-    assert SigningKey.load_or_create(tmp_path / "b").name == default_origin()
-    # A key keeps the origin it was made with (receipts.pub): its verifier key stays valid.
-    assert SigningKey.load_or_create(tmp_path / "a", "renamed").name == "waystation/edge-7"
+def test_settings_check_the_keys_secrets_and_hosts(tmp_path: Path) -> None:
+    def fleet(toml: str) -> FleetSettings:
+        (tmp_path / "config.toml").write_text(toml)
+        return load_settings(Paths.resolve({"WAYSTATION_HOME": str(tmp_path)}), {}).fleet
+
+    assert fleet("").work_keys == () and fleet("").work_secrets == () and fleet("").work_hosts == ()
+    good = fleet(f'[fleet]\nwork_keys = ["{GO_VERIFIER}"]\nwork_secrets = ["A"]\nwork_hosts = ["10.0.0.1"]\n')
+    assert good.work_keys == (GO_VERIFIER,)
+    for toml, key in [
+        (
+            '[fleet]\nwork_keys = ["PeterNeumann+c74f20a4+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"]\n',
+            "work_keys",
+        ),
+        ('[fleet]\nwork_secrets = ["no spaces"]\n', "work_secrets"),
+        ('[fleet]\nwork_hosts = ["https://x/"]\n', "work_hosts"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            fleet(toml)
+        assert info.value.key == f"fleet.{key}"
 
 
-def test_fleet_status_shows_dead_tasks_as_the_data_names_them(capsys: pytest.CaptureFixture[str]) -> None:
-    from waystation.cli.commands.fleet import _table
+def test_keygen_writes_a_0600_private_key_and_prints_its_verifier(tmp_path: Path) -> None:
+    home = make_home()
+    try:
+        key_file = tmp_path / "ops.key"
 
-    _table([{"host": "edge-a", "connectivity": "online", "queue": {"pending": 2, "dead": 7}, "age_s": 3}])
-    out = capsys.readouterr().out
-    assert "DEAD" in out and "FAILED" not in out and " 7 " in out, out
+        def keygen() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "waystation",
+                    "fleet",
+                    "keygen",
+                    "ops@example.org",
+                    "--key-file",
+                    str(key_file),
+                ],
+                env=agent_env(home),
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+
+        made = keygen()
+        assert made.returncode == 0, made.stderr
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        key = SigningKey.parse_private(key_file.read_text())
+        assert made.stdout == f"{key.verifier}\n" and made.stdout.startswith("ops@example.org+")
+        again = keygen()  # never overwritten
+        assert again.returncode != 0 and "exists" in again.stderr
+        assert SigningKey.parse_private(key_file.read_text()).verifier == key.verifier
+    finally:
+        remove_home(home)

@@ -18,6 +18,7 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ from waystation.errors import BadCheckpoint, SigningKeyUnusable
 
 ED25519 = b"\x01"  # the signed-note signature type of Ed25519
 DASH = "\u2014"  # the em dash that opens a signature line
+PRIVATE_PREFIX = "PRIVATE+KEY+"
+# A key name as golang.org/x/mod/sumdb/note allows one: non-empty, no space, no "+".
+KEY_NAME = re.compile(r"[^\s+]{1,128}")
 
 
 def key_id(name: str, public: bytes) -> bytes:
@@ -76,9 +80,14 @@ class VerifierKey:
         if not sep:
             raise BadCheckpoint("not a signed note: no blank line before its signatures")
         text += "\n"
+        self.check(text, signatures.splitlines())
+        return text
+
+    def check(self, text: str, signatures: list[str]) -> None:
+        """BadCheckpoint unless one of the signature lines is this key's, over `text`."""
         wanted = key_id(self.name, self.public)
         public = Ed25519PublicKey.from_public_bytes(self.public)
-        for line in signatures.splitlines():
+        for line in signatures:
             dash, _, rest = line.partition(" ")
             name, _, encoded = rest.partition(" ")
             if dash != DASH or name != self.name:
@@ -90,7 +99,7 @@ class VerifierKey:
                 public.verify(raw[4:], text.encode())
             except InvalidSignature:
                 raise BadCheckpoint(f"the signature of {self.name} does not match the note") from None
-            return text
+            return
         raise BadCheckpoint(f"the note has no signature by {self.name} (key id {wanted.hex()})")
 
 
@@ -163,9 +172,45 @@ class SigningKey:
 
     def sign(self, text: str) -> str:
         """`text` (ending in a newline) as a signed note with this key's one signature."""
-        signature = self._private.sign(text.encode())
-        raw = key_id(self.name, self.verifier.public) + signature
-        return f"{text}\n{DASH} {self.name} {_b64(raw)}\n"
+        return f"{text}\n{self.signature_line(text)}\n"
+
+    def signature_line(self, text: str) -> str:
+        """`— NAME BASE64`: this key's signature over `text` (the note's text, newline-ended)."""
+        raw = key_id(self.name, self.verifier.public) + self._private.sign(text.encode())
+        return f"{DASH} {self.name} {_b64(raw)}"
+
+    @classmethod
+    def generate(cls, name: str) -> SigningKey:
+        if not KEY_NAME.fullmatch(name):
+            raise BadCheckpoint("a key name is 1 to 128 visible characters, without space or +")
+        return cls(Ed25519PrivateKey.generate(), name)
+
+    def private_text(self) -> str:
+        """The private key as golang.org/x/mod/sumdb/note writes one (`note.GenerateKey`):
+        `PRIVATE+KEY+NAME+KEYID+base64(0x01 || seed)`."""
+        seed = self._private.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        hex_id = key_id(self.name, self.verifier.public).hex()
+        return f"{PRIVATE_PREFIX}{self.name}+{hex_id}+{_b64(ED25519 + seed)}"
+
+    @classmethod
+    def parse_private(cls, text: str) -> SigningKey:
+        """A key `private_text` wrote (what note.NewSigner reads); BadCheckpoint naming no part of it."""
+        problem = "not a signed-note private key of the form PRIVATE+KEY+NAME+KEYID+BASE64"
+        if not text.strip().startswith(PRIVATE_PREFIX):
+            raise BadCheckpoint(problem)
+        parts = text.strip()[len(PRIVATE_PREFIX) :].split("+", 2)
+        if len(parts) != 3:
+            raise BadCheckpoint(problem)
+        name, hex_id, encoded = parts
+        raw = _unb64(encoded, "the private key")
+        if not KEY_NAME.fullmatch(name) or len(raw) != 33 or raw[:1] != ED25519:
+            raise BadCheckpoint(problem)
+        key = cls(Ed25519PrivateKey.from_private_bytes(raw[1:]), name)
+        if key_id(name, key.verifier.public).hex() != hex_id.lower():
+            raise BadCheckpoint("the private key's id does not match its name and key")
+        return key
 
 
 def _write_public(path: Path, key: SigningKey) -> None:

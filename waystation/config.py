@@ -19,7 +19,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import platformdirs
 
-from waystation.errors import ConfigError
+from waystation.checkpoints import VerifierKey
+from waystation.errors import BadCheckpoint, ConfigError
 
 ENV_PREFIX = "WAYSTATION_"
 APP_NAME = "waystation"
@@ -111,6 +112,14 @@ class FleetSettings:
     host: str = ""  # this host's name in the subjects and the status bucket; "" = the hostname
     # A NATS credentials file (JWT and seed). Only its path is ever shown: the content is a secret.
     creds: str = ""
+    # Work from the hub is taken only when signed by one of these (verifier keys, NAME+KEYID+BASE64,
+    # as `waystation fleet keygen` prints them): the hub itself is not trusted to say who sent it.
+    work_keys: tuple[str, ...] = ()
+    # The secret names work may reference in its headers (none by default).
+    work_secrets: tuple[str, ...] = ()
+    # The destination hosts work may reach; () = any public host. Loopback, link-local and private
+    # addresses only when listed.
+    work_hosts: tuple[str, ...] = ()
 
 
 # An entry of [tools] allow_hosts or allow_writes: a host name or address, or host:port (an IPv6
@@ -428,6 +437,15 @@ def _check_fleet(f: FleetSettings) -> None:
         raise ConfigError("fleet.url", 'must be a NATS URL, e.g. "nats://hub.example:4222" ("" = off)')
     if f.host and not FLEET_HOST.fullmatch(f.host):
         raise ConfigError("fleet.host", "must be 1 to 64 letters, digits, _ or - (it is a subject token)")
+    for key in f.work_keys:
+        try:
+            VerifierKey.parse(key)
+        except BadCheckpoint as exc:
+            raise ConfigError("fleet.work_keys", f"{key[:80]!r}: {exc.message}") from None
+    for name in f.work_secrets:
+        if not SECRET_NAME.fullmatch(name):
+            raise ConfigError("fleet.work_secrets", f"{name[:80]!r} is not a secret name")
+    _check_hosts("fleet.work_hosts", f.work_hosts)
 
 
 def _check_hosts(key: str, hosts: tuple[str, ...]) -> None:

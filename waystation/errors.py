@@ -15,6 +15,7 @@
     │   ├── UnknownTool(tool)        (422)
     │   ├── InvalidArguments(tool)   (422)
     │   ├── NotFound(kind, ident)    (404)
+    │   ├── WorkRefused              fleet work this host does not take (403)
     │   ├── IdempotencyConflict(key) same key, other arguments (409)
     │   ├── InvalidTransition(...)   e.g. cancelling a task that is done (409)
     │   ├── EmptyPrompt              a turn needs a prompt (400)
@@ -190,6 +191,14 @@ class InvalidArguments(InputError):
         super().__init__(f"{tool}: {problem}")
         self.tool = tool
         self.problem = problem
+
+
+class WorkRefused(InputError):
+    """Work from the fleet's hub that this host does not take: unsigned or signed by no trusted
+    key, naming a secret or reaching a host `[fleet]` does not allow. Terminated, never retried."""
+
+    code = "work_refused"
+    http_status = 403
 
 
 class NotFound(InputError):

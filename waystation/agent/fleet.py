@@ -10,21 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import re
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
 from nats.aio.msg import Msg
 
 from waystation import receipt_proofs, timeutil
+from waystation.adapters.fleet import work
 from waystation.adapters.fleet.hub import Hub, fetch, safe_url, settle
 from waystation.adapters.fleet.layout import WORK_MAX_DELIVER
 from waystation.adapters.fleet.outbox import Outbox
+from waystation.checkpoints import VerifierKey
 from waystation.config import fleet_host
-from waystation.errors import DatabaseError, FleetError, FleetRefused, InputError, MalformedRequest
+from waystation.errors import DatabaseError, FleetError, FleetRefused, InputError, WorkRefused
 from waystation.station.build import AgentStation, cancel
 from waystation.station.ops import receipts, tasks
 
@@ -36,9 +37,6 @@ REFUSED_RETRY_S = 60.0
 RETRY_MAX_S = 5.0  # nats-py itself reconnects every second; this only paces our retries
 WORK_BATCH = 16
 WORK_WAIT_S = 5.0
-# A task body nests a few levels (the body, its args, a JSON body inside those); far deeper is an
-# attack on the parser, refused before parsing.
-MAX_WORK_DEPTH = 64
 LOCAL_RETRY_S = 30.0  # a task this host's database could not commit comes back this much later
 
 
@@ -46,7 +44,7 @@ class Fleet:
     def __init__(self, station: AgentStation) -> None:
         self._station = station
         self.host = fleet_host(station.settings.fleet)
-        self.hub = Hub(station.settings.fleet, name=f"waystation {self.host}")
+        self.hub = Hub(station.settings.fleet, name=f"waystation {self.host}", inbox=f"_INBOX_{self.host}")
         self.outbox = Outbox(station.db, self.hub, self.host)
         self._online = asyncio.Event()
         self._outbox_due = asyncio.Event()
@@ -56,6 +54,7 @@ class Fleet:
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.hub.on_reconnect = self._reconnected
+        self._work_keys = [VerifierKey.parse(k) for k in station.settings.fleet.work_keys]  # checked at load
 
     async def start(self) -> None:
         await self.outbox.load()
@@ -72,6 +71,8 @@ class Fleet:
         ):
             self._tasks.append(asyncio.create_task(self._forever(name, loop), name=f"fleet-{name}"))
         log.info("fleet on", url=safe_url(self._station.settings.fleet.url), host=self.host)
+        if not self._work_keys:
+            log.warning("fleet: [fleet] work_keys lists no key: work from the hub is terminated, not taken")
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -187,14 +188,16 @@ class Fleet:
                 await sub.unsubscribe()
 
     async def _take(self, msg: Msg) -> None:
-        """One message as a local task, acked once committed. Whatever one message makes fail
-        terminates it (the hub never redelivers it) and the work behind it goes on; only a failure
-        of this host's own database leaves it to be redelivered later, up to the consumer's
-        max_deliver."""
+        """One message as a local task, acked once committed. Work not signed by a key [fleet]
+        work_keys lists, or asking for more than [fleet] allows, is terminated
+        (adapters/fleet/work.py); so is whatever else one message makes fail (the hub never
+        redelivers it), and the work behind it goes on. Only a failure of this host's own database
+        leaves it to be redelivered later, up to the consumer's max_deliver."""
         seq = msg.metadata.sequence.stream
-        key = (msg.headers or {}).get("Nats-Msg-Id") or f"{self.host}-work-{seq}"
+        headers = msg.headers or {}
+        key = headers.get("Nats-Msg-Id") or f"{self.host}-work-{seq}"
         try:
-            task, created = await tasks.add_request(self._station, work_body(msg.data), key)
+            task, created = await self._add(msg.data, headers, key)
         except DatabaseError as exc:
             delivered = msg.metadata.num_delivered or 1
             if delivered < WORK_MAX_DELIVER:
@@ -214,37 +217,44 @@ class Fleet:
         log.error("fleet work: message terminated", stream_seq=seq, key=key, reason=reason)
         await settle(msg, lambda m: m.term())
 
+    async def _add(self, data: bytes, headers: Mapping[str, str], key: str) -> tuple[dict[str, Any], bool]:
+        refusal = work.signature_refusal(data, headers.get(work.SIGNATURE_HEADER), self._work_keys)
+        if refusal is not None:
+            raise WorkRefused(refusal)
+        body = work.work_body(data)
+        # Before the arguments are validated, which looks each secret up: work learns nothing of
+        # secrets it may not name, not even whether they are set.
+        refusal = work.secrets_refusal(body.get("args"), self._station.settings.fleet.work_secrets)
+        if refusal is not None:
+            raise WorkRefused(refusal)
+        return await tasks.add_request(self._station, body, key, self._admit)
 
-def work_body(data: bytes) -> dict[str, Any]:
-    """A work message's body as a `POST /v1/tasks` body, or MalformedRequest saying why not. The
-    nesting is bounded before parsing: json.loads recurses once per level."""
-    if too_deep(data, MAX_WORK_DEPTH):
-        raise MalformedRequest(f"not a task: JSON nested over {MAX_WORK_DEPTH} levels deep")
+    async def _admit(self, tool: str, args: Mapping[str, Any], destination: str) -> None:
+        """Work reaches only the hosts [fleet] allows (checked once its arguments are valid)."""
+        fleet = self._station.settings.fleet
+        url = args.get("url")
+        scheme = str(url).partition(":")[0].lower() if isinstance(url, str) else "https"
+        port = DEFAULT_PORTS.get(scheme)
+        addresses = () if fleet.work_hosts else await _addresses(destination, port)
+        refusal = work.destination_refusal(destination, port, addresses, fleet.work_hosts)
+        if refusal is not None:
+            raise WorkRefused(f"{tool}: {refusal}")
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+RESOLVE_TIMEOUT_S = 5.0
+
+
+async def _addresses(destination: str, port: int | None) -> tuple[str, ...]:
+    """What a destination's name resolves to now; a name that does not resolve is refused (it
+    might resolve to an inner address later). A literal address is itself."""
+    host, given = work.split_destination(destination)
+    host = host.strip("[]")
     try:
-        body = json.loads(data)
-    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, an integer of 4,300+ digits
-        raise MalformedRequest(f"not a task: {exc}") from None
-    if not isinstance(body, dict):
-        raise MalformedRequest("not a task: the body is not a JSON object")
-    return body
-
-
-# Brackets, and strings (whose brackets do not count), in a JSON text.
-_NESTING = re.compile(rb'[\[{]|[\]}]|"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-
-
-def too_deep(data: bytes, limit: int) -> bool:
-    """Whether JSON text nests arrays and objects over `limit` deep; cheap (stops at the first
-    level over), and loose on invalid JSON, which the parser refuses anyway."""
-    if data.count(b"[") + data.count(b"{") <= limit:
-        return False
-    depth = 0
-    for token in _NESTING.finditer(data):
-        first = token[0][:1]
-        if first in (b"[", b"{"):
-            depth += 1
-            if depth > limit:
-                return True
-        elif first in (b"]", b"}"):
-            depth -= 1
-    return False
+        found = await asyncio.wait_for(
+            asyncio.get_running_loop().getaddrinfo(host, given or port, type=socket.SOCK_STREAM),
+            RESOLVE_TIMEOUT_S,
+        )
+    except (OSError, TimeoutError):
+        raise WorkRefused(f"cannot resolve {host}: only work to hosts that resolve now is taken") from None
+    return tuple(str(info[4][0]) for info in found)

@@ -110,8 +110,14 @@ def _translate(exc: BaseException, doing: str) -> FleetError:
 class Hub:
     """One connection to the hub, reconnecting forever once made (a ports.FleetHub)."""
 
-    def __init__(self, settings: FleetSettings, name: str = "waystation", *, quiet: bool = False) -> None:
+    def __init__(
+        self, settings: FleetSettings, name: str = "waystation", *, quiet: bool = False, inbox: str = "_INBOX"
+    ) -> None:
         self.settings = settings
+        # Replies (acks, fetched work) come to subjects under this prefix. A host's own prefix
+        # (`_INBOX_<host>`) lets the hub's authorization give each host only its own replies
+        # (README, "Fleet": a shared `_INBOX.>` would let one host read another's work).
+        self._inbox = inbox
         self._quiet = quiet  # the command line: one answer on stdout, no connection chatter
         self._name = name
         self._creds = os.path.expanduser(settings.creds) if settings.creds else ""
@@ -166,6 +172,7 @@ class Hub:
                 # outbox resends from its last ack, in order (a buffer resent after a reconnect
                 # could overtake what the broken link lost).
                 pending_size=0,
+                inbox_prefix=self._inbox,
                 error_cb=self._error,
                 disconnected_cb=self._disconnected,
                 reconnected_cb=self._reconnected,
@@ -368,8 +375,13 @@ class Hub:
                 work_subject(host),
                 durable=durable,
                 stream=WORK_STREAM,
+                # Named, so that nats-py creates it on the subject that names its filter
+                # (`CONSUMER.CREATE.<stream>.<name>.<filter>`): the hub's authorization can then
+                # let a host make its own consumer, on its own work only (README, "Fleet").
                 config=ConsumerConfig(
+                    name=durable,
                     durable_name=durable,
+                    filter_subject=work_subject(host),
                     ack_wait=WORK_ACK_WAIT_S,
                     max_ack_pending=64,
                     max_deliver=WORK_MAX_DELIVER,

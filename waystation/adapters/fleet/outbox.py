@@ -57,10 +57,20 @@ class Outbox:
         """Move the position to what the stream holds of this host's chain: past it when the hub
         has more than the mark says (an ack lost, a kill -9 before the mark), back to it when it
         has less (a new hub, a hub restored from an older copy, a renamed host): the stream must
-        always hold the chain from its start."""
+        always hold the chain from its start. Only a message of this chain moves it: one carrying
+        a `Waystation-Seq` whose receipt id (`Nats-Msg-Id`) is this chain's receipt at that seq.
+        Anything else on the subject (anyone allowed to publish there can put a header-less `{}`)
+        leaves the mark as it is: it must not make the host resend its whole chain."""
         headers = await self._hub.last_headers(RECEIPTS_STREAM, receipts_subject(self._host))
         self._synced = True
-        if not headers or not (headers.get(SEQ_HEADER) or "").isdigit():
+        if headers is not None and not (headers.get(SEQ_HEADER) or "").isdigit():
+            log.warning(
+                "the hub's last message on this host's receipts subject is not one of its receipts; "
+                "keeping the mark",
+                host=self._host,
+            )
+            return
+        if not headers:
             if self.published:
                 log.warning("the hub holds none of this host's receipts; sending the chain from its start")
                 self.published, self._checkpoint = 0, 0

@@ -4,6 +4,7 @@ task objects."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from waystation import timeutil
@@ -13,13 +14,24 @@ from waystation.queue.policy import TaskState
 from waystation.queue.tasks import NewTask
 from waystation.station.build import AgentStation, Station
 
+# Checks a caller adds before a task is committed (the fleet's, on work from the hub): called with
+# the tool's name, the validated arguments and the destination host; it raises to refuse.
+Admit = Callable[[str, Mapping[str, Any], str], Awaitable[None]]
+
 
 async def add(
-    station: Station, tool_name: str, args: object, key: str | None = None, expires_at: float | None = None
+    station: Station,
+    tool_name: str,
+    args: object,
+    key: str | None = None,
+    expires_at: float | None = None,
+    admit: Admit | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """(task, created): an existing task when the key exists with equal arguments."""
     tool = station.tools.get(tool_name)
     valid = tool.validate(args, allow_secrets=True)  # a model's calls never name secrets; a client may
+    if admit is not None:
+        await admit(tool.name, valid, tool.destination_host(valid))
     if key is not None and (problem := idempotency_key_problem(key)) is not None:
         raise InvalidArguments(tool.name, problem)
     if expires_at is not None and expires_at <= timeutil.now():
@@ -40,7 +52,7 @@ async def add(
 
 
 async def add_request(
-    station: Station, body: dict[str, Any], key: str | None = None
+    station: Station, body: dict[str, Any], key: str | None = None, admit: Admit | None = None
 ) -> tuple[dict[str, Any], bool]:
     """A `POST /v1/tasks` body as a task (the API's and the fleet's work alike); `key` when the
     body names no idempotency_key (the fleet gives its message id)."""
@@ -60,7 +72,7 @@ async def add_request(
         raise MalformedRequest(
             f"idempotency_key must be a non-empty string of at most {MAX_KEY_LEN} characters"
         )
-    return await add(station, tool, body.get("args", {}), given or key, expires_at)
+    return await add(station, tool, body.get("args", {}), given or key, expires_at, admit)
 
 
 MAX_KEY_LEN = 255
