@@ -38,6 +38,8 @@
     ├── RouteRefused(route, reason)  fail-closed: the named route cannot run (exit 4)
     │   └── RouteOffline             ... because it needs the network and the host is offline
     ├── ReceiptsDamaged(problem)     the receipts' tree lacks what they say it holds (500)
+    ├── DestinationRefused(host, address, kind, rule)  a delivery may not connect there: a model's
+    │                                call (or its redirect) to a loopback, link-local or private address (403)
     └── DeliveryError                a tool delivery did not get an answer
         └── NetworkUnreachable       connection, DNS or timeout: transient, no attempt counted
 
@@ -470,6 +472,22 @@ class ReceiptsDamaged(WaystationError):
     def __init__(self, problem: str) -> None:
         super().__init__(f"{problem}: the receipts were edited; `waystation receipts verify` names what")
         self.problem = problem
+
+
+class DestinationRefused(WaystationError):
+    """Never sent: the destination's address is not one this delivery may connect to. Not a
+    DeliveryError: no later try can reach it either, so the task is dead at once."""
+
+    code = "destination_refused"
+    http_status = 403
+
+    def __init__(self, host: str, address: str, kind: str, rule: str) -> None:
+        where = host if host == address else f"{host} ({address})"
+        super().__init__(f"refused: {where} is {kind}, not a public address; {rule}")
+        self.host = host
+        self.address = address
+        self.kind = kind
+        self.rule = rule
 
 
 class DeliveryError(WaystationError):
