@@ -1,7 +1,8 @@
 """A task's header may name a secret, {"secret": "NAME"}, instead of holding it (issue 12, item 12):
 checked when the task is added (422 when it is set nowhere), resolved from the service's
-credentials, then the environment, then `[secrets]` of the config, sent as the real value, and
-never stored or shown; a secret gone by delivery time kills the task, naming it, with no attempt
+credentials, then the environment variables `[agent] env_secrets` lists (issue 20, item 5: no
+other one of the agent's), then `[secrets]` of the config, sent as the real value, and never
+stored or shown; a secret gone by delivery time kills the task, naming it, with no attempt
 counted and nothing sent."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from waystation import logs
 from waystation.adapters.tools import HttpRequestTool, ToolRegistry, new_client
-from waystation.config import Paths, Settings, load_settings
+from waystation.config import AgentSettings, Paths, Settings, load_settings
 from waystation.errors import ConfigError, InvalidArguments
 from waystation.ports import Outcome
 from waystation.redact import shown_args
@@ -30,10 +31,12 @@ from waystation.station.delivery import Deliveries
 TOKEN = "Bearer pay-T0ken-0123456789"
 REF = {"secret": "PAYMENTS_TOKEN"}
 CONFIG = Path("/etc/waystation/config.toml")
+# The environment variables a task may name, as `[agent] env_secrets = [...]` lists them.
+LISTED = Settings(agent=AgentSettings(env_secrets=("PAYMENTS_TOKEN",)))
 
 
-def tool(env: dict[str, str], settings: Settings | None = None) -> HttpRequestTool:
-    return HttpRequestTool(SecretResolver(settings or Settings(), CONFIG, env))
+def tool(env: dict[str, str], settings: Settings = LISTED) -> HttpRequestTool:
+    return HttpRequestTool(SecretResolver(settings, CONFIG, env))
 
 
 def args(headers: dict[str, Any], url: str = "https://pay.example/charge") -> dict[str, Any]:
@@ -68,7 +71,9 @@ def test_a_reference_of_another_shape_is_refused(ref: dict[str, Any]) -> None:
 @pytest.mark.parametrize("name", ["", "1TOKEN", "../etc/passwd", "a/b", ".hidden", "A B", "X" * 129, "tök"])
 def test_a_secret_name_that_is_not_a_plain_name_is_refused(name: str) -> None:
     with pytest.raises(InvalidArguments, match=r"secret name .* must be a letter or _"):
-        tool({name: TOKEN}).validate(args({"Authorization": {"secret": name}}), allow_secrets=True)
+        tool({name: TOKEN}, Settings()).validate(
+            args({"Authorization": {"secret": name}}), allow_secrets=True
+        )
 
 
 def test_a_secret_set_nowhere_is_refused_naming_where_to_put_it() -> None:
@@ -77,6 +82,7 @@ def test_a_secret_set_nowhere_is_refused_naming_where_to_put_it() -> None:
     assert refused.value.http_status == 422
     assert "secret PAYMENT_TOKEN is not set" in refused.value.message
     assert str(CONFIG) in refused.value.message and "LoadCredential=PAYMENT_TOKEN:" in refused.value.message
+    assert "that [agent] env_secrets lists" in refused.value.message
 
 
 @pytest.mark.parametrize("value", ["Bearer a\r\nX-Evil: 1", "Bearer tök", "Bearer a\x00b"])
@@ -99,7 +105,8 @@ def test_a_models_call_cannot_name_a_secret() -> None:
 
 def test_credentials_beat_the_environment_which_beats_the_config(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text(
-        '[secrets]\nA = "from-config"\nB = "from-config"\nC = "from-config"\n'
+        '[agent]\nenv_secrets = ["A", "B", "EMPTY"]\n[secrets]\nA = "from-config"\nB = "from-config"\n'
+        'C = "from-config"\n'
     )
     settings = load_settings(Paths.resolve({"WAYSTATION_HOME": str(tmp_path)}), {})
     creds = tmp_path / "creds"
@@ -121,18 +128,54 @@ def test_credentials_beat_the_environment_which_beats_the_config(tmp_path: Path)
     assert secrets.resolve("B") == "changed"
 
 
+AGENTS_OWN = {
+    "HOME": "/home/owner",
+    "PATH": "/usr/bin:/bin",
+    "HF_TOKEN": "hf_owner0123456789",
+    "WAYSTATION_ROUTES__OPENAI__API_KEY": "sk-route-0123456789",
+    "WAYSTATION_FLEET__CREDS": "/home/owner/hub.creds",
+    "OPENAI_API_KEY": "sk-proj-0123456789abcdef",
+    "CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-0123456789",
+}
+
+
+@pytest.mark.parametrize("name", sorted(AGENTS_OWN))
+def test_a_variable_env_secrets_does_not_list_is_never_a_tasks_secret(name: str) -> None:
+    """Issue 20, item 5: anyone on the socket (another uid with socket_group) named HOME, HF_TOKEN
+    or WAYSTATION_ROUTES__OPENAI__API_KEY and had it sent where they liked; only what the owner
+    lists resolves, and the refusal (422 when the task is added) says how to provide a secret."""
+    http = tool({**AGENTS_OWN, "PAYMENTS_TOKEN": TOKEN})
+    with pytest.raises(InvalidArguments) as refused:
+        http.validate(args({"Authorization": {"secret": name}}), allow_secrets=True)
+    assert refused.value.http_status == 422
+    assert f"secret {name} " in refused.value.message and "[agent] env_secrets" in refused.value.message
+    assert AGENTS_OWN[name] not in refused.value.message
+    assert http.validate(args({"Authorization": REF}), allow_secrets=True)["headers"] == {
+        "authorization": REF
+    }
+
+
+@pytest.mark.parametrize("name", ["HF_TOKEN", "OPENAI_API_KEY", "WAYSTATION_ROUTES__OPENAI__API_KEY"])
+def test_listing_the_agents_own_credential_stops_start_up_naming_it(name: str) -> None:
+    settings = Settings(agent=AgentSettings(env_secrets=("PAYMENTS_TOKEN", name)))
+    with pytest.raises(ConfigError, match=rf"agent\.env_secrets.*{name} is the agent's own credential"):
+        SecretResolver(settings, CONFIG, {})
+
+
+def test_env_secrets_names_variables(tmp_path: Path) -> None:
+    paths = Paths.resolve({"WAYSTATION_HOME": str(tmp_path)})
+    env = {"WAYSTATION_AGENT__ENV_SECRETS": '["PAYMENTS_TOKEN", "SHIP_KEY"]'}
+    assert load_settings(paths, env).agent.env_secrets == ("PAYMENTS_TOKEN", "SHIP_KEY")
+    with pytest.raises(ConfigError, match=r"agent\.env_secrets.*'a/b' is not an environment variable"):
+        load_settings(paths, {"WAYSTATION_AGENT__ENV_SECRETS": '["a/b"]'})
+
+
 def test_a_name_never_reaches_outside_the_credentials_directory(tmp_path: Path) -> None:
     creds = tmp_path / "creds"
     creds.mkdir()
     (tmp_path / "outside").write_text("not a credential")
     secrets = SecretResolver(Settings(), CONFIG, {"CREDENTIALS_DIRECTORY": str(creds)})
     assert secrets.resolve("../outside") is None
-
-
-def test_a_model_providers_key_in_the_environment_is_never_a_tasks_secret() -> None:
-    http = tool({"OPENAI_API_KEY": "sk-proj-0123456789abcdef"})
-    with pytest.raises(InvalidArguments, match="secret OPENAI_API_KEY is a model provider's key"):
-        http.validate(args({"Authorization": {"secret": "OPENAI_API_KEY"}}), allow_secrets=True)
 
 
 def test_the_config_file_secrets_table_is_strings_with_plain_names(tmp_path: Path) -> None:
@@ -147,7 +190,7 @@ def test_the_config_file_secrets_table_is_strings_with_plain_names(tmp_path: Pat
     with pytest.raises(ConfigError, match="a name is a letter or _"):
         load_settings(paths, {})
     (tmp_path / "config.toml").write_text("")
-    with pytest.raises(ConfigError, match="as the environment variable PAYMENTS_TOKEN"):
+    with pytest.raises(ConfigError, match="as the environment variable PAYMENTS_TOKEN and list it in"):
         load_settings(paths, {"WAYSTATION_SECRETS__PAYMENTS_TOKEN": "x"})
 
 
@@ -164,7 +207,7 @@ def test_a_resolved_value_never_reaches_a_log_line() -> None:
     logs.configure()
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(stream))
     try:
-        secrets = SecretResolver(Settings(), CONFIG, {"PAYMENTS_TOKEN": TOKEN}, found=logs.redact_too)
+        secrets = SecretResolver(LISTED, CONFIG, {"PAYMENTS_TOKEN": TOKEN}, found=logs.redact_too)
         assert secrets.resolve("PAYMENTS_TOKEN") == TOKEN
         structlog.get_logger("test").warning("sending", header=f"Authorization: {TOKEN}")
     finally:
@@ -257,12 +300,22 @@ def test_through_the_agent_the_value_is_sent_and_never_stored_or_shown(
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "PAYMENTS_TOKEN").write_text(TOKEN + "\n")
-    agent = agent_factory({"WAYSTATION_CONNECTIVITY__MODE": "offline", "CREDENTIALS_DIRECTORY": str(creds)})
+    agent = agent_factory(
+        {
+            "WAYSTATION_CONNECTIVITY__MODE": "offline",
+            "CREDENTIALS_DIRECTORY": str(creds),
+            "HF_TOKEN": "hf_owner0123456789",  # the agent's own: never a socket client's
+        }
+    )
     agent.start()
     misspelt = args({"Authorization": {"secret": "PAYMENT_TOKEN"}}, receiver.url("/ok/typo"))
     typo = agent.api("POST", "/v1/tasks", json={"tool": "http_request", "args": misspelt})
     assert typo.status_code == 422, typo.text
     assert "secret PAYMENT_TOKEN is not set" in typo.json()["error"]["message"]
+    own = args({"Authorization": {"secret": "HF_TOKEN"}}, receiver.url("/ok/own"))
+    refused = agent.api("POST", "/v1/tasks", json={"tool": "http_request", "args": own})
+    assert refused.status_code == 422, refused.text
+    assert "secret HF_TOKEN is the agent's own credential" in refused.json()["error"]["message"]
 
     body = {"tool": "http_request", "args": args({"Authorization": REF}, receiver.url("/ok/agent"))}
     created = agent.api("POST", "/v1/tasks", json=body)

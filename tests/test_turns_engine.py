@@ -139,11 +139,11 @@ def make_engine(
         local = LocalRoute(ModelSettings(path=str(model_file)), {str(model_file): backend})
         # No credentials in this environment: provider routes must refuse, saying what is missing.
         router = Router(local, default_route, connectivity=connectivity, env={})
-        tools = default_tools()
-        deliver = Deliveries(tools, client, 30.0)
-        announce = announce or RecordingAnnouncer()
         # The loopback destination stands in for hosts the tests' prompts would name.
         kw.setdefault("allow_hosts", ("127.0.0.1",))
+        tools = default_tools(allow_hosts=kw["allow_hosts"])  # as the config gives both
+        deliver = Deliveries(tools, client, 30.0)
+        announce = announce or RecordingAnnouncer()
         return TurnEngine(db, store, tools, connectivity, deliver, router.resolve, announce, **kw)
 
     return make
@@ -180,7 +180,7 @@ async def deliver_and_settle(store: TaskStore, task_id: str, destination: Destin
     leased = await store.lease(10, {}, 10)
     (task,) = [t for t in leased if t.id == task_id]
     await store.release([t.id for t in leased if t.id != task_id])  # the others stay pending
-    tool = default_tools().get(task.tool)
+    tool = default_tools(allow_hosts=("127.0.0.1",)).get(task.tool)  # as make_engine's turns allow
     async with new_client() as c:
         answer = await tool.deliver(c, task.args, task.idempotency_key, 10.0)
     decision = decide(

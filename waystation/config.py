@@ -38,6 +38,10 @@ class AgentSettings:
     socket_group: str = ""
     # "host:port" to serve GET /metrics (and nothing else) over TCP for Prometheus; "" = off.
     metrics_listen: str = ""
+    # Environment variables a task's header `{"secret": NAME}` may read (as sshd's AcceptEnv
+    # names those a client may set): anyone on the socket may post such a task, so no other
+    # variable of the agent's (HOME, HF_TOKEN, a route's key) is ever one.
+    env_secrets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -267,7 +271,11 @@ def load_settings(paths: Paths, env: typing.Mapping[str, str] | None = None) -> 
             continue
         section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         if section == "secrets":  # the override would lower-case the name; the variable is the source
-            raise ConfigError(name, f"set the secret as the environment variable {name.split('__', 1)[1]}")
+            variable = name.split("__", 1)[1]
+            raise ConfigError(
+                name,
+                f"set the secret as the environment variable {variable} and list it in [agent] env_secrets",
+            )
         if section == "routes":  # WAYSTATION_ROUTES__CLAUDE_SEAT__ENABLED: route names use "-"
             route, _, key = key.partition("__")
             kind = typing.get_type_hints(RouteSettings).get(key)
@@ -427,6 +435,9 @@ def _check_ranges(s: Settings) -> None:
     _check_fleet(s.fleet)
     _check_hosts("tools.allow_hosts", s.tools.allow_hosts)
     _check_hosts("tools.allow_writes", s.tools.allow_writes)
+    for name in s.agent.env_secrets:
+        if not SECRET_NAME.fullmatch(name):
+            raise ConfigError("agent.env_secrets", f"{name[:130]!r} is not an environment variable's name")
     host, colon, port = s.agent.metrics_listen.rpartition(":")
     if s.agent.metrics_listen and not (colon and host and port.isdigit() and 0 < int(port) < 65536):
         raise ConfigError("agent.metrics_listen", 'must be "host:port", e.g. "127.0.0.1:9464" ("" = off)')

@@ -41,6 +41,8 @@
     ├── ReceiptsDamaged(problem)     the receipts' tree lacks what they say it holds (500)
     ├── SigningKeyUnusable(path, problem)  receipts.key cannot be read as a key: checkpoints go
     │                                unsigned, the queue works on (503)
+    ├── DestinationRefused(host, address, kind, rule)  a delivery may not connect there: a model's
+    │                                call (or its redirect) to a loopback, link-local or private address (403)
     └── DeliveryError                a tool delivery did not get an answer
         └── NetworkUnreachable       connection, DNS or timeout: transient, no attempt counted
 
@@ -506,6 +508,22 @@ class SigningKeyUnusable(WaystationError):
         )
         self.path = str(path)
         self.problem = problem
+
+
+class DestinationRefused(WaystationError):
+    """Never sent: the destination's address is not one this delivery may connect to. Not a
+    DeliveryError: no later try can reach it either, so the task is dead at once."""
+
+    code = "destination_refused"
+    http_status = 403
+
+    def __init__(self, host: str, address: str, kind: str, rule: str) -> None:
+        where = host if host == address else f"{host} ({address})"
+        super().__init__(f"refused: {where} is {kind}, not a public address; {rule}")
+        self.host = host
+        self.address = address
+        self.kind = kind
+        self.rule = rule
 
 
 class DeliveryError(WaystationError):

@@ -8,7 +8,10 @@ socket, whole or in part. The log redaction below is the last line of that defen
 
 A task's header may name a secret (`{"secret": "NAME"}`) instead of holding it: the task keeps
 the name, and the SecretResolver below finds the value when the task is added and again when it
-is delivered.
+is delivered. Anyone allowed on the socket (with `socket_group`, another uid) may post such a
+task, so a name resolves only from what the owner put there for tasks: `[secrets]`, the
+service's credentials, and the environment variables `[agent] env_secrets` lists; never from
+the rest of the agent's environment (HOME, HF_TOKEN, a route's key in WAYSTATION_ROUTES__...).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from typing import Any
 
 import structlog
 
-from waystation.config import SECRET_NAME, Settings
+from waystation.config import ENV_PREFIX, SECRET_NAME, Settings
+from waystation.errors import ConfigError
 from waystation.redact import REDACTED
 
 log = structlog.get_logger(__name__)
@@ -36,6 +40,8 @@ KEY_VARIABLES: dict[str, str] = {
 }
 # Credentials Waystation never uses for an unattended turn, but must never leak either.
 OTHER_SECRET_VARIABLES = ("CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN", "GOOGLE_API_KEY")
+# The agent's own credentials besides those: never a task's secret, even listed in env_secrets.
+AGENT_VARIABLES = ("HF_TOKEN", "OLLAMA_API_KEY", "GOOGLE_APPLICATION_CREDENTIALS")
 WINDOW = 8  # a run of this many characters of a secret counts as the secret "in part"
 
 
@@ -75,8 +81,8 @@ class SecretResolver:
 
     1. the file $CREDENTIALS_DIRECTORY/NAME: systemd's LoadCredential=NAME:PATH, made for this
        (readable by the service alone, never in its environment); one trailing newline dropped
-    2. the environment variable NAME, but never a route's key variable: those go to their
-       provider only, whoever may post a task
+    2. the environment variable NAME, when `[agent] env_secrets` lists it (an allow-list, as
+       sshd's AcceptEnv: the rest of the environment is the agent's, not the socket's)
     3. `[secrets] NAME` in the config file
 
     Looked up each time, not once at start: a credential or a variable may change while tasks
@@ -91,9 +97,16 @@ class SecretResolver:
         env: Mapping[str, str] | None = None,
         found: Callable[[str], None] = lambda _: None,
     ) -> None:
+        own = [name for name in settings.agent.env_secrets if agents_own(name)]
+        if own:  # listed by mistake: refused at start, not at the first task naming it
+            raise ConfigError(
+                "agent.env_secrets",
+                f"{own[0]} is the agent's own credential, never sent elsewhere; give a task its own secret",
+            )
         self._settings = settings
         self._config_file = config_file
         self._env = os.environ if env is None else env
+        self._env_secrets = frozenset(settings.agent.env_secrets)
         self._found = found
 
     def resolve(self, name: str) -> str | None:
@@ -105,13 +118,15 @@ class SecretResolver:
         return value or None
 
     def unset(self, name: str) -> str:
-        """Why NAME resolves nowhere, and where to put it."""
+        """Why NAME resolves nowhere, and where to put it. The same words whether or not the
+        agent's environment has such a variable: a caller learns nothing of it."""
         where = (
-            f"[secrets] of {self._config_file}, the environment, or the service's credentials "
-            f"(LoadCredential={name}:...)"
+            f"[secrets] of {self._config_file}, the service's credentials (LoadCredential={name}:...), "
+            "or an environment variable of the agent's that [agent] env_secrets lists"
         )
-        if _provider_key(name):
-            return f"secret {name} is a model provider's key, never sent elsewhere: put a secret in {where}"
+        if agents_own(name):
+            own = "is the agent's own credential, never sent elsewhere: give the task its own in"
+            return f"secret {name} {own} {where}"
         return f"secret {name} is not set: put it in {where}"
 
     def _credential(self, name: str) -> str | None:
@@ -126,11 +141,18 @@ class SecretResolver:
         return data.decode(errors="replace").removesuffix("\n").removesuffix("\r")
 
     def _variable(self, name: str) -> str | None:
-        return None if _provider_key(name) else self._env.get(name)
+        return self._env.get(name) if name in self._env_secrets else None
 
 
-def _provider_key(name: str) -> bool:
-    return name in KEY_VARIABLES.values() or name in OTHER_SECRET_VARIABLES
+def agents_own(name: str) -> bool:
+    """Whether an environment variable holds a credential of the agent's own (a route's key, the
+    hub token, a config override such as WAYSTATION_ROUTES__OPENAI__API_KEY)."""
+    return (
+        name in KEY_VARIABLES.values()
+        or name in OTHER_SECRET_VARIABLES
+        or name in AGENT_VARIABLES
+        or name.upper().startswith(ENV_PREFIX)
+    )
 
 
 class Redactor:

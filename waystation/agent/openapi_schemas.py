@@ -101,8 +101,9 @@ SCHEMAS: dict[str, Schema] = {
                     "the tool's arguments. An http_request header's value may name a secret instead "
                     'of holding it, {"secret": "NAME"}: the task keeps the reference, and the agent '
                     "sends the value it finds at delivery in $CREDENTIALS_DIRECTORY/NAME, the "
-                    "environment variable NAME, or [secrets] NAME of its config file, in that order "
-                    "(422 when it is set nowhere when the task is added)"
+                    "environment variable NAME when [agent] env_secrets lists it, or [secrets] NAME "
+                    "of its config file, in that order (422 when it is set nowhere when the task is "
+                    "added)"
                 ),
             },
             "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 255},

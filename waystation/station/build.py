@@ -198,7 +198,8 @@ def _turn_station(
     monitor.listen(announcer.connectivity_changed)
     client = new_client()
     stack.push_async_callback(client.aclose)
-    tools = default_tools(SecretResolver(settings, paths.config_file, found=logs.redact_too))
+    secrets = SecretResolver(settings, paths.config_file, found=logs.redact_too)
+    tools = default_tools(secrets, settings.tools.allow_hosts)
     deliveries = Deliveries(tools, client, settings.queue.delivery_timeout_s)
     models = ModelStore(paths.models)
     router = Router(

@@ -14,6 +14,7 @@ from typing import Any
 from waystation.adapters.tools import DeliveryClient, ToolRegistry
 from waystation.errors import (
     DeliveryError,
+    DestinationRefused,
     InvalidArguments,
     NetworkUnreachable,
     ProviderError,
@@ -45,9 +46,9 @@ class Deliveries:
             return await run_deferred_turn(self._turns, args)
         try:
             answer = await self._tools.get(tool).deliver(self._client, args, idempotency_key, self._timeout_s)
-        except (UnknownTool, InvalidArguments) as exc:
-            # The tool went away in an upgrade, or httpx refused what validation let through:
-            # no later attempt can succeed.
+        except (UnknownTool, InvalidArguments, DestinationRefused) as exc:
+            # The tool went away in an upgrade, httpx refused what validation let through, or a
+            # model's call led to an address it may not reach: no later attempt can succeed.
             return Delivery(Outcome.DEAD, error=exc.message)
         except DeliveryError as exc:  # no answer (NetworkUnreachable), or none that can be read
             return Delivery(Outcome.UNREACHABLE, error=exc.message)

@@ -1,5 +1,7 @@
 """Network tools: what they are (base) and the built-in HTTP ones (http)."""
 
+from collections.abc import Sequence
+
 from waystation.adapters.tools.base import (
     MAX_RESULT_BYTES,
     DeliveryResult,
@@ -11,10 +13,11 @@ from waystation.adapters.tools.http import MAX_REQUEST_BODY_BYTES, HttpRequestTo
 from waystation.adapters.tools.secret_refs import Secrets
 
 
-def default_tools(secrets: Secrets | None = None) -> ToolRegistry:
+def default_tools(secrets: Secrets | None = None, allow_hosts: Sequence[str] = ()) -> ToolRegistry:
     """The built-in network tools: what models and `POST /v1/tasks` may use. `secrets`: where a
-    task's header references resolve (None: they are checked for shape only, and not sent)."""
-    return ToolRegistry([HttpRequestTool(secrets), WebFetchTool()])
+    task's header references resolve (None: they are checked for shape only, and not sent);
+    `allow_hosts`: `[tools] allow_hosts`, where a model's call may reach any address (reach.py)."""
+    return ToolRegistry([HttpRequestTool(secrets, allow_hosts), WebFetchTool(allow_hosts)])
 
 
 __all__ = [

@@ -8,7 +8,7 @@ import functools
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -21,6 +21,7 @@ from waystation.adapters.tools.base import (
 )
 from waystation.adapters.tools.client import DeliveryClient
 from waystation.adapters.tools.deadline import Deadline
+from waystation.adapters.tools.reach import REACH, public_only
 from waystation.adapters.tools.redirects import MAX_REDIRECTS, redirected
 from waystation.adapters.tools.secret_refs import HEADER_VALUE, Secrets, checked_reference, resolved
 from waystation.errors import DeliveryError, InvalidArguments, NetworkUnreachable
@@ -153,8 +154,11 @@ async def _send(
     idempotency_key: str,
     timeout_s: float,
     secret_headers: frozenset[str] = frozenset(),
+    allow_hosts: Sequence[str] = (),
 ) -> DeliveryResult:
-    """One HTTP exchange. No answer raises NetworkUnreachable; any answer is a DeliveryResult."""
+    """One HTTP exchange. No answer raises NetworkUnreachable; any answer is a DeliveryResult. A
+    model's call (`reach` in its args) is held to public addresses where reach.py says, on every
+    hop; one that would connect elsewhere raises DestinationRefused."""
     problem = idempotency_key_problem(idempotency_key)
     if problem is not None:  # refused at enqueue; a task stored by an older version may have one
         raise InvalidArguments(tool, problem)
@@ -180,16 +184,18 @@ async def _send(
     )
     deadline = Deadline(timeout_s)
     started = time.monotonic()
+    reach = request_args.get(REACH)
     try:
         async with deadline.bound():
-            response = await client.send(request)
-            for _ in range(MAX_REDIRECTS):
+            response = await client.send(request, public_only=public_only(reach, 0, request.url, allow_hosts))
+            for hop in range(1, MAX_REDIRECTS + 1):
                 follow = redirected(request, response, secret_headers)
                 if follow is None:
                     break
                 await response.aclose()
                 request = follow
-                response = await client.send(request)
+                held = public_only(reach, hop, request.url, allow_hosts)
+                response = await client.send(request, public_only=held)
     except (TimeoutError, httpx.TimeoutException) as exc:
         raise NetworkUnreachable(f"{_destination_host(url)}: no answer within {timeout_s:g}s") from exc
     except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
@@ -329,8 +335,9 @@ class HttpRequestTool:
     grammar_parameters_without_json: dict[str, object] = {"anyOf": [_READ_CALL, _WRITE_CALL_WITHOUT_JSON]}
     _keys = ("method", "url", "headers", "body", "json")
 
-    def __init__(self, secrets: Secrets | None = None) -> None:
+    def __init__(self, secrets: Secrets | None = None, allow_hosts: Sequence[str] = ()) -> None:
         self._secrets = secrets  # where header references resolve (None: nowhere, in this process)
+        self._allow_hosts = tuple(allow_hosts)  # [tools] allow_hosts: any address, on any hop
 
     def validate(self, args: object, *, allow_secrets: bool = False) -> dict[str, Any]:
         given = _check_keys(self.name, args, self._keys)
@@ -372,7 +379,9 @@ class HttpRequestTool:
         secret_headers = frozenset(name for name, text in headers.items() if not isinstance(text, str))
         if secret_headers:
             args = {**args, "headers": resolved(self.name, headers, self._secrets)}
-        return await _send(self.name, client, args, idempotency_key, timeout_s, secret_headers)
+        return await _send(
+            self.name, client, args, idempotency_key, timeout_s, secret_headers, self._allow_hosts
+        )
 
 
 class WebFetchTool:
@@ -389,6 +398,9 @@ class WebFetchTool:
         "additionalProperties": False,
     }
 
+    def __init__(self, allow_hosts: Sequence[str] = ()) -> None:
+        self._allow_hosts = tuple(allow_hosts)  # [tools] allow_hosts: any address, on any hop
+
     def validate(self, args: object, *, allow_secrets: bool = False) -> dict[str, Any]:
         given = _check_keys(self.name, args, ("url",))
         return {"url": _check_url(self.name, given.get("url"))}
@@ -399,5 +411,7 @@ class WebFetchTool:
     async def deliver(
         self, client: DeliveryClient, args: Mapping[str, Any], idempotency_key: str, timeout_s: float
     ) -> DeliveryResult:
-        request_args = {"method": "GET", "url": args["url"]}
-        return await _send(self.name, client, request_args, idempotency_key, timeout_s)
+        request_args = {"method": "GET", "url": args["url"], REACH: args.get(REACH)}
+        return await _send(
+            self.name, client, request_args, idempotency_key, timeout_s, allow_hosts=self._allow_hosts
+        )

@@ -22,7 +22,7 @@ def redirected(
     the destination did with the request is unknown). Another origin gets neither the
     Idempotency-Key nor a header that may be a credential (named like one, or in `secret_headers`:
     those whose value a task's secret reference gave); an upgrade from http to https on the same
-    host is the same site.
+    host, both on their default ports, is the same site.
     """
     location = response.headers.get("location")
     status, method = response.status_code, request.method
@@ -41,10 +41,7 @@ def redirected(
     if status == 303 and method != "HEAD":
         method, content = "GET", None
         headers.pop("content-type", None)
-    same_site = url.host == request.url.host and (
-        (url.scheme == request.url.scheme and url.port == request.url.port) or url.scheme == "https"
-    )
-    if not same_site:
+    if not (same_origin(request.url, url) or https_upgrade(request.url, url)):
         # Nor the key (idempotency-key), nor anything named like a credential.
         headers = {
             k: v for k, v in headers.items() if not CREDENTIAL_NAME.fullmatch(k) and k not in secret_headers
@@ -52,3 +49,23 @@ def redirected(
     headers.pop("content-length", None)
     headers.pop("host", None)
     return httpx.Request(method, url, headers=headers, content=content, extensions=request.extensions)
+
+
+# Origins as httpx (`_same_origin`, `_is_https_redirect`) and requests (`should_strip_auth`) compare
+# them before they keep Authorization: RFC 6454's scheme, host and port, the port the scheme's
+# default when the URL names none; an http page on port 80 moving to https on 443 stays the site.
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def port_of(url: httpx.URL) -> int | None:
+    """The port a URL connects to: the one it names, else its scheme's default."""
+    return url.port or _DEFAULT_PORTS.get(url.scheme)
+
+
+def same_origin(a: httpx.URL, b: httpx.URL) -> bool:
+    return a.scheme == b.scheme and a.host == b.host and port_of(a) == port_of(b)
+
+
+def https_upgrade(a: httpx.URL, b: httpx.URL) -> bool:
+    """http://host/ to https://host/, both on the scheme's default port (80, then 443)."""
+    return a.host == b.host and (a.scheme, port_of(a), b.scheme, port_of(b)) == ("http", 80, "https", 443)

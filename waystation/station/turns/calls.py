@@ -7,6 +7,11 @@ per distinct call, and results in a form a small model can answer from.
 - A call to a URL the conversation does not name, on a host `[tools] allow_hosts` does not list,
   is refused with a tool result saying so: never sent, never parked. So is a model's write of
   anything but JSON the user gave (station/turns/writes.py).
+- A call carries its reach (adapters/tools/reach.py): a URL the user named may be at any address,
+  one only a tool result named must be at a public one (a page must not steer the model to the
+  host's loopback, its LAN or a metadata address), and so must whatever either redirects to,
+  unless `allow_hosts` lists the host. An address written in the URL is checked here (refused,
+  never parked); a name, when the call connects.
 - A call is identified by its tool and normalized arguments; the same call twice in one turn
   (a resumed model asking again) is one task with one idempotency key, never parked twice.
 - A client's calls (a chat completion's tools) that its `tool` messages already answered are
@@ -26,13 +31,21 @@ import httpx
 from waystation import receipts
 from waystation.adapters.models.base import Message, ToolCall, ToolChoice, ToolSpec, urls_in
 from waystation.adapters.tools import ToolRegistry
-from waystation.errors import InvalidArguments, MalformedRequest, NoUrlToCall, UnknownTool
+from waystation.adapters.tools.reach import (
+    PUBLIC_ONLY,
+    REACH,
+    USER_NAMED,
+    host_listed,
+    public_only,
+    refused_literal,
+)
+from waystation.errors import DestinationRefused, InvalidArguments, MalformedRequest, NoUrlToCall, UnknownTool
 from waystation.ports import Connectivity, Deliver, Outcome
 from waystation.queue.policy import no_answer
 from waystation.queue.tasks import NewTask
 from waystation.station.turns.progress import Progress
 from waystation.station.turns.results import result_for_model, result_summary
-from waystation.station.turns.writes import as_the_user_wrote, host_listed, write_refusal
+from waystation.station.turns.writes import as_the_user_wrote, write_refusal
 
 
 def conversation_urls(messages: Sequence[Message]) -> list[str]:
@@ -145,6 +158,30 @@ def refusal(args: Mapping[str, Any], urls: Sequence[str], allow_hosts: Sequence[
     )
 
 
+def user_urls(messages: Sequence[Message]) -> list[str]:
+    """The URLs the user's own messages name (not a tool result's)."""
+    return urls_in([m for m in messages if m.get("role") == "user"])
+
+
+def reach_of(url: str, users: Sequence[str]) -> str:
+    """A call's reach: user-named when the user's messages name this very URL, else public."""
+    wanted = _normalized(url)
+    return USER_NAMED if any(_normalized(u) == wanted for u in users) else PUBLIC_ONLY
+
+
+def with_reach(args: Mapping[str, Any], users: Sequence[str], allow_hosts: Sequence[str]) -> dict[str, Any]:
+    """The call's args with its reach, or raise DestinationRefused for an address in its URL that
+    the reach does not allow (checked again, with the names resolved, when it connects)."""
+    url = args.get("url")
+    if not isinstance(url, str):
+        return dict(args)
+    reach = reach_of(url, users)
+    refused = refused_literal(httpx.URL(url)) if public_only(reach, 0, url, allow_hosts) else None
+    if refused is not None:
+        raise refused
+    return {**args, REACH: reach}
+
+
 def _normalized(url: str) -> str:
     """A URL as compared with the conversation's: scheme and host in lower case (they ignore
     case), the path and query as written (`%3F` stays `%3F`, and `/A` is not `/a`)."""
@@ -216,6 +253,10 @@ class Caller:
             return True
         message["waystation_key"] = key
         why_not = refusal(args, urls, self._allow_hosts) or write_refusal(args, objects, self._allow_writes)
+        try:
+            args = with_reach(args, user_urls(progress.messages), self._allow_hosts)
+        except DestinationRefused as exc:
+            why_not = why_not or exc.message
         if why_not is not None:
             record["status"] = "refused"
             message["content"] = json.dumps({"error": why_not})

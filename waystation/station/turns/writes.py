@@ -16,8 +16,7 @@ from typing import Any
 import httpx
 
 from waystation.adapters.tools.http import WRITE_METHODS
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+from waystation.adapters.tools.reach import host_listed
 
 
 def is_write(args: Mapping[str, Any]) -> bool:
@@ -75,16 +74,3 @@ def same_json(a: object, b: object) -> bool:
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
     return type(a) is type(b) and a == b
-
-
-def host_listed(url: str, hosts: Sequence[str]) -> bool:
-    """Whether a URL's destination is on a host list (`[tools] allow_hosts`, `allow_writes`): its
-    host, or host:port (the scheme's default port when the URL names none), in any case."""
-    if not hosts:
-        return False
-    parsed = httpx.URL(url)
-    host = parsed.host.lower()
-    written = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
-    port = parsed.port or _DEFAULT_PORTS.get(parsed.scheme)
-    listed = {h.lower() for h in hosts}
-    return bool({host, written, f"{written}:{port}"} & listed)
