@@ -15,12 +15,12 @@ to refuse (text for the log) or None comes out. The agent resolves names (agent/
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from waystation.addresses import is_public, literal_address
 from waystation.checkpoints import SigningKey, VerifierKey
 from waystation.errors import BadCheckpoint, MalformedRequest
 
@@ -121,26 +121,14 @@ def secrets_refusal(args: Any, allowed: Iterable[str]) -> str | None:
 
 
 def inner_address(host: str) -> bool:
-    """Whether a host name or address is this machine, its link or its LAN: loopback
-    (`localhost` and `*.localhost` too, RFC 6761), link-local (cloud metadata), private (RFC 1918,
-    fc00::/7), unspecified, and IPv4 mapped into IPv6 as the same."""
+    """Whether a host name or address is not the public internet's: `localhost` and
+    `*.localhost` (RFC 6761), or an address waystation/addresses.py does not call public
+    (loopback, link-local cloud metadata, private, ...). Another name is judged by what it resolves to."""
     bare = host.strip("[]").lower().rstrip(".")
     if bare == "localhost" or bare.endswith(".localhost"):
         return True
-    try:
-        address = ipaddress.ip_address(bare.split("%")[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return (
-        address.is_loopback
-        or address.is_link_local
-        or address.is_private
-        or address.is_unspecified
-        or address.is_reserved
-        or address.is_multicast
-    )
+    address = literal_address(bare)
+    return address is not None and not is_public(address)
 
 
 def split_destination(destination: str) -> tuple[str, int | None]:
