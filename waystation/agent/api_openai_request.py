@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from waystation.adapters.models import schema_limits
 from waystation.adapters.models.base import Message
 from waystation.errors import MalformedRequest, UnsupportedParameter
 from waystation.station.turns.request import (
@@ -192,6 +193,7 @@ def _tools(raw: Any) -> list[dict[str, Any]]:
             raise MalformedRequest(f"{where}.function.description must be a string")
         parameters = function.get("parameters", {"type": "object", "properties": {}})
         _check_object_schema(parameters, f"{where}.function.parameters")
+        schema_limits.check_schema(parameters, f"{where}.function.parameters")
         tools.append({"name": name, "description": description or "", "parameters": parameters})
     return tools
 
@@ -213,6 +215,7 @@ def _response_schema(raw: Any) -> dict[str, Any] | None:
         if not isinstance(schema, dict):
             raise MalformedRequest("response_format.json_schema.schema must be a JSON Schema object")
         _check_schema(schema, "response_format.json_schema.schema")
+        schema_limits.check_schema(schema, "response_format.json_schema")
         return schema
     raise MalformedRequest("response_format.type must be text, json_object or json_schema")
 

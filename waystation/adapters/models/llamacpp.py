@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from waystation.adapters.models import fast_grammar, grounding
+from waystation.adapters.models import fast_grammar, grounding, schema_limits
 from waystation.adapters.models.base import (
     Generation,
     GenerationRequest,
@@ -143,9 +143,9 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
             urls = urls_to_call(list(request.messages)) or urls_in(messages)
             objects = user_objects(request.messages)
             schema = reply_schema(tools, request.tool_choice, answer_format, urls, objects)
-            grammar = json_grammar(schema, request)
+            grammar = json_grammar(schema, request, llm)
         elif answer_format is not None:  # the answer is the JSON itself, streamed as text
-            grammar = json_grammar(answer_format, request)
+            grammar = json_grammar(answer_format, request, llm)
         if constrained:
             system = handle.formatter(messages=messages[:1]).prompt.encode()
             _warm_prefix(handle, _common_prefix(prompt, llm.tokenize(system, add_bos=False, special=True)))
@@ -328,9 +328,11 @@ def cut_answer(text: str, json_answer: bool = False) -> tuple[str, str]:
 _SCHEMA_ERRORS = (AssertionError, ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError)
 
 
-def json_grammar(schema: Any, request: GenerationRequest) -> Any:
+def json_grammar(schema: Any, request: GenerationRequest, llm: Any = None) -> Any:
     """The grammar for a reply's JSON Schema, or UnsupportedParameter naming the part of the
-    request (a tool's parameters, the response format) that the converter refused."""
+    request (a tool's parameters, the response format) that the converter refused, that asks more
+    of the grammar than llama.cpp enforces (schema_limits.py), or, with `llm`, whose grammar
+    llama.cpp's parser refuses (it would sample with no grammar at all)."""
     from llama_cpp.llama_grammar import LlamaGrammar
 
     def refusal(part: Any) -> BaseException | None:
@@ -340,11 +342,6 @@ def json_grammar(schema: Any, request: GenerationRequest) -> Any:
             return exc
         return None
 
-    try:
-        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-    except _SCHEMA_ERRORS as exc:
-        problem: BaseException = exc
-    name = "tools"  # the tools together, when no part alone is refused
     # Each part as it went into the grammar: a tool's parameters grammar-safe, the format whole.
     parts = [
         (f"tools: function {t.name!r} parameters", _grammar_safe(t.grammar or t.parameters))
@@ -352,6 +349,19 @@ def json_grammar(schema: Any, request: GenerationRequest) -> Any:
     ]
     if request.response_format is not None:
         parts.append(("response_format", request.response_format))
+    for part_name, part in parts:
+        schema_limits.check_schema(part, part_name)
+    whole = "response_format" if not request.tools or request.tool_choice == "none" else "tools"
+    try:
+        grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    except _SCHEMA_ERRORS as exc:
+        problem: BaseException = exc
+    else:
+        schema_limits.check_grammar(grammar._grammar, whole)
+        if llm is not None and not fast_grammar.parses(llm, grammar):
+            raise UnsupportedParameter(whole, "llama.cpp refuses the grammar this JSON Schema makes")
+        return grammar
+    name = "tools"  # the tools together, when no part alone is refused
     for part_name, part in parts:
         if (refused := refusal(part)) is not None:
             name, problem = part_name, refused
