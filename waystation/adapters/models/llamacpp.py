@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from waystation.adapters.models import fast_grammar, grounding, schema_limits
+from waystation.adapters.models import fast_grammar, grounding, prompt_size, schema_limits
 from waystation.adapters.models.base import (
     Generation,
     GenerationRequest,
@@ -54,6 +54,7 @@ CHATML = (
 class Loaded:
     llm: Any  # llama_cpp.Llama
     formatter: Any  # llama_cpp.llama_chat_format.Jinja2ChatFormatter: the model's own template
+    boundary: str  # a special token ending each turn, where a prompt is cut to tokenize it (prompt_size)
     # The evaluated state of system blocks that carry tool instructions, by their tokens: a tool
     # turn after some other turn restores it instead of evaluating the instructions again.
     warm: dict[tuple[int, ...], Any] = field(default_factory=dict)
@@ -123,7 +124,8 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         template = llm.metadata.get("tokenizer.chat_template") or CHATML
         eos = llm.detokenize([llm.token_eos()], special=True).decode(errors="replace")
         bos = llm.detokenize([llm.token_bos()], special=True).decode(errors="replace")
-        return Loaded(llm, Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos))
+        formatter = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
+        return Loaded(llm, formatter, prompt_size.special_boundary(llm, eos))
 
     def unload_blocking(self, handle: Loaded) -> None:
         handle.llm.close()
@@ -194,12 +196,15 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
                 messages = [_plain(m) for m in grounding.grounded(request.messages, budget)]
                 if request.response_format is not None:
                     messages = _with_system(messages, format_instructions(request.response_format))
-            formatted = handle.formatter(messages=messages)
-            prompt = llm.tokenize(formatted.prompt.encode(), add_bos=False, special=True)
-            if len(prompt) <= room:
-                return messages, formatted, prompt
+            size, counted = prompt_size.at_least(messages), False  # too long already? then no templating
+            if size <= room:
+                formatted = handle.formatter(messages=messages)
+                prompt = prompt_size.tokenized(llm, formatted.prompt, handle.boundary)
+                size, counted = len(prompt), True
+                if size <= room:
+                    return messages, formatted, prompt
             if budget <= grounding.CHUNK_CHARS or not grounding.has_any_results(request.messages):
-                raise PromptTooLong(len(prompt), room)
+                raise PromptTooLong(size, room, at_least=not counted)
             budget //= 2
 
     def _decode(
