@@ -11,7 +11,7 @@ import pytest
 
 from waystation.adapters.models import schema_limits
 from waystation.adapters.models.base import GenerationRequest, ToolSpec
-from waystation.adapters.models.llamacpp import json_grammar
+from waystation.adapters.models.llamacpp import json_grammar, reply_schema
 from waystation.agent.api_openai_request import chat_request
 from waystation.errors import UnsupportedParameter
 
@@ -99,9 +99,17 @@ def test_a_chat_completion_past_a_bound_is_a_400_before_any_turn() -> None:
     assert caught.value.parameter == "tools[0].function.parameters"
 
 
-def test_a_tool_schema_from_elsewhere_is_bounded_where_the_grammar_is_built() -> None:
-    """An MCP server's tool schema never passes through a chat body: the backend checks it too."""
-    spec = ToolSpec(name="srv__lookup", description="", parameters=with_property(maxLength=20_000))
-    request = GenerationRequest(messages=ASK, tools=[spec])
-    with pytest.raises(UnsupportedParameter, match=r"maxLength 20000 at \$\.properties\.x exceeds 1000"):
-        json_grammar(spec.parameters, request)
+def test_where_the_grammar_is_built_a_format_is_refused_and_a_tools_grammar_loosened() -> None:
+    """What never passed through a chat body is bounded where the grammar is built: a response
+    format past a bound is refused; an MCP server's tool (not the caller's to fix) gets a grammar
+    without the keyword, and the tool checks its arguments itself."""
+    answer = GenerationRequest(messages=ASK, response_format=with_property(maxLength=20_000))
+    with pytest.raises(UnsupportedParameter, match=r"^response_format: maxLength 20000 at \$\.properties\.x"):
+        json_grammar(answer.response_format, answer)
+    spec = ToolSpec(
+        name="srv__lookup", description="", parameters=with_property(maxLength=20_000, minLength=2)
+    )
+    call = GenerationRequest(messages=ASK, tools=[spec], tool_choice="required")
+    grammar = json_grammar(reply_schema([spec], "required", None, [], []), call)
+    assert "char{0,20000}" not in grammar._grammar and "(char (char" not in grammar._grammar
+    assert "char char" in grammar._grammar  # minLength 2 stays

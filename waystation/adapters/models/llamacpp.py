@@ -512,13 +512,19 @@ def _grammar_safe(schema: Any) -> Any:
 
     A small model offered an optional `headers` object or `body` string fills it with rambling
     until max_tokens; required arguments and optional enums (like `method`) are what it needs.
-    The tool still validates the arguments it receives against its full schema.
+    A repetition past what llama.cpp enforces (an MCP server's `maxLength: 5000`) is left out
+    too: a looser grammar (schema_limits.py). The tool still validates the arguments it receives
+    against its full schema.
     """
     if isinstance(schema, list):
         return [_grammar_safe(v) for v in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: _grammar_safe(v) for k, v in schema.items() if k not in ("description", "default", "title")}
+    out = {
+        k: _grammar_safe(v)
+        for k, v in schema.items()
+        if k not in ("description", "default", "title") and not schema_limits.past_bound(k, v)
+    }
     if isinstance(schema.get("properties"), dict):
         required = set(schema.get("required", []))
         out["properties"] = {

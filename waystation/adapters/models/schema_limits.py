@@ -14,7 +14,10 @@ Outputs limits, so a schema OpenAI takes is taken here; nesting counts every sub
 (OpenAI counts objects), as the converter and these checks recurse through each. A refusal is a
 400 naming the keyword, where it is (`$.properties.x`) and the limit.
 
-`check_grammar` is the backstop behind the keyword bounds: the grammar as built, whatever wrote
+A tool's schema that does not come from the request (an MCP server's, a built-in) is not the
+caller's to fix: its grammar leaves out a keyword past a bound (`past_bound`), as a looser
+grammar, and the tool still checks the arguments it gets. `check_grammar` is the backstop behind
+the keyword bounds: the grammar as built, whatever wrote
 it, may nest its groups no deeper than llama.cpp parses safely.
 """
 
@@ -84,6 +87,17 @@ def check_schema(schema: Any, where: str) -> None:
             _refuse(
                 where, f"property names, enum and const values over {NAME_CHARS_LIMIT} characters (at {path})"
             )
+
+
+def past_bound(keyword: str, value: Any) -> bool:
+    """Whether one keyword of a subschema asks more repetitions of the grammar than the bounds
+    allow: a tool's grammar leaves it out (looser, never wrong: the tool checks its arguments)."""
+    if keyword in REPETITION_KEYWORDS:
+        return isinstance(value, int | float) and value > REPETITION_LIMIT
+    if keyword == "pattern" and isinstance(value, str):
+        single, nested = _repetitions(value)
+        return single > REPETITION_LIMIT or nested > NESTED_REPETITION_LIMIT
+    return False
 
 
 def _check_pattern(pattern: str, path: str, where: str) -> None:
