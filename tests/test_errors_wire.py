@@ -46,6 +46,7 @@ SAMPLES: dict[str, Callable[[str], Any]] = {
     "int | None": lambda name: 3,
     "float": lambda name: 2.5,
     "float | None": lambda name: 1.5,
+    "bool": lambda name: True,
 }
 
 

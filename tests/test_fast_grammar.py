@@ -97,3 +97,15 @@ def test_tokens_the_grammar_refuses_are_found_before_it_is_made_to_take_them(mod
     )
     assert not fast_grammar.accepts(checked, tight, checked.tokenize(b'["a", "b"]', add_bos=False))
     assert fast_grammar.accepts(checked, tight, checked.tokenize(b'["a", "b", "c"]', add_bos=False))
+
+
+def test_a_grammar_llama_cpp_refuses_is_found_before_it_samples_without_one(models: tuple[Any, Any]) -> None:
+    """Past 1,000 nested repetitions llama.cpp's parser refuses the grammar and sampling goes on
+    with none at all; `parses` says so, so the backend can refuse the schema instead."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    _, checked = models
+    for length, parses in ((1_000, True), (1_001, False)):
+        schema = {"type": "object", "properties": {"x": {"type": "string", "maxLength": length}}}
+        grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        assert fast_grammar.parses(checked, grammar) is parses

@@ -8,6 +8,7 @@ tests measure the bookkeeping, not llama.cpp. tests/test_models_loaded.py runs r
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from pathlib import Path
 
@@ -189,13 +190,30 @@ async def test_keep_alive_sets_when_the_model_unloads_and_negative_keeps_it() ->
         (-1, -1.0),
         ("-5m", -1.0),
         (None, None),
+        # Go's time.ParseDuration, which Ollama reads keep_alive with: a unit may come again
+        # ("5m5m" is 10m there too), and its smaller units.
+        ("5m5m", 600.0),
+        ("1.5h", 5400.0),
+        ("2us", 2e-6),
+        ("3\u00b5s", 3e-6),
+        ("+5m", 300.0),
     ],
 )
 def test_keep_alive_reads_ollamas_forms(value: object, seconds: float | None) -> None:
     assert keep_alive(value) == seconds
 
 
-@pytest.mark.parametrize("value", ["", "soon", "5x", "m", "5m3", "nan", "inf", True, [], {}, 1e12, 10**400])
+@pytest.mark.parametrize("value", ["-0", "-0s", "-0m0s", -0.0, "-0.0"])
+def test_a_negative_zero_keep_alive_is_zero_never_forever(value: object) -> None:
+    """Go reads "-0" as 0 (Ollama then unloads at once); it was kept as -0.0, a zero that reads as
+    negative once it is written out and read back (issue 20, item 16)."""
+    seconds = keep_alive(value)
+    assert seconds == 0.0 and math.copysign(1.0, seconds) == 1.0
+
+
+@pytest.mark.parametrize(
+    "value", ["", "soon", "5x", "m", "5m3", "nan", "inf", "-+5m", "--5m", True, [], {}, 1e12, 10**400]
+)
 def test_a_bad_keep_alive_is_refused_naming_it(value: object) -> None:
     with pytest.raises(MalformedRequest, match="keep_alive must be"):
         keep_alive(value)

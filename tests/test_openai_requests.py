@@ -113,6 +113,16 @@ def test_n_above_one_is_refused_by_name() -> None:
         chat_request(body(n=2))
     assert caught.value.parameter == "n" and caught.value.http_status == 400
     assert chat_request(body(n=1)).turn.max_tokens == 256
+
+
+@pytest.mark.parametrize("name", ["max_tokens", "max_completion_tokens"])
+def test_max_tokens_zero_is_a_400_as_openai_answers_it(name: str) -> None:
+    """0 was read as "unset" and became 256 (issue 20, item 16)."""
+    with pytest.raises(MalformedRequest, match=f"^{name} must be at least 1, not 0$"):
+        chat_request(body(**{name: 0}))
+    assert chat_request(body(**{name: 7})).turn.max_tokens == 7
+    assert chat_request(body(max_completion_tokens=5, max_tokens=9)).turn.max_tokens == 5
+    assert chat_request(body(max_completion_tokens=None, max_tokens=9)).turn.max_tokens == 9
     with pytest.raises(MalformedRequest, match="n must"):
         chat_request(body(n=0))
 

@@ -364,15 +364,34 @@ def test_a_schema_the_grammar_cannot_express_is_a_400_naming_it(client: openai.O
     assert "Pattern" in caught.value.body["message"]  # type: ignore[index]
     # Streamed: still a 400 before any chunk, not an error inside a stream that began.
     schema = {"type": "object", "properties": {"code": unanchored}, "required": ["code"]}
+    assert refused_format(client, schema, stream=True)["details"]["parameter"] == "response_format"
+    assert agent.api("GET", "/v1/status").status_code == 200
+
+
+def refused_format(client: openai.OpenAI, schema: dict[str, Any], **extra: Any) -> Any:
+    """The 400's body for an answer held to `schema`."""
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(
             model="gpt-4o",
             messages=ASK,
             response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
             max_tokens=MAX_TOKENS,
-            stream=True,
+            **extra,
         )
-    assert caught.value.body["details"]["parameter"] == "response_format"  # type: ignore[index]
+    return caught.value.body
+
+
+def test_a_schema_past_what_the_grammar_enforces_is_a_400_and_the_agent_lives(
+    client: openai.OpenAI, agent: Agent
+) -> None:
+    """maxLength 20,000 made llama.cpp's grammar parser overflow its stack: SIGSEGV, the agent
+    gone; 1,500 made it refuse the grammar and answer with none (issue 20, item 8)."""
+    for length in (20_000, 1_500):
+        schema = {"type": "object", "properties": {"x": {"type": "string", "maxLength": length}}}
+        body = refused_format(client, schema)
+        assert body["details"]["parameter"] == "response_format.json_schema"
+        assert f"maxLength {length} at $.properties.x exceeds 1000" in body["message"]
+    assert agent.running()
     assert agent.api("GET", "/v1/status").status_code == 200
 
 

@@ -22,7 +22,8 @@
     │   ├── NoUrlToCall(tool_choice) a call was demanded and the prompt names no URL (400)
     │   ├── UnsupportedParameter(parameter, problem)  one we cannot honour, never dropped (400)
     │   ├── BadCheckpoint            a checkpoint, proof or key malformed or not signed so (422)
-    │   └── PromptTooLong            longer than the model's context (400)
+    │   ├── PromptTooLong            longer than the model's context (400)
+    │   └── TooManyItems(parameter)  more messages or tools than a request may hold (400)
     ├── ModelError(path)             the model file cannot be used: missing, not a model, too big (422)
     ├── UnknownModel(name)           no model of that name in the state directory's models/ (404)
     ├── ModelConflict(name, problem) the name is taken, a pull of it is under way, ... (409)
@@ -276,10 +277,25 @@ class BadCheckpoint(InputError):
 class PromptTooLong(InputError):
     code = "prompt_too_long"
 
-    def __init__(self, tokens: int, context: int) -> None:
-        super().__init__(f"the prompt is {tokens} tokens; the model's context holds {context}")
+    def __init__(self, tokens: int, context: int, at_least: bool = False) -> None:
+        size = f"at least {tokens}" if at_least else f"{tokens}"  # at least: counted from its characters
+        super().__init__(f"the prompt is {size} tokens; the model's context holds {context}")
         self.tokens = tokens
         self.context = context
+        self.at_least = at_least
+
+
+class TooManyItems(InputError):
+    """A list in a request longer than we take, as OpenAI refuses one (its code and limits:
+    2,048 messages, 128 tools): refused before any of it is read further."""
+
+    code = "array_above_max_length"
+
+    def __init__(self, parameter: str, count: int, limit: int) -> None:
+        super().__init__(f"{parameter}: array too long, {count} items; at most {limit}")
+        self.parameter = parameter
+        self.count = count
+        self.limit = limit
 
 
 class ModelError(WaystationError):

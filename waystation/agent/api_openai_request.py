@@ -15,8 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from waystation.adapters.models import schema_limits
 from waystation.adapters.models.base import Message
-from waystation.errors import MalformedRequest, UnsupportedParameter
+from waystation.errors import MalformedRequest, TooManyItems, UnsupportedParameter
 from waystation.station.turns.request import (
     MAX_TOKENS_LIMIT,
     TurnRequest,
@@ -29,6 +30,11 @@ ROLES = {"system": "system", "developer": "system", "user": "user", "assistant":
 JSON_TYPES = ("string", "number", "integer", "boolean", "object", "array", "null")
 FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for function names
 MAX_STOP = 4  # OpenAI's limit on stop sequences
+# OpenAI's limits on the lists of a request (its `array_above_max_length`). More messages than
+# this cannot fit a local model's context anyway (each costs tokens of the template), and one
+# request of 40,000 held the model for minutes before it was refused.
+MAX_MESSAGES = 2048
+MAX_TOOLS = 128
 
 # Parameters we refuse unless they hold the value that asks for nothing (None, False, empty).
 REFUSED: dict[str, str] = {
@@ -71,7 +77,8 @@ def chat_request(body: Mapping[str, Any]) -> ChatRequest:
         temperature = 0.0
     if not isinstance(temperature, int | float) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
         raise MalformedRequest("temperature must be a number between 0 and 2")
-    limit = body.get("max_completion_tokens") or body.get("max_tokens") or 256
+    # OpenAI's newer name wins; 0 is a 400 as OpenAI answers it, never read as "unset" (it was 256).
+    limit = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     tools = _tools(body.get("tools"))
     choice = tool_choice(body.get("tool_choice", "auto" if tools else "none"))
     if choice != "none" and not tools and choice != "auto":
@@ -89,7 +96,7 @@ def chat_request(body: Mapping[str, Any]) -> ChatRequest:
         model=model,
         messages=_messages(body.get("messages")),
         temperature=float(temperature),
-        max_tokens=bounded_int({"max_tokens": limit}, "max_tokens", 256, MAX_TOKENS_LIMIT),
+        max_tokens=bounded_int(body, limit, 256, MAX_TOKENS_LIMIT),
         tool_choice=choice if tools else "none",
         client_tools=tools,
         response_format=_response_schema(body.get("response_format")),
@@ -114,6 +121,8 @@ def _stop(raw: Any) -> list[str] | None:
 def _messages(raw: Any) -> list[Message]:
     if not isinstance(raw, list) or not raw:
         raise MalformedRequest("messages must be a non-empty list of {role, content} objects")
+    if len(raw) > MAX_MESSAGES:
+        raise TooManyItems("messages", len(raw), MAX_MESSAGES)
     return [_message(m, i) for i, m in enumerate(raw)]
 
 
@@ -176,6 +185,8 @@ def _tools(raw: Any) -> list[dict[str, Any]]:
         return []
     if not isinstance(raw, list):
         raise MalformedRequest('tools must be a list of {"type": "function", "function": {...}} objects')
+    if len(raw) > MAX_TOOLS:
+        raise TooManyItems("tools", len(raw), MAX_TOOLS)
     tools: list[dict[str, Any]] = []
     for i, tool in enumerate(raw):
         where = f"tools[{i}]"
@@ -192,6 +203,7 @@ def _tools(raw: Any) -> list[dict[str, Any]]:
             raise MalformedRequest(f"{where}.function.description must be a string")
         parameters = function.get("parameters", {"type": "object", "properties": {}})
         _check_object_schema(parameters, f"{where}.function.parameters")
+        schema_limits.check_schema(parameters, f"{where}.function.parameters")
         tools.append({"name": name, "description": description or "", "parameters": parameters})
     return tools
 
@@ -213,6 +225,7 @@ def _response_schema(raw: Any) -> dict[str, Any] | None:
         if not isinstance(schema, dict):
             raise MalformedRequest("response_format.json_schema.schema must be a JSON Schema object")
         _check_schema(schema, "response_format.json_schema.schema")
+        schema_limits.check_schema(schema, "response_format.json_schema")
         return schema
     raise MalformedRequest("response_format.type must be text, json_object or json_schema")
 

@@ -411,13 +411,18 @@ SCHEMAS: dict[str, Schema] = {
         "type": "object",
         "properties": {
             "model": {"type": "string"},
-            "messages": {"type": "array", "items": ref("ChatMessage"), "minItems": 1},
+            "messages": {"type": "array", "items": ref("ChatMessage"), "minItems": 1, "maxItems": 2048},
             "temperature": {"type": "number", "minimum": 0, "maximum": 2},
             "max_tokens": {"type": "integer", "minimum": 1, "maximum": 8192},
             "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": 8192},
             "stream": {"type": "boolean"},
             "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
-            "tools": {"type": "array", "items": {"type": "object"}, "description": "OpenAI function tools"},
+            "tools": {
+                "type": "array",
+                "items": {"type": "object"},
+                "maxItems": 128,
+                "description": "OpenAI function tools",
+            },
             "tool_choice": {
                 "oneOf": [{"type": "string", "enum": ["auto", "none", "required"]}, {"type": "object"}]
             },

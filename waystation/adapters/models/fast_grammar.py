@@ -146,3 +146,17 @@ def accepts(llm: Any, grammar: Any, tokens: Sequence[int]) -> bool:
         return True
     finally:
         llama_cpp.llama_sampler_free(sampler)
+
+
+def parses(llm: Any, grammar: Any) -> bool:
+    """Whether llama.cpp's parser takes the grammar. Where it does not, its sampler is NULL and
+    generation goes on with no grammar at all: the answer silently ignores the schema."""
+    import llama_cpp
+
+    sampler = llama_cpp.llama_sampler_init_grammar(
+        llm._model.vocab, grammar._grammar.encode(), grammar._root.encode()
+    )
+    if not sampler:
+        return False
+    llama_cpp.llama_sampler_free(sampler)
+    return True

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from waystation.adapters.models import fast_grammar, grounding
+from waystation.adapters.models import fast_grammar, grounding, prompt_size, schema_limits
 from waystation.adapters.models.base import (
     Generation,
     GenerationRequest,
@@ -54,6 +54,7 @@ CHATML = (
 class Loaded:
     llm: Any  # llama_cpp.Llama
     formatter: Any  # llama_cpp.llama_chat_format.Jinja2ChatFormatter: the model's own template
+    boundary: str  # a special token ending each turn, where a prompt is cut to tokenize it (prompt_size)
     # The evaluated state of system blocks that carry tool instructions, by their tokens: a tool
     # turn after some other turn restores it instead of evaluating the instructions again.
     warm: dict[tuple[int, ...], Any] = field(default_factory=dict)
@@ -123,7 +124,8 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         template = llm.metadata.get("tokenizer.chat_template") or CHATML
         eos = llm.detokenize([llm.token_eos()], special=True).decode(errors="replace")
         bos = llm.detokenize([llm.token_bos()], special=True).decode(errors="replace")
-        return Loaded(llm, Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos))
+        formatter = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
+        return Loaded(llm, formatter, prompt_size.special_boundary(llm, eos))
 
     def unload_blocking(self, handle: Loaded) -> None:
         handle.llm.close()
@@ -143,9 +145,9 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
             urls = urls_to_call(list(request.messages)) or urls_in(messages)
             objects = user_objects(request.messages)
             schema = reply_schema(tools, request.tool_choice, answer_format, urls, objects)
-            grammar = json_grammar(schema, request)
+            grammar = json_grammar(schema, request, llm)
         elif answer_format is not None:  # the answer is the JSON itself, streamed as text
-            grammar = json_grammar(answer_format, request)
+            grammar = json_grammar(answer_format, request, llm)
         if constrained:
             system = handle.formatter(messages=messages[:1]).prompt.encode()
             _warm_prefix(handle, _common_prefix(prompt, llm.tokenize(system, add_bos=False, special=True)))
@@ -194,12 +196,15 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
                 messages = [_plain(m) for m in grounding.grounded(request.messages, budget)]
                 if request.response_format is not None:
                     messages = _with_system(messages, format_instructions(request.response_format))
-            formatted = handle.formatter(messages=messages)
-            prompt = llm.tokenize(formatted.prompt.encode(), add_bos=False, special=True)
-            if len(prompt) <= room:
-                return messages, formatted, prompt
+            size, counted = prompt_size.at_least(messages), False  # too long already? then no templating
+            if size <= room:
+                formatted = handle.formatter(messages=messages)
+                prompt = prompt_size.tokenized(llm, formatted.prompt, handle.boundary)
+                size, counted = len(prompt), True
+                if size <= room:
+                    return messages, formatted, prompt
             if budget <= grounding.CHUNK_CHARS or not grounding.has_any_results(request.messages):
-                raise PromptTooLong(len(prompt), room)
+                raise PromptTooLong(size, room, at_least=not counted)
             budget //= 2
 
     def _decode(
@@ -328,9 +333,11 @@ def cut_answer(text: str, json_answer: bool = False) -> tuple[str, str]:
 _SCHEMA_ERRORS = (AssertionError, ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError)
 
 
-def json_grammar(schema: Any, request: GenerationRequest) -> Any:
+def json_grammar(schema: Any, request: GenerationRequest, llm: Any = None) -> Any:
     """The grammar for a reply's JSON Schema, or UnsupportedParameter naming the part of the
-    request (a tool's parameters, the response format) that the converter refused."""
+    request (a tool's parameters, the response format) that the converter refused, that asks more
+    of the grammar than llama.cpp enforces (schema_limits.py), or, with `llm`, whose grammar
+    llama.cpp's parser refuses (it would sample with no grammar at all)."""
     from llama_cpp.llama_grammar import LlamaGrammar
 
     def refusal(part: Any) -> BaseException | None:
@@ -340,11 +347,6 @@ def json_grammar(schema: Any, request: GenerationRequest) -> Any:
             return exc
         return None
 
-    try:
-        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-    except _SCHEMA_ERRORS as exc:
-        problem: BaseException = exc
-    name = "tools"  # the tools together, when no part alone is refused
     # Each part as it went into the grammar: a tool's parameters grammar-safe, the format whole.
     parts = [
         (f"tools: function {t.name!r} parameters", _grammar_safe(t.grammar or t.parameters))
@@ -352,6 +354,19 @@ def json_grammar(schema: Any, request: GenerationRequest) -> Any:
     ]
     if request.response_format is not None:
         parts.append(("response_format", request.response_format))
+    for part_name, part in parts:
+        schema_limits.check_schema(part, part_name)
+    whole = "response_format" if not request.tools or request.tool_choice == "none" else "tools"
+    try:
+        grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    except _SCHEMA_ERRORS as exc:
+        problem: BaseException = exc
+    else:
+        schema_limits.check_grammar(grammar._grammar, whole)
+        if llm is not None and not fast_grammar.parses(llm, grammar):
+            raise UnsupportedParameter(whole, "llama.cpp refuses the grammar this JSON Schema makes")
+        return grammar
+    name = "tools"  # the tools together, when no part alone is refused
     for part_name, part in parts:
         if (refused := refusal(part)) is not None:
             name, problem = part_name, refused
@@ -497,13 +512,19 @@ def _grammar_safe(schema: Any) -> Any:
 
     A small model offered an optional `headers` object or `body` string fills it with rambling
     until max_tokens; required arguments and optional enums (like `method`) are what it needs.
-    The tool still validates the arguments it receives against its full schema.
+    A repetition past what llama.cpp enforces (an MCP server's `maxLength: 5000`) is left out
+    too: a looser grammar (schema_limits.py). The tool still validates the arguments it receives
+    against its full schema.
     """
     if isinstance(schema, list):
         return [_grammar_safe(v) for v in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: _grammar_safe(v) for k, v in schema.items() if k not in ("description", "default", "title")}
+    out = {
+        k: _grammar_safe(v)
+        for k, v in schema.items()
+        if k not in ("description", "default", "title") and not schema_limits.past_bound(k, v)
+    }
     if isinstance(schema.get("properties"), dict):
         required = set(schema.get("required", []))
         out["properties"] = {

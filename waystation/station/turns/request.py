@@ -87,8 +87,19 @@ def turn_request(body: Mapping[str, Any]) -> TurnRequest:
 
 
 KEEP_ALIVE_MAX_S = 10 * 365 * 86400  # beyond any uptime; a longer one is a typo, or "forever" (-1)
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Go's time.ParseDuration, as Ollama reads keep_alive: numbers with units, any of them any number of
+# times ("5m5m" is 10m in Go and in Ollama), longest unit names first so "ms" is not "m" + "s".
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_UNIT_S = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "\u00b5s": 1e-6,
+    "\u03bcs": 1e-6,
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
 KEEP_ALIVE_PROBLEM = (
     'keep_alive must be a number of seconds or a duration such as "30s", "5m", "1h30m" '
     f"(0: unload at once, negative: keep loaded; at most {KEEP_ALIVE_MAX_S // 3600}h)"
@@ -96,8 +107,9 @@ KEEP_ALIVE_PROBLEM = (
 
 
 def keep_alive(value: Any) -> float | None:
-    """Ollama's keep_alive in seconds: a number of seconds, or a Go-style duration ("5m",
-    "1h30m", "-1s"; a bare number reads as seconds too); any negative value is -1 (forever)."""
+    """Ollama's keep_alive in seconds: a number of seconds, or a Go duration ("5m", "1h30m",
+    "-1s"; a bare number reads as seconds too); any negative value is -1 (forever). A negative
+    zero ("-0", "-0s", -0.0) is zero, as in Go and Ollama: unload at once, never "forever"."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -105,12 +117,12 @@ def keep_alive(value: Any) -> float | None:
     seconds = value if not isinstance(value, str) else _duration(value.strip())
     if seconds is None or not -math.inf < seconds <= KEEP_ALIVE_MAX_S:  # no NaN, no ±inf
         raise MalformedRequest(KEEP_ALIVE_PROBLEM)
-    return -1.0 if seconds < 0 else float(seconds)
+    return -1.0 if seconds < 0 else float(seconds) + 0.0  # + 0.0: -0.0 becomes 0.0
 
 
 def _duration(text: str) -> float | None:
     sign = -1.0 if text.startswith("-") else 1.0
-    text = text.removeprefix("-").removeprefix("+")
+    text = text[1:] if text[:1] in ("-", "+") else text  # one sign, as Go takes
     try:
         return sign * float(text) if text and text[-1].isdigit() else _units(text, sign)
     except ValueError:
@@ -147,6 +159,10 @@ def bounded_int(body: Mapping[str, Any], name: str, default: int, maximum: int) 
     value = body.get(name, default)
     if value is None:
         return default
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= maximum:
+    if not isinstance(value, int) or isinstance(value, bool):
         raise MalformedRequest(f"{name} must be an integer between 1 and {maximum}")
+    if value < 1:  # OpenAI's answer to max_tokens 0
+        raise MalformedRequest(f"{name} must be at least 1, not {value}")
+    if value > maximum:
+        raise MalformedRequest(f"{name} must be at most {maximum}, not {value}")
     return value
