@@ -8,7 +8,6 @@ tests measure the bookkeeping, not llama.cpp. tests/test_models_loaded.py runs r
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from pathlib import Path
 
@@ -190,9 +189,8 @@ async def test_keep_alive_sets_when_the_model_unloads_and_negative_keeps_it() ->
         (-1, -1.0),
         ("-5m", -1.0),
         (None, None),
-        # Go's time.ParseDuration, which Ollama reads keep_alive with: a unit may come again
-        # ("5m5m" is 10m there too), and its smaller units.
-        ("5m5m", 600.0),
+        # Go's time.ParseDuration, which Ollama reads keep_alive with, and its smaller units.
+        ("1h30m", 5400.0),
         ("1.5h", 5400.0),
         ("2us", 2e-6),
         ("3\u00b5s", 3e-6),
@@ -204,11 +202,17 @@ def test_keep_alive_reads_ollamas_forms(value: object, seconds: float | None) ->
 
 
 @pytest.mark.parametrize("value", ["-0", "-0s", "-0m0s", -0.0, "-0.0"])
-def test_a_negative_zero_keep_alive_is_zero_never_forever(value: object) -> None:
-    """Go reads "-0" as 0 (Ollama then unloads at once); it was kept as -0.0, a zero that reads as
-    negative once it is written out and read back (issue 20, item 16)."""
-    seconds = keep_alive(value)
-    assert seconds == 0.0 and math.copysign(1.0, seconds) == 1.0
+def test_a_negative_zero_keep_alive_is_refused(value: object) -> None:
+    """Neither "unload at once" (0) nor "keep loaded" (negative): it was kept as -0.0, a zero that
+    reads as negative once written out and read back (issue 20, item 16)."""
+    with pytest.raises(MalformedRequest, match="negative zero"):
+        keep_alive(value)
+
+
+def test_a_unit_given_twice_is_refused() -> None:
+    """Go adds "5m5m" up to 10m; here it is a typo, refused (issue 20, item 16)."""
+    with pytest.raises(MalformedRequest, match="keep_alive must be"):
+        keep_alive("5m5m")
 
 
 @pytest.mark.parametrize(

@@ -87,8 +87,9 @@ def turn_request(body: Mapping[str, Any]) -> TurnRequest:
 
 
 KEEP_ALIVE_MAX_S = 10 * 365 * 86400  # beyond any uptime; a longer one is a typo, or "forever" (-1)
-# Go's time.ParseDuration, as Ollama reads keep_alive: numbers with units, any of them any number of
-# times ("5m5m" is 10m in Go and in Ollama), longest unit names first so "ms" is not "m" + "s".
+# Go's time.ParseDuration, as Ollama reads keep_alive: numbers with units, longest unit names first
+# so "ms" is not "m" + "s". Stricter than Go in two ways, both typos rather than intents: a unit
+# given twice ("5m5m", 10m in Go) and a negative zero ("-0": neither "unload" nor "forever").
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
 _UNIT_S = {
     "ns": 1e-9,
@@ -109,7 +110,7 @@ KEEP_ALIVE_PROBLEM = (
 def keep_alive(value: Any) -> float | None:
     """Ollama's keep_alive in seconds: a number of seconds, or a Go duration ("5m", "1h30m",
     "-1s"; a bare number reads as seconds too); any negative value is -1 (forever). A negative
-    zero ("-0", "-0s", -0.0) is zero, as in Go and Ollama: unload at once, never "forever"."""
+    zero ("-0", "-0s", -0.0) is refused: 0 unloads at once, -1 keeps loaded."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -117,7 +118,11 @@ def keep_alive(value: Any) -> float | None:
     seconds = value if not isinstance(value, str) else _duration(value.strip())
     if seconds is None or not -math.inf < seconds <= KEEP_ALIVE_MAX_S:  # no NaN, no ±inf
         raise MalformedRequest(KEEP_ALIVE_PROBLEM)
-    return -1.0 if seconds < 0 else float(seconds) + 0.0  # + 0.0: -0.0 becomes 0.0
+    if seconds == 0 and math.copysign(1.0, seconds) < 0:
+        raise MalformedRequest(
+            f"keep_alive {value!r} is a negative zero: say 0 to unload at once, -1 to keep loaded"
+        )
+    return -1.0 if seconds < 0 else float(seconds)
 
 
 def _duration(text: str) -> float | None:
@@ -130,11 +135,12 @@ def _duration(text: str) -> float | None:
 
 
 def _units(text: str, sign: float) -> float | None:
-    total, at = 0.0, 0
+    total, at, units = 0.0, 0, set()
     while at < len(text):
         part = _DURATION_PART.match(text, at)
-        if part is None:
+        if part is None or part[2] in units:
             return None
+        units.add(part[2])
         total += float(part[1]) * _UNIT_S[part[2]]
         at = part.end()
     return sign * total if text else None
