@@ -7,6 +7,7 @@ database and store, the shipped RecordingAnnouncer, and a stand-in flusher (`hel
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +31,7 @@ from waystation.queue.tasks import NewTask, Task
 from waystation.receipts import verify_database
 from waystation.station.announce import Announcer
 from waystation.station.build import Station
+from waystation.station.turns.records import TurnRow, save_turn
 from waystation.testing import RecordingAnnouncer
 
 SETTINGS = QueueSettings()
@@ -264,6 +266,19 @@ async def test_compact_removes_only_old_settled_rows_and_keeps_receipts(
     assert await housekeeping.compact() == 1
     assert await _states(db) == {pending.id: "pending", running.id: "running"}
     assert await _receipt_task_ids(db) == receipts_before
+
+
+async def test_compact_drops_old_finished_turns_conversations_not_parked_ones(
+    housekeeping: Housekeeping, db: Database, clock: list[float]
+) -> None:
+    conversation = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
+    for turn_id, state in (("turn_done", "ok"), ("turn_parked", "parked")):
+        row = TurnRow(state, {"prompt": "hello"}, conversation, text="hi")
+        await db.write(lambda conn, i=turn_id, r=row: save_turn(conn, i, r))
+    clock[0] = T0 + RETENTION_S + 60
+    assert await housekeeping.compact() == 1  # issue 20, item 12: turns too, not only tasks
+    kept = {r["id"]: r["messages"] for r in await db.fetchall("SELECT id, messages FROM turns")}
+    assert kept == {"turn_done": "[]", "turn_parked": json.dumps(conversation)}
 
 
 async def test_compact_settled_is_bounded_per_call(station: Station, clock: list[float]) -> None:

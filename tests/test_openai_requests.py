@@ -144,6 +144,13 @@ def test_harmless_parameters_are_accepted() -> None:
     assert chat.turn.messages == ASK
 
 
+def test_store_is_openais_keep_the_conversation_false_by_default() -> None:
+    assert chat_request(body()).turn.store is False  # test_turn_storage.py: what a turn then keeps
+    assert chat_request(body(store=True)).turn.store is True
+    with pytest.raises(MalformedRequest, match="store must be true or false"):
+        chat_request(body(store="yes"))
+
+
 def test_stop_is_a_string_or_up_to_four() -> None:
     assert chat_request(body(stop="\n")).turn.stop == ["\n"]
     assert chat_request(body(stop=["Observation:", "END"])).turn.stop == ["Observation:", "END"]

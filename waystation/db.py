@@ -130,6 +130,20 @@ MIGRATIONS: list[Migration] = [
         boot TEXT                           -- the boot id, NULL where the system has none
     )
     """,
+    # 8: a turn keeps its conversation once (in `messages`; the request keeps its settings), only
+    # while it may need it (station/turns/records.py), and its prompt to show, cut to 1,000
+    # characters; `compacted_at`: when retention dropped what a finished turn kept.
+    """
+    ALTER TABLE turns ADD COLUMN prompt TEXT;
+    ALTER TABLE turns ADD COLUMN compacted_at REAL;
+    UPDATE turns SET prompt = coalesce(nullif(json_extract(request, '$.prompt'), ''), (SELECT
+        json_extract(m.value, '$.content') FROM json_each(turns.request, '$.messages') AS m
+        WHERE json_extract(m.value, '$.role') = 'user' ORDER BY m.key DESC LIMIT 1), '');
+    UPDATE turns SET prompt = substr(prompt, 1, 1000) || '…' WHERE length(prompt) > 1000;
+    UPDATE turns SET messages = '[]' WHERE state = 'refused'
+        OR (state NOT IN ('parked', 'resuming') AND json_extract(request, '$.client_tools') IS NOT NULL);
+    UPDATE turns SET request = json_set(json_remove(request, '$.messages', '$.system'), '$.prompt', '')
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

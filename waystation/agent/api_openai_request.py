@@ -3,9 +3,10 @@ and results), its function tools, tool_choice, response_format, stop, and the pa
 
 A parameter that would change the answer and that we cannot honour is a 400 naming it, never
 silently dropped (a client asking for two choices must not get one). Parameters that only tune
-sampling or tag the request (`user`, `seed`, `top_p`, penalties, `store`, `metadata`, ...) are
-ignored, as other local OpenAI-compatible servers ignore them; unknown ones too, so a newer SDK
-keeps working.
+sampling or tag the request (`user`, `seed`, `top_p`, penalties, `metadata`, ...) are ignored,
+as other local OpenAI-compatible servers ignore them; unknown ones too, so a newer SDK keeps
+working. `store` is OpenAI's: false (the default) keeps no copy of the conversation once the
+answer is given; true keeps it with the turn until `retention_days`.
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def chat_request(body: Mapping[str, Any]) -> ChatRequest:
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise MalformedRequest("stream must be true or false")
+    store = body.get("store")
+    if store is not None and not isinstance(store, bool):
+        raise MalformedRequest("store must be true or false")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise MalformedRequest("stream_options must be an object")
@@ -102,6 +106,7 @@ def chat_request(body: Mapping[str, Any]) -> ChatRequest:
         response_format=_response_schema(body.get("response_format")),
         keep_alive=keep_alive(body.get("keep_alive")),  # Ollama's, through the SDK's extra_body
         stop=_stop(body.get("stop")),
+        store=bool(store),
     )
     return ChatRequest(turn, bool(stream), bool((options or {}).get("include_usage")))
 

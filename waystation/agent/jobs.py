@@ -1,5 +1,6 @@
 """Scheduled housekeeping on apscheduler's asyncio scheduler: expiry, lease reaping, WAL checkpoints,
-retention of settled tasks (rows compacted, receipts kept), and signed checkpoints of the receipts
+retention of settled tasks (rows compacted, receipts kept) and of finished turns (their
+conversations dropped, rows and receipts kept), and signed checkpoints of the receipts
 (every 1,000 receipts or 10 minutes, whichever comes first, and at start and stop).
 
 Each job is a plain coroutine method so it can be tested without the scheduler; the scheduler
@@ -22,7 +23,7 @@ from waystation.queue import clock
 from waystation.queue.clock import CLOCK_JUMP_S
 from waystation.queue.flusher import Flusher
 from waystation.station.build import Station
-from waystation.station.ops import receipts
+from waystation.station.ops import receipts, turns
 
 log = structlog.get_logger(__name__)
 
@@ -117,15 +118,17 @@ class Housekeeping:
             log.error("WAL checkpoint failed", error=exc.message)
 
     async def compact(self) -> int:
-        """Settled task rows older than the retention period are deleted; their receipts stay."""
+        """Settled task rows older than the retention period are deleted, and finished turns'
+        conversations dropped (each turn's row stays, as it shows); their receipts stay."""
         older_than_s = self._station.settings.queue.retention_days * 86400
         try:
             compacted = await self._station.store.compact_settled(older_than_s)
+            compacted_turns = await turns.compact(self._station, older_than_s)
         except DatabaseError as exc:
-            log.error("compaction of settled tasks failed", error=exc.message)
+            log.error("compaction of settled tasks and finished turns failed", error=exc.message)
             return 0
-        log.info("compacted settled tasks", count=compacted)
-        return compacted
+        log.info("compacted settled tasks and finished turns", tasks=compacted, turns=compacted_turns)
+        return compacted + compacted_turns
 
     def receipt_written(self, _receipt: Mapping[str, Any]) -> None:
         """Listens for receipts announced: the 1,000th since the last checkpoint signs one."""

@@ -388,7 +388,24 @@ SCHEMAS: dict[str, Schema] = {
             "receipt_ids": {"type": "array", "items": {"type": "string"}},
             "created_at": {"type": "string"},
             "updated_at": {"type": "string"},
-        }
+            "compacted_at": {
+                "type": ["string", "null"],
+                "description": "when retention_days dropped the finished turn's conversation (null: not yet)",
+            },
+        },
+        required=[
+            "turn_id",
+            "state",
+            "route",
+            "model",
+            "prompt",
+            "text",
+            "reason",
+            "tool_calls",
+            "receipt_ids",
+            "created_at",
+            "updated_at",
+        ],
     ),
     "ChatMessage": {
         "type": "object",
@@ -436,6 +453,10 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "the answer ends before the first of these, which it never contains",
             },
             "keep_alive": KEEP_ALIVE,
+            "store": {
+                "type": "boolean",
+                "description": "OpenAI's: keep the conversation until retention_days (default false)",
+            },
         },
         "required": ["messages"],
     },

@@ -290,6 +290,7 @@ def turn_detail(turn: Mapping[str, Any]) -> None:
         ("reason", turn.get("reason")),
         ("created", when(turn.get("created_at"))),
         ("updated", when(turn.get("updated_at"))),
+        ("compacted", when(turn.get("compacted_at")) if turn.get("compacted_at") else None),
     ]
     console().print(_pairs((k, v) for k, v in rows if v))
     for call in turn.get("tool_calls") or []:

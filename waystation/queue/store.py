@@ -18,7 +18,7 @@ from waystation.config import QueueSettings
 from waystation.db import Database
 from waystation.errors import IdempotencyConflict, InvalidTransition, NotFound
 from waystation.queue.policy import CANCELLABLE, RETRYABLE, SETTLED, Decision, TaskState, take_per_host
-from waystation.queue.tasks import NewTask, Task
+from waystation.queue.tasks import SUMMARY_COLUMNS, NewTask, Task
 from waystation.receipts import ReceiptDraft
 
 # A lease outlives the delivery timeout by this margin before it counts as abandoned.
@@ -339,13 +339,13 @@ class TaskStore:
         return Task.from_row(row)
 
     async def list(self, state: TaskState | None = None, limit: int = 100) -> list[Task]:
-        if state is None:
-            rows = await self.db.fetchall("SELECT * FROM tasks ORDER BY created_at DESC LIMIT ?", (limit,))
-        else:
-            rows = await self.db.fetchall(
-                "SELECT * FROM tasks WHERE state = ? ORDER BY created_at DESC LIMIT ?", (str(state), limit)
-            )
-        return [Task.from_row(r) for r in rows]
+        """Tasks as lists show them, newest first: their args and result cut to the listed
+        fields in SQL (`get` has the whole task)."""
+        where, params = ("WHERE state = ?", (str(state),)) if state is not None else ("", ())
+        rows = await self.db.fetchall(
+            f"SELECT {SUMMARY_COLUMNS} FROM tasks {where} ORDER BY created_at DESC LIMIT ?", (*params, limit)
+        )
+        return [Task.from_summary_row(r) for r in rows]
 
     async def counts(self) -> dict[str, int]:
         rows = await self.db.fetchall("SELECT state, COUNT(*) FROM tasks GROUP BY state")

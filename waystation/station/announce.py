@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from waystation.ports import Outcome
+from waystation.queue.tasks import listed
 from waystation.station.events import EventBus
 from waystation.station.metrics import Metrics
 
@@ -22,19 +23,11 @@ log = structlog.get_logger(__name__)
 Listener = Callable[[Mapping[str, Any]], None]
 
 
-SLIM_ARGS = ("method", "url")  # what a task event says of its arguments
-
-
 def slim(task: Mapping[str, Any]) -> dict[str, Any]:
-    """A task as its event carries it: where it goes and how it stands, not its body, headers or
-    the answer's body (`GET /v1/tasks/{id}` has those). Events are kept and sent to every
-    subscriber; a task's payload can be megabytes, and its headers credentials."""
-    args, result = task.get("args") or {}, task.get("result")
-    return {
-        **task,
-        "args": {name: args[name] for name in SLIM_ARGS if name in args},
-        "result": {"status": result.get("status")} if isinstance(result, Mapping) else result,
-    }
+    """A task as its event carries it: as a list shows it, where it goes and how it stands, not
+    its body, headers or the answer's body (`GET /v1/tasks/{id}` has those). Events are kept and
+    sent to every subscriber; a task's payload can be megabytes, and its headers credentials."""
+    return listed(dict(task))
 
 
 class Announcer:

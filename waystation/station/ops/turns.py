@@ -54,5 +54,10 @@ async def list_turns(station: Station, state: str | None, limit: int) -> list[di
     return await records.list_turns(station.db, state, limit)
 
 
+async def compact(station: Station, older_than_s: float) -> int:
+    """Finished turns older than that keep what they show, not their conversation (records.py)."""
+    return await records.compact_finished(station.db, older_than_s)
+
+
 async def counts(station: Station) -> dict[str, int]:
     return await records.count_turns(station.db)

@@ -3,10 +3,18 @@ can resume.
 
 A row is written when the turn starts (`running`) and again whenever it stops: `parked` (waiting
 on tasks), `resuming` (claimed by one resumption), `deferred` (the whole turn is a task), `ok`,
-`refused`, `error`, or `interrupted` (cut short: its process stopped or died). It keeps the
-request, the conversation so far, which tasks it waits on, what ran (route, model), the answer
-and every tool call it made. Calls' task states (and what they got) and the turn's receipts are
-read live, so the turn object never goes stale.
+`refused`, `error`, or `interrupted` (cut short: its process stopped or died). It keeps which
+tasks it waits on, what ran (route, model), its prompt to show, the answer and every tool call
+it made. Calls' task states (and what they got) and the turn's receipts are read live, so the
+turn object never goes stale.
+
+The conversation is kept once (in `messages`; `request` keeps only the settings, not the prompt,
+system or messages again) and only where `keeps_conversation` says: always while the turn is
+parked (it resumes from it, after a restart too); once it finished, when it was asked to store it
+(`POST /v1/turns`; a chat completion only with `store: true`, OpenAI's default being false);
+never for a refused turn. `compact_finished` drops what a finished turn kept after
+`retention_days`: the row stays, with its state, route, model, prompt, answer and calls (its
+receipts stay too), and says since when (`compacted_at`).
 """
 
 from __future__ import annotations
@@ -26,6 +34,30 @@ Message = dict[str, Any]
 
 TURN_STATES = ("running", "parked", "resuming", "deferred", "ok", "refused", "error", "interrupted")
 WAITING = frozenset({"running", "parked", "resuming", "deferred"})  # not finished yet
+FINISHED = ("ok", "refused", "error", "interrupted")
+PROMPT_SHOWN = 1000  # characters of its prompt a turn keeps to show (the conversation has it whole)
+# What a listed (and a looked-up) turn reads: never the request or the conversation.
+_SHOWN = "id, state, route, model, prompt, text, reason, tool_calls, created_at, updated_at, compacted_at"
+
+
+def keeps_conversation(state: str, store: bool) -> bool:
+    """Whether a turn's row keeps its conversation: a parked (or resuming) turn must, to resume;
+    a finished one when it was asked to store it; a running one need not (a crash interrupts it,
+    never resumes it), nor a deferred one (its task holds the request), nor a refused one."""
+    if state in ("parked", "resuming"):
+        return True
+    return store and state in ("ok", "error", "interrupted")
+
+
+def shown_prompt(request: Mapping[str, Any]) -> str:
+    """The prompt a turn shows: the request's, or its conversation's last user message, cut."""
+    prompt = str(request.get("prompt") or "") or _last_user_text(request)
+    return prompt if len(prompt) <= PROMPT_SHOWN else prompt[:PROMPT_SHOWN] + "…"
+
+
+def _settings(request: Mapping[str, Any]) -> dict[str, Any]:
+    """The request without what the conversation holds (it is the same text, kept once)."""
+    return {**request, "prompt": "", "system": None, "messages": None}
 
 
 @dataclass
@@ -45,21 +77,23 @@ class TurnRow:
 
 
 def save_turn(conn: sqlite3.Connection, turn_id: str, row: TurnRow) -> None:
-    """Insert or update the turn's row; call inside the write that commits its receipt."""
+    """Insert or update the turn's row; call inside the write that commits its receipt. What it
+    keeps of the conversation is `keeps_conversation`'s to say; its prompt is written once."""
     now = timeutil.now()
+    keep = keeps_conversation(row.state, bool(row.request.get("store", True)))
     conn.execute(
         "INSERT INTO turns (id, state, request, messages, deferred, steps, route, model, text, reason,"
-        " tool_calls, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (id) DO UPDATE SET state = excluded.state, messages = excluded.messages,"
-        " deferred = excluded.deferred, steps = excluded.steps,"
+        " tool_calls, prompt, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (id) DO UPDATE SET state = excluded.state, request = excluded.request,"
+        " messages = excluded.messages, deferred = excluded.deferred, steps = excluded.steps,"
         " route = coalesce(excluded.route, route), model = coalesce(excluded.model, model),"
         " text = excluded.text, reason = excluded.reason, tool_calls = excluded.tool_calls,"
         " updated_at = excluded.updated_at",
         (
             turn_id,
             row.state,
-            json.dumps(dict(row.request)),
-            json.dumps(row.messages),
+            json.dumps(_settings(row.request) if keep else {}),
+            json.dumps(row.messages if keep else []),
             json.dumps(row.deferred),
             row.steps,
             row.route,
@@ -67,6 +101,7 @@ def save_turn(conn: sqlite3.Connection, turn_id: str, row: TurnRow) -> None:
             row.text,
             row.reason,
             json.dumps(row.tool_calls),
+            shown_prompt(row.request),
             now,
             now,
         ),
@@ -136,7 +171,8 @@ async def parked_turns_ready(db: Database) -> list[str]:
 
 
 async def turn_object(db: Database, row: sqlite3.Row) -> dict[str, Any]:
-    """The contract's turn object for one row, with its calls' task states and receipts read now."""
+    """The contract's turn object for one row (of `_SHOWN`), with its calls' task states and
+    receipts read now."""
     calls: list[dict[str, Any]] = json.loads(row["tool_calls"])
     task_ids = [c["task_id"] for c in calls if c.get("task_id")]
     tasks: dict[str, Any] = {}
@@ -147,13 +183,13 @@ async def turn_object(db: Database, row: sqlite3.Row) -> dict[str, Any]:
         )
         tasks = {r["id"]: r for r in found}
     receipts = await db.fetchall("SELECT id FROM receipts WHERE turn_id = ? ORDER BY seq", (row["id"],))
-    request = json.loads(row["request"])
+    compacted_at = row["compacted_at"]
     return {
         "turn_id": row["id"],
         "state": row["state"],
-        "route": row["route"] or request.get("route"),
-        "model": row["model"] or request.get("model"),
-        "prompt": request.get("prompt") or _last_user_text(request),
+        "route": row["route"],
+        "model": row["model"],
+        "prompt": row["prompt"] or "",
         "text": row["text"] if row["state"] == "ok" else None,
         "reason": row["reason"],
         "tool_calls": [
@@ -171,6 +207,7 @@ async def turn_object(db: Database, row: sqlite3.Row) -> dict[str, Any]:
         "receipt_ids": [r[0] for r in receipts],
         "created_at": timeutil.iso(row["created_at"]),
         "updated_at": timeutil.iso(row["updated_at"]),
+        "compacted_at": timeutil.iso(compacted_at) if compacted_at is not None else None,
     }
 
 
@@ -189,7 +226,7 @@ def _last_user_text(request: Mapping[str, Any]) -> str:
 
 
 async def get_turn(db: Database, turn_id: str) -> dict[str, Any]:
-    row = await db.fetchone("SELECT * FROM turns WHERE id = ?", (turn_id,))
+    row = await db.fetchone(f"SELECT {_SHOWN} FROM turns WHERE id = ?", (turn_id,))
     if row is None:
         raise NotFound("turn", turn_id)
     return await turn_object(db, row)
@@ -199,7 +236,7 @@ async def list_turns(db: Database, state: str | None, limit: int) -> list[dict[s
     """Newest first."""
     where, params = ("WHERE state = ?", [state]) if state else ("", [])
     rows = await db.fetchall(
-        f"SELECT * FROM turns {where} ORDER BY created_at DESC, rowid DESC LIMIT ?", (*params, limit)
+        f"SELECT {_SHOWN} FROM turns {where} ORDER BY created_at DESC, rowid DESC LIMIT ?", (*params, limit)
     )
     return [await turn_object(db, row) for row in rows]
 
@@ -210,3 +247,19 @@ async def count_turns(db: Database) -> dict[str, int]:
     counts = dict.fromkeys(TURN_STATES, 0)
     counts.update({r[0]: r[1] for r in rows})
     return counts
+
+
+async def compact_finished(db: Database, older_than_s: float, limit: int = 5000) -> int:
+    """Finished turns last written more than `older_than_s` ago keep only what they show: their
+    conversation and request go (a parked turn's never: it has not finished). How many."""
+    cutoff = timeutil.now() - older_than_s
+    marks = ", ".join("?" for _ in FINISHED)
+
+    def op(conn: sqlite3.Connection) -> int:
+        return conn.execute(
+            "UPDATE turns SET request = '{}', messages = '[]', compacted_at = ? WHERE id IN (SELECT id"
+            f" FROM turns WHERE state IN ({marks}) AND updated_at < ? AND compacted_at IS NULL LIMIT ?)",
+            (timeutil.now(), *FINISHED, cutoff, limit),
+        ).rowcount
+
+    return await db.write(op)

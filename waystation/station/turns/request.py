@@ -39,6 +39,9 @@ class TurnRequest:
     # generations (None: `[model] idle_unload_s`; 0: unload at once; negative: forever).
     keep_alive: float | None = None
     stop: list[str] | None = None  # OpenAI's stop sequences: the answer ends before the first
+    # Keep the conversation once the turn finished, until `retention_days` (records.py): a turn
+    # is a resource you come back to; a chat completion only asks for it with OpenAI's `store`.
+    store: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
