@@ -72,12 +72,16 @@ def test_addresses_are_classified_as_an_egress_proxy_does(address: str, kind: st
 
 def test_which_hops_are_held_to_public_addresses() -> None:
     url = "http://127.0.0.2:8080/x"
-    assert not public_only(None, 1, url, ())  # a task of the user's own goes where it says
-    assert not public_only(USER_NAMED, 0, url, ())  # the URL the user gave
-    assert public_only(USER_NAMED, 1, url, ())  # ... but not where it redirects
-    assert public_only("public", 0, url, ())  # a URL only a tool result named
-    assert public_only("something else", 0, url, ())  # unknown: held, never let through
-    assert not public_only("public", 3, url, ("127.0.0.2",))  # an allowed host, on any hop
+    page = "http://127.0.0.1:8080/page"
+    assert not public_only(None, url, (), page)  # a task of the user's own goes where it says
+    assert not public_only(USER_NAMED, url, ())  # the URL the user gave
+    assert public_only(USER_NAMED, url, (), page)  # ... but not another origin it redirects to
+    assert not public_only(USER_NAMED, "http://127.0.0.1:8080/login", (), page)  # its own origin: yes
+    assert public_only(USER_NAMED, "http://127.0.0.1:8081/login", (), page)  # another port: no
+    assert public_only("public", url, ())  # a URL only a tool result named
+    assert public_only("public", page, (), page)  # ... on every hop
+    assert public_only("something else", url, ())  # unknown: held, never let through
+    assert not public_only("public", url, ("127.0.0.2",), page)  # an allowed host, on any hop
 
 
 def test_a_redirect_to_another_port_or_scheme_keeps_no_credentials() -> None:
@@ -151,6 +155,8 @@ async def named(internal: Server) -> AsyncIterator[Server]:
     def answer(request: web.Request) -> web.Response:
         if request.path == "/moved":
             raise web.HTTPFound(internal.url("/internal/creds"))
+        if request.path == "/login":  # within its own origin, as a local app's sign-in page
+            raise web.HTTPFound("/home")
         if request.path == "/links":
             port = request.url.port
             text = f"See {internal.url('/internal/creds')} and http://localhost:{port}/internal/creds"
@@ -208,6 +214,16 @@ async def test_a_redirect_from_the_users_page_to_loopback_is_not_followed(
     assert "127.0.0.2 is loopback, not a public address" in told(model)
     assert "[tools] allow_hosts" in told(model)
     assert CREDENTIALS not in json.dumps(result.to_json()) and CREDENTIALS not in told(model)
+
+
+async def test_a_redirect_within_the_users_own_origin_is_followed(db: Database, named: Server) -> None:
+    """The user named that origin (here on loopback): its own redirects stay callable."""
+    online = FakeConnectivity(state="online")
+    model = ScriptedBackend([fetch(named.url("/login")), "It says: a page."])
+    async with new_client() as client:
+        result = await engine(db, online, model, client).run(TurnRequest(f"Read {named.url('/login')}"))
+    assert named.hits == ["/login", "/home"]
+    assert [c["status"] for c in result.tool_calls] == ["done"] and "a page" in told(model)
 
 
 async def test_a_url_only_a_fetched_page_names_may_not_reach_loopback(

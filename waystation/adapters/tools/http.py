@@ -187,14 +187,15 @@ async def _send(
     reach = request_args.get(REACH)
     try:
         async with deadline.bound():
-            response = await client.send(request, public_only=public_only(reach, 0, request.url, allow_hosts))
-            for hop in range(1, MAX_REDIRECTS + 1):
+            called = request.url
+            response = await client.send(request, public_only=public_only(reach, called, allow_hosts))
+            for _ in range(MAX_REDIRECTS):
                 follow = redirected(request, response, secret_headers)
                 if follow is None:
                     break
                 await response.aclose()
                 request = follow
-                held = public_only(reach, hop, request.url, allow_hosts)
+                held = public_only(reach, request.url, allow_hosts, called)
                 response = await client.send(request, public_only=held)
     except (TimeoutError, httpx.TimeoutException) as exc:
         raise NetworkUnreachable(f"{_destination_host(url)}: no answer within {timeout_s:g}s") from exc

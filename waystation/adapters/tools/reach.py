@@ -3,8 +3,9 @@
 A model's call carries `reach` in its args, set when the turn makes the call
 (station/turns/calls.py) and kept with the task when it is parked:
 - `user-named`: a URL the user's messages name. It may be at any address (the user's own URLs
-  stay callable, a service on their loopback included); a redirect it answers with may lead only
-  to a public address.
+  stay callable, a service on their loopback included), and so may a redirect within its origin
+  (scheme, host and port: a local app's /login); a redirect elsewhere may lead only to a public
+  address.
 - `public`: a URL that only a tool result named (a fetched page can steer the model): every hop
   must be at a public address.
 A host `[tools] allow_hosts` lists may be at any address, on any hop. A task posted to the API
@@ -27,7 +28,7 @@ import aiohttp
 import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from waystation.adapters.tools.redirects import port_of
+from waystation.adapters.tools.redirects import port_of, same_origin
 from waystation.addresses import PUBLIC, address_kind, literal_address
 from waystation.errors import DestinationRefused
 
@@ -35,18 +36,22 @@ REACH = "reach"  # the key in a model's call's args
 USER_NAMED = "user-named"
 PUBLIC_ONLY = "public"
 RULE = (
-    "a model's call reaches loopback, link-local and private addresses only at a URL the user gave "
-    "(not one it was redirected to) or on a host [tools] allow_hosts lists"
+    "a model's call reaches loopback, link-local and private addresses only at the origin of a URL "
+    "the user gave (not another one it was redirected to) or on a host [tools] allow_hosts lists"
 )
 
 
-def public_only(reach: object, hop: int, url: str | httpx.URL, allow_hosts: Sequence[str]) -> bool:
-    """Whether hop `hop` (0: the URL called, then each redirect) may connect only to public
-    addresses. `reach`: the call's (None: a task of the user's own, which may go anywhere; an
-    unknown value is held to public addresses, never let through)."""
+def public_only(
+    reach: object, url: str | httpx.URL, allow_hosts: Sequence[str], called: str | httpx.URL | None = None
+) -> bool:
+    """Whether a hop to `url` may connect only to public addresses; `called`: the URL the call
+    named, when `url` is a redirect from it. `reach`: the call's (None: a task of the user's own,
+    which may go anywhere; an unknown value is held to public addresses, never let through)."""
     if reach is None or host_listed(url, allow_hosts):
         return False
-    return not (hop == 0 and reach == USER_NAMED)
+    if reach != USER_NAMED:
+        return True
+    return called is not None and not same_origin(httpx.URL(called), httpx.URL(url))
 
 
 def refused_literal(url: httpx.URL) -> DestinationRefused | None:

@@ -176,7 +176,7 @@ def with_reach(args: Mapping[str, Any], users: Sequence[str], allow_hosts: Seque
     if not isinstance(url, str):
         return dict(args)
     reach = reach_of(url, users)
-    refused = refused_literal(httpx.URL(url)) if public_only(reach, 0, url, allow_hosts) else None
+    refused = refused_literal(httpx.URL(url)) if public_only(reach, url, allow_hosts) else None
     if refused is not None:
         raise refused
     return {**args, REACH: reach}
