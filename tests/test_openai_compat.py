@@ -160,12 +160,13 @@ def test_content_parts_are_joined_into_the_prompt(client: openai.OpenAI, agent: 
             {"role": "user", "content": question},
         ],
         max_tokens=MAX_TOKENS,
+        store=True,  # kept, to be read below (OpenAI's default, false, keeps no conversation)
     )
     assert as_parts.choices[0].message.content and as_parts.choices[0].message.content.strip()
     extra = (as_parts.model_extra or {})["waystation"]
     with contextlib.closing(sqlite3.connect(f"file:{agent.database}?mode=ro", uri=True)) as db:
-        (request,) = db.execute("SELECT request FROM turns WHERE id = ?", (extra["turn_id"],)).fetchone()
-    assert json.loads(request)["messages"] == [
+        (kept,) = db.execute("SELECT messages FROM turns WHERE id = ?", (extra["turn_id"],)).fetchone()
+    assert json.loads(kept)[:2] == [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "What is the capital of Italy?"},
     ]
