@@ -1,15 +1,22 @@
-"""The contract's objects as JSON Schemas, for the OpenAPI document (openapi.py)."""
+"""The contract's objects as JSON Schemas, for the OpenAPI document (openapi.py).
+
+The document is kept by hand for what types cannot say (descriptions, patterns, bounds); its
+enums come from waystation/contract.py's Literals, and tests/test_openapi_contract.py checks
+every schema's properties, required fields and enums against contract.py's TypedDicts both ways.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
+
+from waystation import contract
 
 Schema = dict[str, Any]
 
-TASK_STATES = ["pending", "running", "done", "dead", "cancelled", "expired"]
-TURN_STATES = ["running", "parked", "resuming", "deferred", "ok", "refused", "error", "interrupted"]
-CONNECTIVITY_STATES = ["online", "offline", "portal", "unknown"]
-MODES = ["auto", "online", "offline"]
+
+def enum(vocabulary: Any) -> Schema:
+    """A string schema whose values are a contract Literal's."""
+    return {"type": "string", "enum": list(get_args(vocabulary))}
 
 
 def _nullable(type_name: str, **extra: Any) -> Schema:
@@ -66,7 +73,7 @@ SCHEMAS: dict[str, Schema] = {
             "tool": {"type": "string"},
             "args": {"type": "object"},
             "idempotency_key": {"type": "string"},
-            "state": {"type": "string", "enum": TASK_STATES},
+            "state": enum(contract.TaskState),
             "attempts": {"type": "integer", "minimum": 0},
             "next_attempt_at": _nullable("string", description="when a pending task is due"),
             "last_error": _nullable("string"),
@@ -115,8 +122,8 @@ SCHEMAS: dict[str, Schema] = {
         {
             "name": {"type": "string"},
             "provider": {"type": "string"},
-            "auth_lane": {"type": "string", "enum": ["none", "api_key", "seat", "oauth", "credits"]},
-            "cost_lane": {"type": "string", "enum": ["local", "byok", "provider_subscription", "credits"]},
+            "auth_lane": enum(contract.AuthLane),
+            "cost_lane": enum(contract.CostLane),
             "model": _nullable("string"),
         },
         required=["name", "provider", "auth_lane", "cost_lane"],
@@ -136,9 +143,9 @@ SCHEMAS: dict[str, Schema] = {
     "Receipt": _object(
         {
             "id": {"type": "string"},
-            "kind": {"type": "string", "enum": ["turn", "task"]},
+            "kind": enum(contract.ReceiptKind),
             "created_at": TIMESTAMP,
-            "status": {"type": "string", "enum": ["ok", "parked", "refused", "error"]},
+            "status": enum(contract.ReceiptStatus),
             "reason": _nullable("string"),
             "route": ref("RouteInfo"),
             "usage": ref("Usage"),
@@ -207,8 +214,8 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "Connectivity": _object(
         {
-            "state": {"type": "string", "enum": CONNECTIVITY_STATES},
-            "mode": {"type": "string", "enum": MODES},
+            "state": enum(contract.ConnectivityState),
+            "mode": enum(contract.ConnectivityMode),
             "since": _nullable("string"),
             "last_probe": {"oneOf": [ref("Probe"), {"type": "null"}]},
             "metered": {"type": "boolean"},
@@ -216,10 +223,12 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "ConnectivityMode": {
         "type": "object",
-        "properties": {"mode": {"type": "string", "enum": MODES}},
+        "properties": {"mode": enum(contract.ConnectivityMode)},
         "required": ["mode"],
     },
-    "QueueCounts": _object({state: {"type": "integer", "minimum": 0} for state in TASK_STATES}),
+    "QueueCounts": _object(
+        {state: {"type": "integer", "minimum": 0} for state in get_args(contract.TaskState)}
+    ),
     "ModelStatus": _object(
         {
             "backend": {"type": "string"},
@@ -250,7 +259,7 @@ SCHEMAS: dict[str, Schema] = {
         {
             "name": {"type": "string"},
             "path": {"type": "string"},
-            "format": {"type": "string", "enum": ["gguf", "mlx"]},
+            "format": enum(contract.ModelFormat),
             "size": {"type": "integer", "minimum": 0, "description": "bytes on disk"},
             "sha256": _nullable("string", description="of the GGUF file, when a pull recorded it"),
             "source": _nullable("string", description="hf:OWNER/REPO/FILE or the URL (no credentials)"),
@@ -343,7 +352,7 @@ SCHEMAS: dict[str, Schema] = {
             "max_steps": {"type": "integer", "minimum": 1, "maximum": 16},
             "tool_choice": {
                 "oneOf": [
-                    {"type": "string", "enum": ["auto", "required", "none"]},
+                    enum(contract.ToolChoiceMode),
                     _object({"tool": {"type": "string", "minLength": 1}}),
                 ]
             },
@@ -366,7 +375,7 @@ SCHEMAS: dict[str, Schema] = {
     "Turn": _object(
         {
             "turn_id": {"type": "string"},
-            "state": {"type": "string", "enum": TURN_STATES},
+            "state": enum(contract.TurnState),
             "route": {"type": ["string", "null"]},
             "model": {"type": ["string", "null"]},
             "prompt": {"type": "string"},
@@ -410,7 +419,7 @@ SCHEMAS: dict[str, Schema] = {
     "ChatMessage": {
         "type": "object",
         "properties": {
-            "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+            "role": enum(contract.ChatRole),
             "content": {
                 "oneOf": [
                     {"type": "string"},
@@ -440,9 +449,7 @@ SCHEMAS: dict[str, Schema] = {
                 "maxItems": 128,
                 "description": "OpenAI function tools",
             },
-            "tool_choice": {
-                "oneOf": [{"type": "string", "enum": ["auto", "none", "required"]}, {"type": "object"}]
-            },
+            "tool_choice": {"oneOf": [enum(contract.ToolChoiceMode), {"type": "object"}]},
             "response_format": {"type": "object", "description": "text, json_object or json_schema"},
             "n": {"type": "integer", "const": 1},
             "stop": {

@@ -97,6 +97,6 @@ class Announcer:
         state = str(snapshot.get("state"))
         if state != self._connectivity_seen:
             self._connectivity_seen = state
-            self.metrics.connectivity_transitions.inc(to=state)
+            self.metrics.connectivity_entered(state)
         self.events.publish("connectivity", snapshot)
         self._tell("connectivity", snapshot)
