@@ -28,6 +28,7 @@ DeliveryOutcome = Literal["done", "retry", "dead", "unreachable"]
 ModelFormat = Literal["gguf", "mlx"]
 ToolChoiceMode = Literal["auto", "required", "none"]
 ChatRole = Literal["system", "developer", "user", "assistant", "tool"]
+EventKind = Literal["connectivity", "task", "turn", "receipt"]  # GET /v1/events
 
 JSON = Any  # any JSON value: a tool's arguments and results are the caller's own
 
@@ -104,6 +105,7 @@ class Route(TypedDict):
     model: str | None
     available: bool
     reason: str | None
+    model_answered: NotRequired[str | None]
 
 
 class Usage(TypedDict):
@@ -124,6 +126,9 @@ class Receipt(TypedDict):
     turn_id: str | None
     task_id: str | None
     deferred_task_ids: list[str]
+    cold_load_ms: NotRequired[int | None]
+    model_answered: NotRequired[str | None]
+    telemetry: NotRequired[dict[str, str]]
     prev_hash: str
     hash: str
 
@@ -207,6 +212,7 @@ class Status(TypedDict):
     queue: QueueCounts
     model: ModelStatus
     routes: list[Route]
+    turns: dict[str, int]  # turns by state
     signing: NotRequired[Signing]
 
 
@@ -311,6 +317,7 @@ class TurnToolCall(TypedDict):
     status: str | None
     task_id: str | None
     task_state: str | None
+    result: str | None  # what the call got, in one line (null while it has no answer)
 
 
 class Turn(TypedDict):
@@ -359,13 +366,38 @@ class ChatCompletionRequest(TypedDict):
     store: NotRequired[bool]
 
 
+class FunctionCall(TypedDict):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ClientToolCall(TypedDict):
+    """A call the model made to one of the client's own tools, in OpenAI's shape."""
+
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
+class CompletionUsage(TypedDict):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionExtra(TypedDict):
+    turn_id: str
+    receipt_id: str
+
+
 class ChatCompletion(TypedDict):
     id: str
     object: Literal["chat.completion"]
     created: int
     model: str
     choices: list[dict[str, JSON]]
-    usage: dict[str, JSON]
+    usage: CompletionUsage
+    waystation: NotRequired[CompletionExtra]
 
 
 # The document's component schemas, by name: what tests/test_openapi_contract.py walks.

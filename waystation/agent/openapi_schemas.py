@@ -137,7 +137,9 @@ SCHEMAS: dict[str, Schema] = {
             "model": _nullable("string"),
             "available": {"type": "boolean"},
             "reason": _nullable("string", description="why the route cannot run now"),
-        }
+            "model_answered": _nullable("string", description="the model its provider said answered last"),
+        },
+        required=["name", "provider", "auth_lane", "cost_lane", "model", "available", "reason"],
     ),
     "Usage": _object({"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"}}),
     "Receipt": _object(
@@ -154,13 +156,36 @@ SCHEMAS: dict[str, Schema] = {
             "turn_id": _nullable("string"),
             "task_id": _nullable("string"),
             "deferred_task_ids": {"type": "array", "items": {"type": "string"}},
+            "cold_load_ms": _nullable("integer", description="how long loading the turn's model took"),
+            "model_answered": _nullable("string", description="the model the provider says answered"),
+            "telemetry": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "the provider's rate-limit headers, as it sent them",
+            },
             "prev_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
             "hash": {
                 "type": "string",
                 "pattern": "^[0-9a-f]{64}$",
                 "description": "SHA-256 of the canonical JSON without `hash`",
             },
-        }
+        },
+        required=[
+            "id",
+            "kind",
+            "created_at",
+            "status",
+            "reason",
+            "route",
+            "usage",
+            "credits_used",
+            "duration_ms",
+            "turn_id",
+            "task_id",
+            "deferred_task_ids",
+            "prev_hash",
+            "hash",
+        ],
     ),
     "Verification": _object(
         {
@@ -246,6 +271,11 @@ SCHEMAS: dict[str, Schema] = {
             "queue": ref("QueueCounts"),
             "model": ref("ModelStatus"),
             "routes": {"type": "array", "items": ref("Route")},
+            "turns": {
+                "type": "object",
+                "additionalProperties": {"type": "integer", "minimum": 0},
+                "description": "turns by state",
+            },
             "signing": _object(
                 {
                     "ok": {"type": "boolean", "description": "the receipts' checkpoints are signed"},
@@ -253,7 +283,7 @@ SCHEMAS: dict[str, Schema] = {
                 }
             ),
         },
-        required=["version", "uptime_s", "connectivity", "queue", "model", "routes"],
+        required=["version", "uptime_s", "connectivity", "queue", "model", "routes", "turns"],
     ),
     "ModelDetails": _object(
         {
@@ -391,6 +421,10 @@ SCHEMAS: dict[str, Schema] = {
                         "status": {"type": ["string", "null"]},
                         "task_id": {"type": ["string", "null"]},
                         "task_state": {"type": ["string", "null"]},
+                        "result": {
+                            "type": ["string", "null"],
+                            "description": "what the call got, in one line (null while it has no answer)",
+                        },
                     }
                 ),
             },
@@ -474,7 +508,15 @@ SCHEMAS: dict[str, Schema] = {
             "created": {"type": "integer"},
             "model": {"type": "string"},
             "choices": {"type": "array", "items": {"type": "object"}},
-            "usage": {"type": "object"},
-        }
+            "usage": _object(
+                {
+                    "prompt_tokens": {"type": "integer"},
+                    "completion_tokens": {"type": "integer"},
+                    "total_tokens": {"type": "integer"},
+                }
+            ),
+            "waystation": _object({"turn_id": {"type": "string"}, "receipt_id": {"type": "string"}}),
+        },
+        required=["id", "object", "created", "model", "choices", "usage"],
     ),
 }

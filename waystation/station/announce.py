@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from waystation import contract
 from waystation.ports import Outcome
 from waystation.queue.tasks import listed
 from waystation.station.events import EventBus
@@ -91,7 +92,7 @@ class Announcer:
 
     # --- the connectivity monitor's on_change -----------------------------------------------------
 
-    def connectivity_changed(self, snapshot: dict[str, object]) -> None:
+    def connectivity_changed(self, snapshot: contract.Connectivity) -> None:
         """A transition counts when the state differs from the last one seen (mode-only changes
         and repeated notices of one change count nothing)."""
         state = str(snapshot.get("state"))

@@ -223,7 +223,7 @@ def _through_agent(
     agent: Any, body: dict[str, Any], stream: bool, shown: Progress, deadline: float | None
 ) -> dict[str, Any] | str:
     """The turn's result; or its id when we stop waiting while it goes on in the agent."""
-    from waystation.cli.client import AgentTimeout, AgentUnreachable, rebuild_error
+    from waystation.cli.remote_errors import AgentTimeout, AgentUnreachable, rebuild_error
     from waystation.station.turns.request import TURN_ID_HEADER
 
     turn_id: str | None = None
