@@ -108,9 +108,9 @@ def test_label_values_are_escaped() -> None:
 def test_registry_refuses_misuse() -> None:
     metrics = Metrics()
     with pytest.raises(ValueError, match="label"):
-        metrics.turns.labels(route="local").inc()
+        metrics.families.turns.labels(route="local").inc()
     with pytest.raises(ValueError, match="non-negative"):
-        metrics.deliveries.labels(outcome="done").inc(-1)
+        metrics.families.deliveries.labels(outcome="done").inc(-1)
 
 
 def test_each_station_counts_alone() -> None:

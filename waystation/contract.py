@@ -306,8 +306,13 @@ class TurnResult(TypedDict):
     text: str
     route: str
     receipt_id: str
+    status: ReceiptStatus
     tool_calls: list[dict[str, JSON]]
     deferred_task_ids: list[str]
+    usage: Usage
+    model: str | None
+    model_answered: str | None
+    finish_reason: str
 
 
 class TurnToolCall(TypedDict):

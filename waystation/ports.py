@@ -46,7 +46,7 @@ class Delivery:
 
     outcome: Outcome
     status: int | None = None  # the destination's HTTP status, when it answered over HTTP
-    result: dict[str, Any] | None = None  # kept as the task's result
+    result: Mapping[str, Any] | None = None  # kept as the task's result
     retry_after_s: float | None = None  # the destination asked for this pause
     error: str | None = None  # why it did not succeed, in words (never a credential)
 

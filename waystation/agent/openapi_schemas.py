@@ -42,14 +42,14 @@ def ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _object(properties: dict[str, Schema], required: list[str] | None = None) -> Schema:
-    """An object with these properties (all required unless named), more allowed: the agent may
-    add fields (clients must ignore what they do not know)."""
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": list(properties) if required is None else required,
-    }
+def _object(
+    properties: dict[str, Schema], required: list[str] | None = None, optional: tuple[str, ...] = ()
+) -> Schema:
+    """An object with these properties (all required unless named, or but the `optional` ones),
+    more allowed: the agent may add fields (clients must ignore what they do not know)."""
+    if required is None:
+        required = [name for name in properties if name not in optional]
+    return {"type": "object", "properties": properties, "required": required}
 
 
 ID_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
@@ -139,7 +139,7 @@ SCHEMAS: dict[str, Schema] = {
             "reason": _nullable("string", description="why the route cannot run now"),
             "model_answered": _nullable("string", description="the model its provider said answered last"),
         },
-        required=["name", "provider", "auth_lane", "cost_lane", "model", "available", "reason"],
+        optional=("model_answered",),
     ),
     "Usage": _object({"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"}}),
     "Receipt": _object(
@@ -170,22 +170,7 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "SHA-256 of the canonical JSON without `hash`",
             },
         },
-        required=[
-            "id",
-            "kind",
-            "created_at",
-            "status",
-            "reason",
-            "route",
-            "usage",
-            "credits_used",
-            "duration_ms",
-            "turn_id",
-            "task_id",
-            "deferred_task_ids",
-            "prev_hash",
-            "hash",
-        ],
+        optional=("cold_load_ms", "model_answered", "telemetry"),  # receipts written before them lack them
     ),
     "Verification": _object(
         {
@@ -398,8 +383,16 @@ SCHEMAS: dict[str, Schema] = {
             "text": {"type": "string"},
             "route": {"type": "string"},
             "receipt_id": {"type": "string"},
+            "status": enum(contract.ReceiptStatus),
             "tool_calls": {"type": "array", "items": {"type": "object"}},
             "deferred_task_ids": {"type": "array", "items": {"type": "string"}},
+            "usage": ref("Usage"),
+            "model": _nullable("string", description="the model asked for"),
+            "model_answered": _nullable("string", description="the model the provider says answered"),
+            "finish_reason": {
+                "type": "string",
+                "description": "the last generation's: stop, length, tool_calls",
+            },
         }
     ),
     "Turn": _object(
@@ -517,6 +510,6 @@ SCHEMAS: dict[str, Schema] = {
             ),
             "waystation": _object({"turn_id": {"type": "string"}, "receipt_id": {"type": "string"}}),
         },
-        required=["id", "object", "created", "model", "choices", "usage"],
+        optional=("waystation",),
     ),
 }

@@ -316,7 +316,7 @@ class Flusher:
         self._announce.task_changed(settled.to_json(), receipt)
 
     async def _record(
-        self, task: Task, decision: Decision, result: dict[str, Any] | None, duration_ms: int
+        self, task: Task, decision: Decision, result: Mapping[str, Any] | None, duration_ms: int
     ) -> tuple[Task, contract.Receipt | None] | None:
         """Settle the task on its answer, retrying while the database refuses (a full disk, a
         lock): the delivery has happened, and recording it beats delivering it again. Given up,

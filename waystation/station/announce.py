@@ -77,7 +77,7 @@ class Announcer:
         )
         took_ms = receipt.get("duration_ms") if receipt is not None else None
         if isinstance(took_ms, int | float) and not isinstance(took_ms, bool):
-            self.metrics.turn_seconds.observe(took_ms / 1000)
+            self.metrics.turn_took(took_ms / 1000)
         cold_load_ms = receipt.get("cold_load_ms") if receipt is not None else None
         if isinstance(cold_load_ms, int | float) and not isinstance(cold_load_ms, bool):
             self.metrics.model_loaded(cold_load_ms / 1000)

@@ -194,7 +194,7 @@ class TurnEngine:
                 route = RouteInfo(exc.route, exc.provider, *lanes)
                 if request.defer and isinstance(exc, RouteOffline):
                     return await self._defer_whole_turn(turn_id, request, progress, route, started)
-            status = "refused" if isinstance(exc, RouteRefused) else "error"
+            status: contract.ReceiptStatus = "refused" if isinstance(exc, RouteRefused) else "error"
             reason = getattr(exc, "reason", None) or exc.message
             await self._finish(turn_id, request, progress, route, status, reason, started)
             raise
@@ -341,7 +341,7 @@ class TurnEngine:
         request: TurnRequest,
         progress: Progress,
         route: RouteInfo,
-        status: str,
+        status: contract.ReceiptStatus,
         reason: str | None,
         started: float,
         turn_state: str | None = None,
@@ -349,7 +349,7 @@ class TurnEngine:
         """Commit the receipt, the parked tasks and the turn's row together."""
         draft = ReceiptDraft(
             kind="turn",
-            status=status,  # type: ignore[arg-type]
+            status=status,
             reason=reason,
             route=route,
             usage=Usage(progress.prompt_tokens, progress.completion_tokens),
