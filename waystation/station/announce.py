@@ -56,7 +56,7 @@ class Announcer:
 
     # --- ports.Announce --------------------------------------------------------------------------
 
-    def task_changed(self, task: Mapping[str, Any], receipt: Mapping[str, Any] | None = None) -> None:
+    def task_changed(self, task: contract.Task, receipt: contract.Receipt | None = None) -> None:
         self.events.publish("task", slim(task))
         if receipt is not None:
             self._receipt(receipt)
