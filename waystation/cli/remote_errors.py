@@ -50,7 +50,9 @@ def _error_classes() -> dict[str, type[WaystationError]]:
     todo: list[type[WaystationError]] = [WaystationError]
     while todo:
         cls = todo.pop()
-        if cls.__module__ == errors.__name__ and "code" in vars(cls):
+        # errors.py, or the package it may become (one module per domain)
+        in_errors = cls.__module__ == errors.__name__ or cls.__module__.startswith(errors.__name__ + ".")
+        if in_errors and "code" in vars(cls):
             found.setdefault(cls.code, cls)
         todo.extend(cls.__subclasses__())
     return found
