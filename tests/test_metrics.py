@@ -8,6 +8,7 @@ The registry and renderer also get fast unit tests.
 from __future__ import annotations
 
 import math
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -37,7 +38,8 @@ def test_every_family_is_listed_before_anything_happened() -> None:
     text = render_metrics({"pending": 0, "done": 0}, "unknown", Metrics())
     families = parse(text)
     # The parser drops a counter's _total suffix from the family name.
-    assert {name: f.type for name, f in families.items()} == {
+    ours = {name: f.type for name, f in families.items() if name.startswith("waystation_")}
+    assert ours == {
         "waystation_queue_tasks": "gauge",
         "waystation_deliveries": "counter",
         "waystation_delivery_retries": "counter",
@@ -54,6 +56,11 @@ def test_every_family_is_listed_before_anything_happened() -> None:
     }
     for family in families.values():
         assert family.documentation
+    # prometheus_client's own collectors come along (process_* where /proc is, python_* always)
+    assert "python_info" in families and "python_gc_objects_collected" in families
+    if sys.platform == "linux":
+        assert families["process_resident_memory_bytes"].type == "gauge"
+    assert not [name for name in families if name.endswith("_created")]
     deliveries = families["waystation_deliveries"].samples
     for outcome in ("done", "retry", "dead", "unreachable"):
         assert value(deliveries, "waystation_deliveries_total", outcome=outcome) == 0
@@ -93,20 +100,24 @@ def test_counts_add_up_and_route_labels_stay_bounded() -> None:
 
 
 def test_label_values_are_escaped() -> None:
-    metrics = Metrics()
-    metrics.queue_tasks.set(7, state='we"ird\\state\n')
-    (sample,) = parse(metrics.render())["waystation_queue_tasks"].samples
+    text = render_metrics({'we"ird\\state\n': 7}, "online", Metrics())
+    (sample,) = parse(text)["waystation_queue_tasks"].samples
     assert sample.labels == {"state": 'we"ird\\state\n'} and sample.value == 7
 
 
 def test_registry_refuses_misuse() -> None:
     metrics = Metrics()
-    with pytest.raises(ValueError, match="labels"):
-        metrics.turns.inc(route="local")
-    with pytest.raises(ValueError, match="only goes up"):
-        metrics.deliveries.inc(-1, outcome="done")
-    with pytest.raises(ValueError, match="counter"):
-        metrics.model_loads.set(3)
+    with pytest.raises(ValueError, match="label"):
+        metrics.families.turns.labels(route="local").inc()
+    with pytest.raises(ValueError, match="non-negative"):
+        metrics.families.deliveries.labels(outcome="done").inc(-1)
+
+
+def test_each_station_counts_alone() -> None:
+    one, two = Metrics(), Metrics()
+    one.delivered("done", False, 0.1)
+    counted = parse(two.render())["waystation_deliveries"].samples
+    assert value(counted, "waystation_deliveries_total", outcome="done") == 0
 
 
 # --- a real agent ----------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from waystation import contract
 from waystation.errors import BadCheckpoint, SigningKeyUnusable
 
 ED25519 = b"\x01"  # the signed-note signature type of Ed25519
@@ -236,7 +237,7 @@ class Checkpoint:
     def text(self) -> str:
         return f"{self.origin}\n{self.size}\n{self.root_b64}\n"
 
-    def to_json(self, note: str) -> dict[str, object]:
+    def to_json(self, note: str) -> contract.Checkpoint:
         return {"origin": self.origin, "size": self.size, "root_hash": self.root_b64, "note": note}
 
     @classmethod

@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args, get_origin
 import platformdirs
 
 from waystation.checkpoints import VerifierKey
+from waystation.contract import ConnectivityMode
 from waystation.errors import BadCheckpoint, ConfigError
 
 ENV_PREFIX = "WAYSTATION_"
@@ -71,7 +72,7 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class ConnectivitySettings:
-    mode: Literal["auto", "online", "offline"] = "auto"
+    mode: ConnectivityMode = "auto"
     probe_url: str = "http://connectivitycheck.gstatic.com/generate_204"
     expect_status: int = 204
     probe_timeout_s: float = 3.0

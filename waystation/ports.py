@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+from waystation import contract
+
 # What an idempotency key may be: it travels as the Idempotency-Key header of every delivery,
 # so printable ASCII (spaces inside allowed), not blank, at most 255 characters.
 _KEY = re.compile(r"[\x20-\x7e]{1,255}")
@@ -46,7 +48,7 @@ class Delivery:
 
     outcome: Outcome
     status: int | None = None  # the destination's HTTP status, when it answered over HTTP
-    result: dict[str, Any] | None = None  # kept as the task's result
+    result: Mapping[str, Any] | None = None  # kept as the task's result
     retry_after_s: float | None = None  # the destination asked for this pause
     error: str | None = None  # why it did not succeed, in words (never a credential)
 
@@ -77,7 +79,7 @@ class Connectivity(Protocol):
 class Announce(Protocol):
     """What the core tells the rest of the agent (event stream, metrics, turn resumption)."""
 
-    def task_changed(self, task: Mapping[str, Any], receipt: Mapping[str, Any] | None = None) -> None:
+    def task_changed(self, task: contract.Task, receipt: contract.Receipt | None = None) -> None:
         """A task (the contract's task object) changed state; `receipt` if it wrote one."""
         ...
 

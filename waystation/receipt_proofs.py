@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from waystation import receipt_tree
+from waystation import contract, receipt_tree
 from waystation.checkpoints import Checkpoint, SigningKey, VerifierKey, open_checkpoint
 from waystation.db import Database
 from waystation.errors import BadCheckpoint
@@ -36,7 +36,7 @@ async def checkpoint(db: Database, key: SigningKey) -> tuple[Checkpoint, str]:
     return made, key.sign(made.text())
 
 
-async def prove(db: Database, key: SigningKey, receipt_id: str) -> dict[str, Any]:
+async def prove(db: Database, key: SigningKey, receipt_id: str) -> contract.ReceiptProof:
     """The receipt, its audit path, and the signed checkpoint the path leads to."""
     index, _ = await receipt_tree.leaf_of(db, receipt_id)
     body = await get_receipt(db, receipt_id)

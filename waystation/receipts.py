@@ -17,17 +17,17 @@ import json
 import secrets
 import sqlite3
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
-from waystation import receipt_tree, timeutil
+from waystation import contract, receipt_tree, timeutil
 from waystation.checkpoints import Checkpoint
 from waystation.db import Database
 from waystation.errors import NotFound, ReceiptsDamaged
 from waystation.merkle import EMPTY_ROOT, CompactRange, leaf_hash
 
 GENESIS_HASH = "0" * 64
-Status = Literal["ok", "parked", "refused", "error"]
+Status = contract.ReceiptStatus
 
 
 # One encoder, built once: json.dumps with these options would build a new one on every call.
@@ -48,14 +48,22 @@ def new_id(prefix: str) -> str:
 class RouteInfo:
     name: str
     provider: str
-    auth_lane: str
-    cost_lane: str
+    auth_lane: contract.AuthLane
+    cost_lane: contract.CostLane
     model: str | None = None
 
 
-def route_object(route: RouteInfo, available: bool, reason: str | None) -> dict[str, Any]:
+def route_object(route: RouteInfo, available: bool, reason: str | None) -> contract.Route:
     """The contract's route object (`GET /v1/routes`): what a receipt names, and whether it can run."""
-    return {**asdict(route), "available": available, "reason": reason}
+    return {
+        "name": route.name,
+        "provider": route.provider,
+        "auth_lane": route.auth_lane,
+        "cost_lane": route.cost_lane,
+        "model": route.model,
+        "available": available,
+        "reason": reason,
+    }
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,7 @@ class Usage:
 class ReceiptDraft:
     """A receipt before it is chained: everything but id, created_at and the hashes."""
 
-    kind: Literal["turn", "task"]
+    kind: contract.ReceiptKind
     status: Status
     route: RouteInfo
     reason: str | None = None
@@ -90,11 +98,11 @@ def receipt_hash(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(unhashed).encode()).hexdigest()
 
 
-def append(conn: sqlite3.Connection, draft: ReceiptDraft) -> dict[str, Any]:
+def append(conn: sqlite3.Connection, draft: ReceiptDraft) -> contract.Receipt:
     """Chain `draft` onto the head and insert it; call only inside `Database.write`."""
     row = conn.execute("SELECT hash, leaf FROM receipts ORDER BY seq DESC LIMIT 1").fetchone()
     route, usage = draft.route, draft.usage
-    body: dict[str, Any] = {
+    body: contract.Receipt = {
         "id": new_id("r"),
         "kind": draft.kind,
         "created_at": timeutil.iso(timeutil.now()),
@@ -118,6 +126,7 @@ def append(conn: sqlite3.Connection, draft: ReceiptDraft) -> dict[str, Any]:
         "model_answered": draft.model_answered,
         "telemetry": dict(draft.telemetry),
         "prev_hash": row[0] if row else GENESIS_HASH,
+        "hash": "",
     }
     body["hash"] = receipt_hash(body)
     # The next leaf of the Merkle tree: one past the head's, unless a damaged tree was rebuilt.
@@ -138,10 +147,16 @@ class Verification:
     first_broken_id: str | None = None
     reason: str | None = None
     # The checkpoint checked against, when there was one: {"origin", "size", "root_hash"}.
-    checkpoint: dict[str, Any] | None = None
+    checkpoint: contract.CheckpointRef | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_json(self) -> contract.Verification:
+        return {
+            "ok": self.ok,
+            "count": self.count,
+            "first_broken_id": self.first_broken_id,
+            "reason": self.reason,
+            "checkpoint": self.checkpoint,
+        }
 
 
 class ChainCheck:
@@ -187,7 +202,7 @@ def verify(rows: Iterable[sqlite3.Row | tuple[str, str, str]]) -> Verification:
     return chain.check(rows) or Verification(True, chain.count)
 
 
-async def list_receipts(db: Database, after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+async def list_receipts(db: Database, after: str | None = None, limit: int = 100) -> list[contract.Receipt]:
     """Receipts in chain order, oldest first, starting after the receipt `after` (an id)."""
     start = 0
     if after is not None:
@@ -199,17 +214,17 @@ async def list_receipts(db: Database, after: str | None = None, limit: int = 100
     return [json.loads(r[0]) for r in rows]
 
 
-async def latest_receipts(db: Database, limit: int) -> list[dict[str, Any]]:
+async def latest_receipts(db: Database, limit: int) -> list[contract.Receipt]:
     """The newest `limit` receipts, still in chain order."""
     rows = await db.fetchall("SELECT body FROM receipts ORDER BY seq DESC LIMIT ?", (limit,))
     return [json.loads(r[0]) for r in reversed(rows)]
 
 
-async def get_receipt(db: Database, ident: str) -> dict[str, Any]:
+async def get_receipt(db: Database, ident: str) -> contract.Receipt:
     row = await db.fetchone("SELECT body FROM receipts WHERE id = ?", (ident,))
     if row is None:
         raise NotFound("receipt", ident)
-    body: dict[str, Any] = json.loads(row[0])
+    body: contract.Receipt = json.loads(row[0])
     return body
 
 
@@ -244,7 +259,11 @@ async def verify_database(db: Database, checkpoint: Checkpoint | None = None) ->
         return Verification(False, chain.count, None, TREE_EDITED)
     if checkpoint is None:
         return Verification(True, chain.count)
-    shown = {"origin": checkpoint.origin, "size": checkpoint.size, "root_hash": checkpoint.root_b64}
+    shown: contract.CheckpointRef = {
+        "origin": checkpoint.origin,
+        "size": checkpoint.size,
+        "root_hash": checkpoint.root_b64,
+    }
     if chain.count < checkpoint.size:
         reason = (
             f"truncated or rolled back: the checkpoint covers {checkpoint.size} receipts and the database "

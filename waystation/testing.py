@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from waystation import contract
 from waystation.adapters.models.scripted import ScriptedBackend
 from waystation.errors import FleetUnavailable
 from waystation.ports import Delivery, Outcome, PubAck
@@ -103,7 +104,7 @@ class RecordingAnnouncer:
     durations: list[float] = field(default_factory=list)  # of each delivery, in seconds
     turns: list[tuple[dict[str, Any], dict[str, Any] | None, bool]] = field(default_factory=list)
 
-    def task_changed(self, task: Mapping[str, Any], receipt: Mapping[str, Any] | None = None) -> None:
+    def task_changed(self, task: contract.Task, receipt: contract.Receipt | None = None) -> None:
         self.tasks.append((dict(task), None if receipt is None else dict(receipt)))
 
     def delivered(self, outcome: Outcome, repeated: bool, seconds: float) -> None:

@@ -6,12 +6,19 @@ import email.utils
 import math
 import time
 from datetime import UTC, datetime
+from typing import overload
 
 
 def now() -> float:
     return time.time()
 
 
+@overload
+def iso(ts: float) -> str: ...
+@overload
+def iso(ts: None) -> None: ...
+@overload
+def iso(ts: float | None) -> str | None: ...
 def iso(ts: float | None) -> str | None:
     """Epoch seconds as ISO 8601 UTC with milliseconds, e.g. 2026-11-22T02:21:12.123Z."""
     if ts is None:

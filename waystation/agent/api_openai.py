@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from waystation import sse
+from waystation import contract, sse
 from waystation.agent.api_openai_request import chat_request
 from waystation.agent.api_turns import stream_turn
 from waystation.agent.http_io import json_body, station_of
@@ -69,7 +69,7 @@ class Completion:
     def __init__(self, completion_id: str, created: int, model: str) -> None:
         self.id, self.created, self.model = completion_id, created, model
 
-    def whole(self, result: TurnResult) -> dict[str, Any]:
+    def whole(self, result: TurnResult) -> contract.ChatCompletion:
         calls = client_calls(result)
         message: dict[str, Any] = {"role": "assistant", "content": None if calls else result.text}
         if calls:
@@ -113,7 +113,7 @@ class Completion:
         return frames + self.chunk({}, finish_reason(result))
 
 
-def client_calls(result: TurnResult) -> list[dict[str, Any]]:
+def client_calls(result: TurnResult) -> list[contract.ClientToolCall]:
     """The calls the model made to the client's tools, in OpenAI's shape."""
     return [
         {
@@ -136,6 +136,6 @@ def model_that_ran(result: TurnResult, fallback: str) -> str:
     return result.model_answered or result.model or fallback
 
 
-def usage(result: TurnResult) -> dict[str, int]:
+def usage(result: TurnResult) -> contract.CompletionUsage:
     p, c = result.usage.prompt_tokens, result.usage.completion_tokens
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}

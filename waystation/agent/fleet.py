@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from nats.aio.msg import Msg
 
-from waystation import receipt_proofs, timeutil
+from waystation import contract, receipt_proofs, timeutil
 from waystation.adapters.fleet import work
 from waystation.adapters.fleet.hub import Hub, fetch, safe_url, settle
 from waystation.adapters.fleet.layout import WORK_MAX_DELIVER
@@ -217,7 +217,7 @@ class Fleet:
         log.error("fleet work: message terminated", stream_seq=seq, key=key, reason=reason)
         await settle(msg, lambda m: m.term())
 
-    async def _add(self, data: bytes, headers: Mapping[str, str], key: str) -> tuple[dict[str, Any], bool]:
+    async def _add(self, data: bytes, headers: Mapping[str, str], key: str) -> tuple[contract.Task, bool]:
         refusal = work.signature_refusal(data, headers.get(work.SIGNATURE_HEADER), self._work_keys)
         if refusal is not None:
             raise WorkRefused(refusal)

@@ -12,12 +12,12 @@ import copy
 import functools
 from typing import Any
 
-from waystation import __version__
+from waystation import __version__, contract
 from waystation.agent.api_models import ENDPOINT_HEADER as PULL_ENDPOINT_HEADER
 from waystation.agent.api_models import TOKEN_HEADER as PULL_TOKEN_HEADER
 from waystation.agent.connections import BODY_TIMEOUT_S
 from waystation.agent.http_io import MAX_BODY_BYTES, MAX_LIST
-from waystation.agent.openapi_schemas import ID_PATTERN, SCHEMAS, TASK_STATES, TURN_STATES, Schema, ref
+from waystation.agent.openapi_schemas import ID_PATTERN, SCHEMAS, Schema, enum, ref
 
 
 def _error(description: str) -> Schema:
@@ -148,7 +148,7 @@ PATHS: dict[str, Schema] = {
             },
             operationId="listTasks",
             parameters=[
-                _query("state", {"type": "string", "enum": TASK_STATES}, "only tasks in this state"),
+                _query("state", enum(contract.TaskState), "only tasks in this state"),
                 LIMIT,
             ],
         ),
@@ -189,7 +189,7 @@ PATHS: dict[str, Schema] = {
             },
             operationId="listTurns",
             parameters=[
-                _query("state", {"type": "string", "enum": TURN_STATES}, "only turns in this state"),
+                _query("state", enum(contract.TurnState), "only turns in this state"),
                 LIMIT,
             ],
         ),

@@ -1,15 +1,22 @@
-"""The contract's objects as JSON Schemas, for the OpenAPI document (openapi.py)."""
+"""The contract's objects as JSON Schemas, for the OpenAPI document (openapi.py).
+
+The document is kept by hand for what types cannot say (descriptions, patterns, bounds); its
+enums come from waystation/contract.py's Literals, and tests/test_openapi_contract.py checks
+every schema's properties, required fields and enums against contract.py's TypedDicts both ways.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
+
+from waystation import contract
 
 Schema = dict[str, Any]
 
-TASK_STATES = ["pending", "running", "done", "dead", "cancelled", "expired"]
-TURN_STATES = ["running", "parked", "resuming", "deferred", "ok", "refused", "error", "interrupted"]
-CONNECTIVITY_STATES = ["online", "offline", "portal", "unknown"]
-MODES = ["auto", "online", "offline"]
+
+def enum(vocabulary: Any) -> Schema:
+    """A string schema whose values are a contract Literal's."""
+    return {"type": "string", "enum": list(get_args(vocabulary))}
 
 
 def _nullable(type_name: str, **extra: Any) -> Schema:
@@ -35,14 +42,14 @@ def ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _object(properties: dict[str, Schema], required: list[str] | None = None) -> Schema:
-    """An object with these properties (all required unless named), more allowed: the agent may
-    add fields (clients must ignore what they do not know)."""
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": list(properties) if required is None else required,
-    }
+def _object(
+    properties: dict[str, Schema], required: list[str] | None = None, optional: tuple[str, ...] = ()
+) -> Schema:
+    """An object with these properties (all required unless named, or but the `optional` ones),
+    more allowed: the agent may add fields (clients must ignore what they do not know)."""
+    if required is None:
+        required = [name for name in properties if name not in optional]
+    return {"type": "object", "properties": properties, "required": required}
 
 
 ID_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
@@ -66,7 +73,7 @@ SCHEMAS: dict[str, Schema] = {
             "tool": {"type": "string"},
             "args": {"type": "object"},
             "idempotency_key": {"type": "string"},
-            "state": {"type": "string", "enum": TASK_STATES},
+            "state": enum(contract.TaskState),
             "attempts": {"type": "integer", "minimum": 0},
             "next_attempt_at": _nullable("string", description="when a pending task is due"),
             "last_error": _nullable("string"),
@@ -115,8 +122,8 @@ SCHEMAS: dict[str, Schema] = {
         {
             "name": {"type": "string"},
             "provider": {"type": "string"},
-            "auth_lane": {"type": "string", "enum": ["none", "api_key", "seat", "oauth", "credits"]},
-            "cost_lane": {"type": "string", "enum": ["local", "byok", "provider_subscription", "credits"]},
+            "auth_lane": enum(contract.AuthLane),
+            "cost_lane": enum(contract.CostLane),
             "model": _nullable("string"),
         },
         required=["name", "provider", "auth_lane", "cost_lane"],
@@ -130,15 +137,17 @@ SCHEMAS: dict[str, Schema] = {
             "model": _nullable("string"),
             "available": {"type": "boolean"},
             "reason": _nullable("string", description="why the route cannot run now"),
-        }
+            "model_answered": _nullable("string", description="the model its provider said answered last"),
+        },
+        optional=("model_answered",),
     ),
     "Usage": _object({"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"}}),
     "Receipt": _object(
         {
             "id": {"type": "string"},
-            "kind": {"type": "string", "enum": ["turn", "task"]},
+            "kind": enum(contract.ReceiptKind),
             "created_at": TIMESTAMP,
-            "status": {"type": "string", "enum": ["ok", "parked", "refused", "error"]},
+            "status": enum(contract.ReceiptStatus),
             "reason": _nullable("string"),
             "route": ref("RouteInfo"),
             "usage": ref("Usage"),
@@ -147,13 +156,21 @@ SCHEMAS: dict[str, Schema] = {
             "turn_id": _nullable("string"),
             "task_id": _nullable("string"),
             "deferred_task_ids": {"type": "array", "items": {"type": "string"}},
+            "cold_load_ms": _nullable("integer", description="how long loading the turn's model took"),
+            "model_answered": _nullable("string", description="the model the provider says answered"),
+            "telemetry": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "the provider's rate-limit headers, as it sent them",
+            },
             "prev_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
             "hash": {
                 "type": "string",
                 "pattern": "^[0-9a-f]{64}$",
                 "description": "SHA-256 of the canonical JSON without `hash`",
             },
-        }
+        },
+        optional=("cold_load_ms", "model_answered", "telemetry"),  # receipts written before them lack them
     ),
     "Verification": _object(
         {
@@ -207,8 +224,8 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "Connectivity": _object(
         {
-            "state": {"type": "string", "enum": CONNECTIVITY_STATES},
-            "mode": {"type": "string", "enum": MODES},
+            "state": enum(contract.ConnectivityState),
+            "mode": enum(contract.ConnectivityMode),
             "since": _nullable("string"),
             "last_probe": {"oneOf": [ref("Probe"), {"type": "null"}]},
             "metered": {"type": "boolean"},
@@ -216,10 +233,12 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "ConnectivityMode": {
         "type": "object",
-        "properties": {"mode": {"type": "string", "enum": MODES}},
+        "properties": {"mode": enum(contract.ConnectivityMode)},
         "required": ["mode"],
     },
-    "QueueCounts": _object({state: {"type": "integer", "minimum": 0} for state in TASK_STATES}),
+    "QueueCounts": _object(
+        {state: {"type": "integer", "minimum": 0} for state in get_args(contract.TaskState)}
+    ),
     "ModelStatus": _object(
         {
             "backend": {"type": "string"},
@@ -237,6 +256,11 @@ SCHEMAS: dict[str, Schema] = {
             "queue": ref("QueueCounts"),
             "model": ref("ModelStatus"),
             "routes": {"type": "array", "items": ref("Route")},
+            "turns": {
+                "type": "object",
+                "additionalProperties": {"type": "integer", "minimum": 0},
+                "description": "turns by state",
+            },
             "signing": _object(
                 {
                     "ok": {"type": "boolean", "description": "the receipts' checkpoints are signed"},
@@ -244,13 +268,13 @@ SCHEMAS: dict[str, Schema] = {
                 }
             ),
         },
-        required=["version", "uptime_s", "connectivity", "queue", "model", "routes"],
+        required=["version", "uptime_s", "connectivity", "queue", "model", "routes", "turns"],
     ),
     "ModelDetails": _object(
         {
             "name": {"type": "string"},
             "path": {"type": "string"},
-            "format": {"type": "string", "enum": ["gguf", "mlx"]},
+            "format": enum(contract.ModelFormat),
             "size": {"type": "integer", "minimum": 0, "description": "bytes on disk"},
             "sha256": _nullable("string", description="of the GGUF file, when a pull recorded it"),
             "source": _nullable("string", description="hf:OWNER/REPO/FILE or the URL (no credentials)"),
@@ -343,7 +367,7 @@ SCHEMAS: dict[str, Schema] = {
             "max_steps": {"type": "integer", "minimum": 1, "maximum": 16},
             "tool_choice": {
                 "oneOf": [
-                    {"type": "string", "enum": ["auto", "required", "none"]},
+                    enum(contract.ToolChoiceMode),
                     _object({"tool": {"type": "string", "minLength": 1}}),
                 ]
             },
@@ -359,14 +383,22 @@ SCHEMAS: dict[str, Schema] = {
             "text": {"type": "string"},
             "route": {"type": "string"},
             "receipt_id": {"type": "string"},
+            "status": enum(contract.ReceiptStatus),
             "tool_calls": {"type": "array", "items": {"type": "object"}},
             "deferred_task_ids": {"type": "array", "items": {"type": "string"}},
+            "usage": ref("Usage"),
+            "model": _nullable("string", description="the model asked for"),
+            "model_answered": _nullable("string", description="the model the provider says answered"),
+            "finish_reason": {
+                "type": "string",
+                "description": "the last generation's: stop, length, tool_calls",
+            },
         }
     ),
     "Turn": _object(
         {
             "turn_id": {"type": "string"},
-            "state": {"type": "string", "enum": TURN_STATES},
+            "state": enum(contract.TurnState),
             "route": {"type": ["string", "null"]},
             "model": {"type": ["string", "null"]},
             "prompt": {"type": "string"},
@@ -382,6 +414,10 @@ SCHEMAS: dict[str, Schema] = {
                         "status": {"type": ["string", "null"]},
                         "task_id": {"type": ["string", "null"]},
                         "task_state": {"type": ["string", "null"]},
+                        "result": {
+                            "type": ["string", "null"],
+                            "description": "what the call got, in one line (null while it has no answer)",
+                        },
                     }
                 ),
             },
@@ -410,7 +446,7 @@ SCHEMAS: dict[str, Schema] = {
     "ChatMessage": {
         "type": "object",
         "properties": {
-            "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+            "role": enum(contract.ChatRole),
             "content": {
                 "oneOf": [
                     {"type": "string"},
@@ -440,9 +476,7 @@ SCHEMAS: dict[str, Schema] = {
                 "maxItems": 128,
                 "description": "OpenAI function tools",
             },
-            "tool_choice": {
-                "oneOf": [{"type": "string", "enum": ["auto", "none", "required"]}, {"type": "object"}]
-            },
+            "tool_choice": {"oneOf": [enum(contract.ToolChoiceMode), {"type": "object"}]},
             "response_format": {"type": "object", "description": "text, json_object or json_schema"},
             "n": {"type": "integer", "const": 1},
             "stop": {
@@ -467,7 +501,15 @@ SCHEMAS: dict[str, Schema] = {
             "created": {"type": "integer"},
             "model": {"type": "string"},
             "choices": {"type": "array", "items": {"type": "object"}},
-            "usage": {"type": "object"},
-        }
+            "usage": _object(
+                {
+                    "prompt_tokens": {"type": "integer"},
+                    "completion_tokens": {"type": "integer"},
+                    "total_tokens": {"type": "integer"},
+                }
+            ),
+            "waystation": _object({"turn_id": {"type": "string"}, "receipt_id": {"type": "string"}}),
+        },
+        optional=("waystation",),
     ),
 }

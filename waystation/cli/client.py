@@ -16,8 +16,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from waystation import errors
-from waystation.errors import AgentNotRunning, WaystationError
+from waystation import contract
+from waystation.cli.remote_errors import AgentTimeout, AgentUnreachable, error_from, os_cause
+
+# Re-exported: where callers have always found them.
+from waystation.cli.remote_errors import RemoteError as RemoteError
+from waystation.cli.remote_errors import rebuild_error as rebuild_error
+from waystation.errors import AgentNotRunning
 from waystation.sse import SseParser
 
 if TYPE_CHECKING:
@@ -29,84 +34,6 @@ T = TypeVar("T")
 BASE_URL = "http://waystation"
 DEFAULT_TIMEOUT_S = 30.0
 PAGE = 1000  # receipts per request when reading the whole chain
-
-
-class RemoteError(WaystationError):
-    """An error answer whose code names no class here (an agent newer than this client)."""
-
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        http_status: int = 500,
-        exit_code: int = 1,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        # Instance values shadow the class-level defaults for this one error.
-        self.code = code  # type: ignore[misc]
-        self.http_status = http_status  # type: ignore[misc]
-        self.exit_code = exit_code  # type: ignore[misc]
-        self.remote_details = dict(details or {})
-
-    def details(self) -> dict[str, Any]:
-        """The details the agent sent, as they were."""
-        return dict(self.remote_details)
-
-
-class AgentTimeout(RemoteError):
-    """The agent did not answer in time (it may still be working on the request)."""
-
-
-class AgentUnreachable(RemoteError):
-    """The connection to the agent failed or broke off (it may still be working on the request)."""
-
-
-def _error_classes() -> dict[str, type[WaystationError]]:
-    """Each code of errors.py and its class: the class that defines the code, where subclasses
-    share it (RouteOffline answers as RouteRefused's route_refused)."""
-    found: dict[str, type[WaystationError]] = {}
-    todo: list[type[WaystationError]] = [WaystationError]
-    while todo:
-        cls = todo.pop()
-        if cls.__module__ == errors.__name__ and "code" in vars(cls):
-            found.setdefault(cls.code, cls)
-        todo.extend(cls.__subclasses__())
-    return found
-
-
-def rebuild_error(code: str, message: str, http_status: int, details: object = None) -> WaystationError:
-    """The error an agent answered, as the class its code names (so `except NotFound` works),
-    built through its constructor from the details (so NotFound.ident is there): see
-    WaystationError.from_json. An unknown code gives a RemoteError with the answer's status."""
-    cls = _error_classes().get(code)
-    if cls is None:
-        return RemoteError(code, message, http_status, details=details if isinstance(details, dict) else None)
-    return cls.from_json(message, details)
-
-
-def _error_from(response: httpx.Response) -> WaystationError:
-    try:
-        detail = response.json()["error"]
-        code, message = str(detail["code"]), str(detail["message"])
-    except (ValueError, KeyError, TypeError):
-        text = response.text.strip().splitlines()
-        hint = f": {text[0][:200]}" if text else ""
-        return RemoteError(
-            f"http_{response.status_code}",
-            f"the agent answered HTTP {response.status_code}{hint}",
-            response.status_code,
-        )
-    return rebuild_error(code, message, response.status_code, detail.get("details"))
-
-
-def _os_cause(exc: BaseException) -> OSError | None:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 class AgentClient:
@@ -148,7 +75,7 @@ class AgentClient:
         with self._translated():
             response = self.http.request(method, path, json=json, params=query)
         if response.status_code >= 400:
-            raise _error_from(response)
+            raise error_from(response)
         if not response.content:
             return response.status_code, None
         try:
@@ -202,7 +129,7 @@ class AgentClient:
         ):
             if response.status_code >= 400:
                 response.read()
-                raise _error_from(response)
+                raise error_from(response)
             if on_open is not None:
                 on_open(response.headers)
             parser = SseParser()
@@ -218,7 +145,7 @@ class AgentClient:
         try:
             yield
         except httpx.ConnectError as exc:
-            cause = _os_cause(exc)
+            cause = os_cause(exc)
             if isinstance(cause, FileNotFoundError | ConnectionRefusedError) or not where.exists():
                 raise AgentNotRunning(where) from None
             reason = cause.strerror if cause is not None and cause.strerror else str(exc)
@@ -290,61 +217,61 @@ class Waystation:
 
     # --- tasks -------------------------------------------------------------------------------
 
-    def add_task(self, tool: str, args: dict[str, Any], key: str | None) -> tuple[dict[str, Any], bool]:
+    def add_task(self, tool: str, args: dict[str, Any], key: str | None) -> tuple[contract.Task, bool]:
         """(task, created)."""
         from waystation.station.ops import tasks
 
-        body: dict[str, Any] = {"tool": tool, "args": args}
+        body: contract.NewTask = {"tool": tool, "args": args}
         if key is not None:
             body["idempotency_key"] = key
 
-        def agent(client: AgentClient) -> tuple[dict[str, Any], bool]:
+        def agent(client: AgentClient) -> tuple[contract.Task, bool]:
             status, task = client.request_full("POST", "/v1/tasks", json=body)
             return task, status == 201
 
         return self._either(agent, lambda d: d.call(tasks.add, tool, args, key))
 
-    def list_tasks(self, state: str | None, limit: int) -> list[dict[str, Any]]:
+    def list_tasks(self, state: str | None, limit: int) -> list[contract.Task]:
         from waystation.station.ops import tasks
 
         return self._answer("GET", "/v1/tasks", tasks.list_tasks, state, limit, query=("state", "limit"))
 
-    def get_task(self, task_id: str) -> dict[str, Any]:
+    def get_task(self, task_id: str) -> contract.Task:
         from waystation.station.ops import tasks
 
         return self._answer("GET", f"/v1/tasks/{_seg(task_id)}", tasks.get, task_id)
 
-    def retry_task(self, task_id: str) -> dict[str, Any]:
+    def retry_task(self, task_id: str) -> contract.Task:
         from waystation.station.ops import tasks
 
         return self._answer("POST", f"/v1/tasks/{_seg(task_id)}/retry", tasks.retry, task_id)
 
-    def cancel_task(self, task_id: str) -> dict[str, Any]:
+    def cancel_task(self, task_id: str) -> contract.Task:
         from waystation.station.ops import tasks
 
         return self._answer("POST", f"/v1/tasks/{_seg(task_id)}/cancel", tasks.cancel, task_id)
 
     # --- receipts ----------------------------------------------------------------------------
 
-    def receipts_after(self, after: str | None, limit: int) -> list[dict[str, Any]]:
+    def receipts_after(self, after: str | None, limit: int) -> list[contract.Receipt]:
         """Up to `limit` receipts after the one named `after` (from the start if None), oldest first."""
         from waystation.station.ops import receipts
 
         return self._answer("GET", "/v1/receipts", receipts.after, after, limit, query=("after", "limit"))
 
-    def latest_receipts(self, limit: int) -> list[dict[str, Any]]:
+    def latest_receipts(self, limit: int) -> list[contract.Receipt]:
         """The last `limit` receipts of the chain, oldest first."""
         from waystation.station.ops import receipts
 
-        def agent(client: AgentClient) -> list[dict[str, Any]]:
+        def agent(client: AgentClient) -> list[contract.Receipt]:
             # The API pages forward from the start; keep the tail as the pages go by.
-            tail: collections.deque[dict[str, Any]] = collections.deque(maxlen=limit)
+            tail: collections.deque[contract.Receipt] = collections.deque(maxlen=limit)
             tail.extend(self.iter_receipts())
             return list(tail)
 
         return self._either(agent, lambda d: d.read(receipts.latest, limit))
 
-    def iter_receipts(self) -> Iterator[dict[str, Any]]:
+    def iter_receipts(self) -> Iterator[contract.Receipt]:
         """The whole chain, oldest first, a page at a time."""
         after = None
         while page := self.receipts_after(after, PAGE):
@@ -353,49 +280,47 @@ class Waystation:
 
     # --- turns -------------------------------------------------------------------------------
 
-    def get_turn(self, turn_id: str) -> dict[str, Any]:
+    def get_turn(self, turn_id: str) -> contract.Turn:
         from waystation.station.ops import turns
 
         return self._answer("GET", f"/v1/turns/{_seg(turn_id)}", turns.get, turn_id)
 
-    def list_turns(self, state: str | None, limit: int) -> list[dict[str, Any]]:
+    def list_turns(self, state: str | None, limit: int) -> list[contract.Turn]:
         """Newest first."""
         from waystation.station.ops import turns
 
         return self._answer("GET", "/v1/turns", turns.list_turns, state, limit, query=("state", "limit"))
 
-    def get_receipt(self, receipt_id: str) -> dict[str, Any]:
+    def get_receipt(self, receipt_id: str) -> contract.Receipt:
         from waystation.station.ops import receipts
 
         return self._answer("GET", f"/v1/receipts/{_seg(receipt_id)}", receipts.get, receipt_id)
 
-    def verify_receipts(self, checkpoint: str | None = None) -> dict[str, Any]:
-        """{"ok", "count", "first_broken_id", "reason", "checkpoint"}; against `checkpoint` (a
-        signed note's text) when given, else against the one the agent keeps."""
+    def verify_receipts(self, checkpoint: str | None = None) -> contract.Verification:
+        """Against `checkpoint` (a signed note's text) when given, else the one the agent keeps."""
         from waystation.station.ops import receipts
 
         if checkpoint is None:
             return self._answer("GET", "/v1/receipts/verify", receipts.verify)
 
-        def agent(client: AgentClient) -> dict[str, Any]:
-            answer: dict[str, Any] = client.request(
-                "POST", "/v1/receipts/verify", json={"checkpoint": checkpoint}
-            )
+        def agent(client: AgentClient) -> contract.Verification:
+            body: contract.CheckpointToVerify = {"checkpoint": checkpoint}
+            answer: contract.Verification = client.request("POST", "/v1/receipts/verify", json=body)
             return answer
 
         return self._either(agent, lambda d: d.read(receipts.verify, checkpoint))
 
-    def receipts_key(self) -> dict[str, str]:
+    def receipts_key(self) -> contract.VerifierKey:
         from waystation.station.ops import receipts
 
         return self._answer("GET", "/v1/receipts/key", receipts.key)
 
-    def checkpoint(self) -> dict[str, Any]:
+    def checkpoint(self) -> contract.Checkpoint:
         from waystation.station.ops import receipts
 
         return self._answer("GET", "/v1/receipts/checkpoint", receipts.checkpoint)
 
-    def prove(self, receipt_id: str) -> dict[str, Any]:
+    def prove(self, receipt_id: str) -> contract.ReceiptProof:
         from waystation.station.ops import receipts
 
         return self._answer("GET", f"/v1/receipts/{_seg(receipt_id)}/proof", receipts.prove, receipt_id)

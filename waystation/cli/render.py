@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
+    from waystation import contract
+
 STATE_STYLE = {
     "pending": "yellow",
     "running": "cyan",
@@ -170,7 +172,7 @@ def _pairs(rows: Iterable[tuple[str, object]]) -> Table:
 # --- tasks -------------------------------------------------------------------------------------
 
 
-def tasks_table(tasks: list[dict[str, Any]]) -> None:
+def tasks_table(tasks: list[contract.Task]) -> None:
     if not tasks:
         say("no tasks")
         return
@@ -263,7 +265,7 @@ def turn_outcome(turn: Mapping[str, Any]) -> str:
     return str(turn.get("reason") or "")
 
 
-def turns_table(turns: list[dict[str, Any]]) -> None:
+def turns_table(turns: list[contract.Turn]) -> None:
     if not turns:
         say("no turns")
         return
@@ -313,7 +315,7 @@ def _route(route: object) -> str:
     return f"{name} → {provider}" if provider and provider != name else str(name)
 
 
-def receipts_table(items: list[dict[str, Any]]) -> None:
+def receipts_table(items: list[contract.Receipt]) -> None:
     if not items:
         say("no receipts")
         return
@@ -383,7 +385,7 @@ def connectivity(c: Mapping[str, Any]) -> None:
     console().print(connectivity_line(c))
 
 
-def routes_table(routes: list[dict[str, Any]]) -> None:
+def routes_table(routes: list[contract.Route]) -> None:
     if not routes:
         say("no routes")
         return

@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from waystation import timeutil
+from waystation import contract, timeutil
 from waystation.config import QueueSettings
 from waystation.errors import DatabaseError
 from waystation.ports import Announce, Connectivity, Deliver, Outcome
@@ -316,8 +316,8 @@ class Flusher:
         self._announce.task_changed(settled.to_json(), receipt)
 
     async def _record(
-        self, task: Task, decision: Decision, result: dict[str, Any] | None, duration_ms: int
-    ) -> tuple[Task, dict[str, Any] | None] | None:
+        self, task: Task, decision: Decision, result: Mapping[str, Any] | None, duration_ms: int
+    ) -> tuple[Task, contract.Receipt | None] | None:
         """Settle the task on its answer, retrying while the database refuses (a full disk, a
         lock): the delivery has happened, and recording it beats delivering it again. Given up,
         the task stays `running` until its lease is reclaimed, then goes out again with the same

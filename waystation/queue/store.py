@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from waystation import receipts, timeutil
+from waystation import contract, receipts, timeutil
 from waystation.config import QueueSettings
 from waystation.db import Database
 from waystation.errors import IdempotencyConflict, InvalidTransition, NotFound
@@ -172,10 +172,10 @@ class TaskStore:
 
     async def settle(
         self, task: Task, decision: Decision, result: Mapping[str, Any] | None, duration_ms: int
-    ) -> tuple[Task, dict[str, Any] | None]:
+    ) -> tuple[Task, contract.Receipt | None]:
         """Record a delivery's decision; a final state commits with its task receipt."""
 
-        def op(conn: sqlite3.Connection) -> tuple[Task, dict[str, Any] | None]:
+        def op(conn: sqlite3.Connection) -> tuple[Task, contract.Receipt | None]:
             now = timeutil.now()
             cursor = conn.execute(
                 "UPDATE tasks SET state = ?, attempts = ?, net_failures = ?, next_attempt_at = ?,"
@@ -274,11 +274,11 @@ class TaskStore:
 
         return await self.db.write(op)
 
-    async def cancel(self, task_id: str, *, abandoned: bool = False) -> tuple[Task, dict[str, Any]]:
+    async def cancel(self, task_id: str, *, abandoned: bool = False) -> tuple[Task, contract.Receipt]:
         """Pending -> cancelled, with its receipt; also running, when the flusher has let go of it
         (`abandoned`: its delivery was stopped before any answer)."""
 
-        def op(conn: sqlite3.Connection) -> tuple[Task, dict[str, Any]]:
+        def op(conn: sqlite3.Connection) -> tuple[Task, contract.Receipt]:
             task = _load(conn, task_id)
             if task.state not in CANCELLABLE and not (abandoned and task.state == TaskState.RUNNING):
                 raise InvalidTransition(task.id, task.state, "cancel")
@@ -288,10 +288,10 @@ class TaskStore:
 
         return await self.db.write(op)
 
-    async def expire_due(self) -> list[tuple[Task, dict[str, Any]]]:
+    async def expire_due(self) -> list[tuple[Task, contract.Receipt]]:
         """Pending tasks past their expiry become `expired`, each with a tombstone receipt."""
 
-        def op(conn: sqlite3.Connection) -> list[tuple[Task, dict[str, Any]]]:
+        def op(conn: sqlite3.Connection) -> list[tuple[Task, contract.Receipt]]:
             rows = (
                 conn.execute(
                     "SELECT id FROM tasks WHERE state = 'pending' AND expires_at <= ? LIMIT 1000",

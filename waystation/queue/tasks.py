@@ -9,7 +9,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from waystation import timeutil
+from waystation import contract, timeutil
 from waystation.queue.policy import TaskState
 from waystation.receipts import RouteInfo
 from waystation.redact import shown_args
@@ -72,14 +72,14 @@ class Task:
             turn_id=row["turn_id"],
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> contract.Task:
         """The contract's task object."""
         return {
             "id": self.id,
             "tool": self.tool,
             "args": shown_args(self.args),  # credentials stay in the row, not in what is shown
             "idempotency_key": self.idempotency_key,
-            "state": str(self.state),
+            "state": self.state.value,
             "attempts": self.attempts,
             "next_attempt_at": timeutil.iso(self.next_attempt_at) if self.state == "pending" else None,
             "last_error": self.last_error,

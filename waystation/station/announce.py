@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from waystation import contract
 from waystation.ports import Outcome
 from waystation.queue.tasks import listed
 from waystation.station.events import EventBus
@@ -55,7 +56,7 @@ class Announcer:
 
     # --- ports.Announce --------------------------------------------------------------------------
 
-    def task_changed(self, task: Mapping[str, Any], receipt: Mapping[str, Any] | None = None) -> None:
+    def task_changed(self, task: contract.Task, receipt: contract.Receipt | None = None) -> None:
         self.events.publish("task", slim(task))
         if receipt is not None:
             self._receipt(receipt)
@@ -76,7 +77,7 @@ class Announcer:
         )
         took_ms = receipt.get("duration_ms") if receipt is not None else None
         if isinstance(took_ms, int | float) and not isinstance(took_ms, bool):
-            self.metrics.turn_seconds.observe(took_ms / 1000)
+            self.metrics.turn_took(took_ms / 1000)
         cold_load_ms = receipt.get("cold_load_ms") if receipt is not None else None
         if isinstance(cold_load_ms, int | float) and not isinstance(cold_load_ms, bool):
             self.metrics.model_loaded(cold_load_ms / 1000)
@@ -91,12 +92,12 @@ class Announcer:
 
     # --- the connectivity monitor's on_change -----------------------------------------------------
 
-    def connectivity_changed(self, snapshot: dict[str, object]) -> None:
+    def connectivity_changed(self, snapshot: contract.Connectivity) -> None:
         """A transition counts when the state differs from the last one seen (mode-only changes
         and repeated notices of one change count nothing)."""
         state = str(snapshot.get("state"))
         if state != self._connectivity_seen:
             self._connectivity_seen = state
-            self.metrics.connectivity_transitions.inc(to=state)
+            self.metrics.connectivity_entered(state)
         self.events.publish("connectivity", snapshot)
         self._tell("connectivity", snapshot)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from waystation import sse, timeutil
+from waystation.contract import EventKind
 
 HISTORY = 2048
 HISTORY_BYTES = 4 * 1024 * 1024
@@ -26,8 +27,8 @@ SUBSCRIBER_BUFFER = 1024
 @dataclass(frozen=True)
 class Event:
     id: int
-    kind: str  # connectivity | task | turn | receipt
-    data: dict[str, Any]
+    kind: EventKind
+    data: Mapping[str, Any]  # the kind's contract object (a task without its result)
     frame: bytes  # the SSE frame, encoded once
 
     def to_sse(self) -> bytes:
@@ -50,7 +51,7 @@ class EventBus:
         self._subscribers: set[asyncio.Queue[Event | None]] = set()
         self.boot = timeutil.iso(started)
 
-    def publish(self, kind: str, data: dict[str, Any]) -> Event:
+    def publish(self, kind: EventKind, data: Mapping[str, Any]) -> Event:
         ident = next(self._ids)
         event = Event(ident, kind, data, sse.frame(data, kind, ident))
         self._history.append(event)

@@ -1,250 +1,218 @@
-"""`GET /metrics`: a small in-process registry of counters and gauges, and its Prometheus text.
+"""`GET /metrics`: the station's Prometheus registry, built on `prometheus_client`.
 
-The agent counts what happened (deliveries, turns, tokens, connectivity transitions, model loads)
-into one `Metrics` object that lives as long as the agent; values read at scrape time (the queue
-depth, the connectivity state) are set just before rendering. No background work: a scrape
-renders, nothing else ever runs, so an idle agent stays idle.
+Each station owns one `CollectorRegistry` (no module-level global, so two stations in one
+process never share a count). What happened (deliveries, turns, tokens, connectivity
+transitions, model loads) is counted into the library's counters, gauges and histograms as it
+happens; what is read at scrape time (the queue depth, the connectivity state, the oldest pending
+task's age) comes from a custom collector over the snapshot the status op takes just before
+rendering. The library's process_* and python_* collectors come along. No background work: a
+scrape renders, nothing else ever runs, so an idle agent stays idle.
+
+The registry is built on first use, and prometheus_client imported then (about 40 ms and 31
+modules): a command run without an agent builds a station, and never counts or scrapes.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, get_args
 
 from waystation import __version__
 from waystation.config import ROUTE_NAMES
+from waystation.contract import ConnectivityState, DeliveryOutcome
 
-CONNECTIVITY_STATES = ("online", "offline", "portal", "unknown")
-
-Kind = Literal["counter", "gauge"]
-Labels = tuple[tuple[str, str], ...]
-
-
-@dataclass
-class Family:
-    """One metric family: a name, its help, its type, and a value per label set."""
-
-    name: str
-    help: str
-    kind: Kind
-    label_names: tuple[str, ...] = ()
-    samples: dict[Labels, float] = field(default_factory=dict)
-
-    def _key(self, labels: Mapping[str, str]) -> Labels:
-        if set(labels) != set(self.label_names):
-            raise ValueError(f"{self.name} takes labels {self.label_names}, not {tuple(labels)}")
-        return tuple((name, str(labels[name])) for name in self.label_names)
-
-    def inc(self, amount: float = 1, **labels: str) -> None:
-        if amount < 0:
-            raise ValueError(f"{self.name}: a counter only goes up")
-        key = self._key(labels)
-        self.samples[key] = self.samples.get(key, 0) + amount
-
-    def set(self, value: float, **labels: str) -> None:
-        if self.kind != "gauge":
-            raise ValueError(f"{self.name} is a counter; only gauges are set")
-        self.samples[self._key(labels)] = value
-
-    def value(self, **labels: str) -> float:
-        return self.samples.get(self._key(labels), 0)
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.name} {self.kind}"]
-        for labels, value in sorted(self.samples.items()):
-            lines.append(f"{self.name}{_labels(labels)} {_number(value)}")
-        return lines
-
-
-@dataclass
-class Histogram:
-    """Durations in seconds as Prometheus histograms them: cumulative buckets, a sum, a count."""
-
-    name: str
-    help: str
-    buckets: tuple[float, ...]
-    counts: list[int] = field(init=False)
-    total: float = 0.0
-    count: int = 0
-
-    def __post_init__(self) -> None:
-        self.counts = [0] * len(self.buckets)
-
-    def observe(self, seconds: float) -> None:
-        for i, bound in enumerate(self.buckets):
-            if seconds <= bound:
-                self.counts[i] += 1
-        self.total += seconds
-        self.count += 1
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.name} histogram"]
-        for bound, n in zip(self.buckets, self.counts, strict=True):
-            lines.append(f'{self.name}_bucket{{le="{_number(bound)}"}} {n}')
-        lines.append(f'{self.name}_bucket{{le="+Inf"}} {self.count}')
-        lines.append(f"{self.name}_sum {_number(self.total)}")
-        lines.append(f"{self.name}_count {self.count}")
-        return lines
-
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client.core import Metric
 
 DELIVERY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TURN_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
-class Metrics:
-    """Every family the agent exposes, created up front so a scrape always lists all of them."""
+@dataclass
+class Scrape:
+    """What the status op read from the store and the monitor for this scrape."""
 
-    def __init__(self) -> None:
-        self._families: dict[str, Family | Histogram] = {}
-        self.queue_tasks = self._add(
-            "waystation_queue_tasks", "Tasks in the deferred queue by state.", "gauge", "state"
-        )
-        self.deliveries = self._add(
-            "waystation_deliveries_total",
+    queue: Mapping[str, int] = field(default_factory=dict)
+    connectivity: str = "unknown"
+    oldest_pending_s: float = 0.0
+
+
+def scrape_time_families(scrape: Scrape) -> Iterator[Metric]:
+    """The gauges whose values are the station's state at scrape time, not counts kept."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    queue = GaugeMetricFamily(
+        "waystation_queue_tasks", "Tasks in the deferred queue by state.", labels=["state"]
+    )
+    for state, n in scrape.queue.items():
+        queue.add_metric([state], n)
+    yield queue
+    connectivity = GaugeMetricFamily(
+        "waystation_connectivity_state", "1 for the monitor's current connectivity state.", labels=["state"]
+    )
+    for known in get_args(ConnectivityState):
+        connectivity.add_metric([known], int(known == scrape.connectivity))
+    yield connectivity
+    yield GaugeMetricFamily(
+        "waystation_queue_oldest_pending_age_seconds",
+        "How long the oldest pending task has waited (0 when none).",
+        value=scrape.oldest_pending_s,
+    )
+
+
+@dataclass
+class Families:
+    """The registry and the families counted into it."""
+
+    registry: CollectorRegistry
+    deliveries: Counter
+    delivery_retries: Counter
+    connectivity_transitions: Counter
+    turns: Counter
+    tokens: Counter
+    model_load_seconds: Gauge
+    model_loads: Counter
+    delivery_seconds: Histogram
+    turn_seconds: Histogram
+
+
+def build_families(metrics: Metrics) -> Families:
+    import prometheus_client
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client.registry import Collector
+
+    # The families exposed since before prometheus_client have no `_created` series; the
+    # library's switch for them is process-wide (a flag read at scrape), and waystation is its
+    # only user in the process.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+    class ScrapeTime(Collector):
+        def describe(self) -> Iterator[Metric]:
+            return scrape_time_families(Scrape())
+
+        def collect(self) -> Iterator[Metric]:
+            return scrape_time_families(metrics.scrape)
+
+    registry = CollectorRegistry()
+    registry.register(ScrapeTime())
+    families = Families(
+        registry,
+        deliveries=Counter(
+            "waystation_deliveries",
             "Deliveries of queued tasks since the agent started, by outcome "
             "(done, retry, dead, unreachable).",
-            "counter",
-            "outcome",
-        )
-        self.delivery_retries = self._add(
-            "waystation_delivery_retries_total",
+            ["outcome"],
+            registry=registry,
+        ),
+        delivery_retries=Counter(
+            "waystation_delivery_retries",
             "Deliveries that repeated an earlier attempt of the same task.",
-            "counter",
-        )
-        self.connectivity_state = self._add(
-            "waystation_connectivity_state",
-            "1 for the monitor's current connectivity state.",
-            "gauge",
-            "state",
-        )
-        self.connectivity_transitions = self._add(
-            "waystation_connectivity_transitions_total",
+            registry=registry,
+        ),
+        connectivity_transitions=Counter(
+            "waystation_connectivity_transitions",
             "Connectivity state changes since the agent started, by the state entered.",
-            "counter",
-            "to",
-        )
-        self.turns = self._add(
-            "waystation_turns_total",
+            ["to"],
+            registry=registry,
+        ),
+        turns=Counter(
+            "waystation_turns",
             "Turns finished since the agent started, by route and status.",
-            "counter",
-            "route",
-            "status",
-        )
-        self.tokens = self._add(
-            "waystation_tokens_total",
+            ["route", "status"],
+            registry=registry,
+        ),
+        tokens=Counter(
+            "waystation_tokens",
             "Model tokens used by turns, by route and kind (prompt, completion).",
-            "counter",
-            "route",
-            "kind",
-        )
-        self.model_load_seconds = self._add(
-            "waystation_model_load_seconds", "How long the last model load took.", "gauge"
-        )
-        self.model_loads = self._add(
-            "waystation_model_loads_total", "Model loads since the agent started.", "counter"
-        )
-        self.delivery_seconds = self._histogram(
+            ["route", "kind"],
+            registry=registry,
+        ),
+        model_load_seconds=Gauge(
+            "waystation_model_load_seconds", "How long the last model load took.", registry=registry
+        ),
+        model_loads=Counter(
+            "waystation_model_loads", "Model loads since the agent started.", registry=registry
+        ),
+        delivery_seconds=Histogram(
             "waystation_delivery_duration_seconds",
             "How long deliveries took, answer or not.",
-            DELIVERY_BUCKETS,
-        )
-        self.turn_seconds = self._histogram(
-            "waystation_turn_duration_seconds", "How long turns took, from start to receipt.", TURN_BUCKETS
-        )
-        self.build_info = self._add(
-            "waystation_build_info", "1, labelled with the running version.", "gauge", "version"
-        )
-        self.oldest_pending = self._add(
-            "waystation_queue_oldest_pending_age_seconds",
-            "How long the oldest pending task has waited (0 when none).",
-            "gauge",
-        )
-        for outcome in ("done", "retry", "dead", "unreachable"):
-            self.deliveries.inc(0, outcome=outcome)
-        for state in CONNECTIVITY_STATES:
-            self.connectivity_transitions.inc(0, to=state)
-        self.delivery_retries.inc(0)
-        self.model_loads.inc(0)
-        self.build_info.set(1, version=__version__)
+            buckets=DELIVERY_BUCKETS,
+            registry=registry,
+        ),
+        turn_seconds=Histogram(
+            "waystation_turn_duration_seconds",
+            "How long turns took, from start to receipt.",
+            buckets=TURN_BUCKETS,
+            registry=registry,
+        ),
+    )
+    build_info = Gauge(
+        "waystation_build_info", "1, labelled with the running version.", ["version"], registry=registry
+    )
+    build_info.labels(version=__version__).set(1)
+    prometheus_client.ProcessCollector(registry=registry)
+    prometheus_client.PlatformCollector(registry=registry)
+    prometheus_client.GCCollector(registry=registry)
+    for outcome in get_args(DeliveryOutcome):
+        families.deliveries.labels(outcome=outcome)
+    for state in get_args(ConnectivityState):
+        families.connectivity_transitions.labels(to=state)
+    return families
 
-    def _add(self, name: str, help: str, kind: Kind, *label_names: str) -> Family:
-        family = Family(name, help, kind, label_names)
-        self._families[name] = family
-        return family
 
-    def _histogram(self, name: str, help: str, buckets: tuple[float, ...]) -> Histogram:
-        histogram = Histogram(name, help, buckets)
-        self._families[name] = histogram
-        return histogram
+class Metrics:
+    """Every family the agent exposes, all listed from the first scrape on."""
 
-    def families(self) -> list[Family | Histogram]:
-        return list(self._families.values())
+    def __init__(self) -> None:
+        self.scrape = Scrape()
+        self._families: Families | None = None
+
+    @property
+    def families(self) -> Families:
+        if self._families is None:
+            self._families = build_families(self)
+        return self._families
 
     # --- what the agent reports -----------------------------------------------------------------
 
-    def observe_queue(self, counts: Mapping[str, int]) -> None:
-        for state, n in counts.items():
-            self.queue_tasks.set(n, state=state)
-
-    def observe_connectivity(self, state: str) -> None:
-        for known in CONNECTIVITY_STATES:
-            self.connectivity_state.set(int(known == state), state=known)
-
     def delivered(self, outcome: str, repeated: bool, seconds: float) -> None:
-        self.deliveries.inc(outcome=outcome)
-        self.delivery_seconds.observe(seconds)
+        self.families.deliveries.labels(outcome=outcome).inc()
+        self.families.delivery_seconds.observe(seconds)
         if repeated:
-            self.delivery_retries.inc()
+            self.families.delivery_retries.inc()
 
     def turn_finished(self, route: str, status: str, prompt_tokens: int, completion_tokens: int) -> None:
         # A refused turn may name any route at all: label it "unknown" so clients cannot grow
         # the label set (and the agent's memory) without bound.
         route = route if route in ROUTE_NAMES else "unknown"
-        self.turns.inc(route=route, status=status)
-        self.tokens.inc(prompt_tokens, route=route, kind="prompt")
-        self.tokens.inc(completion_tokens, route=route, kind="completion")
+        self.families.turns.labels(route=route, status=status).inc()
+        self.families.tokens.labels(route=route, kind="prompt").inc(prompt_tokens)
+        self.families.tokens.labels(route=route, kind="completion").inc(completion_tokens)
+
+    def turn_took(self, seconds: float) -> None:
+        self.families.turn_seconds.observe(seconds)
+
+    def connectivity_entered(self, state: str) -> None:
+        self.families.connectivity_transitions.labels(to=state).inc()
 
     def model_loaded(self, seconds: float) -> None:
-        self.model_load_seconds.set(seconds)
-        self.model_loads.inc()
+        self.families.model_load_seconds.set(seconds)
+        self.families.model_loads.inc()
 
-    def render(self) -> str:
-        lines = [line for family in self.families() for line in family.render()]
-        return "\n".join(lines) + "\n"
+    def render(self, scrape: Scrape | None = None) -> str:
+        """The exposition text (format 0.0.4), the scrape-time gauges from `scrape` when given."""
+        from prometheus_client import generate_latest
+
+        if scrape is not None:
+            self.scrape = scrape
+        return generate_latest(self.families.registry).decode()
 
 
 def render_metrics(
     queue: Mapping[str, int], connectivity: str, metrics: Metrics | None = None, oldest_pending_s: float = 0.0
 ) -> str:
     """The exposition text, with the scrape-time gauges (queue depth, connectivity, the oldest
-    pending task's age) brought up to date."""
-    metrics = metrics or Metrics()
-    metrics.observe_queue(queue)
-    metrics.observe_connectivity(connectivity)
-    metrics.oldest_pending.set(oldest_pending_s)
-    return metrics.render()
-
-
-def _labels(labels: Labels) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{name}="{_escape_value(value)}"' for name, value in labels)
-    return "{" + inner + "}"
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _escape_value(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+    pending task's age) read from what the caller just took."""
+    return (metrics or Metrics()).render(Scrape(queue, connectivity, oldest_pending_s))

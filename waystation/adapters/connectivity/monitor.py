@@ -34,14 +34,14 @@ from typing import Literal, get_args
 import httpx
 import structlog
 
-from waystation import timeutil
+from waystation import contract, timeutil
 from waystation.adapters.connectivity.metered import read_nm_metered
 from waystation.adapters.connectivity.netlink import NetlinkWatcher
 from waystation.config import ConnectivitySettings
 from waystation.errors import InputError
 
-State = Literal["online", "offline", "portal", "unknown"]
-Mode = Literal["auto", "online", "offline"]
+State = contract.ConnectivityState
+Mode = contract.ConnectivityMode
 Outcome = Literal["online", "portal", "failure"]
 
 log = structlog.get_logger(__name__)
@@ -60,7 +60,7 @@ class ProbeResult:
     error: str | None
     duration_ms: int
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> contract.Probe:
         return {
             "at": timeutil.iso(self.at),
             "ok": self.outcome == "online",
@@ -112,11 +112,13 @@ class ConnectivityMonitor:
         self,
         settings: ConnectivitySettings,
         *,
-        on_change: Callable[[dict[str, object]], None] | None = None,
+        on_change: Callable[[contract.Connectivity], None] | None = None,
         watch_os_events: bool = True,
     ) -> None:
         self._settings = settings
-        self._listeners = [] if on_change is None else [on_change]
+        self._listeners: list[Callable[[contract.Connectivity], None]] = (
+            [] if on_change is None else [on_change]
+        )
         self._watch_os_events = watch_os_events
         self._mode: Mode = settings.mode
         self._state: State = "unknown" if settings.mode == "auto" else settings.mode
@@ -232,7 +234,7 @@ class ConnectivityMonitor:
         """The event that is set exactly while the state is online. Wait on it; never set it."""
         return self._online
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> contract.Connectivity:
         return {
             "state": self._state,
             "mode": self._mode,
@@ -354,7 +356,7 @@ class ConnectivityMonitor:
             self._notify()
         return True
 
-    def listen(self, on_change: Callable[[dict[str, object]], None]) -> None:
+    def listen(self, on_change: Callable[[contract.Connectivity], None]) -> None:
         """Also call `on_change(snapshot)` on every change of state or mode."""
         self._listeners.append(on_change)
 

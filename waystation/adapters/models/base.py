@@ -11,14 +11,16 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
+
+from waystation.contract import ToolChoiceMode
 
 Message = dict[str, Any]
 TokenSink = Callable[[str], None]
 # Where a generation stands before its first token: ("waiting", generations ahead of it),
 # ("loading", 0) while the model loads, ("generating", 0) once it runs.
 StageSink = Callable[[str, int], None]
-ToolChoice = Literal["auto", "required", "none"]
+ToolChoice = ToolChoiceMode
 
 
 def discard(piece: str) -> None:

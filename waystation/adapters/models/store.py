@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from waystation import contract
+from waystation.contract import ModelFormat
 from waystation.errors import MalformedRequest, UnknownModel
 
 EMBEDDED = "embedded"
@@ -39,14 +41,15 @@ PARTIAL = ".partial"
 class StoredModel:
     name: str
     path: Path
-    format: str  # gguf | mlx
+    format: ModelFormat
     size: int  # bytes on disk (the weights: about what loading it takes)
     sha256: str | None = None  # of the GGUF file, when a pull recorded it
     source: str | None = None  # what it was pulled from (a URL without its credentials)
     pulled_at: str | None = None  # ISO 8601 UTC
     verified: bool = False  # the sha256 was checked against one its source (or --sha256) gave
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, embedded: bool = False) -> contract.ModelDetails:
+        """Its `waystation` object in `GET /v1/models` (the caller says which one is the default)."""
         return {
             "name": self.name,
             "path": str(self.path),
@@ -56,6 +59,8 @@ class StoredModel:
             "source": self.source,
             "pulled_at": self.pulled_at,
             "verified": self.verified,
+            "embedded": embedded,
+            "default": False,
         }
 
 
@@ -68,7 +73,7 @@ class PartialDownload:
     size: int  # bytes so far
     path: Path
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> contract.PartialDownload:
         return {"name": self.name, "source": self.source, "size": self.size, "path": str(self.path)}
 
 
@@ -191,7 +196,7 @@ class ModelStore:
         with contextlib.suppress(OSError):
             (self.root / PARTIAL_DIR).rmdir()
 
-    def _model(self, name: str, path: Path, kind: str) -> StoredModel:
+    def _model(self, name: str, path: Path, kind: ModelFormat) -> StoredModel:
         record = _read_record(self.root / f"{name}{RECORD}")
         size = path.stat().st_size if kind == "gguf" else _tree_size(path)
         return StoredModel(

@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from waystation import contract
 from waystation.adapters.models.base import ModelBackend
 from waystation.adapters.routes.local import LocalRoute
 from waystation.adapters.routes.providers import provider_routes
@@ -27,7 +28,7 @@ class Route(Protocol):
 
     async def availability(self) -> tuple[bool, str | None]: ...
 
-    async def status(self) -> dict[str, Any]: ...
+    async def status(self) -> contract.Route: ...
 
     def backend(self, model: str | None = None) -> tuple[RouteInfo, ModelBackend]: ...
 
@@ -97,14 +98,14 @@ class Router:
         if turn.get("model_answered"):
             self.last_answered[str(turn["route"])] = str(turn["model_answered"])
 
-    async def statuses(self) -> list[dict[str, Any]]:
+    async def statuses(self) -> list[contract.Route]:
         """Every route, available or not, with the reason when not: the same reason a turn on it
         would be refused with (what the route lacks first, then the network)."""
         answers = []
         for route in self.routes.values():
             status = await route.status()
             if status["available"] and self._offline(route):
-                status.update(available=False, reason=OFFLINE)
+                status["available"], status["reason"] = False, OFFLINE
             status["model_answered"] = self.last_answered.get(route.name)
             answers.append(status)
         return answers

@@ -27,6 +27,7 @@ import httpx
 
 from waystation import __version__, timeutil
 from waystation.adapters.models.base import Generation, GenerationRequest, TokenSink, ToolSpec
+from waystation.contract import AuthLane, CostLane
 from waystation.errors import (
     NetworkUnreachable,
     ProviderError,
@@ -180,8 +181,8 @@ class HttpRoute:
         model: str,
         client: httpx.AsyncClient | None,
         credential_hint: str,
-        auth_lane: str,
-        cost_lane: str,
+        auth_lane: AuthLane,
+        cost_lane: CostLane,
         secrets: Iterable[str] = (),
     ) -> None:
         self.route = route

@@ -10,8 +10,8 @@ A model is named by a name from `waystation models ls` (see adapters/models/stor
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from waystation import contract
 from waystation.adapters.models import choose_backend, cpu_threads, open_backend
 from waystation.adapters.models.base import ModelBackend
 from waystation.adapters.models.embedded import default_model_path
@@ -93,7 +93,7 @@ class LocalRoute:
         status = await self.status()
         return bool(status["available"]), status["reason"]
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> contract.Route:
         """The contract's route object, with the reason when it cannot run."""
         try:
             path = self.model_path()
@@ -104,7 +104,7 @@ class LocalRoute:
             provider, available, reason, model = self._settings.backend, False, exc.message, None
         return route_object(RouteInfo("local", provider, "none", "local", model), available, reason)
 
-    def model_status(self) -> dict[str, Any]:
+    def model_status(self) -> contract.ModelStatus:
         """For `GET /v1/status`: the default model, whether it is in memory now, and the CPU
         threads llama.cpp runs it with (null for MLX)."""
         try:
@@ -119,11 +119,11 @@ class LocalRoute:
             "threads": cpu_threads(backend, Path(path), self._settings),
         }
 
-    def loaded(self) -> list[dict[str, Any]]:
+    def loaded(self) -> list[contract.LoadedModel]:
         """For `models ps`: each model in memory now, its size on disk, the memory it takes (the
         estimate the budget counts: weights and KV cache), and when it unloads: `until` is that
         time, "busy" (the timer starts anew when it is done) or "forever"."""
-        rows = []
+        rows: list[contract.LoadedModel] = []
         for key, backend in self._backends.items():
             if not backend.loaded:
                 continue

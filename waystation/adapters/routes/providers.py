@@ -16,15 +16,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
+from waystation import contract
 from waystation.adapters.models.base import ModelBackend
 from waystation.adapters.routes.anthropic import AnthropicBackend
 from waystation.adapters.routes.ollama import OllamaBackend, ollama_base_url
 from waystation.adapters.routes.openai_compat import BASE_URLS, OpenAICompatBackend
 from waystation.adapters.routes.vertex import GoogleAdc, VertexBackend
 from waystation.config import Settings
+from waystation.contract import AuthLane, CostLane
 from waystation.errors import RouteRefused
 from waystation.receipts import RouteInfo, route_object
 from waystation.secrets import KEY_VARIABLES, api_key
@@ -48,8 +49,8 @@ CONNECT_TIMEOUT_S = 0.5
 class ProviderRoute:
     name: str
     provider: str
-    auth_lane: str
-    cost_lane: str
+    auth_lane: AuthLane
+    cost_lane: CostLane
     settings: Settings
     env: Mapping[str, str]
     make: Callable[[ProviderRoute, str], ModelBackend]
@@ -134,7 +135,7 @@ class ProviderRoute:
             return _vertex_missing(self.settings, self.env)
         return None
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> contract.Route:
         return route_object(self.info(), *await self.availability())
 
     def info(self, model: str | None = None) -> RouteInfo:
@@ -195,7 +196,7 @@ def provider_routes(settings: Settings, env: Mapping[str, str] | None = None) ->
         base = settings.route("vertex").base_url or None
         return VertexBackend(_vertex_project(settings, env), region, model, GoogleAdc(), base_url=base)
 
-    table: list[tuple[str, str, str, str, Callable[[ProviderRoute, str], ModelBackend]]] = [
+    table: list[tuple[str, str, AuthLane, CostLane, Callable[[ProviderRoute, str], ModelBackend]]] = [
         ("openai", "openai", "api_key", "byok", openai_like),
         ("anthropic", "anthropic", "api_key", "byok", anthropic),
         ("deepseek", "deepseek", "api_key", "byok", openai_like),

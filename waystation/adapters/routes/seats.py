@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 import structlog
 
+from waystation import contract
 from waystation.adapters.models.base import Generation, GenerationRequest, TokenSink
 from waystation.adapters.models.stop import cut_at_stop
 from waystation.adapters.routes.seats_cli import (
@@ -42,6 +43,7 @@ from waystation.adapters.routes.seats_cli import (
     probe,
     run_lines,
 )
+from waystation.contract import AuthLane, CostLane
 from waystation.errors import EmptyPrompt, InputError, ProviderError, RouteRefused, SeatRunFailed, TurnTimeout
 from waystation.receipts import RouteInfo, route_object
 
@@ -65,8 +67,8 @@ class SeatRoute:
     cli: ClassVar[str]
     install_hint: ClassVar[str]
     run_command: ClassVar[str]  # as shown in errors and logs
-    auth_lane: ClassVar[str] = "seat"
-    cost_lane: ClassVar[str] = "provider_subscription"
+    auth_lane: ClassVar[AuthLane] = "seat"
+    cost_lane: ClassVar[CostLane] = "provider_subscription"
 
     def __init__(
         self,
@@ -160,7 +162,7 @@ class SeatRoute:
             self.name, reason, provider=self.provider, auth_lane=self.auth_lane, cost_lane=self.cost_lane
         )
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> contract.Route:
         """The contract's route object (`GET /v1/routes`)."""
         return route_object(self.info(), *await self.availability())
 

@@ -4,13 +4,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 
+from waystation import contract
 from waystation.cli.common import JsonFlag, typer_app, waystation
 
-MODES = ("auto", "online", "offline")
+MODES = get_args(contract.ConnectivityMode)
 
 connectivity_app = typer_app(invoke_without_command=True)
 

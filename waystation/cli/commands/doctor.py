@@ -16,6 +16,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -128,6 +129,7 @@ def check_model(paths: Any) -> Check:
     from waystation.config import load_settings
     from waystation.errors import WaystationError
 
+    status: Mapping[str, object]
     try:
         route = LocalRoute(load_settings(paths).model, models=ModelStore(paths.models))
         status = asyncio.run(route.status())

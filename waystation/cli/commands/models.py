@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
+from waystation import contract
 from waystation.cli.common import JsonFlag, stderr_is_terminal, typer_app, waystation
 
 if TYPE_CHECKING:
@@ -64,12 +66,11 @@ def models_pull(
     if sha256 is not None:
         body["sha256"] = sha256
 
-    def agent(client: AgentClient) -> dict[str, Any]:
+    def agent(client: AgentClient) -> contract.Model:
         return _pull_via_agent(client, body, bar)
 
-    def direct(station: DirectStation) -> dict[str, Any]:
-        result: dict[str, Any] = station.read(models.pull_source, source, name, sha256, bar)
-        return result
+    def direct(station: DirectStation) -> contract.Model:
+        return station.read(models.pull_source, source, name, sha256, bar)
 
     try:
         with waystation() as ws:
@@ -79,16 +80,16 @@ def models_pull(
     if as_json:
         render.emit_json(model)
         return
-    details = model.get("waystation") or {}
+    details: Mapping[str, Any] = model.get("waystation") or {}
     digest = details.get("sha256") or ""
     render.say(f"pulled {model['id']} ({human_size(details.get('size'))}, sha256 {digest[:12]}…)")
     if not details.get("verified"):
         sys.stderr.write("note: not verified (no sha256 was known): give --sha256 to check a download\n")
 
 
-def _pull_via_agent(client: AgentClient, body: dict[str, Any], bar: PullBar) -> dict[str, Any]:
+def _pull_via_agent(client: AgentClient, body: dict[str, Any], bar: PullBar) -> contract.Model:
     from waystation.agent.api_models import ENDPOINT_HEADER, TOKEN_HEADER
-    from waystation.cli.client import RemoteError, rebuild_error
+    from waystation.cli.remote_errors import RemoteError, rebuild_error
 
     headers = {}
     if os.environ.get("HF_TOKEN"):
@@ -99,7 +100,7 @@ def _pull_via_agent(client: AgentClient, body: dict[str, Any], bar: PullBar) -> 
         if event == "progress" and isinstance(data, dict):
             bar(data)
         elif event == "done" and isinstance(data, dict):
-            return data
+            return cast(contract.Model, data)  # the agent's `done` event is the model object
         elif event == "error" and isinstance(data, dict):
             raise rebuild_error(str(data.get("code")), str(data.get("message")), 502, data.get("details"))
     raise RemoteError("pull_failed", "the agent's answer ended before the pull did; the same pull resumes it")

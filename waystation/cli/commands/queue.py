@@ -8,14 +8,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 
+from waystation import contract
 from waystation.cli.common import JsonFlag, progress, stderr_is_terminal, typer_app, waystation
 
 FOLLOW_INTERVAL_S = 0.5
-STATES = ("pending", "running", "done", "dead", "cancelled", "expired")
+STATES = get_args(contract.TaskState)
 
 queue_app = typer_app(help="Inspect and steer the queue of parked tool calls.", no_args_is_help=True)
 
@@ -139,7 +140,7 @@ def queue_cancel(task_id: Annotated[str, typer.Argument(metavar="ID")], as_json:
     _steered(task, as_json, "cancelled task {id}")
 
 
-def _steered(task: dict[str, Any], as_json: bool, line: str) -> None:
+def _steered(task: contract.Task, as_json: bool, line: str) -> None:
     """What a steered task now is: the task object, or one line about it."""
     from waystation.cli import render
 

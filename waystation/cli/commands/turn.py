@@ -25,6 +25,7 @@ from typing import Annotated, Any
 
 import typer
 
+from waystation import contract
 from waystation.cli.commands.turn_comeback import check_state, list_turns, show_turn, wait_for_turn
 from waystation.cli.common import JsonFlag, Progress, progress, stderr_is_terminal, usage_error, waystation
 from waystation.config import Paths, Settings, load_settings
@@ -195,7 +196,7 @@ def _new_turn(body: dict[str, Any], wait: bool, timeout: float | None, as_json: 
     return 0
 
 
-def parked_note(result: dict[str, Any], in_process: bool) -> str:
+def parked_note(result: contract.TurnResult, in_process: bool) -> str:
     """The next step for a turn that ended parked: how its answer is got later."""
     from waystation.cli.render import n_calls
 
@@ -221,9 +222,9 @@ def _stage_text(stage: str, ahead: int) -> str:
 
 def _through_agent(
     agent: Any, body: dict[str, Any], stream: bool, shown: Progress, deadline: float | None
-) -> dict[str, Any] | str:
+) -> contract.TurnResult | str:
     """The turn's result; or its id when we stop waiting while it goes on in the agent."""
-    from waystation.cli.client import AgentTimeout, AgentUnreachable, rebuild_error
+    from waystation.cli.remote_errors import AgentTimeout, AgentUnreachable, rebuild_error
     from waystation.station.turns.request import TURN_ID_HEADER
 
     turn_id: str | None = None
@@ -243,7 +244,8 @@ def _through_agent(
                 sys.stdout.write(data["text"])
                 sys.stdout.flush()
             elif event == "done":
-                return dict(data)
+                done: contract.TurnResult = data  # the agent's `done` event is the turn's result
+                return done
             elif event == "error":
                 raise rebuild_error(data["code"], data["message"], 400, data.get("details"))
             if deadline is not None and time.monotonic() >= deadline and turn_id is not None:
@@ -259,7 +261,7 @@ def _through_agent(
 
 async def _in_process(
     paths: Paths, settings: Settings, body: dict[str, Any], stream: bool, shown: Progress
-) -> dict[str, Any]:
+) -> contract.TurnResult:
     from waystation import logs
     from waystation.station.build import build_in_process
     from waystation.station.ops import turns

@@ -11,8 +11,9 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol, get_args
 
+from waystation import contract
 from waystation.cli.common import progress, stderr_is_terminal, waystation
 from waystation.errors import AgentNotRunning
 
@@ -31,7 +32,7 @@ class TurnReader(Protocol):
 
     via_agent: bool | None
 
-    def get_turn(self, turn_id: str) -> dict[str, Any]: ...
+    def get_turn(self, turn_id: str) -> contract.Turn: ...
 
 
 def check_state(value: str | None) -> str | None:
@@ -40,10 +41,9 @@ def check_state(value: str | None) -> str | None:
         return None
     import typer
 
-    from waystation.station.turns.records import TURN_STATES  # the API's own list, read only when asked
-
-    if value not in TURN_STATES:
-        raise typer.BadParameter(f"{value!r} is not a turn state; use one of {', '.join(TURN_STATES)}")
+    states = get_args(contract.TurnState)
+    if value not in states:
+        raise typer.BadParameter(f"{value!r} is not a turn state; use one of {', '.join(states)}")
     return value
 
 
@@ -83,7 +83,7 @@ def follow_turn(
     timeout: float | None,
     shown: Progress,
     sleep: Callable[[float], None] = time.sleep,
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[contract.Turn, bool]:
     """(the turn, whether it ended): look at it, more slowly as it waits longer, saying on
     `shown` what it waits for, until it leaves running|parked|resuming|deferred or `timeout`."""
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -110,7 +110,7 @@ def follow_turn(
         pause = min(pause * 2, LONGEST_PAUSE_S)
 
 
-def waiting_text(turn: dict[str, Any]) -> str:
+def waiting_text(turn: contract.Turn) -> str:
     """What the spinner says a turn that has not ended is doing."""
     from waystation.cli import render
 
@@ -125,7 +125,7 @@ def waiting_text(turn: dict[str, Any]) -> str:
     return "resuming" if state == "resuming" else "running"
 
 
-def _still_going(turn: dict[str, Any], as_json: bool) -> int:
+def _still_going(turn: contract.Turn, as_json: bool) -> int:
     """We stop waiting; the turn goes on: its id (or object), and how to come back to it."""
     import json
 

@@ -12,9 +12,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-from waystation import logs, timeutil
+from waystation import contract, logs, timeutil
 from waystation.adapters.models import pull as pulling
 from waystation.adapters.models.embedded import DISTRIBUTION, default_model_path
 from waystation.adapters.models.store import EMBEDDED, StoredModel, looks_like_name
@@ -22,7 +21,7 @@ from waystation.errors import ModelConflict, ModelError
 from waystation.station.build import Station, TurnStation
 
 
-async def list_models(station: Station) -> dict[str, Any]:
+async def list_models(station: Station) -> contract.ModelList:
     """`{"object": "list", "data": [...]}`: the default model first, then the named ones (and
     the embedded one, and a configured path, where they are not the default)."""
     configured = station.settings.model.path
@@ -63,7 +62,7 @@ async def prepare_pull(
 
 async def pull(
     station: Station, plan: pulling.Pull, on_progress: pulling.ProgressSink | None = None
-) -> dict[str, Any]:
+) -> contract.Model:
     """Download and install a prepared pull; the model's object, as `GET /v1/models` lists it."""
     keep_free_mb = station.settings.model.keep_free_mb
     model = await pulling.download(plan, station.models, on_progress, keep_free_mb=keep_free_mb)
@@ -76,13 +75,13 @@ async def pull_source(
     name: str | None = None,
     sha256: str | None = None,
     on_progress: pulling.ProgressSink | None = None,
-) -> dict[str, Any]:
+) -> contract.Model:
     """Prepare and run a pull in one call (the command line with no agent)."""
     async with prepare_pull(station, source, name, sha256) as plan:
         return await pull(station, plan, on_progress)
 
 
-async def remove(station: Station, name: str) -> dict[str, Any]:
+async def remove(station: Station, name: str) -> contract.ModelDeleted:
     """Remove a named model (unloading it first where the agent has it in memory)."""
     if name.lower() == EMBEDDED:
         raise ModelConflict(EMBEDDED, f"ships with the {DISTRIBUTION} package and cannot be removed")
@@ -93,7 +92,7 @@ async def remove(station: Station, name: str) -> dict[str, Any]:
     return {"id": model.name, "object": "model", "deleted": True}
 
 
-def loaded(station: TurnStation) -> list[dict[str, Any]]:
+def loaded(station: TurnStation) -> list[contract.LoadedModel]:
     """What the agent has in memory now (`waystation models ps`)."""
     return station.router.local.loaded()
 
@@ -106,12 +105,12 @@ def _default_id(station: Station, configured: str) -> str:
     return str(Path(configured).expanduser())
 
 
-def _configured(configured: str) -> list[dict[str, Any]]:
+def _configured(configured: str) -> list[contract.Model]:
     """`[model] path` naming a file or directory outside models/: listed, as a turn may use it."""
     path = Path(configured).expanduser()
     if not path.exists():
         return []  # `status` and `doctor` say what is wrong with it
-    kind = "mlx" if path.is_dir() else "gguf"
+    kind: contract.ModelFormat = "mlx" if path.is_dir() else "gguf"
     return [_entry(StoredModel(str(path), path, kind, _size(path), source="[model] path"))]
 
 
@@ -124,7 +123,7 @@ def _embedded() -> StoredModel | None:
     return StoredModel(EMBEDDED, path, "gguf", size, source=f"the {DISTRIBUTION} package")
 
 
-def _entry(model: StoredModel, *, embedded: bool = False) -> dict[str, Any]:
+def _entry(model: StoredModel, *, embedded: bool = False) -> contract.Model:
     created = timeutil.parse_iso(model.pulled_at) if model.pulled_at else _mtime(model.path)
     owner = model.source[3:].split("/", 1)[0] if model.source and model.source.startswith("hf:") else "local"
     return {
@@ -132,7 +131,7 @@ def _entry(model: StoredModel, *, embedded: bool = False) -> dict[str, Any]:
         "object": "model",
         "created": int(created),
         "owned_by": owner,
-        "waystation": {**model.to_json(), "embedded": embedded, "default": False},
+        "waystation": model.to_json(embedded),
     }
 
 

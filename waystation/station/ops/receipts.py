@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
 
-from waystation import receipt_proofs, receipts
+from waystation import contract, receipt_proofs, receipts
 from waystation.checkpoints import SigningKey, open_checkpoint
 from waystation.errors import BadCheckpoint, DatabaseCorrupt, SigningKeyUnusable
 from waystation.station.build import Station
@@ -25,24 +24,24 @@ def _readable(station: Station) -> Iterator[None]:
         ) from None
 
 
-async def after(station: Station, after_id: str | None, limit: int) -> list[dict[str, Any]]:
+async def after(station: Station, after_id: str | None, limit: int) -> list[contract.Receipt]:
     """Up to `limit` receipts after `after_id` (from the start if None), oldest first."""
     with _readable(station):
         return await receipts.list_receipts(station.db, after_id, limit)
 
 
-async def latest(station: Station, limit: int) -> list[dict[str, Any]]:
+async def latest(station: Station, limit: int) -> list[contract.Receipt]:
     """The last `limit` receipts of the chain, oldest first."""
     with _readable(station):
         return await receipts.latest_receipts(station.db, limit)
 
 
-async def get(station: Station, receipt_id: str) -> dict[str, Any]:
+async def get(station: Station, receipt_id: str) -> contract.Receipt:
     with _readable(station):
         return await receipts.get_receipt(station.db, receipt_id)
 
 
-async def verify(station: Station, note: str | None = None) -> dict[str, Any]:
+async def verify(station: Station, note: str | None = None) -> contract.Verification:
     """{"ok", "count", "first_broken_id", "reason", "checkpoint"}: the chain, the stored tree, and
     consistency with `note` (a signed checkpoint), else with the one the agent stored last."""
     note = note if note is not None else receipt_proofs.stored_note(station.paths.state)
@@ -56,18 +55,18 @@ async def verify(station: Station, note: str | None = None) -> dict[str, Any]:
     return (await receipts.verify_database(station.db, signed)).to_json()
 
 
-async def key(station: Station) -> dict[str, str]:
+async def key(station: Station) -> contract.VerifierKey:
     """{"key"}: the verifier key of the host's receipt checkpoints, in C2SP's note format."""
     return {"key": str(_key(station).verifier)}
 
 
-async def checkpoint(station: Station) -> dict[str, Any]:
+async def checkpoint(station: Station) -> contract.Checkpoint:
     """{"origin", "size", "root_hash", "note"}: the tree now, signed."""
     made, note = await receipt_proofs.checkpoint(station.db, _key(station))
     return made.to_json(note)
 
 
-async def prove(station: Station, receipt_id: str) -> dict[str, Any]:
+async def prove(station: Station, receipt_id: str) -> contract.ReceiptProof:
     """A receipt's inclusion proof with the signed checkpoint it leads to."""
     with _readable(station):
         return await receipt_proofs.prove(station.db, _key(station), receipt_id)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Any, cast, get_args
+from typing import cast, get_args
 
-from waystation import timeutil
+from waystation import contract, timeutil
 from waystation.adapters.connectivity.monitor import Mode
 from waystation.errors import MalformedRequest
 from waystation.station.build import AgentStation, TurnStation
@@ -13,12 +13,12 @@ from waystation.station.metrics import render_metrics
 from waystation.station.turns import records
 
 
-async def status(station: TurnStation) -> dict[str, Any]:
+async def status(station: TurnStation) -> contract.Status:
     return {
         "version": station.version,
         "uptime_s": round(time.monotonic() - station.started, 3),
         "connectivity": station.monitor.snapshot(),
-        "queue": await station.store.counts(),
+        "queue": cast(contract.QueueCounts, await station.store.counts()),  # one count per state
         "turns": await records.count_turns(station.db),
         "model": station.router.local.model_status(),
         "routes": await station.router.statuses(),
@@ -26,15 +26,15 @@ async def status(station: TurnStation) -> dict[str, Any]:
     }
 
 
-async def routes(station: TurnStation) -> list[dict[str, Any]]:
+async def routes(station: TurnStation) -> list[contract.Route]:
     return await station.router.statuses()
 
 
-def connectivity(station: TurnStation) -> dict[str, object]:
+def connectivity(station: TurnStation) -> contract.Connectivity:
     return station.monitor.snapshot()
 
 
-def set_connectivity(station: TurnStation, mode: object) -> dict[str, object]:
+def set_connectivity(station: TurnStation, mode: object) -> contract.Connectivity:
     """Force online/offline ("airplane mode"), or follow the network again (auto)."""
     modes = get_args(Mode)
     if mode not in modes:

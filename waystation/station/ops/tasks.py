@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from waystation import timeutil
+from waystation import contract, timeutil
 from waystation.errors import InvalidArguments, MalformedRequest
 from waystation.ports import idempotency_key_problem
 from waystation.queue.policy import TaskState
@@ -26,7 +26,7 @@ async def add(
     key: str | None = None,
     expires_at: float | None = None,
     admit: Admit | None = None,
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[contract.Task, bool]:
     """(task, created): an existing task when the key exists with equal arguments."""
     tool = station.tools.get(tool_name)
     valid = tool.validate(args, allow_secrets=True)  # a model's calls never name secrets; a client may
@@ -53,7 +53,7 @@ async def add(
 
 async def add_request(
     station: Station, body: dict[str, Any], key: str | None = None, admit: Admit | None = None
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[contract.Task, bool]:
     """A `POST /v1/tasks` body as a task (the API's and the fleet's work alike); `key` when the
     body names no idempotency_key (the fleet gives its message id)."""
     tool = body.get("tool")
@@ -88,21 +88,21 @@ def state_of(text: str | None) -> TaskState | None:
         raise MalformedRequest(f"state must be one of {', '.join(TaskState)}") from None
 
 
-async def list_tasks(station: Station, state: str | None, limit: int) -> list[dict[str, Any]]:
+async def list_tasks(station: Station, state: str | None, limit: int) -> list[contract.Task]:
     return [t.to_json() for t in await station.store.list(state_of(state), limit)]
 
 
-async def get(station: Station, task_id: str) -> dict[str, Any]:
+async def get(station: Station, task_id: str) -> contract.Task:
     return (await station.store.get(task_id)).to_json()
 
 
-async def retry(station: Station, task_id: str) -> dict[str, Any]:
+async def retry(station: Station, task_id: str) -> contract.Task:
     task = (await station.store.retry(task_id)).to_json()
     station.announcer.task_changed(task)  # due now: the agent's flusher hears it and wakes
     return task
 
 
-async def cancel(station: Station, task_id: str) -> dict[str, Any]:
+async def cancel(station: Station, task_id: str) -> contract.Task:
     """A pending task, or a running one whose delivery has not been answered yet (it is stopped)."""
     current = await station.store.get(task_id)
     stopped = current.state == TaskState.RUNNING and await station.stop_delivery(task_id)
@@ -112,7 +112,7 @@ async def cancel(station: Station, task_id: str) -> dict[str, Any]:
     return answer
 
 
-async def flush(station: AgentStation) -> dict[str, Any]:
+async def flush(station: AgentStation) -> contract.FlushResult:
     """Make every pending task due now and deliver (the agent only: it holds the flusher)."""
     due = await station.store.make_due()
     station.flusher.flush_everything()  # an explicit flush sends what a metered connection holds back

@@ -7,8 +7,8 @@ the turn goes on; its record says how it ended (`GET /v1/turns/{id}`, `waystatio
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
+from waystation import contract
 from waystation.adapters.models.base import StageSink, TokenSink
 from waystation.errors import MalformedRequest
 from waystation.receipts import new_id
@@ -43,11 +43,11 @@ async def start(
     return turn_id, running
 
 
-async def get(station: Station, turn_id: str) -> dict[str, Any]:
+async def get(station: Station, turn_id: str) -> contract.Turn:
     return await records.get_turn(station.db, turn_id)
 
 
-async def list_turns(station: Station, state: str | None, limit: int) -> list[dict[str, Any]]:
+async def list_turns(station: Station, state: str | None, limit: int) -> list[contract.Turn]:
     """Newest first."""
     if state is not None and state not in records.TURN_STATES:
         raise MalformedRequest(f"state must be one of {', '.join(records.TURN_STATES)}")

@@ -18,11 +18,11 @@ import dataclasses
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
-from waystation import receipts
+from waystation import contract, receipts
 from waystation.adapters.models.base import (
     Generation,
     GenerationRequest,
@@ -36,6 +36,7 @@ from waystation.adapters.models.base import (
 )
 from waystation.adapters.models.json_objects import user_objects
 from waystation.adapters.tools import ToolRegistry
+from waystation.contract import AuthLane, CostLane
 from waystation.db import Database
 from waystation.errors import (
     EmptyPrompt,
@@ -188,10 +189,12 @@ class TurnEngine:
                 await self._loop(turn_id, request, progress, model, on_token)
         except WaystationError as exc:
             if isinstance(exc, RouteRefused):
-                route = RouteInfo(exc.route, exc.provider, exc.auth_lane, exc.cost_lane)
+                # the error carries the refusing route's own lanes (a RouteInfo's, as strings)
+                lanes = cast(tuple[AuthLane, CostLane], (exc.auth_lane, exc.cost_lane))
+                route = RouteInfo(exc.route, exc.provider, *lanes)
                 if request.defer and isinstance(exc, RouteOffline):
                     return await self._defer_whole_turn(turn_id, request, progress, route, started)
-            status = "refused" if isinstance(exc, RouteRefused) else "error"
+            status: contract.ReceiptStatus = "refused" if isinstance(exc, RouteRefused) else "error"
             reason = getattr(exc, "reason", None) or exc.message
             await self._finish(turn_id, request, progress, route, status, reason, started)
             raise
@@ -338,7 +341,7 @@ class TurnEngine:
         request: TurnRequest,
         progress: Progress,
         route: RouteInfo,
-        status: str,
+        status: contract.ReceiptStatus,
         reason: str | None,
         started: float,
         turn_state: str | None = None,
@@ -346,7 +349,7 @@ class TurnEngine:
         """Commit the receipt, the parked tasks and the turn's row together."""
         draft = ReceiptDraft(
             kind="turn",
-            status=status,  # type: ignore[arg-type]
+            status=status,
             reason=reason,
             route=route,
             usage=Usage(progress.prompt_tokens, progress.completion_tokens),
@@ -371,7 +374,7 @@ class TurnEngine:
             tool_calls=progress.tool_calls,
         )
 
-        def op(conn: sqlite3.Connection) -> tuple[dict[str, Any], list[Task]]:
+        def op(conn: sqlite3.Connection) -> tuple[contract.Receipt, list[Task]]:
             parked = []
             for new in progress.parked:
                 task, created = self._store.insert(conn, new)

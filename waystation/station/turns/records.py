@@ -23,16 +23,16 @@ import json
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
-from waystation import timeutil
+from waystation import contract, timeutil
 from waystation.db import Database
 from waystation.errors import NotFound
 from waystation.station.turns.results import result_summary
 
 Message = dict[str, Any]
 
-TURN_STATES = ("running", "parked", "resuming", "deferred", "ok", "refused", "error", "interrupted")
+TURN_STATES = get_args(contract.TurnState)
 WAITING = frozenset({"running", "parked", "resuming", "deferred"})  # not finished yet
 FINISHED = ("ok", "refused", "error", "interrupted")
 PROMPT_SHOWN = 1000  # characters of its prompt a turn keeps to show (the conversation has it whole)
@@ -170,7 +170,7 @@ async def parked_turns_ready(db: Database) -> list[str]:
 # --- reading turns back --------------------------------------------------------------------------
 
 
-async def turn_object(db: Database, row: sqlite3.Row) -> dict[str, Any]:
+async def turn_object(db: Database, row: sqlite3.Row) -> contract.Turn:
     """The contract's turn object for one row (of `_SHOWN`), with its calls' task states and
     receipts read now."""
     calls: list[dict[str, Any]] = json.loads(row["tool_calls"])
@@ -225,14 +225,14 @@ def _last_user_text(request: Mapping[str, Any]) -> str:
     return ""
 
 
-async def get_turn(db: Database, turn_id: str) -> dict[str, Any]:
+async def get_turn(db: Database, turn_id: str) -> contract.Turn:
     row = await db.fetchone(f"SELECT {_SHOWN} FROM turns WHERE id = ?", (turn_id,))
     if row is None:
         raise NotFound("turn", turn_id)
     return await turn_object(db, row)
 
 
-async def list_turns(db: Database, state: str | None, limit: int) -> list[dict[str, Any]]:
+async def list_turns(db: Database, state: str | None, limit: int) -> list[contract.Turn]:
     """Newest first."""
     where, params = ("WHERE state = ?", [state]) if state else ("", [])
     rows = await db.fetchall(

@@ -3,12 +3,14 @@ explicit JSON, shared by the engine, the operations and the socket API."""
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from waystation import contract
 from waystation.adapters.models.base import Message, ToolChoice
 from waystation.errors import MalformedRequest
 from waystation.receipts import Usage
@@ -53,7 +55,7 @@ class TurnResult:
     text: str
     route: str
     receipt_id: str
-    status: str
+    status: contract.ReceiptStatus
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     deferred_task_ids: list[str] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
@@ -61,8 +63,24 @@ class TurnResult:
     model_answered: str | None = None  # the model the provider says answered
     finish_reason: str = "stop"  # the last generation's: stop, length, tool_calls
 
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "usage": asdict(self.usage)}
+    def to_json(self) -> contract.TurnResult:
+        usage: contract.Usage = {
+            "prompt_tokens": self.usage.prompt_tokens,
+            "completion_tokens": self.usage.completion_tokens,
+        }
+        return {
+            "turn_id": self.turn_id,
+            "text": self.text,
+            "route": self.route,
+            "receipt_id": self.receipt_id,
+            "status": self.status,
+            "tool_calls": copy.deepcopy(self.tool_calls),  # as dataclasses.asdict gave them: a copy
+            "deferred_task_ids": list(self.deferred_task_ids),
+            "usage": usage,
+            "model": self.model,
+            "model_answered": self.model_answered,
+            "finish_reason": self.finish_reason,
+        }
 
 
 def turn_request(body: Mapping[str, Any]) -> TurnRequest:
