@@ -16,6 +16,9 @@ import nats.js.errors
 
 from waystation.errors import FleetError, FleetRefused, FleetUnavailable
 
+# A foreign exception type -> what makes ours of it, given the exception and what we were doing.
+Mapping = dict[type[Exception], Callable[[Exception, str], FleetError]]
+
 
 def _no_jetstream(exc: Exception, doing: str) -> FleetError:
     return FleetRefused(f"fleet hub: {doing}: no JetStream answers (is the server run with -js?)")
@@ -55,7 +58,7 @@ def _misused(exc: Exception, doing: str) -> FleetError:
 # subclass comes before its base (ServiceUnavailableError is an APIError, NoRespondersError and
 # nats' TimeoutError are nats Errors). Only these are caught: our own errors, a bug (any other
 # exception), cancellation and Ctrl-C go through untouched.
-FOREIGN: dict[type[Exception], Callable[[Exception, str], FleetError]] = {
+FOREIGN: Mapping = {
     nats.js.errors.ServiceUnavailableError: _no_jetstream,
     nats.errors.NoRespondersError: _no_jetstream,
     nats.js.errors.APIError: _api_refusal,
@@ -71,9 +74,7 @@ FOREIGN: dict[type[Exception], Callable[[Exception, str], FleetError]] = {
 
 
 # Connecting: the same, but what the hub says to CONNECT is its refusal.
-CONNECTING = {**FOREIGN, nats.errors.Error: _said_at_connect}
-
-Mapping = dict[type[Exception], Callable[[Exception, str], FleetError]]
+CONNECTING: Mapping = {**FOREIGN, nats.errors.Error: _said_at_connect}
 
 
 @contextlib.contextmanager
