@@ -26,10 +26,10 @@ from waystation.adapters.fleet.layout import (
     work_config,
 )
 from waystation.adapters.fleet.work import MAX_WORK_DEPTH, too_deep, work_body
-from waystation.agent import fleet as agent_fleet
-from waystation.agent.fleet import Fleet
 from waystation.checkpoints import SigningKey, default_origin
 from waystation.errors import DiskFull, MalformedRequest
+from waystation.station import fleet as agent_fleet
+from waystation.station.fleet import Fleet
 
 
 @dataclass

@@ -18,8 +18,6 @@ import pytest
 from waystation import timeutil
 from waystation.adapters.models.store import ModelStore
 from waystation.adapters.tools import default_tools
-from waystation.agent import jobs
-from waystation.agent.jobs import Housekeeping
 from waystation.config import Paths, QueueSettings, Settings
 from waystation.db import Database
 from waystation.queue import clock as clock_module
@@ -29,8 +27,10 @@ from waystation.queue.policy import Decision, TaskState, classify, decide
 from waystation.queue.store import LEASE_MARGIN_S, TaskStore
 from waystation.queue.tasks import NewTask, Task
 from waystation.receipts import verify_database
+from waystation.station import Station
+from waystation.station import housekeeping as jobs
 from waystation.station.announce import Announcer
-from waystation.station.build import Station
+from waystation.station.housekeeping import Housekeeping
 from waystation.station.turns.records import TurnRow, save_turn
 from waystation.testing import RecordingAnnouncer
 

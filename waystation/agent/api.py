@@ -26,7 +26,7 @@ from waystation.agent.http_io import (
 )
 from waystation.agent.openapi import openapi_document
 from waystation.errors import InputError, MalformedRequest, WaystationError
-from waystation.station.build import AgentStation
+from waystation.station import AgentStation
 from waystation.station.ops import status, tasks
 
 log = structlog.get_logger(__name__)

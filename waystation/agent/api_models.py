@@ -18,7 +18,7 @@ from aiohttp import web
 from waystation import sse
 from waystation.agent.http_io import json_body, optional_str, station_of
 from waystation.errors import MalformedRequest, WaystationError
-from waystation.station.build import AgentStation
+from waystation.station import AgentStation
 from waystation.station.ops import models
 
 if TYPE_CHECKING:

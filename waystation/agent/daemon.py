@@ -29,8 +29,6 @@ from waystation.agent.connections import (
     QuietResourceErrors,
     first_reserved_file,
 )
-from waystation.agent.fleet import Fleet
-from waystation.agent.jobs import Housekeeping
 from waystation.agent.peer import (
     PeerCheckedUnixSite,
     SocketError,
@@ -40,7 +38,9 @@ from waystation.agent.peer import (
 )
 from waystation.agent.systemd import Notifier, StatusReporter
 from waystation.config import Paths, Settings, check_fleet_creds
-from waystation.station.build import AgentStation, build_agent, cancel
+from waystation.station import AgentStation
+from waystation.station.background import cancel
+from waystation.station.build import build_agent
 
 log = structlog.get_logger(__name__)
 
@@ -64,18 +64,8 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
         gid = socket_gid(settings.agent.socket_group)
         prepare_socket_dir(paths.socket, gid)
         stack.enter_context(single_instance(paths.socket))
+        # The station, its housekeeping and, with [fleet] url set, the fleet: all built there.
         station = await build_agent(stack, paths, settings)
-
-        housekeeping = Housekeeping(station, station.flusher)
-        housekeeping.start()
-        stack.callback(housekeeping.stop)
-        station.announcer.listen("receipt", housekeeping.receipt_written)
-        await housekeeping.expire()
-        await housekeeping.sign()  # and at stop (build_agent), after the last receipt
-        if settings.fleet.url:
-            fleet = Fleet(station)
-            await fleet.start()
-            stack.push_async_callback(fleet.stop)  # before the database closes
 
         # A short grace for open requests at shutdown keeps the whole stop inside 10 s. aiohttp's
         # keep-alive timer closes a connection still waiting for a whole request: the head timeout.
@@ -99,7 +89,7 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
         log.info("agent ready", socket=str(paths.socket), database=str(paths.database), version=__version__)
         notifier.send("READY=1")
         if notifier.active:
-            status = StatusReporter(notifier, station.monitor, station.store, station.announcer.events)
+            status = StatusReporter(notifier, station)
             reporting = asyncio.create_task(status.run(), name="sd-status")
             stack.push_async_callback(cancel, reporting)
         await stop.wait()

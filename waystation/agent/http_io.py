@@ -11,7 +11,7 @@ from aiohttp import web
 
 from waystation.agent.connections import BODY_TIMEOUT_S
 from waystation.errors import MalformedRequest, RequestTimeout, error_body
-from waystation.station.build import AgentStation
+from waystation.station import AgentStation
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_LIST = 1000

@@ -17,10 +17,8 @@ import socket
 import time
 from collections.abc import MutableMapping
 
-from waystation.adapters.connectivity.monitor import ConnectivityMonitor
-from waystation.queue.store import TaskStore
-from waystation.station.build import cancel
-from waystation.station.events import EventBus
+from waystation.station import AgentStation
+from waystation.station.background import cancel
 
 STATUS_MIN_INTERVAL_S = 5.0  # queue changes update STATUS= at most this often
 
@@ -66,13 +64,11 @@ class StatusReporter:
     It sleeps on the event stream while nothing happens (no polling).
     """
 
-    def __init__(
-        self, notifier: Notifier, monitor: ConnectivityMonitor, store: TaskStore, events: EventBus
-    ) -> None:
+    def __init__(self, notifier: Notifier, station: AgentStation) -> None:
         self._notifier = notifier
-        self._monitor = monitor
-        self._store = store
-        self._events = events
+        self._monitor = station.monitor
+        self._store = station.store
+        self._events = station.announcer.events
         self._dirty = asyncio.Event()
         self._urgent = asyncio.Event()
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from waystation.config import Paths, load_settings
 
 if TYPE_CHECKING:
-    from waystation.station.build import Station
+    from waystation.station import FleetConsole, Station
 
 T = TypeVar("T")
 Operation = Callable[..., Coroutine[Any, Any, T]]
@@ -75,3 +75,16 @@ class DirectStation:
         if self._runner is None:
             self._runner = asyncio.Runner()
         return self._runner.run(coro)
+
+
+def fleet(paths: Paths, name: str, op: Callable[[FleetConsole], Coroutine[Any, Any, T]]) -> T:
+    """Run a fleet operation (station/ops/fleet.py) with a hub for this one command, named `name`
+    to the hub; no agent and no database are needed, on this host or any other."""
+
+    async def run() -> T:
+        from waystation.station.build import build_fleet_console
+
+        async with contextlib.AsyncExitStack() as stack:
+            return await op(await build_fleet_console(stack, paths, load_settings(paths), name))
+
+    return asyncio.run(run())

@@ -6,7 +6,7 @@ that ran days ahead) would expire work, or hold its retries, for time nobody liv
 the clock does not move the kernel's monotonic clock, so a set shows as a change of the offset
 between the two; the deadlines move with it.
 
-While the agent runs, agent/jobs.py's ClockWatch compares that offset each minute. Across a stop,
+While the agent runs, station/housekeeping.py's ClockWatch compares that offset each minute. Across a stop,
 the database keeps a mark: the wall time, the monotonic time and the boot they belong to, written
 with every sweep and at stop (as journald stamps each entry with its realtime and monotonic times
 and the boot id, so times can be compared across clock changes). At the next start, on the same

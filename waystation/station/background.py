@@ -5,6 +5,7 @@ each task is kept until it ends, and closing cancels what still runs, so each wr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -30,3 +31,11 @@ class Background:
         for task in list(self._running):
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
+
+
+async def cancel(task: asyncio.Task[None]) -> None:
+    """Cancel a task this process started and wait for it to end (its CancelledError is the end
+    asked for, so it is the one not raised again)."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

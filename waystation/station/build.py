@@ -5,92 +5,48 @@ Three ways to run need three sets of components, each built by extending the las
     build_direct      the command line with no agent: the database, the queue store, the tools
     build_in_process  one turn in the command line's own process: + a connectivity monitor that
                       probes once (no OS events), the routes and the turn engine
-    build_agent       the long-running agent: + OS events, the flusher, turn resumption
+    build_agent       the long-running agent: + OS events, the flusher, turn resumption, the
+                      housekeeping jobs and, with `[fleet] url` set, the fleet
+    build_fleet_console  a fleet command (`fleet`, `doctor`): a hub for one command, and the tools
 
 Each component registers its own cleanup on the caller's AsyncExitStack as it is built, so the
 stack unwinds in reverse order of dependence (deliveries stop before the database closes).
 Nothing refers to a component that does not exist yet: listeners register once both sides exist
 (see station/announce.py). An operation says in its signature which station it needs, so asking
-a direct station for a turn is a type error, not a runtime surprise.
+a direct station for a turn is a type error, not a runtime surprise (the types are the
+station's, in station/__init__.py). Only the entry points import this module: agent/daemon.py,
+cli/direct.py and the in-process turn (cli/commands/turn.py); pyproject's import contracts keep it so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
-from waystation import __version__, logs
-from waystation.adapters.connectivity.monitor import ConnectivityMonitor
 from waystation.adapters.models.store import ModelStore
-from waystation.adapters.routes import Router
-from waystation.adapters.routes.local import LocalRoute
-from waystation.adapters.tools import ToolRegistry, default_tools, new_client
-from waystation.checkpoints import SigningKey
+from waystation.adapters.tools import default_tools
 from waystation.config import Paths, Settings
 from waystation.db import Database
-from waystation.errors import DatabaseError, SigningKeyUnusable, WaystationError
-from waystation.queue import clock
-from waystation.queue.flusher import Flusher
+from waystation.errors import ConfigError, DatabaseError
 from waystation.queue.store import TaskStore
-from waystation.receipt_proofs import keep_checkpoint
-from waystation.secrets import SecretResolver
+from waystation.station import AgentStation, FleetConsole, Station, TurnStation
 from waystation.station.announce import Announcer
-from waystation.station.background import Background
-from waystation.station.delivery import Deliveries
 from waystation.station.events import EventBus
 from waystation.station.metrics import Metrics
-from waystation.station.turns.engine import TurnEngine
-from waystation.station.turns.resume import Resumptions
+
+if TYPE_CHECKING:
+    from waystation.station.delivery import Deliveries
+
+# What only a turn, the agent or a fleet command uses is imported where it is built, so that a
+# command run without an agent (`queue ls`) loads none of it: the routes and the models' runtime,
+# the flusher, the scheduler, NATS.
 
 log = structlog.get_logger(__name__)
 
 Stack = contextlib.AsyncExitStack
-
-
-@dataclass
-class Station:
-    """What every way of running has: operations on tasks and receipts need no more."""
-
-    paths: Paths
-    settings: Settings
-    db: Database
-    store: TaskStore
-    tools: ToolRegistry  # what models and `POST /v1/tasks` may use
-    announcer: Announcer
-    models: ModelStore = field(kw_only=True)  # the named models in the state directory
-    started: float = field(default_factory=time.monotonic, kw_only=True)
-    version: str = field(default=__version__, kw_only=True)
-    # Why the receipts' checkpoints cannot be signed now (a damaged receipts.key); None when they can.
-    signing_error: str | None = field(default=None, kw_only=True)
-
-    async def stop_delivery(self, task_id: str) -> bool:
-        """Stop sending a task (a cancel); True when nothing sends it any more. With no agent
-        running, nothing does."""
-        return False
-
-
-@dataclass
-class TurnStation(Station):
-    """+ what a turn needs: the network's state, the routes and the turn engine."""
-
-    monitor: ConnectivityMonitor
-    router: Router
-    turns: TurnEngine
-
-
-@dataclass
-class AgentStation(TurnStation):
-    """+ what only the long-running agent has: the flusher, and work in the background."""
-
-    flusher: Flusher
-    background: Background
-
-    async def stop_delivery(self, task_id: str) -> bool:
-        return await self.flusher.abort(task_id)
 
 
 async def build_direct(stack: Stack, paths: Paths, settings: Settings) -> Station:
@@ -112,22 +68,20 @@ async def build_in_process(stack: Stack, paths: Paths, settings: Settings) -> Tu
 
 
 async def build_agent(stack: Stack, paths: Paths, settings: Settings) -> AgentStation:
+    from waystation.queue import clock
+    from waystation.queue.flusher import Flusher
+    from waystation.station.background import Background, cancel
+    from waystation.station.ops import receipts
+    from waystation.station.turns.resume import Resumptions
+
     db = await _database(stack, paths, check=True)
-    # Made at first start; the receipts are signed once more at stop, after the last settles and
-    # before the database closes. A damaged key stops the signing, never the queue: the agent runs
-    # on and says why in `status` and `doctor`, rather than crash-looping under its service.
-    signing_error = None
-    try:
-        key = SigningKey.load_or_create(paths.state, settings.fleet.host)
-    except SigningKeyUnusable as exc:
-        log.error("checkpoints of the receipts will not be signed", error=exc.message)
-        signing_error = exc.message
-    else:
-        stack.push_async_callback(_sign_at_stop, db, key, paths)
+    # The receipts are signed once more at stop, after the last settles and before the database
+    # closes: this slot in the stack's order is kept now and filled once the station exists.
+    at_stop = Stack()
+    stack.push_async_callback(at_stop.aclose)
     base, deliveries = _turn_station(stack, paths, settings, db, watch_os_events=True)
-    base.signing_error = signing_error
     # Before anything reads a deadline: a wall clock set while no agent ran moves them with it, as
-    # a set seen while running does (agent/jobs.py), instead of expiring work or holding retries.
+    # a set seen while running does (station/housekeeping.py), instead of expiring work or holding retries.
     moved, tasks = await clock.rebase_after_stop(db, clock.read_mark())
     if moved:
         log.warning(
@@ -155,22 +109,67 @@ async def build_agent(stack: Stack, paths: Paths, settings: Settings) -> AgentSt
     resumptions = Resumptions(station.turns, background)
     if settings.agent.resume == "auto":
         station.announcer.listen("task", resumptions.task_changed)
+    # Made at first start and signed now; a damaged key stops the signing, never the queue: the
+    # agent runs on and says why in `status` and `doctor`, rather than crash-looping under its service.
+    await receipts.sign_checkpoint(station)
+    at_stop.push_async_callback(receipts.sign_checkpoint, station)
     await stack.enter_async_context(station.monitor)
     flushing = asyncio.create_task(flusher.run(), name="flusher")
     stack.push_async_callback(cancel, flushing)
     await resumptions.start(db)
+    await _housekeeping(stack, station)
+    if settings.fleet.url:
+        await _fleet(stack, station)
     return station
 
 
-async def _sign_at_stop(db: Database, key: SigningKey, paths: Paths) -> None:
-    try:
-        await keep_checkpoint(db, key, paths.state)
-    except (WaystationError, OSError) as exc:
-        log.error("cannot sign a checkpoint of the receipts", error=str(exc))
+async def _housekeeping(stack: Stack, station: AgentStation) -> None:
+    from waystation.station.housekeeping import Housekeeping
+
+    housekeeping = Housekeeping(station, station.flusher)
+    housekeeping.start()
+    stack.callback(housekeeping.stop)
+    station.announcer.listen("receipt", housekeeping.receipt_written)
+    await housekeeping.expire()
+
+
+async def _fleet(stack: Stack, station: AgentStation) -> None:
+    """The outbox, the host's status and its work, over one hub connection (station/fleet.py)."""
+    from waystation.adapters.fleet.hub import Hub
+    from waystation.adapters.fleet.outbox import Outbox
+    from waystation.config import fleet_host
+    from waystation.station.fleet import Fleet
+
+    host = fleet_host(station.settings.fleet)
+    hub = Hub(station.settings.fleet, name=f"waystation {host}", inbox=f"_INBOX_{host}")
+    fleet = Fleet(station, hub, Outbox(station.db, hub, host), host)
+    hub.on_reconnect = fleet.reconnected
+    announcer = station.announcer
+    announcer.listen("connectivity", fleet.connectivity_changed)
+    announcer.listen("receipt", fleet.receipt_written)
+    announcer.listen("task", fleet.task_changed)
+    await fleet.start()
+    stack.push_async_callback(fleet.stop)  # before the database closes
+
+
+async def build_fleet_console(stack: Stack, paths: Paths, settings: Settings, name: str) -> FleetConsole:
+    """What a fleet command needs, with no agent and no database: a quiet hub for this one command
+    (closed with the stack) and the tools, to check work as the hosts will."""
+    from waystation.adapters.fleet.hub import Hub
+    from waystation.config import check_fleet_creds
+
+    if not settings.fleet.url:
+        raise ConfigError("fleet.url", "no hub is set: set [fleet] url (or WAYSTATION_FLEET__URL)")
+    check_fleet_creds(settings.fleet)
+    hub = Hub(settings.fleet, name=name, quiet=True)
+    stack.push_async_callback(hub.close)
+    return FleetConsole(paths, settings, hub, default_tools())
 
 
 async def _mark_at_stop(db: Database) -> None:
     """The clocks at stop, after the last task settled: what the next start compares against."""
+    from waystation.queue import clock
+
     try:
         await clock.keep_mark(db, clock.read_mark())
     except DatabaseError as exc:
@@ -193,6 +192,15 @@ def _turn_station(
     stack: Stack, paths: Paths, settings: Settings, db: Database, *, watch_os_events: bool
 ) -> tuple[TurnStation, Deliveries]:
     """The components a turn needs (the monitor not yet started), and the tools' deliveries."""
+    from waystation import logs
+    from waystation.adapters.connectivity.monitor import ConnectivityMonitor
+    from waystation.adapters.routes import Router
+    from waystation.adapters.routes.local import LocalRoute
+    from waystation.adapters.tools import new_client
+    from waystation.secrets import SecretResolver
+    from waystation.station.delivery import Deliveries
+    from waystation.station.turns.engine import TurnEngine
+
     monitor = ConnectivityMonitor(settings.connectivity, watch_os_events=watch_os_events)
     announcer = _announcer(stack, connectivity=monitor.state)
     monitor.listen(announcer.connectivity_changed)
@@ -224,9 +232,3 @@ def _turn_station(
     )
     station = TurnStation(paths, settings, db, store, tools, announcer, monitor, router, turns, models=models)
     return station, deliveries
-
-
-async def cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

@@ -3,9 +3,9 @@
 Names are the contract's (CONTRACT.md, "Fleet"). The streams and the bucket are made when absent
 with the settings of layout.py; one that exists is used as it is (an operator may have tuned it).
 
-Every failure comes out as a FleetError: FleetUnavailable when the hub did not answer in time
-(down, link cut: whoever called retries), FleetRefused when it answered no (no JetStream,
-authorisation, permissions). The credentials file is only ever named by its path.
+Every failure of nats-py's comes out as a FleetError (failures.py): FleetUnavailable when the hub
+did not answer in time (down, link cut: whoever called retries), FleetRefused when it answered no
+(no JetStream, authorisation, permissions). The credentials file is only ever named by its path.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from nats.js.api import (
 )
 from nats.js.kv import KeyValue
 
+from waystation.adapters.fleet.failures import CONNECTING, map_exceptions
 from waystation.adapters.fleet.layout import (
     HOSTS_BUCKET,
     HOSTS_TTL_S,
@@ -51,7 +52,7 @@ from waystation.adapters.fleet.layout import (
     work_config,
 )
 from waystation.config import FleetSettings
-from waystation.errors import FleetError, FleetRefused, FleetUnavailable
+from waystation.errors import FleetError, FleetUnavailable
 from waystation.ports import PubAck
 
 log = structlog.get_logger(__name__)
@@ -85,28 +86,6 @@ def work_subject(host: str) -> str:
     return f"waystation.{host}.work"
 
 
-def _translate(exc: BaseException, doing: str) -> FleetError:
-    """A nats-py error as one of ours, saying what we were doing."""
-    if isinstance(exc, FleetError):
-        return exc
-    if isinstance(exc, nats.js.errors.ServiceUnavailableError | nats.errors.NoRespondersError):
-        return FleetRefused(f"fleet hub: {doing}: no JetStream answers (is the server run with -js?)")
-    if isinstance(exc, nats.js.errors.APIError):
-        return FleetRefused(f"fleet hub: {doing}: {exc.description or exc}")
-    said = str(exc).lower()  # the server's -ERR text arrives as a plain nats Error
-    if isinstance(exc, nats.errors.AuthorizationError | nats.errors.InvalidUserCredentialsError) or (
-        "authorization violation" in said or "authentication" in said
-    ):
-        return FleetRefused(f"fleet hub: {doing}: authorization refused (check [fleet] creds)")
-    if "permissions violation" in said:
-        return FleetRefused(f"fleet hub: {doing}: permission denied by the hub ({exc})")
-    if isinstance(exc, nats.errors.OutboundBufferLimitError | nats.errors.ConnectionReconnectingError):
-        return FleetUnavailable(f"fleet hub: {doing}: the link is down; reconnecting")
-    if isinstance(exc, asyncio.TimeoutError | nats.errors.Error | OSError):
-        return FleetUnavailable(f"fleet hub: {doing}: {type(exc).__name__} {exc}".strip())
-    return FleetError(f"fleet hub: {doing}: {exc}")
-
-
 class Hub:
     """One connection to the hub, reconnecting forever once made (a ports.FleetHub)."""
 
@@ -125,7 +104,7 @@ class Hub:
         self._js: JetStreamContext | None = None
         self._kv: KeyValue | None = None
         self.on_reconnect: Callable[[], None] = lambda: None
-        self._refusal: str | None = None  # the last error the server sent (permissions, auth)
+        self._refusal: str | None = None  # the last permission the hub denied, in its words
         self._up = asyncio.Event()  # connected now (nats-py reconnects by itself once connected)
         self._errors_said = 0  # errors logged since the link went down: the first one only
 
@@ -154,7 +133,7 @@ class Hub:
         options: dict[str, Any] = {}
         if self._creds:
             options["user_credentials"] = self._creds
-        try:
+        with map_exceptions(f"cannot connect to {safe_url(self.settings.url)}", mapping=CONNECTING):
             self._nc = await nats.connect(
                 servers=[self.settings.url],
                 name=self._name,
@@ -178,10 +157,6 @@ class Hub:
                 reconnected_cb=self._reconnected,
                 **options,
             )
-        except BaseException as exc:  # nats-py raises many kinds, some bare Exceptions
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            raise _translate(exc, f"cannot connect to {safe_url(self.settings.url)}") from None
         # Connected once: from now on nats-py reconnects by itself, forever (it reads the option
         # at each disconnection; connect() has no separate setting for the first attempt).
         self._nc.options["allow_reconnect"] = True
@@ -191,7 +166,10 @@ class Hub:
             log.info("fleet hub connected", url=safe_url(self.settings.url))
 
     async def _error(self, exc: Exception) -> None:
-        self._refusal = str(exc)
+        if type(exc) is nats.errors.Error:
+            # The one error nats-py hands over as a bare Error, keeping the connection: a permission
+            # the hub denied (its -ERR text). The request it denied is then never answered.
+            self._refusal = str(exc)
         if not self._quiet and (self.connected or not self._errors_said):  # one line per outage
             self._errors_said += 1
             log.warning("fleet hub error", error=str(exc))
@@ -216,12 +194,8 @@ class Hub:
 
     async def account(self) -> AccountInfo:
         """The account's JetStream usage and limits; FleetRefused where it has no JetStream."""
-        try:
+        with map_exceptions("JetStream account"):
             return await self.js.account_info()
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            raise _translate(exc, "JetStream account") from None
 
     async def ensure(self) -> list[Part]:
         """Set up every part of the hub, each on its own: one the hub refuses says why and leaves
@@ -254,7 +228,7 @@ class Hub:
         has no room for that many bytes (a small disk; limits set on the server, not the account)."""
         assert config.name is not None and config.max_bytes is not None
         wanted = config.max_bytes
-        try:
+        with map_exceptions(f"stream {config.name}"):
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 return size_note((await self.js.stream_info(config.name)).config, wanted)
             limits = (await self.js.account_info()).limits  # translated below
@@ -275,10 +249,6 @@ class Hub:
             elif not self._quiet:
                 log.info("fleet stream created", stream=config.name)
             return note
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            raise _translate(exc, f"stream {config.name}") from None
 
     async def _bucket_part(self) -> str:
         await self.bucket()
@@ -286,7 +256,7 @@ class Hub:
 
     async def bucket(self) -> KeyValue:
         if self._kv is None:
-            try:
+            with map_exceptions(f"bucket {HOSTS_BUCKET}"):
                 try:
                     self._kv = await self.js.key_value(HOSTS_BUCKET)
                 except nats.js.errors.BucketNotFoundError:
@@ -295,53 +265,36 @@ class Hub:
                             bucket=HOSTS_BUCKET, history=1, ttl=HOSTS_TTL_S, storage=StorageType.FILE
                         )
                     )
-            except BaseException as exc:
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                raise _translate(exc, f"bucket {HOSTS_BUCKET}") from None
         return self._kv
 
     async def publish(
         self, subject: str, data: bytes, msg_id: str, headers: dict[str, str] | None = None
     ) -> PubAck:
         """Publish and wait for the stream's ack (the hub has it stored)."""
-        try:
+        with map_exceptions(f"publish to {subject}", refusal=self._refusal):
             ack = await self.js.publish(
                 subject, data, timeout=REQUEST_TIMEOUT_S, headers={"Nats-Msg-Id": msg_id, **(headers or {})}
             )
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            if isinstance(exc, nats.errors.TimeoutError) and self._refusal and "ermission" in self._refusal:
-                raise FleetRefused(f"fleet hub: publish to {subject}: {self._refusal}") from None
-            raise _translate(exc, f"publish to {subject}") from None
         return PubAck(ack.seq, bool(ack.duplicate))
 
     async def last_headers(self, stream: str, subject: str) -> dict[str, str] | None:
         """The headers of the last message the stream holds on `subject` (None: it holds none)."""
-        try:
-            msg = await self.js.get_last_msg(stream, subject)
-        except nats.js.errors.NotFoundError:
-            return None
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            raise _translate(exc, f"last message on {subject}") from None
+        with map_exceptions(f"last message on {subject}"):
+            try:
+                msg = await self.js.get_last_msg(stream, subject)
+            except nats.js.errors.NotFoundError:
+                return None
         return dict(msg.headers or {})
 
     async def put_status(self, host: str, status: dict[str, Any]) -> None:
         kv = await self.bucket()
-        try:
+        with map_exceptions(f"status of {host}"):
             await kv.put(host, json.dumps(status, separators=(",", ":")).encode())
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            raise _translate(exc, f"status of {host}") from None
 
     async def statuses(self) -> dict[str, dict[str, Any]]:
         """Every host's last status in the bucket."""
         kv = await self.bucket()
-        try:
+        with map_exceptions(f"bucket {HOSTS_BUCKET}"):
             try:
                 keys = await kv.keys()
             except nats.js.errors.NoKeysError:
@@ -353,15 +306,11 @@ class Hub:
                     with contextlib.suppress(ValueError):
                         found[key] = json.loads(entry.value or b"{}")
             return found
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            raise _translate(exc, f"bucket {HOSTS_BUCKET}") from None
 
     async def work(self, host: str) -> JetStreamContext.PullSubscription:
         """The host's durable pull consumer on its work subject (made when absent)."""
         durable = f"waystation_{host}"
-        try:
+        with map_exceptions(f"work consumer {durable}"):
             try:
                 found = (await self.js.consumer_info(WORK_STREAM, durable)).config
             except nats.js.errors.NotFoundError:
@@ -387,29 +336,21 @@ class Hub:
                     max_deliver=WORK_MAX_DELIVER,
                 ),
             )
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            raise _translate(exc, f"work consumer {durable}") from None
 
 
 async def fetch(sub: JetStreamContext.PullSubscription, batch: int, wait_s: float) -> list[Msg]:
     """Up to `batch` messages, waiting at most `wait_s`; [] when none came."""
-    try:
-        return await sub.fetch(batch, timeout=wait_s)
-    except nats.errors.TimeoutError:
-        return []
-    except BaseException as exc:
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        raise _translate(exc, "fetch work") from None
+    with map_exceptions("fetch work"):
+        try:
+            return await sub.fetch(batch, timeout=wait_s)
+        except nats.errors.TimeoutError:
+            return []
 
 
 async def settle(msg: Msg, action: Callable[[Msg], Awaitable[Any]]) -> None:
     """Ack or term a message; a lost answer means redelivery, which the task's key absorbs."""
     try:
-        await action(msg)
-    except BaseException as exc:
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        log.warning("fleet work: cannot settle a message", error=str(exc))
+        with map_exceptions("settle a message"):
+            await action(msg)
+    except FleetError as exc:
+        log.warning("fleet work: cannot settle a message", error=exc.message)

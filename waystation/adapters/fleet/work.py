@@ -10,7 +10,7 @@
   link-local and private addresses only when listed (as Smokescreen's default deny list).
 
 Pure functions: the body, the header, the destination and what it resolves to come in; a reason
-to refuse (text for the log) or None comes out. The agent resolves names (agent/fleet.py).
+to refuse (text for the log) or None comes out. The agent resolves names (station/fleet.py).
 """
 
 from __future__ import annotations

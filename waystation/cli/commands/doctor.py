@@ -369,40 +369,29 @@ def check_fleet(paths: Any) -> Check:
     and make the fleet's streams and bucket (saying why where it refuses one, or sizes it down)."""
     import asyncio
 
-    from waystation.adapters.fleet.hub import Hub, safe_url
-    from waystation.adapters.fleet.layout import Part
-    from waystation.config import check_fleet_creds, fleet_host, load_settings
+    from waystation.cli.direct import fleet
+    from waystation.config import fleet_host, load_settings
     from waystation.errors import WaystationError
+    from waystation.station.ops.fleet import check, where
 
     try:
-        fleet = load_settings(paths).fleet
+        settings = load_settings(paths).fleet
     except WaystationError:
         return Check("warn", "fleet", "not checked: the configuration does not load (see config)")
-    if not fleet.url:
+    if not settings.url:
         return Check("ok", "fleet", "off ([fleet] url is not set)")
-
-    async def probe() -> list[Part]:
-        hub = Hub(fleet, name="waystation doctor", quiet=True)
-        try:
-            await hub.connect()
-            # No JetStream for this account: refused first; then each stream and the bucket, set
-            # up as the agent sets them up, each on its own.
-            return await hub.ensure()
-        finally:
-            await hub.close()
-
-    where = f"the hub at {safe_url(fleet.url)}"
+    hub = where(settings)
     try:
-        check_fleet_creds(fleet)
-        parts = asyncio.run(asyncio.wait_for(probe(), AGENT_TIMEOUT_S * 2))
-    except WaystationError as exc:
+        # Each stream and the bucket set up as the agent sets them up, each on its own.
+        parts = fleet(
+            paths, "waystation doctor", lambda console: asyncio.wait_for(check(console), AGENT_TIMEOUT_S * 2)
+        )
+    except WaystationError as exc:  # the creds file, no JetStream for this account, no answer
         return Check("fail", "fleet", exc.message)
     except TimeoutError:
-        return Check("fail", "fleet", f"{where} did not answer in time")
-    except Exception as exc:  # nats-py's own errors: a hub without JetStream
-        return Check("fail", "fleet", f"{where} answers without JetStream: {exc}")
+        return Check("fail", "fleet", f"{hub} did not answer in time")
     refused = [part.refused for part in parts if part.refused]
     if refused:
-        return Check("fail", "fleet", f"{where} answers with JetStream but refuses: " + "; ".join(refused))
+        return Check("fail", "fleet", f"{hub} answers with JetStream but refuses: " + "; ".join(refused))
     notes = "".join(f"; {part.note}" for part in parts if part.note)
-    return Check("ok", "fleet", f"{where} answers with JetStream; this host is {fleet_host(fleet)}{notes}")
+    return Check("ok", "fleet", f"{hub} answers with JetStream; this host is {fleet_host(settings)}{notes}")

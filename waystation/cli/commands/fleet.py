@@ -3,11 +3,9 @@ named by `[fleet]` themselves: no agent is needed, on this host or any other."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,49 +19,11 @@ fleet_app = typer_app(
     no_args_is_help=True,
 )
 
-# A host writes its status every minute; one not heard from for over two and a half is stale.
-STALE_AFTER_S = 150.0
 
+def _paths() -> Any:
+    from waystation.config import Paths
 
-def _hub() -> Any:
-    from waystation.adapters.fleet.hub import Hub
-    from waystation.config import Paths, check_fleet_creds, load_settings
-    from waystation.errors import ConfigError
-
-    settings = load_settings(Paths.resolve())
-    if not settings.fleet.url:
-        raise ConfigError("fleet.url", "no hub is set: set [fleet] url (or WAYSTATION_FLEET__URL)")
-    check_fleet_creds(settings.fleet)
-    return Hub(settings.fleet, name="waystation cli", quiet=True)
-
-
-async def _statuses() -> list[dict[str, Any]]:
-    from waystation import timeutil
-    from waystation.adapters.fleet.layout import HOSTS_BUCKET
-
-    hub = _hub()
-    try:
-        await hub.connect()
-        # Each part of the hub is set up as the hosts would: one the hub refuses says why here
-        # (on stderr: --json stays the list of hosts), where its absence would read "no hosts".
-        for part in await hub.ensure():
-            if part.name != HOSTS_BUCKET and (part.refused or part.note):  # the bucket's: the error below
-                sys.stderr.write(f"warning: {part.refused or part.note}\n")
-        found = await hub.statuses()
-    finally:
-        await hub.close()
-    now = time.time()
-    hosts = []
-    for host, status in sorted(found.items()):
-        at = status.get("at")
-        try:
-            age = max(0.0, now - timeutil.parse_iso(at)) if isinstance(at, str) else None
-        except ValueError:
-            age = None
-        stale = age is None or age > STALE_AFTER_S
-        seen = None if age is None else round(age, 1)
-        hosts.append({**status, "host": host, "age_s": seen, "stale": stale})
-    return hosts
+    return Paths.resolve()
 
 
 def _table(hosts: list[dict[str, Any]]) -> None:
@@ -93,6 +53,10 @@ def _table(hosts: list[dict[str, Any]]) -> None:
     render.console().print(table)
 
 
+# The tools a host runs (adapters/tools' default_tools: a test holds the two together), named here
+# so that `--help` does not import them.
+TOOLS = ("http_request", "web_fetch")
+
 # C0 and C1 control characters (ESC, CSI, BEL, ...), DEL among them: what a terminal acts on.
 CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -119,29 +83,19 @@ def fleet_status(as_json: JsonFlag = False) -> None:
     ```
     """
     from waystation.cli import render
+    from waystation.cli.direct import fleet
+    from waystation.station.ops.fleet import hosts
 
-    render.output(asyncio.run(_statuses()), as_json, _table)
+    def warn(warning: str) -> None:  # on stderr: --json stays the list of hosts
+        sys.stderr.write(f"warning: {warning}\n")
 
-
-async def _submit(host: str, body: dict[str, Any], msg_id: str, signer: Any) -> dict[str, Any]:
-    from waystation.adapters.fleet.hub import work_subject
-    from waystation.adapters.fleet.work import sign_work
-
-    hub = _hub()
-    data = json.dumps(body).encode()
-    try:
-        await hub.connect()
-        await hub.ensure()  # the operator's user makes the hub's parts; a host's may not (README)
-        ack = await hub.publish(work_subject(host), data, msg_id, sign_work(data, signer))
-    finally:
-        await hub.close()
-    return {"host": host, "msg_id": msg_id, "stream_seq": ack.seq, "duplicate": ack.duplicate}
+    render.output(fleet(_paths(), "waystation cli", lambda console: hosts(console, warn)), as_json, _table)
 
 
 @fleet_app.command("submit")
 def fleet_submit(
     host: Annotated[str, typer.Argument(metavar="HOST")],
-    tool: Annotated[str, typer.Argument(metavar="TOOL")],
+    tool: Annotated[str, typer.Argument(metavar="TOOL", help=f"The tool: {' or '.join(TOOLS)}.")],
     args: Annotated[str, typer.Option("--args", metavar="JSON", help="The tool's arguments.")] = "{}",
     key: Annotated[
         str | None, typer.Option("--key", metavar="K", help="Message id and the task's idempotency key.")
@@ -167,14 +121,13 @@ def fleet_submit(
     waystation fleet submit edge-7 http_request --key-file ops.key --args '{"method": "GET", "url": "https://example.com/"}'
     ```
     """
-    from uuid import uuid4
-
     from waystation.cli import render
-    from waystation.config import FLEET_HOST
-    from waystation.errors import MalformedRequest
+    from waystation.cli.common import usage_error
+    from waystation.cli.direct import fleet
+    from waystation.errors import InputError, MalformedRequest
+    from waystation.station.ops import fleet as fleet_ops
 
-    if not FLEET_HOST.fullmatch(host):
-        raise MalformedRequest("HOST must be 1 to 64 letters, digits, _ or -")
+    fleet_ops.check_host(host)
     if key_file is None:
         raise MalformedRequest(
             "work must be signed: give --key-file FILE (`waystation fleet keygen NAME` makes one)"
@@ -184,11 +137,17 @@ def fleet_submit(
         parsed = json.loads(args)
     except ValueError as exc:
         raise MalformedRequest(f"--args is not JSON: {exc}") from None
-    # The key is in the signed body, not only in the (unsigned) Nats-Msg-Id header: a copy of this
-    # message published again under another id is the same task, never a second one.
-    msg_id = key or f"{host}-{uuid4().hex}"
-    body: dict[str, Any] = {"tool": tool, "args": parsed, "idempotency_key": msg_id}
-    answer = asyncio.run(_submit(host, body, msg_id, signer))
+
+    async def publish(console: Any) -> tuple[dict[str, Any], str | None]:
+        try:  # checked as `POST /v1/tasks` checks a task: work the host would refuse is a usage error
+            body = fleet_ops.work(console, host, tool, parsed, key)
+        except InputError as exc:
+            raise usage_error(exc.message) from None
+        return await fleet_ops.submit(console, host, body, signer)
+
+    answer, warning = fleet(_paths(), "waystation cli", publish)
+    if warning:
+        sys.stderr.write(f"warning: {warning}\n")
     render.output(answer, as_json, lambda a: render.say(f"submitted to {a['host']}: message {a['msg_id']}"))
 
 

@@ -8,7 +8,7 @@ otherwise the route's own model runs. Either way the answer names the model that
 from __future__ import annotations
 
 from waystation.errors import UnsupportedParameter, WaystationError
-from waystation.station.build import TurnStation
+from waystation.station import TurnStation
 from waystation.station.turns.request import TurnRequest
 
 

@@ -18,7 +18,7 @@ from waystation.adapters.models import pull as pulling
 from waystation.adapters.models.embedded import DISTRIBUTION, default_model_path
 from waystation.adapters.models.store import EMBEDDED, StoredModel, looks_like_name
 from waystation.errors import ModelConflict, ModelError
-from waystation.station.build import Station, TurnStation
+from waystation.station import Station, TurnStation
 
 
 async def list_models(station: Station) -> contract.ModelList:

@@ -7,10 +7,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import structlog
+
 from waystation import contract, receipt_proofs, receipts
 from waystation.checkpoints import SigningKey, open_checkpoint
-from waystation.errors import BadCheckpoint, DatabaseCorrupt, SigningKeyUnusable
-from waystation.station.build import Station
+from waystation.errors import BadCheckpoint, DatabaseCorrupt, SigningKeyUnusable, WaystationError
+from waystation.station import Station
+
+log = structlog.get_logger(__name__)
 
 
 @contextlib.contextmanager
@@ -75,6 +79,23 @@ async def prove(station: Station, receipt_id: str) -> contract.ReceiptProof:
 async def store_checkpoint(station: Station) -> int | None:
     """Sign the tree now and keep it in the state directory (see receipt_proofs.keep_checkpoint)."""
     return await receipt_proofs.keep_checkpoint(station.db, _key(station), station.paths.state)
+
+
+async def sign_checkpoint(station: Station) -> int | None:
+    """The agent's signing, the one place it happens (at start, every 1,000 receipts or 10 minutes,
+    and at stop): store_checkpoint, with a failure logged instead of raised, since a key that
+    cannot sign stops the signing, never the queue. A damaged key is said once when it breaks
+    (`status` and `doctor` say it after), not once every ten minutes."""
+    said = station.signing_error
+    try:
+        return await store_checkpoint(station)
+    except SigningKeyUnusable as exc:
+        if exc.message != said:
+            log.error("checkpoints of the receipts will not be signed", error=exc.message)
+        return None
+    except (WaystationError, OSError) as exc:
+        log.error("cannot sign a checkpoint of the receipts", error=str(exc))
+        return None
 
 
 def _key(station: Station) -> SigningKey:

@@ -8,7 +8,7 @@ from typing import cast, get_args
 from waystation import contract, timeutil
 from waystation.adapters.connectivity.monitor import Mode
 from waystation.errors import MalformedRequest
-from waystation.station.build import AgentStation, TurnStation
+from waystation.station import AgentStation, TurnStation
 from waystation.station.metrics import render_metrics
 from waystation.station.turns import records
 

@@ -5,14 +5,17 @@ task objects."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from waystation import contract, timeutil
 from waystation.errors import InvalidArguments, MalformedRequest
 from waystation.ports import idempotency_key_problem
 from waystation.queue.policy import TaskState
 from waystation.queue.tasks import NewTask
-from waystation.station.build import AgentStation, Station
+from waystation.station import AgentStation, Station
+
+if TYPE_CHECKING:
+    from waystation.adapters.tools import ToolRegistry
 
 # Checks a caller adds before a task is committed (the fleet's, on work from the hub): called with
 # the tool's name, the validated arguments and the destination host; it raises to refuse.
@@ -28,27 +31,28 @@ async def add(
     admit: Admit | None = None,
 ) -> tuple[contract.Task, bool]:
     """(task, created): an existing task when the key exists with equal arguments."""
-    tool = station.tools.get(tool_name)
+    return await _enqueue(station, new_task(station.tools, tool_name, args, key, expires_at), admit)
+
+
+def new_task(
+    tools: ToolRegistry, tool_name: str, args: object, key: str | None = None, expires_at: float | None = None
+) -> NewTask:
+    """The task a call asks for, its arguments validated by its tool; InputError when it is not one."""
+    tool = tools.get(tool_name)
     valid = tool.validate(args, allow_secrets=True)  # a model's calls never name secrets; a client may
-    if admit is not None:
-        await admit(tool.name, valid, tool.destination_host(valid))
     if key is not None and (problem := idempotency_key_problem(key)) is not None:
         raise InvalidArguments(tool.name, problem)
     if expires_at is not None and expires_at <= timeutil.now():
         raise InvalidArguments(
             tool.name, f"expires_at {timeutil.iso(expires_at)} is in the past: it would never be sent"
         )
-    new = NewTask(
+    return NewTask(
         tool=tool.name,
         args=valid,
         host=tool.destination_host(valid),
         idempotency_key=key,
         expires_at=expires_at,
     )
-    task, created = await station.store.enqueue(new)
-    if created:
-        station.announcer.task_changed(task.to_json())  # the agent's flusher hears it and wakes
-    return task.to_json(), created
 
 
 async def add_request(
@@ -56,6 +60,21 @@ async def add_request(
 ) -> tuple[contract.Task, bool]:
     """A `POST /v1/tasks` body as a task (the API's and the fleet's work alike); `key` when the
     body names no idempotency_key (the fleet gives its message id)."""
+    return await _enqueue(station, request_task(station.tools, body, key), admit)
+
+
+async def _enqueue(station: Station, new: NewTask, admit: Admit | None) -> tuple[contract.Task, bool]:
+    if admit is not None:
+        await admit(new.tool, new.args, new.host)
+    task, created = await station.store.enqueue(new)
+    if created:
+        station.announcer.task_changed(task.to_json())  # the agent's flusher hears it and wakes
+    return task.to_json(), created
+
+
+def request_task(tools: ToolRegistry, body: dict[str, Any], key: str | None = None) -> NewTask:
+    """A `POST /v1/tasks` body checked as the API checks it: what `fleet submit` checks work with
+    before it is sent, so that work a host would refuse is refused where it is written."""
     tool = body.get("tool")
     if not isinstance(tool, str):
         raise MalformedRequest("tool must be a string naming a tool")
@@ -72,7 +91,7 @@ async def add_request(
         raise MalformedRequest(
             f"idempotency_key must be a non-empty string of at most {MAX_KEY_LEN} characters"
         )
-    return await add(station, tool, body.get("args", {}), given or key, expires_at, admit)
+    return new_task(tools, tool, body.get("args", {}), given or key, expires_at)
 
 
 MAX_KEY_LEN = 255

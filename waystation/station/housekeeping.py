@@ -18,11 +18,11 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from waystation import timeutil
-from waystation.errors import DatabaseError, SigningKeyUnusable, WaystationError
+from waystation.errors import DatabaseError
 from waystation.queue import clock
 from waystation.queue.clock import CLOCK_JUMP_S
 from waystation.queue.flusher import Flusher
-from waystation.station.build import Station
+from waystation.station import Station
 from waystation.station.ops import receipts, turns
 
 log = structlog.get_logger(__name__)
@@ -138,16 +138,7 @@ class Housekeeping:
             self._signing.add_done_callback(lambda _: setattr(self, "_signing", None))
 
     async def sign(self) -> int | None:
-        """Sign the receipt tree and keep it as the state directory's checkpoint (see
-        ops.receipts.store_checkpoint: one the receipts no longer extend is kept, and said)."""
+        """Sign the receipt tree and keep it as the state directory's checkpoint (the one signing
+        function: ops.receipts.sign_checkpoint)."""
         self._unsigned = 0
-        said = self._station.signing_error
-        try:
-            return await receipts.store_checkpoint(self._station)
-        except SigningKeyUnusable as exc:  # one line when it starts, not one every ten minutes
-            if exc.message != said:
-                log.error("checkpoints of the receipts will not be signed", error=exc.message)
-            return None
-        except (WaystationError, OSError) as exc:
-            log.error("cannot sign a checkpoint of the receipts", error=str(exc))
-            return None
+        return await receipts.sign_checkpoint(self._station)

@@ -2,8 +2,8 @@
 connection (adapters/fleet). It rides the connectivity monitor as deliveries do: while the host is
 offline nothing is sent or fetched, and coming back online wakes all three.
 
-Only the agent runs this (it needs the operations layer, which the station's composition root
-cannot import), so it is started beside housekeeping in agent/daemon.py.
+Only the agent runs this: build_agent makes it with its hub and outbox, and wires its listeners
+(the announcer's connectivity, receipts and tasks; the hub's reconnection).
 """
 
 from __future__ import annotations
@@ -18,16 +18,17 @@ from typing import Any
 import structlog
 from nats.aio.msg import Msg
 
-from waystation import contract, receipt_proofs, timeutil
+from waystation import contract, receipt_proofs
 from waystation.adapters.fleet import work
 from waystation.adapters.fleet.hub import Hub, fetch, safe_url, settle
 from waystation.adapters.fleet.layout import WORK_MAX_DELIVER
 from waystation.adapters.fleet.outbox import Outbox
 from waystation.checkpoints import VerifierKey
-from waystation.config import fleet_host
 from waystation.errors import DatabaseError, FleetError, FleetRefused, InputError, WorkRefused
-from waystation.station.build import AgentStation, cancel
-from waystation.station.ops import receipts, tasks
+from waystation.station import AgentStation
+from waystation.station.background import cancel
+from waystation.station.ops import fleet as fleet_ops
+from waystation.station.ops import tasks
 
 log = structlog.get_logger(__name__)
 
@@ -41,11 +42,11 @@ LOCAL_RETRY_S = 30.0  # a task this host's database could not commit comes back 
 
 
 class Fleet:
-    def __init__(self, station: AgentStation) -> None:
+    def __init__(self, station: AgentStation, hub: Hub, outbox: Outbox, host: str) -> None:
         self._station = station
-        self.host = fleet_host(station.settings.fleet)
-        self.hub = Hub(station.settings.fleet, name=f"waystation {self.host}", inbox=f"_INBOX_{self.host}")
-        self.outbox = Outbox(station.db, self.hub, self.host)
+        self.host = host
+        self.hub = hub
+        self.outbox = outbox
         self._online = asyncio.Event()
         self._outbox_due = asyncio.Event()
         self._status_due = asyncio.Event()
@@ -53,16 +54,11 @@ class Fleet:
         # hub refuses (a small hub, a permission) leaves the others working.
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self.hub.on_reconnect = self._reconnected
         self._work_keys = [VerifierKey.parse(k) for k in station.settings.fleet.work_keys]  # checked at load
 
     async def start(self) -> None:
         await self.outbox.load()
-        self._connectivity({"state": self._station.monitor.state})
-        announcer = self._station.announcer
-        announcer.listen("connectivity", self._connectivity)
-        announcer.listen("receipt", self._receipt)
-        announcer.listen("task", lambda _: self._status_due.set())
+        self.connectivity_changed({"state": self._station.monitor.state})
         for name, loop in (
             ("connect", self._connect),
             ("outbox", self._outbox),
@@ -79,7 +75,7 @@ class Fleet:
             await cancel(task)
         await self.hub.close()
 
-    def _connectivity(self, change: Any) -> None:
+    def connectivity_changed(self, change: Any) -> None:
         if str(change.get("state")) == "online":
             self._online.set()
             self._outbox_due.set()
@@ -87,11 +83,14 @@ class Fleet:
         else:
             self._online.clear()
 
-    def _receipt(self, _: Any) -> None:
+    def receipt_written(self, _: Any) -> None:
         self._outbox_due.set()
         self._status_due.set()  # the last receipt is part of the status
 
-    def _reconnected(self) -> None:
+    def task_changed(self, _: Any) -> None:
+        self._status_due.set()  # the queue's counts are part of the status
+
+    def reconnected(self) -> None:
         self.outbox.unsynced()
         self._outbox_due.set()
         self._status_due.set()
@@ -158,21 +157,8 @@ class Fleet:
             self._status_due.clear()
 
     async def status(self) -> dict[str, Any]:
-        """What the bucket holds for this host: the ops layer's status, less what is local only."""
-        station = self._station
-        latest = await receipts.latest(station, 1)
-        return {
-            "host": self.host,
-            "at": timeutil.iso(time.time()),
-            "version": station.version,
-            "connectivity": station.monitor.snapshot().get("state"),
-            "queue": await station.store.counts(),
-            "model": station.router.local.model_status(),
-            "last_receipt": {"id": latest[-1]["id"], "created_at": latest[-1].get("created_at")}
-            if latest
-            else None,
-            "published_seq": self.outbox.published,
-        }
+        """What the bucket holds for this host (ops/fleet.py: the status op's, less what is local)."""
+        return await fleet_ops.host_status(self._station, self.host, self.outbox.published)
 
     async def _work(self) -> None:
         await self._ready.wait()
