@@ -16,7 +16,7 @@ from typing import Any
 
 import nats
 import pytest
-from agentproc import Agent, agent_env, make_home, remove_home, wait_for
+from agentproc import Agent, agent_env, make_home, port_nobody_uses, remove_home, wait_for
 from fleetproc import (
     DEAD_URL,
     OPERATOR,
@@ -247,6 +247,14 @@ def test_a_hub_without_jetstream_is_refused_clearly(tmp_path: Path) -> None:
         plain.stop()
     assert done.stderr.startswith("error: ") and "JetStream" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_hub_nobody_listens_at_is_an_error_not_a_hang(hub: NatsServer) -> None:
+    """A refused connection once made nats-py's first connect loop for ever (fleet status hung)."""
+    nobody = f"nats://127.0.0.1:{port_nobody_uses()}"
+    for command in (("status",), ("submit", "edge-a", "http_request", "--args", json.dumps(GET))):
+        done = fleet_cli(hub, *command, url=nobody, code=1)
+        assert "cannot connect" in done.stderr and "Connect" in done.stderr, done.stderr
 
 
 def test_a_hub_that_refuses_the_user_is_refused_clearly(

@@ -107,6 +107,7 @@ class Hub:
         self._refusal: str | None = None  # the last permission the hub denied, in its words
         self._up = asyncio.Event()  # connected now (nats-py reconnects by itself once connected)
         self._errors_said = 0  # errors logged since the link went down: the first one only
+        self._last_error: Exception | None = None  # why the last try to reach the hub failed
 
     @property
     def connected(self) -> bool:
@@ -133,8 +134,21 @@ class Hub:
         options: dict[str, Any] = {}
         if self._creds:
             options["user_credentials"] = self._creds
+        self._last_error = None
         with map_exceptions(f"cannot connect to {safe_url(self.settings.url)}", mapping=CONNECTING):
-            self._nc = await nats.connect(
+            self._nc = await self._first_connection(options)
+        # Connected once: from now on nats-py reconnects by itself, forever (it reads the option
+        # at each disconnection; connect() has no separate setting for the first attempt).
+        self._nc.options["allow_reconnect"] = True
+        self._nc.options["max_reconnect_attempts"] = -1
+        self._js = self._nc.jetstream(timeout=REQUEST_TIMEOUT_S)
+        self._up.set()
+        if not self._quiet:
+            log.info("fleet hub connected", url=safe_url(self.settings.url))
+
+    async def _first_connection(self, options: dict[str, Any]) -> Client:
+        try:
+            return await nats.connect(
                 servers=[self.settings.url],
                 name=self._name,
                 connect_timeout=CONNECT_TIMEOUT_S,
@@ -142,7 +156,10 @@ class Hub:
                 # credentials file the hub rejects) comes back here as an error instead of
                 # nats-py retrying it forever in silence; whoever called retries with a backoff.
                 allow_reconnect=False,
-                max_reconnect_attempts=-1,
+                # ... and nats-py's first connect loops over its servers until one answers when
+                # attempts are unbounded: a refused connection (no server on that port) would
+                # hang a `fleet status` for ever. Bounded here, unbounded once connected.
+                max_reconnect_attempts=1,
                 reconnect_time_wait=1,
                 # A link cut without a reset is noticed in about 30 s (nats-py's default: 4 min).
                 ping_interval=10,
@@ -157,15 +174,13 @@ class Hub:
                 reconnected_cb=self._reconnected,
                 **options,
             )
-        # Connected once: from now on nats-py reconnects by itself, forever (it reads the option
-        # at each disconnection; connect() has no separate setting for the first attempt).
-        self._nc.options["allow_reconnect"] = True
-        self._js = self._nc.jetstream(timeout=REQUEST_TIMEOUT_S)
-        self._up.set()
-        if not self._quiet:
-            log.info("fleet hub connected", url=safe_url(self.settings.url))
+        except nats.errors.NoServersError:
+            # nats-py's word once its tries are spent; the last try's own failure says why
+            # (a refused connection, a name that does not resolve).
+            raise self._last_error or nats.errors.NoServersError() from None
 
     async def _error(self, exc: Exception) -> None:
+        self._last_error = exc
         if type(exc) is nats.errors.Error:
             # The one error nats-py hands over as a bare Error, keeping the connection: a permission
             # the hub denied (its -ERR text). The request it denied is then never answered.
