@@ -28,8 +28,8 @@ from waystation.adapters.fleet.layout import (
 from waystation.adapters.fleet.work import MAX_WORK_DEPTH, too_deep, work_body
 from waystation.agent import fleet as agent_fleet
 from waystation.agent.fleet import Fleet
-from waystation.checkpoints import SigningKey, default_origin
 from waystation.errors import DiskFull, MalformedRequest
+from waystation.receipts.checkpoints import SigningKey, default_origin
 
 
 @dataclass

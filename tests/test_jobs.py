@@ -28,7 +28,7 @@ from waystation.queue.flusher import Flusher
 from waystation.queue.policy import Decision, TaskState, classify, decide
 from waystation.queue.store import LEASE_MARGIN_S, TaskStore
 from waystation.queue.tasks import NewTask, Task
-from waystation.receipts import verify_database
+from waystation.receipts.chain import verify_database
 from waystation.station.announce import Announcer
 from waystation.station.build import Station
 from waystation.station.turns.records import TurnRow, save_turn

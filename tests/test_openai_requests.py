@@ -25,7 +25,7 @@ from waystation.config import ModelSettings, QueueSettings
 from waystation.db import Database
 from waystation.errors import EmptyPrompt, MalformedRequest, UnsupportedParameter
 from waystation.queue.store import TaskStore
-from waystation.receipts import Usage
+from waystation.receipts.chain import Usage
 from waystation.station.ops import chat
 from waystation.station.turns.calls import answered_calls, is_repeat
 from waystation.station.turns.engine import TurnEngine

@@ -19,8 +19,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import platformdirs
 
-from waystation.checkpoints import VerifierKey
 from waystation.errors import BadCheckpoint, ConfigError
+from waystation.receipts.checkpoints import VerifierKey
 
 ENV_PREFIX = "WAYSTATION_"
 APP_NAME = "waystation"

@@ -27,7 +27,6 @@ from typing import Any, TypeVar
 import aiosqlite
 import structlog
 
-from waystation import receipt_tree
 from waystation.errors import (
     DatabaseCorrupt,
     DatabaseError,
@@ -38,6 +37,7 @@ from waystation.errors import (
     DiskFull,
     WaystationError,
 )
+from waystation.receipts import tree
 
 log = structlog.get_logger(__name__)
 
@@ -112,7 +112,7 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX turns_created ON turns (created_at)
     """,
     # 5: the receipts' Merkle tree (RFC 6962), for signed checkpoints and proofs.
-    (receipt_tree.SCHEMA, receipt_tree.backfill),
+    (tree.SCHEMA, tree.backfill),
     # 6: the fleet's outbox: how far each stream has the receipts (the last seq the hub acked).
     """
     CREATE TABLE fleet_outbox (

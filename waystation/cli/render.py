@@ -53,7 +53,7 @@ def output(value: Any, as_json: bool, human: Callable[[Any], None]) -> None:
 
 def emit_json_lines(values: Iterable[object]) -> int:
     """Canonical JSON (sorted keys, no whitespace), one value per line; how many were written."""
-    from waystation.receipts import canonical_json
+    from waystation.receipts.chain import canonical_json
 
     count = 0
     for value in values:

@@ -13,19 +13,20 @@ import sqlite3
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from waystation import receipts, timeutil
+from waystation import timeutil
 from waystation.config import QueueSettings
 from waystation.db import Database
 from waystation.errors import IdempotencyConflict, InvalidTransition, NotFound
 from waystation.queue.policy import CANCELLABLE, RETRYABLE, SETTLED, Decision, TaskState, take_per_host
 from waystation.queue.tasks import SUMMARY_COLUMNS, NewTask, Task
-from waystation.receipts import ReceiptDraft
+from waystation.receipts import chain
+from waystation.receipts.chain import ReceiptDraft
 
 # A lease outlives the delivery timeout by this margin before it counts as abandoned.
 LEASE_MARGIN_S = 30.0
 # Tools whose transfer size cannot be known ahead (a download): held back on a metered connection.
 UNSIZED_TOOLS = ("web_fetch",)
-# A task's args as stored: compact, and in the order given (receipts.canonical_json sorts keys).
+# A task's args as stored: compact, and in the order given (chain.canonical_json sorts keys).
 _ARGS_AS_GIVEN = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
@@ -53,7 +54,7 @@ class TaskStore:
     def insert(self, conn: sqlite3.Connection, new: NewTask) -> tuple[Task, bool]:
         """The enqueue itself, for callers that commit it together with other writes (a turn)."""
         now = timeutil.now()
-        task_id = new.task_id or receipts.new_id("t")
+        task_id = new.task_id or chain.new_id("t")
         key = new.idempotency_key or f"waystation-{task_id}"
         # Kept as given, key order and all: a JSON body is delivered as the caller (or the user
         # whose JSON a model's write carries) wrote it, byte for byte where written compact.
@@ -87,7 +88,7 @@ class TaskStore:
         assert row is not None  # the conflict that stopped the insert is this row
         existing = Task.from_row(row)
         # The same args in another key order are the same task.
-        same_args = receipts.canonical_json(existing.args) == receipts.canonical_json(new.args)
+        same_args = chain.canonical_json(existing.args) == chain.canonical_json(new.args)
         if existing.tool != new.tool or not same_args:
             raise IdempotencyConflict(key, existing.id)
         return existing, False
@@ -187,7 +188,7 @@ class TaskStore:
                     decision.net_failures,
                     decision.next_attempt_at,
                     decision.error,
-                    receipts.canonical_json(result) if result is not None else None,
+                    chain.canonical_json(result) if result is not None else None,
                     now,
                     task.id,
                 ),
@@ -200,7 +201,7 @@ class TaskStore:
             settled = Task.from_row(rows[0])
             receipt = None
             if settled.state in SETTLED:
-                receipt = receipts.append(conn, _task_receipt(settled, duration_ms))
+                receipt = chain.append(conn, _task_receipt(settled, duration_ms))
             return settled, receipt
 
         return await self.db.write(op)
@@ -284,7 +285,7 @@ class TaskStore:
                 raise InvalidTransition(task.id, task.state, "cancel")
             _set_state(conn, task_id, TaskState.CANCELLED, "cancelled by request")
             task = _load(conn, task_id)
-            return task, receipts.append(conn, _task_receipt(task, 0))
+            return task, chain.append(conn, _task_receipt(task, 0))
 
         return await self.db.write(op)
 
@@ -302,7 +303,7 @@ class TaskStore:
             for (task_id,) in rows:
                 _set_state(conn, task_id, TaskState.EXPIRED, "expired before it could be delivered")
                 task = _load(conn, task_id)
-                expired.append((task, receipts.append(conn, _task_receipt(task, 0))))
+                expired.append((task, chain.append(conn, _task_receipt(task, 0))))
             return expired
 
         return await self.db.write(op)

@@ -29,14 +29,14 @@ from waystation.adapters.models.store import ModelStore
 from waystation.adapters.routes import Router
 from waystation.adapters.routes.local import LocalRoute
 from waystation.adapters.tools import ToolRegistry, default_tools, new_client
-from waystation.checkpoints import SigningKey
 from waystation.config import Paths, Settings
 from waystation.db import Database
 from waystation.errors import DatabaseError, SigningKeyUnusable, WaystationError
 from waystation.queue import clock
 from waystation.queue.flusher import Flusher
 from waystation.queue.store import TaskStore
-from waystation.receipt_proofs import keep_checkpoint
+from waystation.receipts.checkpoints import SigningKey
+from waystation.receipts.proofs import keep_checkpoint
 from waystation.secrets import SecretResolver
 from waystation.station.announce import Announcer
 from waystation.station.background import Background

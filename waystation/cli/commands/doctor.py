@@ -287,8 +287,8 @@ def check_agent(socket: Path) -> Check:
 
 def check_signing_key(paths: Any) -> Check:
     """The receipts' signing key reads as one (made at the first signing when there is none)."""
-    from waystation.checkpoints import SigningKey
     from waystation.errors import SigningKeyUnusable
+    from waystation.receipts.checkpoints import SigningKey
 
     private = paths.state / "receipts.key"
     try:

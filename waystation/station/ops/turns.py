@@ -11,7 +11,7 @@ from typing import Any
 
 from waystation.adapters.models.base import StageSink, TokenSink
 from waystation.errors import MalformedRequest
-from waystation.receipts import new_id
+from waystation.receipts.chain import new_id
 from waystation.station.build import AgentStation, Station, TurnStation
 from waystation.station.turns import records
 from waystation.station.turns.request import TurnRequest, TurnResult

@@ -22,7 +22,6 @@ from typing import Any
 
 import structlog
 
-from waystation import receipts
 from waystation.adapters.models.base import (
     Generation,
     GenerationRequest,
@@ -50,7 +49,8 @@ from waystation.ports import Announce, Connectivity, Deliver
 from waystation.queue.policy import TaskState
 from waystation.queue.store import TaskStore
 from waystation.queue.tasks import NewTask, Task
-from waystation.receipts import ReceiptDraft, RouteInfo, Usage
+from waystation.receipts import chain
+from waystation.receipts.chain import ReceiptDraft, RouteInfo, Usage
 from waystation.station.turns.calls import (
     Caller,
     answered_calls,
@@ -109,7 +109,7 @@ class TurnEngine:
         `turn_id` names the turn (a caller that must know it first, or a turn deferred whole that
         now runs: its receipts share the id).
         """
-        turn_id = turn_id or receipts.new_id("turn")
+        turn_id = turn_id or chain.new_id("turn")
         progress = await self.begin(turn_id, request)
         progress.on_stage = on_stage
         return await self._drive(turn_id, request, progress, on_token)
@@ -219,7 +219,7 @@ class TurnEngine:
         self, turn_id: str, request: TurnRequest, progress: Progress, route: RouteInfo, started: float
     ) -> TurnResult:
         """Offline, and the turn asked to wait: it becomes one `turn` task, run once online."""
-        task_id = receipts.new_id("t")
+        task_id = chain.new_id("t")
         args = {"turn_id": turn_id, "request": dataclasses.replace(request, defer=False).to_json()}
         progress.parked.append(
             NewTask(
@@ -378,7 +378,7 @@ class TurnEngine:
                 if created:
                     parked.append(task)
             save_turn(conn, turn_id, row)
-            return receipts.append(conn, draft), parked
+            return chain.append(conn, draft), parked
 
         receipt, parked = await self._db.write(op)
         for task in parked:  # as every committed task is: the flusher hears of it and wakes
