@@ -58,7 +58,6 @@ BEING_SPLIT = {
     "waystation/adapters/models/llamacpp.py",
     "waystation/config.py",
     "waystation/cli/render.py",
-    "waystation/db.py",
     "waystation/station/turns/engine.py",
     "waystation/adapters/tools/http.py",
     "waystation/queue/store.py",
