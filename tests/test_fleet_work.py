@@ -14,7 +14,8 @@ import pytest
 from agentproc import agent_env, make_home, remove_home
 
 from waystation.adapters.fleet import work
-from waystation.config import FleetSettings, Paths, load_settings
+from waystation.config import FleetSettings, Paths
+from waystation.config_load import load_settings
 from waystation.errors import BadCheckpoint, ConfigError
 from waystation.receipts.checkpoints import SigningKey, VerifierKey
 

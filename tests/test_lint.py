@@ -56,7 +56,6 @@ BEING_SPLIT = {
     "waystation/cli/commands/doctor.py",
     "waystation/agent/openapi_schemas.py",
     "waystation/adapters/models/llamacpp.py",
-    "waystation/config.py",
     "waystation/cli/render.py",
     "waystation/station/turns/engine.py",
     "waystation/adapters/tools/http.py",

@@ -105,7 +105,7 @@ def check_python() -> Check:
 
 
 def check_config(paths: Any) -> Check:
-    from waystation.config import load_settings
+    from waystation.config_load import load_settings
     from waystation.errors import WaystationError
 
     try:
@@ -125,7 +125,7 @@ def check_model(paths: Any) -> Check:
     from waystation.adapters.models.llamacpp import check_gguf
     from waystation.adapters.models.store import ModelStore
     from waystation.adapters.routes.local import LocalRoute
-    from waystation.config import load_settings
+    from waystation.config_load import load_settings
     from waystation.errors import WaystationError
 
     try:
@@ -151,7 +151,7 @@ def check_downloads(paths: Any) -> Check:
     system has room above the reserve a pull keeps free for the database."""
     from waystation.adapters.models import room
     from waystation.adapters.models.store import ModelStore
-    from waystation.config import load_settings
+    from waystation.config_load import load_settings
     from waystation.errors import WaystationError
 
     try:
@@ -369,7 +369,8 @@ def check_fleet(paths: Any) -> Check:
 
     from waystation.adapters.fleet.hub import Hub, safe_url
     from waystation.adapters.fleet.layout import Part
-    from waystation.config import check_fleet_creds, fleet_host, load_settings
+    from waystation.config import check_fleet_creds, fleet_host
+    from waystation.config_load import load_settings
     from waystation.errors import WaystationError
 
     try:

@@ -27,7 +27,8 @@ STALE_AFTER_S = 150.0
 
 def _hub() -> Any:
     from waystation.adapters.fleet.hub import Hub
-    from waystation.config import Paths, check_fleet_creds, load_settings
+    from waystation.config import Paths, check_fleet_creds
+    from waystation.config_load import load_settings
     from waystation.errors import ConfigError
 
     settings = load_settings(Paths.resolve())
