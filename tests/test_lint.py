@@ -55,11 +55,6 @@ BEING_SPLIT = {
     "waystation/cli/client.py",
     "waystation/cli/commands/doctor.py",
     "waystation/agent/openapi_schemas.py",
-    "waystation/adapters/models/llamacpp.py",
-    "waystation/cli/render.py",
-    "waystation/station/turns/engine.py",
-    "waystation/adapters/tools/http.py",
-    "waystation/queue/store.py",
 }
 
 

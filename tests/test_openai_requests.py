@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from waystation.adapters.models.base import Generation, ToolCall, ToolSpec, parse_tool_reply, tool_call_schema
-from waystation.adapters.models.llamacpp import cut_answer
+from waystation.adapters.models.reply_grammar import cut_answer
 from waystation.adapters.models.scripted import ScriptedBackend
 from waystation.adapters.routes import Router
 from waystation.adapters.routes.local import LocalRoute

@@ -1,4 +1,5 @@
-"""SQLite persistence of tasks: enqueue, lease, settle, recover. It only persists; policy decides.
+"""SQLite persistence of tasks: enqueue, lease, settle, recover (its reads: store_reads.py). It only
+persists; policy decides.
 
 Every state change that ends a task (done, dead, cancelled, expired) writes the task's receipt in
 the same transaction, so a settled task without its receipt, or the reverse, cannot exist.
@@ -6,40 +7,29 @@ the same transaction, so a settled task without its receipt, or the reverse, can
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from waystation import timeutil
 from waystation.config import QueueSettings
 from waystation.db import Database
-from waystation.errors import IdempotencyConflict, InvalidTransition, NotFound
+from waystation.errors import IdempotencyConflict, InvalidTransition
 from waystation.queue.policy import CANCELLABLE, RETRYABLE, SETTLED, Decision, TaskState, take_per_host
-from waystation.queue.tasks import SUMMARY_COLUMNS, NewTask, Task
+from waystation.queue.store_reads import TaskReads, hold_back, load_task
+from waystation.queue.tasks import NewTask, Task
 from waystation.receipts import chain
 from waystation.receipts.chain import ReceiptDraft
 
 # A lease outlives the delivery timeout by this margin before it counts as abandoned.
 LEASE_MARGIN_S = 30.0
-# Tools whose transfer size cannot be known ahead (a download): held back on a metered connection.
-UNSIZED_TOOLS = ("web_fetch",)
 # A task's args as stored: compact, and in the order given (chain.canonical_json sorts keys).
 _ARGS_AS_GIVEN = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
-def _hold_back(hold_back_bytes: int | None) -> tuple[str, tuple[Any, ...]]:
-    """A WHERE fragment excluding unsized tasks and those with args over `hold_back_bytes` bytes."""
-    if hold_back_bytes is None:
-        return "", ()
-    marks = ", ".join("?" for _ in UNSIZED_TOOLS)
-    sql = f" AND tool NOT IN ({marks}) AND length(CAST(args AS BLOB)) <= ?"
-    return sql, (*UNSIZED_TOOLS, hold_back_bytes)
-
-
-class TaskStore:
+class TaskStore(TaskReads):
     def __init__(self, db: Database, settings: QueueSettings) -> None:
         self.db = db
         self.settings = settings
@@ -83,7 +73,7 @@ class TaskStore:
         if cursor.rowcount == 1:
             if self._pending_hosts is not None:
                 self._pending_hosts.add(new.host)
-            return _load(conn, task_id), True
+            return load_task(conn, task_id), True
         row = conn.execute("SELECT * FROM tasks WHERE idempotency_key = ?", (key,)).fetchone()
         assert row is not None  # the conflict that stopped the insert is this row
         existing = Task.from_row(row)
@@ -101,7 +91,7 @@ class TaskStore:
         `hold_back_bytes` (a metered connection): skip web_fetch tasks and tasks whose stored
         arguments are longer than this many bytes; they stay pending.
         """
-        held_sql, held_params = _hold_back(hold_back_bytes)
+        held_sql, held_params = hold_back(hold_back_bytes)
 
         def op(conn: sqlite3.Connection) -> list[Task]:
             now = timeutil.now()
@@ -197,7 +187,7 @@ class TaskStore:
             if len(rows) != 1:
                 # Cancelled or reclaimed while in flight: the delivery still happened, so keep
                 # its answer, but the task's state is no longer ours to change.
-                return _load(conn, task.id), None
+                return load_task(conn, task.id), None
             settled = Task.from_row(rows[0])
             receipt = None
             if settled.state in SETTLED:
@@ -260,7 +250,7 @@ class TaskStore:
         """Due now, attempts from zero: for dead, cancelled or expired tasks, or to hurry one."""
 
         def op(conn: sqlite3.Connection) -> Task:
-            task = _load(conn, task_id)
+            task = load_task(conn, task_id)
             if task.state not in RETRYABLE:
                 raise InvalidTransition(task.id, task.state, "retry")
             now = timeutil.now()
@@ -271,7 +261,7 @@ class TaskStore:
             )
             if self._pending_hosts is not None:
                 self._pending_hosts.add(task.host)
-            return _load(conn, task_id)
+            return load_task(conn, task_id)
 
         return await self.db.write(op)
 
@@ -280,11 +270,11 @@ class TaskStore:
         (`abandoned`: its delivery was stopped before any answer)."""
 
         def op(conn: sqlite3.Connection) -> tuple[Task, dict[str, Any]]:
-            task = _load(conn, task_id)
+            task = load_task(conn, task_id)
             if task.state not in CANCELLABLE and not (abandoned and task.state == TaskState.RUNNING):
                 raise InvalidTransition(task.id, task.state, "cancel")
             _set_state(conn, task_id, TaskState.CANCELLED, "cancelled by request")
-            task = _load(conn, task_id)
+            task = load_task(conn, task_id)
             return task, chain.append(conn, _task_receipt(task, 0))
 
         return await self.db.write(op)
@@ -302,7 +292,7 @@ class TaskStore:
             expired = []
             for (task_id,) in rows:
                 _set_state(conn, task_id, TaskState.EXPIRED, "expired before it could be delivered")
-                task = _load(conn, task_id)
+                task = load_task(conn, task_id)
                 expired.append((task, chain.append(conn, _task_receipt(task, 0))))
             return expired
 
@@ -330,58 +320,6 @@ class TaskStore:
             return cursor.rowcount
 
         return await self.db.write(op)
-
-    # --- reads --------------------------------------------------------------------------------
-
-    async def get(self, task_id: str) -> Task:
-        row = await self.db.fetchone("SELECT * FROM tasks WHERE id = ?", (task_id,))
-        if row is None:
-            raise NotFound("task", task_id)
-        return Task.from_row(row)
-
-    async def list(self, state: TaskState | None = None, limit: int = 100) -> list[Task]:
-        """Tasks as lists show them, newest first: their args and result cut to the listed
-        fields in SQL (`get` has the whole task)."""
-        where, params = ("WHERE state = ?", (str(state),)) if state is not None else ("", ())
-        rows = await self.db.fetchall(
-            f"SELECT {SUMMARY_COLUMNS} FROM tasks {where} ORDER BY created_at DESC LIMIT ?", (*params, limit)
-        )
-        return [Task.from_summary_row(r) for r in rows]
-
-    async def counts(self) -> dict[str, int]:
-        rows = await self.db.fetchall("SELECT state, COUNT(*) FROM tasks GROUP BY state")
-        counts = {str(s): 0 for s in TaskState}
-        counts.update({state: n for state, n in rows})
-        return counts
-
-    async def next_due_at(
-        self, *, hold_back_bytes: int | None = None, skip_hosts: Collection[str] = ()
-    ) -> float | None:
-        """When the next pending task falls due, ignoring those `hold_back_bytes` holds back and
-        those bound for `skip_hosts` (hosts the flusher is leaving alone for now)."""
-        held_sql, held_params = _hold_back(hold_back_bytes)
-        skip_sql = f" AND host NOT IN ({', '.join('?' for _ in skip_hosts)})" if skip_hosts else ""
-        row = await self.db.fetchone(
-            f"SELECT MIN(next_attempt_at) FROM tasks WHERE state = 'pending'{held_sql}{skip_sql}",
-            (*held_params, *skip_hosts),
-        )
-        return row[0] if row else None
-
-    async def oldest_pending_at(self) -> float | None:
-        """When the oldest pending task was created (None when none is pending)."""
-        row = await self.db.fetchone("SELECT MIN(created_at) FROM tasks WHERE state = 'pending'")
-        return row[0] if row else None
-
-    async def for_turn(self, turn_id: str) -> builtins.list[Task]:
-        rows = await self.db.fetchall("SELECT * FROM tasks WHERE turn_id = ? ORDER BY created_at", (turn_id,))
-        return [Task.from_row(r) for r in rows]
-
-
-def _load(conn: sqlite3.Connection, task_id: str) -> Task:
-    row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
-    if row is None:
-        raise NotFound("task", task_id)
-    return Task.from_row(row)
 
 
 def _set_state(conn: sqlite3.Connection, task_id: str, state: TaskState, error: str) -> None:
