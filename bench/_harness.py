@@ -30,7 +30,8 @@ READY_TIMEOUT_S = 30.0
 # The fallback when the console entry point is not there (yet): the daemon's own entry point.
 SERVE_SNIPPET = (
     "import asyncio\n"
-    "from waystation.config import Paths, load_settings\n"
+    "from waystation.config import Paths\n"
+    "from waystation.config_load import load_settings\n"
     "from waystation.agent.daemon import serve\n"
     "try:\n"
     "    from waystation.logs import configure\n"

@@ -79,7 +79,7 @@ async def seed_receipts(home: Path, count: int) -> None:
     """A valid chain of `count` task receipts, appended the way the store appends them."""
     from waystation import logs
     from waystation.db import Database
-    from waystation.receipts import ReceiptDraft, RouteInfo, append
+    from waystation.receipts.chain import ReceiptDraft, RouteInfo, append
 
     logs.configure()  # its lines to stderr, with the progress: stdout is the report
 

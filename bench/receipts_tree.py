@@ -4,9 +4,9 @@ without it, checkpoint and proof time as the log grows, and a whole verify at th
     python bench/receipts_tree.py [--sizes 1000,100000,1000000] [--appends 5000]
 
 - appends/s: `receipts.append` in the store's own write path (`Database.write`, group commit,
-  synchronous=FULL), 16 writers at once, with the tree kept and with `receipt_tree.append_leaf`
+  synchronous=FULL), 16 writers at once, with the tree kept and with `tree.append_leaf`
   stubbed out (the same process, the same run); also one transaction of appends alone (CPU cost).
-- checkpoint / proof: the median of 25 `receipt_proofs.checkpoint` and `prove` calls (random
+- checkpoint / proof: the median of 25 `proofs.checkpoint` and `prove` calls (random
   receipts) once the database holds each size (grown by real appends, chain and tree).
 - verify: `waystation receipts verify` in its own process at the largest size: wall time and
   the process's peak RSS.
@@ -29,10 +29,11 @@ from unittest import mock
 
 from _harness import print_notes, print_table, progress
 
-from waystation import logs, receipt_proofs, receipt_tree
-from waystation.checkpoints import SigningKey
+from waystation import logs
 from waystation.db import Database
-from waystation.receipts import ReceiptDraft, RouteInfo, append
+from waystation.receipts import proofs, tree
+from waystation.receipts.chain import ReceiptDraft, RouteInfo, append
+from waystation.receipts.checkpoints import SigningKey
 
 ROUTE = RouteInfo(name="http_request", provider="example.org", auth_lane="none", cost_lane="local")
 WRITERS = 16
@@ -79,7 +80,7 @@ async def with_and_without_tree(
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(rounds):
             kept.append(await measure(Path(tmp) / f"tree{round_}.db", count))
-            with mock.patch.object(receipt_tree, "append_leaf", lambda _conn, _hash, index: index):
+            with mock.patch.object(tree, "append_leaf", lambda _conn, _hash, index: index):
                 bare.append(await measure(Path(tmp) / f"bare{round_}.db", count))
     return statistics.median(kept), statistics.median(bare)
 
@@ -142,8 +143,8 @@ async def main() -> None:
                 await grow(db, size)
                 ids = [r[0] for r in await db.fetchall("SELECT id FROM receipts ORDER BY random() LIMIT 25")]
                 picks = iter(ids * 2)
-                checkpoint_ms = await median_ms(lambda: receipt_proofs.checkpoint(db, key))
-                prove_ms = await median_ms(lambda picks=picks: receipt_proofs.prove(db, key, next(picks)))
+                checkpoint_ms = await median_ms(lambda: proofs.checkpoint(db, key))
+                prove_ms = await median_ms(lambda picks=picks: proofs.prove(db, key, next(picks)))
                 rows.append([f"{size:,}", f"{checkpoint_ms:.2f}", f"{prove_ms:.2f}"])
             await db.checkpoint()
         finally:

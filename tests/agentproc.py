@@ -36,7 +36,8 @@ T = TypeVar("T")
 
 # How to start the agent in the foreground: the console command, as systemd would run it.
 # If `waystation run` is ever unusable, the equivalent in-process launch is:
-#   [sys.executable, "-c", "import asyncio; from waystation.config import Paths, load_settings; "
+#   [sys.executable, "-c", "import asyncio; from waystation.config import Paths; "
+#    "from waystation.config_load import load_settings; "
 #    "from waystation.agent.daemon import serve; from waystation import logs; logs.configure(); "
 #    "p = Paths.resolve(); asyncio.run(serve(p, load_settings(p)))"]
 AGENT_COMMAND: list[str] = [sys.executable, "-m", "waystation", "run"]

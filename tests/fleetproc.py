@@ -25,7 +25,7 @@ import nats.errors
 import nats.js.errors
 from agentproc import Agent, free_port, terminate, wait_for
 
-from waystation.checkpoints import SigningKey
+from waystation.receipts.checkpoints import SigningKey
 
 
 def nats_server_binary() -> str:

@@ -15,8 +15,8 @@ from waystation.config import (
     Paths,
     QueueSettings,
     Settings,
-    load_settings,
 )
+from waystation.config_load import load_settings
 from waystation.errors import ConfigError, WaystationError
 
 

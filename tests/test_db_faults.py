@@ -32,7 +32,7 @@ from waystation.errors import (
 )
 from waystation.queue.store import TaskStore
 from waystation.queue.tasks import NewTask, Task
-from waystation.receipts import verify_database
+from waystation.receipts.chain import verify_database
 
 SETTINGS = QueueSettings()
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from waystation.config import FleetSettings, Paths, check_fleet_creds, fleet_host, load_settings
+from waystation.config import FleetSettings, Paths, check_fleet_creds, fleet_host
+from waystation.config_load import load_settings
 from waystation.errors import ConfigError
 
 

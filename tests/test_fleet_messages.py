@@ -26,8 +26,8 @@ from waystation.adapters.fleet.layout import (
     work_config,
 )
 from waystation.adapters.fleet.work import MAX_WORK_DEPTH, too_deep, work_body
-from waystation.checkpoints import SigningKey, default_origin
 from waystation.errors import DiskFull, MalformedRequest
+from waystation.receipts.checkpoints import SigningKey, default_origin
 from waystation.station import fleet as agent_fleet
 from waystation.station.fleet import Fleet
 

@@ -29,7 +29,7 @@ from fleetproc import (
 )
 
 from waystation.adapters.fleet.work import SIGNATURE_HEADER, sign_work
-from waystation.checkpoints import SigningKey
+from waystation.receipts.checkpoints import SigningKey
 
 pytestmark = pytest.mark.slow
 

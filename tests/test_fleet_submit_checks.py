@@ -12,9 +12,9 @@ import pytest
 from fleetproc import NatsServer, stream_messages
 
 from waystation.adapters.tools import default_tools
-from waystation.checkpoints import SigningKey
 from waystation.cli.app import run_cli
 from waystation.cli.commands.fleet import TOOLS
+from waystation.receipts.checkpoints import SigningKey
 
 GET = {"method": "GET", "url": "https://example.com/"}
 

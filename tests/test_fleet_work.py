@@ -14,9 +14,10 @@ import pytest
 from agentproc import agent_env, make_home, remove_home
 
 from waystation.adapters.fleet import work
-from waystation.checkpoints import SigningKey, VerifierKey
-from waystation.config import FleetSettings, Paths, load_settings
+from waystation.config import FleetSettings, Paths
+from waystation.config_load import load_settings
 from waystation.errors import BadCheckpoint, ConfigError
+from waystation.receipts.checkpoints import SigningKey, VerifierKey
 
 # golang.org/x/mod/sumdb/note's own example (note.go's package documentation): its keys, and the
 # signature it makes over this text. Ed25519 is deterministic, so ours must be the same bytes.

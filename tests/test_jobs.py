@@ -26,7 +26,7 @@ from waystation.queue.flusher import Flusher
 from waystation.queue.policy import Decision, TaskState, classify, decide
 from waystation.queue.store import LEASE_MARGIN_S, TaskStore
 from waystation.queue.tasks import NewTask, Task
-from waystation.receipts import verify_database
+from waystation.receipts.chain import verify_database
 from waystation.station import Station
 from waystation.station import housekeeping as jobs
 from waystation.station.announce import Announcer

@@ -16,7 +16,8 @@ from waystation.adapters.models import cpu_threads, llama_options, open_backend
 from waystation.adapters.models.cpu_cores import _linux_cores, physical_cores
 from waystation.adapters.models.embedded import default_model_path
 from waystation.adapters.models.llamacpp import LlamaCppBackend, LlamaOptions
-from waystation.config import ModelSettings, Paths, load_settings
+from waystation.config import ModelSettings, Paths
+from waystation.config_load import load_settings
 from waystation.errors import ConfigError
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from waystation.adapters.models.base import Generation, ToolCall, ToolSpec, parse_tool_reply, tool_call_schema
-from waystation.adapters.models.llamacpp import cut_answer
+from waystation.adapters.models.reply_grammar import cut_answer
 from waystation.adapters.models.scripted import ScriptedBackend
 from waystation.adapters.routes import Router
 from waystation.adapters.routes.local import LocalRoute
@@ -25,7 +25,7 @@ from waystation.config import ModelSettings, QueueSettings
 from waystation.db import Database
 from waystation.errors import EmptyPrompt, MalformedRequest, UnsupportedParameter
 from waystation.queue.store import TaskStore
-from waystation.receipts import Usage
+from waystation.receipts.chain import Usage
 from waystation.station.ops import chat
 from waystation.station.turns.calls import answered_calls, is_repeat
 from waystation.station.turns.engine import TurnEngine

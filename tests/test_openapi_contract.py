@@ -113,7 +113,7 @@ def test_the_codes_vocabularies_are_the_contracts() -> None:
     from waystation.cli.commands.queue import STATES
     from waystation.ports import Outcome
     from waystation.queue.policy import TaskState
-    from waystation.receipts import Status
+    from waystation.receipts.chain import Status
     from waystation.station.turns.records import TURN_STATES
 
     assert {s.value for s in TaskState} == set(get_args(contract.TaskState)) == set(STATES)

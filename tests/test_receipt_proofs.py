@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from waystation import receipt_proofs, receipt_tree
-from waystation.checkpoints import SigningKey, VerifierKey, open_checkpoint
 from waystation.db import Database
 from waystation.errors import BadCheckpoint
-from waystation.merkle import consistency_proof, inclusion_proof, subtree_root
-from waystation.receipts import ReceiptDraft, RouteInfo, append, receipt_hash, verify_database
+from waystation.receipts import proofs, tree
+from waystation.receipts.chain import ReceiptDraft, RouteInfo, append, receipt_hash, verify_database
+from waystation.receipts.checkpoints import SigningKey, VerifierKey, open_checkpoint
+from waystation.receipts.merkle import consistency_proof, inclusion_proof, subtree_root
 
 ROUTE = RouteInfo(name="web_fetch", provider="example.org", auth_lane="none", cost_lane="local")
 
@@ -116,7 +116,7 @@ def rechain(conn: sqlite3.Connection, order: list[str]) -> None:
             "INSERT INTO receipts (id, kind, task_id, body, hash) VALUES (?, 'task', ?, ?, ?)",
             (ident, body["task_id"], text, body["hash"]),
         )
-    receipt_tree.backfill(conn)
+    tree.backfill(conn)
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def key(tmp_path: Path) -> SigningKey:
 
 
 async def kept_checkpoint(db: Database, key: SigningKey) -> str:
-    return (await receipt_proofs.checkpoint(db, key))[1]
+    return (await proofs.checkpoint(db, key))[1]
 
 
 async def verdict(db: Database, key: SigningKey, note: str) -> Any:
@@ -141,7 +141,7 @@ async def test_a_checkpoint_is_the_rfc6962_root_of_the_receipt_hashes_signed_as_
     for n in (0, 1, 2, 7, 13):
         await chain(db, n - len(await db.fetchall("SELECT id FROM receipts")))
         hashes = [bytes.fromhex(r[0]) for r in await db.fetchall("SELECT hash FROM receipts ORDER BY seq")]
-        made, note = await receipt_proofs.checkpoint(db, key)
+        made, note = await proofs.checkpoint(db, key)
         origin, size, root = c2sp_open(note, str(key.verifier))
         assert (origin, size, root) == (made.origin, n, rfc6962_mth(hashes))
         assert origin.startswith("waystation/") and key.name == origin
@@ -152,25 +152,25 @@ async def test_every_receipt_has_an_inclusion_proof_an_auditor_can_check(
 ) -> None:
     receipts = await chain(db, 11)
     for index, receipt in enumerate(receipts):
-        proof = await receipt_proofs.prove(db, key, receipt["id"])
+        proof = await proofs.prove(db, key, receipt["id"])
         _, size, root = c2sp_open(proof["checkpoint"], str(key.verifier))
         path = [base64.b64decode(p) for p in proof["inclusion_proof"]]
         assert proof["leaf_index"] == index and size == 11
         assert rfc9162_root_from_path(index, size, bytes.fromhex(receipt["hash"]), path) == root
-        assert receipt_proofs.check(proof, key.verifier).size == 11
+        assert proofs.check(proof, key.verifier).size == 11
 
 
 async def test_a_proof_with_anything_changed_is_refused(
     db: Database, key: SigningKey, tmp_path: Path
 ) -> None:
     receipts = await chain(db, 6)
-    proof = await receipt_proofs.prove(db, key, receipts[3]["id"])
+    proof = await proofs.prove(db, key, receipts[3]["id"])
     edited = {**proof, "receipt": {**proof["receipt"], "status": "error"}}
     moved = {**proof, "leaf_index": 2}
     other = SigningKey.load_or_create(tmp_path / "another-host")
     for bad, words in ((edited, "edited"), (moved, "another root"), (proof, "no signature by")):
         with pytest.raises(BadCheckpoint, match=words):
-            receipt_proofs.check(bad, other.verifier if bad is proof else key.verifier)
+            proofs.check(bad, other.verifier if bad is proof else key.verifier)
 
 
 def test_the_verifier_key_round_trips_and_rejects_a_wrong_id(key: SigningKey) -> None:
@@ -281,10 +281,10 @@ async def test_the_agent_keeps_a_checkpoint_the_receipts_no_longer_extend(
 ) -> None:
     state = Path(db.path).parent / "state"
     await chain(db, 6)
-    assert await receipt_proofs.keep_checkpoint(db, key, state) == 6
+    assert await proofs.keep_checkpoint(db, key, state) == 6
     tamper(db, lambda c: c.execute("DELETE FROM receipts WHERE seq > 2"))
-    assert await receipt_proofs.keep_checkpoint(db, key, state) is None  # not overwritten
-    kept = open_checkpoint(receipt_proofs.stored_note(state) or "", key.verifier)
+    assert await proofs.keep_checkpoint(db, key, state) is None  # not overwritten
+    kept = open_checkpoint(proofs.stored_note(state) or "", key.verifier)
     assert kept.size == 6
     await chain(db, 1)  # the agent goes on recording meanwhile
     assert (await db.fetchone("SELECT COUNT(*) FROM receipts"))[0] == 3
@@ -326,7 +326,7 @@ async def test_after_receipts_were_removed_the_tree_follows_the_receipts_that_re
     _, size, root = c2sp_open(await kept_checkpoint(db, key), str(key.verifier))
     assert (size, root) == (9, rfc6962_mth(hashes))  # stale nodes were replaced, not reused
     for index in (1, 6):  # a leaf before the gap in row ids, and one after it
-        proof = await receipt_proofs.prove(db, key, rows[index][0])
+        proof = await proofs.prove(db, key, rows[index][0])
         path = [base64.b64decode(p) for p in proof["inclusion_proof"]]
         assert rfc9162_root_from_path(index, 9, hashes[index], path) == root
     assert (await verify_database(db)).ok
@@ -345,7 +345,7 @@ async def test_a_tree_of_several_stored_blocks_proves_every_kind_of_leaf(
     _, size, root = c2sp_open(await kept_checkpoint(db, key), str(key.verifier))
     assert (size, root) == (70, rfc6962_mth(hashes))
     for index in (0, 7, 15, 16, 31, 32, 47, 63, 64, 69):
-        proof = await receipt_proofs.prove(db, key, rows[index][0])
+        proof = await proofs.prove(db, key, rows[index][0])
         path = [base64.b64decode(p) for p in proof["inclusion_proof"]]
         assert rfc9162_root_from_path(index, 70, hashes[index], path) == root, index
     assert (await verdict(db, key, early)).ok

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from waystation import receipts, timeutil
+from waystation import timeutil
 from waystation.db import Database
 from waystation.errors import NotFound
-from waystation.receipts import (
+from waystation.receipts import chain
+from waystation.receipts.chain import (
     GENESIS_HASH,
     ReceiptDraft,
     RouteInfo,
@@ -117,7 +118,7 @@ async def test_hash_is_sha256_of_canonical_json_without_hash(db: Database) -> No
     body = await _append(db, _draft(1, reason="ünïcode ✓ reason"))
     assert len(body["hash"]) == 64
     assert body["hash"] == _sha256_of_body_without_hash(body)
-    assert receipts.receipt_hash(body) == body["hash"]
+    assert chain.receipt_hash(body) == body["hash"]
 
 
 async def test_stored_body_is_canonical_json_with_its_hash(db: Database) -> None:
@@ -158,12 +159,12 @@ async def test_every_field_filled_stores_exactly_the_canonical_json_and_its_hash
 
 
 async def test_chain_links_each_receipt_to_the_one_before(db: Database) -> None:
-    chain = await _chain(db, 6)
-    assert chain[0]["prev_hash"] == GENESIS_HASH
-    for before, after in itertools.pairwise(chain):
+    links = await _chain(db, 6)
+    assert links[0]["prev_hash"] == GENESIS_HASH
+    for before, after in itertools.pairwise(links):
         assert after["prev_hash"] == before["hash"]
-    assert len({r["hash"] for r in chain}) == 6
-    assert await verify_database(db) == receipts.Verification(True, 6)
+    assert len({r["hash"] for r in links}) == 6
+    assert await verify_database(db) == chain.Verification(True, 6)
 
 
 async def test_concurrent_appends_in_one_group_commit_never_fork(db: Database) -> None:
@@ -195,7 +196,7 @@ def test_new_ids_sort_by_time(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(timeutil, "now", lambda: clock[0])
     ids = []
     for _ in range(20):
-        ids.append(receipts.new_id("r"))
+        ids.append(chain.new_id("r"))
         clock[0] += 0.002
     assert ids == sorted(ids)
     assert len(set(ids)) == 20
@@ -203,7 +204,7 @@ def test_new_ids_sort_by_time(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_canonical_json_is_sorted_compact_and_not_ascii_escaped() -> None:
-    text = receipts.canonical_json({"b": 1, "a": [1, {"d": 2, "c": "é"}]})
+    text = chain.canonical_json({"b": 1, "a": [1, {"d": 2, "c": "é"}]})
     assert text == '{"a":[1,{"c":"é","d":2}],"b":1}'
 
 
@@ -211,8 +212,8 @@ def test_canonical_json_is_sorted_compact_and_not_ascii_escaped() -> None:
 
 
 async def test_list_receipts_in_chain_order_with_paging(db: Database) -> None:
-    chain = await _chain(db, 7)
-    ids = [r["id"] for r in chain]
+    links = await _chain(db, 7)
+    ids = [r["id"] for r in links]
     assert [r["id"] for r in await list_receipts(db)] == ids
     assert [r["id"] for r in await list_receipts(db, limit=3)] == ids[:3]
     assert [r["id"] for r in await list_receipts(db, after=ids[2], limit=3)] == ids[3:6]
@@ -220,7 +221,7 @@ async def test_list_receipts_in_chain_order_with_paging(db: Database) -> None:
     with pytest.raises(NotFound):
         await list_receipts(db, after="r_nope")
     assert [r["id"] for r in await latest_receipts(db, 2)] == ids[-2:]
-    assert await list_receipts(db) == chain
+    assert await list_receipts(db) == links
 
 
 async def test_get_receipt(db: Database) -> None:
@@ -247,17 +248,15 @@ def test_verify_an_empty_chain_is_ok() -> None:
 
 
 async def test_verify_an_empty_database_is_ok(db: Database) -> None:
-    assert await verify_database(db) == receipts.Verification(True, 0)
+    assert await verify_database(db) == chain.Verification(True, 0)
 
 
 async def test_verify_names_an_edited_body(db: Database) -> None:
-    chain = await _chain(db, 5)
-    victim = chain[2]
+    links = await _chain(db, 5)
+    victim = links[2]
     edited = dict(victim, status="refused")  # hash left as it was
     with _raw(db.path) as raw:
-        raw.execute(
-            "UPDATE receipts SET body = ? WHERE id = ?", (receipts.canonical_json(edited), victim["id"])
-        )
+        raw.execute("UPDATE receipts SET body = ? WHERE id = ?", (chain.canonical_json(edited), victim["id"]))
     result = await verify_database(db)
     assert not result.ok
     assert result.first_broken_id == victim["id"]
@@ -266,32 +265,32 @@ async def test_verify_names_an_edited_body(db: Database) -> None:
 
 
 async def test_verify_names_the_next_receipt_when_an_edit_was_rehashed(db: Database) -> None:
-    chain = await _chain(db, 5)
-    victim = chain[1]
+    links = await _chain(db, 5)
+    victim = links[1]
     forged = dict(victim, credits_used=1000)
     forged["hash"] = _sha256_of_body_without_hash(forged)
     with _raw(db.path) as raw:
         raw.execute(
             "UPDATE receipts SET body = ?, hash = ? WHERE id = ?",
-            (receipts.canonical_json(forged), forged["hash"], victim["id"]),
+            (chain.canonical_json(forged), forged["hash"], victim["id"]),
         )
     result = await verify_database(db)
     assert not result.ok
-    assert result.first_broken_id == chain[2]["id"]
+    assert result.first_broken_id == links[2]["id"]
     assert result.reason is not None and "prev_hash" in result.reason
 
 
 async def test_verify_names_the_receipt_after_a_deleted_one(db: Database) -> None:
-    chain = await _chain(db, 5)
+    links = await _chain(db, 5)
     with _raw(db.path) as raw:
-        raw.execute("DELETE FROM receipts WHERE id = ?", (chain[2]["id"],))
+        raw.execute("DELETE FROM receipts WHERE id = ?", (links[2]["id"],))
     result = await verify_database(db)
     assert not result.ok
-    assert result.first_broken_id == chain[3]["id"]
+    assert result.first_broken_id == links[3]["id"]
 
 
 async def test_verify_names_the_first_of_two_swapped_receipts(db: Database) -> None:
-    chain = await _chain(db, 5)
+    links = await _chain(db, 5)
     with _raw(db.path) as raw:
         rows = {r[0]: r for r in raw.execute("SELECT seq, id, kind, turn_id, body, hash FROM receipts")}
         seqs = sorted(rows)
@@ -304,10 +303,10 @@ async def test_verify_names_the_first_of_two_swapped_receipts(db: Database) -> N
         raw.execute(move, (*a[1:], b[0]))
         raw.execute("COMMIT")
     order = [r["id"] for r in await list_receipts(db)]
-    assert order == [chain[0]["id"], chain[2]["id"], chain[1]["id"], chain[3]["id"], chain[4]["id"]]
+    assert order == [links[0]["id"], links[2]["id"], links[1]["id"], links[3]["id"], links[4]["id"]]
     result = await verify_database(db)
     assert not result.ok
-    assert result.first_broken_id == chain[2]["id"]
+    assert result.first_broken_id == links[2]["id"]
 
 
 async def test_verify_pure_rows(db: Database) -> None:
@@ -333,18 +332,18 @@ async def test_verify_pure_rows(db: Database) -> None:
 
 
 async def test_verify_sees_a_removed_hash_field(db: Database) -> None:
-    chain = await _chain(db, 2)
-    stripped = {k: v for k, v in chain[0].items() if k != "hash"}
-    rows = [(chain[0]["id"], receipts.canonical_json(stripped), chain[0]["hash"])]
-    assert verify(rows).first_broken_id == chain[0]["id"]
+    links = await _chain(db, 2)
+    stripped = {k: v for k, v in links[0].items() if k != "hash"}
+    rows = [(links[0]["id"], chain.canonical_json(stripped), links[0]["hash"])]
+    assert verify(rows).first_broken_id == links[0]["id"]
 
 
 async def test_verify_walks_the_chain_a_page_at_a_time(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     """Pages of 7: a break in a later page is still named, with its position in the whole chain."""
-    monkeypatch.setattr(receipts, "VERIFY_PAGE", 7)
-    chain = await _chain(db, 23)
-    assert await verify_database(db) == receipts.Verification(True, 23)
-    target = chain[17]
+    monkeypatch.setattr(chain, "VERIFY_PAGE", 7)
+    links = await _chain(db, 23)
+    assert await verify_database(db) == chain.Verification(True, 23)
+    target = links[17]
     with _raw(db.path) as conn:
         conn.execute(
             "UPDATE receipts SET body = replace(body, '\"ok\"', '\"error\"') WHERE id = ?", (target["id"],)

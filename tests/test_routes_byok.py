@@ -26,7 +26,6 @@ import pytest
 from aiohttp import web
 from providers import ProviderServer, Reply
 
-from waystation import receipts
 from waystation.adapters.models.base import Generation, GenerationRequest, ToolCall, ToolSpec
 from waystation.adapters.routes.anthropic import AnthropicBackend
 from waystation.adapters.routes.http_common import HttpRoute, redact
@@ -38,7 +37,8 @@ from waystation.config import QueueSettings
 from waystation.db import Database
 from waystation.errors import NetworkUnreachable, ProviderError, ProviderRejected, RouteRefused
 from waystation.queue.store import TaskStore
-from waystation.receipts import RouteInfo
+from waystation.receipts import chain
+from waystation.receipts.chain import RouteInfo
 from waystation.station.delivery import Deliveries
 from waystation.station.turns.engine import TurnEngine
 from waystation.station.turns.request import TurnRequest
@@ -448,7 +448,7 @@ async def test_the_turn_engine_runs_a_tool_loop_on_a_provider_route(
             )
             tokens: list[str] = []
             result = await engine.run(TurnRequest(f"What is the headline at {url}?"), tokens.append)
-        (receipt,) = await receipts.list_receipts(db, limit=10)
+        (receipt,) = await chain.list_receipts(db, limit=10)
     finally:
         await db.close()
 

@@ -11,7 +11,7 @@ import pytest
 
 from waystation.adapters.models import schema_limits
 from waystation.adapters.models.base import GenerationRequest, ToolSpec
-from waystation.adapters.models.llamacpp import json_grammar, reply_schema
+from waystation.adapters.models.reply_grammar import json_grammar, reply_schema
 from waystation.agent.api_openai_request import chat_request
 from waystation.errors import UnsupportedParameter
 

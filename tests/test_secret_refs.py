@@ -21,7 +21,8 @@ from aiohttp.test_utils import TestServer
 
 from waystation import logs
 from waystation.adapters.tools import HttpRequestTool, ToolRegistry, new_client
-from waystation.config import AgentSettings, Paths, Settings, load_settings
+from waystation.config import AgentSettings, Paths, Settings
+from waystation.config_load import load_settings
 from waystation.errors import ConfigError, InvalidArguments
 from waystation.ports import Outcome
 from waystation.redact import shown_args

@@ -9,7 +9,8 @@ import pytest
 import structlog
 
 from waystation import logs
-from waystation.config import Paths, load_settings
+from waystation.config import Paths
+from waystation.config_load import load_settings
 from waystation.secrets import REDACTED, Redactor, api_key, known_secrets, warn_if_config_exposed
 
 FAKE = "sk-proj-FAKEKEY0123456789abcdefXYZ"

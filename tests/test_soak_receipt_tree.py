@@ -16,7 +16,7 @@ import pytest
 from agentproc import Agent
 
 from waystation.db import Database
-from waystation.receipts import ReceiptDraft, RouteInfo, append
+from waystation.receipts.chain import ReceiptDraft, RouteInfo, append
 
 ROUTE = RouteInfo(name="web_fetch", provider="example.org", auth_lane="none", cost_lane="local")
 RSS_GROWTH_MAX_MB = 150

@@ -13,14 +13,15 @@ from typing import Any
 
 import pytest
 
-from waystation import receipts, timeutil
+from waystation import timeutil
 from waystation.config import QueueSettings
 from waystation.db import Database
 from waystation.errors import IdempotencyConflict, InvalidTransition, NotFound
 from waystation.queue.policy import SETTLED, Decision, Outcome, TaskState, classify, decide
 from waystation.queue.store import LEASE_MARGIN_S, TaskStore
 from waystation.queue.tasks import NewTask, Task
-from waystation.receipts import ReceiptDraft, RouteInfo, verify_database
+from waystation.receipts import chain
+from waystation.receipts.chain import ReceiptDraft, RouteInfo, verify_database
 
 SETTINGS = QueueSettings()
 T0 = 1_800_000_000.0
@@ -304,7 +305,7 @@ async def test_settle_done_commits_the_receipt_with_the_task(store: TaskStore, d
     assert receipt["task_id"] == task.id and receipt["turn_id"] == "u_7"
     assert receipt["duration_ms"] == 42
     assert receipt["route"]["auth_lane"] == "none"
-    assert await receipts.get_receipt(db, receipt["id"]) == receipt
+    assert await chain.get_receipt(db, receipt["id"]) == receipt
     assert await _receipt_counts(db) == {task.id: ("done", 1)}
     assert (await verify_database(db)).ok
 
@@ -393,7 +394,7 @@ async def test_a_failing_receipt_rolls_the_settle_back(
     def broken_append(conn: sqlite3.Connection, draft: ReceiptDraft) -> dict[str, Any]:
         raise RuntimeError("receipt could not be written")
 
-    monkeypatch.setattr(receipts, "append", broken_append)
+    monkeypatch.setattr(chain, "append", broken_append)
     with pytest.raises(RuntimeError):
         await store.settle(leased, _decision(leased, 200, timeutil.now()), {"status": 200}, 1)
     stored = await store.get(task.id)
@@ -686,7 +687,7 @@ async def test_a_turn_and_its_parked_tasks_commit_together(store: TaskStore, db:
             store.insert(conn, _new(i, turn_id="u_t", idempotency_key=f"park-{i}-{fail}"))[0].id
             for i in range(2)
         ]
-        receipts.append(
+        chain.append(
             conn,
             ReceiptDraft(
                 kind="turn", status="parked", route=route, turn_id="u_t", deferred_task_ids=tuple(ids)
@@ -699,11 +700,11 @@ async def test_a_turn_and_its_parked_tasks_commit_together(store: TaskStore, db:
     with pytest.raises(InvalidTransition):
         await db.write(lambda conn: park(conn, True))
     assert await store.list() == []
-    assert await receipts.list_receipts(db) == []
+    assert await chain.list_receipts(db) == []
 
     ids = await db.write(lambda conn: park(conn, False))
     assert {t.id for t in await store.for_turn("u_t")} == set(ids)
-    [turn_receipt] = await receipts.list_receipts(db)
+    [turn_receipt] = await chain.list_receipts(db)
     assert turn_receipt["deferred_task_ids"] == ids
 
 

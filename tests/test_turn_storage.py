@@ -15,8 +15,7 @@ import pytest
 import test_turns_engine as engine_tests
 from test_turns_engine import EngineFactory, deliver_and_settle, fetch, tool_messages
 
-from waystation import db as db_module
-from waystation import timeutil
+from waystation import migrations, timeutil
 from waystation.adapters.models.scripted import ScriptedBackend
 from waystation.db import Database
 from waystation.errors import RouteRefused
@@ -151,7 +150,7 @@ async def test_the_migration_keeps_one_copy_and_backfills_the_prompt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "waystation.db"
-    monkeypatch.setattr(db_module, "SCHEMA_VERSION", 6)  # a database as the last release left it
+    monkeypatch.setattr(migrations, "SCHEMA_VERSION", 6)  # a database as the last release left it
     async with await Database.open(path):
         pass
     chat = {"prompt": "", "messages": [{"role": "user", "content": "hi " + MB}], "client_tools": []}

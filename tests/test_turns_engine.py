@@ -27,7 +27,7 @@ import pytest
 import structlog
 from aiohttp import web
 
-from waystation import receipts, timeutil
+from waystation import timeutil
 from waystation.adapters.models.base import Generation, GenerationRequest, TokenSink, ToolCall
 from waystation.adapters.models.scripted import ScriptedBackend
 from waystation.adapters.models.threaded import ThreadedBackend
@@ -48,7 +48,8 @@ from waystation.queue.flusher import Flusher
 from waystation.queue.policy import TaskState, classify, decide
 from waystation.queue.store import TaskStore
 from waystation.queue.tasks import Task
-from waystation.receipts import verify_database
+from waystation.receipts import chain
+from waystation.receipts.chain import verify_database
 from waystation.station.announce import Announcer
 from waystation.station.background import Background
 from waystation.station.delivery import Deliveries
@@ -153,7 +154,7 @@ def make_engine(
 
 
 async def all_receipts(db: Database) -> list[dict[str, Any]]:
-    return await receipts.list_receipts(db, limit=1000)
+    return await chain.list_receipts(db, limit=1000)
 
 
 async def turn_row(db: Database, turn_id: str) -> sqlite3.Row | None:
@@ -340,15 +341,15 @@ async def test_receipt_task_and_conversation_commit_together(
 ) -> None:
     """If the receipt cannot be written, the parked task is not there either, and the turn's row
     still says what was committed last: that it was running."""
-    real_append = receipts.append
+    real_append = chain.append
 
-    def failing_append(conn: sqlite3.Connection, draft: receipts.ReceiptDraft) -> dict[str, Any]:
+    def failing_append(conn: sqlite3.Connection, draft: chain.ReceiptDraft) -> dict[str, Any]:
         # By now the engine's commit op has inserted the task and the turn row in this transaction.
         assert conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == 1
         assert conn.execute("SELECT COUNT(*) FROM turns").fetchone()[0] == 1
         raise sqlite3.OperationalError("injected: disk I/O error while writing the receipt")
 
-    monkeypatch.setattr(receipts, "append", failing_append)
+    monkeypatch.setattr(chain, "append", failing_append)
     model = ScriptedBackend([fetch(destination.url("/news"))])
     with pytest.raises(DatabaseError):
         await make_engine(model).run(TurnRequest("fetch the news"))
@@ -357,7 +358,7 @@ async def test_receipt_task_and_conversation_commit_together(
     assert row is not None and row["state"] == "running"
 
     # And when the write succeeds, the three appear together.
-    monkeypatch.setattr(receipts, "append", real_append)
+    monkeypatch.setattr(chain, "append", real_append)
     result = await make_engine(ScriptedBackend([fetch(destination.url("/news"))])).run(
         TurnRequest("fetch the news")
     )

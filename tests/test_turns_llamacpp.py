@@ -28,7 +28,6 @@ import httpx
 import pytest
 from agentproc import SSE, Agent, sse_events, started_agent, wait_for
 
-from waystation import receipts
 from waystation.adapters.models.base import GenerationRequest, ToolSpec, tool_instructions
 from waystation.adapters.models.embedded import default_model_path
 from waystation.adapters.models.llamacpp import DEFAULT_CONTEXT, LlamaCppBackend, urls_in
@@ -38,7 +37,8 @@ from waystation.adapters.tools import default_tools
 from waystation.config import ModelSettings, QueueSettings
 from waystation.db import Database
 from waystation.queue.store import TaskStore
-from waystation.receipts import verify_database
+from waystation.receipts import chain
+from waystation.receipts.chain import verify_database
 from waystation.station.turns.engine import TurnEngine
 from waystation.station.turns.request import TurnRequest
 from waystation.testing import FakeConnectivity, RecordingAnnouncer, ScriptedDelivery
@@ -102,7 +102,7 @@ async def test_streamed_real_turn_counts_tokens_and_pays_cold_load_once(
     second = await engine.run(TurnRequest("Name three animals.", max_tokens=8, tool_choice="none"))
     assert 0 < second.usage.completion_tokens <= 8
 
-    by_id = {r["id"]: r for r in await receipts.list_receipts(db)}
+    by_id = {r["id"]: r for r in await chain.list_receipts(db)}
     cold, warm = by_id[first.receipt_id], by_id[second.receipt_id]
     assert isinstance(cold["cold_load_ms"], int) and cold["cold_load_ms"] > 0
     assert warm["cold_load_ms"] is None

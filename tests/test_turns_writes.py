@@ -17,7 +17,7 @@ import pytest
 
 from waystation.adapters.models.base import ToolCall, ToolSpec
 from waystation.adapters.models.json_objects import json_objects_in, user_objects
-from waystation.adapters.models.llamacpp import reply_schema
+from waystation.adapters.models.reply_grammar import reply_schema
 from waystation.adapters.routes import Router
 from waystation.adapters.routes.local import LocalRoute
 from waystation.adapters.tools import default_tools

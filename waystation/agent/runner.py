@@ -9,7 +9,8 @@ import sys
 import structlog
 
 from waystation import logs
-from waystation.config import Paths, load_settings
+from waystation.config import Paths
+from waystation.config_load import load_settings
 from waystation.errors import WaystationError
 from waystation.secrets import known_secrets, warn_if_config_exposed
 

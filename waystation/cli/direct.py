@@ -18,7 +18,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from waystation.config import Paths, load_settings
+from waystation.config import Paths
+from waystation.config_load import load_settings
 
 if TYPE_CHECKING:
     from waystation.station import FleetConsole, Station

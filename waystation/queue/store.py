@@ -1,4 +1,5 @@
-"""SQLite persistence of tasks: enqueue, lease, settle, recover. It only persists; policy decides.
+"""SQLite persistence of tasks: enqueue, lease, settle, recover (its reads: store_reads.py). It only
+persists; policy decides.
 
 Every state change that ends a task (done, dead, cancelled, expired) writes the task's receipt in
 the same transaction, so a settled task without its receipt, or the reverse, cannot exist.
@@ -6,39 +7,29 @@ the same transaction, so a settled task without its receipt, or the reverse, can
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from waystation import contract, receipts, timeutil
+from waystation import contract, timeutil
 from waystation.config import QueueSettings
 from waystation.db import Database
-from waystation.errors import IdempotencyConflict, InvalidTransition, NotFound
+from waystation.errors import IdempotencyConflict, InvalidTransition
 from waystation.queue.policy import CANCELLABLE, RETRYABLE, SETTLED, Decision, TaskState, take_per_host
-from waystation.queue.tasks import SUMMARY_COLUMNS, NewTask, Task
-from waystation.receipts import ReceiptDraft
+from waystation.queue.store_reads import TaskReads, hold_back, load_task
+from waystation.queue.tasks import NewTask, Task
+from waystation.receipts import chain
+from waystation.receipts.chain import ReceiptDraft
 
 # A lease outlives the delivery timeout by this margin before it counts as abandoned.
 LEASE_MARGIN_S = 30.0
-# Tools whose transfer size cannot be known ahead (a download): held back on a metered connection.
-UNSIZED_TOOLS = ("web_fetch",)
-# A task's args as stored: compact, and in the order given (receipts.canonical_json sorts keys).
+# A task's args as stored: compact, and in the order given (chain.canonical_json sorts keys).
 _ARGS_AS_GIVEN = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
-def _hold_back(hold_back_bytes: int | None) -> tuple[str, tuple[Any, ...]]:
-    """A WHERE fragment excluding unsized tasks and those with args over `hold_back_bytes` bytes."""
-    if hold_back_bytes is None:
-        return "", ()
-    marks = ", ".join("?" for _ in UNSIZED_TOOLS)
-    sql = f" AND tool NOT IN ({marks}) AND length(CAST(args AS BLOB)) <= ?"
-    return sql, (*UNSIZED_TOOLS, hold_back_bytes)
-
-
-class TaskStore:
+class TaskStore(TaskReads):
     def __init__(self, db: Database, settings: QueueSettings) -> None:
         self.db = db
         self.settings = settings
@@ -53,7 +44,7 @@ class TaskStore:
     def insert(self, conn: sqlite3.Connection, new: NewTask) -> tuple[Task, bool]:
         """The enqueue itself, for callers that commit it together with other writes (a turn)."""
         now = timeutil.now()
-        task_id = new.task_id or receipts.new_id("t")
+        task_id = new.task_id or chain.new_id("t")
         key = new.idempotency_key or f"waystation-{task_id}"
         # Kept as given, key order and all: a JSON body is delivered as the caller (or the user
         # whose JSON a model's write carries) wrote it, byte for byte where written compact.
@@ -82,12 +73,12 @@ class TaskStore:
         if cursor.rowcount == 1:
             if self._pending_hosts is not None:
                 self._pending_hosts.add(new.host)
-            return _load(conn, task_id), True
+            return load_task(conn, task_id), True
         row = conn.execute("SELECT * FROM tasks WHERE idempotency_key = ?", (key,)).fetchone()
         assert row is not None  # the conflict that stopped the insert is this row
         existing = Task.from_row(row)
         # The same args in another key order are the same task.
-        same_args = receipts.canonical_json(existing.args) == receipts.canonical_json(new.args)
+        same_args = chain.canonical_json(existing.args) == chain.canonical_json(new.args)
         if existing.tool != new.tool or not same_args:
             raise IdempotencyConflict(key, existing.id)
         return existing, False
@@ -100,7 +91,7 @@ class TaskStore:
         `hold_back_bytes` (a metered connection): skip web_fetch tasks and tasks whose stored
         arguments are longer than this many bytes; they stay pending.
         """
-        held_sql, held_params = _hold_back(hold_back_bytes)
+        held_sql, held_params = hold_back(hold_back_bytes)
 
         def op(conn: sqlite3.Connection) -> list[Task]:
             now = timeutil.now()
@@ -187,7 +178,7 @@ class TaskStore:
                     decision.net_failures,
                     decision.next_attempt_at,
                     decision.error,
-                    receipts.canonical_json(result) if result is not None else None,
+                    chain.canonical_json(result) if result is not None else None,
                     now,
                     task.id,
                 ),
@@ -196,11 +187,11 @@ class TaskStore:
             if len(rows) != 1:
                 # Cancelled or reclaimed while in flight: the delivery still happened, so keep
                 # its answer, but the task's state is no longer ours to change.
-                return _load(conn, task.id), None
+                return load_task(conn, task.id), None
             settled = Task.from_row(rows[0])
             receipt = None
             if settled.state in SETTLED:
-                receipt = receipts.append(conn, _task_receipt(settled, duration_ms))
+                receipt = chain.append(conn, _task_receipt(settled, duration_ms))
             return settled, receipt
 
         return await self.db.write(op)
@@ -259,7 +250,7 @@ class TaskStore:
         """Due now, attempts from zero: for dead, cancelled or expired tasks, or to hurry one."""
 
         def op(conn: sqlite3.Connection) -> Task:
-            task = _load(conn, task_id)
+            task = load_task(conn, task_id)
             if task.state not in RETRYABLE:
                 raise InvalidTransition(task.id, task.state, "retry")
             now = timeutil.now()
@@ -270,7 +261,7 @@ class TaskStore:
             )
             if self._pending_hosts is not None:
                 self._pending_hosts.add(task.host)
-            return _load(conn, task_id)
+            return load_task(conn, task_id)
 
         return await self.db.write(op)
 
@@ -279,12 +270,12 @@ class TaskStore:
         (`abandoned`: its delivery was stopped before any answer)."""
 
         def op(conn: sqlite3.Connection) -> tuple[Task, contract.Receipt]:
-            task = _load(conn, task_id)
+            task = load_task(conn, task_id)
             if task.state not in CANCELLABLE and not (abandoned and task.state == TaskState.RUNNING):
                 raise InvalidTransition(task.id, task.state, "cancel")
             _set_state(conn, task_id, TaskState.CANCELLED, "cancelled by request")
-            task = _load(conn, task_id)
-            return task, receipts.append(conn, _task_receipt(task, 0))
+            task = load_task(conn, task_id)
+            return task, chain.append(conn, _task_receipt(task, 0))
 
         return await self.db.write(op)
 
@@ -301,8 +292,8 @@ class TaskStore:
             expired = []
             for (task_id,) in rows:
                 _set_state(conn, task_id, TaskState.EXPIRED, "expired before it could be delivered")
-                task = _load(conn, task_id)
-                expired.append((task, receipts.append(conn, _task_receipt(task, 0))))
+                task = load_task(conn, task_id)
+                expired.append((task, chain.append(conn, _task_receipt(task, 0))))
             return expired
 
         return await self.db.write(op)
@@ -329,58 +320,6 @@ class TaskStore:
             return cursor.rowcount
 
         return await self.db.write(op)
-
-    # --- reads --------------------------------------------------------------------------------
-
-    async def get(self, task_id: str) -> Task:
-        row = await self.db.fetchone("SELECT * FROM tasks WHERE id = ?", (task_id,))
-        if row is None:
-            raise NotFound("task", task_id)
-        return Task.from_row(row)
-
-    async def list(self, state: TaskState | None = None, limit: int = 100) -> list[Task]:
-        """Tasks as lists show them, newest first: their args and result cut to the listed
-        fields in SQL (`get` has the whole task)."""
-        where, params = ("WHERE state = ?", (str(state),)) if state is not None else ("", ())
-        rows = await self.db.fetchall(
-            f"SELECT {SUMMARY_COLUMNS} FROM tasks {where} ORDER BY created_at DESC LIMIT ?", (*params, limit)
-        )
-        return [Task.from_summary_row(r) for r in rows]
-
-    async def counts(self) -> dict[str, int]:
-        rows = await self.db.fetchall("SELECT state, COUNT(*) FROM tasks GROUP BY state")
-        counts = {str(s): 0 for s in TaskState}
-        counts.update({state: n for state, n in rows})
-        return counts
-
-    async def next_due_at(
-        self, *, hold_back_bytes: int | None = None, skip_hosts: Collection[str] = ()
-    ) -> float | None:
-        """When the next pending task falls due, ignoring those `hold_back_bytes` holds back and
-        those bound for `skip_hosts` (hosts the flusher is leaving alone for now)."""
-        held_sql, held_params = _hold_back(hold_back_bytes)
-        skip_sql = f" AND host NOT IN ({', '.join('?' for _ in skip_hosts)})" if skip_hosts else ""
-        row = await self.db.fetchone(
-            f"SELECT MIN(next_attempt_at) FROM tasks WHERE state = 'pending'{held_sql}{skip_sql}",
-            (*held_params, *skip_hosts),
-        )
-        return row[0] if row else None
-
-    async def oldest_pending_at(self) -> float | None:
-        """When the oldest pending task was created (None when none is pending)."""
-        row = await self.db.fetchone("SELECT MIN(created_at) FROM tasks WHERE state = 'pending'")
-        return row[0] if row else None
-
-    async def for_turn(self, turn_id: str) -> builtins.list[Task]:
-        rows = await self.db.fetchall("SELECT * FROM tasks WHERE turn_id = ? ORDER BY created_at", (turn_id,))
-        return [Task.from_row(r) for r in rows]
-
-
-def _load(conn: sqlite3.Connection, task_id: str) -> Task:
-    row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
-    if row is None:
-        raise NotFound("task", task_id)
-    return Task.from_row(row)
 
 
 def _set_state(conn: sqlite3.Connection, task_id: str, state: TaskState, error: str) -> None:

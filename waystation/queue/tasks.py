@@ -11,7 +11,7 @@ from typing import Any
 
 from waystation import contract, timeutil
 from waystation.queue.policy import TaskState
-from waystation.receipts import RouteInfo
+from waystation.receipts.chain import RouteInfo
 from waystation.redact import shown_args
 
 # What a listed task (`GET /v1/tasks`, `queue ls`) and a task event say of the arguments and the

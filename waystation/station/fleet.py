@@ -18,13 +18,14 @@ from typing import Any
 import structlog
 from nats.aio.msg import Msg
 
-from waystation import contract, receipt_proofs
+from waystation import contract
 from waystation.adapters.fleet import work
 from waystation.adapters.fleet.hub import Hub, fetch, safe_url, settle
 from waystation.adapters.fleet.layout import WORK_MAX_DELIVER
 from waystation.adapters.fleet.outbox import Outbox
-from waystation.checkpoints import VerifierKey
 from waystation.errors import DatabaseError, FleetError, FleetRefused, InputError, WorkRefused
+from waystation.receipts import proofs
+from waystation.receipts.checkpoints import VerifierKey
 from waystation.station import AgentStation
 from waystation.station.background import cancel
 from waystation.station.ops import fleet as fleet_ops
@@ -142,7 +143,7 @@ class Fleet:
             if not self._online.is_set():
                 continue
             await self.outbox.drain(self._online.is_set)
-            if await self.outbox.checkpoint(receipt_proofs.stored_note(self._station.paths.state)):
+            if await self.outbox.checkpoint(proofs.stored_note(self._station.paths.state)):
                 self._status_due.set()
 
     async def _status(self) -> None:

@@ -21,10 +21,10 @@ import structlog
 
 from waystation.adapters.fleet.hub import SEQ_HEADER, checkpoints_subject, receipts_subject
 from waystation.adapters.fleet.layout import RECEIPTS_STREAM
-from waystation.checkpoints import Checkpoint
 from waystation.db import Database
 from waystation.errors import BadCheckpoint
 from waystation.ports import FleetHub
+from waystation.receipts.checkpoints import Checkpoint
 
 log = structlog.get_logger(__name__)
 

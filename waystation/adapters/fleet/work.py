@@ -21,8 +21,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from waystation.addresses import is_public, literal_address
-from waystation.checkpoints import SigningKey, VerifierKey
 from waystation.errors import BadCheckpoint, MalformedRequest
+from waystation.receipts.checkpoints import SigningKey, VerifierKey
 
 SIGNATURE_HEADER = "Waystation-Signature"
 # A task body nests a few levels (the body, its args, a JSON body inside those); far deeper is an

@@ -18,7 +18,7 @@ from waystation.adapters.routes.seats import ClaudeSeat, CodexSeat
 from waystation.config import ROUTE_NAMES, Settings
 from waystation.errors import RouteOffline, RouteRefused
 from waystation.ports import Connectivity
-from waystation.receipts import RouteInfo
+from waystation.receipts.chain import RouteInfo
 
 OFFLINE = RouteOffline.OFFLINE
 

@@ -20,7 +20,7 @@ from waystation.adapters.models.store import EMBEDDED, ModelStore, looks_like_na
 from waystation.adapters.models.threaded import ThreadedBackend
 from waystation.config import ModelSettings
 from waystation.errors import ModelError, RouteRefused, UnknownModel
-from waystation.receipts import RouteInfo, route_object
+from waystation.receipts.chain import RouteInfo, route_object
 from waystation.timeutil import iso
 
 

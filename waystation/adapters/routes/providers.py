@@ -27,7 +27,7 @@ from waystation.adapters.routes.vertex import GoogleAdc, VertexBackend
 from waystation.config import Settings
 from waystation.contract import AuthLane, CostLane
 from waystation.errors import RouteRefused
-from waystation.receipts import RouteInfo, route_object
+from waystation.receipts.chain import RouteInfo, route_object
 from waystation.secrets import KEY_VARIABLES, api_key
 
 SUBSCRIPTION_TOKEN = "CLAUDE_CODE_OAUTH_TOKEN"

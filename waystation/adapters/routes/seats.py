@@ -45,7 +45,7 @@ from waystation.adapters.routes.seats_cli import (
 )
 from waystation.contract import AuthLane, CostLane
 from waystation.errors import EmptyPrompt, InputError, ProviderError, RouteRefused, SeatRunFailed, TurnTimeout
-from waystation.receipts import RouteInfo, route_object
+from waystation.receipts.chain import RouteInfo, route_object
 
 PROBE_TIMEOUT_S = 10.0
 CACHE_S = 30.0

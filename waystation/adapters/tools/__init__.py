@@ -9,7 +9,8 @@ from waystation.adapters.tools.base import (
     ToolRegistry,
 )
 from waystation.adapters.tools.client import DeliveryClient, new_client
-from waystation.adapters.tools.http import MAX_REQUEST_BODY_BYTES, HttpRequestTool, WebFetchTool
+from waystation.adapters.tools.http import HttpRequestTool, WebFetchTool
+from waystation.adapters.tools.http_args import MAX_REQUEST_BODY_BYTES
 from waystation.adapters.tools.secret_refs import Secrets
 
 

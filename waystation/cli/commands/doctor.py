@@ -106,7 +106,7 @@ def check_python() -> Check:
 
 
 def check_config(paths: Any) -> Check:
-    from waystation.config import load_settings
+    from waystation.config_load import load_settings
     from waystation.errors import WaystationError
 
     try:
@@ -126,7 +126,7 @@ def check_model(paths: Any) -> Check:
     from waystation.adapters.models.llamacpp import check_gguf
     from waystation.adapters.models.store import ModelStore
     from waystation.adapters.routes.local import LocalRoute
-    from waystation.config import load_settings
+    from waystation.config_load import load_settings
     from waystation.errors import WaystationError
 
     status: Mapping[str, object]
@@ -153,7 +153,7 @@ def check_downloads(paths: Any) -> Check:
     system has room above the reserve a pull keeps free for the database."""
     from waystation.adapters.models import room
     from waystation.adapters.models.store import ModelStore
-    from waystation.config import load_settings
+    from waystation.config_load import load_settings
     from waystation.errors import WaystationError
 
     try:
@@ -289,8 +289,8 @@ def check_agent(socket: Path) -> Check:
 
 def check_signing_key(paths: Any) -> Check:
     """The receipts' signing key reads as one (made at the first signing when there is none)."""
-    from waystation.checkpoints import SigningKey
     from waystation.errors import SigningKeyUnusable
+    from waystation.receipts.checkpoints import SigningKey
 
     private = paths.state / "receipts.key"
     try:
@@ -370,7 +370,8 @@ def check_fleet(paths: Any) -> Check:
     import asyncio
 
     from waystation.cli.direct import fleet
-    from waystation.config import fleet_host, load_settings
+    from waystation.config import fleet_host
+    from waystation.config_load import load_settings
     from waystation.errors import WaystationError
     from waystation.station.ops.fleet import check, where
 

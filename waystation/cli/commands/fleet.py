@@ -152,8 +152,8 @@ def fleet_submit(
 
 
 def _signing_key(path: Path) -> Any:
-    from waystation.checkpoints import SigningKey
     from waystation.errors import BadCheckpoint, MalformedRequest
+    from waystation.receipts.checkpoints import SigningKey
 
     try:
         return SigningKey.parse_private(path.expanduser().read_text())
@@ -190,9 +190,9 @@ def fleet_keygen(
     import os
     import sys
 
-    from waystation.checkpoints import SigningKey
     from waystation.config import Paths
     from waystation.errors import BadCheckpoint, MalformedRequest
+    from waystation.receipts.checkpoints import SigningKey
 
     try:
         key = SigningKey.generate(name)

@@ -172,10 +172,10 @@ def receipts_verify_proof(
     waystation receipts verify-proof proof.json --key "$(cat host.key)"
     ```
     """
-    from waystation.checkpoints import VerifierKey
     from waystation.cli import render
     from waystation.errors import BadCheckpoint
-    from waystation.receipt_proofs import check
+    from waystation.receipts.checkpoints import VerifierKey
+    from waystation.receipts.proofs import check
 
     try:
         verifier = VerifierKey.parse(_read(Path(key)) if Path(key).is_file() else key)

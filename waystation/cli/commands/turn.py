@@ -28,7 +28,8 @@ import typer
 from waystation import contract
 from waystation.cli.commands.turn_comeback import check_state, list_turns, show_turn, wait_for_turn
 from waystation.cli.common import JsonFlag, Progress, progress, stderr_is_terminal, usage_error, waystation
-from waystation.config import Paths, Settings, load_settings
+from waystation.config import Paths, Settings
+from waystation.config_load import load_settings
 from waystation.errors import AgentNotRunning, WaystationError
 
 # What a turn id looks like on the command line: `show`/`wait` before one of these is the

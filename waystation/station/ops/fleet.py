@@ -19,8 +19,8 @@ from waystation.station.ops import receipts, status, tasks
 
 if TYPE_CHECKING:
     from waystation.adapters.fleet.layout import Part
-    from waystation.checkpoints import SigningKey
     from waystation.config import FleetSettings
+    from waystation.receipts.checkpoints import SigningKey
 
 # A host writes its status every minute; one not heard from for over two and a half is stale.
 STALE_AFTER_S = 150.0

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 
 import structlog
 
-from waystation import contract, receipt_proofs, receipts
-from waystation.checkpoints import SigningKey, open_checkpoint
+from waystation import contract
 from waystation.errors import BadCheckpoint, DatabaseCorrupt, SigningKeyUnusable, WaystationError
+from waystation.receipts import chain, proofs
+from waystation.receipts.checkpoints import SigningKey, open_checkpoint
 from waystation.station import Station
 
 log = structlog.get_logger(__name__)
@@ -31,32 +32,32 @@ def _readable(station: Station) -> Iterator[None]:
 async def after(station: Station, after_id: str | None, limit: int) -> list[contract.Receipt]:
     """Up to `limit` receipts after `after_id` (from the start if None), oldest first."""
     with _readable(station):
-        return await receipts.list_receipts(station.db, after_id, limit)
+        return await chain.list_receipts(station.db, after_id, limit)
 
 
 async def latest(station: Station, limit: int) -> list[contract.Receipt]:
     """The last `limit` receipts of the chain, oldest first."""
     with _readable(station):
-        return await receipts.latest_receipts(station.db, limit)
+        return await chain.latest_receipts(station.db, limit)
 
 
 async def get(station: Station, receipt_id: str) -> contract.Receipt:
     with _readable(station):
-        return await receipts.get_receipt(station.db, receipt_id)
+        return await chain.get_receipt(station.db, receipt_id)
 
 
 async def verify(station: Station, note: str | None = None) -> contract.Verification:
     """{"ok", "count", "first_broken_id", "reason", "checkpoint"}: the chain, the stored tree, and
     consistency with `note` (a signed checkpoint), else with the one the agent stored last."""
-    note = note if note is not None else receipt_proofs.stored_note(station.paths.state)
+    note = note if note is not None else proofs.stored_note(station.paths.state)
     if note is None:
-        return (await receipts.verify_database(station.db)).to_json()
+        return (await chain.verify_database(station.db)).to_json()
     try:
         signed = open_checkpoint(note, _key(station).verifier)
     except BadCheckpoint as exc:  # a forged or damaged checkpoint is a failed check, said as such
-        failed = receipts.Verification(False, 0, None, f"the checkpoint cannot be used: {exc.message}")
+        failed = chain.Verification(False, 0, None, f"the checkpoint cannot be used: {exc.message}")
         return failed.to_json()
-    return (await receipts.verify_database(station.db, signed)).to_json()
+    return (await chain.verify_database(station.db, signed)).to_json()
 
 
 async def key(station: Station) -> contract.VerifierKey:
@@ -66,19 +67,19 @@ async def key(station: Station) -> contract.VerifierKey:
 
 async def checkpoint(station: Station) -> contract.Checkpoint:
     """{"origin", "size", "root_hash", "note"}: the tree now, signed."""
-    made, note = await receipt_proofs.checkpoint(station.db, _key(station))
+    made, note = await proofs.checkpoint(station.db, _key(station))
     return made.to_json(note)
 
 
 async def prove(station: Station, receipt_id: str) -> contract.ReceiptProof:
     """A receipt's inclusion proof with the signed checkpoint it leads to."""
     with _readable(station):
-        return await receipt_proofs.prove(station.db, _key(station), receipt_id)
+        return await proofs.prove(station.db, _key(station), receipt_id)
 
 
 async def store_checkpoint(station: Station) -> int | None:
-    """Sign the tree now and keep it in the state directory (see receipt_proofs.keep_checkpoint)."""
-    return await receipt_proofs.keep_checkpoint(station.db, _key(station), station.paths.state)
+    """Sign the tree now and keep it in the state directory (see proofs.keep_checkpoint)."""
+    return await proofs.keep_checkpoint(station.db, _key(station), station.paths.state)
 
 
 async def sign_checkpoint(station: Station) -> int | None:

@@ -11,7 +11,7 @@ import asyncio
 from waystation import contract
 from waystation.adapters.models.base import StageSink, TokenSink
 from waystation.errors import MalformedRequest
-from waystation.receipts import new_id
+from waystation.receipts.chain import new_id
 from waystation.station import AgentStation, Station, TurnStation
 from waystation.station.turns import records
 from waystation.station.turns.request import TurnRequest, TurnResult

@@ -28,7 +28,6 @@ from typing import Any
 
 import httpx
 
-from waystation import receipts
 from waystation.adapters.models.base import Message, ToolCall, ToolChoice, ToolSpec, urls_in
 from waystation.adapters.tools import ToolRegistry
 from waystation.adapters.tools.reach import (
@@ -43,6 +42,7 @@ from waystation.errors import DestinationRefused, InvalidArguments, MalformedReq
 from waystation.ports import Connectivity, Deliver, Outcome
 from waystation.queue.policy import no_answer
 from waystation.queue.tasks import NewTask
+from waystation.receipts import chain
 from waystation.station.turns.progress import Progress
 from waystation.station.turns.results import result_for_model, result_summary
 from waystation.station.turns.writes import as_the_user_wrote, write_refusal
@@ -273,7 +273,7 @@ class Caller:
                 record["result_summary"] = result_summary(sent.result, sent.error)
                 message["content"] = result_for_model(sent.result, sent.error)
                 return False
-        task_id = receipts.new_id("t")
+        task_id = chain.new_id("t")
         progress.parked.append(
             NewTask(
                 tool=tool.name,

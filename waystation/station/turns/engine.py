@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sqlite3
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import structlog
 
-from waystation import contract, receipts
+from waystation import contract
 from waystation.adapters.models.base import (
     Generation,
     GenerationRequest,
@@ -50,8 +50,9 @@ from waystation.errors import (
 from waystation.ports import Announce, Connectivity, Deliver
 from waystation.queue.policy import TaskState
 from waystation.queue.store import TaskStore
-from waystation.queue.tasks import NewTask, Task
-from waystation.receipts import ReceiptDraft, RouteInfo, Usage
+from waystation.queue.tasks import NewTask
+from waystation.receipts import chain
+from waystation.receipts.chain import RouteInfo
 from waystation.station.turns.calls import (
     Caller,
     answered_calls,
@@ -60,8 +61,9 @@ from waystation.station.turns.calls import (
     offer,
     offer_client,
 )
+from waystation.station.turns.finish import finish_turn
 from waystation.station.turns.progress import Progress
-from waystation.station.turns.records import TurnRow, claim_for_resume, get_turn, save_turn
+from waystation.station.turns.records import TurnRow, claim_for_resume, save_turn
 from waystation.station.turns.request import DEFERRED_TURN_TOOL, TurnRequest, TurnResult
 from waystation.station.turns.results import result_for_model
 
@@ -96,6 +98,8 @@ class TurnEngine:
         self._allow_writes = tuple(allow_writes)
         self._caller = Caller(tools, connectivity, deliver, self._allow_hosts, self._allow_writes)
         self._turn_timeout_s = turn_timeout_s
+        # Commit the receipt, the parked tasks and the turn's row together (finish.py).
+        self._finish = functools.partial(finish_turn, db, store, announce)
 
     async def run(
         self,
@@ -110,7 +114,7 @@ class TurnEngine:
         `turn_id` names the turn (a caller that must know it first, or a turn deferred whole that
         now runs: its receipts share the id).
         """
-        turn_id = turn_id or receipts.new_id("turn")
+        turn_id = turn_id or chain.new_id("turn")
         progress = await self.begin(turn_id, request)
         progress.on_stage = on_stage
         return await self._drive(turn_id, request, progress, on_token)
@@ -222,7 +226,7 @@ class TurnEngine:
         self, turn_id: str, request: TurnRequest, progress: Progress, route: RouteInfo, started: float
     ) -> TurnResult:
         """Offline, and the turn asked to wait: it becomes one `turn` task, run once online."""
-        task_id = receipts.new_id("t")
+        task_id = chain.new_id("t")
         args = {"turn_id": turn_id, "request": dataclasses.replace(request, defer=False).to_json()}
         progress.parked.append(
             NewTask(
@@ -334,74 +338,6 @@ class TurnEngine:
         if generation.finish_reason == "cut_off":  # inside a tool call: no answer to give
             raise ReplyCutOff(request.max_tokens)
         return generation
-
-    async def _finish(
-        self,
-        turn_id: str,
-        request: TurnRequest,
-        progress: Progress,
-        route: RouteInfo,
-        status: contract.ReceiptStatus,
-        reason: str | None,
-        started: float,
-        turn_state: str | None = None,
-    ) -> TurnResult:
-        """Commit the receipt, the parked tasks and the turn's row together."""
-        draft = ReceiptDraft(
-            kind="turn",
-            status=status,
-            reason=reason,
-            route=route,
-            usage=Usage(progress.prompt_tokens, progress.completion_tokens),
-            credits_used=0,
-            duration_ms=int((time.perf_counter() - started) * 1000),
-            turn_id=turn_id,
-            deferred_task_ids=tuple(progress.deferred),
-            cold_load_ms=progress.cold_load_ms,
-            model_answered=progress.model_answered,
-            telemetry=progress.telemetry,
-        )
-        row = TurnRow(
-            turn_state or status,
-            request.to_json(),
-            progress.messages,
-            progress.deferred,
-            progress.steps,
-            route=route.name,
-            model=route.model or request.model,
-            text=progress.text,
-            reason=reason,
-            tool_calls=progress.tool_calls,
-        )
-
-        def op(conn: sqlite3.Connection) -> tuple[contract.Receipt, list[Task]]:
-            parked = []
-            for new in progress.parked:
-                task, created = self._store.insert(conn, new)
-                if created:
-                    parked.append(task)
-            save_turn(conn, turn_id, row)
-            return receipts.append(conn, draft), parked
-
-        receipt, parked = await self._db.write(op)
-        for task in parked:  # as every committed task is: the flusher hears of it and wakes
-            self._announce.task_changed(task.to_json())
-        result = TurnResult(
-            turn_id=turn_id,
-            text=progress.text,
-            route=route.name,
-            receipt_id=receipt["id"],
-            status=status,
-            tool_calls=progress.tool_calls,
-            deferred_task_ids=list(progress.deferred),
-            usage=draft.usage,
-            model=route.model,
-            model_answered=progress.model_answered,
-            finish_reason=progress.finish_reason,
-        )
-        turn = await get_turn(self._db, turn_id)
-        self._announce.turn_finished({**result.to_json(), **turn}, receipt, progress.resumed)
-        return result
 
 
 def _answered(progress: Progress, generation: Generation) -> bool:

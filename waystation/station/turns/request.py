@@ -13,7 +13,7 @@ from typing import Any
 from waystation import contract
 from waystation.adapters.models.base import Message, ToolChoice
 from waystation.errors import MalformedRequest
-from waystation.receipts import Usage
+from waystation.receipts.chain import Usage
 
 MAX_STEPS = 4
 MAX_TOKENS_LIMIT = 8192

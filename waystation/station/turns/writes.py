@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from waystation.adapters.tools.http import WRITE_METHODS
+from waystation.adapters.tools.http_args import WRITE_METHODS
 from waystation.adapters.tools.reach import host_listed
 
 

@@ -1,7 +1,7 @@
 """RFC 6962 Merkle trees: hashes, roots, inclusion and consistency proofs, and their checks.
 
 Pure functions over a `Node` getter, so the same code serves the tree stored in SQLite
-(receipt_tree.py), a tree held in memory, and an auditor's offline check with no tree at all.
+(tree.py), a tree held in memory, and an auditor's offline check with no tree at all.
 Proof generation follows RFC 6962 section 2.1 (PATH and SUBPROOF); the checks follow RFC 9162
 sections 2.1.3.2 and 2.1.4.2, the algorithms Certificate Transparency and Go's sumdb verify with.
 

@@ -20,11 +20,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from waystation import contract, receipt_tree, timeutil
-from waystation.checkpoints import Checkpoint
+from waystation import contract, timeutil
 from waystation.db import Database
 from waystation.errors import NotFound, ReceiptsDamaged
-from waystation.merkle import EMPTY_ROOT, CompactRange, leaf_hash
+from waystation.receipts import tree
+from waystation.receipts.checkpoints import Checkpoint
+from waystation.receipts.merkle import EMPTY_ROOT, CompactRange, leaf_hash
 
 GENESIS_HASH = "0" * 64
 Status = contract.ReceiptStatus
@@ -130,7 +131,7 @@ def append(conn: sqlite3.Connection, draft: ReceiptDraft) -> contract.Receipt:
     }
     body["hash"] = receipt_hash(body)
     # The next leaf of the Merkle tree: one past the head's, unless a damaged tree was rebuilt.
-    leaf = receipt_tree.append_leaf(
+    leaf = tree.append_leaf(
         conn, body["hash"], 0 if row is None else row[1] + 1, None if row is None else row[0]
     )
     conn.execute(
@@ -239,9 +240,9 @@ async def verify_database(db: Database, checkpoint: Checkpoint | None = None) ->
     us) the receipts must still begin with the tree it names: consistent, not truncated, rolled
     back or rewritten. Receipts appended meanwhile wait for the next verify."""
     try:
-        size, stored_root = await receipt_tree.head(db)
+        size, stored_root = await tree.head(db)
     except ReceiptsDamaged:  # the walk below names what was removed
-        size, stored_root = await receipt_tree.size_of(db), None
+        size, stored_root = await tree.size_of(db), None
     chain, seq = ChainCheck(None if checkpoint is None else checkpoint.size), 0
     while chain.count < size and (
         rows := await db.fetchall(
@@ -253,7 +254,7 @@ async def verify_database(db: Database, checkpoint: Checkpoint | None = None) ->
         broken = await asyncio.to_thread(chain.check, [(r[1], r[2], r[3]) for r in rows])
         if broken is not None:
             return broken
-        if not await receipt_tree.holds(db, chain.nodes):
+        if not await tree.holds(db, chain.nodes):
             return Verification(False, chain.count, None, TREE_EDITED)
     if chain.tree.root() != stored_root or chain.count != size:
         return Verification(False, chain.count, None, TREE_EDITED)
@@ -271,7 +272,7 @@ async def verify_database(db: Database, checkpoint: Checkpoint | None = None) ->
         )
         return Verification(False, chain.count, None, reason, shown)
     # The receipts' own root at the checkpoint's size, and the proof a remote party would check.
-    consistent = chain.root_at_mark == checkpoint.root and await receipt_tree.extends(
+    consistent = chain.root_at_mark == checkpoint.root and await tree.extends(
         db, checkpoint.size, checkpoint.root, size, stored_root
     )
     if not consistent:

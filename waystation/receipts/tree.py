@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, TypeVar
 import structlog
 
 from waystation.errors import NotFound, ReceiptsDamaged
-from waystation.merkle import (
+from waystation.receipts.merkle import (
     CompactRange,
     Node,
     ProofError,

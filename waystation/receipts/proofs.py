@@ -17,12 +17,13 @@ from typing import Any
 
 import structlog
 
-from waystation import contract, receipt_tree
-from waystation.checkpoints import Checkpoint, SigningKey, VerifierKey, open_checkpoint
+from waystation import contract
 from waystation.db import Database
 from waystation.errors import BadCheckpoint
-from waystation.merkle import leaf_hash, root_from_inclusion
-from waystation.receipts import get_receipt, receipt_hash
+from waystation.receipts import tree
+from waystation.receipts.chain import get_receipt, receipt_hash
+from waystation.receipts.checkpoints import Checkpoint, SigningKey, VerifierKey, open_checkpoint
+from waystation.receipts.merkle import leaf_hash, root_from_inclusion
 
 log = structlog.get_logger(__name__)
 
@@ -31,17 +32,17 @@ CHECKPOINT_FILE = "receipts.checkpoint"  # the last checkpoint the agent wrote, 
 
 async def checkpoint(db: Database, key: SigningKey) -> tuple[Checkpoint, str]:
     """The tree as it is now, and its signed note."""
-    size, root = await receipt_tree.head(db)
+    size, root = await tree.head(db)
     made = Checkpoint(key.name, size, root)
     return made, key.sign(made.text())
 
 
 async def prove(db: Database, key: SigningKey, receipt_id: str) -> contract.ReceiptProof:
     """The receipt, its audit path, and the signed checkpoint the path leads to."""
-    index, _ = await receipt_tree.leaf_of(db, receipt_id)
+    index, _ = await tree.leaf_of(db, receipt_id)
     body = await get_receipt(db, receipt_id)
     made, note = await checkpoint(db, key)  # read after the leaf: the tree only grows
-    path = await receipt_tree.inclusion(db, index, made.size)
+    path = await tree.inclusion(db, index, made.size)
     return {
         "receipt": body,
         "leaf_index": index,
@@ -92,7 +93,7 @@ async def keep_checkpoint(db: Database, key: SigningKey, state: Path) -> int | N
             old = open_checkpoint(kept, key.verifier)
             if (old.size, old.root) == (made.size, made.root):
                 return made.size
-            if not await receipt_tree.extends(db, old.size, old.root, made.size, made.root):
+            if not await tree.extends(db, old.size, old.root, made.size, made.root):
                 log.error(
                     "the receipts no longer extend the stored checkpoint; keeping it",
                     checkpoint_size=old.size,
