@@ -49,11 +49,8 @@ def test_no_module_is_over_400_lines() -> None:
     assert not BEING_SPLIT - too_long.keys(), "split now: take them off BEING_SPLIT"
 
 
-# Over 400 lines and being split now (issue 21): empty once they are.
-BEING_SPLIT = {
-    "waystation/contract.py",
-    "waystation/agent/openapi_schemas.py",
-}
+# Over 400 lines and being split now: a module named here may stay long until its split lands.
+BEING_SPLIT: set[str] = set()
 
 
 def test_the_errors_docstring_draws_every_class() -> None:

@@ -1,4 +1,4 @@
-"""The OpenAPI document and waystation/contract.py say the same thing, both ways.
+"""The OpenAPI document and waystation/contract/ say the same thing, both ways.
 
 The document is written by hand for what a type cannot say (descriptions, patterns, bounds); the
 TypedDicts and Literals are what the code is typed with. For every component schema: its
