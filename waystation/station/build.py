@@ -82,13 +82,18 @@ async def build_agent(stack: Stack, paths: Paths, settings: Settings) -> AgentSt
     base, deliveries = _turn_station(stack, paths, settings, db, watch_os_events=True)
     # Before anything reads a deadline: a wall clock set while no agent ran moves them with it, as
     # a set seen while running does (station/housekeeping.py), instead of expiring work or holding retries.
-    moved, tasks = await clock.rebase_after_stop(db, clock.read_mark())
-    if moved:
-        log.warning(
-            "the wall clock was set while the agent was stopped; deadlines moved with it",
-            seconds=round(moved),
-            tasks=tasks,
-        )
+    # A full disk must not stop the agent here: it starts to read work and frees room as it can.
+    try:
+        moved, tasks = await clock.rebase_after_stop(db, clock.read_mark())
+    except DatabaseError as exc:
+        log.error("cannot compare the clock with the last run's; deadlines not moved", error=exc.message)
+    else:
+        if moved:
+            log.warning(
+                "the wall clock was set while the agent was stopped; deadlines moved with it",
+                seconds=round(moved),
+                tasks=tasks,
+            )
     stack.push_async_callback(_mark_at_stop, db)
     recovered = await base.store.recover(all_running=True)
     if recovered:
