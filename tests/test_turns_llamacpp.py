@@ -396,7 +396,8 @@ def test_a_turn_behind_another_says_it_waits_for_the_model(agent: Agent, client:
         holder.start()
         assert first_token.wait(60)
         behind = {"prompt": "Say hi.", "stream": True, "tool_choice": "none", "max_tokens": 4}
-        with client.stream("POST", "/v1/turns", json=behind) as response:
+        # It waits for the other's 400 tokens: as long as they take on a busy machine.
+        with client.stream("POST", "/v1/turns", json=behind, timeout=120.0) as response:
             events = list(sse_events(response.iter_lines()))
         holder.join(120)
     stages = [e.data for e in events if e.event == "stage"]
