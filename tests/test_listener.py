@@ -48,15 +48,19 @@ def url(agent: Agent) -> str:
 
 
 def token_cmd(agent: Agent, *args: str) -> str:
+    return waystation(agent, "token", *args).strip()
+
+
+def waystation(agent: Agent, *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "waystation", "token", *args],
+        [sys.executable, "-m", "waystation", *args],
         env=agent_env(agent.home),
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
-    return done.stdout.strip()
+    return done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +102,8 @@ def test_only_the_model_api_is_served(agent: Agent) -> None:
         response = httpx.request(method, url(agent) + path, headers=auth, json={})
         assert response.status_code in (404, 405), (path, response.status_code)
     status = agent.api("GET", "/v1/status").json()  # the socket still serves it, and names the listener
-    assert status["listen"] == url(agent).removeprefix("http://")
+    assert status["listen"] == LISTEN
+    assert f"http://{LISTEN}/v1" in waystation(agent, "status")
 
 
 def test_chat_completion_through_openai_base_url(client: openai.OpenAI) -> None:

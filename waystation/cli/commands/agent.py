@@ -90,7 +90,8 @@ def token(
     """Print the bearer token of the listener (`[agent] listen`) that other tools send.
 
     Kept in the state directory as api.token (0600); made now if there is none yet (the agent
-    makes it at its first start too). A running agent honours a rotated token at once.
+    makes it too, when it starts with `listen` set). A running agent honours a rotated token at
+    once. `waystation status` and `doctor` show the listener's address.
 
     ```
     OPENAI_BASE_URL=http://127.0.0.1:11435/v1 OPENAI_API_KEY=$(waystation token) some-tool
