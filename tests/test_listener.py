@@ -176,7 +176,7 @@ def test_responses_with_a_function_tool(client: openai.OpenAI) -> None:
     assert "21" in second.output_text  # from the call's output
 
 
-def test_unsupported_fields_are_400_naming_them(client: openai.OpenAI) -> None:
+def test_unsupported_fields_are_400_naming_them(client: openai.OpenAI, agent: Agent) -> None:
     for extra in (
         {"previous_response_id": "resp_1"},
         {"tools": [{"type": "web_search"}]},
@@ -185,6 +185,8 @@ def test_unsupported_fields_are_400_naming_them(client: openai.OpenAI) -> None:
         with pytest.raises(openai.BadRequestError) as caught:
             client.responses.create(model="local", input="hi", **extra)  # type: ignore[call-overload]
         assert next(iter(extra)) in str(caught.value)
+    on_socket = agent.api("POST", "/v1/responses", json={"input": "hi", "previous_response_id": "resp_1"})
+    assert on_socket.status_code == 400 and "previous_response_id" in on_socket.json()["error"]["message"]
 
 
 def test_rotate_replaces_the_token_for_the_running_agent(agent: Agent) -> None:
