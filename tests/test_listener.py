@@ -207,3 +207,25 @@ def test_token_is_made_by_the_command_when_none_exists(tmp_path: Path) -> None:
     ).stdout.strip()
     assert printed and (tmp_path / "api.token").read_text().strip() == printed
     assert stat.S_IMODE((tmp_path / "api.token").stat().st_mode) == 0o600
+
+
+def test_a_streamed_function_call(client: openai.OpenAI) -> None:
+    events = list(
+        client.responses.create(
+            model="local",
+            input="What is the weather in Paris?",
+            tools=[WEATHER],
+            tool_choice="required",
+            max_output_tokens=48,
+            stream=True,
+        )
+    )
+    kinds = [e.type for e in events]
+    assert kinds[-1] == "response.completed"
+    assert "response.output_text.delta" not in kinds  # the call's JSON is not streamed as text
+    (done,) = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert done.name == "get_weather" and isinstance(json.loads(done.arguments), dict)
+    final = events[-1]
+    assert final.type == "response.completed"
+    (call,) = final.response.output
+    assert call.type == "function_call" and call.arguments == done.arguments
