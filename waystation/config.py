@@ -37,6 +37,9 @@ class AgentSettings:
     socket_group: str = ""
     # "host:port" to serve GET /metrics (and nothing else) over TCP for Prometheus; "" = off.
     metrics_listen: str = ""
+    # "host:port" for other tools (OPENAI_BASE_URL): the model API and /mcp, each request with the
+    # bearer token in the state directory's api.token; "" = off.
+    listen: str = ""
     # Environment variables a task's header `{"secret": NAME}` may read (as sshd's AcceptEnv
     # names those a client may set): anyone on the socket may post such a task, so no other
     # variable of the agent's (HOME, HF_TOKEN, a route's key) is ever one.

@@ -219,9 +219,13 @@ def _check_ranges(s: Settings) -> None:
     for name in s.agent.env_secrets:
         if not SECRET_NAME.fullmatch(name):
             raise ConfigError("agent.env_secrets", f"{name[:130]!r} is not an environment variable's name")
-    host, colon, port = s.agent.metrics_listen.rpartition(":")
-    if s.agent.metrics_listen and not (colon and host and port.isdigit() and 0 < int(port) < 65536):
-        raise ConfigError("agent.metrics_listen", 'must be "host:port", e.g. "127.0.0.1:9464" ("" = off)')
+    for key, address, example in (
+        ("agent.metrics_listen", s.agent.metrics_listen, "127.0.0.1:9464"),
+        ("agent.listen", s.agent.listen, "127.0.0.1:11435"),
+    ):
+        host, colon, port = address.rpartition(":")
+        if address and not (colon and host and port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(key, f'must be "host:port", e.g. "{example}" ("" = off)')
 
 
 def _check_fleet(f: FleetSettings) -> None:

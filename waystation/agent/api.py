@@ -11,8 +11,9 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-from waystation.agent.api_models import add_model_routes
+from waystation.agent.api_models import add_model_routes, list_models
 from waystation.agent.api_openai import add_openai_routes
 from waystation.agent.api_receipts import add_receipt_routes
 from waystation.agent.api_turns import add_turn_routes
@@ -25,6 +26,7 @@ from waystation.agent.http_io import (
     station_of,
 )
 from waystation.agent.openapi import openapi_document
+from waystation.api_token import TokenCheck
 from waystation.errors import InputError, MalformedRequest, WaystationError
 from waystation.station import AgentStation
 from waystation.station.ops import status, tasks
@@ -66,9 +68,17 @@ def _client_left(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-def create_app(station: AgentStation) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors_as_json])
+def create_app(station: AgentStation, token: TokenCheck | None = None) -> web.Application:
+    """The socket's app; with `token`, the listener's (`[agent] listen`): the model API alone, each
+    request with the bearer token, under the same body limit, timeouts and error bodies."""
+    middlewares: list[Middleware] = (
+        [errors_as_json] if token is None else [bearer_token(token), errors_as_json]
+    )
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
     app[STATION] = station
+    add_model_api(app)
+    if token is not None:
+        return app
     app.router.add_get("/v1/status", get_status)
     app.router.add_get("/v1/connectivity", get_connectivity)
     app.router.add_put("/v1/connectivity", put_connectivity)
@@ -83,10 +93,35 @@ def create_app(station: AgentStation) -> web.Application:
     app.router.add_get("/v1/events", events)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/openapi.json", openapi)
-    add_turn_routes(app)
     add_model_routes(app)
-    add_openai_routes(app)
     return app
+
+
+def add_model_api(app: web.Application) -> None:
+    """What other tools use, on the socket and the listener alike: models, chat completions,
+    responses, turns. (`/mcp`, Waystation as an MCP server, is mounted here too.)"""
+    app.router.add_get("/v1/models", list_models)
+    add_openai_routes(app)
+    add_turn_routes(app)
+
+
+def bearer_token(token: TokenCheck) -> Middleware:
+    """401 for a request without the listener's token, before anything of it is read or routed
+    (so a control path is 401 without it, 404 with it)."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if token.allows(request.headers.get("Authorization")):
+            return await handler(request)
+        response = error_response(
+            401,
+            "unauthorized",
+            "send the token as Authorization: Bearer <token>; `waystation token` prints it",
+        )
+        response.headers["WWW-Authenticate"] = 'Bearer realm="waystation"'
+        return response
+
+    return check
 
 
 # --- handlers: parse -> operation -> JSON -------------------------------------------------------

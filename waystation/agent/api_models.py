@@ -32,7 +32,7 @@ MAX_SOURCE = 2048
 
 
 def add_model_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/models", list_models)
+    # GET /v1/models is the model API's (api.py add_model_api): the listener serves it too.
     app.router.add_get("/v1/models/loaded", loaded_models)
     app.router.add_post("/v1/models/pull", pull_model)
     app.router.add_delete("/v1/models/{name}", delete_model)

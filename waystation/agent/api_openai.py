@@ -1,5 +1,6 @@
 """`POST /v1/chat/completions`: OpenAI's Chat Completions on the default route, as OpenAI's own
-clients (the `openai` SDK, langchain-openai) expect it.
+clients (the `openai` SDK, langchain-openai) expect it; and `POST /v1/responses`, OpenAI's
+Responses API, translated to a chat completion and back (responses_translate.py).
 
 The client's `tools` are offered to the model (grammar-constrained on llama.cpp) and its calls come
 back as `message.tool_calls` with `finish_reason: "tool_calls"`: the client runs them, as with
@@ -20,23 +21,31 @@ from typing import Any
 from aiohttp import web
 
 from waystation import contract, sse
-from waystation.agent.api_openai_request import chat_request
+from waystation.agent import responses_translate
+from waystation.agent.api_openai_request import ChatRequest, chat_request
 from waystation.agent.api_turns import stream_turn
 from waystation.agent.http_io import json_body, station_of
+from waystation.station import AgentStation
 from waystation.station.ops import chat, turns
-from waystation.station.turns.request import TurnResult
+from waystation.station.turns.request import TurnRequest, TurnResult
 
 
 def add_openai_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/responses", responses)
+
+
+async def _turn_of(station: AgentStation, chat_req: ChatRequest) -> tuple[TurnRequest, str]:
+    """The turn a chat request runs, on the model it picks, and that model's name."""
+    chat.check(station, chat_req.turn)
+    model, model_name = await chat.model_for(station, chat_req.turn.model)
+    return dataclasses.replace(chat_req.turn, model=model), model_name
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     station = station_of(request)
     chat_req = chat_request(await json_body(request))
-    chat.check(station, chat_req.turn)
-    model, model_name = await chat.model_for(station, chat_req.turn.model)
-    turn = dataclasses.replace(chat_req.turn, model=model)
+    turn, model_name = await _turn_of(station, chat_req)
     completion = Completion(f"chatcmpl-{int(time.time() * 1000):x}", int(time.time()), model_name)
     if not chat_req.stream:
         result = await turns.run(station, turn)
@@ -59,6 +68,31 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         done=done,
         failed=lambda exc: sse.frame(exc.to_json()) + sse.frame("[DONE]"),
         first=completion.chunk({"role": "assistant", "content": ""}),
+        head_waits=True,
+    )
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    """OpenAI's Responses API: the request translated to a chat completion's, its result back
+    to a Response (responses_translate.py)."""
+    station = station_of(request)
+    body = await json_body(request)
+    chat_req = chat_request(responses_translate.chat_body(body))
+    turn, model_name = await _turn_of(station, chat_req)
+    answer = responses_translate.ResponseBuilder(body, model_name)
+    if not chat_req.stream:
+        return web.json_response(answer.response(await turns.run(station, turn)))
+    frames: asyncio.Queue[bytes | None] = asyncio.Queue()
+    running = asyncio.create_task(
+        turns.run(station, turn, lambda piece: frames.put_nowait(answer.delta(piece)))
+    )
+    return await stream_turn(
+        request,
+        running,
+        frames,
+        done=answer.ending,
+        failed=answer.failed,
+        first=answer.head(),
         head_waits=True,
     )
 

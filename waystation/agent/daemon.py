@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import ipaddress
 import os
 import signal
 import stat
@@ -24,9 +25,11 @@ from waystation.agent.api import create_app, create_metrics_app
 from waystation.agent.connections import (
     HEAD_TIMEOUT_S,
     METRICS_CONNECTIONS,
+    SHARES,
     CappedTCPSite,
     ConnectionCap,
     QuietResourceErrors,
+    connection_cap,
     first_reserved_file,
 )
 from waystation.agent.peer import (
@@ -37,6 +40,7 @@ from waystation.agent.peer import (
     socket_gid,
 )
 from waystation.agent.systemd import Notifier, StatusReporter
+from waystation.api_token import TokenCheck, token_path
 from waystation.config import Paths, Settings, check_fleet_creds
 from waystation.station import AgentStation
 from waystation.station.background import cancel
@@ -85,6 +89,8 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
         stack.callback(station.announcer.events.close)
         if settings.agent.metrics_listen:
             await serve_metrics(stack, station, settings.agent.metrics_listen)
+        if settings.agent.listen:
+            await serve_listener(stack, station, settings.agent.listen, paths.state)
 
         log.info("agent ready", socket=str(paths.socket), database=str(paths.database), version=__version__)
         notifier.send("READY=1")
@@ -102,9 +108,36 @@ async def serve(paths: Paths, settings: Settings, stop: asyncio.Event | None = N
 async def serve_metrics(stack: contextlib.AsyncExitStack, station: AgentStation, listen: str) -> None:
     """GET /metrics alone, on TCP `host:port` (a bracketed IPv6 host allowed): METRICS_CONNECTIONS at
     once, the socket's head timeout, and no descriptor of those kept back (connections.py)."""
+    cap = ConnectionCap(METRICS_CONNECTIONS, "the metrics port", first_reserved_file())
+    await serve_tcp(stack, create_metrics_app(station), listen, cap, "agent.metrics_listen")
+    log.info("metrics served", listen=listen)
+
+
+async def serve_listener(
+    stack: contextlib.AsyncExitStack, station: AgentStation, listen: str, state: Path
+) -> None:
+    """`[agent] listen`: the model API for other tools on TCP, each request with the bearer token
+    (api_token.py, made here at first start), the socket's caps and timeouts. Loopback is what it
+    is for; another address is served, as asked, with a warning: anyone who can reach it and has
+    the token can run turns."""
+    token = TokenCheck(state)
+    # A quarter of the socket's connections, none in the descriptors kept back: a flood of the
+    # listener must leave the socket (the owner's status, queue, stop) answering.
+    cap = ConnectionCap(connection_cap() // SHARES, "the listener", first_reserved_file())
+    await serve_tcp(stack, create_app(station, token), listen, cap, "agent.listen")
+    host = listen.rpartition(":")[0].strip("[]")
+    if not _loopback(host):
+        log.warning("the listener is reachable from other machines", listen=listen)
+    log.info("listener served", listen=listen, token_file=str(token_path(state)))
+
+
+async def serve_tcp(
+    stack: contextlib.AsyncExitStack, app: web.Application, listen: str, cap: ConnectionCap, key: str
+) -> None:
+    """`app` on TCP `host:port` (a bracketed IPv6 host allowed), with `cap` and the head timeout."""
     host, _, port = listen.rpartition(":")
     runner = web.AppRunner(
-        create_metrics_app(station),
+        app,
         handle_signals=False,
         access_log=None,
         shutdown_timeout=1.0,
@@ -112,12 +145,19 @@ async def serve_metrics(stack: contextlib.AsyncExitStack, station: AgentStation,
     )
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
-    cap = ConnectionCap(METRICS_CONNECTIONS, "the metrics port", first_reserved_file())
     try:
         await CappedTCPSite(runner, host.strip("[]") or "127.0.0.1", int(port), cap).start()
     except (OSError, ValueError) as exc:
-        raise SocketError(f"cannot serve metrics on {listen!r} ([agent] metrics_listen): {exc}") from None
-    log.info("metrics served", listen=listen)
+        raise SocketError(f"cannot serve on {listen!r} ([{key.replace('.', '] ')}): {exc}") from None
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: whatever it resolves to, it is not obviously this machine alone
+        return False
 
 
 @contextlib.contextmanager

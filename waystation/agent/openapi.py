@@ -18,6 +18,7 @@ from waystation.agent.api_models import TOKEN_HEADER as PULL_TOKEN_HEADER
 from waystation.agent.connections import BODY_TIMEOUT_S
 from waystation.agent.http_io import MAX_BODY_BYTES, MAX_LIST
 from waystation.agent.openapi_schemas import ID_PATTERN, SCHEMAS, Schema, enum, ref
+from waystation.agent.openapi_schemas.turns import OPENAI_RESPONSES
 
 
 def _error(description: str) -> Schema:
@@ -212,6 +213,16 @@ PATHS: dict[str, Schema] = {
             requestBody=_body("ChatCompletionRequest"),
         )
     },
+    "/v1/responses": {
+        "post": _turn_op(
+            "OpenAI's Responses API, translated to a chat completion (JSON, or typed Server-Sent Events"
+            " ending with response.completed); an unsupported field is a 400 naming it",
+            "a response",
+            "Response",
+            operationId="responses",
+            requestBody=_body("ResponsesRequest"),
+        )
+    },
     "/v1/models": {
         "get": _op(
             "the models a turn may name (OpenAI's list), the default first",
@@ -376,7 +387,7 @@ def _document() -> Schema:
         },
         "servers": [{"url": "http://waystation"}],
         "paths": PATHS,
-        "components": {"schemas": SCHEMAS},
+        "components": {"schemas": {**SCHEMAS, **OPENAI_RESPONSES}},
     }
 
 

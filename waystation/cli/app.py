@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from waystation import __version__
-from waystation.cli.commands.agent import connectivity_app, routes, run, status
+from waystation.cli.commands.agent import connectivity_app, routes, run, status, token
 from waystation.cli.commands.doctor import doctor
 from waystation.cli.commands.events import events
 from waystation.cli.commands.fleet import fleet_app
@@ -44,6 +44,7 @@ app.command()(doctor)
 app.command()(run)
 app.command()(status)
 app.command()(routes)
+app.command()(token)
 
 
 def _version(value: bool) -> None:

@@ -70,6 +70,7 @@ class Status(TypedDict):
     routes: list[Route]
     turns: dict[str, int]  # turns by state
     signing: NotRequired[Signing]
+    listen: NotRequired[str | None]  # [agent] listen: the listener's address, None when off
 
 
 # --- models -------------------------------------------------------------------------------------

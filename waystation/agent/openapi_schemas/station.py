@@ -70,6 +70,7 @@ STATION_SCHEMAS: dict[str, Schema] = {
                     "error": nullable("string", description="why not: a damaged receipts.key"),
                 }
             ),
+            "listen": nullable("string", description="[agent] listen: the listener for other tools, or null"),
         },
         required=["version", "uptime_s", "connectivity", "queue", "model", "routes", "turns"],
     ),

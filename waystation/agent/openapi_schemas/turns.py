@@ -172,3 +172,16 @@ TURN_SCHEMAS: dict[str, Schema] = {
         optional=("waystation",),
     ),
 }
+
+# OpenAI's own objects, documented by OpenAI (no TypedDict of ours: responses_translate.py builds them).
+OPENAI_RESPONSES: dict[str, Schema] = {
+    "ResponsesRequest": {
+        "type": "object",
+        "properties": {
+            "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]}
+        },
+        "required": ["input"],
+        "description": "OpenAI's: input, instructions, tools, tool_choice, text, max_output_tokens, stream",
+    },
+    "Response": {"type": "object", "properties": {"object": {"type": "string", "const": "response"}}},
+}

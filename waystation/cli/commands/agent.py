@@ -1,6 +1,6 @@
-"""The agent's own commands: `run` (the agent in the foreground), `status`, `routes` and
-`connectivity` (show, or `set` to force a mode). All but `run` need the running agent and exit
-3 without it."""
+"""The agent's own commands: `run` (the agent in the foreground), `status`, `routes`,
+`connectivity` (show, or `set` to force a mode) and `token` (the listener's bearer token). All but
+`run` and `token` need the running agent and exit 3 without it."""
 
 from __future__ import annotations
 
@@ -79,6 +79,33 @@ def connectivity_show(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     with waystation() as ws:
         answer = ws.need_agent("GET", "/v1/connectivity")
     render.output(answer, as_json, render.connectivity)
+
+
+def token(
+    rotate: Annotated[
+        bool,
+        typer.Option("--rotate", help="Replace the token; the old one is refused from the next request."),
+    ] = False,
+) -> None:
+    """Print the bearer token of the listener (`[agent] listen`) that other tools send.
+
+    Kept in the state directory as api.token (0600); made now if there is none yet (the agent
+    makes it too, when it starts with `listen` set). A running agent honours a rotated token at
+    once. `waystation status` and `doctor` show the listener's address.
+
+    ```
+    OPENAI_BASE_URL=http://127.0.0.1:11435/v1 OPENAI_API_KEY=$(waystation token) some-tool
+    waystation token --rotate
+    ```
+    """
+    import sys
+
+    from waystation.api_token import read_or_create
+    from waystation.api_token import rotate as rotate_token
+    from waystation.config import Paths
+
+    state = Paths.resolve().state
+    sys.stdout.write((rotate_token(state) if rotate else read_or_create(state)) + "\n")
 
 
 def _check_mode(value: str) -> str:

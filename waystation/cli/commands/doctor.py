@@ -282,9 +282,10 @@ def check_agent(socket: Path) -> Check:
         )
     except WaystationError as exc:
         return Check("fail", "agent", f"{exc.message}")
-    connectivity = (status.get("connectivity") or {}).get("state") if isinstance(status, dict) else None
-    version = status.get("version") if isinstance(status, dict) else None
-    return Check("ok", "agent", f"running (version {version}, connectivity {connectivity}) on {socket}")
+    info = status if isinstance(status, dict) else {}
+    state, listen = (info.get("connectivity") or {}).get("state"), info.get("listen")
+    where = f"{socket}, listener http://{listen}/v1" if listen else f"{socket}"
+    return Check("ok", "agent", f"running (version {info.get('version')}, connectivity {state}) on {where}")
 
 
 def check_signing_key(paths: Any) -> Check:

@@ -109,6 +109,8 @@ def status_screen(s: Mapping[str, Any]) -> None:
     signing = s.get("signing")
     if isinstance(signing, Mapping) and signing.get("error"):
         rows.append(("receipts", Text(f"not signed: {signing['error']}", "red")))
+    if s.get("listen"):
+        rows.append(("listener", f"http://{s['listen']}/v1 (token: waystation token)"))
     routes = s.get("routes")
     table = isinstance(routes, list) and bool(routes) and all(isinstance(r, Mapping) for r in routes)
     if not table:

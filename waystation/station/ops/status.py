@@ -23,6 +23,7 @@ async def status(station: TurnStation) -> contract.Status:
         "model": station.router.local.model_status(),
         "routes": await station.router.statuses(),
         "signing": {"ok": station.signing_error is None, "error": station.signing_error},
+        "listen": station.settings.agent.listen or None,
     }
 
 
