@@ -24,6 +24,7 @@ from waystation.agent.http_io import (
     query_int,
     station_of,
 )
+from waystation.agent.mcp_http import add_mcp_routes
 from waystation.agent.openapi import openapi_document
 from waystation.errors import InputError, MalformedRequest, WaystationError
 from waystation.station import AgentStation
@@ -86,6 +87,7 @@ def create_app(station: AgentStation) -> web.Application:
     add_turn_routes(app)
     add_model_routes(app)
     add_openai_routes(app)
+    add_mcp_routes(app)
     return app
 
 
