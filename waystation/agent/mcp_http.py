@@ -2,8 +2,8 @@
 
 The official SDK's server transport is ASGI (Starlette); this is the part of the spec a tool
 server needs, in aiohttp: `initialize` answers with an `Mcp-Session-Id`, notifications and
-responses are 202 with no body, a request is answered with `application/json`, GET (a
-server-to-client stream) is 405 (this server sends nothing unasked), DELETE ends a session.
+responses are 202 with no body, a request is answered with `application/json`, DELETE ends a
+session; GET (a server-to-client stream) is not routed (405): this server sends nothing unasked.
 
 A session holds one thing, whether the client declared the tasks extension, and it is written
 into the session id itself ("t." or "p." + random): no session table, so a session survives the
@@ -23,7 +23,7 @@ import structlog
 from aiohttp import web
 
 from waystation import __version__
-from waystation.agent.http_io import station_of
+from waystation.agent.http_io import read_body, station_of
 from waystation.agent.mcp_tools import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -43,7 +43,6 @@ _WITH_TASKS, _PLAIN = "t.", "p."
 
 def add_mcp_routes(app: web.Application) -> None:
     app.router.add_post(MCP_PATH, post_mcp)
-    app.router.add_get(MCP_PATH, get_mcp)
     app.router.add_delete(MCP_PATH, delete_mcp)
 
 
@@ -57,7 +56,7 @@ def session_declares_tasks(session_id: str | None) -> bool:
 
 async def post_mcp(request: web.Request) -> web.Response:
     try:
-        message = json.loads(await request.read())
+        message = json.loads(await read_body(request))
     except (ValueError, UnicodeError, RecursionError):
         return _error(None, PARSE_ERROR, "the body is not JSON", status=400)
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
@@ -86,10 +85,6 @@ async def post_mcp(request: web.Request) -> web.Response:
         log.exception("MCP request failed", method=method)
         return _error(request_id, INTERNAL_ERROR, "unexpected error; see the agent's log")
     return web.json_response({"jsonrpc": "2.0", "id": request_id, "result": result}, headers=headers)
-
-
-async def get_mcp(request: web.Request) -> web.Response:
-    return web.Response(status=405, headers={"Allow": "POST, DELETE"})
 
 
 async def delete_mcp(request: web.Request) -> web.Response:

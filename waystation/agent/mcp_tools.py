@@ -48,47 +48,41 @@ class RpcError(Exception):
         self.message = message
 
 
+def _tool(
+    name: str, title: str, description: str, properties: dict[str, Any], *required: str
+) -> dict[str, Any]:
+    schema = {"type": "object", "properties": properties, "required": list(required)}
+    return {"name": name, "title": title, "description": description, "inputSchema": schema}
+
+
+def _string(description: str) -> dict[str, str]:
+    return {"type": "string", "description": description}
+
+
 TOOLS: list[dict[str, Any]] = [
-    {
-        "name": "ask",
-        "title": "Ask Waystation",
-        "description": (
-            "Run a turn on Waystation's model. Tool calls that need the network run at once when "
-            "online and are parked until it is back when not; the turn then resumes."
-        ),
-        "inputSchema": {
-            "type": "object",
-            "properties": {
-                "prompt": {"type": "string", "description": "what to ask"},
-                "model": {"type": "string", "description": "a model name (default: the route's)"},
-            },
-            "required": ["prompt"],
+    _tool(
+        "ask",
+        "Ask Waystation",
+        "Run a turn on Waystation's model. Tool calls that need the network run at once when "
+        "online and are parked until it is back when not; the turn then resumes.",
+        {"prompt": _string("what to ask"), "model": _string("a model name (default: the route's)")},
+        "prompt",
+    )
+    | {"execution": {"taskSupport": "optional"}},
+    _tool(
+        "queue_task",
+        "Queue a network task",
+        "Queue a network call (as POST /v1/tasks): delivered once, with its idempotency key, when "
+        "the network is up; answers with the task record.",
+        {
+            "tool": _string("the task's tool, e.g. http_request"),
+            "args": {"type": "object", "description": "the tool's arguments"},
+            "idempotency_key": _string("the same key again is the same task"),
         },
-        "execution": {"taskSupport": "optional"},
-    },
-    {
-        "name": "queue_task",
-        "title": "Queue a network task",
-        "description": (
-            "Queue a network call (as POST /v1/tasks): delivered once, with its idempotency key, "
-            "when the network is up; answers with the task record."
-        ),
-        "inputSchema": {
-            "type": "object",
-            "properties": {
-                "tool": {"type": "string", "description": "the task's tool, e.g. http_request"},
-                "args": {"type": "object", "description": "the tool's arguments"},
-                "idempotency_key": {"type": "string"},
-            },
-            "required": ["tool", "args"],
-        },
-    },
-    {
-        "name": "status",
-        "title": "Waystation status",
-        "description": "Connectivity, queue counts, routes and turns (as GET /v1/status).",
-        "inputSchema": {"type": "object", "properties": {}},
-    },
+        "tool",
+        "args",
+    ),
+    _tool("status", "Waystation status", "Connectivity, queue counts, routes, turns (GET /v1/status).", {}),
 ]
 
 
