@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import httpx2
 import pytest
 from agentproc import Agent, Receiver, agent_env, started_agent, wait_for
@@ -25,6 +27,8 @@ from mcp import types
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+
+from waystation.cli.commands.mcp_serve import relay
 
 TASKS = {"io.modelcontextprotocol/tasks": {}}
 TOOLS = {"ask", "queue_task", "status"}
@@ -119,6 +123,38 @@ def test_the_wire_as_the_spec_says(agent: Agent) -> None:
     assert broken.status_code == 400 and broken.json()["error"]["code"] == -32700
     assert agent.api("GET", "/mcp").status_code == 405  # no stream: it sends nothing unasked
     assert agent.api("DELETE", "/mcp").status_code == 204
+
+
+class ScriptedAgent:
+    """Stands in for the socket client: answers each POST with the next scripted response."""
+
+    def __init__(self, *answers: httpx.Response) -> None:
+        self.answers = list(answers)
+        self.sent: list[dict[str, str]] = []
+
+    def post_raw(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        self.sent.append(headers)
+        return self.answers.pop(0)
+
+
+def test_the_relay_keeps_the_session_and_answers_every_request_in_json_rpc() -> None:
+    hello = httpx.Response(
+        200, json={"jsonrpc": "2.0", "id": 1, "result": {}}, headers={"Mcp-Session-Id": "t.ab"}
+    )
+    too_big = httpx.Response(413, json={"error": {"code": "body_too_large", "message": "over"}})
+    agent = ScriptedAgent(hello, httpx.Response(202), too_big)
+    lines = [
+        '{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}',
+        "",
+        '{"jsonrpc": "2.0", "method": "notifications/initialized"}',
+        '{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {}}',
+    ]
+    out = io.StringIO()
+    relay(agent, io.StringIO("\n".join(lines) + "\n"), out)  # type: ignore[arg-type]
+    first, last = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["id"] == 1 and "result" in first
+    assert last["id"] == 2 and last["error"]["code"] == -32000 and "413" in last["error"]["message"]
+    assert [h.get("Mcp-Session-Id") for h in agent.sent] == [None, "t.ab", "t.ab"]
 
 
 async def test_stdio_without_an_agent_answers_each_request_with_an_error(tmp_path: Path) -> None:

@@ -68,6 +68,9 @@ def relay(client: AgentClient, lines: IO[str], out: IO[str]) -> None:
         else:
             session = response.headers.get(SESSION_HEADER, session)
             answer = response.text if response.status_code != 202 and response.content else None
+            if response.status_code >= 400 and '"jsonrpc"' not in (answer or ""):
+                # The socket's own refusal (a body over its limit, ...): said as JSON-RPC.
+                answer = _unavailable(line, f"the agent answered {response.status_code}: {answer}")
         if answer:
             out.write(answer.strip() + "\n")
             out.flush()
