@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -204,3 +205,15 @@ async def test_an_offline_ask_is_a_task_that_survives_kill_9(agent: Agent, recei
         with pytest.raises(Exception, match="no task"):
             await session.send_request(missing, types.GetTaskResult)
     assert len({h.key for h in receiver.hits("/page/Quiet-Harbour")}) == 1
+
+
+def test_serve_help_gives_a_host_config(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "waystation", "mcp", "serve", "--help"],
+        env=agent_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"mcpServers"' in done.stdout and "tasks/get" in done.stdout

@@ -210,9 +210,10 @@ async def task_result(station: AgentStation, params: dict[str, Any]) -> dict[str
     while turn["state"] in WORKING:
         await asyncio.sleep(RESULT_POLL_S)
         turn = await turns.get(station, turn["turn_id"])
-    failed = turn["state"] in FAILED
-    text = turn["text"] or "" if not failed else turn["reason"] or turn["text"] or turn["state"]
-    result = _text(text, is_error=failed)
+    if turn["state"] in FAILED:
+        result = _text(turn["reason"] or turn["text"] or turn["state"], is_error=True)
+    else:
+        result = _text(turn["text"] or "")
     result["_meta"] = {RELATED_TASK_META: {"taskId": turn["turn_id"]}}
     return result
 
