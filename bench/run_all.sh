@@ -23,6 +23,7 @@ if [[ -n "${QUICK:-}" ]]; then
     "bench/receipts_tree.py --sizes 1000,20000 --appends 1000"
     "bench/fleet.py --backlog 1000 --submits 10"
     "bench/comeback.py --outages 3,10 --rounds 1"
+    "bench/mcp_tasks_kill.py --rounds 10"
   )
 else
   RUNS=(
@@ -38,6 +39,7 @@ else
     "bench/receipts_tree.py"
     "bench/fleet.py"
     "bench/comeback.py --outages 3,10,45 --rounds 3"
+    "bench/mcp_tasks_kill.py --rounds 100"
   )
 fi
 

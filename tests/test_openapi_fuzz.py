@@ -28,8 +28,9 @@ from waystation.agent.openapi import openapi_document
 
 MAX_EXAMPLES = 30
 # Model turns; a stream that never ends; downloads from wherever a generated source points
-# (tests/test_models_pull.py sends it malformed bodies instead).
-NOT_FUZZED = ["/v1/turns", "/v1/chat/completions", "/v1/responses", "/v1/events", "/v1/models/pull"]
+# (tests/test_models_pull.py sends it malformed bodies instead); /mcp's `ask` runs turns too
+# (tests/test_mcp_serve.py drives it with the official MCP SDK).
+NOT_FUZZED = ["/v1/turns", "/v1/chat/completions", "/v1/responses", "/v1/events", "/v1/models/pull", "/mcp"]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 schema = schemathesis.openapi.from_dict(openapi_document()).exclude(path=NOT_FUZZED)

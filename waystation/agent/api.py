@@ -25,6 +25,7 @@ from waystation.agent.http_io import (
     query_int,
     station_of,
 )
+from waystation.agent.mcp_http import add_mcp_routes
 from waystation.agent.openapi import openapi_document
 from waystation.api_token import TokenCheck
 from waystation.errors import InputError, MalformedRequest, WaystationError
@@ -99,10 +100,11 @@ def create_app(station: AgentStation, token: TokenCheck | None = None) -> web.Ap
 
 def add_model_api(app: web.Application) -> None:
     """What other tools use, on the socket and the listener alike: models, chat completions,
-    responses, turns. (`/mcp`, Waystation as an MCP server, is mounted here too.)"""
+    responses, turns, and `/mcp` (Waystation as an MCP server)."""
     app.router.add_get("/v1/models", list_models)
     add_openai_routes(app)
     add_turn_routes(app)
+    add_mcp_routes(app)
 
 
 def bearer_token(token: TokenCheck) -> Middleware:

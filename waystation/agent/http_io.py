@@ -24,12 +24,16 @@ def error_response(
     return web.json_response(error_body(code, message, details), status=status)
 
 
-async def json_body(request: web.Request) -> dict[str, Any]:
+async def read_body(request: web.Request) -> bytes:
     try:
         async with asyncio.timeout(BODY_TIMEOUT_S):
-            raw = await request.read()  # aiohttp enforces client_max_size here (413)
+            return await request.read()  # aiohttp enforces client_max_size here (413)
     except TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within {BODY_TIMEOUT_S:g} s") from None
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    raw = await read_body(request)
     try:
         body = json.loads(raw)
         # A lone surrogate ("\\ud800") is valid JSON but not Unicode: nothing could store or send it.

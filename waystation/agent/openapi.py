@@ -362,6 +362,21 @@ PATHS: dict[str, Schema] = {
             operationId="openapi",
         )
     },
+    "/mcp": {  # MCP's Streamable HTTP (README: "Waystation as an MCP server"); agent/mcp_http.py
+        "post": _op(
+            "MCP: one JSON-RPC 2.0 message (tools ask, queue_task, status; tasks/get, tasks/result)",
+            {
+                "200": _json("a JSON-RPC result or error", {"type": "object"}),
+                "202": {"description": "a notification or response: accepted, no body"},
+                "400": _json("not one JSON-RPC 2.0 message", {"type": "object"}),
+                "408": BODY_ERRORS["408"],
+                "413": BODY_ERRORS["413"],
+            },
+            operationId="mcp",
+            requestBody={"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+        ),
+        "delete": _op("end an MCP session", {"204": {"description": "ended"}}, operationId="mcpEnd"),
+    },
     "/metrics": {
         "get": _op(
             "Prometheus text format",

@@ -85,6 +85,11 @@ class AgentClient:
                 "bad_answer", f"the agent answered {method} {path} with something that is not JSON"
             ) from None
 
+    def post_raw(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        """A POST whose answer is the caller's to read, status and headers too (the MCP relay)."""
+        with self._translated():
+            return self.http.post(path, content=body, headers=headers)
+
     def follow_events(
         self, last_event_id: int | None = None, on_open: Callable[[], None] | None = None
     ) -> Iterator[tuple[int | None, str, Any]]:
