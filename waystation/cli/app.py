@@ -20,6 +20,7 @@ from waystation.cli.commands.agent import connectivity_app, routes, run, status
 from waystation.cli.commands.doctor import doctor
 from waystation.cli.commands.events import events
 from waystation.cli.commands.fleet import fleet_app
+from waystation.cli.commands.mcp import mcp_app
 from waystation.cli.commands.models import models_app
 from waystation.cli.commands.queue import queue_app
 from waystation.cli.commands.receipts import receipts_app
@@ -38,6 +39,7 @@ app.add_typer(receipts_app, name="receipts")
 app.add_typer(connectivity_app, name="connectivity")
 app.add_typer(service_app, name="service")
 app.add_typer(fleet_app, name="fleet")
+app.add_typer(mcp_app, name="mcp")
 app.command()(turn)
 app.command()(events)
 app.command()(doctor)
