@@ -228,6 +228,7 @@ async def test_a_stdio_servers_tool_is_called_at_once_also_offline(
 
     assert result.status == "ok" and result.text == "2 + 3 = 5."
     assert result.deferred_task_ids == []
+    assert "mcp" not in {t.name for t in model.requests[0].tools}  # a task's tool, not a model's
     (offered,) = [t for t in model.requests[0].tools if t.name == "calc__add"]
     assert offered.parameters["required"] == ["a", "b"]  # the server's input schema
     assert result.tool_calls[0]["status"] == "done"

@@ -53,6 +53,7 @@ class McpCallTool:
     name = MCP_TOOL
     description = "Call a tool of a configured MCP server: {server, tool, arguments}."
     needs_network = True
+    offered_to_models = False  # a model is offered each server's tools as NAME__TOOL instead
     parameters: dict[str, object] = {
         "type": "object",
         "properties": {

@@ -81,6 +81,7 @@ def offer(
         # http_request reads as well.
         if (reachable or not t.needs_network or getattr(t, "offered_without_url", False))
         and not (objects and getattr(t, "reads_only", False))
+        and getattr(t, "offered_to_models", True)  # `mcp` is for tasks: a model calls NAME__TOOL
     ]
     if choice == "required" and not offered:
         raise NoUrlToCall("required")
