@@ -313,3 +313,70 @@ async def test_a_task_of_tool_mcp_is_validated_against_the_configured_servers() 
         calls.validate({"server": "nope", "tool": "t"})
     with pytest.raises(InvalidArguments, match="object"):
         calls.validate({"server": "tracker", "tool": "t", "arguments": [1]})
+
+
+# --- the agent ----------------------------------------------------------------------------------
+
+
+def test_the_agent_lists_servers_at_start_and_delivers_a_posted_mcp_task(
+    agent_factory: Any, remote: RemoteServer
+) -> None:
+    """A real agent: both servers listed at start (`mcp ls` shows their tools), and `POST
+    /v1/tasks` with tool `mcp` delivered as one tools/call carrying the task's key."""
+    import os
+    import subprocess
+    import time
+
+    from tests.agentproc import agent_env
+
+    agent = agent_factory({"WAYSTATION_CONNECTIVITY__MODE": "online"})
+    (agent.home / "config.toml").write_text(
+        f"""
+[mcp.servers.calc]
+command = {json.dumps(STDIO_SERVER.command)}
+args = {json.dumps(list(STDIO_SERVER.args))}
+
+[mcp.servers.tracker]
+url = "{remote.url}"
+"""
+    )
+    agent.start()
+
+    def listed() -> list[dict[str, Any]]:
+        shown = subprocess.run(
+            [sys.executable, "-m", "waystation", "mcp", "ls", "--json"],
+            env={**agent_env(agent.home), "PYTHONPATH": os.getcwd()},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        servers: list[dict[str, Any]] = json.loads(shown.stdout)
+        return servers
+
+    deadline = time.monotonic() + 30
+    while not all(s["listed_at"] for s in listed()):
+        assert time.monotonic() < deadline, listed()
+        time.sleep(0.2)
+    assert {s["name"]: [t["name"] for t in s["tools"]] for s in listed()} == {
+        "calc": ["calc__add"],
+        "tracker": ["tracker__open_ticket"],
+    }
+
+    remote.requests.clear()
+    with agent.client() as client:
+        body = {
+            "tool": "mcp",
+            "args": {"server": "tracker", "tool": "open_ticket", "arguments": {"title": "from the API"}},
+            "idempotency_key": "ticket-1",
+        }
+        posted = client.post("/v1/tasks", json=body)
+        assert posted.status_code == 201, posted.text
+        task_id = posted.json()["id"]
+        deadline = time.monotonic() + 30
+        while (task := client.get(f"/v1/tasks/{task_id}").json())["state"] not in ("done", "dead"):
+            assert time.monotonic() < deadline, task
+            time.sleep(0.1)
+    assert task["state"] == "done", task
+    assert task["result"]["structuredContent"] == {"number": 42, "title": "from the API"}
+    assert task["result"]["isError"] is False
+    assert remote.calls() == ["ticket-1"]
