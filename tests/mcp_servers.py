@@ -26,6 +26,14 @@ def stdio_server() -> MCPServer:
         """Add two integers."""
         return a + b
 
+    @app.tool()
+    async def nap(seconds: float) -> str:
+        """Sleep, then answer: a server that hangs."""
+        import anyio
+
+        await anyio.sleep(seconds)
+        return "awake"
+
     return app
 
 
@@ -34,6 +42,8 @@ class RemoteServer:
     url: str
     # (JSON-RPC method, Idempotency-Key header) of each request the server was sent
     requests: list[tuple[str, str | None]] = field(default_factory=list)
+    # each request's headers (lower-case names)
+    headers: list[dict[str, str]] = field(default_factory=list)
 
     def calls(self) -> list[str | None]:
         """The Idempotency-Key of each tools/call received."""
@@ -77,6 +87,7 @@ def remote_server() -> Iterator[RemoteServer]:
         except (ValueError, AttributeError):
             method = "?"
         found.requests.append((method, headers.get("idempotency-key")))
+        found.headers.append(headers)
         replayed = False
 
         async def replay() -> dict[str, Any]:

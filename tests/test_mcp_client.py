@@ -358,7 +358,7 @@ url = "{remote.url}"
         assert time.monotonic() < deadline, listed()
         time.sleep(0.2)
     assert {s["name"]: [t["name"] for t in s["tools"]] for s in listed()} == {
-        "calc": ["calc__add"],
+        "calc": ["calc__add", "calc__nap"],
         "tracker": ["tracker__open_ticket"],
     }
 
@@ -380,3 +380,56 @@ url = "{remote.url}"
     assert task["result"]["structuredContent"] == {"number": 42, "title": "from the API"}
     assert task["result"]["isError"] is False
     assert remote.calls() == ["ticket-1"]
+
+
+# --- delivery edges -----------------------------------------------------------------------------
+
+
+class OneSecret:
+    def resolve(self, name: str) -> str | None:
+        return "Bearer s3cret" if name == "TRACKER_TOKEN" else None
+
+    def unset(self, name: str) -> str:
+        return f"secret {name} is set nowhere"
+
+
+async def test_a_header_secret_is_resolved_when_the_call_is_sent(
+    client: httpx.AsyncClient, remote: RemoteServer
+) -> None:
+    server = McpServerSettings(
+        url=remote.url, headers={"Authorization": {"secret": "TRACKER_TOKEN"}, "X-Team": "a"}
+    )
+    calls = McpCallTool({"tracker": server}, OneSecret())
+    args = calls.validate({"server": "tracker", "tool": "open_ticket", "arguments": {"title": "t"}})
+    answer = await calls.deliver(client, args, "key-7", 20.0)
+    assert answer.status == 200 and answer.to_json()["isError"] is False
+    (sent,) = [
+        h for (method, _), h in zip(remote.requests, remote.headers, strict=True) if method == "tools/call"
+    ]
+    assert sent["authorization"] == "Bearer s3cret" and sent["x-team"] == "a"
+    assert sent["idempotency-key"] == "key-7"
+
+    unset = McpCallTool(
+        {"tracker": McpServerSettings(url=remote.url, headers={"A": {"secret": "NOPE"}})}, OneSecret()
+    )
+    from waystation.errors import InvalidArguments
+
+    with pytest.raises(InvalidArguments, match="NOPE"):  # nothing is sent: the task dies naming it
+        await unset.deliver(client, {**args}, "key-8", 20.0)
+
+
+async def test_a_server_that_hangs_is_timed_out_and_an_unknown_tool_is_the_servers_error(
+    client: httpx.AsyncClient,
+) -> None:
+    from waystation.errors import NetworkUnreachable
+
+    calls = McpCallTool({"calc": STDIO_SERVER}, None)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(NetworkUnreachable, match="no answer within 3 s"):
+        await calls.deliver(
+            client, calls.validate({"server": "calc", "tool": "nap", "arguments": {"seconds": 60}}), "k", 3.0
+        )
+    assert asyncio.get_running_loop().time() - started < 10
+
+    answer = await calls.deliver(client, calls.validate({"server": "calc", "tool": "nope"}), "k", 20.0)
+    assert answer.to_json()["isError"] is True  # the SDK's server answers an unknown tool as a tool error
