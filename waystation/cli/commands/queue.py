@@ -56,7 +56,7 @@ def queue_add(
     waystation queue add web_fetch --args '{"url": "https://example.com/"}'
     waystation queue add http_request --key order-42 \\
         --args '{"method": "POST", "url": "https://example.com/hook", "json": {"a": 1}}'
-    waystation queue add mcp --args '{"server": "tracker", "tool": "open_ticket", "arguments": {"title": "x"}}'
+    waystation queue add mcp --args '{"server": "tracker", "tool": "open_ticket", "arguments": {}}'
     ```
     """
     from waystation.cli import render
