@@ -191,6 +191,25 @@ class RouteSettings:
 
 
 @dataclass(frozen=True)
+class McpServerSettings:
+    """`[mcp.servers.NAME]`: a stdio server (`command`, `args`, `env`: local, called at once) or a
+    Streamable HTTP one (`url`, `headers`: remote, a network tool parked while offline).
+    config_mcp.py checks that exactly one of `command` and `url` is set."""
+
+    command: str = ""
+    args: tuple[str, ...] = ()
+    env: typing.Mapping[str, str] = field(default_factory=dict)
+    url: str = ""
+    # A value is a string or {"secret": NAME}, resolved when a call is delivered.
+    headers: typing.Mapping[str, str | typing.Mapping[str, str]] = field(default_factory=dict)
+    enabled: bool = True
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.url)
+
+
+@dataclass(frozen=True)
 class Settings:
     agent: AgentSettings = field(default_factory=AgentSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -201,6 +220,8 @@ class Settings:
     routes: typing.Mapping[str, RouteSettings] = field(default_factory=dict)
     # `[secrets] NAME = "value"`: what a task's header `{"secret": "NAME"}` may resolve to.
     secrets: typing.Mapping[str, str] = field(default_factory=dict)
+    # `[mcp.servers.NAME]`: the MCP servers whose tools models are offered as NAME__TOOL.
+    mcp_servers: typing.Mapping[str, McpServerSettings] = field(default_factory=dict)
 
     def route(self, name: str) -> RouteSettings:
         """A route's settings, with its defaults where the config says nothing."""

@@ -27,6 +27,7 @@ from waystation.config import (
     RouteSettings,
     Settings,
 )
+from waystation.config_mcp import mcp_servers
 from waystation.errors import BadCheckpoint, ConfigError
 from waystation.receipts.checkpoints import VerifierKey
 
@@ -91,6 +92,9 @@ def _build(raw: dict[str, dict[str, Any]]) -> Settings:
             continue
         if section == "secrets":
             sections["secrets"] = _build_secrets(values)
+            continue
+        if section == "mcp":
+            sections["mcp_servers"] = mcp_servers(values)
             continue
         if section not in hints:
             raise ConfigError(section, f"unknown section; known: {', '.join(hints)}")

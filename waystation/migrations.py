@@ -116,6 +116,16 @@ MIGRATIONS: list[Migration] = [
         OR (state NOT IN ('parked', 'resuming') AND json_extract(request, '$.client_tools') IS NOT NULL);
     UPDATE turns SET request = json_set(json_remove(request, '$.messages', '$.system'), '$.prompt', '')
     """,
+    # 9: each MCP server's tools as last listed, so an offline turn is offered a remote server's
+    # tools too; `source`: the url or command they were listed from (a changed one lists anew).
+    """
+    CREATE TABLE mcp_tools (
+        server TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        tools TEXT NOT NULL,                -- JSON: [{"name", "description", "inputSchema"}]
+        listed_at REAL NOT NULL
+    )
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

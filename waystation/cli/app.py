@@ -20,7 +20,7 @@ from waystation.cli.commands.agent import connectivity_app, routes, run, status,
 from waystation.cli.commands.doctor import doctor
 from waystation.cli.commands.events import events
 from waystation.cli.commands.fleet import fleet_app
-from waystation.cli.commands.mcp_serve import mcp_app
+from waystation.cli.commands.mcp import mcp_app
 from waystation.cli.commands.models import models_app
 from waystation.cli.commands.queue import queue_app
 from waystation.cli.commands.receipts import receipts_app

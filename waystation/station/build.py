@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from waystation.adapters.mcp import McpCallTool
 from waystation.adapters.models.store import ModelStore
 from waystation.adapters.tools import default_tools
 from waystation.config import Paths, Settings
@@ -35,6 +36,7 @@ from waystation.queue.store import TaskStore
 from waystation.station import AgentStation, FleetConsole, Station, TurnStation
 from waystation.station.announce import Announcer
 from waystation.station.events import EventBus
+from waystation.station.mcp_catalog import McpCatalog
 from waystation.station.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -55,15 +57,20 @@ async def build_direct(stack: Stack, paths: Paths, settings: Settings) -> Statio
     # reference is checked for shape only, and the agent finds its value when it delivers.
     store = TaskStore(db, settings.queue)
     models = ModelStore(paths.models)
-    return Station(paths, settings, db, store, default_tools(), _announcer(stack), models=models)
+    tools = default_tools()
+    tools.add(McpCallTool(settings.mcp_servers, None))  # `queue add mcp ...` without the agent
+    return Station(paths, settings, db, store, tools, _announcer(stack), models=models)
 
 
 async def build_in_process(stack: Stack, paths: Paths, settings: Settings) -> TurnStation:
     db = await _database(stack, paths, check=False)
-    station, _ = _turn_station(stack, paths, settings, db, watch_os_events=False)
+    station, _, catalog = _turn_station(stack, paths, settings, db, watch_os_events=False)
     monitor = await stack.enter_async_context(station.monitor)
     with contextlib.suppress(TimeoutError):  # one probe decides: deliver now, or park
         await asyncio.wait_for(monitor.wait_known(), settings.connectivity.probe_timeout_s + 0.5)
+    if catalog.servers:
+        await catalog.load()
+        await catalog.refresh(online=monitor.state == "online")
     return station
 
 
@@ -79,7 +86,7 @@ async def build_agent(stack: Stack, paths: Paths, settings: Settings) -> AgentSt
     # closes: this slot in the stack's order is kept now and filled once the station exists.
     at_stop = Stack()
     stack.push_async_callback(at_stop.aclose)
-    base, deliveries = _turn_station(stack, paths, settings, db, watch_os_events=True)
+    base, deliveries, catalog = _turn_station(stack, paths, settings, db, watch_os_events=True)
     # Before anything reads a deadline: a wall clock set while no agent ran moves them with it, as
     # a set seen while running does (station/housekeeping.py), instead of expiring work or holding retries.
     # A full disk must not stop the agent here: it starts to read work and frees room as it can.
@@ -122,10 +129,33 @@ async def build_agent(stack: Stack, paths: Paths, settings: Settings) -> AgentSt
     flushing = asyncio.create_task(flusher.run(), name="flusher")
     stack.push_async_callback(cancel, flushing)
     await resumptions.start(db)
+    await _mcp_listing(stack, station, catalog)
     await _housekeeping(stack, station)
     if settings.fleet.url:
         await _fleet(stack, station)
     return station
+
+
+async def _mcp_listing(stack: Stack, station: AgentStation, catalog: McpCatalog) -> None:
+    """Offer the MCP servers' tools as last listed at once, then list them again in the
+    background: now (stdio servers, and remote ones when online) and each time we come online."""
+    from waystation.station.background import cancel
+
+    if not catalog.servers:
+        return
+    await catalog.load()
+
+    async def refresh(online: bool) -> None:
+        await catalog.refresh(online=online)
+
+    def listing(online: bool) -> None:
+        task = asyncio.create_task(refresh(online), name="mcp listing")
+        stack.push_async_callback(cancel, task)
+
+    listing(station.monitor.state == "online")
+    station.announcer.listen(
+        "connectivity", lambda change: listing(True) if change["state"] == "online" else None
+    )
 
 
 async def _housekeeping(stack: Stack, station: AgentStation) -> None:
@@ -195,7 +225,7 @@ def _announcer(stack: Stack, connectivity: str = "unknown") -> Announcer:
 
 def _turn_station(
     stack: Stack, paths: Paths, settings: Settings, db: Database, *, watch_os_events: bool
-) -> tuple[TurnStation, Deliveries]:
+) -> tuple[TurnStation, Deliveries, McpCatalog]:
     """The components a turn needs (the monitor not yet started), and the tools' deliveries."""
     from waystation import logs
     from waystation.adapters.connectivity.monitor import ConnectivityMonitor
@@ -213,6 +243,9 @@ def _turn_station(
     stack.push_async_callback(client.aclose)
     secrets = SecretResolver(settings, paths.config_file, found=logs.redact_too)
     tools = default_tools(secrets, settings.tools.allow_hosts)
+    mcp_calls = McpCallTool(settings.mcp_servers, secrets)
+    tools.add(mcp_calls)
+    catalog = McpCatalog(db, tools, mcp_calls)
     deliveries = Deliveries(tools, client, settings.queue.delivery_timeout_s)
     models = ModelStore(paths.models)
     router = Router(
@@ -236,4 +269,4 @@ def _turn_station(
         allow_writes=settings.tools.allow_writes,
     )
     station = TurnStation(paths, settings, db, store, tools, announcer, monitor, router, turns, models=models)
-    return station, deliveries
+    return station, deliveries, catalog

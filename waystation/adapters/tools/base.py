@@ -103,21 +103,32 @@ class Tool(Protocol):
 
 
 class ToolRegistry:
+    """The built-in tools, and those listed at run time (MCP servers' tools, replaced whenever
+    the servers are listed again)."""
+
     def __init__(self, tools: Iterable[Tool]) -> None:
         self._tools: dict[str, Tool] = {}
+        self._listed: dict[str, Tool] = {}
         for tool in tools:
-            if tool.name in self._tools:
-                raise ValueError(f"two tools are named {tool.name!r}")
-            self._tools[tool.name] = tool
+            self.add(tool)
+
+    def add(self, tool: Tool) -> None:
+        if tool.name in self._tools:
+            raise ValueError(f"two tools are named {tool.name!r}")
+        self._tools[tool.name] = tool
+
+    def set_listed(self, tools: Iterable[Tool]) -> None:
+        """Replace the tools listed at run time; a built-in's name is never taken."""
+        self._listed = {t.name: t for t in tools if t.name not in self._tools}
 
     def get(self, name: str) -> Tool:
-        try:
-            return self._tools[name]
-        except KeyError:
-            raise UnknownTool(name, self.names()) from None
+        found = self._tools.get(name) or self._listed.get(name)
+        if found is None:
+            raise UnknownTool(name, self.names())
+        return found
 
     def names(self) -> list[str]:
-        return list(self._tools)
+        return [*self._tools, *self._listed]
 
     def __iter__(self) -> Iterator[Tool]:
-        return iter(list(self._tools.values()))
+        return iter([*self._tools.values(), *self._listed.values()])

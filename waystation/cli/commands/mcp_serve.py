@@ -12,7 +12,6 @@ import json
 import sys
 from typing import IO, TYPE_CHECKING, Any
 
-from waystation.cli.common import typer_app
 from waystation.errors import WaystationError
 
 if TYPE_CHECKING:
@@ -22,10 +21,7 @@ RELAY_TIMEOUT_S = 3600.0  # `ask` without the tasks extension waits for the turn
 SESSION_HEADER = "Mcp-Session-Id"
 AGENT_UNAVAILABLE = -32000  # a JSON-RPC server error: the agent did not answer
 
-mcp_app = typer_app(help="Waystation and MCP (the Model Context Protocol).", no_args_is_help=True)
 
-
-@mcp_app.command("serve")
 def serve() -> None:
     """Serve MCP on stdin/stdout (what an MCP host launches), relaying to the running agent.
 

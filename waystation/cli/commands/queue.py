@@ -34,7 +34,9 @@ def _parse_args(text: str) -> dict[str, Any]:
 
 @queue_app.command("add")
 def queue_add(
-    tool: Annotated[str, typer.Argument(metavar="TOOL", help="The tool to call: http_request or web_fetch.")],
+    tool: Annotated[
+        str, typer.Argument(metavar="TOOL", help="The tool to call: http_request, web_fetch or mcp.")
+    ],
     args: Annotated[
         str, typer.Option("--args", metavar="JSON", help="The tool's arguments as a JSON object.")
     ],
@@ -54,6 +56,7 @@ def queue_add(
     waystation queue add web_fetch --args '{"url": "https://example.com/"}'
     waystation queue add http_request --key order-42 \\
         --args '{"method": "POST", "url": "https://example.com/hook", "json": {"a": 1}}'
+    waystation queue add mcp --args '{"server": "tracker", "tool": "open_ticket", "arguments": {}}'
     ```
     """
     from waystation.cli import render

@@ -3,7 +3,8 @@ per distinct call, and results in a form a small model can answer from.
 
 - `tool_choice` is OpenAI's: auto (default), none, required, or {"tool": NAME}. Under auto the
   network tools are offered only once the conversation (the user's messages or tool results)
-  names an http(s) URL: a model asked "Say hello." is not handed a way to invent a request.
+  names an http(s) URL: a model asked "Say hello." is not handed a way to invent a request. An
+  MCP server's tools (NAME__TOOL) are offered always: the user configured that server.
 - A call to a URL the conversation does not name, on a host `[tools] allow_hosts` does not list,
   is refused with a tool result saying so: never sent, never parked. So is a model's write of
   anything but JSON the user gave (station/turns/writes.py).
@@ -69,7 +70,7 @@ def offer(
     writes = bool(objects) or bool(allow_writes)
     if isinstance(choice, Mapping):  # {"tool": NAME}: that tool, a call demanded
         tool = tools.get(choice["tool"])
-        if tool.needs_network and not reachable:
+        if tool.needs_network and not reachable and not getattr(tool, "offered_without_url", False):
             raise NoUrlToCall(json.dumps(dict(choice)))
         return [_spec(tool, writes)], "required"
     offered = [
@@ -78,7 +79,9 @@ def offer(
         # With JSON to send, a tool that only reads is left out: asked to "POST the JSON {...}",
         # the 135M model picked web_fetch (a GET) over http_request on every port tried, and
         # http_request reads as well.
-        if (reachable or not t.needs_network) and not (objects and getattr(t, "reads_only", False))
+        if (reachable or not t.needs_network or getattr(t, "offered_without_url", False))
+        and not (objects and getattr(t, "reads_only", False))
+        and getattr(t, "offered_to_models", True)  # `mcp` is for tasks: a model calls NAME__TOOL
     ]
     if choice == "required" and not offered:
         raise NoUrlToCall("required")
@@ -244,7 +247,9 @@ class Caller:
             record["status"] = "error"
             message["content"] = json.dumps({"error": exc.message})
             return False
-        key = call_key(turn_id, tool.name, args)
+        # An MCP server's NAME__TOOL is queued as the tool `mcp` (adapters/mcp/tools.py).
+        queued_as: str = getattr(tool, "queued_as", tool.name)
+        key = call_key(turn_id, queued_as, args)
         earlier = next((m for m in progress.messages[:-1] if m.get("waystation_key") == key), None)
         if earlier is not None:  # the same call again: the same result, never a second task
             record["status"] = "repeated"
@@ -262,9 +267,9 @@ class Caller:
             message["content"] = json.dumps({"error": why_not})
             return False
         unreachable: str | None = None
-        if self._connectivity.state == "online":
-            sent = await self._deliver(tool.name, args, key)
-            if sent.outcome == Outcome.UNREACHABLE:
+        if self._connectivity.state == "online" or not tool.needs_network:  # a local tool: at once
+            sent = await self._deliver(queued_as, args, key)
+            if sent.outcome == Outcome.UNREACHABLE and tool.needs_network:
                 self._connectivity.report_network_error()  # then park it, retried until it answers
                 unreachable = no_answer(sent.error)
             else:
@@ -276,7 +281,7 @@ class Caller:
         task_id = chain.new_id("t")
         progress.parked.append(
             NewTask(
-                tool=tool.name,
+                tool=queued_as,
                 args=args,
                 host=tool.destination_host(args),
                 idempotency_key=key,
