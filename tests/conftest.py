@@ -13,13 +13,26 @@ from typing import Any
 
 import pytest
 
-# tests/ is not a package: make the helper module importable as `agentproc`.
+# tests/ is not a package: make the shared helpers importable as `support.*`.
 sys.path.insert(0, str(Path(__file__).parent))
 
-import agentproc
-from agentproc import Agent, Receiver, ip, make_home, remove_home
+import importlib
+
+from support import agentproc, markers
+from support.agentproc import Agent, Receiver, ip, make_home, remove_home
 
 from waystation.db import Database
+
+# The helpers' old top-level names (`from agentproc import Agent`), for test files written before
+# they moved into tests/support/: the same module objects, so a monkeypatch reaches both names.
+for _old in ("agentproc", "fleetproc", "floods", "fakehub", "providers", "npm_clis"):
+    sys.modules.setdefault(_old, importlib.import_module(f"support.{_old}"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test by what it starts (`process`, `model`, `netns`, `soak`): support/markers.py."""
+    registered = {line.split(":")[0].strip() for line in config.getini("markers")}
+    markers.add_marks(items, markers.Reach(), registered.__contains__)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
-from agentproc import (
+from support.agentproc import (
     AGENT_COMMAND,
     SSE,
     Agent,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentproc import Agent, Receiver, agent_env, make_home, remove_home, wait_for
+from support.agentproc import Agent, Receiver, agent_env, make_home, remove_home, wait_for
 
 from waystation.cli.client import RemoteError, rebuild_error
 from waystation.errors import IdempotencyConflict, NotFound, RouteRefused, UnknownTool

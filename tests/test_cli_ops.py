@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentproc import Agent, agent_env, make_home, remove_home, wait_for
+from support.agentproc import Agent, agent_env, make_home, remove_home, wait_for
 
 from waystation.cli.commands import doctor as doctor_cmd
 from waystation.cli.commands import events as events_cmd

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentproc import agent_env
+from support.agentproc import agent_env
 
 from waystation.cli.commands.turn import parked_note, read_words
 from waystation.cli.commands.turn_comeback import follow_turn, waiting_text

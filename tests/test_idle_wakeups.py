@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agentproc import Agent, Receiver, make_home, remove_home, wait_for
+from support.agentproc import Agent, Receiver, make_home, remove_home, wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 

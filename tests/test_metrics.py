@@ -14,9 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-from agentproc import Agent, Receiver, started_agent, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+from support.agentproc import Agent, Receiver, started_agent, wait_for
 
 from waystation.station.metrics import Metrics, render_metrics
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentproc import Agent, agent_env, make_home, remove_home, started_agent
-from fakehub import FakeHub, HubFile, fake_gguf
+from support.agentproc import Agent, agent_env, make_home, remove_home, started_agent
+from support.fakehub import FakeHub, HubFile, fake_gguf
 
 from waystation.adapters.models.embedded import default_model_path
 from waystation.adapters.models.store import check_name, default_name

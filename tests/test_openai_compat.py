@@ -15,12 +15,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from agentproc import Agent, started_agent
 from openai.types.chat import (
     ChatCompletionContentPartParam,
     ChatCompletionContentPartTextParam,
     ChatCompletionMessageParam,
 )
+from support.agentproc import Agent, started_agent
 
 from waystation.adapters.models.embedded import default_model_path
 

@@ -16,12 +16,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from agentproc import Agent, started_agent
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 from pydantic import BaseModel
+from support.agentproc import Agent, started_agent
 
 from waystation.adapters.models.embedded import default_model_path
 

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import schemathesis
-from agentproc import Agent, free_port, started_agent
 from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
 from schemathesis.checks import not_a_server_error
@@ -23,6 +22,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from support.agentproc import Agent, free_port, started_agent
 
 from waystation.agent.openapi import openapi_document
 

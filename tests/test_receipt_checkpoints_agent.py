@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from agentproc import Agent, agent_env, make_home, remove_home
+from support.agentproc import Agent, agent_env, make_home, remove_home
 
 CLI = [sys.executable, "-m", "waystation"]
 URL = "http://127.0.0.1:9/x"

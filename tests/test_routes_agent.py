@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from agentproc import Agent, agent_env, make_home, remove_home, wait_for
 from aiohttp import web
-from providers import ProviderServer, Reply
+from support.agentproc import Agent, agent_env, make_home, remove_home, wait_for
+from support.providers import ProviderServer, Reply
 
 from waystation.adapters.models.base import ToolCall
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from agentproc import AGENT_COMMAND, Agent, agent_env, make_home, remove_home
+from support.agentproc import AGENT_COMMAND, Agent, agent_env, make_home, remove_home
 
 from waystation.config import QueueSettings
 from waystation.db import SCHEMA_VERSION, Database

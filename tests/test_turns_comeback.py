@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentproc import Agent, Receiver, agent_env, ip, netns_only, wait_for
+from support.agentproc import Agent, Receiver, agent_env, ip, netns_only, wait_for
 
 pytestmark = pytest.mark.slow
 
