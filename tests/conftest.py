@@ -20,6 +20,7 @@ import importlib
 
 from support import agentproc, markers
 from support.agentproc import Agent, Receiver, ip, make_home, remove_home
+from support.inproc import InProcessAgent
 
 from waystation.db import Database
 
@@ -54,6 +55,23 @@ def agent_factory() -> Iterator[Callable[..., Agent]]:
     yield make
     for agent in made:
         agent.close()
+        remove_home(agent.home)
+
+
+@pytest.fixture
+def inprocess_agent_factory() -> Iterator[Callable[..., InProcessAgent]]:
+    """Agents served from this process (support/inproc.py) in fresh homes, started; each is
+    stopped and its home removed at teardown."""
+    made: list[InProcessAgent] = []
+
+    def make(env: dict[str, str] | None = None) -> InProcessAgent:
+        agent = InProcessAgent(make_home(), env)
+        made.append(agent)
+        return agent.start()
+
+    yield make
+    for agent in made:
+        agent.stop()
         remove_home(agent.home)
 
 
