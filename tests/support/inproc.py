@@ -133,6 +133,9 @@ class InProcessAgent:
             raise AssertionError(f"the in-process agent failed: {self._failure!r}") from self._failure
         return 0
 
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def output(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-6000:]
