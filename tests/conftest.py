@@ -37,6 +37,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
+def home() -> Iterator[Path]:
+    """A fresh WAYSTATION_HOME (make_home: short, since a socket path must fit in 108 bytes),
+    removed afterwards. A module whose tests want another kind of home defines its own."""
+    path = make_home()
+    try:
+        yield path
+    finally:
+        remove_home(path)
+
+
+@pytest.fixture
 def receiver() -> Iterator[Receiver]:
     with Receiver() as r:
         yield r

@@ -59,13 +59,6 @@ def add(home: Path, url: str = URL, key: str | None = None, tool: str = "http_re
     return ok_json(home, "queue", "add", tool, "--args", json.dumps({"url": url}), *extra)
 
 
-@pytest.fixture
-def home() -> Any:
-    path = make_home()  # short: a socket path must fit in 108 bytes
-    yield path
-    remove_home(path)
-
-
 # --- no agent --------------------------------------------------------------------------------------
 
 
