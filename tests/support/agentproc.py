@@ -106,6 +106,22 @@ def agent_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, s
     return env
 
 
+def cli_process(
+    home: Path, *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`waystation ARGS` as its own process, in `home`: for a command that must be a process (a
+    turn run by a real model in the command's own process, a signal, an import-time setting);
+    otherwise support/inproc.py's run_cli is the same command at a fraction of the cost."""
+    return subprocess.run(
+        [sys.executable, "-m", "waystation", *args],
+        env=agent_env(home, env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def status_code(sock: Path, timeout: float = 2.0) -> int | None:
     """`GET /v1/status` over a raw socket: the answer's status, or None if nothing answers.
 
