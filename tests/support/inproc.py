@@ -30,13 +30,19 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
 import structlog
 from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
 from structlog._config import BoundLoggerLazyProxy
 
-from support.agentproc import READY_TIMEOUT_S, agent_env, make_home, remove_home, status_code, uds_client
+from support.agentproc import (
+    READY_TIMEOUT_S,
+    AgentApi,
+    agent_env,
+    make_home,
+    remove_home,
+    status_code,
+)
 from waystation import logs
 from waystation.agent.api import create_app
 from waystation.config import Paths, Settings, load_settings
@@ -44,7 +50,7 @@ from waystation.secrets import known_secrets
 from waystation.station.build import AgentStation, build_agent
 
 
-class InProcessAgent:
+class InProcessAgent(AgentApi):
     """An agent on a fresh home, served from a thread of this process (see the module's note)."""
 
     def __init__(self, home: Path, env: Mapping[str, str] | None = None) -> None:
@@ -56,18 +62,6 @@ class InProcessAgent:
         self._failure: BaseException | None = None
         self._logging_before: tuple[dict[str, Any], Any] = ({}, None)
         self._log: Any = None
-
-    @property
-    def socket(self) -> Path:
-        return self.home / "waystation.sock"
-
-    @property
-    def database(self) -> Path:
-        return self.home / "waystation.db"
-
-    @property
-    def log_path(self) -> Path:
-        return self.home / "agent-output.log"
 
     def start(self, timeout: float = READY_TIMEOUT_S) -> InProcessAgent:
         """Settings and logging as `waystation run` sets them up (its lines go to `log_path`),
@@ -135,38 +129,6 @@ class InProcessAgent:
 
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
-
-    def output(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-6000:]
-        except FileNotFoundError:
-            return "(no output)"
-
-    def client(self, timeout: float = 10.0) -> httpx.Client:
-        return uds_client(self.socket, timeout)
-
-    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        with self.client() as client:
-            return client.request(method, path, **kwargs)
-
-    def set_mode(self, mode: str) -> dict[str, Any]:
-        response = self.api("PUT", "/v1/connectivity", json={"mode": mode})
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        return body
-
-    def tasks(self, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"limit": limit}
-        if state:
-            params["state"] = state
-        response = self.api("GET", "/v1/tasks", params=params)
-        assert response.status_code == 200, response.text
-        found: list[dict[str, Any]] = response.json()
-        return found
-
-    def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = self.api("GET", "/v1/status").json()["queue"]
-        return counts
 
 
 @contextlib.contextmanager
