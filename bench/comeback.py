@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 from _harness import helper_server, print_notes, print_table, progress, running_agent, uds_client
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 from agentproc import port_nobody_uses
 
 

@@ -13,13 +13,38 @@ from typing import Any
 
 import pytest
 
-# tests/ is not a package: make the helper module importable as `agentproc`.
+# tests/ is not a package: make the shared helpers importable as `support.*`.
 sys.path.insert(0, str(Path(__file__).parent))
 
-import agentproc
-from agentproc import Agent, Receiver, ip, make_home, remove_home
+import importlib
+
+from support import agentproc, markers
+from support.agentproc import Agent, Receiver, ip, make_home, remove_home
+from support.inproc import InProcessAgent
 
 from waystation.db import Database
+
+# The helpers' old top-level names (`from agentproc import Agent`), for test files written before
+# they moved into tests/support/: the same module objects, so a monkeypatch reaches both names.
+for _old in ("agentproc", "fleetproc", "floods", "fakehub", "providers", "npm_clis"):
+    sys.modules.setdefault(_old, importlib.import_module(f"support.{_old}"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test by what it starts (`process`, `model`, `netns`, `soak`): support/markers.py."""
+    registered = {line.split(":")[0].strip() for line in config.getini("markers")}
+    markers.add_marks(items, markers.Reach(), registered.__contains__)
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    """A fresh WAYSTATION_HOME (make_home: short, since a socket path must fit in 108 bytes),
+    removed afterwards. A module whose tests want another kind of home defines its own."""
+    path = make_home()
+    try:
+        yield path
+    finally:
+        remove_home(path)
 
 
 @pytest.fixture
@@ -41,6 +66,23 @@ def agent_factory() -> Iterator[Callable[..., Agent]]:
     yield make
     for agent in made:
         agent.close()
+        remove_home(agent.home)
+
+
+@pytest.fixture
+def inprocess_agent_factory() -> Iterator[Callable[..., InProcessAgent]]:
+    """Agents served from this process (support/inproc.py) in fresh homes, started; each is
+    stopped and its home removed at teardown."""
+    made: list[InProcessAgent] = []
+
+    def make(env: dict[str, str] | None = None) -> InProcessAgent:
+        agent = InProcessAgent(make_home(), env)
+        made.append(agent)
+        return agent.start()
+
+    yield make
+    for agent in made:
+        agent.stop()
         remove_home(agent.home)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentproc import Agent, Receiver, raw_request, run_in_threads, wait_for
+from support.agentproc import Agent, Receiver, raw_request, run_in_threads, wait_for
 
 from waystation.queue.flusher import LEASE_AHEAD, UNRECORDED_MAX
 

@@ -1,4 +1,6 @@
-"""The socket API end to end: a real `waystation run` process, real loopback destinations.
+"""The socket API end to end: the agent's serve() in-process (support/inproc.py) on its real Unix
+socket, real loopback destinations; a real `waystation run` process where a test needs one (a
+second process on the same home, kill -9).
 
 One agent serves the whole module (forced offline unless a test says otherwise), so the tests
 create their own tasks and never assume an empty queue. Tests that go online put the agent back
@@ -26,7 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
-from agentproc import (
+from support.agentproc import (
     AGENT_COMMAND,
     SSE,
     Agent,
@@ -35,10 +37,10 @@ from agentproc import (
     free_port,
     raw_request,
     sse_events,
-    started_agent,
     status_code,
     wait_for,
 )
+from support.inproc import InProcessAgent, inprocess_agent
 
 import waystation
 
@@ -65,8 +67,8 @@ def recv() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def agent(recv: Receiver) -> Iterator[Agent]:
-    with started_agent(
+def agent(recv: Receiver) -> Iterator[InProcessAgent]:
+    with inprocess_agent(
         {
             "WAYSTATION_CONNECTIVITY__MODE": "offline",
             "WAYSTATION_CONNECTIVITY__PROBE_URL": recv.url("/generate_204"),
@@ -78,13 +80,13 @@ def agent(recv: Receiver) -> Iterator[Agent]:
 
 
 @pytest.fixture
-def client(agent: Agent) -> Iterator[httpx.Client]:
+def client(agent: InProcessAgent) -> Iterator[httpx.Client]:
     with agent.client() as c:
         yield c
 
 
 @pytest.fixture
-def online(agent: Agent) -> Iterator[None]:
+def online(agent: InProcessAgent) -> Iterator[None]:
     agent.set_mode("online")
     try:
         yield
@@ -287,7 +289,7 @@ def test_create_task_409_same_key_other_args(client: httpx.Client, recv: Receive
     assert get_task(client, task["id"])["args"]["url"] == recv.url("/ok/conflict-a")
 
 
-def test_concurrent_creates_with_one_key_make_one_task(agent: Agent, recv: Receiver) -> None:
+def test_concurrent_creates_with_one_key_make_one_task(agent: InProcessAgent, recv: Receiver) -> None:
     key = new_key("race")
     same = {"tool": "http_request", "args": {"url": recv.url("/ok/race")}, "idempotency_key": key}
     other = {"tool": "http_request", "args": {"url": recv.url("/ok/race-other")}, "idempotency_key": key}
@@ -384,7 +386,7 @@ def test_create_task_400_bad_body(client: httpx.Client, content: bytes, why: str
     assert_error(response, 400)
 
 
-def test_create_task_413_body_over_8_mib(client: httpx.Client, agent: Agent) -> None:
+def test_create_task_413_body_over_8_mib(client: httpx.Client, agent: InProcessAgent) -> None:
     filler = "x" * (8 * 1024 * 1024)
     content = json.dumps(
         {"tool": "http_request", "args": {"url": "http://example.com/", "body": filler}}
@@ -492,7 +494,7 @@ def test_receipts_chain_order_and_after(client: httpx.Client, recv: Receiver) ->
 # --- events --------------------------------------------------------------------------------------
 
 
-def test_events_task_and_connectivity(agent: Agent, client: httpx.Client, recv: Receiver) -> None:
+def test_events_task_and_connectivity(agent: InProcessAgent, client: httpx.Client, recv: Receiver) -> None:
     with agent.client() as stream_client, open_events(stream_client) as response:
         events = subscribed(response)
         task = create(client, recv.url("/ok/events"))
@@ -509,7 +511,7 @@ def test_events_task_and_connectivity(agent: Agent, client: httpx.Client, recv: 
         assert event.data["state"] == "offline"
 
 
-def test_a_refused_turn_is_announced_with_its_receipt(agent: Agent, client: httpx.Client) -> None:
+def test_a_refused_turn_is_announced_with_its_receipt(agent: InProcessAgent, client: httpx.Client) -> None:
     """Every finished turn is an event, refused ones too, with its receipt beside it."""
     with agent.client() as stream_client, open_events(stream_client) as response:
         events = subscribed(response)
@@ -523,7 +525,9 @@ def test_a_refused_turn_is_announced_with_its_receipt(agent: Agent, client: http
     assert receipt.data["status"] == "refused" and receipt.data["route"]["auth_lane"] == "api_key"
 
 
-def test_events_resume_with_last_event_id(agent: Agent, client: httpx.Client, recv: Receiver) -> None:
+def test_events_resume_with_last_event_id(
+    agent: InProcessAgent, client: httpx.Client, recv: Receiver
+) -> None:
     with agent.client() as stream_client:
         with open_events(stream_client) as response:
             events = subscribed(response)
@@ -588,7 +592,7 @@ def test_metrics_prometheus_text(client: httpx.Client) -> None:
 # --- delivery ------------------------------------------------------------------------------------
 
 
-def test_offline_tasks_stay_parked(agent: Agent, client: httpx.Client, recv: Receiver) -> None:
+def test_offline_tasks_stay_parked(agent: InProcessAgent, client: httpx.Client, recv: Receiver) -> None:
     agent.set_mode("offline")
     made = [create(client, recv.url(f"/ok/parked-{i}"), new_key("parked")) for i in range(3)]
     assert client.post("/v1/flush").status_code in (200, 202)
@@ -632,7 +636,9 @@ def test_online_delivers_promptly_with_idempotency_key(
     assert_error(client.post(f"/v1/tasks/{made[0]['id']}/cancel"), 409, "invalid_transition")
 
 
-def test_auto_mode_probes_then_flushes_at_once(agent: Agent, client: httpx.Client, recv: Receiver) -> None:
+def test_auto_mode_probes_then_flushes_at_once(
+    agent: InProcessAgent, client: httpx.Client, recv: Receiver
+) -> None:
     agent.set_mode("offline")
     made = [create(client, recv.url(f"/ok/auto-{i}"), new_key("auto")) for i in range(3)]
     try:
@@ -718,7 +724,7 @@ def test_receipts_verify_after_deliveries(client: httpx.Client) -> None:
 # --- socket security -----------------------------------------------------------------------------
 
 
-def test_socket_is_0600_in_a_0700_dir(agent: Agent) -> None:
+def test_socket_is_0600_in_a_0700_dir(agent: InProcessAgent) -> None:
     info = agent.socket.stat()
     assert stat.S_ISSOCK(info.st_mode)
     assert stat.S_IMODE(info.st_mode) == 0o600
@@ -735,7 +741,7 @@ def test_socket_is_0600_in_a_0700_dir(agent: Agent) -> None:
     ],
     ids=["binary", "bad-version", "long-junk", "header-flood"],
 )
-def test_garbage_on_the_socket(agent: Agent, garbage: bytes) -> None:
+def test_garbage_on_the_socket(agent: InProcessAgent, garbage: bytes) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
         raw.settimeout(10)
         raw.connect(str(agent.socket))
@@ -785,7 +791,7 @@ print("answer", repr(data[:100]), flush=True)
 """
 
 
-def test_peer_with_another_uid_is_refused(agent: Agent) -> None:
+def test_peer_with_another_uid_is_refused(agent: InProcessAgent) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to run a client as another uid")
     python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else None
@@ -820,7 +826,7 @@ def test_peer_with_another_uid_is_refused(agent: Agent) -> None:
     assert "refused a socket peer" in agent.output()
 
 
-def test_second_run_on_the_same_home_refuses(agent: Agent) -> None:
+def test_second_run_on_the_same_home_refuses(agent: InProcessAgent) -> None:
     result = subprocess.run(
         AGENT_COMMAND,
         env=agent_env(agent.home, agent.extra_env),

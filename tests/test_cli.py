@@ -1,7 +1,7 @@
-"""The command line, run for real as `python -m waystation ...` in its own WAYSTATION_HOME.
+"""The command line, run in-process as the console script runs it, in its own WAYSTATION_HOME.
 
 Without an agent: queue and receipt commands work straight on the database, and the commands
-that need the agent exit 3. With a real agent (`waystation run`, forced offline): the same
+that need the agent exit 3. With an agent (served in-process, support/inproc.py; forced offline): the same
 commands go through the socket and answer the same objects.
 
 Exit codes checked here: 0 ok, 1 error (unknown tool, bad tool args, key conflict, not found,
@@ -16,14 +16,14 @@ import json
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from agentproc import Agent, Receiver, agent_env, make_home, remove_home, wait_for
+from support.agentproc import Agent, Receiver, make_home, remove_home, wait_for
+from support.inproc import InProcessAgent, run_cli
 
 from waystation.cli.client import RemoteError, rebuild_error
 from waystation.errors import IdempotencyConflict, NotFound, RouteRefused, UnknownTool
@@ -32,14 +32,8 @@ URL = "http://127.0.0.1:9/x"  # the discard port: nothing answers, nothing is se
 
 
 def cli(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run one command; failures must be one `error:` line, never a traceback."""
-    done = subprocess.run(
-        [sys.executable, "-m", "waystation", *args],
-        env=agent_env(home, env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    """Run one command (in-process); failures must be one `error:` line, never a traceback."""
+    done = run_cli(home, *args, env=env)
     assert "Traceback" not in done.stderr, done.stderr
     if done.returncode not in (0,) and done.stderr:
         lines = done.stderr.strip().splitlines()
@@ -63,13 +57,6 @@ def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
 def add(home: Path, url: str = URL, key: str | None = None, tool: str = "http_request") -> Any:
     extra = ["--key", key] if key else []
     return ok_json(home, "queue", "add", tool, "--args", json.dumps({"url": url}), *extra)
-
-
-@pytest.fixture
-def home() -> Any:
-    path = make_home()  # short: a socket path must fit in 108 bytes
-    yield path
-    remove_home(path)
 
 
 # --- no agent --------------------------------------------------------------------------------------
@@ -368,7 +355,7 @@ def test_unreadable_receipt_is_one_clear_error(home: Path) -> None:
     assert cli(home, "receipts", "verify").returncode == 1
 
 
-def test_unreadable_receipt_reads_the_same_with_and_without_the_agent(agent: Agent) -> None:
+def test_unreadable_receipt_reads_the_same_with_and_without_the_agent(agent: InProcessAgent) -> None:
     """One operation serves both paths, so one error text (it was an HTTP 500 via the agent)."""
     home = agent.home
     task = add(home)
@@ -441,11 +428,11 @@ def test_error_answers_rebuild_as_our_classes() -> None:
 
 
 @pytest.fixture
-def agent(agent_factory: Callable[..., Agent]) -> Agent:
-    return agent_factory({"WAYSTATION_CONNECTIVITY__MODE": "offline"}).start()
+def agent(inprocess_agent_factory: Callable[..., InProcessAgent]) -> InProcessAgent:
+    return inprocess_agent_factory({"WAYSTATION_CONNECTIVITY__MODE": "offline"})
 
 
-def test_status_routes_connectivity_through_the_agent(agent: Agent) -> None:
+def test_status_routes_connectivity_through_the_agent(agent: InProcessAgent) -> None:
     home = agent.home
     status = ok_json(home, "status")
     assert status["connectivity"]["state"] == "offline"
@@ -465,7 +452,7 @@ def test_status_routes_connectivity_through_the_agent(agent: Agent) -> None:
     assert ok_json(home, "connectivity")["mode"] == "offline"
 
 
-def test_queue_through_the_agent(agent: Agent) -> None:
+def test_queue_through_the_agent(agent: InProcessAgent) -> None:
     home = agent.home
     task = add(home, key="k1")
     assert task["state"] == "pending"
@@ -512,7 +499,7 @@ def test_queue_through_the_agent(agent: Agent) -> None:
     assert cli(home, "status").returncode == 3
 
 
-def test_turn_ls_through_the_agent_answers_its_turns(agent: Agent) -> None:
+def test_turn_ls_through_the_agent_answers_its_turns(agent: InProcessAgent) -> None:
     assert cli(agent.home, "turn", "hello there", *REFUSED).returncode == 4
     listed = ok_json(agent.home, "turn", "ls")
     assert listed == agent.api("GET", "/v1/turns").json()
@@ -521,7 +508,7 @@ def test_turn_ls_through_the_agent_answers_its_turns(agent: Agent) -> None:
     assert ok_json(agent.home, "turn", "show", listed[0]["turn_id"])["state"] == "refused"
 
 
-def test_task_added_by_cli_is_delivered_when_online(agent: Agent, receiver: Receiver) -> None:
+def test_task_added_by_cli_is_delivered_when_online(agent: InProcessAgent, receiver: Receiver) -> None:
     home = agent.home
     task = add(home, url=receiver.url("/ok/cli"), key="deliver-me")
     assert cli(home, "connectivity", "set", "online").returncode == 0
@@ -531,7 +518,7 @@ def test_task_added_by_cli_is_delivered_when_online(agent: Agent, receiver: Rece
     assert receipts[-1]["task_id"] == task["id"] and receipts[-1]["status"] == "ok"
 
 
-def test_events_stream(agent: Agent) -> None:
+def test_events_stream(agent: InProcessAgent) -> None:
     from waystation.cli.client import AgentClient
 
     seen: list[tuple[str, Any]] = []

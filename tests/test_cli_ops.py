@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentproc import Agent, agent_env, make_home, remove_home, wait_for
+from support.agentproc import Agent, agent_env, wait_for
+from support.inproc import InProcessAgent, run_cli
 
 from waystation.cli.commands import doctor as doctor_cmd
 from waystation.cli.commands import events as events_cmd
@@ -31,23 +32,9 @@ from waystation.cli.commands import events as events_cmd
 URL = "http://127.0.0.1:9/x"  # the discard port: nothing is sent while offline
 
 
-@pytest.fixture
-def home() -> Iterator[Path]:
-    path = make_home()
-    try:
-        yield path
-    finally:
-        remove_home(path)
-
-
-def cli(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "waystation", *args],
-        env=agent_env(home, {"HOME": str(home), "XDG_CONFIG_HOME": str(home / "xdg")}),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """One command, in-process (support/inproc.py); never a traceback."""
+    done = run_cli(home, *args, env={"HOME": str(home), "XDG_CONFIG_HOME": str(home / "xdg")})
     assert "Traceback" not in done.stderr, done.stderr
     return done
 
@@ -109,12 +96,12 @@ def test_doctor_fails_on_a_socket_dir_with_a_loose_mode(home: Path) -> None:
 
 
 def test_doctor_with_a_healthy_running_agent(home: Path) -> None:
-    agent = Agent(home, env={"WAYSTATION_CONNECTIVITY__MODE": "offline"})
+    agent = InProcessAgent(home, env={"WAYSTATION_CONNECTIVITY__MODE": "offline"})
     try:
         agent.start()
         done = cli(home, "doctor")
     finally:
-        agent.close()
+        agent.stop()
     assert done.returncode == 0, done.stdout
     levels = lines_by_check(done.stdout)
     assert levels["agent"] == "ok" and levels["database"] == "ok", done.stdout
@@ -136,7 +123,7 @@ def test_a_hung_llama_is_reported() -> None:
 
 
 def test_events_exits_3_without_an_agent(home: Path) -> None:
-    done = cli(home, "events", timeout=30)
+    done = cli(home, "events")
     assert done.returncode == 3
     assert done.stderr.startswith("error: ") and "not running" in done.stderr
 

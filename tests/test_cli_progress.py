@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agentproc import Agent, agent_env, make_home, remove_home
+from support.agentproc import Agent, agent_env, make_home, remove_home
 
 URL = "http://127.0.0.1:9/x"  # the discard port: nothing is sent while offline
 SPINNER_WORDS = ("loading model", "thinking", "flushing", "pending 1, running")

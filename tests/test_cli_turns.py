@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from agentproc import agent_env
+from support.agentproc import cli_process
 
 from waystation.cli.commands.turn import parked_note, read_words
 from waystation.cli.commands.turn_comeback import follow_turn, waiting_text
@@ -111,13 +110,7 @@ def test_the_hint_says_why_and_how() -> None:
 
 
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "waystation", *args],
-        env=agent_env(home),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return cli_process(home, *args)
 
 
 def test_a_prompt_with_a_bare_address_gets_the_hint_and_still_runs(tmp_path: Path) -> None:

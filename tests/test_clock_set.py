@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from agentproc import Agent
+from support.agentproc import Agent
 
 from waystation import timeutil
 

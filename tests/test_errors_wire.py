@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from agentproc import Agent
+from support.agentproc import Agent
 
 from waystation import errors
 from waystation.cli.client import BASE_URL, AgentClient, RemoteError, rebuild_error

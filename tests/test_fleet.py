@@ -16,8 +16,8 @@ from typing import Any
 
 import nats
 import pytest
-from agentproc import Agent, agent_env, make_home, port_nobody_uses, remove_home, wait_for
-from fleetproc import (
+from support.agentproc import Agent, agent_env, make_home, port_nobody_uses, remove_home, wait_for
+from support.fleetproc import (
     DEAD_URL,
     OPERATOR,
     OPERATOR_KEY_FILE,

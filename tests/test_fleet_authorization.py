@@ -16,8 +16,8 @@ from typing import Any, cast
 
 import nats
 import pytest
-from agentproc import Agent, agent_env, make_home, remove_home, wait_for
-from fleetproc import (
+from support.agentproc import Agent, agent_env, make_home, remove_home, wait_for
+from support.fleetproc import (
     DEAD_URL,
     OPERATOR_KEY_FILE,
     NatsServer,

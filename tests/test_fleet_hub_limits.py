@@ -14,8 +14,8 @@ from typing import Any
 
 import nats
 import pytest
-from agentproc import Agent, wait_for
-from fleetproc import NatsServer, arrived_in_order, fleet_env, host_statuses, make_receipts
+from support.agentproc import Agent, wait_for
+from support.fleetproc import NatsServer, arrived_in_order, fleet_env, host_statuses, make_receipts
 from test_fleet import GET, _publish_raw, consumer_pending, fleet_cli, keyed
 
 from waystation.adapters.fleet.hub import Hub

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from agentproc import Agent, ip
-from fleetproc import NatsServer, arrived_in_order, make_receipts, receipt_ids
+from support.agentproc import Agent, ip
+from support.fleetproc import NatsServer, arrived_in_order, make_receipts, receipt_ids
 
 pytestmark = [
     pytest.mark.netns,

@@ -16,8 +16,8 @@ from typing import Any
 
 import nats
 import pytest
-from agentproc import Agent, agent_env, free_port, make_home, remove_home, wait_for
-from fleetproc import (
+from support.agentproc import Agent, agent_env, free_port, make_home, remove_home, wait_for
+from support.fleetproc import (
     DEAD_URL,
     OPERATOR,
     OPERATOR_KEY_FILE,

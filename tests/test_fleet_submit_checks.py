@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fleetproc import NatsServer, stream_messages
+from support.fleetproc import NatsServer, stream_messages
 
 from waystation.adapters.tools import default_tools
 from waystation.cli.app import run_cli

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from agentproc import agent_env, make_home, remove_home
+from support.agentproc import agent_env, make_home, remove_home
 
 from waystation.adapters.fleet import work
 from waystation.config import FleetSettings, Paths

@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
-from agentproc import Agent
 from grounded_page_set import Page, agent_prompt, control_prompt, pages
+from support.agentproc import Agent
 
 pytestmark = pytest.mark.slow
 

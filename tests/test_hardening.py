@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentproc import AGENT_COMMAND, Agent, agent_env, make_home, remove_home
+from support.agentproc import AGENT_COMMAND, Agent, agent_env, free_port, make_home, remove_home
 
 from waystation import timeutil
 from waystation.config import QueueSettings
@@ -304,12 +304,6 @@ def test_events_are_slim_and_their_history_bounded_by_bytes() -> None:
     assert sum(len(e.to_sse()) for e in bus._history) <= events_module.HISTORY_BYTES
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_metrics_listen_serves_metrics_and_nothing_else(agent_factory: Callable[..., Agent]) -> None:
     import httpx
 
@@ -341,7 +335,7 @@ def test_a_bad_metrics_listen_stops_start_up_naming_the_key() -> None:
 
 
 def delivered_task(agent: Agent, tool: str, args: dict[str, object]) -> dict[str, object]:
-    from agentproc import wait_for
+    from support.agentproc import wait_for
 
     task = agent.api("POST", "/v1/tasks", json={"tool": tool, "args": args}).json()
 
@@ -353,7 +347,7 @@ def delivered_task(agent: Agent, tool: str, args: dict[str, object]) -> dict[str
 
 
 def test_redirects_are_followed_as_a_user_expects(agent_factory: Callable[..., Agent]) -> None:
-    from agentproc import Receiver
+    from support.agentproc import Receiver
 
     with Receiver() as here, Receiver() as elsewhere:
         agent = agent_factory({"WAYSTATION_CONNECTIVITY__MODE": "online"}).start()
@@ -432,7 +426,7 @@ def test_credentials_in_a_task_reach_the_destination_and_no_output(
     with agent.client(timeout=30.0) as client, client.stream("GET", "/v1/events") as events:
         created = client.post("/v1/tasks", json={"tool": "http_request", "args": args}).json()
         agent.set_mode("online")
-        from agentproc import wait_for
+        from support.agentproc import wait_for
 
         wait_for(lambda: receiver.hits("/ok/creds"), 20, what="the delivery")
         seen = b""
@@ -479,7 +473,7 @@ def test_the_agent_raises_its_open_file_limit_to_the_hard_one(agent: Agent) -> N
 def test_cancelling_a_task_being_delivered_stops_its_delivery(
     agent_factory: Callable[..., Agent], receiver: Any
 ) -> None:
-    from agentproc import wait_for
+    from support.agentproc import wait_for
 
     agent = agent_factory({"WAYSTATION_CONNECTIVITY__MODE": "online"}).start()
     task = agent.api(

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agentproc import Agent, Receiver, make_home, remove_home, wait_for
+from support.agentproc import Agent, Receiver, wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -48,15 +47,6 @@ def idle_wakeups(agent: Agent) -> tuple[int, dict[str, int]]:
     assert agent.running(), agent.output()
     deltas = {thread: n - before.get(thread, 0) for thread, n in after.items()}
     return sum(deltas.values()), {t: n for t, n in deltas.items() if n}
-
-
-@pytest.fixture
-def home() -> Iterator[Path]:
-    path = make_home()
-    try:
-        yield path
-    finally:
-        remove_home(path)
 
 
 def test_idle_agent_forced_offline_sleeps(home: Path) -> None:

@@ -1,5 +1,5 @@
-"""The house rules hold: ruff (lint and format), mypy --strict over the package, and the layers'
-import contracts (pyproject.toml's [tool.importlinter])."""
+"""The house rules hold: ruff (lint and format), mypy --strict over the package and the tests
+(pyproject.toml's [tool.mypy]), and the layers' import contracts ([tool.importlinter])."""
 
 import re
 import subprocess

@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from agentproc import Agent, agent_env, free_port, started_agent
 from openai.types.responses import FunctionToolParam
+from support.agentproc import Agent, agent_env, free_port, started_agent
 
 MAX_TOKENS = 16
 WEATHER: FunctionToolParam = {

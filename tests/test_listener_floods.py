@@ -11,13 +11,12 @@ import asyncio
 import contextlib
 import grp
 import os
-import socket
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from agentproc import AGENT_COMMAND, Agent, status_code
-from floods import HALF_HEAD, NOBODY, flooding
+from support.agentproc import AGENT_COMMAND, Agent, free_port, status_code
+from support.floods import HALF_HEAD, NOBODY, flooding
 
 from waystation.agent import daemon
 from waystation.agent.connections import RESERVED_FILES, refusal
@@ -30,15 +29,9 @@ def answered(agent: Agent, calls: int = STATUS_CALLS) -> int:
     return sum(status_code(agent.socket, timeout=1.0) == 200 for _ in range(calls))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def limit_open_files(monkeypatch: pytest.MonkeyPatch, files: int) -> None:
     monkeypatch.setattr(
-        "agentproc.AGENT_COMMAND", ["prlimit", f"--nofile={files}:{files}", "--", *AGENT_COMMAND]
+        "support.agentproc.AGENT_COMMAND", ["prlimit", f"--nofile={files}:{files}", "--", *AGENT_COMMAND]
     )
 
 

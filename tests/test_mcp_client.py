@@ -19,7 +19,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from tests.mcp_servers import RemoteServer, remote_server
+from support.mcp_servers import RemoteServer, remote_server
 from waystation.adapters.mcp import McpCallTool
 from waystation.adapters.models.base import ToolCall
 from waystation.adapters.models.scripted import ScriptedBackend
@@ -43,7 +43,7 @@ from waystation.station.turns.request import TurnRequest
 from waystation.testing import FakeConnectivity, until
 
 STDIO_SERVER = McpServerSettings(
-    command=sys.executable, args=(str(Path(__file__).with_name("mcp_servers.py")),)
+    command=sys.executable, args=(str(Path(__file__).parent / "support" / "mcp_servers.py"),)
 )
 
 
@@ -327,7 +327,7 @@ def test_the_agent_lists_servers_at_start_and_delivers_a_posted_mcp_task(
     import subprocess
     import time
 
-    from tests.agentproc import agent_env
+    from support.agentproc import agent_env
 
     agent = agent_factory({"WAYSTATION_CONNECTIVITY__MODE": "online"})
     (agent.home / "config.toml").write_text(

@@ -23,11 +23,11 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
-from agentproc import Agent, Receiver, agent_env, started_agent, wait_for
 from mcp import types
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from support.agentproc import Agent, Receiver, agent_env, started_agent, wait_for
 
 from waystation.cli.commands.mcp_serve import relay
 

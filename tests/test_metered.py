@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentproc import Agent, Receiver, make_home, remove_home, wait_for
+from support.agentproc import Agent, Receiver, make_home, remove_home, wait_for
 
 from waystation.adapters.connectivity import metered
 from waystation.config import QueueSettings

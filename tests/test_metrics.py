@@ -15,9 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-from agentproc import Agent, Receiver, started_agent, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+from support.agentproc import Receiver, wait_for
+from support.inproc import InProcessAgent, inprocess_agent
 
 from waystation.station.metrics import Metrics, render_metrics
 
@@ -130,8 +131,8 @@ def recv() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def agent(recv: Receiver) -> Iterator[Agent]:
-    with started_agent(
+def agent(recv: Receiver) -> Iterator[InProcessAgent]:
+    with inprocess_agent(
         {
             "WAYSTATION_CONNECTIVITY__MODE": "offline",
             "WAYSTATION_CONNECTIVITY__PROBE_URL": recv.url("/generate_204"),
@@ -148,7 +149,7 @@ def scrape(client: httpx.Client) -> dict[str, Any]:
     return parse(response.text)
 
 
-def test_metrics_reflect_deliveries_turns_and_connectivity(agent: Agent, recv: Receiver) -> None:
+def test_metrics_reflect_deliveries_turns_and_connectivity(agent: InProcessAgent, recv: Receiver) -> None:
     run = uuid.uuid4().hex[:8]
     with agent.client(timeout=120) as client:
         before = scrape(client)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentproc import started_agent
+from support.agentproc import started_agent
 
 from waystation.adapters.models import cpu_threads, llama_options, open_backend
 from waystation.adapters.models.cpu_cores import _linux_cores, physical_cores

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from agentproc import Agent, started_agent
+from support.agentproc import Agent, started_agent
 from test_models_pull import cli
 
 from waystation.adapters.models.embedded import default_model_path

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentproc import Agent, agent_env, make_home, remove_home, started_agent
-from fakehub import FakeHub, HubFile, fake_gguf
+from support.agentproc import Agent, agent_env, sse_events, started_agent
+from support.fakehub import FakeHub, HubFile, fake_gguf
 
 from waystation.adapters.models.embedded import default_model_path
 from waystation.adapters.models.store import check_name, default_name
@@ -35,13 +35,6 @@ def hub() -> Iterator[FakeHub]:
     with FakeHub() as hub:
         hub.files[f"{REPO}/{SMOL}"] = HubFile(default_model_path().read_bytes())
         yield hub
-
-
-@pytest.fixture
-def home() -> Iterator[Path]:
-    path = make_home()
-    yield path
-    remove_home(path)
 
 
 def hf_env(hub: FakeHub, tmp: Path, **extra: str) -> dict[str, str]:
@@ -213,7 +206,8 @@ def test_models_commands_without_the_agent(home: Path) -> None:
 
 @pytest.fixture(scope="module")
 def agent(hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
-    # The agent has the hub's endpoint but no token: a gated pull gets the command line's.
+    # The agent has the hub's endpoint but no token: a gated pull gets the command line's. A
+    # process, not the in-process tier: huggingface_hub reads HF_ENDPOINT once, at import.
     env = hf_env(hub, tmp_path_factory.mktemp("agent-hf"))
     env["WAYSTATION_CONNECTIVITY__MODE"] = "offline"
     with started_agent(env) as agent:
@@ -319,24 +313,18 @@ def test_a_turn_on_an_unknown_model_is_a_clear_404(agent: Agent) -> None:
     assert "`waystation models pull` gets one" in error["message"]
 
 
-def sse_events(agent: Agent, body: dict[str, Any]) -> list[tuple[str, Any]]:
-    from waystation.sse import SseParser
-
-    events: list[tuple[str, Any]] = []
-    parser = SseParser()
+def pull_events(agent: Agent, body: dict[str, Any]) -> list[tuple[str, Any]]:
     with agent.client() as client, client.stream("POST", "/v1/models/pull", json=body) as answer:
         assert answer.status_code == 200
         assert answer.headers["content-type"] == "text/event-stream"
-        for line in answer.iter_lines():
-            events.extend((found.event, found.json()) for found in parser.feed(line))
-    return events
+        return [(found.event, found.data) for found in sse_events(answer.iter_lines())]
 
 
 def test_a_pull_over_the_api_streams_progress_then_the_model(agent: Agent, hub: FakeHub) -> None:
     content = fake_gguf(2_500_000, seed=5)
     hub.plain["Api-Model.gguf"] = content
     body = {"source": hub.file_url("Api-Model.gguf"), "sha256": hashlib.sha256(content).hexdigest()}
-    events = sse_events(agent, body)
+    events = pull_events(agent, body)
     kinds = [kind for kind, _ in events]
     assert kinds[0] == "progress" and kinds[-1] == "done" and set(kinds) == {"progress", "done"}
     statuses = [data["status"] for kind, data in events if kind == "progress"]
@@ -346,7 +334,7 @@ def test_a_pull_over_the_api_streams_progress_then_the_model(agent: Agent, hub: 
     assert model["id"] == "api-model" and model["waystation"]["verified"] is True
     assert "api-model" in [m["id"] for m in agent.api("GET", "/v1/models").json()["data"]]
 
-    again = sse_events(agent, body)  # the same file again: nothing to download
+    again = pull_events(agent, body)  # the same file again: nothing to download
     assert [kind for kind, _ in again] == ["progress", "done"] and again[0][1]["status"] == "up to date"
 
     hub.plain["other.gguf"] = fake_gguf(1000, seed=6)

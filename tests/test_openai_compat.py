@@ -15,12 +15,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from agentproc import Agent, started_agent
 from openai.types.chat import (
     ChatCompletionContentPartParam,
     ChatCompletionContentPartTextParam,
     ChatCompletionMessageParam,
 )
+from support.inproc import InProcessAgent, inprocess_agent
 
 from waystation.adapters.models.embedded import default_model_path
 
@@ -28,13 +28,13 @@ MAX_TOKENS = 16
 
 
 @pytest.fixture(scope="module")
-def agent() -> Iterator[Agent]:
-    with started_agent({"WAYSTATION_CONNECTIVITY__MODE": "offline"}) as a:
+def agent() -> Iterator[InProcessAgent]:
+    with inprocess_agent({"WAYSTATION_CONNECTIVITY__MODE": "offline"}) as a:
         yield a
 
 
 @pytest.fixture(scope="module")
-def client(agent: Agent) -> Iterator[openai.OpenAI]:
+def client(agent: InProcessAgent) -> Iterator[openai.OpenAI]:
     http_client = httpx.Client(transport=httpx.HTTPTransport(uds=str(agent.socket)), timeout=120.0)
     with openai.OpenAI(
         base_url="http://waystation/v1", api_key="unused", http_client=http_client, max_retries=0
@@ -43,13 +43,13 @@ def client(agent: Agent) -> Iterator[openai.OpenAI]:
     http_client.close()
 
 
-def turn_receipts(agent: Agent) -> list[dict[str, Any]]:
+def turn_receipts(agent: InProcessAgent) -> list[dict[str, Any]]:
     response = agent.api("GET", "/v1/receipts", params={"limit": 1000})
     assert response.status_code == 200, response.text
     return [r for r in response.json() if r["kind"] == "turn"]
 
 
-def test_plain_completion_has_content_and_usage(client: openai.OpenAI, agent: Agent) -> None:
+def test_plain_completion_has_content_and_usage(client: openai.OpenAI, agent: InProcessAgent) -> None:
     before = turn_receipts(agent)
     completion = client.chat.completions.create(
         model="local",
@@ -87,7 +87,7 @@ def test_plain_completion_has_content_and_usage(client: openai.OpenAI, agent: Ag
     assert extra["waystation"]["turn_id"] == receipt["turn_id"]
 
 
-def test_streaming_deltas_join_into_the_text(client: openai.OpenAI, agent: Agent) -> None:
+def test_streaming_deltas_join_into_the_text(client: openai.OpenAI, agent: InProcessAgent) -> None:
     before = turn_receipts(agent)
     stream = client.chat.completions.create(
         model="local",
@@ -128,7 +128,7 @@ def test_a_conversation_with_history(client: openai.OpenAI) -> None:
     assert completion.choices[0].message.content
 
 
-def test_bad_requests_are_openai_style_errors(client: openai.OpenAI, agent: Agent) -> None:
+def test_bad_requests_are_openai_style_errors(client: openai.OpenAI, agent: InProcessAgent) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="local", messages=[], max_tokens=MAX_TOKENS)
     assert caught.value.status_code == 400
@@ -141,13 +141,13 @@ def test_bad_requests_are_openai_style_errors(client: openai.OpenAI, agent: Agen
     assert agent.api("GET", "/v1/status").status_code == 200
 
 
-def test_receipts_verify(agent: Agent) -> None:
+def test_receipts_verify(agent: InProcessAgent) -> None:
     verification = agent.api("GET", "/v1/receipts/verify").json()
     assert verification["ok"] is True, verification
     assert verification["count"] >= 3
 
 
-def test_content_parts_are_joined_into_the_prompt(client: openai.OpenAI, agent: Agent) -> None:
+def test_content_parts_are_joined_into_the_prompt(client: openai.OpenAI, agent: InProcessAgent) -> None:
     """OpenAI's list-of-parts content: the text parts, joined, are what the turn runs on."""
     question: list[ChatCompletionContentPartTextParam] = [
         {"type": "text", "text": "What is the capital "},
@@ -212,7 +212,9 @@ def test_streamed_content_parts(client: openai.OpenAI) -> None:
 
 
 @pytest.mark.parametrize("temperature", [5, -0.5, 2.01])
-def test_temperature_out_of_range_is_a_400(client: openai.OpenAI, agent: Agent, temperature: float) -> None:
+def test_temperature_out_of_range_is_a_400(
+    client: openai.OpenAI, agent: InProcessAgent, temperature: float
+) -> None:
     before = len(turn_receipts(agent))
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(
@@ -271,7 +273,9 @@ def test_a_streamed_answer_never_shows_a_stop_string_spanning_pieces(client: ope
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
-def test_more_than_four_stop_strings_is_a_400_naming_stop(client: openai.OpenAI, agent: Agent) -> None:
+def test_more_than_four_stop_strings_is_a_400_naming_stop(
+    client: openai.OpenAI, agent: InProcessAgent
+) -> None:
     before = len(turn_receipts(agent))
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(

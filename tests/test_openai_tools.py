@@ -16,12 +16,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from agentproc import Agent, started_agent
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 from pydantic import BaseModel
+from support.inproc import InProcessAgent, inprocess_agent
 
 from waystation.adapters.models.embedded import default_model_path
 
@@ -56,13 +56,13 @@ PERSON = {
 
 
 @pytest.fixture(scope="module")
-def agent() -> Iterator[Agent]:
-    with started_agent({"WAYSTATION_CONNECTIVITY__MODE": "offline"}) as a:
+def agent() -> Iterator[InProcessAgent]:
+    with inprocess_agent({"WAYSTATION_CONNECTIVITY__MODE": "offline"}) as a:
         yield a
 
 
 @pytest.fixture(scope="module")
-def http_client(agent: Agent) -> Iterator[httpx.Client]:
+def http_client(agent: InProcessAgent) -> Iterator[httpx.Client]:
     with httpx.Client(transport=httpx.HTTPTransport(uds=str(agent.socket)), timeout=120.0) as c:
         yield c
 
@@ -88,7 +88,7 @@ def chat_model(http_client: httpx.Client) -> ChatOpenAI:
     )
 
 
-def turn_receipts(agent: Agent) -> list[dict[str, Any]]:
+def turn_receipts(agent: InProcessAgent) -> list[dict[str, Any]]:
     response = agent.api("GET", "/v1/receipts", params={"limit": 1000})
     assert response.status_code == 200, response.text
     return [r for r in response.json() if r["kind"] == "turn"]
@@ -102,7 +102,7 @@ def model_file() -> str:
 
 
 def test_tools_come_back_as_tool_calls_and_the_result_leads_to_an_answer(
-    client: openai.OpenAI, agent: Agent
+    client: openai.OpenAI, agent: InProcessAgent
 ) -> None:
     before = len(turn_receipts(agent))
     completion = client.chat.completions.create(
@@ -157,7 +157,7 @@ REQUEST_LIMIT = 4  # an agent's request limit (pydantic-ai's and LangGraph's are
 
 @pytest.mark.timeout(300)  # up to a dozen generations on a CPU shared with other tests
 def test_a_tool_result_sent_back_with_the_tools_still_offered_leads_to_an_answer(
-    client: openai.OpenAI, agent: Agent
+    client: openai.OpenAI, agent: InProcessAgent
 ) -> None:
     """As agent frameworks loop: every request offers the tools (the first demands a call, so
     that each question makes one); the client runs each call it gets and sends the result back,
@@ -201,7 +201,7 @@ def test_a_tool_call_is_never_cut_by_stop_strings(client: openai.OpenAI) -> None
     assert json.loads(call.function.arguments) == {"city": "Paris"}, "stop is for the answer's text"
 
 
-def test_tool_calls_stream_as_openai_streams_them(client: openai.OpenAI, agent: Agent) -> None:
+def test_tool_calls_stream_as_openai_streams_them(client: openai.OpenAI, agent: InProcessAgent) -> None:
     before = len(turn_receipts(agent))
     chunks = list(
         client.chat.completions.create(
@@ -314,7 +314,7 @@ def test_json_schema_answers_match_it(client: openai.OpenAI) -> None:
     assert isinstance(person["name"], str) and isinstance(person["age"], int)
 
 
-def test_n_above_one_is_a_400_naming_n(client: openai.OpenAI, agent: Agent) -> None:
+def test_n_above_one_is_a_400_naming_n(client: openai.OpenAI, agent: InProcessAgent) -> None:
     before = len(turn_receipts(agent))
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="gpt-4o", messages=ASK, n=2, max_tokens=MAX_TOKENS)
@@ -347,7 +347,9 @@ def test_malformed_tools_are_a_400(client: openai.OpenAI, tools: Any, named: str
     assert named in caught.value.body["message"]  # type: ignore[index]
 
 
-def test_a_schema_the_grammar_cannot_express_is_a_400_naming_it(client: openai.OpenAI, agent: Agent) -> None:
+def test_a_schema_the_grammar_cannot_express_is_a_400_naming_it(
+    client: openai.OpenAI, agent: InProcessAgent
+) -> None:
     unanchored = {"type": "string", "pattern": "[a-z]+"}  # llama.cpp's converter wants ^...$
     tools: list[ChatCompletionToolParam] = [
         {
@@ -382,7 +384,7 @@ def refused_format(client: openai.OpenAI, schema: dict[str, Any], **extra: Any) 
 
 
 def test_a_schema_past_what_the_grammar_enforces_is_a_400_and_the_agent_lives(
-    client: openai.OpenAI, agent: Agent
+    client: openai.OpenAI, agent: InProcessAgent
 ) -> None:
     """maxLength 20,000 made llama.cpp's grammar parser overflow its stack: SIGSEGV, the agent
     gone; 1,500 made it refuse the grammar and answer with none (issue 20, item 8)."""

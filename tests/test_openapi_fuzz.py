@@ -13,7 +13,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import schemathesis
-from agentproc import Agent, free_port, started_agent
 from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
 from schemathesis.checks import not_a_server_error
@@ -23,6 +22,8 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from support.agentproc import free_port
+from support.inproc import InProcessAgent, inprocess_agent
 
 from waystation.agent.openapi import openapi_document
 
@@ -38,8 +39,8 @@ schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.N
 
 
 @pytest.fixture(scope="module")
-def agent() -> Iterator[Agent]:
-    with started_agent(
+def agent() -> Iterator[InProcessAgent]:
+    with inprocess_agent(
         {
             "WAYSTATION_CONNECTIVITY__MODE": "offline",
             # Were the fuzzer to switch the mode to auto, the probe finds nothing: still offline.
@@ -50,7 +51,7 @@ def agent() -> Iterator[Agent]:
 
 
 @pytest.fixture(scope="module")
-def http(agent: Agent) -> Iterator[httpx.Client]:
+def http(agent: InProcessAgent) -> Iterator[httpx.Client]:
     with agent.client() as client:
         yield client
 
@@ -79,7 +80,7 @@ def test_document_is_valid_openapi() -> None:
     validate(openapi_document())  # type: ignore[arg-type]
 
 
-def test_document_is_served_and_covers_every_route(agent: Agent) -> None:
+def test_document_is_served_and_covers_every_route(agent: InProcessAgent) -> None:
     answer = agent.api("GET", "/v1/openapi.json")
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("application/json")
@@ -116,7 +117,7 @@ def test_fuzz_the_live_agent(case: schemathesis.Case, http: httpx.Client) -> Non
     case.validate_response(response, checks=CHECKS)
 
 
-def test_agent_survived_the_fuzzing(agent: Agent, http: httpx.Client) -> None:
+def test_agent_survived_the_fuzzing(agent: InProcessAgent, http: httpx.Client) -> None:
     assert agent.running(), agent.output()
     answer = http.get("/v1/status")
     assert answer.status_code == 200, answer.text

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from agentproc import Agent, wait_for
+from support.agentproc import Agent, wait_for
 
 from waystation.adapters.tools.deadline import GRACE_S, Deadline
 

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from fakehub import FakeHub, HubFile, fake_gguf
+from support.fakehub import FakeHub, HubFile, fake_gguf
 
 from waystation.adapters.models import pull as pulling
 from waystation.adapters.models import room

@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from agentproc import Agent, agent_env, make_home, remove_home
+from support.agentproc import Agent, cli_process, make_home, remove_home
 
-CLI = [sys.executable, "-m", "waystation"]
 URL = "http://127.0.0.1:9/x"
 
 
@@ -29,9 +27,7 @@ def receipts_of_cancelled_tasks(agent: Agent, n: int) -> list[str]:
 
 
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args], env=agent_env(home), capture_output=True, text=True, timeout=60, check=False
-    )
+    return cli_process(home, *args)
 
 
 def test_the_agent_signs_serves_and_proves(agent_factory: Callable[..., Agent], tmp_path: Path) -> None:

@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from agentproc import Agent, agent_env, make_home, remove_home, wait_for
 from aiohttp import web
-from providers import ProviderServer, Reply
+from support.agentproc import Agent, agent_env, make_home, remove_home, sse_events, wait_for
+from support.providers import ProviderServer, Reply
 
 from waystation.adapters.models.base import ToolCall
 
@@ -442,15 +442,9 @@ def test_anthropic_route_streamed_through_a_base_url_override(keyed: Station, lo
     )
     seen = len(loopback.requests_to("/v1/messages"))
     body = {"prompt": "hi", "route": "anthropic", "stream": True}
-    events: list[tuple[str, dict[str, Any]]] = []
     with keyed.agent.client(timeout=30) as client, client.stream("POST", "/v1/turns", json=body) as answer:
         assert answer.status_code == 200
-        kind = ""
-        for line in answer.iter_lines():
-            if line.startswith("event: "):
-                kind = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                events.append((kind, json.loads(line.removeprefix("data: "))))
+        events = [(e.event, e.data) for e in sse_events(answer.iter_lines())]
     keyed.said.append(("socket POST /v1/turns (stream)", json.dumps(events).encode()))
     tokens = "".join(data["text"] for kind, data in events if kind == "token")
     assert tokens == "Streamed from Claude."

@@ -13,7 +13,6 @@ import asyncio
 import importlib.metadata
 import importlib.util
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,8 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
-from providers import ProviderServer, Reply
+from support.agentproc import free_port
+from support.providers import ProviderServer, Reply
 
 from waystation.adapters.models.base import Generation, GenerationRequest, ToolCall, ToolSpec
 from waystation.adapters.routes.anthropic import AnthropicBackend
@@ -126,12 +126,6 @@ def is_stream(seen: Any) -> bool:
     if seen.path.endswith((":streamRawPredict", ":streamGenerateContent")):
         return True
     return bool(seen.body.get("stream")) and ":" not in seen.path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def generate(

@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from npm_clis import (
+from support.npm_clis import (
     CliUnavailable,
     NpmClis,
     alive,

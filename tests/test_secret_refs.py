@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 import structlog
-from agentproc import Agent, wait_for
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from support.agentproc import Agent, wait_for
 
 from waystation import logs
 from waystation.adapters.tools import HttpRequestTool, ToolRegistry, new_client

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from agentproc import Agent
+from support.agentproc import Agent
 
 from waystation.agent.peer import PeerCredentials, peer_allowed, socket_gid
 from waystation.service import UNIT_NAME, Service, example_files, launchd_agent

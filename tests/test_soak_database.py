@@ -17,11 +17,11 @@ import os
 import random
 import sqlite3
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from agentproc import AGENT_COMMAND, Agent, agent_env, make_home, remove_home
+from support.agentproc import AGENT_COMMAND, Agent, agent_env
 
 from waystation.config import QueueSettings
 from waystation.db import SCHEMA_VERSION, Database
@@ -82,13 +82,6 @@ CASES: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
     "foreign-notes": (foreign_with("notes"), ("another application", "notes", "move it")),
     "foreign-tasks": (foreign_with("tasks"), ("another application", "tasks", "move it")),
 }
-
-
-@pytest.fixture
-def home() -> Iterator[Path]:
-    directory = make_home()
-    yield directory
-    remove_home(directory)
 
 
 def fingerprint(path: Path) -> tuple[str, int]:

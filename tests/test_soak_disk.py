@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentproc import (
+from support.agentproc import (
     Agent,
     Receiver,
     agent_env,

@@ -25,9 +25,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import agentproc
 import pytest
-from agentproc import Agent, Receiver, agent_env, ip, netns_only, raw_request, run_in_threads, wait_for
+from support import agentproc
+from support.agentproc import (
+    Agent,
+    Receiver,
+    agent_env,
+    ip,
+    netns_only,
+    raw_request,
+    run_in_threads,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.soak, pytest.mark.slow]
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentproc import Agent, Receiver, agent_env, raw_request, wait_for
+from support.agentproc import Agent, Receiver, agent_env, raw_request, wait_for
 
 from waystation.queue.flusher import LEASE_AHEAD, UNRECORDED_MAX
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-from agentproc import Agent, Receiver, wait_for
+from support.agentproc import Agent, Receiver, wait_for
 
 pytestmark = [pytest.mark.soak, pytest.mark.slow, pytest.mark.timeout(600)]
 

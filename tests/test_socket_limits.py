@@ -18,9 +18,9 @@ from typing import Any, cast
 
 import httpx
 import pytest
-from agentproc import AGENT_COMMAND, Agent
 from aiohttp import web
-from floods import flooding
+from support.agentproc import AGENT_COMMAND, Agent
+from support.floods import flooding
 
 from waystation.agent import http_io
 from waystation.agent.connections import HEAD_TIMEOUT_S, RESERVED_FILES
@@ -77,7 +77,7 @@ def test_past_the_cap_a_connection_is_told_503_at_once(
 ) -> None:
     files = RESERVED_FILES + 40  # the agent's cap comes out at 40 connections
     monkeypatch.setattr(
-        "agentproc.AGENT_COMMAND", ["prlimit", f"--nofile={files}:{files}", "--", *AGENT_COMMAND]
+        "support.agentproc.AGENT_COMMAND", ["prlimit", f"--nofile={files}:{files}", "--", *AGENT_COMMAND]
     )
     agent = agent_factory().start()
     with contextlib.ExitStack() as holders:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from agentproc import Agent, status_code
+from support.agentproc import Agent, status_code
 
 WATCHDOG_USEC = 1_000_000  # pings every 0.5 s
 

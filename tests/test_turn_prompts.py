@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from agentproc import Agent, Receiver
+from support.agentproc import Agent, Receiver
 from turn_prompt_set import run
 
 pytestmark = pytest.mark.slow

@@ -21,19 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentproc import Agent, Receiver, agent_env, ip, netns_only, wait_for
+from support.agentproc import Agent, Receiver, agent_env, cli_process, ip, netns_only, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 def cli(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "waystation", *args],
-        env=agent_env(home),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return cli_process(home, *args, timeout=timeout)
 
 
 def cli_json(home: Path, *args: str) -> Any:

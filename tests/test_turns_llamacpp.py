@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
-from agentproc import SSE, Agent, sse_events, started_agent, wait_for
+from support.agentproc import SSE, Agent, sse_events, started_agent, wait_for
 
 from waystation.adapters.models.base import GenerationRequest, ToolSpec, tool_instructions
 from waystation.adapters.models.embedded import default_model_path

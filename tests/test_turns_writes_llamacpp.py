@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from agentproc import Agent, Receiver, started_agent
+from support.agentproc import Agent, Receiver, started_agent
 
 pytestmark = pytest.mark.slow
 

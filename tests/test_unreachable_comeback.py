@@ -21,8 +21,8 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from agentproc import Agent, Receiver, agent_env, port_nobody_uses, wait_for
-from providers import ProviderServer, Reply
+from support.agentproc import Agent, Receiver, agent_env, port_nobody_uses, wait_for
+from support.providers import ProviderServer, Reply
 
 from waystation.adapters.models.base import ToolCall
 

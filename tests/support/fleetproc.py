@@ -23,8 +23,8 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
-from agentproc import Agent, free_port, terminate, wait_for
 
+from support.agentproc import Agent, free_port, terminate, wait_for
 from waystation.receipts.checkpoints import SigningKey
 
 

@@ -184,7 +184,7 @@ class ProviderServer:
             return web.json_response({"error": error}, status=reply.status, headers=reply.headers)
         model = reply.model or body["model"]
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:12]}", int(time.time())
-        calls = [
+        calls: list[dict[str, Any]] = [
             {
                 "id": c.id,
                 "type": "function",
@@ -426,10 +426,10 @@ class ProviderServer:
             "eval_duration": 500,
         }
         if not body.get("stream", True):
-            message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+            whole: dict[str, Any] = {"role": "assistant", "content": reply.text}
             if calls:
-                message["tool_calls"] = calls
-            answer = {**final, "message": message}
+                whole["tool_calls"] = calls
+            answer = {**final, "message": whole}
             self._check_ollama_sent(answer)
             return web.json_response(answer, headers=reply.headers)
         lines = [

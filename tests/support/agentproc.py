@@ -107,6 +107,22 @@ def agent_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, s
     return env
 
 
+def cli_process(
+    home: Path, *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`waystation ARGS` as its own process, in `home`: for a command that must be a process (a
+    turn run by a real model in the command's own process, a signal, an import-time setting);
+    otherwise support/inproc.py's run_cli is the same command at a fraction of the cost."""
+    return subprocess.run(
+        [sys.executable, "-m", "waystation", *args],
+        env=agent_env(home, env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def status_code(sock: Path, timeout: float = 2.0) -> int | None:
     """`GET /v1/status` over a raw socket: the answer's status, or None if nothing answers.
 
@@ -172,15 +188,11 @@ def uds_client(sock: Path, timeout: float = 10.0) -> httpx.Client:
     )
 
 
-class Agent:
-    """One agent home; `start()` may be called again after the process has gone (a restart)."""
+class AgentApi:
+    """What a test asks of an agent on `home` through its socket, whichever way it runs: a process
+    here (`Agent`), or in the test's own process (support/inproc.py's `InProcessAgent`)."""
 
-    def __init__(self, home: Path, env: Mapping[str, str] | None = None) -> None:
-        self.home = home
-        self.extra_env: dict[str, str] = dict(env or {})
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: Any = None
-        self._runs = 0
+    home: Path
 
     @property
     def socket(self) -> Path:
@@ -193,6 +205,49 @@ class Agent:
     @property
     def log_path(self) -> Path:
         return self.home / "agent-output.log"
+
+    def client(self, timeout: float = 10.0) -> httpx.Client:
+        return uds_client(self.socket, timeout)
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except FileNotFoundError:
+            return "(no output)"
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        with self.client() as client:
+            return client.request(method, path, **kwargs)
+
+    def set_mode(self, mode: str) -> dict[str, Any]:
+        response = self.api("PUT", "/v1/connectivity", json={"mode": mode})
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def tasks(self, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if state:
+            params["state"] = state
+        response = self.api("GET", "/v1/tasks", params=params)
+        assert response.status_code == 200, response.text
+        found: list[dict[str, Any]] = response.json()
+        return found
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = self.api("GET", "/v1/status").json()["queue"]
+        return counts
+
+
+class Agent(AgentApi):
+    """One agent home; `start()` may be called again after the process has gone (a restart)."""
+
+    def __init__(self, home: Path, env: Mapping[str, str] | None = None) -> None:
+        self.home = home
+        self.extra_env: dict[str, str] = dict(env or {})
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+        self._runs = 0
 
     @property
     def pid(self) -> int:
@@ -237,9 +292,6 @@ class Agent:
                 raise AssertionError(f"agent not ready after {timeout:g}s:\n{self.output()}")
             time.sleep(0.05)
 
-    def client(self, timeout: float = 10.0) -> httpx.Client:
-        return uds_client(self.socket, timeout)
-
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -281,37 +333,6 @@ class Agent:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-
-    def output(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-6000:]
-        except FileNotFoundError:
-            return "(no output)"
-
-    # --- API helpers ----------------------------------------------------------------------------
-
-    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        with self.client() as client:
-            return client.request(method, path, **kwargs)
-
-    def set_mode(self, mode: str) -> dict[str, Any]:
-        response = self.api("PUT", "/v1/connectivity", json={"mode": mode})
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        return body
-
-    def tasks(self, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"limit": limit}
-        if state:
-            params["state"] = state
-        response = self.api("GET", "/v1/tasks", params=params)
-        assert response.status_code == 200, response.text
-        found: list[dict[str, Any]] = response.json()
-        return found
-
-    def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = self.api("GET", "/v1/status").json()["queue"]
-        return counts
 
 
 # --- the receiver ---------------------------------------------------------------------------------
