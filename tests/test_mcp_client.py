@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
+from support.mcp_servers import RemoteServer, remote_server
 from typer.testing import CliRunner
 
-from support.mcp_servers import RemoteServer, remote_server
 from waystation.adapters.mcp import McpCallTool
 from waystation.adapters.models.base import ToolCall
 from waystation.adapters.models.scripted import ScriptedBackend
