@@ -189,26 +189,6 @@ def test_unsupported_fields_are_400_naming_them(client: openai.OpenAI, agent: Ag
     assert on_socket.status_code == 400 and "previous_response_id" in on_socket.json()["error"]["message"]
 
 
-def test_rotate_replaces_the_token_for_the_running_agent(agent: Agent) -> None:
-    old = token_cmd(agent)
-    new = token_cmd(agent, "--rotate")
-    assert new != old and token_cmd(agent) == new
-    assert stat.S_IMODE((Path(agent.home) / "api.token").stat().st_mode) == 0o600
-    models = url(agent) + "/v1/models"
-    assert httpx.get(models, headers={"Authorization": f"Bearer {old}"}).status_code == 401
-    assert httpx.get(models, headers={"Authorization": f"Bearer {new}"}).status_code == 200
-
-
-def test_token_is_made_by_the_command_when_none_exists(tmp_path: Path) -> None:
-    env = {**os.environ, "WAYSTATION_HOME": str(tmp_path)}
-    run = [sys.executable, "-m", "waystation", "token"]
-    printed = subprocess.run(
-        run, env=env, capture_output=True, text=True, timeout=60, check=True
-    ).stdout.strip()
-    assert printed and (tmp_path / "api.token").read_text().strip() == printed
-    assert stat.S_IMODE((tmp_path / "api.token").stat().st_mode) == 0o600
-
-
 def test_a_streamed_function_call(client: openai.OpenAI) -> None:
     events = list(
         client.responses.create(
@@ -229,3 +209,24 @@ def test_a_streamed_function_call(client: openai.OpenAI) -> None:
     assert final.type == "response.completed"
     (call,) = final.response.output
     assert call.type == "function_call" and call.arguments == done.arguments
+
+
+# Last of the module agent's tests: the token it rotates is the one the module's client holds.
+def test_rotate_replaces_the_token_for_the_running_agent(agent: Agent) -> None:
+    old = token_cmd(agent)
+    new = token_cmd(agent, "--rotate")
+    assert new != old and token_cmd(agent) == new
+    assert stat.S_IMODE((Path(agent.home) / "api.token").stat().st_mode) == 0o600
+    models = url(agent) + "/v1/models"
+    assert httpx.get(models, headers={"Authorization": f"Bearer {old}"}).status_code == 401
+    assert httpx.get(models, headers={"Authorization": f"Bearer {new}"}).status_code == 200
+
+
+def test_token_is_made_by_the_command_when_none_exists(tmp_path: Path) -> None:
+    env = {**os.environ, "WAYSTATION_HOME": str(tmp_path)}
+    run = [sys.executable, "-m", "waystation", "token"]
+    printed = subprocess.run(
+        run, env=env, capture_output=True, text=True, timeout=60, check=True
+    ).stdout.strip()
+    assert printed and (tmp_path / "api.token").read_text().strip() == printed
+    assert stat.S_IMODE((tmp_path / "api.token").stat().st_mode) == 0o600

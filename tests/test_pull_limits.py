@@ -30,7 +30,7 @@ from waystation.adapters.models import room
 from waystation.adapters.models.hub import hub_file, own_hub
 from waystation.adapters.models.store import ModelStore
 from waystation.agent.api import errors_as_json
-from waystation.agent.api_models import ENDPOINT_HEADER, add_model_routes
+from waystation.agent.api_models import ENDPOINT_HEADER, add_model_routes, list_models
 from waystation.agent.http_io import STATION
 from waystation.config import ModelSettings, Settings
 from waystation.errors import MalformedRequest, PullFailed, PullNoSpace
@@ -76,6 +76,7 @@ async def models_api(models: Path, keep_free_mb: int = 0) -> Any:
     app = web.Application(middlewares=[errors_as_json])
     app[STATION] = station(models, keep_free_mb)
     add_model_routes(app)
+    app.router.add_get("/v1/models", list_models)  # the model API's list, beside the model routes
     async with (
         TestServer(app, host="127.0.0.1") as server,
         httpx.AsyncClient(base_url=str(server.make_url("/")), timeout=30) as client,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable
+from typing import TextIO, cast
 
 import structlog
 
@@ -13,6 +14,18 @@ from waystation.secrets import Redactor
 # The redactor of the logging configured last. Module state, as structlog's configuration is: one
 # per process, and a secret a task resolves later must reach the very processor that runs.
 _redactor = Redactor(())
+
+
+class _CurrentStderr:
+    """sys.stderr as it is at each write, not as it was when logging was set up: a logger cached
+    then (cache_logger_on_first_use) keeps writing where stderr goes now, never to a stream that
+    was swapped out and closed since (a test's captured stderr, a command run in-process)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def configure(level: int = logging.INFO, secrets: Iterable[str] = ()) -> None:
@@ -34,7 +47,7 @@ def configure(level: int = logging.INFO, secrets: Iterable[str] = ()) -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=True,
     )
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 PACKAGES = ("@openai/codex@0.169.0", "@anthropic-ai/claude-code@2.1.197")
 INSTALL_TIMEOUT_S = 900
-FAKE_BIN = Path(__file__).parent / "fake_bin"
+FAKE_BIN = Path(__file__).parent.parent / "fake_bin"
 
 
 class CliUnavailable(Exception):
