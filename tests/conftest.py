@@ -30,6 +30,20 @@ for _old in ("agentproc", "fleetproc", "floods", "fakehub", "providers", "npm_cl
     sys.modules.setdefault(_old, importlib.import_module(f"support.{_old}"))
 
 
+@pytest.fixture(autouse=True)
+def fresh_logging() -> None:
+    """Each test starts with structlog's defaults: a set-up left in force by an agent or command
+    run in this process caches loggers on first use, and structlog.testing.capture_logs then sees
+    nothing from them. Checked cheaply; the loggers are forgotten only when one was left."""
+    import structlog
+
+    if structlog.get_config().get("cache_logger_on_first_use"):
+        from support.inproc import forget_cached_loggers
+
+        structlog.reset_defaults()
+        forget_cached_loggers()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test by what it starts (`process`, `model`, `netns`, `soak`): support/markers.py."""
     registered = {line.split(":")[0].strip() for line in config.getini("markers")}

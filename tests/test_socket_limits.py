@@ -60,8 +60,9 @@ def test_half_sent_requests_are_closed_and_status_answers_meanwhile(
     agent_factory: Callable[..., Agent],
 ) -> None:
     agent = agent_factory().start()
-    # From this one process: 1,000 of the 1,024 connections (of 4,096) that are one process's share.
-    with held_connections(agent.socket, 1000) as held:
+    # From this one process: 900 of the 1,024 connections (of 4,096) that are one process's share
+    # (room left for the status calls, and for connections the agent has not yet seen closed).
+    with held_connections(agent.socket, 900) as held:
         started = time.monotonic()
         assert agent.api("GET", "/v1/status").status_code == 200  # 1,000 stuck clients did not deafen it
         time.sleep(max(0.0, HEAD_TIMEOUT_S + 2 - (time.monotonic() - started)))
