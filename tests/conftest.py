@@ -34,10 +34,12 @@ for _old in ("agentproc", "fleetproc", "floods", "fakehub", "providers", "npm_cl
 def fresh_logging() -> None:
     """Each test starts with structlog's defaults: a set-up left in force by an agent or command
     run in this process caches loggers on first use, and structlog.testing.capture_logs then sees
-    nothing from them. Checked cheaply; the loggers are forgotten only when one was left."""
+    nothing from them. Checked cheaply; the loggers are forgotten only when one was left, and
+    never while an in-process agent runs (its set-up sends its log to its own file)."""
     import structlog
+    from support import inproc
 
-    if structlog.get_config().get("cache_logger_on_first_use"):
+    if structlog.get_config().get("cache_logger_on_first_use") and not inproc.RUNNING:
         from support.inproc import forget_cached_loggers
 
         structlog.reset_defaults()

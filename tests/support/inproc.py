@@ -51,6 +51,9 @@ from waystation.secrets import known_secrets
 from waystation.station import AgentStation
 from waystation.station.build import build_agent
 
+# In-process agents running now: while one runs, its logging set-up (its log file) is in force.
+RUNNING: set[InProcessAgent] = set()
+
 
 class InProcessAgent(AgentApi):
     """An agent on a fresh home, served from a thread of this process (see the module's note)."""
@@ -78,6 +81,7 @@ class InProcessAgent(AgentApi):
         structlog.configure(logger_factory=structlog.PrintLoggerFactory(self._log))
         self._thread = threading.Thread(target=self._run, args=(paths, settings), daemon=True)
         self._thread.start()
+        RUNNING.add(self)
         deadline = time.monotonic() + timeout
         while status_code(self.socket) != 200:  # ready as a process is: the socket answers
             if not self._thread.is_alive() or time.monotonic() > deadline:
@@ -120,6 +124,7 @@ class InProcessAgent(AgentApi):
         self._thread.join(timeout)
         alive = self._thread.is_alive()
         self._thread = None
+        RUNNING.discard(self)
         structlog.configure(**self._logging_before[0])
         logs._redactor = self._logging_before[1]
         forget_cached_loggers()
