@@ -123,6 +123,20 @@ def cli_process(
     )
 
 
+def _connect_waiting(raw: socket.socket, sock: Path, timeout: float) -> None:
+    """Connect as a blocking client does: while the socket's backlog is full (EAGAIN, which a
+    socket with a timeout gets at once) wait for room, up to `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            raw.connect(str(sock))
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.001)  # the agent accepts in bursts: room comes and goes quickly
+
+
 def status_code(sock: Path, timeout: float = 2.0) -> int | None:
     """`GET /v1/status` over a raw socket: the answer's status, or None if nothing answers.
 
@@ -132,7 +146,7 @@ def status_code(sock: Path, timeout: float = 2.0) -> int | None:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
             raw.settimeout(timeout)
-            raw.connect(str(sock))
+            _connect_waiting(raw, sock, timeout)
             raw.sendall(b"GET /v1/status HTTP/1.1\r\nHost: waystation\r\nConnection: close\r\n\r\n")
             head = b""
             while b"\r\n" not in head:
@@ -162,7 +176,7 @@ def raw_request(
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
             raw.settimeout(timeout)
-            raw.connect(str(sock))
+            _connect_waiting(raw, sock, timeout)
             raw.sendall(head + payload)
             while chunk := raw.recv(65536):
                 answer += chunk

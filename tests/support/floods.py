@@ -8,8 +8,8 @@ bench/listener_flood.py.
 - `reconnect`: keeps as many half-sent connections open to the socket as the agent lets it,
   opening a new one as soon as the agent closes one (or answers it, a 503 included).
 
-The child says how many connections it holds once it has made its first COUNT tries; the parent
-closes a pipe to stop it.
+The child says how many connections it made (the agent may have refused some at once) once it
+has made its first COUNT tries; the parent closes a pipe to stop it.
 """
 
 from __future__ import annotations
@@ -26,19 +26,25 @@ HALF_HEAD = b"GET /v1/status HTTP/1.1\r\nHost: w\r\n"
 NOBODY = 65534
 
 
-def _connect(target: str, first_bytes: bytes = HALF_HEAD) -> socket.socket | None:
-    """One half-sent request to `target` (a socket path, or a TCP port on 127.0.0.1)."""
+def _connect(target: str, first_bytes: bytes = HALF_HEAD) -> tuple[bool, socket.socket | None]:
+    """One half-sent request to `target` (a socket path, or a TCP port on 127.0.0.1): whether the
+    connection was made, and the socket while it is still open (None when the agent refused it
+    before the bytes were sent, or the connection was not made)."""
     family = socket.AF_INET if target.isdigit() else socket.AF_UNIX
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.settimeout(0.2)
     try:
         sock.connect(("127.0.0.1", int(target)) if target.isdigit() else target)
-        sock.sendall(first_bytes)
-    except OSError:  # backlog full, refused, reset: try again later
+    except OSError:  # backlog full, refused: try again later
         sock.close()
-        return None
+        return False, None
+    try:
+        sock.sendall(first_bytes)
+    except OSError:  # answered and closed already: the agent's share held, as it should
+        sock.close()
+        return True, None
     sock.setblocking(False)
-    return sock
+    return True, sock
 
 
 def _raise_open_files() -> None:
@@ -51,11 +57,13 @@ def _main(mode: str, target: str, count: int, stop: int, ready: int) -> None:
     _raise_open_files()
     held = selectors.DefaultSelector()
     held.register(stop, selectors.EVENT_READ)  # closed by the parent: time to go
+    made = 0
     for _ in range(count):
-        sock = _connect(target, b"" if mode == "idle" else HALF_HEAD)
+        connected, sock = _connect(target, b"" if mode == "idle" else HALF_HEAD)
+        made += connected
         if sock is not None:
             held.register(sock, selectors.EVENT_READ)
-    os.write(ready, f"{len(held.get_map()) - 1}\n".encode())
+    os.write(ready, f"{made}\n".encode())
     while True:
         for key, _ in held.select(timeout=None if mode != "reconnect" else 0.001):
             if key.fileobj == stop:
@@ -66,14 +74,15 @@ def _main(mode: str, target: str, count: int, stop: int, ready: int) -> None:
                 held.unregister(done)
                 done.close()
         if mode == "reconnect":
-            sock = _connect(target)
+            _connected, sock = _connect(target)
             if sock is not None:
                 held.register(sock, selectors.EVENT_READ)
 
 
 @contextlib.contextmanager
 def flooding(mode: str, target: Path | int, count: int, other_uid: bool = False) -> Iterator[int]:
-    """A `hold`, `idle` or `reconnect` child for the length of the block; yields how many it holds at first.
+    """A `hold`, `idle` or `reconnect` child for the length of the block; yields how many
+    connections its first tries made.
 
     A fork, not a new interpreter: quick, and as nobody (`other_uid`, only possible as root) it
     need not read the virtual environment. The same uid where we are not root."""
