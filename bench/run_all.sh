@@ -24,6 +24,7 @@ if [[ -n "${QUICK:-}" ]]; then
     "bench/fleet.py --backlog 1000 --submits 10"
     "bench/comeback.py --outages 3,10 --rounds 1"
     "bench/mcp_tasks_kill.py --rounds 10"
+    "bench/mcp_client_tasks_kill.py --rounds 10"
   )
 else
   RUNS=(
@@ -40,6 +41,7 @@ else
     "bench/fleet.py"
     "bench/comeback.py --outages 3,10,45 --rounds 3"
     "bench/mcp_tasks_kill.py --rounds 100"
+    "bench/mcp_client_tasks_kill.py --rounds 100"
   )
 fi
 

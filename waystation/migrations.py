@@ -126,6 +126,13 @@ MIGRATIONS: list[Migration] = [
         listed_at REAL NOT NULL
     )
     """,
+    # 10: the id a destination gave a call it took as a task of its own (an MCP server's task),
+    # kept with the task so that after any restart it is polled, never sent again. Such a task
+    # stays `running`; while no delivery holds it (lease_expires_at NULL) it waits to be polled.
+    """
+    ALTER TABLE tasks ADD COLUMN remote_task TEXT;
+    CREATE INDEX tasks_remote_due ON tasks (next_attempt_at) WHERE remote_task IS NOT NULL
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -40,6 +40,9 @@ class Outcome(StrEnum):
     RETRY = "retry"  # the destination answered "not now"
     DEAD = "dead"  # the destination answered "never", or the task can never be sent
     UNREACHABLE = "unreachable"  # no answer at all: connection, DNS, timeout, route offline
+    # The destination took the call as a task of its own (an MCP server's task), still working:
+    # the task stays running and is polled (Delivery.remote_task) after retry_after_s.
+    WAITING = "waiting"
 
 
 @dataclass(frozen=True)
@@ -51,12 +54,16 @@ class Delivery:
     result: Mapping[str, Any] | None = None  # kept as the task's result
     retry_after_s: float | None = None  # the destination asked for this pause
     error: str | None = None  # why it did not succeed, in words (never a credential)
+    remote_task: str | None = None  # the destination's id for the call it took as a task (WAITING)
 
 
 class Deliver(Protocol):
-    async def __call__(self, tool: str, args: Mapping[str, Any], idempotency_key: str) -> Delivery:
-        """Send validated args once. Never raises for the destination's answer or its absence:
-        both are a Delivery."""
+    async def __call__(
+        self, tool: str, args: Mapping[str, Any], idempotency_key: str, remote_task: str | None = None
+    ) -> Delivery:
+        """Send validated args once (or, given the `remote_task` the destination made of them
+        before, ask after that task instead). Never raises for the destination's answer or its
+        absence: both are a Delivery."""
         ...
 
 

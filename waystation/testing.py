@@ -57,6 +57,7 @@ class Call:
     tool: str
     args: Mapping[str, Any]
     idempotency_key: str
+    remote_task: str | None = None  # set when the delivery asks after a destination's own task
 
 
 Answer = Delivery | Callable[[Call], Delivery]
@@ -85,8 +86,10 @@ class ScriptedDelivery:
     def keys(self) -> list[str]:
         return [c.idempotency_key for c in self.calls]
 
-    async def __call__(self, tool: str, args: Mapping[str, Any], idempotency_key: str) -> Delivery:
-        call = Call(tool, dict(args), idempotency_key)
+    async def __call__(
+        self, tool: str, args: Mapping[str, Any], idempotency_key: str, remote_task: str | None = None
+    ) -> Delivery:
+        call = Call(tool, dict(args), idempotency_key, remote_task)
         self.calls.append(call)
         self.in_flight += 1
         try:

@@ -62,10 +62,11 @@ def _remote_app() -> MCPServer:
 
 
 @contextmanager
-def remote_server() -> Iterator[RemoteServer]:
+def remote_server(app: MCPServer | None = None) -> Iterator[RemoteServer]:
+    """A Streamable HTTP server on loopback (`app`, else the tracker) in a thread of its own."""
     import uvicorn
 
-    inner = _remote_app().streamable_http_app()
+    inner = (app or _remote_app()).streamable_http_app()
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -92,8 +92,9 @@ class Flusher:
     def task_changed(self, task: Mapping[str, Any]) -> None:
         """A listener for announced tasks. Whoever commits a task announces it, so listening here
         wakes the flusher for every way a task can become pending, without each of them having
-        to know the flusher: one committed pending may be due now."""
-        if task.get("state") == "pending":
+        to know the flusher: one committed pending may be due now, and so may one committed
+        running, waiting on its destination's own task (a turn's MCP call the server took so)."""
+        if task.get("state") in ("pending", "running"):
             self.wake()
 
     @property
@@ -281,7 +282,8 @@ class Flusher:
 
     async def _deliver_task(self, task: Task) -> None:
         started = time.perf_counter()
-        sent = await self._deliver_once(task.tool, task.args, task.idempotency_key)
+        # A task its destination holds as its own (an MCP server's task) is asked after, not sent.
+        sent = await self._deliver_once(task.tool, task.args, task.idempotency_key, task.remote_task)
         held_s = time.perf_counter() - started
         if sent.outcome == Outcome.UNREACHABLE:
             self._connectivity.report_network_error()
@@ -299,6 +301,7 @@ class Flusher:
             rng=self._rng,
             retry_after_s=sent.retry_after_s,
             error=sent.error,
+            remote_task=sent.remote_task or task.remote_task,
         )
         duration_ms = int(held_s * 1000)
         # The next delivery need not wait for this one's commit (an fsync): the task stays

@@ -7,6 +7,11 @@ States:
        │  └───────────────┘──no answer────────> pending (no attempt counted)
        ├── cancel ──> cancelled      pending past expires_at ──> expired (tombstone receipt)
        └── retry <── dead | cancelled | expired
+
+A destination that takes the call as a task of its own (an MCP server's task: Outcome.WAITING)
+leaves the task `running`, with the destination's id for it (`remote_task`), and it is polled
+again (its deliveries ask after that task) until it ends; while it waits, any answer that would
+make a task pending (no answer, "not now") keeps it running instead: it is never sent again.
 """
 
 from __future__ import annotations
@@ -102,6 +107,17 @@ def no_answer(error: str | None) -> str:
     return f"destination unreachable: {error or 'no answer'}"
 
 
+# How soon a destination's own task is asked after again: its pollInterval, within these bounds
+# (a server asking for 10 ms polls is not obeyed; one asking for an hour is asked more often).
+POLL_DEFAULT_S = 1.0
+POLL_MIN_S = 0.5
+POLL_MAX_S = 30.0
+
+
+def poll_delay(asked_s: float | None) -> float:
+    return min(POLL_MAX_S, max(POLL_MIN_S, POLL_DEFAULT_S if asked_s is None else asked_s))
+
+
 @dataclass(frozen=True)
 class Decision:
     state: TaskState
@@ -109,6 +125,7 @@ class Decision:
     net_failures: int
     next_attempt_at: float
     error: str | None
+    remote_task: str | None = None  # the destination's task to poll, when it took the call as one
 
 
 def decide(
@@ -122,8 +139,15 @@ def decide(
     rng: random.Random,
     retry_after_s: float | None = None,
     error: str | None = None,
+    remote_task: str | None = None,
 ) -> Decision:
-    """What happens to a running task once its delivery finished with `outcome`."""
+    """What happens to a running task once its delivery finished with `outcome`; `remote_task`:
+    the destination's own task the delivery asked after (or the one it was just given)."""
+    if outcome is Outcome.WAITING:
+        return Decision(TaskState.RUNNING, attempts, 0, now + poll_delay(retry_after_s), error, remote_task)
+    # A task its destination holds as its own is never pending (that would send it again): it
+    # stays running, asked after at the time a pending one would have been retried.
+    again = TaskState.PENDING if remote_task is None else TaskState.RUNNING
     if outcome is Outcome.DONE:
         return Decision(TaskState.DONE, attempts + 1, 0, now, None)
     if outcome is Outcome.DEAD:
@@ -134,7 +158,7 @@ def decide(
         # Not the destination's answer, so no attempt is counted, and the task never dies of it.
         # Tried again soon (unreachable_delay); a return to `online` makes such tasks due at once.
         delay = unreachable_delay(net_failures + 1, settings, rng)
-        return Decision(TaskState.PENDING, attempts, net_failures + 1, now + delay, no_answer(error))
+        return Decision(again, attempts, net_failures + 1, now + delay, no_answer(error), remote_task)
     counted = attempts + 1
     answered = f"destination answered HTTP {status}" if status is not None else error or "not now"
     if counted >= settings.max_attempts:
@@ -144,7 +168,7 @@ def decide(
         # Honour the destination's Retry-After, but never beyond our own ceiling.
         delay = min(max(delay, retry_after_s), settings.backoff_max_s)
     # Pending says it will be retried, and next_attempt_at when: the error says why it was not done.
-    return Decision(TaskState.PENDING, counted, 0, now + delay, answered)
+    return Decision(again, counted, 0, now + delay, answered, remote_task)
 
 
 def take_per_host(

@@ -18,6 +18,13 @@ from waystation.queue.tasks import SUMMARY_COLUMNS, Task
 UNSIZED_TOOLS = ("web_fetch",)
 
 
+# Tasks a flusher may take: pending ones, and running ones whose destination holds them as its
+# own task (remote_task) that no delivery holds now (no lease): they wait to be asked after.
+DUE = "(state = 'pending' OR (state = 'running' AND remote_task IS NOT NULL AND lease_expires_at IS NULL))"
+# Of those, the ones waiting on their destination's own task.
+WAITING_REMOTE = "state = 'running' AND remote_task IS NOT NULL AND lease_expires_at IS NULL"
+
+
 def hold_back(hold_back_bytes: int | None) -> tuple[str, tuple[Any, ...]]:
     """A WHERE fragment excluding unsized tasks and those with args over `hold_back_bytes` bytes."""
     if hold_back_bytes is None:
@@ -68,11 +75,15 @@ class TaskReads:
         those bound for `skip_hosts` (hosts the flusher is leaving alone for now)."""
         held_sql, held_params = hold_back(hold_back_bytes)
         skip_sql = f" AND host NOT IN ({', '.join('?' for _ in skip_hosts)})" if skip_hosts else ""
-        row = await self.db.fetchone(
-            f"SELECT MIN(next_attempt_at) FROM tasks WHERE state = 'pending'{held_sql}{skip_sql}",
-            (*held_params, *skip_hosts),
-        )
-        return row[0] if row else None
+        soonest: list[float] = []
+        for which in ("state = 'pending'", WAITING_REMOTE):  # each its own MIN: an index's first row
+            row = await self.db.fetchone(
+                f"SELECT MIN(next_attempt_at) FROM tasks WHERE {which}{held_sql}{skip_sql}",
+                (*held_params, *skip_hosts),
+            )
+            if row is not None and row[0] is not None:
+                soonest.append(row[0])
+        return min(soonest, default=None)
 
     async def oldest_pending_at(self) -> float | None:
         """When the oldest pending task was created (None when none is pending)."""

@@ -39,6 +39,9 @@ class Task:
     updated_at: float
     expires_at: float
     turn_id: str | None
+    # The destination's id for the call, once it took it as a task of its own (an MCP server's
+    # task): the task's deliveries then ask after that task instead of sending the call again.
+    remote_task: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Task:
@@ -70,6 +73,7 @@ class Task:
             updated_at=row["updated_at"],
             expires_at=row["expires_at"],
             turn_id=row["turn_id"],
+            remote_task=row["remote_task"],
         )
 
     def to_json(self) -> contract.Task:
@@ -107,7 +111,7 @@ def _pick(column: str, names: tuple[str, ...]) -> str:
 # bodies never reach Python: 400 tasks of 1 MB listed took the agent to 1.6 GB when they did).
 SUMMARY_COLUMNS = (
     "id, tool, idempotency_key, host, state, attempts, net_failures, next_attempt_at, lease_expires_at,"
-    f" last_error, created_at, updated_at, expires_at, turn_id, {_pick('args', LISTED_ARGS)},"
+    f" last_error, created_at, updated_at, expires_at, turn_id, remote_task, {_pick('args', LISTED_ARGS)},"
     f" result IS NOT NULL AS has_result, {_pick('result', LISTED_RESULT)}"
 )
 
@@ -138,3 +142,7 @@ class NewTask:
     # starts as the flusher would have left it, its error saying why it waits.
     net_failures: int = 0
     last_error: str | None = None
+    # A try the caller made that the destination took as a task of its own (a turn's MCP call
+    # while online): the task starts running, waiting on it, asked after in first_poll_in_s.
+    remote_task: str | None = None
+    first_poll_in_s: float = 0.0

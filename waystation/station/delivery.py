@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from waystation.adapters.tools import DeliveryClient, ToolRegistry
+from waystation.adapters.tools import DeliveryClient, Resumable, ToolRegistry
 from waystation.errors import (
     DeliveryError,
     DestinationRefused,
@@ -41,17 +41,35 @@ class Deliveries:
         """These deliveries, and whole turns deferred while offline run by `turns` (the flusher's)."""
         return Deliveries(self._tools, self._client, self._timeout_s, turns)
 
-    async def __call__(self, tool: str, args: Mapping[str, Any], idempotency_key: str) -> Delivery:
+    async def __call__(
+        self, tool: str, args: Mapping[str, Any], idempotency_key: str, remote_task: str | None = None
+    ) -> Delivery:
         if tool == DEFERRED_TURN_TOOL and self._turns is not None:
             return await run_deferred_turn(self._turns, args)
         try:
-            answer = await self._tools.get(tool).deliver(self._client, args, idempotency_key, self._timeout_s)
+            chosen = self._tools.get(tool)
+            if remote_task is None:
+                answer = await chosen.deliver(self._client, args, idempotency_key, self._timeout_s)
+            elif isinstance(chosen, Resumable):  # its destination holds the call as its own task
+                answer = await chosen.resume(
+                    self._client, args, idempotency_key, remote_task, self._timeout_s
+                )
+            else:
+                return Delivery(Outcome.DEAD, error=f"{tool} cannot ask after its destination's task")
         except (UnknownTool, InvalidArguments, DestinationRefused) as exc:
             # The tool went away in an upgrade, httpx refused what validation let through, or a
             # model's call led to an address it may not reach: no later attempt can succeed.
             return Delivery(Outcome.DEAD, error=exc.message)
         except DeliveryError as exc:  # no answer (NetworkUnreachable), or none that can be read
             return Delivery(Outcome.UNREACHABLE, error=exc.message)
+        if answer.remote_task is not None:  # taken as a task, still at it: ask again then
+            return Delivery(
+                Outcome.WAITING,
+                status=answer.status,
+                remote_task=answer.remote_task,
+                retry_after_s=answer.retry_after_s,
+                error=answer.body,
+            )
         return Delivery(
             classify(answer.status),
             status=answer.status,

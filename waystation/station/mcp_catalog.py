@@ -41,6 +41,8 @@ class McpCatalog:
         self._calls = calls
         self._listed: dict[str, list[ListedTool]] = {}
         self._lock = asyncio.Lock()
+        self._relisting: set[asyncio.Task[None]] = set()
+        calls.list_changed = self.list_changed
 
     @property
     def servers(self) -> Mapping[str, McpServerSettings]:
@@ -62,21 +64,40 @@ class McpCatalog:
             for name, server in self.servers.items():
                 if server.remote and not online:
                     continue
-                try:
-                    headers = self._calls.headers(server) if server.remote else {}
-                    tools = await list_tools(name, server, headers, LIST_TIMEOUT_S)
-                except (DeliveryError, InvalidArguments) as exc:
-                    failed[name] = exc.message
-                    log.warning("an MCP server's tools could not be listed", server=name, error=exc.message)
-                    continue
-                except McpRefused as exc:  # a server that answers tools/list with an error
-                    failed[name] = str(exc)[:300]
-                    log.warning("an MCP server's tools could not be listed", server=name, error=failed[name])
-                    continue
-                self._listed[name] = tools
-                await self._store(name, server, tools)
+                await self._list(name, server, failed)
             self._offer()
         return failed
+
+    def list_changed(self, name: str) -> None:
+        """A server sent `notifications/tools/list_changed` during one of our sessions with it
+        (a call, a poll): its tools are listed again now, in the background."""
+        server = self.servers.get(name)
+        if server is None:
+            return
+        log.info("an MCP server's tools changed; listing them again", server=name)
+
+        async def relist() -> None:
+            async with self._lock:
+                await self._list(name, server, {})
+                self._offer()
+
+        task = asyncio.create_task(relist(), name=f"mcp relist {name}")
+        self._relisting.add(task)
+        task.add_done_callback(self._relisting.discard)
+
+    async def _list(self, name: str, server: McpServerSettings, failed: dict[str, str]) -> None:
+        try:
+            headers = self._calls.headers(server) if server.remote else {}
+            tools = await list_tools(name, server, headers, LIST_TIMEOUT_S)
+        except (DeliveryError, InvalidArguments) as exc:
+            failed[name] = exc.message
+        except McpRefused as exc:  # a server that answers tools/list with an error
+            failed[name] = str(exc)[:300]
+        else:
+            self._listed[name] = tools
+            await self._store(name, server, tools)
+            return
+        log.warning("an MCP server's tools could not be listed", server=name, error=failed[name])
 
     async def _store(self, name: str, server: McpServerSettings, tools: list[ListedTool]) -> None:
         text = json.dumps([t.to_json() for t in tools])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO, cast
 
@@ -45,12 +45,50 @@ class ListedTool:
         return cls(str(data["name"]), str(data.get("description") or ""), dict(data.get("inputSchema") or {}))
 
 
+# The tasks extension (spec 2025-11-25's tasks, an extension since 2026-07-28): declared by this
+# client, so that a server may answer a long `tools/call` with a task to poll.
+TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
+ListChanged = Callable[[], None]
+
+
+@dataclass
+class Opened:
+    """A session, initialized: typed requests through `session`, raw ones through `request`
+    (the SDK validates a `tools/call` answer as a CallToolResult, and a task is not one)."""
+
+    session: Any
+    dispatcher: Any
+    version: str
+    capabilities: dict[str, Any]
+
+    async def request(self, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        opts = {"headers": {"mcp-protocol-version": self.version}}
+        answer: dict[str, Any] = await self.dispatcher.send_raw_request(method, dict(params), opts)
+        return answer
+
+    @property
+    def takes_tasks(self) -> bool:
+        """The server declared tasks for `tools/call` (2025-11-25), or the tasks extension."""
+        tasks = self.capabilities.get("tasks") or {}
+        call = ((tasks.get("requests") or {}).get("tools") or {}).get("call")
+        return call is not None or TASKS_EXTENSION in (self.capabilities.get("extensions") or {})
+
+
 @contextlib.asynccontextmanager
-async def _session(server: McpServerSettings, headers: Mapping[str, str]) -> AsyncIterator[Any]:
+async def open_session(
+    server: McpServerSettings, headers: Mapping[str, str], list_changed: ListChanged | None = None
+) -> AsyncIterator[Opened]:
     import httpx2
+    import mcp_types
     from mcp.client.session import ClientSession
     from mcp.client.stdio import StdioServerParameters, stdio_client
     from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
+
+    async def notified(message: Any) -> None:
+        # A server whose tools changed says so on any session it holds: its list is read anew.
+        if list_changed is not None and isinstance(message, mcp_types.ToolListChangedNotification):
+            list_changed()
 
     async with contextlib.AsyncExitStack() as stack:
         if server.url:
@@ -62,9 +100,13 @@ async def _session(server: McpServerSettings, headers: Mapping[str, str]) -> Asy
             )
             errlog = stack.enter_context(_devnull())
             streams = await stack.enter_async_context(stdio_client(params, errlog=errlog))
-        session = await stack.enter_async_context(ClientSession(streams[0], streams[1]))
-        await session.initialize()
-        yield session
+        dispatcher = JSONRPCDispatcher(streams[0], streams[1])
+        session = await stack.enter_async_context(
+            ClientSession(dispatcher=dispatcher, extensions={TASKS_EXTENSION: {}}, message_handler=notified)
+        )
+        hello = await session.initialize()
+        capabilities = hello.capabilities.model_dump(by_alias=True, mode="json", exclude_none=True)
+        yield Opened(session, dispatcher, hello.protocol_version, capabilities)
 
 
 def _devnull() -> TextIO:
@@ -82,11 +124,11 @@ async def list_tools(
         from mcp_types import PaginatedRequestParams
 
         found: list[ListedTool] = []
-        async with _session(server, headers) as session:
+        async with open_session(server, headers) as opened:
             cursor: str | None = None
             while True:
                 params = PaginatedRequestParams(cursor=cursor) if cursor else None
-                page = await session.list_tools(params=params)
+                page = await opened.session.list_tools(params=params)
                 found += [
                     ListedTool(t.name, t.description or "", dict(t.input_schema or {})) for t in page.tools
                 ]
@@ -94,7 +136,7 @@ async def list_tools(
                 if not cursor:
                     return found
 
-    return cast(list[ListedTool], await _translated(name, ask, timeout_s))
+    return cast(list[ListedTool], await translated(name, ask, timeout_s))
 
 
 async def call_tool(
@@ -104,19 +146,41 @@ async def call_tool(
     arguments: Mapping[str, Any],
     headers: Mapping[str, str],
     timeout_s: float,
+    list_changed: ListChanged | None = None,
 ) -> dict[str, Any]:
-    """One `tools/call`: its result as JSON (`content`, `structuredContent`, `isError`)."""
+    """One `tools/call`: its result as JSON (`content`, `structuredContent`, `isError`), or, from
+    a server that took the call as a task, `{"task": {"taskId", "status", "pollInterval", ...}}`
+    (asked for, `task` in the params, where the server declared tasks)."""
 
     async def ask() -> dict[str, Any]:
-        async with _session(server, headers) as session:
-            result = await session.call_tool(tool, dict(arguments))
-            data: dict[str, Any] = result.model_dump(by_alias=True, mode="json", exclude_none=True)
-            return data
+        async with open_session(server, headers, list_changed) as opened:
+            params: dict[str, Any] = {"name": tool, "arguments": dict(arguments)}
+            if opened.takes_tasks:
+                params["task"] = {}
+            return call_result(await opened.request("tools/call", params))
 
-    return cast(dict[str, Any], await _translated(name, ask, timeout_s))
+    return cast(dict[str, Any], await translated(name, ask, timeout_s))
 
 
-async def _translated(name: str, ask: Any, timeout_s: float) -> Any:
+def call_result(answer: Mapping[str, Any]) -> dict[str, Any]:
+    """A `tools/call` answer checked: a task (a `task` object with a string `taskId`), or a
+    CallToolResult (what is neither is the server's error: McpRefused)."""
+    from mcp_types import CallToolResult
+    from pydantic import ValidationError
+
+    task = answer.get("task")
+    if isinstance(task, Mapping) and isinstance(task.get("taskId"), str) and task["taskId"]:
+        return {"task": dict(task)}
+    try:
+        result = CallToolResult.model_validate(answer, by_name=False)
+    except ValidationError:
+        raise McpRefused(-32603, "the server's answer is neither a tool result nor a task") from None
+    data: dict[str, Any] = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return data
+
+
+async def translated(name: str, ask: Any, timeout_s: float) -> Any:
+    """Run `ask` within the time allowed, the SDK's errors translated (see the module's doc)."""
     from mcp.shared.exceptions import MCPError
 
     try:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import structlog
 
+from waystation.adapters.mcp.remote_tasks import RemoteTask, ask_after, cancel, task_state
 from waystation.adapters.mcp.session import ListedTool, McpRefused, call_tool
 from waystation.adapters.tools.base import MAX_RESULT_BYTES, DeliveryResult
 from waystation.adapters.tools.client import DeliveryClient
@@ -27,6 +29,8 @@ from waystation.adapters.tools.secret_refs import Secrets, resolved
 from waystation.config import McpServerSettings
 from waystation.config_mcp import TOOL_SEPARATOR
 from waystation.errors import InvalidArguments
+
+log = structlog.get_logger(__name__)
 
 MCP_TOOL = "mcp"
 
@@ -67,6 +71,9 @@ class McpCallTool:
     def __init__(self, servers: Mapping[str, McpServerSettings], secrets: Secrets | None) -> None:
         self.servers = {name: s for name, s in servers.items() if s.enabled}
         self._secrets = secrets
+        # Told the name of a server that sent `notifications/tools/list_changed` during one of
+        # our sessions (the catalog lists it anew); None: nobody listens.
+        self.list_changed: Callable[[str], None] | None = None
 
     def validate(self, args: object, *, allow_secrets: bool = False) -> dict[str, Any]:
         if not isinstance(args, Mapping) or not set(args) <= {"server", "tool", "arguments"}:
@@ -97,19 +104,84 @@ class McpCallTool:
     async def deliver(
         self, client: DeliveryClient, args: Mapping[str, Any], idempotency_key: str, timeout_s: float
     ) -> DeliveryResult:
-        server = self.servers.get(args["server"])
-        if server is None:
-            raise InvalidArguments(self.name, f"server {args['server']!r} is no longer configured")
-        headers = {**self.headers(server), "Idempotency-Key": idempotency_key} if server.url else {}
+        name = args["server"]
+        server, headers = self._server(name, idempotency_key)
         started = time.monotonic()
         try:
             answer = await call_tool(
-                args["server"], server, args["tool"], args["arguments"], headers, timeout_s
+                name, server, args["tool"], args["arguments"], headers, timeout_s, self._changed(name)
             )
         except McpRefused as exc:  # a JSON-RPC error: no later attempt answers otherwise
-            body = json.dumps({"error": {"code": exc.code, "message": exc.message}})
-            return _result(400, body, started, None)
+            return _refused(exc.code, exc.message, started)
+        if "task" in answer:  # the server took the call as a task of its own: asked after later
+            try:
+                state = task_state(answer["task"])
+            except McpRefused as exc:
+                return _refused(exc.code, exc.message, started)
+            return _waiting(str(answer["task"]["taskId"]), state, started)
         return _result(200, _text(answer), started, answer)
+
+    async def resume(
+        self,
+        client: DeliveryClient,
+        args: Mapping[str, Any],
+        idempotency_key: str,
+        remote_task: str,
+        timeout_s: float,
+    ) -> DeliveryResult:
+        """Ask after the server's task for this call: still at it, or how it ended."""
+        name = args["server"]
+        server, headers = self._server(name, idempotency_key)
+        started = time.monotonic()
+        try:
+            state = await ask_after(name, server, remote_task, headers, timeout_s, self._changed(name))
+        except McpRefused as exc:  # no such task (any more), or a malformed answer
+            return _refused(exc.code, exc.message, started)
+        if state.result is not None:
+            return _result(200, _text(state.result), started, state.result)
+        if state.status == "cancelled":
+            return _refused(-32800, f"the MCP server cancelled its task {remote_task}", started)
+        if state.status == "input_required":  # Waystation has no one to ask: it cannot go on
+            return _refused(-32600, f"the MCP server's task {remote_task} asks for input", started)
+        return _waiting(remote_task, state, started)
+
+    async def cancel_remote(self, args: Mapping[str, Any], remote_task: str, timeout_s: float) -> None:
+        name = args["server"]
+        server, headers = self._server(name, None)
+        try:
+            await cancel(name, server, remote_task, headers, timeout_s)
+        except McpRefused as exc:  # e.g. it had ended already: nothing is left to stop
+            log.info("the MCP server refused tasks/cancel", server=name, error=str(exc)[:300])
+
+    def _server(self, name: str, idempotency_key: str | None) -> tuple[McpServerSettings, dict[str, str]]:
+        server = self.servers.get(name)
+        if server is None:
+            raise InvalidArguments(self.name, f"server {name!r} is no longer configured")
+        if not server.url:
+            return server, {}
+        key = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return server, {**self.headers(server), **key}
+
+    def _changed(self, server: str) -> Callable[[], None] | None:
+        told = self.list_changed
+        return None if told is None else lambda: told(server)
+
+
+def _refused(code: int, message: str, started: float) -> McpCallResult:
+    return _result(400, json.dumps({"error": {"code": code, "message": message}}), started, None)
+
+
+def _waiting(remote_task: str, state: RemoteTask, started: float) -> McpCallResult:
+    shown = f"MCP task {remote_task}: {state.status}" + (f" ({state.message})" if state.message else "")
+    return McpCallResult(
+        status=202,
+        headers={"content-type": "text/plain"},
+        body=shown,
+        truncated=False,
+        retry_after_s=state.poll_s,
+        duration_ms=int((time.monotonic() - started) * 1000),
+        remote_task=remote_task,
+    )
 
 
 def _text(answer: Mapping[str, Any]) -> str:
@@ -126,6 +198,10 @@ def _result(status: int, body: str, started: float, call: Mapping[str, Any] | No
     truncated = len(encoded) > MAX_RESULT_BYTES
     if truncated:
         body = encoded[:MAX_RESULT_BYTES].decode(errors="ignore")
+    if call is not None and len(json.dumps(call).encode()) > MAX_RESULT_BYTES:
+        # The call's own content is kept as capped as the body: as its text, cut to the cap.
+        call = {"content": [{"type": "text", "text": body}], "isError": bool(call.get("isError"))}
+        truncated = True
     return McpCallResult(
         status=status,
         headers={"content-type": "text/plain"},

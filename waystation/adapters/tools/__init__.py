@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from waystation.adapters.tools.base import (
     MAX_RESULT_BYTES,
     DeliveryResult,
+    Resumable,
     Tool,
     ToolRegistry,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "DeliveryClient",
     "DeliveryResult",
     "HttpRequestTool",
+    "Resumable",
     "Secrets",
     "Tool",
     "ToolRegistry",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
@@ -32,6 +32,9 @@ class DeliveryResult:
     truncated: bool
     retry_after_s: float | None
     duration_ms: int
+    # The destination took the call as a task of its own and is still at it (an MCP server's
+    # task): its id, to ask after it (Resumable.resume) in retry_after_s; the body says how it is.
+    remote_task: str | None = field(default=None, kw_only=True)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -99,6 +102,26 @@ class Tool(Protocol):
     ) -> DeliveryResult:
         """Deliver validated args once. Any HTTP answer is a DeliveryResult; no answer
         (connection, DNS, timeout) raises NetworkUnreachable."""
+        ...
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """A tool whose destination may take a call as a task of its own (DeliveryResult.remote_task)."""
+
+    async def resume(
+        self,
+        client: DeliveryClient,
+        args: Mapping[str, Any],
+        idempotency_key: str,
+        remote_task: str,
+        timeout_s: float,
+    ) -> DeliveryResult:
+        """Ask after the destination's task: still at it (remote_task set again), or its result."""
+        ...
+
+    async def cancel_remote(self, args: Mapping[str, Any], remote_task: str, timeout_s: float) -> None:
+        """Ask the destination to cancel its task (DeliveryError: it could not be asked)."""
         ...
 
 

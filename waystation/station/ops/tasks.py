@@ -7,12 +7,19 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from waystation import contract, timeutil
-from waystation.errors import InvalidArguments, MalformedRequest
+from waystation.adapters.tools import Resumable
+from waystation.errors import InvalidArguments, MalformedRequest, WaystationError
 from waystation.ports import idempotency_key_problem
 from waystation.queue.policy import TaskState
-from waystation.queue.tasks import NewTask
-from waystation.station import AgentStation, Station
+from waystation.queue.tasks import NewTask, Task
+from waystation.station import AgentStation, Station, TurnStation
+
+log = structlog.get_logger(__name__)
+
+CANCEL_TOLD_S = 10.0  # how long a cancel waits for a destination to hear of it (tasks/cancel)
 
 if TYPE_CHECKING:
     from waystation.adapters.tools import ToolRegistry
@@ -122,13 +129,38 @@ async def retry(station: Station, task_id: str) -> contract.Task:
 
 
 async def cancel(station: Station, task_id: str) -> contract.Task:
-    """A pending task, or a running one whose delivery has not been answered yet (it is stopped)."""
+    """A pending task, or a running one whose delivery has not been answered yet (it is stopped),
+    or one waiting on its destination's own task (an MCP server's), which is then asked to cancel
+    that task: best effort, after the cancel is committed (the answer's last_error says whether
+    the server was told; an offline agent does not try)."""
     current = await station.store.get(task_id)
     stopped = current.state == TaskState.RUNNING and await station.stop_delivery(task_id)
     task, receipt = await station.store.cancel(task_id, abandoned=stopped)
     answer = task.to_json()
+    if current.state == TaskState.RUNNING and task.remote_task is not None:
+        answer["last_error"] = f"{answer['last_error']}; {await _tell_destination(station, task)}"
     station.announcer.task_changed(answer, receipt)
     return answer
+
+
+async def _tell_destination(station: Station, task: Task) -> str:
+    """Ask the destination to cancel its own task for `task`; what came of it, in words."""
+    assert task.remote_task is not None
+    state = station.monitor.state if isinstance(station, TurnStation) else "unknown"
+    if state in ("offline", "portal"):
+        note = f"the server was not told (connectivity is {state}): its task {task.remote_task} may run on"
+    else:
+        try:
+            tool = station.tools.get(task.tool)
+            if isinstance(tool, Resumable):
+                await tool.cancel_remote(task.args, task.remote_task, CANCEL_TOLD_S)
+                return f"the server was asked to cancel its task {task.remote_task}"
+            reason = f"{task.tool} cannot cancel a destination's task"
+        except WaystationError as exc:
+            reason = exc.message
+        note = f"the server could not be told ({reason}): its task {task.remote_task} may run on"
+    log.warning("a cancelled task's destination was not told", task_id=task.id, note=note)
+    return note
 
 
 async def flush(station: AgentStation) -> contract.FlushResult:

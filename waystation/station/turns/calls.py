@@ -40,8 +40,8 @@ from waystation.adapters.tools.reach import (
     refused_literal,
 )
 from waystation.errors import DestinationRefused, InvalidArguments, MalformedRequest, NoUrlToCall, UnknownTool
-from waystation.ports import Connectivity, Deliver, Outcome
-from waystation.queue.policy import no_answer
+from waystation.ports import Connectivity, Deliver, Delivery, Outcome
+from waystation.queue.policy import no_answer, poll_delay
 from waystation.queue.tasks import NewTask
 from waystation.receipts import chain
 from waystation.station.turns.progress import Progress
@@ -267,11 +267,14 @@ class Caller:
             message["content"] = json.dumps({"error": why_not})
             return False
         unreachable: str | None = None
+        taken: Delivery | None = None  # the destination took the call as a task of its own
         if self._connectivity.state == "online" or not tool.needs_network:  # a local tool: at once
             sent = await self._deliver(queued_as, args, key)
             if sent.outcome == Outcome.UNREACHABLE and tool.needs_network:
                 self._connectivity.report_network_error()  # then park it, retried until it answers
                 unreachable = no_answer(sent.error)
+            elif sent.outcome == Outcome.WAITING:  # parked on the server's task: polled till it ends
+                taken = sent
             else:
                 record["status"] = "done" if sent.result is not None else "error"
                 record["result_status"] = sent.status
@@ -288,7 +291,9 @@ class Caller:
                 turn_id=turn_id,
                 task_id=task_id,
                 net_failures=0 if unreachable is None else 1,
-                last_error=unreachable,
+                last_error=unreachable if taken is None else taken.error,
+                remote_task=None if taken is None else taken.remote_task,
+                first_poll_in_s=0.0 if taken is None else poll_delay(taken.retry_after_s),
             )
         )
         progress.deferred[task_id] = call_id
@@ -297,5 +302,7 @@ class Caller:
         why = "offline: queued, delivered when back online"
         if unreachable is not None:
             why = f"{unreachable}: queued, delivered when it answers"
+        if taken is not None:
+            why = f"{taken.error}: the server runs it as a task; its result comes when it ends"
         message["content"] = json.dumps({"status": "deferred", "task_id": task_id, "message": why})
         return False
