@@ -16,6 +16,7 @@ polls, and whether any call was sent again after its server task id was recorded
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import sys
 import time
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--calls", type=int, default=3)
     options = parser.parse_args()
+    logging.disable(logging.INFO)  # the SDK server's per-session lines, the clients' per-request ones
     rng = random.Random(22)
     began = time.monotonic()
     with task_server(poll_interval_ms=200) as server:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import random
 import time
@@ -186,6 +187,33 @@ async def test_polls_keep_to_the_bounds_whatever_interval_the_server_asks(
     )  # fmt: skip
     assert answer.state == TaskState.RUNNING and answer.next_attempt_at == 100.0 + POLL_MAX_S
     assert answer.remote_task == "t1"
+
+
+async def test_a_waiting_task_stays_running_through_recover_and_release_and_expires_as_such(
+    db: Database,
+) -> None:
+    store = TaskStore(db, QueueSettings())
+    waiting = NewTask("mcp", {"server": "s", "tool": "t", "arguments": {}}, "h", "w-1", remote_task="r1")
+    task, _ = await store.enqueue(waiting)
+    assert task.state == TaskState.RUNNING and task.remote_task == "r1"
+    (leased,) = await store.lease(10, {}, 10)
+    assert leased.id == task.id and leased.remote_task == "r1"
+    assert await store.recover(all_running=True) == 1  # held at a crash: waiting again, not pending
+    again = await store.get(task.id)
+    assert again.state == TaskState.RUNNING and again.lease_expires_at is None
+    assert await store.recover(all_running=True) == 0  # a waiting one is no abandoned lease
+    (leased,) = await store.lease(10, {}, 10)
+    await store.release([leased.id])
+    assert (await store.get(task.id)).state == TaskState.RUNNING
+    assert await store.next_due_at() is not None
+
+    late = dataclasses.replace(
+        waiting, idempotency_key="w-2", remote_task="r2", expires_at=timeutil.now() - 1
+    )
+    stale, _ = await store.enqueue(late)
+    ((expired, _),) = await store.expire_due()
+    assert expired.id == stale.id and expired.state == TaskState.EXPIRED
+    assert expired.last_error is not None and "r2" in expired.last_error
 
 
 # --- what a server may answer wrongly ---------------------------------------------------------------

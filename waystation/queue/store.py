@@ -278,18 +278,22 @@ class TaskStore(TaskReads):
         return await self.db.write(op)
 
     async def expire_due(self) -> list[tuple[Task, contract.Receipt]]:
-        """Pending tasks past their expiry become `expired`, each with a tombstone receipt."""
+        """Pending tasks past their expiry become `expired`, each with a tombstone receipt; so do
+        those still waiting on their destination's own task then (a server task that never ends)."""
 
         def op(conn: sqlite3.Connection) -> list[tuple[Task, contract.Receipt]]:
             rows = (
                 conn.execute(
-                    f"SELECT id FROM tasks WHERE {DUE} AND expires_at <= ? LIMIT 1000",
+                    f"SELECT id, remote_task FROM tasks WHERE {DUE} AND expires_at <= ? LIMIT 1000",
                     (timeutil.now(),),
                 )
             ).fetchall()
             expired = []
-            for (task_id,) in rows:
-                _set_state(conn, task_id, TaskState.EXPIRED, "expired before it could be delivered")
+            for task_id, remote_task in rows:
+                why = "expired before it could be delivered"
+                if remote_task is not None:
+                    why = f"expired while its destination's task {remote_task} was still running"
+                _set_state(conn, task_id, TaskState.EXPIRED, why)
                 task = load_task(conn, task_id)
                 expired.append((task, chain.append(conn, _task_receipt(task, 0))))
             return expired
