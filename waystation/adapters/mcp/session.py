@@ -6,6 +6,11 @@ A session per request keeps no process or connection alive between a model's cal
 that died is simply started again), and the SDK's errors are translated here, at the edge: no
 answer (a process that will not start, a refused connection, a timeout) is NetworkUnreachable; an
 error the server answered with (JSON-RPC) is McpRefused.
+
+Each session declares the tasks extension, and `tools/call` is sent raw and checked here
+(`call_result`): a server that declared tasks may answer it with a task instead of a result
+(remote_tasks.py asks after it). A `notifications/tools/list_changed` that arrives during any
+session is passed to the caller's `list_changed`.
 """
 
 from __future__ import annotations

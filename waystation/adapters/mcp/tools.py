@@ -3,7 +3,9 @@
 - `mcp` (McpCallTool): a call of one server's tool, args `{"server", "tool", "arguments"}`: what a
   task holds (`POST /v1/tasks` takes the same) and what the flusher delivers, as a `tools/call`
   carrying `Idempotency-Key: <task key>`. A remote server's headers are resolved at delivery
-  (a value may be `{"secret": NAME}`).
+  (a value may be `{"secret": NAME}`). A server may take the call as a task of its own: the
+  answer is then a DeliveryResult with `remote_task` (the queue keeps the task running and
+  polls it), `resume` asks after that task, `cancel_remote` cancels it (remote_tasks.py).
 - `NAME__TOOL` (ServerTool): one listed tool as a model is offered it, with the server's input
   schema; a call of it becomes an `mcp` call (`queued_as`). A stdio server's tools are local
   (`needs_network` false: called at once, also offline); a remote server's are network tools,
