@@ -137,7 +137,8 @@ def queue_retry(task_id: Annotated[str, typer.Argument(metavar="ID")], as_json: 
 
 @queue_app.command("cancel")
 def queue_cancel(task_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonFlag = False) -> None:
-    """Cancel a pending task; its receipt records the cancellation."""
+    """Cancel a pending task (or a running one not yet answered, or one waiting on an MCP
+    server's task: the server is sent tasks/cancel); its receipt records the cancellation."""
     with waystation() as ws:
         task = ws.cancel_task(task_id)
     _steered(task, as_json, "cancelled task {id}")
