@@ -22,7 +22,7 @@ from typing import Any
 from _harness import print_table, progress
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from agentproc import Agent, make_home, remove_home, wait_for
+from support.agentproc import Agent, make_home, remove_home, wait_for
 
 TASKS = {"io.modelcontextprotocol/tasks": {}}
 
