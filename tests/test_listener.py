@@ -134,7 +134,7 @@ def test_responses_streamed(client: openai.OpenAI) -> None:
     )
     kinds = [e.type for e in events]
     assert kinds[:2] == ["response.created", "response.in_progress"]
-    assert kinds[-1] == "response.completed"
+    assert kinds[-1] in ("response.completed", "response.incomplete")  # the latter when cut off
     for kind in (
         "response.output_item.added",
         "response.content_part.added",
@@ -147,7 +147,7 @@ def test_responses_streamed(client: openai.OpenAI) -> None:
     assert [e.sequence_number for e in events] == list(range(len(events)))
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     final = events[-1]
-    assert final.type == "response.completed"
+    assert final.type == f"response.{final.response.status}"
     assert deltas and final.response.output_text == deltas
 
 

@@ -166,6 +166,15 @@ def test_the_stream_of_a_call_after_text() -> None:
     assert [e["sequence_number"] for e in events(frames)] == list(range(len(kinds)))
 
 
+def test_a_stream_cut_off_by_max_output_tokens_ends_incomplete() -> None:
+    builder = ResponseBuilder({"input": "hi", "max_output_tokens": 2}, "m")
+    frames = builder.head() + builder.delta("Par") + builder.ending(result("Par", finish="length"))
+    final = events(frames)[-1]
+    assert final["type"] == "response.incomplete"  # was response.completed: the SDK took it as whole
+    assert final["response"]["status"] == "incomplete"
+    assert final["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+
+
 def test_loopback_addresses() -> None:
     assert _loopback("127.0.0.1") and _loopback("::1") and _loopback("localhost")
     assert not _loopback("0.0.0.0") and not _loopback("192.168.1.2") and not _loopback("example.org")

@@ -148,7 +148,8 @@ PATHS: dict[str, Schema] = {
     "/v1/responses": {
         "post": turn_operation(
             "OpenAI's Responses API, translated to a chat completion (JSON, or typed Server-Sent Events"
-            " ending with response.completed); an unsupported field is a 400 naming it",
+            " ending with response.completed, or response.incomplete when cut off by max_output_tokens);"
+            " an unsupported field is a 400 naming it",
             "a response",
             "Response",
             operationId="responses",

@@ -14,7 +14,9 @@ What a Responses request may ask for and Waystation cannot do is a 400 naming it
 between requests (`previous_response_id`, `conversation`, `item_reference`, `background`),
 built-in tools (web search, file search, code interpreter, ...), images and files as input.
 A stream ends with `response.completed`; a reply cut off by `max_output_tokens` is its response
-with `"status": "incomplete"` and `incomplete_details`.
+with `"status": "incomplete"` and `incomplete_details`, and a stream of one ends with
+`response.incomplete`, as OpenAI's does (the Agents SDK raises on it; on `response.completed`
+it took a cut-off reply as whole).
 """
 
 from __future__ import annotations
@@ -265,7 +267,8 @@ class ResponseBuilder:
         return {"item_id": self.message_id, "output_index": 0, "content_index": 0}
 
     def ending(self, result: TurnResult) -> bytes:
-        """The message's closing events, each call's events, and `response.completed`."""
+        """The message's closing events, each call's events, and `response.completed` (or
+        `response.incomplete` when the reply was cut off)."""
         frames = b""
         index = 0
         if self._message_open:
@@ -286,7 +289,8 @@ class ResponseBuilder:
                 "response.function_call_arguments.done", **at, name=call["name"], arguments=call["arguments"]
             )
             frames += self.event("response.output_item.done", output_index=index + offset, item=call)
-        return frames + self.event("response.completed", response=self.response(result))
+        response = self.response(result)
+        return frames + self.event(f"response.{response['status']}", response=response)
 
     def failed(self, exc: WaystationError) -> bytes:
         response = self.response(None, "failed")
