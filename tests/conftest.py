@@ -24,6 +24,11 @@ from support.inproc import InProcessAgent
 
 from waystation.db import Database
 
+# Commands under test write to a pipe, as in CI; a terminal size handed down (pytest-xdist's
+# workers get COLUMNS=80) would make rich wrap the tables the tests read.
+for _size in ("COLUMNS", "LINES"):
+    os.environ.pop(_size, None)
+
 # The helpers' old top-level names (`from agentproc import Agent`), for test files written before
 # they moved into tests/support/: the same module objects, so a monkeypatch reaches both names.
 for _old in ("agentproc", "fleetproc", "floods", "fakehub", "providers", "npm_clis"):
@@ -137,6 +142,20 @@ def soak_report(request: pytest.FixtureRequest) -> Callable[[str], None]:
         figures.append(f"{request.node.name}: {line}")
 
     return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On a pytest-xdist worker: hand this worker's figures to the controller, which prints them."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["soak_figures"] = session.config.stash.get(SOAK_FIGURES, [])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """On the pytest-xdist controller: gather a finished worker's figures."""
+    figures = getattr(node, "workeroutput", {}).get("soak_figures", [])
+    node.config.stash.setdefault(SOAK_FIGURES, []).extend(figures)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -15,7 +15,7 @@ import http.server
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -78,7 +78,7 @@ def _ended(client: httpx.Client, turn_id: str, timeout: float) -> dict[str, Any]
 
 @pytest.mark.timeout(1200)
 def test_resumed_turns_answer_from_the_pages_as_the_model_given_them_does(
-    agent_factory: Any, page_server: PageServer, capsys: pytest.CaptureFixture[str]
+    agent_factory: Any, page_server: PageServer, soak_report: Callable[[str], None]
 ) -> None:
     agent: Agent = agent_factory({"WAYSTATION_CONNECTIVITY__MODE": "offline"}).start()
     the_set = [p for p in pages() if not os.environ.get("PAGES") or p.slug in os.environ["PAGES"].split(",")]
@@ -107,15 +107,14 @@ def test_resumed_turns_answer_from_the_pages_as_the_model_given_them_does(
     control_right = [p.slug for p in the_set if p.answered(control[p.slug])]
     calls = [len(t["tool_calls"]) for t in resumed.values()]
     repeated = sum(c["status"] == "repeated" for t in resumed.values() for c in t["tool_calls"])
-    with capsys.disabled():
-        print(
-            f"\ngrounded answers: agent {len(agent_right)}/{len(the_set)}, "
-            f"control {len(control_right)}/{len(the_set)}; calls per turn {sum(calls) / len(calls):.2f}, "
-            f"repeated {repeated}"
-        )
-        for p in the_set:
-            told = resumed[p.slug]["text"] or f"({resumed[p.slug]['state']}: {resumed[p.slug]['reason']})"
-            print(f"  {p.slug:18} agent={told[:70]!r} control={control[p.slug][:50]!r}")
+    soak_report(
+        f"grounded answers: agent {len(agent_right)}/{len(the_set)}, "
+        f"control {len(control_right)}/{len(the_set)}; calls per turn {sum(calls) / len(calls):.2f}, "
+        f"repeated {repeated}"
+    )
+    for p in the_set:
+        told = resumed[p.slug]["text"] or f"({resumed[p.slug]['state']}: {resumed[p.slug]['reason']})"
+        soak_report(f"  {p.slug:18} agent={told[:70]!r} control={control[p.slug][:50]!r}")
     assert all(t["state"] == "ok" for t in resumed.values()), [t["reason"] for t in resumed.values()]
     assert calls == [1] * len(the_set) and repeated == 0  # one call each, never asked for twice
     # As good as the page pasted in, within the noise of a 135M model (whose greedy answer can

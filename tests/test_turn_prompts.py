@@ -4,6 +4,7 @@ regression in what the model is offered, or in which calls may go out, would bre
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.timeout(600)
 def test_the_prompt_set_calls_only_what_it_was_asked_to(
-    agent_factory: Any, receiver: Receiver, capsys: pytest.CaptureFixture[str]
+    agent_factory: Any, receiver: Receiver, soak_report: Callable[[str], None]
 ) -> None:
     agent: Agent = agent_factory({"WAYSTATION_CONNECTIVITY__MODE": "offline"}).start()
     with agent.client(timeout=120.0) as client:
@@ -26,8 +27,7 @@ def test_the_prompt_set_calls_only_what_it_was_asked_to(
             return dict(answer.json())
 
         score = run(post_turn, receiver.base)
-    with capsys.disabled():
-        print("\nprompt set:", "; ".join(score.lines()))
+    soak_report("prompt set: " + "; ".join(score.lines()))
     assert score.false_calls == 0  # a prompt naming no URL is offered no network tool
     assert score.invented_parked == 0  # an invented URL is refused, never parked
     assert score.right >= 9, score.lines()  # of 11 prompts naming a URL
