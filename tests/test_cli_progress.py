@@ -16,6 +16,8 @@ import json
 import os
 import pty
 import select
+import shlex
+import shutil
 import signal
 import struct
 import subprocess
@@ -104,11 +106,33 @@ def agent() -> Iterator[Agent]:
 # --- shell completion ----------------------------------------------------------------------------
 
 
+FIRST_LINE = {
+    "bash": "_waystation_completion() {",
+    "zsh": "#compdef waystation",
+    "fish": "complete --command waystation",
+}
+
+
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
-def test_show_completion_prints_a_script(tmp_path: Path, shell: str) -> None:
-    done = piped(tmp_path, "--show-completion", shell)
+def test_show_completion_prints_the_script_of_the_shell_it_runs_in(tmp_path: Path, shell: str) -> None:
+    """`--show-completion` takes no shell name: typer finds the shell among the command's parents
+    (shellingham), so each is asked from inside that shell (`; exit` keeps the shell from exec'ing
+    the command in its place). Given a name, as this test did before, it was ignored: run from
+    bash it printed bash's script for zsh, and run with no shell above it "Shell  not supported"."""
+    path = shutil.which(shell)
+    if path is None:
+        pytest.skip(f"{shell} is not installed")
+    line = " ".join(shlex.quote(part) for part in command("--show-completion"))
+    done = subprocess.run(
+        [path, "-c", f"{line}; exit"],
+        env=agent_env(tmp_path),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
-    assert "waystation" in done.stdout
+    assert FIRST_LINE[shell] in done.stdout
     assert "_WAYSTATION_COMPLETE" in done.stdout
     assert done.stderr == ""
 
