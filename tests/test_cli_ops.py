@@ -156,13 +156,14 @@ def following(home: Path, *args: str) -> Iterator[tuple[Agent, subprocess.Popen[
         if proc is not None:
             if proc.poll() is None:
                 proc.terminate()
-            proc.communicate(timeout=10)
+            proc.communicate(timeout=30)
         agent.close()
 
 
 def first_task_line(agent: Agent, proc: subprocess.Popen[str]) -> str:
-    """Add tasks until the follower prints one (events before it subscribed are not replayed)."""
-    for _ in range(20):
+    """Add tasks until the follower prints one (events before it subscribed are not replayed):
+    a minute of tries, for a loaded machine where the command takes long to start."""
+    for _ in range(60):
         answer = agent.api("POST", "/v1/tasks", json={"tool": "web_fetch", "args": {"url": URL}})
         assert answer.status_code == 201, answer.text
         try:
@@ -189,7 +190,7 @@ def test_events_ctrl_c_exits_0(home: Path) -> None:
     with following(home) as (agent, proc):
         first_task_line(agent, proc)  # connected and following
         proc.send_signal(signal.SIGINT)  # as Ctrl-C does
-        _out, err = proc.communicate(timeout=10)
+        _out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
         assert "Traceback" not in err
 
