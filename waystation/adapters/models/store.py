@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from waystation import contract
+from waystation import contract, durable
 from waystation.contract import ModelFormat
 from waystation.errors import MalformedRequest, UnknownModel
 
@@ -183,11 +183,8 @@ class ModelStore:
         self.root.mkdir(parents=True, exist_ok=True)
         target = self.root / f"{name}{GGUF}"
         record_path = self.root / f"{name}{RECORD}"
-        temporary = record_path.with_name(f".{name}{RECORD}.tmp")
-        temporary.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(temporary, record_path)
-        os.replace(downloaded, target)
-        _fsync_dir(self.root)
+        durable.write_atomic(record_path, json.dumps(record, indent=2) + "\n", 0o644)
+        durable.move_into(downloaded, target)  # the download was synced as it ended
         self.tidy()
         return self.get(name)
 
@@ -232,15 +229,6 @@ def _remove_tree(folder: Path) -> None:
     import shutil
 
     shutil.rmtree(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the renames into `folder` durable (a power cut must not leave the old name behind)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def try_lock(path: Path) -> int | None:
