@@ -66,10 +66,24 @@ def write_new(path: Path, data: bytes | str, mode: int = 0o600) -> bool:
         os.link(temporary, path)
     except FileExistsError:
         return False
+    except OSError:  # a file system without hard links (FAT, some network ones): made in place
+        return _made_in_place(path, data, mode)
     finally:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
         fsync_dir(path.parent)
+    return True
+
+
+def _made_in_place(path: Path, data: bytes | str, mode: int) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as out:
+        out.write(data.encode() if isinstance(data, str) else data)
+        out.flush()
+        os.fsync(out.fileno())
     return True
 
 
