@@ -27,7 +27,8 @@ def main() -> int:
     parser.add_argument("--cuts", type=int, default=1000, help="power cuts to make (default 1000)")
     parser.add_argument("--seed", type=int, help="replay a run's schedule (WAYSTATION_SOAK_SEED)")
     args = parser.parse_args()
-    env = {**os.environ, "WAYSTATION_POWERCUTS": str(args.cuts)}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # this checkout's code
+    env = {**os.environ, "WAYSTATION_POWERCUTS": str(args.cuts), "PYTHONPATH": path}
     if args.seed is not None:
         env["WAYSTATION_SOAK_SEED"] = str(args.seed)
     started = time.monotonic()
