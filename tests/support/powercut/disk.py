@@ -50,6 +50,8 @@ class Cut:
     lost_names: int
     torn: bool
     held_writes: int
+    counted: int  # operations on the watched files seen (all operations when none are watched)
+    frozen: bool  # the freeze point was reached
 
 
 class LazyDisk:
@@ -61,11 +63,14 @@ class LazyDisk:
         self.backing.mkdir(parents=True, exist_ok=True)
         self.path.mkdir(exist_ok=True)
 
-    def mount(self, timeout: float = 20.0) -> LazyDisk:
+    def mount(self, freeze_at: int | None = None, watch: str = "", timeout: float = 20.0) -> LazyDisk:
+        """Mounted; with `freeze_at`, the power goes just before the Nth operation on a file whose
+        name holds `watch` (or a directory fsync): it and every later change fail (lazyfs.py)."""
         assert self.proc is None, "already mounted"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), *sys.path])}
+        freeze = [] if freeze_at is None else ["--freeze-at", str(freeze_at), "--watch", watch]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "support.powercut.lazyfs", str(self.backing), str(self.path)],
+            [sys.executable, "-m", "support.powercut.lazyfs", str(self.backing), str(self.path), *freeze],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -80,6 +85,10 @@ class LazyDisk:
                 raise AssertionError("the lazy file system did not mount in time")
             time.sleep(0.02)
         return self
+
+    @property
+    def frozen(self) -> bool:
+        return (self.backing / "frozen").exists()
 
     def _unmount(self, command: str) -> dict[str, Any]:
         proc = self.proc
