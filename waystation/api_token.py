@@ -38,7 +38,7 @@ def read_or_create(state_dir: Path) -> str:
 
 def rotate(state_dir: Path) -> str:
     """A new token replaces the old one at once (rename over it): the old one stops working."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    durable.make_dirs(state_dir)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     durable.write_atomic(token_path(state_dir), token + "\n", 0o600)  # 0600 whatever the umask
     return token

@@ -9,12 +9,15 @@ key) is linked into place instead of renamed: a link fails when the name exists,
 making it at once keep the first one's, never a mix.
 
 Every file the agent writes whole goes through here (receipts.key, receipts.pub,
-receipts.checkpoint, api.token, config.toml, service units, model records, models moved in).
+receipts.checkpoint, api.token, config.toml, service units, model records, models moved in), and
+every directory it makes for them (make_dirs): a new directory's name is durable only once its
+parent is fsynced, as a file's is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -27,6 +30,25 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_dirs(folder: Path, mode: int = 0o777) -> None:
+    """`folder.mkdir(mode, parents=True, exist_ok=True)`, each directory it makes made durable
+    in its parent (else a power cut takes the new directory, and everything in it, away)."""
+    target, missing = folder, []
+    while not folder.exists():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for n, new in enumerate(reversed(missing)):
+        try:
+            os.mkdir(new, mode if n == len(missing) - 1 else 0o777)
+        except FileExistsError:
+            continue  # made meanwhile by another process, which syncs it
+        fsync_dir(new.parent)
+    if not target.is_dir():  # as mkdir(exist_ok=True) says of a file in the way
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
 
 
 def _written(path: Path, data: bytes | str, mode: int) -> Path:

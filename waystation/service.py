@@ -263,8 +263,8 @@ class Service:
             self._ensure_system_user(say)
         else:
             for directory in [*_user_state_dirs(self.paths), self.paths.logs]:
-                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.target.parent.mkdir(parents=True, exist_ok=True)
+                durable.make_dirs(directory, 0o700)
+        durable.make_dirs(self.target.parent)
         durable.write_atomic(self.target, self.render(), 0o644)
         say(f"wrote {self.target}")
         try:

@@ -163,7 +163,7 @@ class SigningKey:
         pem = private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        private_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        durable.make_dirs(private_path.parent, 0o700)
         key = cls(private, default_origin(host))
         # The public key first: a key on disk always has its origin beside it, whatever is cut.
         _write_public(public_path, key)

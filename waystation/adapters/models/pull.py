@@ -132,7 +132,7 @@ async def download(
         progress({"status": "up to date", "completed": existing.size, "total": existing.size})
         return existing
     partial = store.partial(pull.key)
-    partial.parent.mkdir(parents=True, exist_ok=True)
+    durable.make_dirs(partial.parent)
     try:
         with _locked(partial, pull) as f:
             digest, size = await _fetch(pull, f, partial, progress, keep_free_mb)

@@ -180,7 +180,7 @@ class ModelStore:
     def install(self, name: str, downloaded: Path, record: dict[str, Any]) -> StoredModel:
         """Move a complete, verified GGUF file in under `name` (replacing an older one of that name),
         its record first: a model appears only whole, with what is known of it."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        durable.make_dirs(self.root)
         target = self.root / f"{name}{GGUF}"
         record_path = self.root / f"{name}{RECORD}"
         durable.write_atomic(record_path, json.dumps(record, indent=2) + "\n", 0o644)
@@ -236,7 +236,7 @@ def try_lock(path: Path) -> int | None:
     Its holder removes the file before letting go, so a lock taken on a file since removed is
     dropped and taken again on the file now there (else two could hold "the" lock at once)."""
     while True:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        durable.make_dirs(path.parent)  # models/ itself too: what is pulled into it must last
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except FileNotFoundError:

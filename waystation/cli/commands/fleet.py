@@ -201,7 +201,7 @@ def fleet_keygen(
     path = key_file or Paths.resolve().config_file.parent / "fleet-keys" / f"{name.replace('/', '_')}.key"
     path = path.expanduser()
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        durable.make_dirs(path.parent, 0o700)
         made = durable.write_new(path, key.private_text() + "\n", 0o600)
     except OSError as exc:
         raise MalformedRequest(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -154,6 +154,6 @@ def _servers(doc: tomlkit.TOMLDocument) -> Any:
 
 
 def _write(config_file: Path, doc: tomlkit.TOMLDocument) -> None:
-    config_file.parent.mkdir(parents=True, exist_ok=True)
+    durable.make_dirs(config_file.parent)
     mode = config_file.stat().st_mode & 0o777 if config_file.exists() else 0o600
     durable.write_atomic(config_file, tomlkit.dumps(doc), mode)
