@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -102,7 +103,15 @@ class LazyDisk:
             time.sleep(0.05)
         else:
             raise AssertionError(f"cannot unmount {self.path}: {done.stderr}")
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # its threads' stacks, to say where it hangs
+            time.sleep(2)
+            proc.kill()
+            _, err = proc.communicate(timeout=30)
+            self.proc = None
+            raise AssertionError(f"the lazy file system hung after its unmount:\n{err[-8000:]}") from None
         self.proc = None
         if proc.returncode != 0:
             raise AssertionError(f"the lazy file system failed ({proc.returncode}): {err[-3000:]}")

@@ -25,8 +25,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import faulthandler
 import json
 import os
+import signal
 import stat
 import sys
 import threading
@@ -227,6 +229,7 @@ def _backing(flags: int) -> int:
 
 
 def main() -> None:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # disk.py asks for the stacks of a hang
     parser = argparse.ArgumentParser()
     parser.add_argument("backing", type=Path)
     parser.add_argument("mountpoint")
@@ -234,7 +237,12 @@ def main() -> None:
     parser.add_argument("--watch", default="")
     args = parser.parse_args()
     fs = LazyFS(args.backing, args.freeze_at, args.watch)
-    mfusepy.FUSE(fs, args.mountpoint, foreground=True, fsname="lazyfs", default_permissions=True)
+    # One thread: the multi-threaded loop of mfusepy 3.1 on libfuse 3.14 starts with a garbled
+    # max_threads ("Ignoring invalid max threads value"), and a run of a few hundred cuts once hung
+    # in its teardown; nothing here blocks, and the GIL serialises the callbacks anyway.
+    mfusepy.FUSE(
+        fs, args.mountpoint, foreground=True, nothreads=True, fsname="lazyfs", default_permissions=True
+    )
     command = sys.stdin.readline().split()
     dropped = Dropped()
     if command[:1] == ["drop"]:
