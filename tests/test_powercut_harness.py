@@ -6,10 +6,13 @@ write. SQLite with `synchronous=OFF` loses acknowledged commits under it; with F
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 from support.powercut.disk import LazyDisk
 
 from waystation import durable
@@ -123,3 +126,20 @@ def test_sqlite_with_synchronous_off_loses_acknowledged_commits_under_it(lazy_di
     power cut (kill -9 alone would keep them all); with FULL, as the agent runs, none are."""
     assert acknowledged_then_cut(lazy_disk, "OFF", 200) < 200
     assert acknowledged_then_cut(lazy_disk, "FULL", 200) == 200
+
+
+def test_a_cut_works_while_another_mount_namespace_holds_a_copy_of_the_mount(lazy_disk: LazyDisk) -> None:
+    """`ip netns exec` (the netns tests) and `unshare -m` copy every mount: the unmount here then
+    leaves the file system alive there, and its loop must be ended for the cut (a hang, once)."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("a mount namespace needs unshare, as root")
+    write(lazy_disk.path / "file", b"unsynced", sync=False)
+    durable.fsync_dir(lazy_disk.path)
+    holder = subprocess.Popen(["unshare", "-m", "sleep", "60"])
+    try:
+        time.sleep(0.3)  # the namespace is made
+        reboot(lazy_disk)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (lazy_disk.path / "file").read_bytes() == b""

@@ -104,6 +104,12 @@ class LazyDisk:
         else:
             raise AssertionError(f"cannot unmount {self.path}: {done.stderr}")
         try:
+            proc.wait(3)
+        except subprocess.TimeoutExpired:
+            # Unmounted here, but a copy of the mount in another mount namespace (a test's
+            # `ip netns exec` or `unshare -m` meanwhile) keeps the file system alive: end its loop.
+            proc.send_signal(signal.SIGTERM)
+        try:
             out, err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGUSR1)  # its threads' stacks, to say where it hangs

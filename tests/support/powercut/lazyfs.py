@@ -237,12 +237,13 @@ def main() -> None:
     parser.add_argument("--watch", default="")
     args = parser.parse_args()
     fs = LazyFS(args.backing, args.freeze_at, args.watch)
-    # One thread: the multi-threaded loop of mfusepy 3.1 on libfuse 3.14 starts with a garbled
-    # max_threads ("Ignoring invalid max threads value"), and a run of a few hundred cuts once hung
-    # in its teardown; nothing here blocks, and the GIL serialises the callbacks anyway.
-    mfusepy.FUSE(
-        fs, args.mountpoint, foreground=True, nothreads=True, fsname="lazyfs", default_permissions=True
-    )
+    # One thread: nothing here blocks, and the GIL serialises the callbacks anyway. The loop ends
+    # at the unmount, or at SIGTERM (libfuse's handler: fuse_main then returns an error code) when
+    # another mount namespace still holds a copy of the mount (`ip netns exec`, `unshare -m`).
+    with contextlib.suppress(RuntimeError):
+        mfusepy.FUSE(
+            fs, args.mountpoint, foreground=True, nothreads=True, fsname="lazyfs", default_permissions=True
+        )
     command = sys.stdin.readline().split()
     dropped = Dropped()
     if command[:1] == ["drop"]:
