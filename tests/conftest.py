@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import random
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,8 @@ import importlib
 from support import agentproc, markers
 from support.agentproc import Agent, Receiver, ip, make_home, remove_home
 from support.inproc import InProcessAgent
+from support.powercut.disk import LazyDisk
+from support.powercut.disk import unavailable as powercut_unavailable
 
 from waystation.db import Database
 
@@ -66,6 +70,22 @@ def home() -> Iterator[Path]:
         yield path
     finally:
         remove_home(path)
+
+
+@pytest.fixture
+def lazy_disk() -> Iterator[LazyDisk]:
+    """A mounted power-cut disk (support/powercut): `cut()` loses what was not fsynced. Skips
+    where FUSE cannot be used."""
+    reason = powercut_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    base = Path(tempfile.mkdtemp(prefix="ws-lazy-"))
+    disk = LazyDisk(base).mount()
+    try:
+        yield disk
+    finally:
+        disk.close()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from waystation.db import Database
-from waystation.errors import BadCheckpoint
+from waystation.errors import BadCheckpoint, CheckpointKept
 from waystation.receipts import proofs, tree
 from waystation.receipts.chain import ReceiptDraft, RouteInfo, append, receipt_hash, verify_database
 from waystation.receipts.checkpoints import SigningKey, VerifierKey, open_checkpoint
@@ -283,7 +283,8 @@ async def test_the_agent_keeps_a_checkpoint_the_receipts_no_longer_extend(
     await chain(db, 6)
     assert await proofs.keep_checkpoint(db, key, state) == 6
     tamper(db, lambda c: c.execute("DELETE FROM receipts WHERE seq > 2"))
-    assert await proofs.keep_checkpoint(db, key, state) is None  # not overwritten
+    with pytest.raises(CheckpointKept, match=r"no longer extend the stored checkpoint \(6\)"):
+        await proofs.keep_checkpoint(db, key, state)  # not overwritten
     kept = open_checkpoint(proofs.stored_note(state) or "", key.verifier)
     assert kept.size == 6
     await chain(db, 1)  # the agent goes on recording meanwhile

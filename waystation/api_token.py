@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import os
 import secrets
 from pathlib import Path
+
+from waystation import durable
 
 TOKEN_FILE = "api.token"
 TOKEN_PREFIX = "ws-"  # says what it is when it turns up in a shell history or a config file
@@ -37,18 +38,9 @@ def read_or_create(state_dir: Path) -> str:
 
 def rotate(state_dir: Path) -> str:
     """A new token replaces the old one at once (rename over it): the old one stops working."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    durable.make_dirs(state_dir)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    path = token_path(state_dir)
-    partial = path.with_name(f".{TOKEN_FILE}.{os.getpid()}.tmp")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # an umask or an older file of that name cannot widen it
-        os.write(fd, (token + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(partial, path)
+    durable.write_atomic(token_path(state_dir), token + "\n", 0o600)  # 0600 whatever the umask
     return token
 
 

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import structlog
 
+from waystation import durable
 from waystation.errors import (
     DatabaseCorrupt,
     DatabaseError,
@@ -122,7 +123,7 @@ class Database:
     @classmethod
     async def open(cls, path: Path, *, check: bool = False) -> Database:
         """Open (creating if needed) and migrate; `check` also runs SQLite's quick_check."""
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        durable.make_dirs(path.parent, 0o700)  # a new state directory lasts as long as its database
         refuse_non_file(path)
         loop = asyncio.get_running_loop()
         executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="waystation-db-writer")

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from waystation import durable
 from waystation.config import Paths
 from waystation.errors import WaystationError
 
@@ -262,9 +263,9 @@ class Service:
             self._ensure_system_user(say)
         else:
             for directory in [*_user_state_dirs(self.paths), self.paths.logs]:
-                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.target.write_text(self.render())
+                durable.make_dirs(directory, 0o700)
+        durable.make_dirs(self.target.parent)
+        durable.write_atomic(self.target, self.render(), 0o644)
         say(f"wrote {self.target}")
         try:
             if self.manager == "launchd":

@@ -13,6 +13,8 @@
     ├── ReceiptsDamaged(problem)     the receipts' tree lacks what they say it holds (500)  station.py
     ├── SigningKeyUnusable(path, problem)  receipts.key cannot be read as a key: checkpoints go
     │                                unsigned, the queue works on (503)             station.py
+    ├── CheckpointKept(path, problem)  receipts.checkpoint is not replaced by one of another
+    │                                origin or one the receipts do not extend (409)  station.py
     ├── InputError                   the caller's request is wrong (4xx)            input.py
     │   ├── MalformedRequest         not JSON, or not the expected shape (400)
     │   ├── RequestTimeout           the request did not arrive in time (408)
@@ -99,6 +101,7 @@ from waystation.errors.models import (
 )
 from waystation.errors.station import (
     AgentNotRunning,
+    CheckpointKept,
     ConfigError,
     DatabaseCorrupt,
     DatabaseError,
@@ -126,6 +129,7 @@ __all__ = [
     "AgentNotRunning",
     "BadCheckpoint",
     "BodyTooLarge",
+    "CheckpointKept",
     "ChecksumMismatch",
     "ConfigError",
     "DatabaseCorrupt",

@@ -90,3 +90,20 @@ class SigningKeyUnusable(WaystationError):
         )
         self.path = str(path)
         self.problem = problem
+
+
+class CheckpointKept(WaystationError):
+    """The kept receipts.checkpoint is not replaced: the new one is of another origin, or the
+    receipts do not extend it (truncated, rolled back, rewritten). Signing stops until someone
+    looks; the queue works on (409)."""
+
+    code = "checkpoint_kept"
+    http_status = 409
+
+    def __init__(self, path: object, problem: str) -> None:
+        super().__init__(
+            f"{path} is kept, not replaced: {problem}; `waystation receipts verify` says more. Move it "
+            "away (keep a copy) to let the agent sign the receipts as they are"
+        )
+        self.path = str(path)
+        self.problem = problem

@@ -9,7 +9,9 @@ public key)>`: what `receipts key` prints, and all an auditor needs.
 
 The private key is `receipts.key` (PKCS#8 PEM, 0600) in the state directory, made at first use;
 `receipts.pub` beside it holds the verifier key, so the origin stays what it was when the key was
-made even if the host is renamed.
+made even if the host is renamed. Both are written durably (waystation.durable), the public one
+first; one that a power cut or a hand lost is rebuilt from the key with the origin of the kept
+`receipts.checkpoint` the key signed, never from the hostname of the day (issue 25).
 """
 
 from __future__ import annotations
@@ -17,24 +19,27 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from waystation import contract
+from waystation import contract, durable
 from waystation.errors import BadCheckpoint, SigningKeyUnusable
+
+log = structlog.get_logger(__name__)
 
 ED25519 = b"\x01"  # the signed-note signature type of Ed25519
 DASH = "\u2014"  # the em dash that opens a signature line
 PRIVATE_PREFIX = "PRIVATE+KEY+"
 # A key name as golang.org/x/mod/sumdb/note allows one: non-empty, no space, no "+".
 KEY_NAME = re.compile(r"[^\s+]{1,128}")
+CHECKPOINT_FILE = "receipts.checkpoint"  # the last checkpoint the agent kept, in the state directory
 
 
 def key_id(name: str, public: bytes) -> bytes:
@@ -148,7 +153,8 @@ class SigningKey:
         try:
             name = VerifierKey.parse(public_path.read_text()).name
         except (OSError, UnicodeError, BadCheckpoint):
-            name = default_origin(host)
+            name = _kept_origin(public_path.parent, private) or default_origin(host)
+            log.warning("rebuilding the receipts' verifier key", path=str(public_path), origin=name)
         return cls(private, name)
 
     @classmethod
@@ -157,18 +163,14 @@ class SigningKey:
         pem = private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        private_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # O_EXCL: two processes making the key at once keep the first one's, never a mix.
-        try:
-            fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return cls.load_or_create(private_path.parent, host)
-        with os.fdopen(fd, "wb") as out:
-            out.write(pem)
-            out.flush()
-            os.fsync(out.fileno())
+        durable.make_dirs(private_path.parent, 0o700)
         key = cls(private, default_origin(host))
+        # The public key first: a key on disk always has its origin beside it, whatever is cut.
         _write_public(public_path, key)
+        # Linked into place: two processes making the key at once keep the first one's, never a
+        # mix (the loser's receipts.pub is rewritten from the winner's key below).
+        if not durable.write_new(private_path, pem, 0o600):
+            return cls.load_or_create(private_path.parent, host)
         return key
 
     def sign(self, text: str) -> str:
@@ -216,8 +218,25 @@ class SigningKey:
 
 def _write_public(path: Path, key: SigningKey) -> None:
     text = f"{key.verifier}\n"
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+    try:
+        same = path.read_text() == text
+    except (OSError, UnicodeError):
+        same = False
+    if not same:
+        durable.write_atomic(path, text, 0o644)
+
+
+def _kept_origin(state_dir: Path, private: Ed25519PrivateKey) -> str | None:
+    """The origin of the checkpoint kept in `state_dir`, when this key signed it under that name."""
+    try:
+        note = (state_dir / CHECKPOINT_FILE).read_text()
+        text, _, signatures = note.partition("\n\n")
+        origin = Checkpoint.parse(text + "\n").origin
+        public = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        VerifierKey(origin, public).check(text + "\n", signatures.splitlines())
+    except (OSError, UnicodeError, BadCheckpoint):
+        return None
+    return origin
 
 
 def default_origin(host: str = "") -> str:

@@ -10,24 +10,27 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from waystation import contract
+from waystation import contract, durable
 from waystation.db import Database
-from waystation.errors import BadCheckpoint
+from waystation.errors import BadCheckpoint, CheckpointKept
 from waystation.receipts import tree
 from waystation.receipts.chain import get_receipt, receipt_hash
-from waystation.receipts.checkpoints import Checkpoint, SigningKey, VerifierKey, open_checkpoint
+from waystation.receipts.checkpoints import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    SigningKey,
+    VerifierKey,
+    open_checkpoint,
+)
 from waystation.receipts.merkle import leaf_hash, root_from_inclusion
 
 log = structlog.get_logger(__name__)
-
-CHECKPOINT_FILE = "receipts.checkpoint"  # the last checkpoint the agent wrote, in the state directory
 
 
 async def checkpoint(db: Database, key: SigningKey) -> tuple[Checkpoint, str]:
@@ -82,35 +85,43 @@ def stored_note(state: Path) -> str | None:
     return None
 
 
-async def keep_checkpoint(db: Database, key: SigningKey, state: Path) -> int | None:
-    """Sign the tree now and keep it as the state directory's checkpoint, unless the tree does not
-    extend the one kept there (receipts removed or rewritten behind the agent's back): then that
-    one stays, for `verify` to name, and None. The size kept, otherwise. A witness in miniature."""
+async def keep_checkpoint(db: Database, key: SigningKey, state: Path) -> int:
+    """Sign the tree now and keep it as the state directory's checkpoint; the size kept. A witness
+    in miniature: the kept one is never replaced by one of another origin, nor by one the tree
+    does not extend (receipts removed or rewritten behind the agent's back): CheckpointKept then,
+    and the old one stays for `verify` to name. One signed by another key under the same origin
+    (a damaged key moved away, a new one made) is replaced when the tree extends it."""
     made, note = await checkpoint(db, key)
     kept = stored_note(state)
-    if kept is not None:
-        with contextlib.suppress(BadCheckpoint):  # one we cannot read is replaced
-            old = open_checkpoint(kept, key.verifier)
-            if (old.size, old.root) == (made.size, made.root):
-                return made.size
-            if not await tree.extends(db, old.size, old.root, made.size, made.root):
-                log.error(
-                    "the receipts no longer extend the stored checkpoint; keeping it",
-                    checkpoint_size=old.size,
-                    size=made.size,
-                )
-                return None
+    old = _kept_checkpoint(kept, key) if kept is not None else None
+    if old is not None:
+        path = state / CHECKPOINT_FILE
+        if old.origin != made.origin:
+            problem = f"it is for {old.origin}, and the signing key signs as {made.origin}"
+            raise CheckpointKept(path, problem)
+        if (old.size, old.root) == (made.size, made.root):
+            return made.size
+        if not await tree.extends(db, old.size, old.root, made.size, made.root):
+            problem = f"the receipts ({made.size}) no longer extend the stored checkpoint ({old.size})"
+            raise CheckpointKept(path, problem)
     store_note(state, note)
     return made.size
 
 
+def _kept_checkpoint(note: str, key: SigningKey) -> Checkpoint | None:
+    """The checkpoint a kept note holds, signed by `key` or not; None when it holds none at all
+    (replaced then: the agent writes it durably, so that is a hand's doing, said in the log)."""
+    try:
+        return open_checkpoint(note, key.verifier)
+    except BadCheckpoint:
+        pass
+    try:
+        return Checkpoint.parse(note.partition("\n\n")[0] + "\n")
+    except BadCheckpoint:
+        log.warning("replacing a kept checkpoint that holds none", file=CHECKPOINT_FILE)
+        return None
+
+
 def store_note(state: Path, note: str) -> None:
-    """Replace the stored checkpoint atomically: a crash leaves the old one or the new one."""
-    path = state / CHECKPOINT_FILE
-    partial = path.with_name(path.name + ".partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(note)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(partial, path)
+    """Replace the stored checkpoint durably: a crash or power cut leaves the old one or the new."""
+    durable.write_atomic(state / CHECKPOINT_FILE, note, 0o600)

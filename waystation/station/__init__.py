@@ -45,6 +45,9 @@ class Station:
     version: str = field(default=__version__, kw_only=True)
     # Why the receipts' checkpoints cannot be signed now (a damaged receipts.key); None when they can.
     signing_error: str | None = field(default=None, kw_only=True)
+    # Why the last signed checkpoint was not kept (receipts.checkpoint of another origin, or one the
+    # receipts do not extend); None when it was.
+    checkpoint_error: str | None = field(default=None, kw_only=True)
 
     async def stop_delivery(self, task_id: str) -> bool:
         """Stop sending a task (a cancel); True when nothing sends it any more. With no agent

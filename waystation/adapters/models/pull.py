@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from waystation import timeutil
+from waystation import durable, timeutil
 from waystation.adapters.models import room
 from waystation.adapters.models.hub import SHA256, hub_file
 from waystation.adapters.models.store import (
@@ -132,7 +132,7 @@ async def download(
         progress({"status": "up to date", "completed": existing.size, "total": existing.size})
         return existing
     partial = store.partial(pull.key)
-    partial.parent.mkdir(parents=True, exist_ok=True)
+    durable.make_dirs(partial.parent)
     try:
         with _locked(partial, pull) as f:
             digest, size = await _fetch(pull, f, partial, progress, keep_free_mb)
@@ -374,7 +374,7 @@ def _validator(headers: httpx.Headers) -> str | None:
 
 def _note(partial: Path, pull: Pull, validator: str | None) -> None:
     note = {"name": pull.name, "source": pull.source, "validator": validator}
-    partial_note(partial).write_text(json.dumps(note))
+    durable.write_atomic(partial_note(partial), json.dumps(note), 0o644)
 
 
 def _read_validator(partial: Path) -> str | None:

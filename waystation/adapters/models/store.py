@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from waystation import contract
+from waystation import contract, durable
 from waystation.contract import ModelFormat
 from waystation.errors import MalformedRequest, UnknownModel
 
@@ -180,14 +180,11 @@ class ModelStore:
     def install(self, name: str, downloaded: Path, record: dict[str, Any]) -> StoredModel:
         """Move a complete, verified GGUF file in under `name` (replacing an older one of that name),
         its record first: a model appears only whole, with what is known of it."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        durable.make_dirs(self.root)
         target = self.root / f"{name}{GGUF}"
         record_path = self.root / f"{name}{RECORD}"
-        temporary = record_path.with_name(f".{name}{RECORD}.tmp")
-        temporary.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(temporary, record_path)
-        os.replace(downloaded, target)
-        _fsync_dir(self.root)
+        durable.write_atomic(record_path, json.dumps(record, indent=2) + "\n", 0o644)
+        durable.move_into(downloaded, target)  # the download was synced as it ended
         self.tidy()
         return self.get(name)
 
@@ -234,21 +231,12 @@ def _remove_tree(folder: Path) -> None:
     shutil.rmtree(folder)
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the renames into `folder` durable (a power cut must not leave the old name behind)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def try_lock(path: Path) -> int | None:
     """A descriptor holding `path` locked (created if need be), or None while another holds it.
     Its holder removes the file before letting go, so a lock taken on a file since removed is
     dropped and taken again on the file now there (else two could hold "the" lock at once)."""
     while True:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        durable.make_dirs(path.parent)  # models/ itself too: what is pulled into it must last
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except FileNotFoundError:

@@ -187,9 +187,9 @@ def fleet_keygen(
     waystation fleet keygen ops@example.org
     ```
     """
-    import os
     import sys
 
+    from waystation import durable
     from waystation.config import Paths
     from waystation.errors import BadCheckpoint, MalformedRequest
     from waystation.receipts.checkpoints import SigningKey
@@ -201,13 +201,11 @@ def fleet_keygen(
     path = key_file or Paths.resolve().config_file.parent / "fleet-keys" / f"{name.replace('/', '_')}.key"
     path = path.expanduser()
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise MalformedRequest(f"{path} exists: remove it or give another --key-file") from None
+        durable.make_dirs(path.parent, 0o700)
+        made = durable.write_new(path, key.private_text() + "\n", 0o600)
     except OSError as exc:
         raise MalformedRequest(f"cannot write {path}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "w") as out:
-        out.write(key.private_text() + "\n")
+    if not made:
+        raise MalformedRequest(f"{path} exists: remove it or give another --key-file")
     sys.stderr.write(f"private key written to {path} (0600); sign with: fleet submit ... --key-file {path}\n")
     sys.stdout.write(f"{key.verifier}\n")

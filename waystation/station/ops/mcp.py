@@ -11,16 +11,14 @@ the file at start: a running agent uses a change after `waystation service resta
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import tomlkit
 
-from waystation import timeutil
+from waystation import durable, timeutil
 from waystation.config import McpServerSettings
 from waystation.config_mcp import mcp_server, server_table
 from waystation.errors import ConfigError, MalformedRequest, NotFound
@@ -156,16 +154,6 @@ def _servers(doc: tomlkit.TOMLDocument) -> Any:
 
 
 def _write(config_file: Path, doc: tomlkit.TOMLDocument) -> None:
-    config_file.parent.mkdir(parents=True, exist_ok=True)
+    durable.make_dirs(config_file.parent)
     mode = config_file.stat().st_mode & 0o777 if config_file.exists() else 0o600
-    fd, temporary = tempfile.mkstemp(dir=config_file.parent, prefix=".config-", suffix=".toml")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(tomlkit.dumps(doc))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, config_file)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    durable.write_atomic(config_file, tomlkit.dumps(doc), mode)

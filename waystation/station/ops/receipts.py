@@ -10,7 +10,13 @@ from collections.abc import Iterator
 import structlog
 
 from waystation import contract
-from waystation.errors import BadCheckpoint, DatabaseCorrupt, SigningKeyUnusable, WaystationError
+from waystation.errors import (
+    BadCheckpoint,
+    CheckpointKept,
+    DatabaseCorrupt,
+    SigningKeyUnusable,
+    WaystationError,
+)
 from waystation.receipts import chain, proofs
 from waystation.receipts.checkpoints import SigningKey, open_checkpoint
 from waystation.station import Station
@@ -77,7 +83,7 @@ async def prove(station: Station, receipt_id: str) -> contract.ReceiptProof:
         return await proofs.prove(station.db, _key(station), receipt_id)
 
 
-async def store_checkpoint(station: Station) -> int | None:
+async def store_checkpoint(station: Station) -> int:
     """Sign the tree now and keep it in the state directory (see proofs.keep_checkpoint)."""
     return await proofs.keep_checkpoint(station.db, _key(station), station.paths.state)
 
@@ -85,18 +91,25 @@ async def store_checkpoint(station: Station) -> int | None:
 async def sign_checkpoint(station: Station) -> int | None:
     """The agent's signing, the one place it happens (at start, every 1,000 receipts or 10 minutes,
     and at stop): store_checkpoint, with a failure logged instead of raised, since a key that
-    cannot sign stops the signing, never the queue. A damaged key is said once when it breaks
-    (`status` and `doctor` say it after), not once every ten minutes."""
-    said = station.signing_error
+    cannot sign or a kept checkpoint that may not be replaced stops the signing, never the queue.
+    Each is said once when it starts (`status` says it after), not once every ten minutes."""
+    said, kept = station.signing_error, station.checkpoint_error
     try:
-        return await store_checkpoint(station)
+        size = await store_checkpoint(station)
     except SigningKeyUnusable as exc:
         if exc.message != said:
             log.error("checkpoints of the receipts will not be signed", error=exc.message)
         return None
+    except CheckpointKept as exc:
+        station.checkpoint_error = exc.message
+        if exc.message != kept:
+            log.error("checkpoints of the receipts will not be kept", error=exc.message)
+        return None
     except (WaystationError, OSError) as exc:
         log.error("cannot sign a checkpoint of the receipts", error=str(exc))
         return None
+    station.checkpoint_error = None
+    return size
 
 
 def _key(station: Station) -> SigningKey:

@@ -22,9 +22,15 @@ async def status(station: TurnStation) -> contract.Status:
         "turns": await records.count_turns(station.db),
         "model": station.router.local.model_status(),
         "routes": await station.router.statuses(),
-        "signing": {"ok": station.signing_error is None, "error": station.signing_error},
+        "signing": _signing(station),
         "listen": station.settings.agent.listen or None,
     }
+
+
+def _signing(station: TurnStation) -> contract.Signing:
+    """Whether checkpoints are signed and kept; the reason when they are not."""
+    error = station.signing_error or station.checkpoint_error
+    return {"ok": error is None, "error": error}
 
 
 async def routes(station: TurnStation) -> list[contract.Route]:
