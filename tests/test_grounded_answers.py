@@ -7,6 +7,7 @@ online, the call is delivered, the turn resumes and answers. The control, in the
 the same agent, is the same model given the page's visible text in its prompt and the question
 (what a user pasting the page would do). A regression in how results reach the model, or in how
 the last step is asked, falls below the control; a turn that asks for the same call twice fails.
+By default every other page runs (12, about a minute on 2 cores); all 24 with WAYSTATION_SOAK=long.
 """
 
 from __future__ import annotations
@@ -76,12 +77,23 @@ def _ended(client: httpx.Client, turn_id: str, timeout: float) -> dict[str, Any]
     raise AssertionError(f"turn {turn_id} did not end within {timeout:g}s")
 
 
+def chosen_pages(every: int) -> list[Page]:
+    """Every `every`th page of the set (all of them under WAYSTATION_SOAK=long), or the pages
+    PAGES names (slugs, comma-separated)."""
+    if named := os.environ.get("PAGES"):
+        return [p for p in pages() if p.slug in named.split(",")]
+    return pages()[::every]
+
+
 @pytest.mark.timeout(1200)
 def test_resumed_turns_answer_from_the_pages_as_the_model_given_them_does(
-    agent_factory: Any, page_server: PageServer, soak_report: Callable[[str], None]
+    agent_factory: Any,
+    page_server: PageServer,
+    soak_length: Callable[[int, int], int],
+    soak_report: Callable[[str], None],
 ) -> None:
     agent: Agent = agent_factory({"WAYSTATION_CONNECTIVITY__MODE": "offline"}).start()
-    the_set = [p for p in pages() if not os.environ.get("PAGES") or p.slug in os.environ["PAGES"].split(",")]
+    the_set = chosen_pages(soak_length(2, 1))
     with agent.client(timeout=300.0) as client:
         parked: dict[str, str] = {}
         for page in the_set:
@@ -118,6 +130,7 @@ def test_resumed_turns_answer_from_the_pages_as_the_model_given_them_does(
     assert all(t["state"] == "ok" for t in resumed.values()), [t["reason"] for t in resumed.values()]
     assert calls == [1] * len(the_set) and repeated == 0  # one call each, never asked for twice
     # As good as the page pasted in, within the noise of a 135M model (whose greedy answer can
-    # change with what its cache held before); before answers were grounded it was 2 of 24.
-    assert len(agent_right) >= len(control_right) - 4
+    # change with what its cache held before): one page in six, 4 of all 24 (it fell short by 0-3
+    # in eight runs of the 24); before answers were grounded it was 2 of 24.
+    assert len(agent_right) >= len(control_right) - max(1, len(the_set) // 6)
     assert len(agent_right) >= 0.5 * len(the_set)

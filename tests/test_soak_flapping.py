@@ -41,7 +41,6 @@ from support.agentproc import (
 pytestmark = [pytest.mark.soak, pytest.mark.slow]
 
 CONCURRENCY = 4  # set explicitly below so the bounds under test are this one
-FLIPS = 100
 
 
 def queue_settings() -> dict[str, str]:
@@ -130,8 +129,10 @@ def test_forced_flapping_delivers_only_while_online_and_each_task_once(
     soak_length: Callable[[int, int], int],
     soak_report: Callable[[str], None],
 ) -> None:
-    seconds = soak_length(20, 60)
-    n = soak_length(400, 1200)
+    # Bounded: 60 flips in 12 s (a flip every 0.2 s, as in the long run) over 240 tasks.
+    flips_made = soak_length(60, 100)
+    seconds = soak_length(12, 60)
+    n = soak_length(240, 1200)
     seed, rng = seeded()
 
     # Mostly slow answers, so a flip nearly always finds deliveries in flight; some quick ones,
@@ -156,7 +157,7 @@ def test_forced_flapping_delivers_only_while_online_and_each_task_once(
     flips: list[tuple[str, float, float]] = []  # (mode, request sent, answer received)
     idle_offline: list[tuple[float, int]] = []  # (agent seen idle while offline, index of that flip)
     started = time.monotonic()
-    for i in range(FLIPS):
+    for i in range(flips_made):
         mode = "online" if i % 2 == 0 else "offline"
         sent = time.time()
         snapshot = agent.set_mode(mode)
@@ -173,7 +174,7 @@ def test_forced_flapping_delivers_only_while_online_and_each_task_once(
             idle_offline.append((time.time(), i))
             time.sleep(0.3)
         time.sleep(
-            max(0.0, started + (i + 1) * seconds / FLIPS - time.monotonic() + rng.uniform(-0.05, 0.05))
+            max(0.0, started + (i + 1) * seconds / flips_made - time.monotonic() + rng.uniform(-0.05, 0.05))
         )
     flapping_s = time.monotonic() - started
     delivered_while_flapping = len(task_hits())
@@ -208,7 +209,7 @@ def test_forced_flapping_delivers_only_while_online_and_each_task_once(
     unreachable = metric(agent, "waystation_deliveries_total", 'outcome="unreachable"')
     assert unreachable == 0, "a loopback receiver always answers"
     soak_report(
-        f"seed {seed}; {FLIPS} forced flips in {flapping_s:.1f} s over {n} tasks; "
+        f"seed {seed}; {flips_made} forced flips in {flapping_s:.1f} s over {n} tasks; "
         f"{delivered_while_flapping} delivered while flapping, {total} deliveries in all, 0 duplicates; "
         f"arrivals in offline stretches (in flight at the flip): {sum(landed)} in {len(landed)} stretches, "
         f"max {max(landed)}"
@@ -228,8 +229,8 @@ def test_link_flapping_in_a_namespace_delivers_each_task_once(
     soak_report: Callable[[str], None],
 ) -> None:
     ns, veth, host = agent_namespace
-    flips = soak_length(30, 100)
-    n = soak_length(200, 600)
+    flips = soak_length(16, 100)
+    n = soak_length(120, 600)
     seed, rng = seeded()
     prefix = "/slow/300/link/"  # slow: the backlog lasts through the flapping
 

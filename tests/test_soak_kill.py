@@ -80,7 +80,7 @@ def test_random_kill_9_loses_nothing_and_duplicates_only_what_was_in_flight(
     soak_length: Callable[[int, int], int],
     soak_report: Callable[[str], None],
 ) -> None:
-    rounds = soak_length(20, 100)
+    rounds = soak_length(10, 100)
     seed = int(os.environ.get("WAYSTATION_SOAK_SEED") or random.SystemRandom().randrange(2**32))
     rng = random.Random(seed)
     replay = f"(seed {seed}; replay with WAYSTATION_SOAK_SEED={seed})"

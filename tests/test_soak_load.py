@@ -112,7 +112,7 @@ async def test_fifty_clients_reading_submitting_and_turning(
     soak_length: Callable[[int, int], int],
     soak_report: Callable[[str], None],
 ) -> None:
-    seconds = soak_length(10, 60)
+    seconds = soak_length(6, 60)
     agent = agent_factory(
         {
             "WAYSTATION_CONNECTIVITY__MODE": "online",  # deliveries run during the load

@@ -123,7 +123,7 @@ def test_a_dead_parked_call_ends_the_turn_in_error(offline_agent: Agent, receive
 def test_a_turn_that_outlives_its_wait_exits_5_with_its_id(offline_agent: Agent) -> None:
     agent = offline_agent
     long = "Write a very long story about a lighthouse keeper and her cat, in many chapters."
-    done = cli(agent.home, "turn", long, "--tools", "none", "--max-tokens", "600", "--timeout", "0.5")
+    done = cli(agent.home, "turn", long, "--tools", "none", "--max-tokens", "200", "--timeout", "0.3")
     assert done.returncode == 5, done.stderr
     turn_id = done.stdout.strip()
     assert turn_id.startswith("turn_") and "still running" in done.stderr

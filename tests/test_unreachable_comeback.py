@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 T = TypeVar("T")
 
-DOWN_S = 10.0  # how long the destination is away
+DOWN_S = 5.0  # how long the destination is away (long enough for a few retries to back off)
 BACK_WITHIN_S = 15.0  # the bound on its tasks going out once it is back
 
 
