@@ -9,8 +9,15 @@ can put it back.
 After `fusermount3 -u`, the process reads one command on stdin: `keep` (everything stays), or
 `drop` (every unsynced change is undone), or `drop tear SEED` (also: the last unsynced write is
 kept up to a 512-byte sector boundary inside it, as a disk that lost power mid-write leaves it).
-It then prints what it dropped as one JSON line and exits. Directory renames are not modelled
-(nothing the agent does renames one).
+It then prints what it dropped as one JSON line and exits.
+
+A cut without the unmount, for the many cheap cuts of tests/test_powercut_store.py: `cut` or
+`cut tear SEED` on stdin while mounted, once every process writing on it is dead, drops the same
+and answers with the same JSON line; the file system stays mounted, and the next cut counts from
+there. `freeze N [WATCH]` while mounted sets a freeze point (below) until the next cut. The
+kernel keeps no stale view of what was dropped: names and attributes are never cached
+(entry_timeout and attr_timeout 0), and a file's pages are dropped at each open (no keep_cache).
+Directory renames are not modelled (nothing the agent does renames one).
 
 A freeze point puts the cut at an exact place: with `--freeze-at N`, the Nth operation (from 0)
 on a file whose name holds `--watch` (or a directory fsync) and every change after it fail with
@@ -28,6 +35,7 @@ import errno
 import faulthandler
 import json
 import os
+import queue
 import signal
 import stat
 import sys
@@ -48,6 +56,7 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
     use_ns = True
 
     def __init__(self, backing: Path, freeze_at: int | None = None, watch: str = "") -> None:
+        self.backing = backing
         self.undo = Undo(backing / FILES, backing / LIMBO)
         self.real = self.undo.real
         self.mutex = threading.Lock()  # not `lock`: that name is a FUSE operation
@@ -219,6 +228,45 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         os.close(fh)
         return 0
 
+    def cut(self, tear_seed: int | None) -> Dropped:
+        """A power cut while mounted: what is unsynced undone now, and the undo state begun again."""
+        with self.mutex:
+            dropped = self.undo.drop(tear_seed)
+            dropped.held_writes, dropped.counted, dropped.frozen = self.writes, self.counted, self.frozen
+            self.undo.forget()
+            self.undo = Undo(self.backing / FILES, self.backing / LIMBO)
+            self.writes, self.counted, self.frozen, self.freeze_at = 0, 0, False, None
+            self.marker.unlink(missing_ok=True)
+            return dropped
+
+    def arm(self, freeze_at: int, watch: str) -> None:
+        """A freeze point from now on, as --freeze-at and --watch set one at the mount."""
+        with self.mutex:
+            self.freeze_at, self.watch, self.counted, self.frozen = freeze_at, watch, 0, False
+            self.marker.unlink(missing_ok=True)
+
+
+def _commands(fs: LazyFS, final: queue.Queue[list[str]]) -> None:
+    """stdin, on a thread beside the FUSE loop: `cut [tear SEED]` or `freeze N [WATCH]` now (each
+    answered with a JSON line); anything else (or the end of stdin) is for after the unmount."""
+    for line in sys.stdin:
+        command = line.split()
+        if command[:1] == ["freeze"]:
+            fs.arm(int(command[1]), command[2] if len(command) > 2 else "")
+            answer: dict[str, Any] = {"armed": True}
+        elif command[:1] == ["cut"]:
+            answer = fs.cut(_tear_seed(command)).__dict__
+        else:
+            final.put(command)
+            return
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+    final.put([])
+
+
+def _tear_seed(command: list[str]) -> int | None:
+    return int(command[2]) if command[1:2] == ["tear"] else None
+
 
 def _backing(flags: int) -> int:
     """The flags to open the backing file with: readable (the blocks a write changes are read
@@ -237,17 +285,26 @@ def main() -> None:
     parser.add_argument("--watch", default="")
     args = parser.parse_args()
     fs = LazyFS(args.backing, args.freeze_at, args.watch)
+    final: queue.Queue[list[str]] = queue.Queue()
+    threading.Thread(target=_commands, args=(fs, final), daemon=True).start()
     # One thread: nothing here blocks, and the GIL serialises the callbacks anyway. The loop ends
     # at the unmount, or at SIGTERM (libfuse's handler: fuse_main then returns an error code) when
     # another mount namespace still holds a copy of the mount (`ip netns exec`, `unshare -m`).
     with contextlib.suppress(RuntimeError):
         mfusepy.FUSE(
-            fs, args.mountpoint, foreground=True, nothreads=True, fsname="lazyfs", default_permissions=True
+            fs,
+            args.mountpoint,
+            foreground=True,
+            nothreads=True,
+            fsname="lazyfs",
+            default_permissions=True,
+            entry_timeout=0,  # the kernel must not keep a name or a size a cut in place undid
+            attr_timeout=0,
         )
-    command = sys.stdin.readline().split()
+    command = final.get()
     dropped = Dropped()
     if command[:1] == ["drop"]:
-        dropped = fs.undo.drop(int(command[2]) if command[1:2] == ["tear"] else None)
+        dropped = fs.undo.drop(_tear_seed(command))
     dropped.held_writes, dropped.counted, dropped.frozen = fs.writes, fs.counted, fs.frozen
     fs.undo.forget()
     sys.stdout.write(json.dumps(dropped.__dict__) + "\n")
