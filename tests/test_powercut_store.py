@@ -32,28 +32,10 @@ from support.powercut.children import hear, kill, start
 from support.powercut.disk import LazyDisk
 from support.powercut.ledger import Ledger
 
-from waystation import durable
-from waystation.db import Database
-from waystation.receipts.checkpoints import SigningKey
-from waystation.receipts.proofs import keep_checkpoint
-
 TEAR_SHARE = 0.3
 EARLY_SHARE = 0.1  # killed before it said it was ready: in the database's open and recovery
 WORK_S = (0.0, 0.06)
 THOROUGH_EVERY = 5  # quick_check, and the whole chain verified against the kept checkpoint (else its root)
-
-
-def made(home: Path) -> Path:
-    home.mkdir(mode=0o700)
-    durable.fsync_dir(home.parent)
-    return home
-
-
-async def first_start(home: Path) -> None:
-    """What the agent's first start leaves: the database, the signing key, a kept checkpoint."""
-    made(home)
-    async with await Database.open(home / workload.DATABASE) as db:
-        await keep_checkpoint(db, SigningKey.load_or_create(home), home)
 
 
 @dataclass
@@ -75,7 +57,7 @@ async def cut_many(disk: LazyDisk, ledger: Ledger, cuts: int, fleet: str | None 
     """`cuts` power cuts in the children's work, each checked; then a drain, checked."""
     run = Run(int(os.environ.get("WAYSTATION_SOAK_SEED") or random.SystemRandom().randrange(2**32)))
     rng = random.Random(run.seed)
-    await first_start(ledger.home)
+    await workload.first_start(ledger.home)
     for n in range(cuts):
         child, reader = start(workload.work, str(ledger.home), rng.randrange(2**32), False, fleet)
         early = rng.random() < EARLY_SHARE
@@ -100,6 +82,7 @@ async def cut_many(disk: LazyDisk, ledger: Ledger, cuts: int, fleet: str | None 
     assert not never, f"{len(never)} accepted tasks never delivered, e.g. {never[:3]} {run.replay}"
     not_done = [k for k, task_id in ledger.accepted.items() if task_id not in ledger.done]
     assert not not_done, f"accepted tasks not done after the drain: {not_done[:3]} {run.replay}"
+    assert not ledger.refused, f"steps refused with room on the disk: {ledger.refused}"
     unresumed = [t for t in ledger.parked if ledger.turns[t] != "ok" or not ledger.turn_receipts[(t, False)]]
     assert not unresumed, f"parked turns never resumed: {unresumed[:3]} {run.replay}"
     return run

@@ -141,6 +141,10 @@ class LazyDisk:
         assert " " not in watch
         self._ask(f"freeze {point} {watch}".rstrip())
 
+    def fill(self, full: bool = True) -> None:
+        """A full disk from now on (ENOSPC for every write, create or growth), or room again."""
+        self._ask("full on" if full else "full off")
+
     def _ask(self, command: str) -> dict[str, Any]:
         proc = self.proc
         assert proc is not None and proc.stdin is not None and proc.stdout is not None, "not mounted"

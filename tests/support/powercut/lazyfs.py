@@ -14,7 +14,8 @@ It then prints what it dropped as one JSON line and exits.
 A cut without the unmount, for the many cheap cuts of tests/test_powercut_store.py: `cut` or
 `cut tear SEED` on stdin while mounted, once every process writing on it is dead, drops the same
 and answers with the same JSON line; the file system stays mounted, and the next cut counts from
-there. `freeze N [WATCH]` while mounted sets a freeze point (below) until the next cut. The
+there. `freeze N [WATCH]` while mounted sets a freeze point (below) until the next cut; `full on`
+makes it a full disk (every write, create or growth fails with ENOSPC) until `full off`. The
 kernel keeps no stale view of what was dropped: names and attributes are never cached
 (entry_timeout and attr_timeout 0), and a file's pages are dropped at each open (no keep_cache).
 Directory renames are not modelled (nothing the agent does renames one).
@@ -64,13 +65,19 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         self.freeze_at, self.watch, self.counted, self.frozen = freeze_at, watch, 0, False
         self.marker = backing / FROZEN
         self.marker.unlink(missing_ok=True)
+        self.full = False  # a full disk: what needs room (data, a new name) fails with ENOSPC
 
     @contextlib.contextmanager
-    def _changing(self, *paths: str | None, dir_sync: bool = False) -> Iterator[None]:
-        """One change, under the mutex; refused (EIO) from the freeze point on."""
+    def _changing(
+        self, *paths: str | None, dir_sync: bool = False, needs_room: bool = False
+    ) -> Iterator[None]:
+        """One change, under the mutex; refused (EIO) from the freeze point on, and (ENOSPC) on
+        a full disk when it `needs_room`."""
         with self.mutex:
             if self.frozen:
                 raise mfusepy.FuseOSError(errno.EIO)
+            if needs_room and self.full:
+                raise mfusepy.FuseOSError(errno.ENOSPC)
             if dir_sync or any(p is not None and self.watch in os.path.basename(p) for p in paths):
                 if self.counted == self.freeze_at:
                     self.frozen = True
@@ -128,13 +135,13 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
     # --- names: durable once their directory is fsynced --------------------------------------------
 
     def mknod(self, path: str, mode: int, dev: int) -> int:
-        with self._changing(path):
+        with self._changing(path, needs_room=True):
             self.undo.changing_dir(path)
             os.mknod(self.real(path), mode, dev)
         return 0
 
     def mkdir(self, path: str, mode: int) -> int:
-        with self._changing(path):
+        with self._changing(path, needs_room=True):
             self.undo.changing_dir(path)
             os.mkdir(self.real(path), mode)
         return 0
@@ -152,7 +159,7 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         return 0
 
     def symlink(self, target: str, source: str) -> int:
-        with self._changing(target):
+        with self._changing(target, needs_room=True):
             self.undo.changing_dir(target)
             os.symlink(source, self.real(target))
         return 0
@@ -165,7 +172,7 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         return 0
 
     def link(self, target: str, source: str) -> int:
-        with self._changing(target, source):
+        with self._changing(target, source, needs_room=True):
             self.undo.changing_dir(target)
             os.link(self.real(source), self.real(target))
         return 0
@@ -178,7 +185,7 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
     # --- data: durable once its file is fsynced -----------------------------------------------------
 
     def create(self, path: str, mode: int, flags: int = os.O_WRONLY) -> int:
-        with self._changing(path):
+        with self._changing(path, needs_room=True):
             self.undo.changing_dir(path)
             return os.open(self.real(path), _backing(flags) | os.O_CREAT, mode)
 
@@ -197,7 +204,8 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         os.ftruncate(fd, length)
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> int:
-        with self._changing(path):
+        grows = length > os.stat(self.real(path)).st_size if fh is None else length > os.fstat(fh).st_size
+        with self._changing(path, needs_room=grows):
             fd = os.open(self.real(path), os.O_RDWR) if fh is None else fh
             try:
                 self._truncate(fd, self.real(path), length)
@@ -207,7 +215,8 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         return 0
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
-        with self._changing(path):
+        grows = offset + len(data) > os.fstat(fh).st_size  # a full disk still rewrites what it holds
+        with self._changing(path, needs_room=grows):
             real = None if path is None else self.real(path)
             ino = self.undo.changing_data(fh, real, offset, offset + len(data))
             written = os.pwrite(fh, data, offset)
@@ -239,6 +248,10 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
             self.marker.unlink(missing_ok=True)
             return dropped
 
+    def fill(self, full: bool) -> None:
+        with self.mutex:
+            self.full = full
+
     def arm(self, freeze_at: int, watch: str) -> None:
         """A freeze point from now on, as --freeze-at and --watch set one at the mount."""
         with self.mutex:
@@ -247,13 +260,17 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
 
 
 def _commands(fs: LazyFS, final: queue.Queue[list[str]]) -> None:
-    """stdin, on a thread beside the FUSE loop: `cut [tear SEED]` or `freeze N [WATCH]` now (each
-    answered with a JSON line); anything else (or the end of stdin) is for after the unmount."""
+    """stdin, on a thread beside the FUSE loop: `cut [tear SEED]`, `freeze N [WATCH]` or
+    `full on|off` now (each answered with a JSON line); anything else (or the end of stdin) is
+    for after the unmount."""
     for line in sys.stdin:
         command = line.split()
         if command[:1] == ["freeze"]:
             fs.arm(int(command[1]), command[2] if len(command) > 2 else "")
             answer: dict[str, Any] = {"armed": True}
+        elif command[:1] == ["full"]:
+            fs.fill(command[1:2] == ["on"])
+            answer = {"full": fs.full}
         elif command[:1] == ["cut"]:
             answer = fs.cut(_tear_seed(command)).__dict__
         else:

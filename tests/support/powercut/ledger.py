@@ -57,6 +57,7 @@ class Ledger:
     last_seq: int = 0
     published: int = 0  # the last receipt seq the outbox was told the hub has
     hub_held: int = 0  # receipts the hub held at the last check
+    refused: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)  # step, why
     done: set[str] = field(default_factory=set)  # task ids done at the last check
     turns: dict[str, str] = field(default_factory=dict)  # turn id -> state at the last check
     key: str | None = None
@@ -79,6 +80,8 @@ class Ledger:
             self.resumed[rest[0]] = (rest[1], rest[2])
         elif kind == "signed":
             self.signed = max(self.signed, rest[0])
+        elif kind == "refused":
+            self.refused[(rest[0], rest[1])] += 1
         elif kind == "published":
             self.published = max(self.published, rest[0])
 

@@ -18,19 +18,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from waystation import timeutil
+from waystation import durable, timeutil
 from waystation.adapters.fleet.hub import Hub
 from waystation.adapters.fleet.outbox import Outbox
 from waystation.adapters.models.base import ToolCall
 from waystation.adapters.tools import default_tools
 from waystation.config import FleetSettings, QueueSettings
 from waystation.db import Database
+from waystation.errors import WaystationError
 from waystation.queue.policy import Decision, TaskState
 from waystation.queue.store import TaskStore
 from waystation.queue.tasks import NewTask
@@ -59,6 +61,14 @@ def args_for(key: str) -> dict[str, Any]:
     return {"method": "POST", "url": f"http://{HOST}/{key}", "json": {"key": key}}
 
 
+async def first_start(home: Path) -> None:
+    """What the agent's first start leaves: its home, the database, the signing key, a kept
+    checkpoint (the cuts in the first start itself are tests/test_powercut_receipts.py's)."""
+    durable.make_dirs(home, 0o700)
+    async with await Database.open(home / DATABASE) as db:
+        await keep_checkpoint(db, SigningKey.load_or_create(home), home)
+
+
 def work(home: str, seed: int, drain: bool, fleet: str | None, out: Connection) -> None:
     """The child's body: until killed; with `drain`, until nothing is left to settle or resume
     (or to publish). With `fleet` (a hub's URL), the fleet outbox publishes the receipts too."""
@@ -70,6 +80,7 @@ class Work:
     def __init__(self, home: Path, seed: int, out: Connection) -> None:
         self.home, self.out, self.rng = home, out, random.Random(seed)
         self.prefix = f"s{seed}"
+        self.turns = iter(range(10**9))
 
     async def run(self, drain: bool, fleet: str | None) -> None:
         async with await Database.open(self.home / DATABASE) as db:
@@ -83,26 +94,47 @@ class Work:
                     await self.publish_some(outbox)
                 self.out.send(("drained",))
                 return
-            jobs = [self.accept(n) for n in range(ACCEPTING)]
+            jobs = [self.forever("accept", self.accepting(n), (0, 0)) for n in range(ACCEPTING)]
+            jobs += [
+                self.forever("settle", self.settle_some, (0, 0.005)),
+                self.forever("park", self.park, (0, 0.02)),
+                self.forever("resume", self.resume_ready, (0.01, 0.01)),
+                self.forever("sign", self.sign, (0.005, 0.04)),
+            ]
             if outbox is not None:
-                jobs.append(self.publish(outbox))
-            await asyncio.gather(*jobs, self.settle(), self.park(), self.resume(), self.sign())
+                jobs.append(self.forever("publish", lambda: self.publish_some(outbox), (0.002, 0.02)))
+            await asyncio.gather(*jobs)
 
     def tell(self, *message: Any) -> None:
         self.out.send(message)
 
-    # --- the steps, each in a loop ------------------------------------------------------------
+    async def forever(
+        self, step: str, once: Callable[[], Awaitable[object]], pause: tuple[float, float]
+    ) -> None:
+        """`once` again and again; a step refused (a full disk: test_powercut_full.py) is told."""
+        while True:
+            try:
+                await once()
+            except (WaystationError, OSError) as exc:
+                self.tell("refused", step, type(exc).__name__)
+            await asyncio.sleep(self.rng.uniform(*pause))
 
-    async def accept(self, client: int) -> None:
+    # --- the steps --------------------------------------------------------------------------------
+
+    def accepting(self, client: int) -> Callable[[], Awaitable[None]]:
         accepted: list[str] = []
-        for n in range(10**9):
+        numbers = iter(range(10**9))
+
+        async def accept() -> None:
             if accepted and self.rng.random() < 0.1:
                 key = self.rng.choice(accepted)  # a client retrying a POST it got no answer to
             else:
-                key = f"{self.prefix}-c{client}-{n}"
+                key = f"{self.prefix}-c{client}-{next(numbers)}"
             task, _ = await self.store.enqueue(NewTask("http_request", args_for(key), HOST, key))
             accepted.append(key)
             self.tell("accepted", key, task.id)
+
+        return accept
 
     async def settle_some(self) -> int:
         leased = await self.store.lease(4, {}, 4)
@@ -117,19 +149,14 @@ class Work:
         if receipt is not None:
             self.tell("settled", settled.id, receipt["id"])
 
-    async def settle(self) -> None:
-        while True:
-            if not await self.settle_some():
-                await asyncio.sleep(0.005)
-
     async def park(self) -> None:
-        for n in range(10**9):
-            url = f"http://{HOST}/{self.prefix}/turn/{n}"
-            engine = self.engine(ToolCall("call_1", "http_request", {"url": url}))
-            result = await engine.run(TurnRequest(f"Fetch {url}"))
-            assert result.status == "parked", result
-            self.tell("parked", result.turn_id, result.deferred_task_ids, result.receipt_id)
-            await asyncio.sleep(self.rng.uniform(0, 0.02))
+        url = f"http://{HOST}/{self.prefix}/turn/{next(self.turns)}"
+        engine = self.engine(ToolCall("call_1", "http_request", {"url": url}))
+        result = await engine.run(TurnRequest(f"Fetch {url}"))
+        if result.status != "parked":  # its receipt could not be written, or the turn's row
+            self.tell("refused", "park", result.status)
+            return
+        self.tell("parked", result.turn_id, result.deferred_task_ids, result.receipt_id)
 
     async def resume_ready(self) -> int:
         resumed = 0
@@ -140,16 +167,9 @@ class Work:
                 resumed += 1
         return resumed
 
-    async def resume(self) -> None:
-        while True:
-            await self.resume_ready()
-            await asyncio.sleep(0.01)
-
     async def sign(self) -> None:
         key = SigningKey.load_or_create(self.home)
-        while True:
-            await asyncio.sleep(self.rng.uniform(0.005, 0.04))
-            self.tell("signed", await keep_checkpoint(self.db, key, self.home))
+        self.tell("signed", await keep_checkpoint(self.db, key, self.home))
 
     async def outbox(self, url: str) -> Outbox:
         """The fleet's outbox, as the agent's fleet sets it up, over a real hub connection."""
@@ -167,11 +187,6 @@ class Work:
         self.tell("published", outbox.published)
         if await outbox.checkpoint(stored_note(self.home)):
             self.tell("checkpoint published")
-
-    async def publish(self, outbox: Outbox) -> None:
-        while True:
-            await self.publish_some(outbox)
-            await asyncio.sleep(self.rng.uniform(0.002, 0.02))
 
     def engine(self, reply: str | ToolCall) -> TurnEngine:
         """The real turn engine offline (its calls park), the model a scripted one-reply double."""
