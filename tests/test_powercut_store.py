@@ -82,7 +82,9 @@ async def cut_many(disk: LazyDisk, ledger: Ledger, cuts: int, fleet: str | None 
     assert not never, f"{len(never)} accepted tasks never delivered, e.g. {never[:3]} {run.replay}"
     not_done = [k for k, task_id in ledger.accepted.items() if task_id not in ledger.done]
     assert not not_done, f"accepted tasks not done after the drain: {not_done[:3]} {run.replay}"
-    assert not ledger.refused, f"steps refused with room on the disk: {ledger.refused}"
+    assert not ledger.refused, (
+        f"refused with room on the disk: {ledger.refused} {ledger.refusals[:3]} {run.replay}"
+    )
     unresumed = [t for t in ledger.parked if ledger.turns[t] != "ok" or not ledger.turn_receipts[(t, False)]]
     assert not unresumed, f"parked turns never resumed: {unresumed[:3]} {run.replay}"
     return run
@@ -94,7 +96,8 @@ def figures(run: Run, ledger: Ledger) -> str:
         f"seed {run.seed}, {run.cuts} cuts ({run.torn} torn writes survived) in "
         f"{time.monotonic() - run.started:.0f} s; checked after every cut: {len(ledger.accepted)} accepted "
         f"tasks, {len(ledger.settled)} settles, {len(ledger.receipt_ids)} receipts, {len(ledger.parked)} "
-        f"parked and {len(ledger.resumed)} resumed turns, checkpoints up to {ledger.signed}; 0 lost; "
+        f"parked and {len(ledger.resumed)} resumed turns ({ledger.interrupted} caught generating: "
+        f"interrupted), checkpoints up to {ledger.signed}; 0 lost; "
         f"unsynced blocks and names undone {run.dropped}; {sum(ledger.sent.values())} deliveries, "
         f"{sum(repeated.values())} repeated, of {len(repeated)} keys (e.g. {sorted(repeated)[:3]}), each "
         "caught in flight by a cut"

@@ -7,7 +7,8 @@ resumptions parked again) and checks, after every cut:
 - every task accepted is there under its key, with the id it was accepted as;
 - every settle acknowledged is `done` with its receipt; every done task has exactly one receipt;
 - every parked turn is there with its tasks and its receipt; every resumed one is finished with
-  its receipt; no turn has two parked receipts or two final ones (resumed once);
+  its receipt; no turn has two parked receipts or two final ones (resumed once); a turn caught
+  generating is `interrupted`, none left running;
 - the kept checkpoint opens under the unchanged key, is not ahead of the receipts, is their root
   at its size, and is not older than one acknowledged as kept; the chain verifies against it;
 - a delivery repeated (the same key sent twice) only if it was in flight, sent and not settled
@@ -58,8 +59,10 @@ class Ledger:
     published: int = 0  # the last receipt seq the outbox was told the hub has
     hub_held: int = 0  # receipts the hub held at the last check
     refused: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)  # step, why
+    refusals: list[str] = field(default_factory=list)  # their messages
     done: set[str] = field(default_factory=set)  # task ids done at the last check
     turns: dict[str, str] = field(default_factory=dict)  # turn id -> state at the last check
+    interrupted: int = 0  # turns a cut caught generating (recovery's `interrupted`)
     key: str | None = None
     checks: int = 0
 
@@ -82,6 +85,7 @@ class Ledger:
             self.signed = max(self.signed, rest[0])
         elif kind == "refused":
             self.refused[(rest[0], rest[1])] += 1
+            self.refusals.append(rest[2])
         elif kind == "published":
             self.published = max(self.published, rest[0])
 
@@ -105,7 +109,7 @@ class Ledger:
         lost = [k for k, task_id in self.accepted.items() if by_key.get(k) != task_id]
         assert not lost, f"{when}: {len(lost)} accepted tasks lost, e.g. {lost[:3]}"
         states = {r["id"]: r["state"] for r in rows}
-        unsettled = [t for t in self.settled if states[t] != "done"]
+        unsettled = [t for t in self.settled if states.get(t) != "done"]
         assert not unsettled, f"{when}: settled tasks no longer done: {unsettled[:3]}"
         for key in self.round_sent:  # sent, and not settled durably: it will be sent again
             if states.get(by_key.get(key, "")) != "done":
@@ -135,6 +139,11 @@ class Ledger:
     async def _check_turns(self, db: Database, when: str) -> None:
         turns = {r["id"]: r["state"] for r in await db.fetchall("SELECT id, state FROM turns")}
         self.turns = turns
+        # A turn the cut caught generating is not re-run: recovery says `interrupted` (a model
+        # step is at most once); one caught resuming is parked again, to resume once.
+        left = [t for t, state in turns.items() if state in ("running", "resuming")]
+        assert not left, f"{when}: turns left running or resuming after recovery: {left[:3]}"
+        self.interrupted = sum(state == "interrupted" for state in turns.values())
         tasks = {r["id"]: r["turn_id"] for r in await db.fetchall("SELECT id, turn_id FROM tasks")}
         for turn_id, (task_ids, receipt) in self.parked.items():
             assert turns.get(turn_id) in ("parked", "ok"), (

@@ -116,7 +116,7 @@ class Work:
             try:
                 await once()
             except (WaystationError, OSError) as exc:
-                self.tell("refused", step, type(exc).__name__)
+                self.tell("refused", step, type(exc).__name__, str(exc)[:300])
             await asyncio.sleep(self.rng.uniform(*pause))
 
     # --- the steps --------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ class Work:
         engine = self.engine(ToolCall("call_1", "http_request", {"url": url}))
         result = await engine.run(TurnRequest(f"Fetch {url}"))
         if result.status != "parked":  # its receipt could not be written, or the turn's row
-            self.tell("refused", "park", result.status)
+            self.tell("refused", "park", result.status, "")
             return
         self.tell("parked", result.turn_id, result.deferred_task_ids, result.receipt_id)
 
