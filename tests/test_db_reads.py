@@ -9,6 +9,7 @@ right after its commit, was missing (found by tests/test_powercut_store.py, 2 in
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 from waystation.db import Database
 
@@ -27,7 +28,11 @@ async def test_a_write_is_read_back_while_other_reads_are_in_flight(db: Database
     missed = []
     try:
         for n in range(200):
-            await db.write(lambda conn, n=n: conn.execute("INSERT INTO written VALUES (?)", (n,)))
+
+            def insert(conn: sqlite3.Connection, n: int = n) -> None:
+                conn.execute("INSERT INTO written VALUES (?)", (n,))
+
+            await db.write(insert)
             if await db.fetchone("SELECT n FROM written WHERE n = ?", (n,)) is None:
                 missed.append(n)
     finally:
