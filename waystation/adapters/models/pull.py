@@ -129,7 +129,7 @@ async def download(
     progress = on_progress or (lambda _event: None)
     existing = check_target(pull, store)
     if existing is not None and pull.sha256 and existing.sha256 == pull.sha256:
-        _forget_installed(store.partial(pull.key), store)
+        store.forget_download(pull.key)  # a power cut can leave it beside the installed model
         progress({"status": "up to date", "completed": existing.size, "total": existing.size})
         return existing
     partial = store.partial(pull.key)
@@ -320,25 +320,6 @@ def _not_gguf(pull: Pull, partial: Path) -> PullFailed:
 
 def _discard(partial: Path, store: ModelStore) -> None:
     _delete(partial)
-    store.tidy()
-
-
-def _forget_installed(partial: Path, store: ModelStore) -> None:
-    """A download of the model's bytes (its key is their sha256) left in `.partial/` though the
-    model is installed and up to date: a power cut after the rename into models/ was made durable
-    there and before its removal from `.partial/` was (the two directories are synced one after
-    the other, the new name first) leaves the same file under both names. Dropped, unless another
-    pull of the same bytes (under another name) holds it."""
-    try:
-        fd = os.open(partial, os.O_RDWR)
-    except OSError:
-        return
-    with os.fdopen(fd, "r+b") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return
-        _delete(partial)
     store.tidy()
 
 

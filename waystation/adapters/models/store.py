@@ -177,6 +177,27 @@ class ModelStore:
         """Where a download under `key` (content-addressed where its sha256 is known) accumulates."""
         return self.root / PARTIAL_DIR / f"{key}{PARTIAL}"
 
+    def forget_download(self, key: str) -> None:
+        """The download under `key` (a sha256) of a model installed and up to date, dropped: a
+        power cut after the rename into models/ was made durable there and before its removal
+        from `.partial/` was (install syncs the two directories in turn, the new name first)
+        leaves the same file under both names. Kept while another pull of the same bytes (under
+        another name) holds it."""
+        partial = self.partial(key)
+        try:
+            fd = os.open(partial, os.O_RDWR)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            partial.unlink(missing_ok=True)
+            partial_note(partial).unlink(missing_ok=True)
+        except BlockingIOError:
+            return
+        finally:
+            os.close(fd)
+        self.tidy()
+
     def install(self, name: str, downloaded: Path, record: dict[str, Any]) -> StoredModel:
         """Move a complete, verified GGUF file in under `name` (replacing an older one of that name),
         its record first: a model appears only whole, with what is known of it."""
