@@ -32,7 +32,7 @@ from waystation.adapters.models.store import ModelStore
 
 NAME = "cut-model"
 FILE = "Cut-Model.gguf"
-LAST = 10  # the pull's last operations, all of them cut at (the finish); earlier ones sampled
+LAST = 8  # the pull's last operations, all of them cut at (the finish); earlier ones sampled
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_a_power_cut_at_any_step_of_a_pull_finishing_needs_no_repair(
         earlier = range(points - LAST)
         chosen = [
             *range(max(0, points - LAST), points),
-            *rng.sample(earlier, min(len(earlier), soak_length(2, 40))),
+            *rng.sample(earlier, min(len(earlier), soak_length(1, 40))),
         ]
         for point in chosen:
             root = prepared(lazy_disk, hub, f"{what}-{point}", before, new)

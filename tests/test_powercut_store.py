@@ -10,7 +10,7 @@ checks that everything acknowledged survived (support/powercut/ledger.py). At th
 child drains the queue and resumes every turn: every accepted task was delivered, repeats only
 those a cut caught in flight, every parked turn resumed once.
 
-The default run makes 150 cuts here and 30 more with the fleet outbox publishing to a loopback
+The default run makes 130 cuts here and 30 more with the fleet outbox publishing to a loopback
 nats-server (with the pulls', the receipt files' and the agent's cuts, over 200 in CI);
 WAYSTATION_SOAK=long makes 1,000 and 200, WAYSTATION_POWERCUTS=N any number for the first
 (bench/powercut.py). The agent itself under HTTP load is tests/test_powercut_load.py.
@@ -34,7 +34,7 @@ from support.powercut.ledger import Ledger
 
 TEAR_SHARE = 0.3
 EARLY_SHARE = 0.1  # killed before it said it was ready: in the database's open and recovery
-WORK_S = (0.0, 0.06)
+WORK_S = (0.0, 0.05)
 THOROUGH_EVERY = 5  # quick_check, and the whole chain verified against the kept checkpoint (else its root)
 
 
@@ -110,7 +110,7 @@ async def test_power_cuts_in_the_stores_work_lose_nothing_acknowledged(
 ) -> None:
     ledger = Ledger(lazy_disk.path / "home")
     run = await cut_many(
-        lazy_disk, ledger, int(os.environ.get("WAYSTATION_POWERCUTS") or soak_length(150, 1000))
+        lazy_disk, ledger, int(os.environ.get("WAYSTATION_POWERCUTS") or soak_length(130, 1000))
     )
     soak_report(f"store power cuts: {figures(run, ledger)}")
 
