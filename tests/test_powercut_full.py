@@ -48,7 +48,7 @@ async def test_a_full_disk_refuses_clearly_and_a_cut_on_it_loses_nothing(
     soak_length: Callable[[int, int], int],
     soak_report: Callable[[str], None],
 ) -> None:
-    ledger = Ledger(lazy_disk.path / "home", hub=hub.url)
+    ledger = Ledger(lazy_disk.path / "home", hub=hub.url, in_flight_max=None)
     await workload.first_start(ledger.home)
     rng = random.Random(11)
     carried_on = 0

@@ -12,7 +12,7 @@ resumptions parked again) and checks, after every cut:
 - the kept checkpoint opens under the unchanged key, is not ahead of the receipts, is their root
   at its size, and is not older than one acknowledged as kept; the chain verifies against it;
 - a delivery repeated (the same key sent twice) only if it was in flight, sent and not settled
-  durably, at some cut;
+  durably, at some cut, and no more in flight at a cut than one lease holds;
 - with a fleet hub: the hub holds a prefix of the chain, in order, each receipt once, at least
   as long as the outbox was told acknowledged and the outbox's kept position; each checkpoint it
   holds covers no receipt it does not hold.
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from support.fleetproc import stream_messages
-from support.powercut.workload import DATABASE, FLEET_HOST
+from support.powercut.workload import DATABASE, FLEET_HOST, LEASE
 from waystation.adapters.fleet.hub import SEQ_HEADER, checkpoints_subject, receipts_subject
 from waystation.adapters.fleet.layout import RECEIPTS_STREAM
 from waystation.config import QueueSettings
@@ -43,6 +43,9 @@ from waystation.station.turns.records import recover_turns
 class Ledger:
     home: Path
     hub: str | None = None  # the fleet hub's URL, when the outbox publishes to one
+    # Deliveries a cut may catch in flight: one lease's (a full disk, refusing settles, lets
+    # the work lease more before the cut: None, no bound but the per-key one).
+    in_flight_max: int | None = LEASE
     accepted: dict[str, str] = field(default_factory=dict)  # key -> task id
     settled: dict[str, str] = field(default_factory=dict)  # task id -> receipt id
     parked: dict[str, tuple[list[str], str]] = field(default_factory=dict)  # turn -> tasks, receipt
@@ -111,10 +114,12 @@ class Ledger:
         states = {r["id"]: r["state"] for r in rows}
         unsettled = [t for t in self.settled if states.get(t) != "done"]
         assert not unsettled, f"{when}: settled tasks no longer done: {unsettled[:3]}"
-        for key in self.round_sent:  # sent, and not settled durably: it will be sent again
-            if states.get(by_key.get(key, "")) != "done":
-                self.in_flight[key] += 1
+        caught = [k for k in self.round_sent if states.get(by_key.get(k, "")) != "done"]
+        for key in caught:  # sent, and not settled durably: it will be sent again
+            self.in_flight[key] += 1
         self.round_sent.clear()
+        bound = self.in_flight_max
+        assert bound is None or len(caught) <= bound, f"{when}: {len(caught)} deliveries in flight at a cut"
         self.done = {t for t, state in states.items() if state == "done"}
 
     async def _check_receipts(self, db: Database, when: str) -> None:

@@ -54,6 +54,7 @@ DATABASE = "waystation.db"
 HOST = "127.0.0.1:9"  # never reached: deliveries here are the store's half of one
 ACCEPTING = 2  # clients accepting tasks at once (their writes commit in shared batches)
 FLEET_HOST = "cut-host"
+LEASE = 4  # tasks leased and delivered at once: at most this many in flight when the power goes
 
 
 def args_for(key: str) -> dict[str, Any]:
@@ -137,7 +138,7 @@ class Work:
         return accept
 
     async def settle_some(self) -> int:
-        leased = await self.store.lease(4, {}, 4)
+        leased = await self.store.lease(LEASE, {}, LEASE)
         await asyncio.gather(*(self._deliver(task) for task in leased))
         return len(leased)
 
