@@ -1,10 +1,12 @@
-"""Power cuts under load, as many as asked: tests/test_powercut_load.py run for N cuts (default
-1,000), its figures printed as a Markdown report: cuts made (torn writes among them), acknowledged
-tasks checked after every cut, lost (must be 0), receipts checked, repeated deliveries.
+"""Power cuts, as many as asked: tests/test_powercut_store.py (the store's real work in children
+killed at random, the power cut in place: a few hundred ms a cut) and tests/test_powercut_load.py
+(the real agent under POST /v1/tasks load: a few seconds a cut), their figures printed as a
+Markdown report: cuts made (torn writes among them), acknowledged tasks, settles, receipts and
+turns checked after every cut, lost (must be 0), repeated deliveries and their keys.
 
-    python bench/powercut.py --cuts 1000      # about 4 s a cut on a 2-core machine
+    python bench/powercut.py --cuts 1000 --agent-cuts 24
 
-Needs FUSE (/dev/fuse, fuse3, libfuse3-dev, mfusepy): the test skips, and this says so, without it.
+Needs FUSE (/dev/fuse, fuse3, libfuse3-dev, mfusepy): the tests skip, and this says so, without it.
 """
 
 from __future__ import annotations
@@ -17,32 +19,32 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST = Path("tests") / "test_powercut_load.py"
+TESTS = [
+    "tests/test_powercut_store.py::test_power_cuts_in_the_stores_work_lose_nothing_acknowledged",
+    "tests/test_powercut_load.py",
+]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--cuts", type=int, default=1000, help="power cuts to make (default 1000)")
+    parser.add_argument("--cuts", type=int, default=1000, help="store-level power cuts (default 1000)")
+    parser.add_argument("--agent-cuts", type=int, default=24, help="cuts of the whole agent (default 24)")
     parser.add_argument("--seed", type=int, help="replay a run's schedule (WAYSTATION_SOAK_SEED)")
     args = parser.parse_args()
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # this checkout's code
-    env = {**os.environ, "WAYSTATION_POWERCUTS": str(args.cuts), "PYTHONPATH": path}
+    env = {
+        **os.environ,
+        "WAYSTATION_POWERCUTS": str(args.cuts),
+        "WAYSTATION_AGENT_POWERCUTS": str(args.agent_cuts),
+        "PYTHONPATH": path,
+    }
     if args.seed is not None:
         env["WAYSTATION_SOAK_SEED"] = str(args.seed)
     started = time.monotonic()
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-rs",
-            "tests/test_powercut_load.py",
-        ],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *TESTS],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -50,7 +52,7 @@ def main() -> int:
         check=False,
     )
     figures = [line for line in done.stdout.splitlines() if "power cuts:" in line]
-    sys.stdout.write(f"# Power cuts under load ({time.monotonic() - started:.0f} s)\n\n")
+    sys.stdout.write(f"# Power cuts ({time.monotonic() - started:.0f} s)\n\n")
     for line in figures:
         sys.stdout.write(f"- {line.split(': ', 1)[1]}\n")
     if done.returncode != 0 or not figures:

@@ -13,8 +13,9 @@ receipt, `GET /v1/receipts/verify` passes against the kept checkpoint, and `stat
 checkpoints are signed. At the end: every acknowledged task was delivered, repeats only within
 what a cut can catch in flight (the same bound as kill -9, test_soak_kill.py).
 
-The default run makes 24 cuts (about 40 s here); WAYSTATION_SOAK=long makes 1,000, and
-WAYSTATION_POWERCUTS=N (bench/powercut.py) any number.
+The default run makes 4 cuts (the agent's start costs a second or two each; the hundreds of
+cheap cuts of the same steps are tests/test_powercut_store.py's); WAYSTATION_SOAK=long makes 100,
+and WAYSTATION_AGENT_POWERCUTS=N (bench/powercut.py --agent-cuts) any number.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def test_power_cuts_under_load_lose_nothing_acknowledged(
     soak_length: Callable[[int, int], int],
     soak_report: Callable[[str], None],
 ) -> None:
-    rounds = int(os.environ.get("WAYSTATION_POWERCUTS") or soak_length(24, 1000))  # bench/powercut.py sets it
+    rounds = int(os.environ.get("WAYSTATION_AGENT_POWERCUTS") or soak_length(4, 100))  # bench/powercut.py
     seed = int(os.environ.get("WAYSTATION_SOAK_SEED") or random.SystemRandom().randrange(2**32))
     rng = random.Random(seed)
     replay = f"(seed {seed}; replay with WAYSTATION_SOAK_SEED={seed})"

@@ -85,7 +85,7 @@ def test_a_power_cut_at_any_write_of_the_receipt_files_needs_no_repair(
             key = agent.api("GET", "/v1/receipts/key").json()["key"]
         points = lazy_disk.cut().counted  # every operation on them in a first start
         assert points >= 8 and key.startswith("waystation/")
-        chosen = random.Random(points).sample(range(points), min(points, soak_length(4, points)))
+        chosen = random.Random().sample(range(points), min(points, soak_length(2, points)))  # others each run
         for n, home in zip(sorted(chosen), homes[1:], strict=False):
             cut_at(DiskAgent(home, sockets, OFFLINE), lazy_disk, n)
             with started(home, sockets) as agent:  # no repair: it starts, and all agrees

@@ -129,6 +129,7 @@ async def download(
     progress = on_progress or (lambda _event: None)
     existing = check_target(pull, store)
     if existing is not None and pull.sha256 and existing.sha256 == pull.sha256:
+        store.forget_download(pull.key)  # a power cut can leave it beside the installed model
         progress({"status": "up to date", "completed": existing.size, "total": existing.size})
         return existing
     partial = store.partial(pull.key)
@@ -195,7 +196,10 @@ async def _fetch(
             client.stream("GET", pull.url, headers=headers) as response,
         ):
             if response.status_code == 416 and have:
-                if have == pull.size:  # it was all there: the last pull stopped before installing it
+                # It was all there: the last pull stopped (a kill, a power cut) before installing
+                # it. Known by the size the source gave, else by the server's "bytes */SIZE"
+                # (a URL pulled with --sha256 has no size given ahead: it failed once here).
+                if have in (pull.size, _range_total(response)):
                     return hasher.hexdigest(), have
                 _restart(f)
                 raise PullFailed(

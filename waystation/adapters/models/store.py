@@ -177,12 +177,36 @@ class ModelStore:
         """Where a download under `key` (content-addressed where its sha256 is known) accumulates."""
         return self.root / PARTIAL_DIR / f"{key}{PARTIAL}"
 
+    def forget_download(self, key: str) -> None:
+        """The download under `key` (a sha256) of a model installed and up to date, dropped: a
+        power cut after the rename into models/ was made durable there and before its removal
+        from `.partial/` was (install syncs the two directories in turn, the new name first)
+        leaves the same file under both names. Kept while another pull of the same bytes (under
+        another name) holds it."""
+        partial = self.partial(key)
+        try:
+            fd = os.open(partial, os.O_RDWR)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            partial.unlink(missing_ok=True)
+            partial_note(partial).unlink(missing_ok=True)
+        except BlockingIOError:
+            return
+        finally:
+            os.close(fd)
+        self.tidy()
+
     def install(self, name: str, downloaded: Path, record: dict[str, Any]) -> StoredModel:
         """Move a complete, verified GGUF file in under `name` (replacing an older one of that name),
         its record first: a model appears only whole, with what is known of it."""
         durable.make_dirs(self.root)
         target = self.root / f"{name}{GGUF}"
         record_path = self.root / f"{name}{RECORD}"
+        # The file it describes, by its modification time too: a power cut between the record's
+        # write and the rename below leaves an update's new record beside the old file (see _model).
+        record = {**record, "mtime_ns": downloaded.stat().st_mtime_ns}
         durable.write_atomic(record_path, json.dumps(record, indent=2) + "\n", 0o644)
         durable.move_into(downloaded, target)  # the download was synced as it ended
         self.tidy()
@@ -196,6 +220,10 @@ class ModelStore:
     def _model(self, name: str, path: Path, kind: ModelFormat) -> StoredModel:
         record = _read_record(self.root / f"{name}{RECORD}")
         size = path.stat().st_size if kind == "gguf" else _tree_size(path)
+        if kind == "gguf" and not _describes(record, size, path.stat().st_mtime_ns):
+            # Another file's record (an update cut short by a power cut, a file replaced by hand):
+            # what it says of the bytes is not believed; its source still names the model's.
+            record = {"source": record.get("source")}
         return StoredModel(
             name=name,
             path=path,
@@ -215,6 +243,12 @@ def _read_record(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _describes(record: dict[str, Any], size: int, mtime_ns: int) -> bool:
+    """Whether a record is this file's: its size and (written since issue 24) its modification
+    time, where it gives them."""
+    return bool(record.get("size", size) == size and record.get("mtime_ns", mtime_ns) == mtime_ns)
 
 
 def _str(value: object) -> str | None:
