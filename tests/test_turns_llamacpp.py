@@ -531,7 +531,7 @@ def test_urls_in_reads_every_message_in_order() -> None:
 async def test_pinned_urls_make_the_call_carry_the_exact_url_for_any_port(backend: LlamaCppBackend) -> None:
     """Unpinned, this model miscopies the URL for some ports (https:// for http://, a dropped port);
     with the URL pinned in the grammar, every port comes back exactly."""
-    ports = random.sample(range(1024, 65536), 10)
+    ports = random.sample(range(1024, 65536), 5)  # new ones each run: the runs add up
     wrong: list[tuple[int, Any]] = []
     for port in ports:
         url = f"http://127.0.0.1:{port}/news"
