@@ -1,0 +1,256 @@
+"""Several sequences generated at once on one llama.cpp context: continuous batching.
+
+`[model] parallel = N` gives the model one context with a KV cache for N sequences (each the whole
+`[model] context`, as one serial turn had) and one thread, the engine's, that owns it. Each step
+that thread puts every active sequence's next token, and as much of the waiting prompts as the
+batch holds, into ONE `llama_decode`, then samples each sequence that has logits (sampling.py, in
+C), hands its text piece to the generation that waits for it, and goes on; a sequence that ends
+frees its place at once and the next prompt joins the running batch at the next step. A decode
+step over 4 sequences costs little more than over one on a CPU (the weights are read once for
+all), which is where 4 clients at once get ~4x the tokens a second.
+
+Each of the N sequence slots keeps the tokens its KV cache holds after its generation ends. A new
+prompt goes to the free slot that shares the longest prefix with it, and only the rest is
+evaluated: a conversation's next turn, a resumed turn, or another turn with the same tool
+instructions starts where the cache already is (as llama-server's slots do).
+
+Generations call `submit` and read `Job.pieces` from their own threads; only the engine's thread
+touches the context.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from waystation.adapters.models.sampling import SequenceSampler
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last item of a job's pieces: why it ended, or the error that ended it."""
+
+    reason: str  # stop | length | cancelled
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class Job:
+    """One generation's sequence, from its prompt to its last token."""
+
+    prompt: list[int]
+    max_tokens: int
+    sampler: SequenceSampler
+    out: queue.SimpleQueue[str | Finished] = field(default_factory=queue.SimpleQueue)
+    cancelled: bool = False  # set by the generation's thread, read by the engine's
+    reused: int = 0  # prompt tokens found in the slot's cache (not evaluated again)
+    # The engine's own bookkeeping.
+    slot: int = -1
+    pending: list[int] = field(default_factory=list)  # prompt tokens not evaluated yet
+    pos: int = 0  # the position of the next token evaluated
+    last: int | None = None  # the token sampled last, evaluated at the next step
+    generated: int = 0
+    row: int = -1  # this step's batch row whose logits are this sequence's
+    text: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+
+    def pieces(self) -> Iterator[str | Finished]:
+        """Its text pieces as they come, then one Finished (blocking: on the generation's thread)."""
+        while True:
+            item = self.out.get()
+            yield item
+            if isinstance(item, Finished):
+                return
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+_CLOSE = object()  # put in the inbox by close()
+
+
+class BatchEngine:
+    """The context, its sequence slots, and the thread that decodes them all."""
+
+    def __init__(self, llm: Any, parallel: int, context: int) -> None:
+        import llama_cpp
+        from llama_cpp import _internals
+
+        self._lib = llama_cpp
+        self.parallel = parallel
+        self.context = context
+        params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
+        params.n_seq_max = parallel
+        params.n_ctx = context * parallel  # each sequence its own `context` (kv_unified off)
+        params.kv_unified = False  # sequences that share no prefix attend faster apart
+        self._context = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        self.ctx = self._context.ctx
+        self._memory = llama_cpp.llama_get_memory(self.ctx)
+        self._vocab = llm._model.vocab
+        self._n_vocab = llm.n_vocab()
+        self.batch_size = params.n_batch
+        self._batch = llama_cpp.llama_batch_init(self.batch_size, 0, 1)
+        self._slots: list[list[int]] = [[] for _ in range(parallel)]  # what each slot's KV holds
+        self._free = set(range(parallel))
+        self._pieces: dict[int, bytes] = {}
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="waystation-batch", daemon=True)
+        self._thread.start()
+
+    # --- on the generations' threads ----------------------------------------------------------
+
+    def submit(
+        self, prompt: Sequence[int], max_tokens: int, temperature: float, seed: int,
+        grammar: Any = None, accepted: Sequence[int] = (),
+    ) -> Job:  # fmt: skip
+        """Start a sequence; read its pieces from the job."""
+        sampler = SequenceSampler(self._lib, self._vocab, self._n_vocab, temperature, seed, grammar, accepted)
+        job = Job(list(prompt), max_tokens, sampler)
+        self._inbox.put(job)
+        return job
+
+    def close(self) -> None:
+        """Stop the thread (ending any sequence still running) and free the context."""
+        self._inbox.put(_CLOSE)
+        self._thread.join()
+        self._lib.llama_batch_free(self._batch)
+        self._context.close()
+
+    # --- on the engine's thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        active: list[Job] = []
+        waiting: list[Job] = []
+        while True:
+            try:
+                item = self._inbox.get(block=not active and not waiting)
+            except queue.Empty:
+                item = None
+            while item is not None:
+                if item is _CLOSE:
+                    for job in active + waiting:
+                        self._finish(job, active, Finished("cancelled"))
+                    return
+                waiting.append(item)
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    item = None
+            for job in [j for j in waiting if j.cancelled]:
+                waiting.remove(job)
+                self._finish(job, active, Finished("cancelled"))
+            while waiting and self._free:
+                job = waiting.pop(0)
+                self._start(job)
+                active.append(job)
+            for job in [j for j in active if j.cancelled]:
+                self._finish(job, active, Finished("cancelled"))
+            if active:
+                self._step(active)
+
+    def _start(self, job: Job) -> None:
+        """Give the job the free slot whose cache shares the longest prefix with its prompt."""
+
+        def shared(slot: int) -> int:
+            n = 0
+            for a, b in zip(self._slots[slot], job.prompt, strict=False):
+                if a != b:
+                    break
+                n += 1
+            return n
+
+        slot = max(sorted(self._free), key=shared)
+        self._free.discard(slot)
+        keep = max(0, min(shared(slot), len(job.prompt) - 1))  # the last prompt token gives the logits
+        if not self._lib.llama_memory_seq_rm(self._memory, slot, keep, -1):
+            keep = 0  # a cache that cannot drop a tail (recurrent models): start afresh
+            self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
+        self._slots[slot] = self._slots[slot][:keep]
+        job.slot, job.pos, job.reused = slot, keep, keep
+        job.pending = job.prompt[keep:]
+
+    def _step(self, active: list[Job]) -> None:
+        """One llama_decode over every active sequence, then a token sampled for each that has logits."""
+        batch, n = self._batch, 0
+        for job in active:
+            job.row = -1
+            if job.last is not None:
+                self._add(batch, n, job.last, job.pos, job.slot, logits=True)
+                self._slots[job.slot].append(job.last)
+                job.row, job.pos, job.last, n = n, job.pos + 1, None, n + 1
+        for job in active:  # prompts fill what is left of the batch
+            if not job.pending or n >= self.batch_size:
+                continue
+            chunk, job.pending = job.pending[: self.batch_size - n], job.pending[self.batch_size - n :]
+            for i, token in enumerate(chunk):
+                done = not job.pending and i == len(chunk) - 1
+                self._add(batch, n, token, job.pos + i, job.slot, logits=done)
+                job.row = n if done else job.row
+                n += 1
+            self._slots[job.slot].extend(chunk)
+            job.pos += len(chunk)
+        batch.n_tokens = n
+        status = self._lib.llama_decode(self.ctx, batch)
+        if status != 0:
+            log.error("llama_decode failed", status=status, sequences=len(active))
+            for job in list(active):
+                self._slots[job.slot] = []
+                self._lib.llama_memory_seq_rm(self._memory, job.slot, -1, -1)
+                self._finish(job, active, Finished("stop", f"llama_decode returned {status}"))
+            return
+        for job in [j for j in active if j.row >= 0]:
+            self._sampled(job, job.sampler.sample(self.ctx, job.row), active)
+
+    def _sampled(self, job: Job, token: int, active: list[Job]) -> None:
+        job.generated += 1
+        if self._lib.llama_vocab_is_eog(self._vocab, token):
+            self._finish(job, active, Finished("stop"))
+            return
+        text = job.text.decode(self._piece(token))
+        if text:
+            job.out.put(text)
+        if job.generated >= job.max_tokens or job.pos >= self.context:
+            self._finish(job, active, Finished("length"))
+        else:
+            job.last = token
+
+    def _finish(self, job: Job, active: list[Job], finished: Finished) -> None:
+        rest = job.text.decode(b"", final=True)
+        if rest:
+            job.out.put(rest)
+        job.out.put(finished)
+        job.sampler.close()
+        if job in active:
+            active.remove(job)
+        if job.slot >= 0:
+            self._free.add(job.slot)
+            job.slot = -1
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            piece = self._pieces[token] = buf.raw[: max(0, n)]
+        return piece
+
+    @staticmethod
+    def _add(batch: Any, i: int, token: int, pos: int, seq: int, *, logits: bool) -> None:
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq
+        batch.logits[i] = logits
+
+    @property
+    def in_use(self) -> int:
+        """Sequences generating now."""
+        return self.parallel - len(self._free)
