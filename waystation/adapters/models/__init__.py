@@ -52,6 +52,7 @@ def llama_options(settings: ModelSettings) -> LlamaOptions:
         threads=settings.threads,
         gpu_layers=settings.gpu_layers,
         batch=settings.batch,
+        parallel=settings.parallel,
         flash_attention=settings.flash_attention,
         mmap=settings.mmap,
         mlock=settings.mlock,

@@ -1,7 +1,8 @@
 """Several sequences generated at once on one llama.cpp context: continuous batching.
 
-`[model] parallel = N` gives the model one context with a KV cache for N sequences (each the whole
-`[model] context`, as one serial turn had) and one thread, the engine's, that owns it. Each step
+`[model] parallel = N` gives the model one context with a KV cache sized for N sequences (N x
+`[model] context`, each sequence its `context`, as one serial turn had) and one thread, the
+engine's, that owns it. Each step
 that thread puts every active sequence's next token, and as much of the waiting prompts as the
 batch holds, into ONE `llama_decode`, then samples each sequence that has logits (sampling.py, in
 C), hands its text piece to the generation that waits for it, and goes on; a sequence that ends
@@ -24,13 +25,14 @@ import codecs
 import ctypes
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from waystation.adapters.models.sampling import SequenceSampler
+from waystation.adapters.models.stop import StopStream
 
 log = structlog.get_logger(__name__)
 
@@ -62,25 +64,55 @@ class Job:
     row: int = -1  # this step's batch row whose logits are this sequence's
     text: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
 
-    def pieces(self) -> Iterator[str | Finished]:
-        """Its text pieces as they come, then one Finished (blocking: on the generation's thread)."""
-        while True:
-            item = self.out.get()
-            yield item
-            if isinstance(item, Finished):
-                return
-
     def cancel(self) -> None:
         self.cancelled = True
 
 
 _CLOSE = object()  # put in the inbox by close()
+POLL_S = 0.1  # how often a generation waiting for its next piece looks whether it was cancelled
+
+
+def completion(
+    job: Job, stop: Sequence[str], stopping: Callable[[], bool]
+) -> Iterator[tuple[str, str | None]]:
+    """A job's (text, finish reason) chunks as llama-cpp-python's streamed completion gives them:
+    text up to the first stop string, never including it (held back while it may begin one), the
+    reason with the last chunk. The sequence is cancelled when `stopping()` says so, when a stop
+    string ends it, or when the reader stops reading."""
+    pieces: list[str] = []
+    stream = StopStream(stop, pieces.append)
+    try:
+        while True:
+            try:
+                item = job.out.get(timeout=POLL_S)
+            except queue.Empty:
+                if stopping():
+                    job.cancel()
+                continue
+            if isinstance(item, Finished):
+                if item.error is not None:
+                    raise RuntimeError(item.error)
+                stream.finish()
+                yield "".join(pieces), item.reason
+                return
+            stream.feed(item)
+            if stream.stopped:
+                job.cancel()
+                yield "".join(pieces), "stop"
+                return
+            if pieces:
+                yield "".join(pieces), None
+                pieces.clear()
+    finally:
+        job.cancel()  # read no further: a sequence still running ends at its next step
 
 
 class BatchEngine:
     """The context, its sequence slots, and the thread that decodes them all."""
 
     def __init__(self, llm: Any, parallel: int, context: int) -> None:
+        """Take over `llm` (a llama_cpp.Llama): its own single-sequence context is freed first
+        (never two KV caches at once) and replaced by the engine's, which only this thread uses."""
         import llama_cpp
         from llama_cpp import _internals
 
@@ -89,9 +121,13 @@ class BatchEngine:
         self.context = context
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
         params.n_seq_max = parallel
-        params.n_ctx = context * parallel  # each sequence its own `context` (kv_unified off)
-        params.kv_unified = False  # sequences that share no prefix attend faster apart
-        self._context = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        params.n_ctx = context * parallel
+        # A stream of its own per sequence: a sequence's attention never runs over the others'
+        # cells, so its numbers (and a greedy reply) are those it gets decoded alone.
+        params.kv_unified = False
+        llm._ctx.close()
+        self._context: Any = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        llm._ctx = self._context
         self.ctx = self._context.ctx
         self._memory = llama_cpp.llama_get_memory(self.ctx)
         self._vocab = llm._model.vocab

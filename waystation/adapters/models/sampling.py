@@ -61,7 +61,9 @@ class SequenceSampler:
                 lib.llama_sampler_chain_add(self.chain, sampler)
         self.grammar = None
         if grammar is not None:
-            self.grammar = lib.llama_sampler_init_grammar(vocab, grammar._grammar.encode(), grammar._root.encode())
+            self.grammar = lib.llama_sampler_init_grammar(
+                vocab, grammar._grammar.encode(), grammar._root.encode()
+            )
             for token in accepted:  # a grammar resumed part-way (fast_grammar.resumed)
                 lib.llama_sampler_accept(self.grammar, token)
         self._one = lib.llama_token_data()
