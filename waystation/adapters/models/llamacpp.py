@@ -106,7 +106,7 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
     ) -> None:
         options = options or LlamaOptions(context=n_ctx)
         super().__init__(
-            model_path, idle_unload_s=idle_unload_s, admission=admission, capacity=options.parallel
+            model_path, idle_unload_s=idle_unload_s, admission=admission, parallel=options.parallel
         )
         self.options = options
         # What it generates with: the setting resolved now, llama.cpp's own report once loaded.

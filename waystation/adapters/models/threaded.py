@@ -6,7 +6,7 @@ every call on a loaded model happens on its one owner thread. Tokens cross to th
 blocks generation and generation never blocks the loop.
 
 A backend that generates several sequences at once (llama.cpp with `[model] parallel`: its own
-thread owns the context, batching.py) says so with `capacity`: that many generations run at once,
+thread owns the context, batching.py) says so with `parallel`: that many generations run at once,
 each on a thread of its own, and the next one waits (with the `waiting` stage) for one to end.
 
 A model stays loaded for its request's `keep_alive` after each generation (else `[model]
@@ -52,10 +52,11 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
         *,
         idle_unload_s: float = 0,
         admission: Admission | None = None,
-        capacity: int = 1,
+        parallel: int = 0,
     ) -> None:
         self.model_path = model_path
-        self.capacity = max(1, capacity)
+        self.parallel = parallel  # sequences generated at once, for `models ps`; 0: one at a time
+        self.capacity = max(1, parallel)
         self._idle_unload_s = idle_unload_s
         self._admission = admission
         self._last_used = time.monotonic()
