@@ -189,8 +189,16 @@ class BatchEngine:
                 active.append(job)
             for job in [j for j in active if j.cancelled]:
                 self._finish(job, active, Finished("cancelled"))
-            if active:
+            if not active:
+                continue
+            try:
                 self._step(active)
+            except Exception as exc:  # a failure of this step ends its sequences, not the engine
+                log.exception("a batch step failed", sequences=len(active))
+                for job in list(active):
+                    self._lib.llama_memory_seq_rm(self._memory, job.slot, -1, -1)
+                    self._slots[job.slot] = []
+                    self._finish(job, active, Finished("stop", f"{type(exc).__name__}: {exc}"))
 
     def _start(self, job: Job) -> None:
         """Give the job the free slot whose cache shares the longest prefix with its prompt."""
@@ -236,12 +244,7 @@ class BatchEngine:
         batch.n_tokens = n
         status = self._lib.llama_decode(self.ctx, batch)
         if status != 0:
-            log.error("llama_decode failed", status=status, sequences=len(active))
-            for job in list(active):
-                self._slots[job.slot] = []
-                self._lib.llama_memory_seq_rm(self._memory, job.slot, -1, -1)
-                self._finish(job, active, Finished("stop", f"llama_decode returned {status}"))
-            return
+            raise RuntimeError(f"llama_decode returned {status}")
         for job in [j for j in active if j.row >= 0]:
             self._sampled(job, job.sampler.sample(self.ctx, job.row), active)
 
