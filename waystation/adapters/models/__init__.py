@@ -53,6 +53,7 @@ def llama_options(settings: ModelSettings) -> LlamaOptions:
         gpu_layers=settings.gpu_layers,
         batch=settings.batch,
         parallel=settings.parallel,
+        speculative=settings.speculative,
         flash_attention=settings.flash_attention,
         mmap=settings.mmap,
         mlock=settings.mlock,

@@ -31,6 +31,7 @@ from typing import Any
 
 import structlog
 
+from waystation.adapters.models.ngram import MAX_DRAFT, Drafter
 from waystation.adapters.models.sampling import SequenceSampler
 from waystation.adapters.models.stop import StopStream
 
@@ -61,7 +62,9 @@ class Job:
     pos: int = 0  # the position of the next token evaluated
     last: int | None = None  # the token sampled last, evaluated at the next step
     generated: int = 0
-    row: int = -1  # this step's batch row whose logits are this sequence's
+    row: int = -1  # this step's first batch row whose logits are this sequence's
+    drafter: Drafter | None = None  # its history for n-gram drafts (greedy, `speculative` on)
+    draft: list[int] = field(default_factory=list)  # this step's drafted tokens
     text: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
 
     def cancel(self) -> None:
@@ -110,7 +113,7 @@ def completion(
 class BatchEngine:
     """The context, its sequence slots, and the thread that decodes them all."""
 
-    def __init__(self, llm: Any, parallel: int, context: int) -> None:
+    def __init__(self, llm: Any, parallel: int, context: int, speculative: bool = True) -> None:
         """Take over `llm` (a llama_cpp.Llama): its own single-sequence context is freed first
         (never two KV caches at once) and replaced by the engine's, which only this thread uses."""
         import llama_cpp
@@ -119,6 +122,8 @@ class BatchEngine:
         self._lib = llama_cpp
         self.parallel = parallel
         self.context = context
+        self.speculative = speculative  # greedy sequences draft from their own n-grams (ngram.py)
+        self.drafted = self.accepted = 0  # draft tokens evaluated, and kept
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
         params.n_seq_max = parallel
         params.n_ctx = context * parallel
@@ -150,6 +155,9 @@ class BatchEngine:
         """Start a sequence; read its pieces from the job."""
         sampler = SequenceSampler(self._lib, self._vocab, self._n_vocab, temperature, seed, grammar, accepted)
         job = Job(list(prompt), max_tokens, sampler)
+        if self.speculative and temperature <= 0:
+            job.drafter = Drafter()
+            job.drafter.extend(job.prompt)
         self._inbox.put(job)
         return job
 
@@ -222,14 +230,18 @@ class BatchEngine:
         job.pending = job.prompt[keep:]
 
     def _step(self, active: list[Job]) -> None:
-        """One llama_decode over every active sequence, then a token sampled for each that has logits."""
+        """One llama_decode over every active sequence (each one's next token, and its draft),
+        then the tokens sampled for each that has logits."""
         batch, n = self._batch, 0
         for job in active:
-            job.row = -1
-            if job.last is not None:
-                self._add(batch, n, job.last, job.pos, job.slot, logits=True)
-                self._slots[job.slot].append(job.last)
-                job.row, job.pos, job.last, n = n, job.pos + 1, None, n + 1
+            job.row, job.draft = -1, []
+            if job.last is None:
+                continue
+            room = min(self.batch_size - n, job.max_tokens - job.generated, self.context - job.pos) - 1
+            job.draft = job.drafter.draft(min(MAX_DRAFT, room)) if job.drafter is not None else []
+            for i, token in enumerate([job.last, *job.draft]):
+                self._add(batch, n + i, token, job.pos + i, job.slot, logits=True)
+            job.row, n = n, n + 1 + len(job.draft)
         for job in active:  # prompts fill what is left of the batch
             if not job.pending or n >= self.batch_size:
                 continue
@@ -246,20 +258,46 @@ class BatchEngine:
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
         for job in [j for j in active if j.row >= 0]:
-            self._sampled(job, job.sampler.sample(self.ctx, job.row), active)
+            if job.last is None:  # its prompt's last token: the first token of the reply
+                self._sampled(job, job.sampler.sample(self.ctx, job.row), active)
+            else:
+                self._verified(job, active)
 
-    def _sampled(self, job: Job, token: int, active: list[Job]) -> None:
+    def _verified(self, job: Job, active: list[Job]) -> None:
+        """Sample a decoding sequence's rows in turn: its next token, then, while each token it
+        picks is the draft's, the one after it. Cells of draft tokens not kept leave the cache."""
+        evaluated, draft, start, slot = [job.last, *job.draft], job.draft, job.pos, job.slot
+        kept = 0
+        for i in range(len(evaluated)):
+            token = job.sampler.sample(self.ctx, job.row + i)
+            kept = i + 1
+            job.pos = start + kept
+            if not self._sampled(job, token, active) or i == len(draft) or token != draft[i]:
+                break
+        self._slots[slot].extend(evaluated[:kept])
+        if kept < len(evaluated):
+            self._lib.llama_memory_seq_rm(self._memory, slot, start + kept, -1)
+        if draft and job.drafter is not None:
+            job.drafter.scored(len(draft), kept - 1)
+            self.drafted += len(draft)
+            self.accepted += kept - 1
+
+    def _sampled(self, job: Job, token: int, active: list[Job]) -> bool:
+        """Take the token the sequence picked; whether it goes on (not ended by it)."""
         job.generated += 1
+        if job.drafter is not None:
+            job.drafter.extend([token])
         if self._lib.llama_vocab_is_eog(self._vocab, token):
             self._finish(job, active, Finished("stop"))
-            return
+            return False
         text = job.text.decode(self._piece(token))
         if text:
             job.out.put(text)
         if job.generated >= job.max_tokens or job.pos >= self.context:
             self._finish(job, active, Finished("length"))
-        else:
-            job.last = token
+            return False
+        job.last = token
+        return True
 
     def _finish(self, job: Job, active: list[Job], finished: Finished) -> None:
         rest = job.text.decode(b"", final=True)

@@ -71,6 +71,7 @@ class LlamaOptions:
     mmap: bool = True
     mlock: bool = False
     parallel: int = 0  # sequences at once through batching.py; 0: one at a time, as llama-cpp-python does
+    speculative: str = "auto"  # auto | off: n-gram drafts in batching.py (ngram.py)
 
     def llama_kwargs(self) -> dict[str, Any]:
         """Llama(...)'s keyword arguments. Prompt evaluation uses as many threads as decoding, as
@@ -129,7 +130,9 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         bos = llm.detokenize([llm.token_bos()], special=True).decode(errors="replace")
         formatter = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
         context = llm.n_ctx()
-        engine = BatchEngine(llm, self.options.parallel, context) if self.options.parallel > 0 else None
+        engine = None
+        if self.options.parallel > 0:
+            engine = BatchEngine(llm, self.options.parallel, context, self.options.speculative != "off")
         return Loaded(llm, formatter, prompt_size.special_boundary(llm, eos), context, engine)
 
     def unload_blocking(self, handle: Loaded) -> None:
