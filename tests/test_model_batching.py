@@ -5,7 +5,8 @@ Greedy replies generated four at a time are those generated one at a time throug
 (`parallel = 0`): free text, a grammar-constrained tool call and a reply cut at a stop string; a
 fifth and sixth wait with `waiting` stage events. A cancelled generation frees its sequence, a
 prompt that begins as an earlier one evaluates only the rest, and over the socket four streamed
-turns at once each complete with their own text while `models ps` counts the sequences.
+turns at once each complete with their own text while `models ps` counts the sequences. With
+`speculative = "auto"` a reply that repeats a page drafts from it and is the reply without.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from waystation.adapters.models.base import Generation, GenerationRequest, ToolS
 from waystation.adapters.models.batching import completion
 from waystation.adapters.models.embedded import default_model_path
 from waystation.adapters.models.llamacpp import LlamaCppBackend, LlamaOptions
+from waystation.adapters.models.ngram import TRIAL_TOKENS, Drafter
 
 MAX_TOKENS = 24
 FETCH = ToolSpec(
@@ -186,3 +188,41 @@ def test_models_ps_shows_the_sequences(agent: Agent) -> None:
     assert agent.api("POST", "/v1/turns", json={"prompt": "Say hi.", "max_tokens": 2}).status_code == 200
     out = cli(agent.home, "models", "ps").stdout
     assert "SEQUENCES" in out and "0/4" in out, out
+
+
+# --- draftless speculation ------------------------------------------------------------------------
+
+PAGE = (
+    "The harbour of Port Elling was built in 1852. Its lighthouse stands on the north pier and is "
+    "painted red and white. Ferries leave for the islands every morning at seven, and the fish "
+    "market opens at six on weekdays. The harbour master's office is next to the customs house."
+)
+
+
+def test_a_draft_is_what_followed_the_last_n_gram_before() -> None:
+    drafter = Drafter()
+    drafter.extend([1, 2, 3, 4, 5, 6, 9, 1, 2, 3])
+    assert drafter.draft() == [4, 5, 6, 9, 1, 2, 3]
+    assert drafter.draft(limit=2) == [4, 5]
+    drafter.extend([7])
+    assert drafter.draft() == []  # 2, 3, 7 never occurred before
+    drafter.scored(TRIAL_TOKENS, 0)  # a sequence whose drafts were all wrong stops drafting
+    drafter.extend([1, 2, 3])
+    assert not drafter.pays() and drafter.draft() == []
+
+
+async def test_speculation_keeps_the_greedy_reply_and_drafts_from_the_page(model_path: Path) -> None:
+    asked = GenerationRequest(
+        [{"role": "user", "content": f"{PAGE}\n\nRepeat the text above word for word."}], max_tokens=48
+    )
+    replies = {}
+    for speculative in ("off", "auto"):
+        backend = LlamaCppBackend(str(model_path), options=LlamaOptions(parallel=4, speculative=speculative))
+        try:
+            replies[speculative] = reply(await backend.generate(asked))
+            drafted, accepted = backend.drafts
+        finally:
+            await backend.close()
+        assert (drafted > 0) is (speculative == "auto")
+    assert replies["auto"] == replies["off"]
+    assert accepted > 0.5 * drafted, (accepted, drafted)

@@ -266,6 +266,7 @@ class BatchEngine:
     def _verified(self, job: Job, active: list[Job]) -> None:
         """Sample a decoding sequence's rows in turn: its next token, then, while each token it
         picks is the draft's, the one after it. Cells of draft tokens not kept leave the cache."""
+        assert job.last is not None  # a decoding sequence
         evaluated, draft, start, slot = [job.last, *job.draft], job.draft, job.pos, job.slot
         kept = 0
         for i in range(len(evaluated)):

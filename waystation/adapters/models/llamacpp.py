@@ -135,6 +135,12 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
             engine = BatchEngine(llm, self.options.parallel, context, self.options.speculative != "off")
         return Loaded(llm, formatter, prompt_size.special_boundary(llm, eos), context, engine)
 
+    @property
+    def drafts(self) -> tuple[int, int]:
+        """Draft tokens of n-gram speculation since it loaded: (drafted, accepted)."""
+        engine = self._handle.engine if self._handle is not None else None
+        return (engine.drafted, engine.accepted) if engine is not None else (0, 0)
+
     def unload_blocking(self, handle: Loaded) -> None:
         if handle.engine is not None:
             handle.engine.close()

@@ -148,6 +148,11 @@ class LocalRoute:
             )
         return rows
 
+    def drafts(self) -> tuple[int, int]:
+        """For /metrics: n-gram draft tokens (drafted, accepted) of the models loaded now."""
+        counts = [getattr(b, "drafts", (0, 0)) for b in self._backends.values()]
+        return sum(c[0] for c in counts), sum(c[1] for c in counts)
+
     async def forget(self, path: Path) -> None:
         """Unload the model at `path` (after a generation under way) and drop it: it is being removed."""
         backend = self._backends.pop(str(path), None)
