@@ -233,11 +233,16 @@ class BatchEngine:
         """One llama_decode over every active sequence (each one's next token, and its draft),
         then the tokens sampled for each that has logits."""
         batch, n = self._batch, 0
+        decoding = sum(1 for job in active if job.last is not None)
         for job in active:
             job.row, job.draft = -1, []
-            if job.last is None:
+            if job.last is None or n >= self.batch_size:  # (more sequences than `batch`: next step)
                 continue
-            room = min(self.batch_size - n, job.max_tokens - job.generated, self.context - job.pos) - 1
+            decoding -= 1  # drafts leave a row for each sequence after this one
+            room = (
+                min(self.batch_size - n - decoding, job.max_tokens - job.generated, self.context - job.pos)
+                - 1
+            )
             job.draft = job.drafter.draft(min(MAX_DRAFT, room)) if job.drafter is not None else []
             for i, token in enumerate([job.last, *job.draft]):
                 self._add(batch, n + i, token, job.pos + i, job.slot, logits=True)
