@@ -2,21 +2,21 @@
 
 `[model] parallel = N` gives the model one context with a KV cache sized for N sequences (N x
 `[model] context`, each sequence its `context`, as one serial turn had) and one thread, the
-engine's, that owns it. Each step
-that thread puts every active sequence's next token, and as much of the waiting prompts as the
-batch holds, into ONE `llama_decode`, then samples each sequence that has logits (sampling.py, in
-C), hands its text piece to the generation that waits for it, and goes on; a sequence that ends
-frees its place at once and the next prompt joins the running batch at the next step. A decode
-step over 4 sequences costs little more than over one on a CPU (the weights are read once for
-all), which is where 4 clients at once get ~4x the tokens a second.
+engine's, that owns it. Each step that thread puts every active sequence's next token (and its
+n-gram draft, ngram.py), and as much of the waiting prompts as the batch holds, into ONE
+`llama_decode`, then samples each sequence that has logits (sampling.py, in C), hands its text
+to the generation that waits for it, and goes on; a sequence that ends frees its place at once
+and the next prompt joins the running batch at the next step. A decode step over 4 sequences
+costs little more than over one on a CPU (the weights are read once for all), which is where 4
+clients at once get more tokens a second than one.
 
 Each of the N sequence slots keeps the tokens its KV cache holds after its generation ends. A new
-prompt goes to the free slot that shares the longest prefix with it, and only the rest is
-evaluated: a conversation's next turn, a resumed turn, or another turn with the same tool
-instructions starts where the cache already is (as llama-server's slots do).
+prompt goes to the free slot that shares the longest prefix with it (else the one least recently
+used), and only the rest is evaluated: a conversation's next turn, a resumed turn, or another turn
+with the same tool instructions starts where the cache already is (as llama-server's slots do).
 
-Generations call `submit` and read `Job.pieces` from their own threads; only the engine's thread
-touches the context.
+Generations call `submit` and read the job's text through `completion` on their own threads; only
+the engine's thread touches the context.
 """
 
 from __future__ import annotations
@@ -141,6 +141,8 @@ class BatchEngine:
         self._batch = llama_cpp.llama_batch_init(self.batch_size, 0, 1)
         self._slots: list[list[int]] = [[] for _ in range(parallel)]  # what each slot's KV holds
         self._free = set(range(parallel))
+        self._started = [0] * parallel  # when each slot was last given a job (a count of starts)
+        self._starts = 0
         self._pieces: dict[int, bytes] = {}
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="waystation-batch", daemon=True)
@@ -219,8 +221,10 @@ class BatchEngine:
                 n += 1
             return n
 
-        slot = max(sorted(self._free), key=shared)
+        slot = max(self._free, key=lambda s: (shared(s), -self._started[s]))
         self._free.discard(slot)
+        self._starts += 1
+        self._started[slot] = self._starts
         keep = max(0, min(shared(slot), len(job.prompt) - 1))  # the last prompt token gives the logits
         if not self._lib.llama_memory_seq_rm(self._memory, slot, keep, -1):
             keep = 0  # a cache that cannot drop a tail (recurrent models): start afresh
