@@ -173,10 +173,9 @@ def main() -> None:
     parser.add_argument("--prompt-set-only", action="store_true", help="(1) alone, e.g. on an older checkout")
     parser.add_argument("--decode-only", action="store_true", help="(3) alone")
     args = parser.parse_args()
+    decode_columns = ["decode (raw, medians)", "ms/token", "ratio to no grammar (of its own side)"]
     if args.decode_only:
-        print_table(
-            ["decode (raw, medians)", "ms/token", "ratio to no grammar"], decode_ms_per_token(args.reps)
-        )
+        print_table(decode_columns, decode_ms_per_token(args.reps))
         return
     base = "http://127.0.0.1:9"  # never reached: the agent is offline
     score = asyncio.run(prompt_set_score(base))
