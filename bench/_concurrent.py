@@ -42,9 +42,13 @@ async def one_round(turn: Turn, prompts: list[str], max_tokens: int) -> Round:
 
 
 async def measure_streams(
-    model: Path, binary: Path, streams: int, reps: int, max_tokens: int, prompts: list[str]
+    model: Path, binary: Path, streams: int, reps: int, max_tokens: int, prompts: list[str], speculative: str
 ) -> tuple[dict[str, list[Round]], str]:
-    env = {"WAYSTATION_MODEL__PATH": str(model), "WAYSTATION_MODEL__PARALLEL": str(streams)}
+    env = {
+        "WAYSTATION_MODEL__PATH": str(model),
+        "WAYSTATION_MODEL__PARALLEL": str(streams),
+        "WAYSTATION_MODEL__SPECULATIVE": speculative,
+    }
     serial_env = {**env, "WAYSTATION_MODEL__PARALLEL": "0"}
     log = cache_dir() / "logs" / f"np{streams}.log"
     log.parent.mkdir(exist_ok=True)

@@ -227,7 +227,7 @@ async def main_async(args: argparse.Namespace) -> None:
             results[label] = await measure(model, binary, args.threads, args.reps, args.max_tokens)
         if args.streams > 0:
             concurrent[label] = await measure_streams(
-                model, binary, args.streams, args.reps, args.max_tokens, PROMPTS
+                model, binary, args.streams, args.reps, args.max_tokens, PROMPTS, args.speculative
             )
     want_footprint = "embedded" in args.models and not args.only_streams
     footprint_rows = await footprint(default_model_path()) if want_footprint else []
@@ -246,7 +246,7 @@ async def main_async(args: argparse.Namespace) -> None:
         f"{args.reps} repetitions per side, rotating which side goes first; ratio > 1: the first did better",
         f"reproduce: `python bench/turns.py --reps {args.reps} --max-tokens {args.max_tokens} "
         f"--threads {args.threads} --models {args.models} --streams {args.streams}"
-        f"{' --only-streams' if args.only_streams else ''}`",
+        f"{' --only-streams' if args.only_streams else ''} --speculative {args.speculative}`",
     )
 
 
@@ -260,6 +260,7 @@ def main() -> None:
     parser.add_argument("--models", default="embedded,tiny", help="embedded, tiny, or both")
     parser.add_argument("--streams", type=int, default=4, help="streams at once afterwards (0: none)")
     parser.add_argument("--only-streams", action="store_true", help="only the streams at once")
+    parser.add_argument("--speculative", default="auto", help="[model] speculative of the agent at once")
     args = parser.parse_args()
     if not set(args.models.split(",")) <= {"embedded", "tiny"}:
         sys.exit("--models: embedded, tiny, or embedded,tiny")
