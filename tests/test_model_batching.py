@@ -202,11 +202,17 @@ PAGE = (
 def test_a_draft_is_what_followed_the_last_n_gram_before() -> None:
     drafter = Drafter()
     drafter.extend([1, 2, 3, 4, 5, 6, 9, 1, 2, 3])
-    assert drafter.draft() == [4, 5, 6, 9, 1, 2, 3]
-    assert drafter.draft(limit=2) == [4, 5]
+    assert drafter.draft() == [4, 5]  # short until a draft has been kept whole
+    drafter.scored(2, 2)
+    assert drafter.draft() == [4, 5, 6, 9]
+    assert drafter.draft(limit=1) == [4]
+    drafter.scored(4, 4)
+    assert drafter.draft() == [4, 5, 6, 9, 1, 2, 3]  # up to the end of the history
+    drafter.scored(7, 0)
+    assert drafter.draft() == [4]  # after a miss: one more than it kept
     drafter.extend([7])
     assert drafter.draft() == []  # 2, 3, 7 never occurred before
-    drafter.scored(TRIAL_TOKENS, 0)  # a sequence whose drafts were all wrong stops drafting
+    drafter.scored(TRIAL_TOKENS, 0)  # a sequence whose drafts were mostly wrong stops drafting
     drafter.extend([1, 2, 3])
     assert not drafter.pays() and drafter.draft() == []
 
