@@ -145,12 +145,17 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
                 except Exception as exc:  # a foreign failure, translated at this boundary
                     raise ModelError(self.model_path, f"generation failed ({type(exc).__name__})") from exc
 
+            running = loop.run_in_executor(self._owner, run)
             try:
-                generation = await loop.run_in_executor(self._owner, run)
+                generation = await running
             except asyncio.CancelledError:
                 stop.set()  # the generation stops at its next token instead of finishing
                 raise
             finally:
+                if not running.done() and self.capacity > 1:
+                    # Not one owner thread that would run an unload only after it: the model must
+                    # not unload under the generation's thread before it has stopped.
+                    await asyncio.wait([running])
                 self._stops.discard(stop)
                 if relay is not None:
                     relay.flush()  # the last pieces go now, not at the relay's next tick
