@@ -2,6 +2,7 @@
 llama-cpp-python, on the same model and the same llama.cpp build, in one run.
 
     python bench/turns.py [--reps 5] [--max-tokens 128] [--threads N] [--models embedded,tiny]
+                          [--streams 4] [--only-streams]
 
 llama-server is built once from the llama.cpp source that the installed llama-cpp-python's sdist
 vendors, with install.sh's flags, into ~/.cache/waystation-bench/ (bench/_llama_server.py; the
@@ -25,6 +26,9 @@ evaluated), and the tables show medians; ratios are the median of per-repetition
 
 Goal (issue 13): agent / llama-server >= 0.95 for decode tok/s at each side's defaults, and TTFT
 within 10 ms. Also, on the embedded model: the agent's cold load, its RSS, and idle unload.
+
+Then --streams N at once (bench/_concurrent.py): the agent with `[model] parallel = N` against
+`llama-server -np N`, aggregate tok/s and the slowest first token (issue 23: >= 1.0x and <= 1.5x).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _concurrent import measure_streams, report_streams
 from _harness import cpu_seconds, print_notes, print_table, proc_status, progress, running_agent, uds_client
 from _llama_server import build_record, cache_dir, ensure_built, running, threads_in_log
 from _tiny_gguf import write_tiny_gguf
@@ -214,15 +219,23 @@ async def main_async(args: argparse.Namespace) -> None:
             write_tiny_gguf(cache_dir() / "tiny.gguf", default_model_path(), cache_dir() / "gguf-py"),
         ),
     }
-    results = {}
+    results, concurrent = {}, {}
     for key in args.models.split(","):
         label, model = models[key]
         progress(f"== {label}")
-        results[label] = await measure(model, binary, args.threads, args.reps, args.max_tokens)
-    footprint_rows = await footprint(default_model_path()) if "embedded" in args.models else []
+        if not args.only_streams:
+            results[label] = await measure(model, binary, args.threads, args.reps, args.max_tokens)
+        if args.streams > 0:
+            concurrent[label] = await measure_streams(
+                model, binary, args.streams, args.reps, args.max_tokens, PROMPTS, args.speculative
+            )
+    want_footprint = "embedded" in args.models and not args.only_streams
+    footprint_rows = await footprint(default_model_path()) if want_footprint else []
     build = build_record()
     for label, measured in results.items():
         report(label, measured, args.threads, args.max_tokens)
+    for label, rounds in concurrent.items():
+        report_streams(label, args.streams, rounds)
     if footprint_rows:
         print()
         print_table(["agent, embedded model", "value"], footprint_rows)
@@ -232,7 +245,8 @@ async def main_async(args: argparse.Namespace) -> None:
         f"{cache_dir()}",
         f"{args.reps} repetitions per side, rotating which side goes first; ratio > 1: the first did better",
         f"reproduce: `python bench/turns.py --reps {args.reps} --max-tokens {args.max_tokens} "
-        f"--threads {args.threads} --models {args.models}`",
+        f"--threads {args.threads} --models {args.models} --streams {args.streams}"
+        f"{' --only-streams' if args.only_streams else ''} --speculative {args.speculative}`",
     )
 
 
@@ -244,6 +258,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=physical_cores(), help="threads for the equal rows")
     parser.add_argument("--models", default="embedded,tiny", help="embedded, tiny, or both")
+    parser.add_argument("--streams", type=int, default=4, help="streams at once afterwards (0: none)")
+    parser.add_argument("--only-streams", action="store_true", help="only the streams at once")
+    parser.add_argument("--speculative", default="auto", help="[model] speculative of the agent at once")
     args = parser.parse_args()
     if not set(args.models.split(",")) <= {"embedded", "tiny"}:
         sys.exit("--models: embedded, tiny, or embedded,tiny")

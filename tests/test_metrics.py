@@ -54,6 +54,7 @@ def test_every_family_is_listed_before_anything_happened() -> None:
         "waystation_turn_duration_seconds": "histogram",
         "waystation_build_info": "gauge",
         "waystation_queue_oldest_pending_age_seconds": "gauge",
+        "waystation_model_draft_tokens": "gauge",
     }
     for family in families.values():
         assert family.documentation

@@ -9,7 +9,8 @@ import pytest
 from waystation.adapters.models import choose_backend
 from waystation.adapters.models.base import GenerationRequest
 from waystation.adapters.models.embedded import default_model_path
-from waystation.adapters.models.llamacpp import LlamaCppBackend, check_gguf
+from waystation.adapters.models.gguf_check import check_gguf
+from waystation.adapters.models.llamacpp import LlamaCppBackend
 from waystation.errors import ModelError
 
 

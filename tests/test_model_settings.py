@@ -41,6 +41,15 @@ def test_defaults_are_the_contracts(tmp_path: Path) -> None:
     m = _settings(tmp_path)
     assert (m.threads, m.gpu_layers, m.context, m.batch) == (0, 0, 4096, 512)
     assert (m.flash_attention, m.mmap, m.mlock) == ("auto", True, False)
+    assert (m.parallel, m.speculative) == (4, "auto")
+
+
+def test_parallel_and_speculative_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    m = _settings(tmp_path, '[model]\nparallel = 0\nspeculative = "off"\n')
+    assert (m.parallel, m.speculative) == (0, "off")
+    (tmp_path / "other").mkdir()
+    m = _settings(tmp_path / "other", env={"WAYSTATION_MODEL__PARALLEL": "8"})
+    assert llama_options(m).parallel == 8 and llama_options(m).speculative == "auto"
 
 
 def test_the_file_sets_each_of_them(tmp_path: Path) -> None:
@@ -81,6 +90,9 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         ("mmap = 1", "model.mmap", "expected bool"),
         ('flash_attention = "yes"', "model.flash_attention", "auto, on, off"),
         ("n_gpu_layers = 10", "model.n_gpu_layers", "unknown key"),
+        ("parallel = -1", "model.parallel", "0 (one at a time) to 256"),
+        ("parallel = 1000", "model.parallel", "got 1000"),
+        ('speculative = "on"', "model.speculative", "auto, off"),
     ],
 )
 def test_a_bad_value_names_its_key(tmp_path: Path, toml: str, key: str, words: str) -> None:

@@ -2,8 +2,9 @@
 Ollama's keep_alive, on `POST /v1/turns` and on `/v1/chat/completions` through the `openai` SDK.
 
 The models are the embedded SmolLM2 GGUF under two names in the agent's models/ (as a pull
-leaves them). With a context of 512 tokens each takes 98.4 MB of weights and 11.8 MB of KV
-cache; a budget of 150 MB holds one. That a model's memory was given back is read from the
+leaves them). With a context of 512 tokens each takes 98.4 MB of weights and 47.2 MB of KV
+cache (11.8 MB for each of the 4 sequences `[model] parallel` generates at once); a budget of
+150 MB holds one. That a model's memory was given back is read from the
 agent's own /proc/PID/maps: llama.cpp maps the weights, and unloading unmaps them.
 """
 
@@ -27,7 +28,7 @@ from test_models_pull import cli
 
 from waystation.adapters.models.embedded import default_model_path
 
-MEMORY = 98_362_432 + 30 * 512 * 3 * 128 * 2  # weights + KV cache at 512 tokens
+MEMORY = 98_362_432 + 4 * 30 * 512 * 3 * 128 * 2  # weights + KV cache at 512 tokens, 4 sequences
 NAMES = ("alpha", "beta")
 
 
@@ -105,7 +106,7 @@ def test_keep_alive_sets_until_and_ps_shows_it(agent: Agent) -> None:
     assert row["until"] == row["unloads_at"]
     assert 590 < seconds_until(row["unloads_at"]) <= 600
     shown = cli(agent.home, "models", "ps").stdout
-    assert "beta" in shown and "110.2 MB" in shown, shown
+    assert "beta" in shown and "145.5 MB" in shown, shown
     assert re.search(r"in (9m5\ds|10m00s)", shown), shown
 
     assert turn(agent, "beta", keep_alive=-1).status_code == 200

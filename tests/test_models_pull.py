@@ -241,10 +241,11 @@ def test_a_pulled_model_answers_a_turn_by_its_name(agent: Agent, hub: FakeHub, t
         ("smollm2-135m-instruct-q4_1", "llamacpp", 98_362_432)
     ]
     assert loaded[0]["unloads_at"] and loaded[0]["busy"] is False
-    # Its memory: the weights and a KV cache for 4096 tokens (30 layers x 3 KV heads x 128 x f16).
-    assert loaded[0]["memory"] == 98_362_432 + 94_371_840
+    # Its memory: the weights and a KV cache for 4096 tokens (30 layers x 3 KV heads x 128 x f16)
+    # for each of the 4 sequences `[model] parallel` generates at once.
+    assert loaded[0]["memory"] == 98_362_432 + 4 * 94_371_840
     shown = cli(agent.home, "models", "ps").stdout
-    assert "smollm2-135m-instruct-q4_1" in shown and "192.7 MB" in shown
+    assert "smollm2-135m-instruct-q4_1" in shown and "475.8 MB" in shown
 
     removed = agent.api("DELETE", "/v1/models/smollm2-135m-instruct-q4_1")
     assert removed.json() == {"id": "smollm2-135m-instruct-q4_1", "object": "model", "deleted": True}

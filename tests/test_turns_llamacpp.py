@@ -247,7 +247,8 @@ def news(backend: LlamaCppBackend) -> Iterator[Destination]:
 
 @pytest.fixture(scope="module")
 def agent() -> Iterator[Agent]:
-    with started_agent({"WAYSTATION_CONNECTIVITY__MODE": "offline"}) as a:
+    # One sequence at a time (through the batch engine): a second turn waits for the first.
+    with started_agent({"WAYSTATION_CONNECTIVITY__MODE": "offline", "WAYSTATION_MODEL__PARALLEL": "1"}) as a:
         yield a
 
 

@@ -57,6 +57,13 @@ class ModelSettings:
     gpu_layers: int = 0  # layers offloaded to the GPU; -1 = all that the build's GPU can take
     context: int = 4096  # tokens of prompt and reply together (the KV cache is sized for it)
     batch: int = 512  # prompt tokens evaluated per step
+    # Sequences llama.cpp generates at once (continuous batching: one decode step for all, a KV
+    # cache of `context` tokens for each); 0 = one at a time. MLX generates one at a time.
+    parallel: int = 4
+    # auto: a greedy sequence drafts its next tokens from its own earlier ones (a quote of a
+    # page, a summary of tool results) and keeps those the model picks; a sequence whose drafts
+    # are mostly wrong stops drafting. off: never. Needs `parallel` > 0.
+    speculative: Literal["auto", "off"] = "auto"
     # auto: on where every layer runs on the CPU (llama.cpp's auto resolves to on there), off
     # with GPU layers: llama-cpp-python can pass only on or off, not llama.cpp's per-device check.
     flash_attention: Literal["auto", "on", "off"] = "auto"

@@ -164,6 +164,7 @@ def _check(key: str, kind: Any, value: Any) -> Any:
 MAX_THREADS = 512
 MAX_CONTEXT = 1 << 20
 MAX_LOADED = 64  # each loaded model holds an owner thread and its own KV cache
+MAX_PARALLEL = 256  # llama.cpp's LLAMA_MAX_SEQ
 
 
 def _check_model_ranges(m: ModelSettings) -> None:
@@ -177,6 +178,10 @@ def _check_model_ranges(m: ModelSettings) -> None:
         )
     if not 64 <= m.context <= MAX_CONTEXT:
         raise ConfigError("model.context", f"must be 64 to {MAX_CONTEXT} tokens, got {m.context}")
+    if not 0 <= m.parallel <= MAX_PARALLEL:
+        raise ConfigError(
+            "model.parallel", f"must be 0 (one at a time) to {MAX_PARALLEL} sequences, got {m.parallel}"
+        )
     if not 1 <= m.batch <= MAX_CONTEXT:
         raise ConfigError("model.batch", f"must be 1 to {MAX_CONTEXT} tokens, got {m.batch}")
     if not 0 <= m.max_loaded <= MAX_LOADED:

@@ -130,6 +130,8 @@ class LoadedModel(TypedDict):
     unloads_at: str | None
     until: str
     busy: bool
+    sequences: int  # generating now
+    parallel: int  # sequences it generates at once; 0: one at a time (serial)
 
 
 class PullRequest(TypedDict):

@@ -37,6 +37,8 @@ class Scrape:
     queue: Mapping[str, int] = field(default_factory=dict)
     connectivity: str = "unknown"
     oldest_pending_s: float = 0.0
+    # Local models' n-gram draft tokens since they loaded: (drafted, accepted).
+    drafts: tuple[int, int] = (0, 0)
 
 
 def scrape_time_families(scrape: Scrape) -> Iterator[Metric]:
@@ -60,6 +62,15 @@ def scrape_time_families(scrape: Scrape) -> Iterator[Metric]:
         "How long the oldest pending task has waited (0 when none).",
         value=scrape.oldest_pending_s,
     )
+    drafts = GaugeMetricFamily(
+        "waystation_model_draft_tokens",
+        "Draft tokens of n-gram speculation ([model] speculative) since the local models loaded:"
+        " drafted, and accepted (kept as the model's own pick).",
+        labels=["kind"],
+    )
+    drafts.add_metric(["drafted"], scrape.drafts[0])
+    drafts.add_metric(["accepted"], scrape.drafts[1])
+    yield drafts
 
 
 @dataclass
@@ -211,8 +222,12 @@ class Metrics:
 
 
 def render_metrics(
-    queue: Mapping[str, int], connectivity: str, metrics: Metrics | None = None, oldest_pending_s: float = 0.0
+    queue: Mapping[str, int],
+    connectivity: str,
+    metrics: Metrics | None = None,
+    oldest_pending_s: float = 0.0,
+    drafts: tuple[int, int] = (0, 0),
 ) -> str:
     """The exposition text, with the scrape-time gauges (queue depth, connectivity, the oldest
-    pending task's age) read from what the caller just took."""
-    return (metrics or Metrics()).render(Scrape(queue, connectivity, oldest_pending_s))
+    pending task's age, draft tokens) read from what the caller just took."""
+    return (metrics or Metrics()).render(Scrape(queue, connectivity, oldest_pending_s, drafts))

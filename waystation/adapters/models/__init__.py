@@ -52,6 +52,8 @@ def llama_options(settings: ModelSettings) -> LlamaOptions:
         threads=settings.threads,
         gpu_layers=settings.gpu_layers,
         batch=settings.batch,
+        parallel=settings.parallel,
+        speculative=settings.speculative,
         flash_attention=settings.flash_attention,
         mmap=settings.mmap,
         mlock=settings.mlock,

@@ -7,12 +7,9 @@ produces a call that parses and names a real tool.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import os
-import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +29,9 @@ from waystation.adapters.models.base import (
     urls_in,
     urls_to_call,
 )
+from waystation.adapters.models.batching import BatchEngine, completion
 from waystation.adapters.models.cpu_cores import physical_cores
+from waystation.adapters.models.gguf_check import check_gguf, return_freed_memory
 from waystation.adapters.models.json_objects import user_objects
 from waystation.adapters.models.reply_grammar import cut_answer, json_grammar, reply_schema
 from waystation.adapters.models.stop import cut_at_stop
@@ -40,7 +39,6 @@ from waystation.adapters.models.threaded import Admission, ThreadedBackend
 from waystation.adapters.models.unique_items import ArrayItems
 from waystation.errors import ModelError, PromptTooLong
 
-GGUF_MAGIC = b"GGUF"
 DEFAULT_CONTEXT = 4096
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
@@ -54,6 +52,8 @@ class Loaded:
     llm: Any  # llama_cpp.Llama
     formatter: Any  # llama_cpp.llama_chat_format.Jinja2ChatFormatter: the model's own template
     boundary: str  # a special token ending each turn, where a prompt is cut to tokenize it (prompt_size)
+    context: int  # tokens of prompt and reply together, per sequence
+    engine: BatchEngine | None = None  # `[model] parallel` > 0: every sequence goes through it
     # The evaluated state of system blocks that carry tool instructions, by their tokens: a tool
     # turn after some other turn restores it instead of evaluating the instructions again.
     warm: dict[tuple[int, ...], Any] = field(default_factory=dict)
@@ -70,6 +70,8 @@ class LlamaOptions:
     flash_attention: str = "auto"  # auto | on | off
     mmap: bool = True
     mlock: bool = False
+    parallel: int = 0  # sequences at once through batching.py; 0: one at a time, as llama-cpp-python does
+    speculative: str = "auto"  # auto | off: n-gram drafts in batching.py (ngram.py)
 
     def llama_kwargs(self) -> dict[str, Any]:
         """Llama(...)'s keyword arguments. Prompt evaluation uses as many threads as decoding, as
@@ -103,8 +105,11 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         options: LlamaOptions | None = None,
         admission: Admission | None = None,
     ) -> None:
-        super().__init__(model_path, idle_unload_s=idle_unload_s, admission=admission)
-        self.options = options or LlamaOptions(context=n_ctx)
+        options = options or LlamaOptions(context=n_ctx)
+        super().__init__(
+            model_path, idle_unload_s=idle_unload_s, admission=admission, parallel=options.parallel
+        )
+        self.options = options
         # What it generates with: the setting resolved now, llama.cpp's own report once loaded.
         self.threads: int = self.options.llama_kwargs()["n_threads"]
 
@@ -124,11 +129,23 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         eos = llm.detokenize([llm.token_eos()], special=True).decode(errors="replace")
         bos = llm.detokenize([llm.token_bos()], special=True).decode(errors="replace")
         formatter = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
-        return Loaded(llm, formatter, prompt_size.special_boundary(llm, eos))
+        context = llm.n_ctx()
+        engine = None
+        if self.options.parallel > 0:
+            engine = BatchEngine(llm, self.options.parallel, context, self.options.speculative != "off")
+        return Loaded(llm, formatter, prompt_size.special_boundary(llm, eos), context, engine)
+
+    @property
+    def drafts(self) -> tuple[int, int]:
+        """Draft tokens of n-gram speculation since it loaded: (drafted, accepted)."""
+        engine = self._handle.engine if self._handle is not None else None
+        return (engine.drafted, engine.accepted) if engine is not None else (0, 0)
 
     def unload_blocking(self, handle: Loaded) -> None:
+        if handle.engine is not None:
+            handle.engine.close()
         handle.llm.close()
-        _return_freed_memory()
+        return_freed_memory()
 
     def generate_blocking(self, handle: Loaded, request: GenerationRequest, emit: TokenSink) -> Generation:
         llm = handle.llm
@@ -147,13 +164,13 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
             grammar = json_grammar(schema, request, llm)
         elif answer_format is not None:  # the answer is the JSON itself, streamed as text
             grammar = json_grammar(answer_format, request, llm)
-        if constrained:
+        if constrained and handle.engine is None:  # the engine's slots keep prefixes themselves
             system = handle.formatter(messages=messages[:1]).prompt.encode()
             _warm_prefix(handle, _common_prefix(prompt, llm.tokenize(system, add_bos=False, special=True)))
         # A constrained reply is JSON for us (a call, or the answer inside it), not text for the
         # user: the client's stop strings apply to its answer, given out below.
         stop = _strings(formatted.stop) + ([] if constrained else list(request.stop))
-        text, finish = self._decode(llm, prompt, request, grammar, stop, discard if constrained else emit)
+        text, finish = self._decode(handle, prompt, request, grammar, stop, discard if constrained else emit)
         # Streamed pieces are not tokens (llama.cpp joins the tokens of one multi-byte character),
         # so the reply is counted by tokenizing it.
         completion_tokens = len(llm.tokenize(text.encode(), add_bos=False, special=True)) if text else 0
@@ -183,8 +200,8 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         """(messages, formatted, prompt tokens) of a generation: tool results in the form the
         model answers from, cut to fewer passages while the prompt would not fit the context."""
         llm = handle.llm
-        room = llm.n_ctx() - request.max_tokens
-        budget = grounding.budget_for(llm.n_ctx(), request.max_tokens)
+        room = handle.context - request.max_tokens
+        budget = grounding.budget_for(handle.context, request.max_tokens)
         while True:
             if tools:
                 messages = grounding.trimmed(request.messages, budget)
@@ -208,7 +225,7 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
 
     def _decode(
         self,
-        llm: Any,
+        handle: Loaded,
         prompt: list[int],
         request: GenerationRequest,
         grammar: Any,
@@ -224,6 +241,7 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         can reach it. Where the grammar cannot close the array there (a `minItems` not reached),
         the reply goes on with the repeat, as the model wrote it.
         """
+        llm = handle.llm
         items = ArrayItems() if grammar is not None else None
         text, emitted, finish = "", 0, "stop"
         kept: list[int] = []  # the tokens of the text a round resumes from
@@ -233,22 +251,16 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
                 break
             if cuts == MAX_ARRAY_CUTS:  # the last round runs unguarded, so that it ends the reply
                 items = None
-            for chunk in llm.create_completion(
-                prompt=prompt + kept,
-                max_tokens=request.max_tokens - len(kept),
-                temperature=request.temperature,
-                stop=stop,
-                grammar=fast_grammar.resumed(grammar, kept) if kept else grammar,
-                stopping_criteria=None if items is None else _until_repeat(items),
-                stream=True,
-            ):
+            chunks = self._completion(handle, prompt + kept, request, kept, stop, grammar, items)
+            for piece, reason in chunks:
                 if self.stopping():
                     return text, "cancelled"
-                choice = chunk["choices"][0]
-                text += choice["text"]
-                finish = choice.get("finish_reason") or finish
+                text += piece
+                finish = reason or finish
                 if items is not None:
-                    items.feed(choice["text"])
+                    items.feed(piece)
+                    if items.repeat_at is not None and handle.engine is not None:
+                        break  # the serial path's stopping criterion, here: read no further
                 settled = len(text) if items is None else items.settled
                 if settled > emitted:
                     emit(text[emitted:settled])
@@ -267,6 +279,36 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         if len(text) > emitted:
             emit(text[emitted:])
         return text, finish
+
+    def _completion(
+        self,
+        handle: Loaded,
+        prompt: list[int],
+        request: GenerationRequest,
+        kept: list[int],
+        stop: list[str],
+        grammar: Any,
+        items: ArrayItems | None,
+    ) -> Iterator[tuple[str, str | None]]:
+        """A round's (text, finish reason) chunks: from the batch engine, or from llama-cpp-python
+        one sequence at a time (`[model] parallel = 0`)."""
+        max_tokens = request.max_tokens - len(kept)
+        if handle.engine is not None:
+            seed = int.from_bytes(os.urandom(4), "little")
+            job = handle.engine.submit(prompt, max_tokens, request.temperature, seed, grammar, kept)
+            yield from completion(job, stop, self.stopping)
+            return
+        for chunk in handle.llm.create_completion(
+            prompt=prompt,
+            max_tokens=max_tokens,
+            temperature=request.temperature,
+            stop=stop,
+            grammar=fast_grammar.resumed(grammar, kept) if kept else grammar,
+            stopping_criteria=None if items is None else _until_repeat(items),
+            stream=True,
+        ):
+            choice = chunk["choices"][0]
+            yield choice["text"], choice.get("finish_reason")
 
 
 WARM_PREFIXES = 4  # system blocks kept evaluated (each a KV snapshot of a few hundred tokens)
@@ -310,45 +352,6 @@ def _common_prefix(a: list[int], b: list[int]) -> list[int]:
             break
         n += 1
     return a[:n]
-
-
-def check_gguf(path: Path) -> None:
-    """Refuse early, and clearly, what llama.cpp would refuse late or crash on."""
-    try:
-        with path.open("rb") as f:
-            magic = f.read(4)
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ModelError(path, "no such file") from None
-    except IsADirectoryError:
-        raise ModelError(path, "is a directory, not a GGUF file (an MLX model? set model.backend)") from None
-    except OSError as exc:
-        raise ModelError(path, f"cannot read: {exc.strerror}") from None
-    if magic != GGUF_MAGIC:
-        raise ModelError(path, "not a GGUF file")
-    available = _available_memory()
-    if available is not None and size > available:
-        raise ModelError(
-            path, f"too large for memory: {size / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available"
-        )
-
-
-def _return_freed_memory() -> None:
-    """Hand the unloaded model's heap back to the OS (glibc keeps freed arenas otherwise)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def _strings(stop: str | list[str] | None) -> list[str]:

@@ -105,7 +105,8 @@ class Residency:
         return cls(
             budget or sys.maxsize,  # a platform that does not say its RAM: the count alone limits
             settings.max_loaded or AUTO_MAX_LOADED,
-            lambda key: estimate_bytes(Path(key), settings.context),
+            # llama.cpp's KV cache holds `context` tokens for each sequence generated at once.
+            lambda key: estimate_bytes(Path(key), settings.context * max(1, settings.parallel)),
         )
 
     def add(self, backend: Member) -> None:

@@ -122,7 +122,8 @@ class LocalRoute:
     def loaded(self) -> list[contract.LoadedModel]:
         """For `models ps`: each model in memory now, its size on disk, the memory it takes (the
         estimate the budget counts: weights and KV cache), and when it unloads: `until` is that
-        time, "busy" (the timer starts anew when it is done) or "forever"."""
+        time, "busy" (the timer starts anew when it is done) or "forever"; the sequences it
+        generates now, of the `parallel` it may (0: one at a time)."""
         rows: list[contract.LoadedModel] = []
         for key, backend in self._backends.items():
             if not backend.loaded:
@@ -141,9 +142,16 @@ class LocalRoute:
                     "unloads_at": unloads_at,
                     "until": "busy" if busy else unloads_at or "forever",
                     "busy": busy,
+                    "sequences": int(getattr(backend, "in_use", 0)),
+                    "parallel": int(getattr(backend, "parallel", 0)),
                 }
             )
         return rows
+
+    def drafts(self) -> tuple[int, int]:
+        """For /metrics: n-gram draft tokens (drafted, accepted) of the models loaded now."""
+        counts = [getattr(b, "drafts", (0, 0)) for b in self._backends.values()]
+        return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
     async def forget(self, path: Path) -> None:
         """Unload the model at `path` (after a generation under way) and drop it: it is being removed."""

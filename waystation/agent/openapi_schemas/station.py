@@ -136,6 +136,11 @@ STATION_SCHEMAS: dict[str, Schema] = {
                 "description": 'when it unloads: unloads_at, "busy" (generating) or "forever"',
             },
             "busy": {"type": "boolean"},
+            "sequences": {"type": "integer", "description": "sequences it generates now"},
+            "parallel": {
+                "type": "integer",
+                "description": "sequences it may generate at once ([model] parallel); 0: one at a time",
+            },
         }
     ),
     "PullRequest": {

@@ -123,7 +123,7 @@ def check_model(paths: Any) -> Check:
     """The configured model (`[model] path`) is there and is a model, as the local route sees it."""
     import asyncio
 
-    from waystation.adapters.models.llamacpp import check_gguf
+    from waystation.adapters.models.gguf_check import check_gguf
     from waystation.adapters.models.store import ModelStore
     from waystation.adapters.routes.local import LocalRoute
     from waystation.config_load import load_settings

@@ -236,7 +236,7 @@ def _loaded_table(loaded: list[dict[str, Any]]) -> None:
         render.say("no model is loaded")
         return
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for column in ("NAME", "BACKEND", "MEMORY", "LOADED", "UNTIL"):
+    for column in ("NAME", "BACKEND", "MEMORY", "SEQUENCES", "LOADED", "UNTIL"):
         table.add_column(column, no_wrap=True)
     for row in loaded:
         until = row.get("until")
@@ -244,10 +244,19 @@ def _loaded_table(loaded: list[dict[str, Any]]) -> None:
             str(row.get("name")),
             str(row.get("backend")),
             human_size(row.get("memory", row.get("size"))),
+            _sequences(row),
             render.ago(row.get("loaded_at")),
             until if until in ("busy", "forever") else render.ago(until),
         )
     render.console().print(table)
+
+
+def _sequences(row: dict[str, Any]) -> str:
+    """Sequences generating now of those it may at once ("1/4"), or "serial" (one at a time)."""
+    parallel = row.get("parallel")
+    if not isinstance(parallel, int) or parallel <= 0:
+        return "serial"
+    return f"{row.get('sequences', 0)}/{parallel}"
 
 
 def human_size(size: object) -> str:

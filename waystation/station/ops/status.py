@@ -55,5 +55,9 @@ async def metrics(station: AgentStation) -> str:
     oldest = await station.store.oldest_pending_at()
     waited = 0.0 if oldest is None else max(0.0, timeutil.now() - oldest)
     return render_metrics(
-        await station.store.counts(), station.monitor.state, station.announcer.metrics, waited
+        await station.store.counts(),
+        station.monitor.state,
+        station.announcer.metrics,
+        waited,
+        station.router.local.drafts(),
     )

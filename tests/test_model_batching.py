@@ -1,0 +1,234 @@
+"""Several sequences at once on llama.cpp (`[model] parallel`, adapters/models/batching.py), on the
+real embedded SmolLM2 with short replies.
+
+Greedy replies generated four at a time are those generated one at a time through llama-cpp-python
+(`parallel = 0`): free text, a grammar-constrained tool call and a reply cut at a stop string; a
+fifth and sixth wait with `waiting` stage events. A cancelled generation frees its sequence, a
+prompt that begins as an earlier one evaluates only the rest, and over the socket four streamed
+turns at once each complete with their own text while `models ps` counts the sequences. With
+`speculative = "auto"` a reply that repeats a page drafts from it and is the reply without.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.agentproc import Agent, sse_events, started_agent
+from test_models_pull import cli
+
+from waystation.adapters.models.base import Generation, GenerationRequest, ToolSpec
+from waystation.adapters.models.batching import completion
+from waystation.adapters.models.embedded import default_model_path
+from waystation.adapters.models.llamacpp import LlamaCppBackend, LlamaOptions
+from waystation.adapters.models.ngram import TRIAL_TOKENS, Drafter
+
+MAX_TOKENS = 24
+FETCH = ToolSpec(
+    "web_fetch",
+    "Fetch a URL.",
+    {"type": "object", "properties": {"url": {"type": "string"}}, "required": ["url"]},
+)
+
+
+def requests() -> list[GenerationRequest]:
+    def asked(text: str, max_tokens: int = MAX_TOKENS, **extra: Any) -> GenerationRequest:
+        return GenerationRequest([{"role": "user", "content": text}], max_tokens=max_tokens, **extra)
+
+    return [
+        asked("Write a short paragraph about lighthouses."),
+        asked("Explain why the sky is blue."),
+        asked("Describe the ocean at night."),
+        asked("Fetch http://example.com/page and tell me what it says.", 48, tools=[FETCH]),
+        asked("Explain how bread is made.", stop=[","]),
+        asked("Write a short poem about trains."),
+    ]
+
+
+def reply(g: Generation) -> tuple[Any, ...]:
+    return g.text, [c.arguments for c in g.tool_calls], g.finish_reason, g.completion_tokens
+
+
+@pytest.fixture(scope="module")
+def model_path() -> Path:
+    return default_model_path()
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time(model_path: Path) -> list[tuple[Any, ...]]:
+    async def run() -> list[tuple[Any, ...]]:
+        backend = LlamaCppBackend(str(model_path), options=LlamaOptions(parallel=0))
+        try:
+            return [reply(await backend.generate(r)) for r in requests()]
+        finally:
+            await backend.close()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture
+async def batched(model_path: Path) -> AsyncIterator[LlamaCppBackend]:
+    backend = LlamaCppBackend(str(model_path), options=LlamaOptions(parallel=4))
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+async def test_four_at_once_reply_as_one_at_a_time_and_the_rest_wait(
+    batched: LlamaCppBackend, one_at_a_time: list[tuple[Any, ...]]
+) -> None:
+    stages: dict[int, list[tuple[str, int]]] = {}
+    asked = [
+        GenerationRequest(
+            **{**r.__dict__, "on_stage": lambda s, a, i=i: stages.setdefault(i, []).append((s, a))}
+        )
+        for i, r in enumerate(requests())
+    ]
+    replies = [reply(g) for g in await asyncio.gather(*(batched.generate(r) for r in asked))]
+    assert replies == one_at_a_time
+    assert replies[3][1] == [{"url": "http://example.com/page"}] and replies[3][2] == "tool_calls"
+    assert replies[4][2] == "stop" and "," not in replies[4][0]
+    assert all(("waiting", 1) not in stages[i] for i in range(4))
+    assert stages[4] == [("waiting", 1), ("generating", 0)]
+    assert stages[5] == [("waiting", 2), ("generating", 0)]
+    assert batched.in_use == 0 and not batched.busy
+
+
+async def test_a_cancelled_generation_frees_its_sequence(batched: LlamaCppBackend) -> None:
+    first_piece = asyncio.Event()
+    long = GenerationRequest([{"role": "user", "content": "Write a long story."}], max_tokens=2000)
+    task = asyncio.create_task(batched.generate(long, lambda _piece: first_piece.set()))
+    await asyncio.wait_for(first_piece.wait(), 60)
+    assert batched.in_use == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert batched.in_use == 0
+    engine = batched._handle.engine if batched._handle else None
+    assert engine is not None
+    for _ in range(100):  # the engine drops the sequence at its next step
+        if engine.in_use == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert engine.in_use == 0
+    again = await batched.generate(GenerationRequest([{"role": "user", "content": "Say hi."}], max_tokens=4))
+    assert again.text and again.finish_reason in ("stop", "length")
+
+
+async def test_a_prompt_that_begins_as_an_earlier_one_evaluates_only_the_rest(
+    batched: LlamaCppBackend,
+) -> None:
+    await batched.generate(GenerationRequest([{"role": "user", "content": "Say hi."}], max_tokens=2))
+    assert batched._handle is not None and batched._handle.engine is not None
+    llm, engine = batched._handle.llm, batched._handle.engine
+    prompt = llm.tokenize(
+        b"<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n", special=True
+    )
+
+    def run() -> tuple[str, int]:
+        job = engine.submit(prompt, 12, 0.0, 0)
+        text = "".join(piece for piece, _reason in completion(job, [], lambda: False))
+        return text, job.reused
+
+    first, reused_first = await asyncio.to_thread(run)
+    second, reused_second = await asyncio.to_thread(run)
+    assert reused_first < len(prompt) - 1
+    assert reused_second == len(prompt) - 1  # all but the token whose logits it needs
+    assert second == first != ""
+
+
+# --- over the socket ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[Agent]:
+    with started_agent({"WAYSTATION_CONNECTIVITY__MODE": "offline"}) as a:
+        yield a
+
+
+def streamed(agent: Agent, prompt: str) -> dict[str, Any]:
+    body = {"prompt": prompt, "stream": True, "tool_choice": "none", "max_tokens": MAX_TOKENS}
+    with agent.client(timeout=120.0) as client, client.stream("POST", "/v1/turns", json=body) as response:
+        assert response.status_code == 200
+        events = list(sse_events(response.iter_lines()))
+    done = events[-1].data
+    assert events[-1].event == "done" and done["status"] == "ok", events[-1]
+    assert "".join(e.data["text"] for e in events if e.event == "token") == done["text"] != ""
+    return dict(done)
+
+
+def test_four_streams_over_the_socket_each_get_their_own_text(agent: Agent) -> None:
+    prompts = [r.messages[0]["content"] for r in requests() if not r.tools and not r.stop][:4]
+    alone = [streamed(agent, p)["text"] for p in prompts]
+    done: dict[int, dict[str, Any]] = {}
+    seen: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda i=i: done.update({i: streamed(agent, prompts[i])})) for i in range(4)
+    ]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        seen.extend(row["sequences"] for row in agent.api("GET", "/v1/models/loaded").json())
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    assert [done[i]["text"] for i in range(4)] == alone
+    assert max(seen, default=0) > 1, "generated at once, not one after another"
+    (row,) = agent.api("GET", "/v1/models/loaded").json()
+    assert (row["parallel"], row["sequences"]) == (4, 0)
+
+
+def test_models_ps_shows_the_sequences(agent: Agent) -> None:
+    assert agent.api("POST", "/v1/turns", json={"prompt": "Say hi.", "max_tokens": 2}).status_code == 200
+    out = cli(agent.home, "models", "ps").stdout
+    assert "SEQUENCES" in out and "0/4" in out, out
+
+
+# --- draftless speculation ------------------------------------------------------------------------
+
+PAGE = (
+    "The harbour of Port Elling was built in 1852. Its lighthouse stands on the north pier and is "
+    "painted red and white. Ferries leave for the islands every morning at seven, and the fish "
+    "market opens at six on weekdays. The harbour master's office is next to the customs house."
+)
+
+
+def test_a_draft_is_what_followed_the_last_n_gram_before() -> None:
+    drafter = Drafter()
+    drafter.extend([1, 2, 3, 4, 5, 6, 9, 1, 2, 3])
+    assert drafter.draft() == [4, 5]  # short until a draft has been kept whole
+    drafter.scored(2, 2)
+    assert drafter.draft() == [4, 5, 6, 9]
+    assert drafter.draft(limit=1) == [4]
+    drafter.scored(4, 4)
+    assert drafter.draft() == [4, 5, 6, 9, 1, 2, 3]  # up to the end of the history
+    drafter.scored(7, 0)
+    assert drafter.draft() == [4]  # after a miss: one more than it kept
+    drafter.extend([7])
+    assert drafter.draft() == []  # 2, 3, 7 never occurred before
+    drafter.scored(TRIAL_TOKENS, 0)  # a sequence whose drafts were mostly wrong stops drafting
+    drafter.extend([1, 2, 3])
+    assert not drafter.pays() and drafter.draft() == []
+
+
+async def test_speculation_keeps_the_greedy_reply_and_drafts_from_the_page(model_path: Path) -> None:
+    asked = GenerationRequest(
+        [{"role": "user", "content": f"{PAGE}\n\nRepeat the text above word for word."}], max_tokens=48
+    )
+    replies = {}
+    for speculative in ("off", "auto"):
+        backend = LlamaCppBackend(str(model_path), options=LlamaOptions(parallel=4, speculative=speculative))
+        try:
+            replies[speculative] = reply(await backend.generate(asked))
+            drafted, accepted = backend.drafts
+        finally:
+            await backend.close()
+        assert (drafted > 0) is (speculative == "auto")
+    assert replies["auto"] == replies["off"]
+    assert accepted > 0.5 * drafted, (accepted, drafted)

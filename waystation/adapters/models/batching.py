@@ -1,0 +1,343 @@
+"""Several sequences generated at once on one llama.cpp context: continuous batching.
+
+`[model] parallel = N` gives the model one context with a KV cache sized for N sequences (N x
+`[model] context`, each sequence its `context`, as one serial turn had) and one thread, the
+engine's, that owns it. Each step that thread puts every active sequence's next token (and its
+n-gram draft, ngram.py), and as much of the waiting prompts as the batch holds, into ONE
+`llama_decode`, then samples each sequence that has logits (sampling.py, in C), hands its text
+to the generation that waits for it, and goes on; a sequence that ends frees its place at once
+and the next prompt joins the running batch at the next step. A decode step over 4 sequences
+costs little more than over one on a CPU (the weights are read once for all), which is where 4
+clients at once get more tokens a second than one.
+
+Each of the N sequence slots keeps the tokens its KV cache holds after its generation ends. A new
+prompt goes to the free slot that shares the longest prefix with it (else the one least recently
+used), and only the rest is evaluated: a conversation's next turn, a resumed turn, or another turn
+with the same tool instructions starts where the cache already is (as llama-server's slots do).
+
+Generations call `submit` and read the job's text through `completion` on their own threads; only
+the engine's thread touches the context.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from waystation.adapters.models.ngram import MAX_DRAFT, Drafter
+from waystation.adapters.models.sampling import SequenceSampler
+from waystation.adapters.models.stop import StopStream
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last item of a job's pieces: why it ended, or the error that ended it."""
+
+    reason: str  # stop | length | cancelled
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class Job:
+    """One generation's sequence, from its prompt to its last token."""
+
+    prompt: list[int]
+    max_tokens: int
+    sampler: SequenceSampler
+    out: queue.SimpleQueue[str | Finished] = field(default_factory=queue.SimpleQueue)
+    cancelled: bool = False  # set by the generation's thread, read by the engine's
+    reused: int = 0  # prompt tokens found in the slot's cache (not evaluated again)
+    # The engine's own bookkeeping.
+    slot: int = -1
+    pending: list[int] = field(default_factory=list)  # prompt tokens not evaluated yet
+    pos: int = 0  # the position of the next token evaluated
+    last: int | None = None  # the token sampled last, evaluated at the next step
+    generated: int = 0
+    row: int = -1  # this step's first batch row whose logits are this sequence's
+    drafter: Drafter | None = None  # its history for n-gram drafts (greedy, `speculative` on)
+    draft: list[int] = field(default_factory=list)  # this step's drafted tokens
+    text: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+_CLOSE = object()  # put in the inbox by close()
+POLL_S = 0.1  # how often a generation waiting for its next piece looks whether it was cancelled
+
+
+def completion(
+    job: Job, stop: Sequence[str], stopping: Callable[[], bool]
+) -> Iterator[tuple[str, str | None]]:
+    """A job's (text, finish reason) chunks as llama-cpp-python's streamed completion gives them:
+    text up to the first stop string, never including it (held back while it may begin one), the
+    reason with the last chunk. The sequence is cancelled when `stopping()` says so, when a stop
+    string ends it, or when the reader stops reading."""
+    pieces: list[str] = []
+    stream = StopStream(stop, pieces.append)
+    try:
+        while True:
+            try:
+                item = job.out.get(timeout=POLL_S)
+            except queue.Empty:
+                if stopping():
+                    job.cancel()
+                continue
+            if isinstance(item, Finished):
+                if item.error is not None:
+                    raise RuntimeError(item.error)
+                stream.finish()
+                yield "".join(pieces), item.reason
+                return
+            stream.feed(item)
+            if stream.stopped:
+                job.cancel()
+                yield "".join(pieces), "stop"
+                return
+            if pieces:
+                yield "".join(pieces), None
+                pieces.clear()
+    finally:
+        job.cancel()  # read no further: a sequence still running ends at its next step
+
+
+class BatchEngine:
+    """The context, its sequence slots, and the thread that decodes them all."""
+
+    def __init__(self, llm: Any, parallel: int, context: int, speculative: bool = True) -> None:
+        """Take over `llm` (a llama_cpp.Llama): its own single-sequence context is freed first
+        (never two KV caches at once) and replaced by the engine's, which only this thread uses."""
+        import llama_cpp
+        from llama_cpp import _internals
+
+        self._lib = llama_cpp
+        self.parallel = parallel
+        self.context = context
+        self.speculative = speculative  # greedy sequences draft from their own n-grams (ngram.py)
+        self.drafted = self.accepted = 0  # draft tokens evaluated, and kept
+        params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
+        params.n_seq_max = parallel
+        params.n_ctx = context * parallel
+        # A stream of its own per sequence: a sequence's attention never runs over the others'
+        # cells, so its numbers (and a greedy reply) are those it gets decoded alone.
+        params.kv_unified = False
+        llm._ctx.close()
+        self._context: Any = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        llm._ctx = self._context
+        self.ctx = self._context.ctx
+        self._memory = llama_cpp.llama_get_memory(self.ctx)
+        self._vocab = llm._model.vocab
+        self._n_vocab = llm.n_vocab()
+        self.batch_size = params.n_batch
+        self._batch = llama_cpp.llama_batch_init(self.batch_size, 0, 1)
+        self._slots: list[list[int]] = [[] for _ in range(parallel)]  # what each slot's KV holds
+        self._free = set(range(parallel))
+        self._started = [0] * parallel  # when each slot was last given a job (a count of starts)
+        self._starts = 0
+        self._pieces: dict[int, bytes] = {}
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="waystation-batch", daemon=True)
+        self._thread.start()
+
+    # --- on the generations' threads ----------------------------------------------------------
+
+    def submit(
+        self, prompt: Sequence[int], max_tokens: int, temperature: float, seed: int,
+        grammar: Any = None, accepted: Sequence[int] = (),
+    ) -> Job:  # fmt: skip
+        """Start a sequence; read its pieces from the job."""
+        sampler = SequenceSampler(self._lib, self._vocab, self._n_vocab, temperature, seed, grammar, accepted)
+        job = Job(list(prompt), max_tokens, sampler)
+        if self.speculative and temperature <= 0:
+            job.drafter = Drafter()
+            job.drafter.extend(job.prompt)
+        self._inbox.put(job)
+        return job
+
+    def close(self) -> None:
+        """Stop the thread (ending any sequence still running) and free the context."""
+        self._inbox.put(_CLOSE)
+        self._thread.join()
+        self._lib.llama_batch_free(self._batch)
+        self._context.close()
+
+    # --- on the engine's thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        active: list[Job] = []
+        waiting: list[Job] = []
+        while True:
+            try:
+                item = self._inbox.get(block=not active and not waiting)
+            except queue.Empty:
+                item = None
+            while item is not None:
+                if item is _CLOSE:
+                    for job in active + waiting:
+                        self._finish(job, active, Finished("cancelled"))
+                    return
+                waiting.append(item)
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    item = None
+            for job in [j for j in waiting if j.cancelled]:
+                waiting.remove(job)
+                self._finish(job, active, Finished("cancelled"))
+            while waiting and self._free:
+                job = waiting.pop(0)
+                self._start(job)
+                active.append(job)
+            for job in [j for j in active if j.cancelled]:
+                self._finish(job, active, Finished("cancelled"))
+            if not active:
+                continue
+            try:
+                self._step(active)
+            except Exception as exc:  # a failure of this step ends its sequences, not the engine
+                log.exception("a batch step failed", sequences=len(active))
+                for job in list(active):
+                    self._lib.llama_memory_seq_rm(self._memory, job.slot, -1, -1)
+                    self._slots[job.slot] = []
+                    self._finish(job, active, Finished("stop", f"{type(exc).__name__}: {exc}"))
+
+    def _start(self, job: Job) -> None:
+        """Give the job the free slot whose cache shares the longest prefix with its prompt."""
+
+        def shared(slot: int) -> int:
+            n = 0
+            for a, b in zip(self._slots[slot], job.prompt, strict=False):
+                if a != b:
+                    break
+                n += 1
+            return n
+
+        slot = max(self._free, key=lambda s: (shared(s), -self._started[s]))
+        self._free.discard(slot)
+        self._starts += 1
+        self._started[slot] = self._starts
+        keep = max(0, min(shared(slot), len(job.prompt) - 1))  # the last prompt token gives the logits
+        if not self._lib.llama_memory_seq_rm(self._memory, slot, keep, -1):
+            keep = 0  # a cache that cannot drop a tail (recurrent models): start afresh
+            self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
+        self._slots[slot] = self._slots[slot][:keep]
+        job.slot, job.pos, job.reused = slot, keep, keep
+        job.pending = job.prompt[keep:]
+
+    def _step(self, active: list[Job]) -> None:
+        """One llama_decode over every active sequence (each one's next token, and its draft),
+        then the tokens sampled for each that has logits."""
+        batch, n = self._batch, 0
+        decoding = sum(1 for job in active if job.last is not None)
+        for job in active:
+            job.row, job.draft = -1, []
+            if job.last is None or n >= self.batch_size:  # (more sequences than `batch`: next step)
+                continue
+            decoding -= 1  # drafts leave a row for each sequence after this one
+            room = (
+                min(self.batch_size - n - decoding, job.max_tokens - job.generated, self.context - job.pos)
+                - 1
+            )
+            job.draft = job.drafter.draft(min(MAX_DRAFT, room)) if job.drafter is not None else []
+            for i, token in enumerate([job.last, *job.draft]):
+                self._add(batch, n + i, token, job.pos + i, job.slot, logits=True)
+            job.row, n = n, n + 1 + len(job.draft)
+        for job in active:  # prompts fill what is left of the batch
+            if not job.pending or n >= self.batch_size:
+                continue
+            chunk, job.pending = job.pending[: self.batch_size - n], job.pending[self.batch_size - n :]
+            for i, token in enumerate(chunk):
+                done = not job.pending and i == len(chunk) - 1
+                self._add(batch, n, token, job.pos + i, job.slot, logits=done)
+                job.row = n if done else job.row
+                n += 1
+            self._slots[job.slot].extend(chunk)
+            job.pos += len(chunk)
+        batch.n_tokens = n
+        status = self._lib.llama_decode(self.ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode returned {status}")
+        for job in [j for j in active if j.row >= 0]:
+            if job.last is None:  # its prompt's last token: the first token of the reply
+                self._sampled(job, job.sampler.sample(self.ctx, job.row), active)
+            else:
+                self._verified(job, active)
+
+    def _verified(self, job: Job, active: list[Job]) -> None:
+        """Sample a decoding sequence's rows in turn: its next token, then, while each token it
+        picks is the draft's, the one after it. Cells of draft tokens not kept leave the cache."""
+        assert job.last is not None  # a decoding sequence
+        evaluated, draft, start, slot = [job.last, *job.draft], job.draft, job.pos, job.slot
+        kept = 0
+        for i in range(len(evaluated)):
+            token = job.sampler.sample(self.ctx, job.row + i)
+            kept = i + 1
+            job.pos = start + kept
+            if not self._sampled(job, token, active) or i == len(draft) or token != draft[i]:
+                break
+        self._slots[slot].extend(evaluated[:kept])
+        if kept < len(evaluated):
+            self._lib.llama_memory_seq_rm(self._memory, slot, start + kept, -1)
+        if draft and job.drafter is not None:
+            job.drafter.scored(len(draft), kept - 1)
+            self.drafted += len(draft)
+            self.accepted += kept - 1
+
+    def _sampled(self, job: Job, token: int, active: list[Job]) -> bool:
+        """Take the token the sequence picked; whether it goes on (not ended by it)."""
+        job.generated += 1
+        if job.drafter is not None:
+            job.drafter.extend([token])
+        if self._lib.llama_vocab_is_eog(self._vocab, token):
+            self._finish(job, active, Finished("stop"))
+            return False
+        text = job.text.decode(self._piece(token))
+        if text:
+            job.out.put(text)
+        if job.generated >= job.max_tokens or job.pos >= self.context:
+            self._finish(job, active, Finished("length"))
+            return False
+        job.last = token
+        return True
+
+    def _finish(self, job: Job, active: list[Job], finished: Finished) -> None:
+        rest = job.text.decode(b"", final=True)
+        if rest:
+            job.out.put(rest)
+        job.out.put(finished)
+        job.sampler.close()
+        if job in active:
+            active.remove(job)
+        if job.slot >= 0:
+            self._free.add(job.slot)
+            job.slot = -1
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            piece = self._pieces[token] = buf.raw[: max(0, n)]
+        return piece
+
+    @staticmethod
+    def _add(batch: Any, i: int, token: int, pos: int, seq: int, *, logits: bool) -> None:
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq
+        batch.logits[i] = logits
+
+    @property
+    def in_use(self) -> int:
+        """Sequences generating now."""
+        return self.parallel - len(self._free)

@@ -1,0 +1,124 @@
+"""Picking a sequence's next token with llama.cpp's C sampler chain, the grammar asked lazily.
+
+The batched engine (batching.py) samples every sequence itself instead of through llama-cpp-python's
+per-token Python path: `llama_sampler_sample` builds the candidates from the logits, runs the chain
+and picks, all in C. The chain is llama-cpp-python's and llama-server's own order and defaults
+(top-k 40, top-p 0.95, min-p 0.05, temperature, then a seeded draw; temperature 0 is the greedy
+pick), so a turn samples as it did before.
+
+A grammar is not in the chain. As llama.cpp's own common sampler does, the chain picks first and
+the grammar is asked about that one token; only when it refuses it does the grammar judge every
+candidate, and the pick is made again among those it allows. For the greedy pick the token is the
+same as with the grammar in the chain (the grammar only removes candidates, so an allowed best
+stays the best), while a step costs two C calls instead of a pass over the whole vocabulary.
+The chain keeps no state between tokens (no repetition penalty: a request has none to ask for),
+so a pick that the grammar refuses leaves no trace in it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from waystation.adapters.models.fast_grammar import TOKEN_DATA
+
+# llama-cpp-python's create_completion defaults, which are llama-server's too.
+TOP_K = 40
+TOP_P = 0.95
+MIN_P = 0.05
+SHORTLIST = 64  # a greedy pick the grammar refused: the best candidates judged first
+
+
+class SequenceSampler:
+    """One sequence's sampler: the C chain, and the grammar (llama_sampler_init_grammar) if any."""
+
+    def __init__(
+        self,
+        lib: Any,
+        vocab: Any,
+        n_vocab: int,
+        temperature: float,
+        seed: int,
+        grammar: Any = None,
+        accepted: Sequence[int] = (),
+    ) -> None:
+        self._lib = lib
+        self._n_vocab = n_vocab
+        self.greedy = temperature <= 0
+        self.chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if temperature <= 0:
+            lib.llama_sampler_chain_add(self.chain, lib.llama_sampler_init_greedy())
+        else:
+            for sampler in (
+                lib.llama_sampler_init_top_k(TOP_K),
+                lib.llama_sampler_init_top_p(TOP_P, 1),
+                lib.llama_sampler_init_min_p(MIN_P, 1),
+                lib.llama_sampler_init_temp(temperature),
+                lib.llama_sampler_init_dist(seed),
+            ):
+                lib.llama_sampler_chain_add(self.chain, sampler)
+        self.grammar = None
+        if grammar is not None:
+            self.grammar = lib.llama_sampler_init_grammar(
+                vocab, grammar._grammar.encode(), grammar._root.encode()
+            )
+            for token in accepted:  # a grammar resumed part-way (fast_grammar.resumed)
+                lib.llama_sampler_accept(self.grammar, token)
+        self._one = lib.llama_token_data()
+        self._one_array = lib.llama_token_data_array(
+            data=ctypes.pointer(self._one), size=1, selected=-1, sorted=False
+        )
+
+    def sample(self, ctx: Any, index: int) -> int:
+        """The next token from the logits at batch row `index` (accepted by the chain and grammar)."""
+        lib = self._lib
+        token = int(lib.llama_sampler_sample(self.chain, ctx, index))
+        if self.grammar is None:
+            return token
+        self._one.id, self._one.logit, self._one.p = token, 0.0, 0.0
+        lib.llama_sampler_apply(self.grammar, ctypes.byref(self._one_array))
+        if math.isinf(self._one.logit):  # refused: the pick again, among what the grammar allows
+            token = self._pick_allowed(ctx, index)
+        lib.llama_sampler_accept(self.grammar, token)
+        return token
+
+    def _pick_allowed(self, ctx: Any, index: int) -> int:
+        """The chain's pick among the candidates the grammar allows.
+
+        Greedy, the best allowed token is among the best SHORTLIST whenever any of them is
+        allowed (every other token has a lower logit), so the grammar judges those first: a few
+        dozen candidates instead of the whole vocabulary, the same token."""
+        logits = np.ctypeslib.as_array(self._lib.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
+        if self.greedy:
+            best = np.sort(
+                np.argpartition(logits, -SHORTLIST)[-SHORTLIST:]
+            )  # in id order, as greedy breaks ties
+            data = self._judged(best.astype(np.intc), logits[best])
+            allowed = data["logit"] != -np.inf
+            if allowed.any():
+                return int(data["id"][np.argmax(np.where(allowed, data["logit"], -np.inf))])
+        data = self._judged(np.arange(self._n_vocab, dtype=np.intc), logits)
+        array = self._array(data)
+        self._lib.llama_sampler_apply(self.chain, ctypes.byref(array))
+        return int(data["id"][array.selected])
+
+    def _judged(self, ids: Any, logits: Any) -> Any:
+        """The candidates as llama.cpp's token data, their logits -inf where the grammar refuses them."""
+        data = np.empty(len(ids), dtype=TOKEN_DATA)
+        data["id"], data["logit"], data["p"] = ids, logits, 0.0
+        self._lib.llama_sampler_apply(self.grammar, ctypes.byref(self._array(data)))
+        return data
+
+    def _array(self, data: Any) -> Any:
+        lib = self._lib
+        pointer = data.ctypes.data_as(ctypes.POINTER(lib.llama_token_data))
+        return lib.llama_token_data_array(data=pointer, size=len(data), selected=-1, sorted=False)
+
+    def close(self) -> None:
+        self._lib.llama_sampler_free(self.chain)
+        if self.grammar is not None:
+            self._lib.llama_sampler_free(self.grammar)
