@@ -87,7 +87,7 @@ def weather_agent(tool_choice: str) -> SdkAgent:
         name="Weather",
         instructions="Answer with the weather the tool reports.",
         tools=[get_weather],
-        model_settings=settings(tool_choice=tool_choice, max_tokens=48),
+        model_settings=settings(tool_choice=tool_choice, max_tokens=96),  # its answer: ~50 tokens
     )
 
 
