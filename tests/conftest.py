@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import importlib
 
-from support import agentproc, markers
+from support import agentproc, alone, markers
 from support.agentproc import Agent, Receiver, ip, make_home, remove_home
 from support.inproc import InProcessAgent
 from support.powercut.disk import LazyDisk
@@ -59,6 +59,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Mark each test by what it starts (`process`, `model`, `netns`, `soak`): support/markers.py."""
     registered = {line.split(":")[0].strip() for line in config.getini("markers")}
     markers.add_marks(items, markers.Reach(), registered.__contains__)
+    for item in items:  # a model in this process wants every core (support/alone.py)
+        if item.get_closest_marker("model") is not None:
+            item.add_marker(pytest.mark.alone)
+
+
+RUN_LOCK = pytest.StashKey[alone.RunLock]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """On a pytest-xdist worker, a test runs beside another only when neither is `alone`."""
+    workerinput = getattr(item.config, "workerinput", None)
+    if workerinput is None:
+        yield
+        return
+    if RUN_LOCK not in item.config.stash:
+        item.config.stash[RUN_LOCK] = alone.RunLock(workerinput["testrunuid"])
+    lock = item.config.stash[RUN_LOCK]
+    by_itself = item.get_closest_marker("alone") is not None
+    lock.before(by_itself)
+    try:
+        yield
+    finally:
+        lock.after(by_itself, nextitem is not None and nextitem.get_closest_marker("alone") is not None)
 
 
 @pytest.fixture

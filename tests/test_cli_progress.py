@@ -30,6 +30,9 @@ from pathlib import Path
 import pytest
 from support.agentproc import Agent, agent_env, make_home, remove_home
 
+# What a terminal shows while a turn loads, waits and generates, timed on real processes.
+pytestmark = pytest.mark.alone
+
 URL = "http://127.0.0.1:9/x"  # the discard port: nothing is sent while offline
 SPINNER_WORDS = ("loading model", "thinking", "flushing", "pending 1, running")
 TURN = ("turn", "Say hi.", "--max-tokens", "4", "--tools", "none", "--route", "local")

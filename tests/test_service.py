@@ -15,6 +15,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,11 +55,15 @@ def verify_unit(text: str, tmp_path: Path, user: bool) -> None:
     unit = tmp_path / "verify" / UNIT_NAME
     unit.parent.mkdir(parents=True, exist_ok=True)
     unit.write_text(text)
-    runtime = tmp_path / "xdg-runtime"
-    runtime.mkdir(mode=0o700, exist_ok=True)
-    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "SYSTEMD_LOG_LEVEL": "notice"}
+    # Short: the user units systemd-analyze also reads put sockets in it (gpg-agent's), whose
+    # paths must fit in 108 bytes, and a pytest-xdist worker's tmp_path is long.
+    runtime = tempfile.mkdtemp(prefix="ws-xdg-")
+    env = {**os.environ, "XDG_RUNTIME_DIR": runtime, "SYSTEMD_LOG_LEVEL": "notice"}
     argv = [analyze, *(["--user"] if user else []), "verify", str(unit)]
-    result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", f"systemd-analyze complained:\n{result.stderr}"
 

@@ -103,6 +103,9 @@ def agent_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, s
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     env["WAYSTATION_HOME"] = str(home)
     env["PYTHONUNBUFFERED"] = "1"
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:  # beside another worker's tests: a model gets this worker's share of the cores
+        env["WAYSTATION_MODEL__THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     env.update(extra or {})
     return env
 
