@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.agentproc import Receiver, started_agent, wait_for
 
 from waystation.adapters.models.base import GenerationRequest
 from waystation.adapters.models.embedded import default_model_path
@@ -253,3 +254,52 @@ async def test_a_state_that_does_not_match_falls_back_to_a_full_prefill(
     text, restored = await _run(states)
     assert restored == 0 and text == cold
     assert files(states) == []  # dropped
+
+
+# --- a real agent: park, kill -9, restart, resume -------------------------------------------------
+
+
+def test_a_parked_turn_resumes_from_its_saved_state_after_kill_9() -> None:
+    receiver = Receiver()
+    try:
+        with started_agent({"WAYSTATION_CONNECTIVITY__MODE": "offline"}) as agent:
+            url = receiver.url("/ok/f")
+            body = {
+                "system": SYSTEM,
+                "prompt": f"Fetch {url} and tell me when the ferry leaves.",
+                "tool_choice": "required",
+                "max_tokens": 64,
+                "max_steps": 2,
+            }
+            turn = agent.api("POST", "/v1/turns", json=body, timeout=120).json()
+            assert turn.get("status") == "parked", turn
+            saved = wait_for(
+                lambda: (
+                    (row := agent.api("GET", "/v1/models/loaded").json()[0])["saved_state"]["entries"]
+                    and row["saved_state"]
+                ),
+                timeout=60,
+                what="the parked turn's state on disk",
+            )
+            assert saved["bytes"] > 0 and saved["limit_bytes"] == 1024 * 10**6
+            agent.kill()
+            agent.start()
+            agent.set_mode("online")
+            wait_for(
+                lambda: (
+                    len(
+                        [
+                            r
+                            for r in agent.api("GET", "/v1/receipts").json()
+                            if r["turn_id"] == turn["turn_id"]
+                        ]
+                    )
+                    >= 3
+                ),  # the parked turn's, the task's, the resumed turn's
+                timeout=120,
+                what="the resumed turn",
+            )
+            metrics = agent.api("GET", "/metrics").text
+            assert 'waystation_model_saved_states{kind="restored"} 1.0' in metrics, metrics
+    finally:
+        receiver.close()
