@@ -65,29 +65,33 @@ def scrape_time_families(scrape: Scrape) -> Iterator[Metric]:
         "How long the oldest pending task has waited (0 when none).",
         value=scrape.oldest_pending_s,
     )
-    drafts = GaugeMetricFamily(
+    yield _by_kind(
         "waystation_model_draft_tokens",
         "Draft tokens of n-gram speculation ([model] speculative) since the local models loaded:"
         " drafted, and accepted (kept as the model's own pick).",
-        labels=["kind"],
+        {"drafted": scrape.drafts[0], "accepted": scrape.drafts[1]},
     )
-    drafts.add_metric(["drafted"], scrape.drafts[0])
-    drafts.add_metric(["accepted"], scrape.drafts[1])
-    yield drafts
     yield GaugeMetricFamily(
         "waystation_model_saved_state_bytes",
         "Bytes of parked turns' model state on disk ([model] saved_state_mb), every model's.",
         value=scrape.saved_state[0],
     )
-    states = GaugeMetricFamily(
+    yield _by_kind(
         "waystation_model_saved_states",
         "Prompt prefixes whose model state was saved to disk, and restored from it, since the"
         " local models loaded.",
-        labels=["kind"],
+        {"saved": scrape.saved_state[1], "restored": scrape.saved_state[2]},
     )
-    states.add_metric(["saved"], scrape.saved_state[1])
-    states.add_metric(["restored"], scrape.saved_state[2])
-    yield states
+
+
+def _by_kind(name: str, documentation: str, values: Mapping[str, float]) -> Metric:
+    """A gauge family with one sample per `kind` label."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    family = GaugeMetricFamily(name, documentation, labels=["kind"])
+    for kind, value in values.items():
+        family.add_metric([kind], value)
+    return family
 
 
 @dataclass

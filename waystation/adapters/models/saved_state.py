@@ -95,7 +95,7 @@ class SavedStates:
         """The saved prefix sharing the most tokens with `prompt`, when that is at least
         MIN_TOKENS and more than `better_than` (what a sequence slot shares already)."""
         best, best_shared = None, max(better_than, MIN_TOKENS - 1)
-        for entry in self._index().values():
+        for entry in self._listed():
             shared = common_prefix(entry.tokens, prompt)
             if shared > best_shared:
                 best, best_shared = entry, shared
@@ -136,7 +136,7 @@ class SavedStates:
 
     def usage(self) -> tuple[int, int]:
         """(entries, bytes) of this model's saved prefixes."""
-        entries = list(self._index().values())
+        entries = self._listed()
         return len(entries), sum(e.size for e in entries)
 
     # --- saving -------------------------------------------------------------------------------
@@ -188,6 +188,11 @@ class SavedStates:
                 for path in _files(self.root):
                     self._indexed(path)
             return self._entries
+
+    def _listed(self) -> list[Entry]:
+        """This model's entries now (a copy: saves and drops change the index meanwhile)."""
+        with self._lock:
+            return list(self._index().values())
 
     def _indexed(self, path: Path) -> None:
         assert self._entries is not None

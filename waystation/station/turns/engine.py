@@ -345,11 +345,15 @@ class TurnEngine:
 async def _keep_for_resume(model: ModelBackend, request: TurnRequest, progress: Progress) -> None:
     """A model that can keeps the state its resumed answer will start with (an answer step: no
     tools offered), so the resumption evaluates only what the results add."""
-    if isinstance(model, KeepsState):
-        messages = [_for_model(m) for m in progress.messages]
+    if not isinstance(model, KeepsState):
+        return
+    messages = [_for_model(m) for m in progress.messages]
+    try:
         await model.keep_for_resume(
             GenerationRequest(messages, tool_choice="none", response_format=request.response_format)
         )
+    except Exception:  # a cache: the turn parks all the same, and resumes evaluating it whole
+        log.exception("the model could not keep the parked turn's state")
 
 
 def _answered(progress: Progress, generation: Generation) -> bool:
