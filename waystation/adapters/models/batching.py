@@ -154,6 +154,7 @@ class BatchEngine:
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.states: SavedStates | None = None  # saved prefixes on disk ([model] saved_state_mb)
         self.restored = 0  # prompts started from one of them
+        self._saves: set[Job] = set()  # `save` jobs not finished yet
         # What a saved state depends on besides the model file (saved_state.py keys files by it).
         self.state_settings = {
             "context": context,
@@ -188,8 +189,14 @@ class BatchEngine:
         """Evaluate `tokens` in a sequence slot (what a slot holds of them is kept) and hand back
         the sequence's state (`job.state`, set before its Finished)."""
         job = Job(list(tokens), 0, None)
+        self._saves.add(job)
         self._inbox.put(job)
         return job
+
+    def cancel_saves(self) -> None:
+        """End the `save` jobs under way (the agent is stopping: it does not wait for a cache)."""
+        for job in list(self._saves):
+            job.cancel()
 
     def close(self) -> None:
         """Stop the thread (ending any sequence still running) and free the context."""
@@ -356,6 +363,7 @@ class BatchEngine:
         job.out.put(finished)
         if job.sampler is not None:
             job.sampler.close()
+        self._saves.discard(job)
         if job in active:
             active.remove(job)
         if job.slot >= 0:

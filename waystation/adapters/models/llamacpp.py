@@ -175,7 +175,10 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
             await asyncio.wait(list(self._saving))
 
     async def _release_handle(self, loop: asyncio.AbstractEventLoop) -> None:
-        await self.saved()  # the saves use the loaded model
+        engine = self._handle.engine if self._handle is not None else None
+        if self._closing and engine is not None:
+            engine.cancel_saves()  # stopping: a cache is not worth the wait
+        await self.saved()  # (an idle unload lets them finish: they use the loaded model)
         await super()._release_handle(loop)
 
     def unload_blocking(self, handle: Loaded) -> None:
