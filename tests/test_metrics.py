@@ -55,6 +55,8 @@ def test_every_family_is_listed_before_anything_happened() -> None:
         "waystation_build_info": "gauge",
         "waystation_queue_oldest_pending_age_seconds": "gauge",
         "waystation_model_draft_tokens": "gauge",
+        "waystation_model_saved_state_bytes": "gauge",
+        "waystation_model_saved_states": "gauge",
     }
     for family in families.values():
         assert family.documentation

@@ -188,6 +188,10 @@ def test_models_ps_shows_the_sequences(agent: Agent) -> None:
     assert agent.api("POST", "/v1/turns", json={"prompt": "Say hi.", "max_tokens": 2}).status_code == 200
     out = cli(agent.home, "models", "ps").stdout
     assert "SEQUENCES" in out and "0/4" in out, out
+    # no turn parked here: no model state kept on disk, of the 1024 MB it may keep
+    (row,) = agent.api("GET", "/v1/models/loaded").json()
+    assert row["saved_state"] == {"entries": 0, "bytes": 0, "limit_bytes": 1024 * 10**6}
+    assert "SAVED" in out and "0 · " in out, out
 
 
 # --- draftless speculation ------------------------------------------------------------------------

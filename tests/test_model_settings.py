@@ -41,7 +41,7 @@ def test_defaults_are_the_contracts(tmp_path: Path) -> None:
     m = _settings(tmp_path)
     assert (m.threads, m.gpu_layers, m.context, m.batch) == (0, 0, 4096, 512)
     assert (m.flash_attention, m.mmap, m.mlock) == ("auto", True, False)
-    assert (m.parallel, m.speculative) == (4, "auto")
+    assert (m.parallel, m.speculative, m.saved_state_mb) == (4, "auto", 1024)
 
 
 def test_parallel_and_speculative_from_the_file_and_the_environment(tmp_path: Path) -> None:
@@ -50,6 +50,13 @@ def test_parallel_and_speculative_from_the_file_and_the_environment(tmp_path: Pa
     (tmp_path / "other").mkdir()
     m = _settings(tmp_path / "other", env={"WAYSTATION_MODEL__PARALLEL": "8"})
     assert llama_options(m).parallel == 8 and llama_options(m).speculative == "auto"
+
+
+def test_saved_state_mb_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    assert llama_options(_settings(tmp_path, "[model]\nsaved_state_mb = 0\n")).saved_state_mb == 0
+    (tmp_path / "other").mkdir()
+    m = _settings(tmp_path / "other", env={"WAYSTATION_MODEL__SAVED_STATE_MB": "64"})
+    assert llama_options(m).saved_state_mb == 64
 
 
 def test_the_file_sets_each_of_them(tmp_path: Path) -> None:
@@ -93,6 +100,7 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         ("parallel = -1", "model.parallel", "0 (one at a time) to 256"),
         ("parallel = 1000", "model.parallel", "got 1000"),
         ('speculative = "on"', "model.speculative", "auto, off"),
+        ("saved_state_mb = -1", "model.saved_state_mb", "0 (off) or more"),
     ],
 )
 def test_a_bad_value_names_its_key(tmp_path: Path, toml: str, key: str, words: str) -> None:

@@ -302,6 +302,12 @@ async def test_offline_tool_call_is_parked_with_a_key_from_the_turn(
     assert row is not None and row["state"] == "parked"
     assert json.loads(row["deferred"]) == {task_id: "call_1"}
     messages = json.loads(row["messages"])
+    # and it was asked to keep what its resumed answer starts with: that conversation, no tools
+    (kept,) = model.kept
+    assert list(kept.messages) == [
+        {k: v for k, v in m.items() if not k.startswith("waystation_")} for m in messages
+    ]
+    assert not kept.tools and kept.tool_choice == "none"
     assert messages[-2]["role"] == "assistant"
     assert messages[-2]["tool_calls"][0]["function"]["name"] == "http_request"
     told = messages[-1]
@@ -396,6 +402,7 @@ async def test_online_tool_call_is_delivered_and_its_result_given_to_the_model(
     assert told["tool_call_id"] == "call_1"
     assert told["content"] == '{"headline": "rain tomorrow", "path": "/news"}'  # a success: the body
     assert not any(k.startswith("waystation_") for m in model.requests[1].messages for k in m)
+    assert model.kept == []  # nothing parked: nothing to keep for a resumption
 
     assert await count(db, "tasks") == 0  # nothing parked
     (receipt,) = await all_receipts(db)

@@ -64,6 +64,10 @@ class ModelSettings:
     # page, a summary of tool results) and keeps those the model picks; a sequence whose drafts
     # are mostly wrong stops drafting. off: never. Needs `parallel` > 0.
     speculative: Literal["auto", "off"] = "auto"
+    # MB (10^6 bytes) of disk for parked turns' model state (the KV cache of what a resumed
+    # answer starts with, in the state directory's model-state/; least recently used dropped
+    # first); 0 = off. Needs `parallel` > 0.
+    saved_state_mb: int = 1024
     # auto: on where every layer runs on the CPU (llama.cpp's auto resolves to on there), off
     # with GPU layers: llama-cpp-python can pass only on or off, not llama.cpp's per-device check.
     flash_attention: Literal["auto", "on", "off"] = "auto"
@@ -254,6 +258,11 @@ class Paths:
             object.__setattr__(self, "models", self.database.parent / "models")
         if self.state == Path():
             object.__setattr__(self, "state", self.database.parent)
+
+    @property
+    def model_state(self) -> Path:
+        """Parked turns' model state ([model] saved_state_mb): a cache, beside models/, not in it."""
+        return self.state / "model-state"
 
     @classmethod
     def resolve(cls, env: typing.Mapping[str, str] | None = None) -> Paths:

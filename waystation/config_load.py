@@ -190,6 +190,8 @@ def _check_model_ranges(m: ModelSettings) -> None:
         raise ConfigError(
             "model.memory_budget_mb", f"must be 0 (3/4 of the RAM) or more, got {m.memory_budget_mb}"
         )
+    if m.saved_state_mb < 0:
+        raise ConfigError("model.saved_state_mb", f"must be 0 (off) or more, got {m.saved_state_mb}")
     if m.keep_free_mb < 0:
         raise ConfigError(
             "model.keep_free_mb", f"must be 0 (the default reserve) or more, got {m.keep_free_mb}"

@@ -29,6 +29,7 @@ from waystation.contract.station import (
     Probe,
     PullRequest,
     QueueCounts,
+    SavedState,
     Signing,
     Status,
 )
@@ -125,6 +126,7 @@ __all__ = [
     "ReceiptStatus",
     "Route",
     "RouteInfo",
+    "SavedState",
     "Signing",
     "Status",
     "StreamOptions",
@@ -167,6 +169,7 @@ SCHEMA_TYPES: dict[str, type] = {
     "PartialDownload": PartialDownload,
     "ModelDeleted": ModelDeleted,
     "LoadedModel": LoadedModel,
+    "SavedState": SavedState,
     "PullRequest": PullRequest,
     "FlushResult": FlushResult,
     "TurnRequest": TurnRequest,

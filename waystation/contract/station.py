@@ -120,6 +120,12 @@ class ModelDeleted(TypedDict):
     deleted: Literal[True]
 
 
+class SavedState(TypedDict):
+    entries: int  # this model's saved prefixes
+    bytes: int  # their size on disk
+    limit_bytes: int  # [model] saved_state_mb, for every model's together
+
+
 class LoadedModel(TypedDict):
     name: str
     path: str
@@ -132,6 +138,7 @@ class LoadedModel(TypedDict):
     busy: bool
     sequences: int  # generating now
     parallel: int  # sequences it generates at once; 0: one at a time (serial)
+    saved_state: SavedState | None  # parked turns' model state on disk; None: not kept (off)
 
 
 class PullRequest(TypedDict):

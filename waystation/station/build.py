@@ -249,7 +249,7 @@ def _turn_station(
     deliveries = Deliveries(tools, client, settings.queue.delivery_timeout_s)
     models = ModelStore(paths.models)
     router = Router(
-        LocalRoute(settings.model, models=models),
+        LocalRoute(settings.model, models=models, states_dir=paths.model_state),
         settings.agent.default_route,
         settings=settings,
         connectivity=monitor,

@@ -39,6 +39,9 @@ class Scrape:
     oldest_pending_s: float = 0.0
     # Local models' n-gram draft tokens since they loaded: (drafted, accepted).
     drafts: tuple[int, int] = (0, 0)
+    # Parked turns' model state: bytes on disk (every model's), prefixes saved and restored since
+    # the local models loaded.
+    saved_state: tuple[int, int, int] = (0, 0, 0)
 
 
 def scrape_time_families(scrape: Scrape) -> Iterator[Metric]:
@@ -62,15 +65,33 @@ def scrape_time_families(scrape: Scrape) -> Iterator[Metric]:
         "How long the oldest pending task has waited (0 when none).",
         value=scrape.oldest_pending_s,
     )
-    drafts = GaugeMetricFamily(
+    yield _by_kind(
         "waystation_model_draft_tokens",
         "Draft tokens of n-gram speculation ([model] speculative) since the local models loaded:"
         " drafted, and accepted (kept as the model's own pick).",
-        labels=["kind"],
+        {"drafted": scrape.drafts[0], "accepted": scrape.drafts[1]},
     )
-    drafts.add_metric(["drafted"], scrape.drafts[0])
-    drafts.add_metric(["accepted"], scrape.drafts[1])
-    yield drafts
+    yield GaugeMetricFamily(
+        "waystation_model_saved_state_bytes",
+        "Bytes of parked turns' model state on disk ([model] saved_state_mb), every model's.",
+        value=scrape.saved_state[0],
+    )
+    yield _by_kind(
+        "waystation_model_saved_states",
+        "Prompt prefixes whose model state was saved to disk, and restored from it, since the"
+        " local models loaded.",
+        {"saved": scrape.saved_state[1], "restored": scrape.saved_state[2]},
+    )
+
+
+def _by_kind(name: str, documentation: str, values: Mapping[str, float]) -> Metric:
+    """A gauge family with one sample per `kind` label."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    family = GaugeMetricFamily(name, documentation, labels=["kind"])
+    for kind, value in values.items():
+        family.add_metric([kind], value)
+    return family
 
 
 @dataclass
@@ -227,7 +248,9 @@ def render_metrics(
     metrics: Metrics | None = None,
     oldest_pending_s: float = 0.0,
     drafts: tuple[int, int] = (0, 0),
+    saved_state: tuple[int, int, int] = (0, 0, 0),
 ) -> str:
     """The exposition text, with the scrape-time gauges (queue depth, connectivity, the oldest
-    pending task's age, draft tokens) read from what the caller just took."""
-    return (metrics or Metrics()).render(Scrape(queue, connectivity, oldest_pending_s, drafts))
+    pending task's age, draft tokens, saved model state) read from what the caller just took."""
+    scrape = Scrape(queue, connectivity, oldest_pending_s, drafts, saved_state)
+    return (metrics or Metrics()).render(scrape)

@@ -24,9 +24,11 @@ def choose_backend(path: Path, backend: str) -> str:
     return "mlx" if path.is_dir() or on_apple_silicon() else "llamacpp"
 
 
-def open_backend(path: Path, settings: ModelSettings, admission: Admission | None = None) -> ModelBackend:
+def open_backend(
+    path: Path, settings: ModelSettings, admission: Admission | None = None, states_dir: Path | None = None
+) -> ModelBackend:
     """A backend for `path`, not yet loaded: loading happens on the first turn (once `admission`,
-    the route's memory budget, has made room)."""
+    the route's memory budget, has made room). Parked turns' model state goes to `states_dir`."""
     kind = choose_backend(path, settings.backend)
     if kind == "mlx":
         from waystation.adapters.models.mlx import MlxBackend
@@ -40,6 +42,7 @@ def open_backend(path: Path, settings: ModelSettings, admission: Admission | Non
             idle_unload_s=settings.idle_unload_s,
             options=llama_options(settings),
             admission=admission,
+            states_dir=states_dir,
         )
     raise ModelError(path, f"unknown backend {kind!r}")
 
@@ -54,6 +57,7 @@ def llama_options(settings: ModelSettings) -> LlamaOptions:
         batch=settings.batch,
         parallel=settings.parallel,
         speculative=settings.speculative,
+        saved_state_mb=settings.saved_state_mb,
         flash_attention=settings.flash_attention,
         mmap=settings.mmap,
         mlock=settings.mlock,

@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from waystation.contract import ToolChoiceMode
 
@@ -104,6 +104,17 @@ class ModelBackend(Protocol):
     async def unload(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class KeepsState(Protocol):
+    """A backend that can keep a parked turn's model state for its resumption (llama.cpp with
+    `[model] parallel` and `saved_state_mb`; resume_state.py). Others do not offer it."""
+
+    async def keep_for_resume(self, request: GenerationRequest) -> None:
+        """The turn asked `request` and parked: keep what its answer will start with, in the
+        background (it returns at once)."""
+        ...
 
 
 def tool_call_schema(

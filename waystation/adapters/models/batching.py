@@ -14,6 +14,9 @@ Each of the N sequence slots keeps the tokens its KV cache holds after its gener
 prompt goes to the free slot that shares the longest prefix with it (else the one least recently
 used), and only the rest is evaluated: a conversation's next turn, a resumed turn, or another turn
 with the same tool instructions starts where the cache already is (as llama-server's slots do).
+A prompt that starts with a prefix saved on disk (saved_state.py: a parked turn's, kept by
+`save`), longer than any slot shares, has that state read on its own thread and restored into
+its slot first (`llama_state_seq_set_data`); a state llama.cpp refuses is a full prefill.
 
 Generations call `submit` and read the job's text through `completion` on their own threads; only
 the engine's thread touches the context.
@@ -33,6 +36,7 @@ import structlog
 
 from waystation.adapters.models.ngram import MAX_DRAFT, Drafter
 from waystation.adapters.models.sampling import SequenceSampler
+from waystation.adapters.models.saved_state import Found, SavedStates, common_prefix, copy_out, restore_into
 from waystation.adapters.models.stop import StopStream
 
 log = structlog.get_logger(__name__)
@@ -52,10 +56,13 @@ class Job:
 
     prompt: list[int]
     max_tokens: int
-    sampler: SequenceSampler
+    sampler: SequenceSampler | None  # None: a `save` job, which evaluates its prompt only
     out: queue.SimpleQueue[str | Finished] = field(default_factory=queue.SimpleQueue)
     cancelled: bool = False  # set by the generation's thread, read by the engine's
     reused: int = 0  # prompt tokens found in the slot's cache (not evaluated again)
+    restore: Found | None = None  # a saved state to start from, read by `submit`
+    restored: int = 0  # prompt tokens restored from it
+    state: bytes | None = None  # a `save` job's result: the sequence's state after its prompt
     # The engine's own bookkeeping.
     slot: int = -1
     pending: list[int] = field(default_factory=list)  # prompt tokens not evaluated yet
@@ -145,6 +152,18 @@ class BatchEngine:
         self._starts = 0
         self._pieces: dict[int, bytes] = {}
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.states: SavedStates | None = None  # saved prefixes on disk ([model] saved_state_mb)
+        self.restored = 0  # prompts started from one of them
+        self._saves: set[Job] = set()  # `save` jobs not finished yet
+        # What a saved state depends on besides the model file (saved_state.py keys files by it).
+        self.state_settings = {
+            "context": context,
+            "type_k": int(params.type_k),
+            "type_v": int(params.type_v),
+            "flash_attn": int(params.flash_attn_type),
+            "kv_unified": bool(params.kv_unified),
+            "llama_cpp": llama_cpp.__version__,
+        }
         self._thread = threading.Thread(target=self._run, name="waystation-batch", daemon=True)
         self._thread.start()
 
@@ -160,8 +179,24 @@ class BatchEngine:
         if self.speculative and temperature <= 0:
             job.drafter = Drafter()
             job.drafter.extend(job.prompt)
+        if self.states is not None:  # (the slots read as they are now: a guess, checked in _start)
+            entry = self.states.longest(job.prompt, max(common_prefix(s, job.prompt) for s in self._slots))
+            job.restore = self.states.read(entry, job.prompt) if entry is not None else None
         self._inbox.put(job)
         return job
+
+    def save(self, tokens: Sequence[int]) -> Job:
+        """Evaluate `tokens` in a sequence slot (what a slot holds of them is kept) and hand back
+        the sequence's state (`job.state`, set before its Finished)."""
+        job = Job(list(tokens), 0, None)
+        self._saves.add(job)
+        self._inbox.put(job)
+        return job
+
+    def cancel_saves(self) -> None:
+        """End the `save` jobs under way (the agent is stopping: it does not wait for a cache)."""
+        for job in list(self._saves):
+            job.cancel()
 
     def close(self) -> None:
         """Stop the thread (ending any sequence still running) and free the context."""
@@ -222,6 +257,15 @@ class BatchEngine:
             return n
 
         slot = max(self._free, key=lambda s: (shared(s), -self._started[s]))
+        restore, job.restore = job.restore, None
+        if restore is not None and restore.shared > shared(slot):  # into the least recently used
+            slot = min(self._free, key=lambda s: self._started[s])
+            restored = restore_into(self._lib, self.ctx, self._memory, slot, restore.blob)
+            self._slots[slot] = list(restore.tokens) if restored else []
+            self.restored += restored
+            if not restored and self.states is not None:
+                self.states.drop(restore.tokens, "llama.cpp refused it")
+            job.restored = shared(slot)
         self._free.discard(slot)
         self._starts += 1
         self._started[slot] = self._starts
@@ -256,7 +300,7 @@ class BatchEngine:
                 continue
             chunk, job.pending = job.pending[: self.batch_size - n], job.pending[self.batch_size - n :]
             for i, token in enumerate(chunk):
-                done = not job.pending and i == len(chunk) - 1
+                done = not job.pending and i == len(chunk) - 1 and job.sampler is not None
                 self._add(batch, n, token, job.pos + i, job.slot, logits=done)
                 job.row = n if done else job.row
                 n += 1
@@ -266,9 +310,12 @@ class BatchEngine:
         status = self._lib.llama_decode(self.ctx, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
+        for job in [j for j in active if j.sampler is None and not j.pending]:  # a save's prompt is in
+            job.state = copy_out(self._lib, self.ctx, job.slot)
+            self._finish(job, active, Finished("stop"))
         for job in [j for j in active if j.row >= 0]:
             if job.last is None:  # its prompt's last token: the first token of the reply
-                self._sampled(job, job.sampler.sample(self.ctx, job.row), active)
+                self._sampled(job, _sampler(job).sample(self.ctx, job.row), active)
             else:
                 self._verified(job, active)
 
@@ -279,7 +326,7 @@ class BatchEngine:
         evaluated, draft, start, slot = [job.last, *job.draft], job.draft, job.pos, job.slot
         kept = 0
         for i in range(len(evaluated)):
-            token = job.sampler.sample(self.ctx, job.row + i)
+            token = _sampler(job).sample(self.ctx, job.row + i)
             kept = i + 1
             job.pos = start + kept
             if not self._sampled(job, token, active) or i == len(draft) or token != draft[i]:
@@ -314,7 +361,9 @@ class BatchEngine:
         if rest:
             job.out.put(rest)
         job.out.put(finished)
-        job.sampler.close()
+        if job.sampler is not None:
+            job.sampler.close()
+        self._saves.discard(job)
         if job in active:
             active.remove(job)
         if job.slot >= 0:
@@ -341,3 +390,9 @@ class BatchEngine:
     def in_use(self) -> int:
         """Sequences generating now."""
         return self.parallel - len(self._free)
+
+
+def _sampler(job: Job) -> SequenceSampler:
+    """The sampler of a job that generates (a `save` job has none, and never gets logits)."""
+    assert job.sampler is not None
+    return job.sampler

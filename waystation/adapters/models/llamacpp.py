@@ -7,14 +7,14 @@ produces a call that parses and names a real tool.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from waystation.adapters.models import fast_grammar, grounding, prompt_size
+from waystation.adapters.models import fast_grammar, grounding, prompt_size, resume_state
 from waystation.adapters.models.base import (
     Generation,
     GenerationRequest,
@@ -23,13 +23,13 @@ from waystation.adapters.models.base import (
     ToolCall,
     ToolSpec,
     discard,
-    format_instructions,
     parse_tool_reply,
     tool_instructions,
     urls_in,
     urls_to_call,
 )
 from waystation.adapters.models.batching import BatchEngine, completion
+from waystation.adapters.models.chat_messages import answer_form, plain, with_system
 from waystation.adapters.models.cpu_cores import physical_cores
 from waystation.adapters.models.gguf_check import check_gguf, return_freed_memory
 from waystation.adapters.models.json_objects import user_objects
@@ -72,6 +72,7 @@ class LlamaOptions:
     mlock: bool = False
     parallel: int = 0  # sequences at once through batching.py; 0: one at a time, as llama-cpp-python does
     speculative: str = "auto"  # auto | off: n-gram drafts in batching.py (ngram.py)
+    saved_state_mb: int = 0  # disk for parked turns' model state (resume_state.py); 0: off
 
     def llama_kwargs(self) -> dict[str, Any]:
         """Llama(...)'s keyword arguments. Prompt evaluation uses as many threads as decoding, as
@@ -104,12 +105,15 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         n_ctx: int = DEFAULT_CONTEXT,
         options: LlamaOptions | None = None,
         admission: Admission | None = None,
+        states_dir: Path | None = None,
     ) -> None:
         options = options or LlamaOptions(context=n_ctx)
         super().__init__(
             model_path, idle_unload_s=idle_unload_s, admission=admission, parallel=options.parallel
         )
         self.options = options
+        self.states_dir = states_dir  # where parked turns' model state goes (None: nowhere)
+        self._saving: set[asyncio.Future[bool]] = set()  # keep_for_resume's saves under way
         # What it generates with: the setting resolved now, llama.cpp's own report once loaded.
         self.threads: int = self.options.llama_kwargs()["n_threads"]
 
@@ -133,6 +137,9 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         engine = None
         if self.options.parallel > 0:
             engine = BatchEngine(llm, self.options.parallel, context, self.options.speculative != "off")
+            if self.states_dir is not None and self.options.saved_state_mb > 0:
+                limit = self.options.saved_state_mb
+                engine.states = resume_state.open_states(engine, path, self.states_dir, limit)
         return Loaded(llm, formatter, prompt_size.special_boundary(llm, eos), context, engine)
 
     @property
@@ -140,6 +147,39 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         """Draft tokens of n-gram speculation since it loaded: (drafted, accepted)."""
         engine = self._handle.engine if self._handle is not None else None
         return (engine.drafted, engine.accepted) if engine is not None else (0, 0)
+
+    @property
+    def saved_state(self) -> dict[str, Any] | None:
+        """`models ps`'s saved state ({"entries", "bytes", "limit_bytes"}); None: off."""
+        return resume_state.usage(self._handle.engine if self._handle is not None else None)
+
+    @property
+    def state_counts(self) -> tuple[int, int]:
+        """Prefixes saved to disk and restored from it since it loaded, for /metrics."""
+        return resume_state.counts(self._handle.engine if self._handle is not None else None)
+
+    async def keep_for_resume(self, request: GenerationRequest) -> None:
+        """A turn parked: keep the model's state of what its answer will start with (on disk,
+        in the background: the park returns at once). Nothing while the model is not loaded."""
+        handle = self._handle
+        if handle is None or handle.engine is None or handle.engine.states is None:
+            return
+        saving = asyncio.ensure_future(asyncio.to_thread(resume_state.keep, handle, request))
+        self._saving.add(saving)
+        saving.add_done_callback(resume_state.failed)
+        saving.add_done_callback(self._saving.discard)
+
+    async def saved(self) -> None:
+        """Once the saves under way are written (or have failed)."""
+        if self._saving:
+            await asyncio.wait(list(self._saving))
+
+    async def _release_handle(self, loop: asyncio.AbstractEventLoop) -> None:
+        engine = self._handle.engine if self._handle is not None else None
+        if self._closing and engine is not None:
+            engine.cancel_saves()  # stopping: a cache is not worth the wait
+        await self.saved()  # (an idle unload lets them finish: they use the loaded model)
+        await super()._release_handle(loop)
 
     def unload_blocking(self, handle: Loaded) -> None:
         if handle.engine is not None:
@@ -204,14 +244,10 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         budget = grounding.budget_for(handle.context, request.max_tokens)
         while True:
             if tools:
-                messages = grounding.trimmed(request.messages, budget)
-                messages = _with_system(
-                    [_plain(m) for m in messages], tool_instructions(tools, request.tool_choice)
-                )
+                messages = [plain(m) for m in grounding.trimmed(request.messages, budget)]
+                messages = with_system(messages, tool_instructions(tools, request.tool_choice))
             else:
-                messages = [_plain(m) for m in grounding.grounded(request.messages, budget)]
-                if request.response_format is not None:
-                    messages = _with_system(messages, format_instructions(request.response_format))
+                messages = answer_form(grounding.grounded(request.messages, budget), request.response_format)
             size, counted = prompt_size.at_least(messages), False  # too long already? then no templating
             if size <= room:
                 formatted = handle.formatter(messages=messages)
@@ -357,29 +393,3 @@ def _common_prefix(a: list[int], b: list[int]) -> list[int]:
 def _strings(stop: str | list[str] | None) -> list[str]:
     """A chat format's stop strings (llama-cpp-python gives one, a list, or none) as a list."""
     return [stop] if isinstance(stop, str) else list(stop or [])
-
-
-def _plain(message: Message) -> Message:
-    """Chat templates expect text content; give tool calls and results a textual form."""
-    content = message.get("content")
-    if message.get("tool_calls") and not content:
-        calls = [
-            {"tool": c["function"]["name"], "arguments": _arguments(c["function"].get("arguments"))}
-            for c in message["tool_calls"]
-        ]
-        content = json.dumps(calls[0] if len(calls) == 1 else calls)
-    return {"role": message["role"], "content": content if isinstance(content, str) else json.dumps(content)}
-
-
-def _arguments(raw: Any) -> Any:
-    """A call's arguments as sent back by a client: a JSON string, kept as text if it is not."""
-    try:
-        return json.loads(raw) if isinstance(raw, str) else raw
-    except ValueError:
-        return raw
-
-
-def _with_system(messages: list[Message], text: str) -> list[Message]:
-    if messages and messages[0]["role"] == "system":
-        return [{"role": "system", "content": messages[0]["content"] + "\n\n" + text}, *messages[1:]]
-    return [{"role": "system", "content": text}, *messages]

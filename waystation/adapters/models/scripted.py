@@ -20,6 +20,7 @@ class ScriptedBackend:
         self.model_path = model_path
         self._replies = list(replies)
         self.requests: list[GenerationRequest] = []
+        self.kept: list[GenerationRequest] = []  # what parked turns asked it to keep (KeepsState)
         self._loaded = False
 
     @property
@@ -53,6 +54,9 @@ class ScriptedBackend:
             finish_reason="stop" if stream.stopped else reply.finish_reason,
             cold_load_ms=cold,
         )
+
+    async def keep_for_resume(self, request: GenerationRequest) -> None:
+        self.kept.append(request)
 
     async def unload(self) -> None:
         self._loaded = False

@@ -16,6 +16,7 @@ from waystation.adapters.models import choose_backend, cpu_threads, open_backend
 from waystation.adapters.models.base import ModelBackend
 from waystation.adapters.models.embedded import default_model_path
 from waystation.adapters.models.residency import Residency
+from waystation.adapters.models.saved_state import directory_bytes
 from waystation.adapters.models.store import EMBEDDED, ModelStore, looks_like_name
 from waystation.adapters.models.threaded import ThreadedBackend
 from waystation.config import ModelSettings
@@ -32,8 +33,10 @@ class LocalRoute:
         settings: ModelSettings,
         backends: dict[str, ModelBackend] | None = None,
         models: ModelStore | None = None,
+        states_dir: Path | None = None,
     ) -> None:
         self._settings = settings
+        self._states_dir = states_dir  # parked turns' model state (resume_state.py); None: not kept
         self._backends: dict[str, ModelBackend] = backends or {}
         self._models = models
         self.residency = Residency.for_settings(settings)
@@ -69,7 +72,7 @@ class LocalRoute:
         if key not in self._backends:
             if not path.exists():
                 raise ModelError(path, "no such file or directory")
-            opened = open_backend(path, self._settings, self.residency)
+            opened = open_backend(path, self._settings, self.residency, self._states_dir)
             if isinstance(opened, ThreadedBackend):
                 self.residency.add(opened)
             self._backends[key] = opened
@@ -144,6 +147,7 @@ class LocalRoute:
                     "busy": busy,
                     "sequences": int(getattr(backend, "in_use", 0)),
                     "parallel": int(getattr(backend, "parallel", 0)),
+                    "saved_state": getattr(backend, "saved_state", None),
                 }
             )
         return rows
@@ -152,6 +156,13 @@ class LocalRoute:
         """For /metrics: n-gram draft tokens (drafted, accepted) of the models loaded now."""
         counts = [getattr(b, "drafts", (0, 0)) for b in self._backends.values()]
         return sum(c[0] for c in counts), sum(c[1] for c in counts)
+
+    def saved_states(self) -> tuple[int, int, int]:
+        """For /metrics: bytes of parked turns' model state on disk (every model's), and the
+        prefixes saved and restored by the models loaded now."""
+        counts = [getattr(b, "state_counts", (0, 0)) for b in self._backends.values()]
+        size = directory_bytes(self._states_dir) if self._states_dir is not None else 0
+        return size, sum(c[0] for c in counts), sum(c[1] for c in counts)
 
     async def forget(self, path: Path) -> None:
         """Unload the model at `path` (after a generation under way) and drop it: it is being removed."""

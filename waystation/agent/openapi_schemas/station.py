@@ -141,6 +141,20 @@ STATION_SCHEMAS: dict[str, Schema] = {
                 "type": "integer",
                 "description": "sequences it may generate at once ([model] parallel); 0: one at a time",
             },
+            "saved_state": {
+                "oneOf": [ref("SavedState"), {"type": "null"}],
+                "description": "parked turns' model state on disk; null: not kept (off, or serial)",
+            },
+        }
+    ),
+    "SavedState": object_schema(
+        {
+            "entries": {"type": "integer", "description": "this model's saved prefixes"},
+            "bytes": {"type": "integer", "description": "their size on disk"},
+            "limit_bytes": {
+                "type": "integer",
+                "description": "[model] saved_state_mb, for every model's saved state together",
+            },
         }
     ),
     "PullRequest": {

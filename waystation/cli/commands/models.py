@@ -219,7 +219,9 @@ def models_rm(name: Annotated[str, typer.Argument(metavar="NAME")], as_json: Jso
 @models_app.command("ps")
 def models_ps(as_json: JsonFlag = False) -> None:
     """What the running agent has in memory: each model, the memory it takes (weights and KV
-    cache, as `[model] memory_budget_mb` counts them) and when it unloads."""
+    cache, as `[model] memory_budget_mb` counts them), its sequences generating now of those it
+    may at once, the parked turns' model state it keeps on disk (SAVED: entries and size; `-`:
+    off) and when it unloads."""
     from waystation.cli import render
 
     with waystation() as ws:
@@ -236,7 +238,7 @@ def _loaded_table(loaded: list[dict[str, Any]]) -> None:
         render.say("no model is loaded")
         return
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for column in ("NAME", "BACKEND", "MEMORY", "SEQUENCES", "LOADED", "UNTIL"):
+    for column in ("NAME", "BACKEND", "MEMORY", "SEQUENCES", "SAVED", "LOADED", "UNTIL"):
         table.add_column(column, no_wrap=True)
     for row in loaded:
         until = row.get("until")
@@ -245,6 +247,7 @@ def _loaded_table(loaded: list[dict[str, Any]]) -> None:
             str(row.get("backend")),
             human_size(row.get("memory", row.get("size"))),
             _sequences(row),
+            _saved(row.get("saved_state")),
             render.ago(row.get("loaded_at")),
             until if until in ("busy", "forever") else render.ago(until),
         )
@@ -257,6 +260,13 @@ def _sequences(row: dict[str, Any]) -> str:
     if not isinstance(parallel, int) or parallel <= 0:
         return "serial"
     return f"{row.get('sequences', 0)}/{parallel}"
+
+
+def _saved(saved: object) -> str:
+    """Parked turns' model state kept on disk: "2 · 92 MB" (entries, bytes), "-" when off."""
+    if not isinstance(saved, dict):
+        return "-"
+    return f"{saved.get('entries', 0)} · {human_size(saved.get('bytes', 0))}"
 
 
 def human_size(size: object) -> str:

@@ -60,4 +60,5 @@ async def metrics(station: AgentStation) -> str:
         station.announcer.metrics,
         waited,
         station.router.local.drafts(),
+        station.router.local.saved_states(),
     )

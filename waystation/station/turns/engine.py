@@ -26,6 +26,7 @@ from waystation import contract
 from waystation.adapters.models.base import (
     Generation,
     GenerationRequest,
+    KeepsState,
     Message,
     ModelBackend,
     StageSink,
@@ -297,8 +298,9 @@ class TurnEngine:
                 repeated |= await self._caller.call(
                     turn_id, progress, call.id, call.name, call.arguments, urls, objects
                 )
-            if progress.deferred:
-                return  # the model waits for the parked results; the turn resumes with them
+            if progress.deferred:  # the model waits for the parked results; the turn resumes with them
+                await _keep_for_resume(model, request, progress)
+                return
             choice = "none" if repeated else "auto"  # it has that result already: answer now
 
     async def _generate(
@@ -338,6 +340,20 @@ class TurnEngine:
         if generation.finish_reason == "cut_off":  # inside a tool call: no answer to give
             raise ReplyCutOff(request.max_tokens)
         return generation
+
+
+async def _keep_for_resume(model: ModelBackend, request: TurnRequest, progress: Progress) -> None:
+    """A model that can keeps the state its resumed answer will start with (an answer step: no
+    tools offered), so the resumption evaluates only what the results add."""
+    if not isinstance(model, KeepsState):
+        return
+    messages = [_for_model(m) for m in progress.messages]
+    try:
+        await model.keep_for_resume(
+            GenerationRequest(messages, tool_choice="none", response_format=request.response_format)
+        )
+    except Exception:  # a cache: the turn parks all the same, and resumes evaluating it whole
+        log.exception("the model could not keep the parked turn's state")
 
 
 def _answered(progress: Progress, generation: Generation) -> bool:
