@@ -56,12 +56,14 @@ def fresh_logging() -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test by what it starts (`process`, `model`, `netns`, `soak`): support/markers.py."""
+    """Mark each test by what it starts (`process`, `model`, `netns`, `soak`): support/markers.py;
+    a model in this process wants every core (`alone`); the costliest files first."""
     registered = {line.split(":")[0].strip() for line in config.getini("markers")}
     markers.add_marks(items, markers.Reach(), registered.__contains__)
-    for item in items:  # a model in this process wants every core (support/alone.py)
-        if item.get_closest_marker("model") is not None:
+    for item in items:
+        if item.get_closest_marker("model") is not None and item.get_closest_marker("process") is None:
             item.add_marker(pytest.mark.alone)
+    items[:] = alone.costliest_files_first(items)
 
 
 RUN_LOCK = pytest.StashKey[alone.RunLock]()

@@ -5,11 +5,11 @@ their time waiting (on an agent starting, a socket, a delivery, a sleep), so two
 them in well under the time of one. Some cannot share the machine:
 - a real model in this process generates with one thread per core (llama.cpp's default): with a
   busy neighbour its threads wait on each other at every step, many times slower;
-- tests that time real processes (a link flapping, floods of connections, idle wakeups, the
-  systemd watchdog, stage events) measure what a neighbour would disturb.
-Those are marked `alone` (by hand, or by conftest.py for `model`): each takes the run's lock
-exclusively, every other test takes it shared, so an `alone` test waits for the running test to
-end and nothing starts beside it. A turnstile (the `gate` lock, taken briefly by every test
+- tests that time real processes (floods of connections, idle wakeups, what a terminal shows
+  while a turn runs) measure what a neighbour would disturb.
+Those are marked `alone` (by hand; conftest.py marks a `model` test that starts no process):
+each takes the run's lock exclusively, every other test takes it shared, so an `alone` test waits
+for the running test to end and nothing starts beside it. A turnstile (the `gate` lock, taken briefly by every test
 before the run lock) lets an `alone` test that waits go before any shared test asked later.
 
 Agents that a test starts run their model on a worker's share of the cores (agentproc.agent_env,
@@ -20,9 +20,34 @@ them side by side do not fight over the same cores.
 from __future__ import annotations
 
 import fcntl
+import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import IO
+
+import pytest
+
+# Seconds each file took in a run on 2 cores (written by this module from a --junitxml report:
+# `python tests/support/alone.py report.xml`); a file not in it is estimated from its markers.
+FILE_SECONDS = Path(__file__).parent.parent / "data" / "file_seconds.json"
+ESTIMATE_S = {"soak": 15.0, "slow": 8.0, "model": 2.0, "process": 1.0}  # a test, by what it starts
+IN_PROCESS_S = 0.05
+
+
+def costliest_files_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The files in order of their cost, longest first, each file's tests in their own order.
+
+    The workers take files from the front as they finish one (`--dist loadfile`): with the long
+    ones first, the run ends on short files on both workers rather than on one long file while
+    the other worker has nothing left (the longest-first rule for scheduling)."""
+    measured: dict[str, float] = json.loads(FILE_SECONDS.read_text()) if FILE_SECONDS.exists() else {}
+    estimated: dict[str, float] = {}
+    for item in items:
+        marks = {mark.name for mark in item.iter_markers()}
+        cost = max((ESTIMATE_S[name] for name in marks & ESTIMATE_S.keys()), default=IN_PROCESS_S)
+        estimated[item.path.name] = estimated.get(item.path.name, 0.0) + cost
+    return sorted(items, key=lambda item: -measured.get(item.path.name, estimated[item.path.name]))
 
 
 class RunLock:
@@ -53,3 +78,18 @@ class RunLock:
             return
         fcntl.flock(self._run, fcntl.LOCK_UN)
         self._held = False
+
+
+def write_file_seconds(report: Path) -> None:
+    """FILE_SECONDS from a --junitxml report of a whole run."""
+    import xml.etree.ElementTree as ET
+
+    seconds: dict[str, float] = {}
+    for case in ET.parse(report).getroot().iter("testcase"):
+        name = case.get("classname", "tests.?").split(".")[1] + ".py"  # tests.test_x[.Class]
+        seconds[name] = round(seconds.get(name, 0.0) + float(case.get("time", "0")), 1)
+    FILE_SECONDS.write_text(json.dumps(dict(sorted(seconds.items())), indent=0) + "\n")
+
+
+if __name__ == "__main__":
+    write_file_seconds(Path(sys.argv[1]))

@@ -23,6 +23,7 @@ from typing import Any
 from mcp.server.extension import Extension
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared.exceptions import MCPError
+from mcp_types import ToolListChangedNotification
 
 from support.mcp_servers import RemoteServer, remote_server
 
@@ -83,7 +84,10 @@ def _app(found: dict[str, TaskServer]) -> MCPServer:
             return f"closed {number}"
 
         app.add_tool(close_ticket)
-        await ctx.session.send_tool_list_changed()
+        # On this call's own stream, ahead of its result: sent on the standalone stream (the
+        # SDK's send_tool_list_changed), it is dropped when that stream is not open yet, and
+        # the client's session may be gone before it arrives.
+        await ctx.session.send_notification(ToolListChangedNotification(), related_request_id=ctx.request_id)
         return "grown"
 
     return app
