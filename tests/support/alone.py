@@ -9,8 +9,9 @@ them in well under the time of one. Some cannot share the machine:
   while a turn runs) measure what a neighbour would disturb.
 Those are marked `alone` (by hand; conftest.py marks a `model` test that starts no process):
 each takes the run's lock exclusively, every other test takes it shared, so an `alone` test waits
-for the running test to end and nothing starts beside it. A turnstile (the `gate` lock, taken briefly by every test
-before the run lock) lets an `alone` test that waits go before any shared test asked later.
+for the running test to end and nothing starts beside it. A turnstile (the `gate` lock, taken
+briefly by every test before the run lock) lets an `alone` test that waits go before any shared
+test asked later.
 
 Agents that a test starts run their model on a worker's share of the cores (agentproc.agent_env,
 as a person running two model processes on one machine would set `[model] threads`), so two of
