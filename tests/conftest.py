@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
 import secrets
@@ -32,6 +33,14 @@ from waystation.db import Database
 # workers get COLUMNS=80) would make rich wrap the tables the tests read.
 for _size in ("COLUMNS", "LINES"):
     os.environ.pop(_size, None)
+
+# Every agent and command a test starts imports a few hundred of the package's modules; where
+# PYTHONDONTWRITEBYTECODE is set (as on CI) each process compiled them all from source again
+# (a fifth of its start). The run's processes share compiled modules in a directory of their own
+# instead (never beside the sources), removed at the end by the process that made it.
+if os.environ.pop("PYTHONDONTWRITEBYTECODE", None) and "PYTHONPYCACHEPREFIX" not in os.environ:
+    os.environ["PYTHONPYCACHEPREFIX"] = PYCACHE = tempfile.mkdtemp(prefix="ws-pyc-")
+    atexit.register(shutil.rmtree, PYCACHE, ignore_errors=True)
 
 # The helpers' old top-level names (`from agentproc import Agent`), for test files written before
 # they moved into tests/support/: the same module objects, so a monkeypatch reaches both names.
