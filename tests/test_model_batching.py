@@ -121,6 +121,28 @@ async def test_a_cancelled_generation_frees_its_sequence(batched: LlamaCppBacken
     assert again.text and again.finish_reason in ("stop", "length")
 
 
+async def test_a_seed_repeats_a_sampled_reply(batched: LlamaCppBackend, model_path: Path) -> None:
+    """OpenAI's `seed`: the same sampled reply again, at once beside another sequence or alone,
+    and from the serial path too."""
+
+    def asked(seed: int) -> GenerationRequest:
+        content = "Invent a name for a cat."
+        return GenerationRequest(
+            [{"role": "user", "content": content}], max_tokens=16, temperature=1.0, seed=seed
+        )
+
+    first, beside = await asyncio.gather(batched.generate(asked(7)), batched.generate(asked(7)))
+    again = await batched.generate(asked(7))
+    assert first.text == beside.text == again.text
+    others = {(await batched.generate(asked(seed))).text for seed in (8, 9, 10)}
+    assert others != {first.text}  # a seed chooses the reply; sampling is not greedy
+    serial = LlamaCppBackend(str(model_path), options=LlamaOptions(parallel=0))
+    try:
+        assert (await serial.generate(asked(7))).text == (await serial.generate(asked(7))).text
+    finally:
+        await serial.close()
+
+
 async def test_a_prompt_that_begins_as_an_earlier_one_evaluates_only_the_rest(
     batched: LlamaCppBackend,
 ) -> None:

@@ -359,6 +359,20 @@ async def test_a_new_call_after_results_still_goes_to_the_client(db: Database, m
     assert [c["arguments"] for c in result.tool_calls] == [{"city": "Rome"}]
 
 
+def test_seed_is_an_integer_or_a_400() -> None:
+    assert chat_request(body(seed=7)).turn.seed == 7
+    assert chat_request(body()).turn.seed is None
+    for bad in ("7", 1.5, True, [7]):
+        with pytest.raises(MalformedRequest, match=r"^seed must be an integer$"):
+            chat_request(body(seed=bad))
+
+
+async def test_seed_reaches_the_model(db: Database, model_file: Path) -> None:
+    backend = ScriptedBackend([Generation("Paris.")])
+    await engine(db, backend, model_file).run(chat_request(body(seed=42, temperature=0.9)).turn)
+    assert (backend.requests[0].seed, backend.requests[0].temperature) == (42, 0.9)
+
+
 async def test_stop_reaches_the_model_and_ends_the_answer(db: Database, model_file: Path) -> None:
     backend = ScriptedBackend([Generation("Paris. Then more words.", finish_reason="length")])
     tokens: list[str] = []

@@ -3,10 +3,11 @@ and results), its function tools, tool_choice, response_format, stop, and the pa
 
 A parameter that would change the answer and that we cannot honour is a 400 naming it, never
 silently dropped (a client asking for two choices must not get one). Parameters that only tune
-sampling or tag the request (`user`, `seed`, `top_p`, penalties, `metadata`, ...) are ignored,
+sampling or tag the request (`user`, `top_p`, penalties, `metadata`, ...) are ignored,
 as other local OpenAI-compatible servers ignore them; unknown ones too, so a newer SDK keeps
 working. `store` is OpenAI's: false (the default) keeps no copy of the conversation once the
-answer is given; true keeps it with the turn until `retention_days`.
+answer is given; true keeps it with the turn until `retention_days`. `seed` is the sampler's: the
+same seed gives the same sampled answer again from the same model and settings.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ def chat_request(body: Mapping[str, Any]) -> ChatRequest:
     store = body.get("store")
     if store is not None and not isinstance(store, bool):
         raise MalformedRequest("store must be true or false")
+    seed = body.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise MalformedRequest("seed must be an integer")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise MalformedRequest("stream_options must be an object")
@@ -100,6 +104,7 @@ def chat_request(body: Mapping[str, Any]) -> ChatRequest:
         model=model,
         messages=_messages(body.get("messages")),
         temperature=float(temperature),
+        seed=seed,
         max_tokens=bounded_int(body, limit, 256, MAX_TOKENS_LIMIT),
         tool_choice=choice if tools else "none",
         client_tools=tools,

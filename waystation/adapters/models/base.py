@@ -62,6 +62,7 @@ class GenerationRequest:
     tool_choice: ToolChoice = "auto"
     max_tokens: int = 256
     temperature: float = 0.0
+    seed: int | None = None  # the sampler's seed (None: a random one); greedy decoding ignores it
     on_stage: StageSink | None = field(default=None, compare=False)
     # A JSON Schema the answer must match (OpenAI's response_format); None: free text.
     response_format: Mapping[str, Any] | None = None

@@ -34,6 +34,7 @@ from waystation.adapters.models.cpu_cores import physical_cores
 from waystation.adapters.models.gguf_check import check_gguf, return_freed_memory
 from waystation.adapters.models.json_objects import user_objects
 from waystation.adapters.models.reply_grammar import cut_answer, json_grammar, reply_schema
+from waystation.adapters.models.sampling import sampler_seed
 from waystation.adapters.models.stop import cut_at_stop
 from waystation.adapters.models.threaded import Admission, ThreadedBackend
 from waystation.adapters.models.unique_items import ArrayItems
@@ -330,14 +331,16 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         one sequence at a time (`[model] parallel = 0`)."""
         max_tokens = request.max_tokens - len(kept)
         if handle.engine is not None:
-            seed = int.from_bytes(os.urandom(4), "little")
-            job = handle.engine.submit(prompt, max_tokens, request.temperature, seed, grammar, kept)
+            job = handle.engine.submit(
+                prompt, max_tokens, request.temperature, sampler_seed(request.seed), grammar, kept
+            )
             yield from completion(job, stop, self.stopping)
             return
         for chunk in handle.llm.create_completion(
             prompt=prompt,
             max_tokens=max_tokens,
             temperature=request.temperature,
+            seed=sampler_seed(request.seed),
             stop=stop,
             grammar=fast_grammar.resumed(grammar, kept) if kept else grammar,
             stopping_criteria=None if items is None else _until_repeat(items),

@@ -124,6 +124,10 @@ class MlxBackend(ThreadedBackend[MlxModel]):
         finish_reason = "stop"
         completion_tokens = 0
         sampler = make_sampler(temp=request.temperature)
+        if request.seed is not None:  # one generation at a time here: the global state is its own
+            import mlx.core as mx  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+            mx.random.seed(request.seed % 2**32)
         for response in mlx_lm.stream_generate(
             handle.model, handle.tokenizer, prompt, max_tokens=room, sampler=sampler
         ):

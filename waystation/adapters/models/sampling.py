@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -122,3 +123,14 @@ class SequenceSampler:
         self._lib.llama_sampler_free(self.chain)
         if self.grammar is not None:
             self._lib.llama_sampler_free(self.grammar)
+
+
+SEED_RANGE = 2**32 - 1  # 0xFFFFFFFF is LLAMA_DEFAULT_SEED, which asks llama.cpp for a random seed
+
+
+def sampler_seed(requested: int | None) -> int:
+    """A sampler's seed: the one asked for (OpenAI's `seed`, any integer) folded into llama.cpp's
+    32 bits short of "random", or a random one."""
+    if requested is None:
+        return int.from_bytes(os.urandom(4), "little") % SEED_RANGE
+    return requested % SEED_RANGE

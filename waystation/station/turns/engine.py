@@ -320,6 +320,7 @@ class TurnEngine:
                 tool_choice=choice,
                 max_tokens=request.max_tokens,
                 temperature=request.temperature,
+                seed=request.seed,
                 on_stage=progress.on_stage,
                 response_format=request.response_format,
                 keep_alive=request.keep_alive,

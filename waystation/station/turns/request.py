@@ -32,6 +32,9 @@ class TurnRequest:
     max_steps: int = MAX_STEPS
     messages: list[Message] | None = None  # a whole conversation (OpenAI-style) instead of prompt
     temperature: float = 0.0  # greedy by default
+    # OpenAI's `seed`: a sampled answer (temperature > 0) is the same again for the same seed,
+    # model and settings (None: a seed of its own each time).
+    seed: int | None = None
     defer: bool = False  # offline on a cloud route: park the whole turn until the network is back
     # An OpenAI client's own function tools ({"name", "description", "parameters"}): offered
     # instead of ours, and the model's calls to them end the turn, returned for the client to run.
