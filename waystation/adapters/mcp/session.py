@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO, cast
@@ -103,7 +105,7 @@ async def open_session(
             params = StdioServerParameters(
                 command=server.command, args=list(server.args), env=dict(server.env) or None
             )
-            errlog = stack.enter_context(_devnull())
+            errlog = _quiet_stderr(stack)
             streams = await stack.enter_async_context(stdio_client(params, errlog=errlog))
         dispatcher = JSONRPCDispatcher(streams[0], streams[1])
         session = await stack.enter_async_context(
@@ -114,10 +116,14 @@ async def open_session(
         yield Opened(session, dispatcher, hello.protocol_version, capabilities)
 
 
-def _devnull() -> TextIO:
+def _quiet_stderr(stack: contextlib.AsyncExitStack) -> TextIO:
     """Where a stdio server's stderr goes: its logging is not ours to show, and a server that
-    writes much there must never block on a full pipe."""
-    return open(os.devnull, "w")  # closed by the caller's stack
+    writes much there must never block on a full pipe. On POSIX the child gets /dev/null itself
+    (anyio.open_process takes subprocess's DEVNULL): no file of ours that a session abandoned
+    mid-way would leave to the garbage collector; elsewhere a file the session's stack closes."""
+    if sys.platform != "win32":
+        return cast(TextIO, subprocess.DEVNULL)
+    return stack.enter_context(open(os.devnull, "w"))
 
 
 async def list_tools(
