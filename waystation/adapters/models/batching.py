@@ -249,12 +249,7 @@ class BatchEngine:
         """Give the job the free slot whose cache shares the longest prefix with its prompt."""
 
         def shared(slot: int) -> int:
-            n = 0
-            for a, b in zip(self._slots[slot], job.prompt, strict=False):
-                if a != b:
-                    break
-                n += 1
-            return n
+            return common_prefix(self._slots[slot], job.prompt)
 
         slot = max(self._free, key=lambda s: (shared(s), -self._started[s]))
         restore, job.restore = job.restore, None

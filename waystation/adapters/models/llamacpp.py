@@ -35,6 +35,7 @@ from waystation.adapters.models.gguf_check import check_gguf, return_freed_memor
 from waystation.adapters.models.json_objects import user_objects
 from waystation.adapters.models.reply_grammar import cut_answer, json_grammar, reply_schema
 from waystation.adapters.models.sampling import sampler_seed
+from waystation.adapters.models.saved_state import common_prefix
 from waystation.adapters.models.stop import cut_at_stop
 from waystation.adapters.models.threaded import Admission, ThreadedBackend
 from waystation.adapters.models.unique_items import ArrayItems
@@ -144,20 +145,25 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         return Loaded(llm, formatter, prompt_size.special_boundary(llm, eos), context, engine)
 
     @property
+    def _engine(self) -> BatchEngine | None:
+        """The loaded model's batch engine (None: not loaded, or `parallel = 0`)."""
+        return self._handle.engine if self._handle is not None else None
+
+    @property
     def drafts(self) -> tuple[int, int]:
         """Draft tokens of n-gram speculation since it loaded: (drafted, accepted)."""
-        engine = self._handle.engine if self._handle is not None else None
+        engine = self._engine
         return (engine.drafted, engine.accepted) if engine is not None else (0, 0)
 
     @property
     def saved_state(self) -> dict[str, Any] | None:
         """`models ps`'s saved state ({"entries", "bytes", "limit_bytes"}); None: off."""
-        return resume_state.usage(self._handle.engine if self._handle is not None else None)
+        return resume_state.usage(self._engine)
 
     @property
     def state_counts(self) -> tuple[int, int]:
         """Prefixes saved to disk and restored from it since it loaded, for /metrics."""
-        return resume_state.counts(self._handle.engine if self._handle is not None else None)
+        return resume_state.counts(self._engine)
 
     async def keep_for_resume(self, request: GenerationRequest) -> None:
         """A turn parked: keep the model's state of what its answer will start with (on disk,
@@ -176,7 +182,7 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
             await asyncio.wait(list(self._saving))
 
     async def _release_handle(self, loop: asyncio.AbstractEventLoop) -> None:
-        engine = self._handle.engine if self._handle is not None else None
+        engine = self._engine
         if self._closing and engine is not None:
             engine.cancel_saves()  # stopping: a cache is not worth the wait
         await self.saved()  # (an idle unload lets them finish: they use the loaded model)
@@ -207,7 +213,8 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
             grammar = json_grammar(answer_format, request, llm)
         if constrained and handle.engine is None:  # the engine's slots keep prefixes themselves
             system = handle.formatter(messages=messages[:1]).prompt.encode()
-            _warm_prefix(handle, _common_prefix(prompt, llm.tokenize(system, add_bos=False, special=True)))
+            system_tokens = llm.tokenize(system, add_bos=False, special=True)
+            _warm_prefix(handle, prompt[: common_prefix(prompt, system_tokens)])
         # A constrained reply is JSON for us (a call, or the answer inside it), not text for the
         # user: the client's stop strings apply to its answer, given out below.
         stop = _strings(formatted.stop) + ([] if constrained else list(request.stop))
@@ -382,15 +389,6 @@ def _warm_prefix(handle: Loaded, prefix: list[int]) -> None:
     handle.warm[key] = llm.save_state()
     while len(handle.warm) > WARM_PREFIXES:
         del handle.warm[next(iter(handle.warm))]
-
-
-def _common_prefix(a: list[int], b: list[int]) -> list[int]:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return a[:n]
 
 
 def _strings(stop: str | list[str] | None) -> list[str]:

@@ -202,15 +202,15 @@ class SavedStates:
                 start = f.tell()  # where the blob begins
             size = path.stat().st_size
         except (OSError, ValueError) as exc:
-            self._drop(path.name, f"unreadable ({exc})", locked=True)
+            self._drop(path.name, f"unreadable ({exc})")
             return
         if header.get("model") != self._model:
             return  # another model's: it checks them itself
         problem = self._mismatch(header)
         if problem is not None:
-            self._drop(path.name, problem, locked=True)
+            self._drop(path.name, problem)
         elif start + int(header.get("blob_bytes", -1)) != size:
-            self._drop(path.name, "truncated", locked=True)
+            self._drop(path.name, "truncated")
         else:
             self._entries[path.name] = Entry(path.name, tuple(header.get("tokens", ())), size)
 
@@ -223,11 +223,7 @@ class SavedStates:
 
     def _trim(self) -> None:
         """Drop the least recently used files until the directory fits the budget."""
-        files = []
-        for path in _files(self.root):
-            with contextlib.suppress(OSError):
-                stat = path.stat()
-                files.append((stat.st_mtime_ns, stat.st_size, path.name))
+        files = _stats(self.root)
         total = sum(size for _, size, _ in files)
         for _, size, name in sorted(files):
             if total <= self.limit_bytes:
@@ -235,19 +231,15 @@ class SavedStates:
             self._drop(name, None)
             total -= size
 
-    def _drop(self, name: str, problem: str | None, locked: bool = False) -> None:
+    def _drop(self, name: str, problem: str | None) -> None:
         """Remove a file: a bad one (`problem` logged), or one the budget has no room for."""
         if problem is not None:
             log.info("saved model state dropped", file=name, problem=problem)
         with contextlib.suppress(OSError):
             (self.root / name).unlink()
-        if locked:
-            assert self._entries is not None
-            self._entries.pop(name, None)
-        else:
-            with self._lock:
-                if self._entries is not None:
-                    self._entries.pop(name, None)
+        with self._lock:  # (reentrant: _index holds it while it reads the headers)
+            if self._entries is not None:
+                self._entries.pop(name, None)
 
     def _touch(self, path: Path) -> None:
         """Mark a file used now: its mtime, later than any this process gave before (a file
@@ -298,11 +290,17 @@ def copy_out(lib: Any, ctx: Any, seq: int) -> bytes | None:
 
 def directory_bytes(root: Path) -> int:
     """Bytes the saved states take in `root` (every model's), for /metrics."""
-    total = 0
+    return sum(size for _, size, _ in _stats(root))
+
+
+def _stats(root: Path) -> list[tuple[int, int, str]]:
+    """(mtime_ns, size, name) of each saved state in `root`; one removed meanwhile is left out."""
+    found = []
     for path in _files(root):
         with contextlib.suppress(OSError):
-            total += path.stat().st_size
-    return total
+            stat = path.stat()
+            found.append((stat.st_mtime_ns, stat.st_size, path.name))
+    return found
 
 
 def _files(root: Path) -> list[Path]:

@@ -154,15 +154,18 @@ class LocalRoute:
 
     def drafts(self) -> tuple[int, int]:
         """For /metrics: n-gram draft tokens (drafted, accepted) of the models loaded now."""
-        counts = [getattr(b, "drafts", (0, 0)) for b in self._backends.values()]
-        return sum(c[0] for c in counts), sum(c[1] for c in counts)
+        return self._summed("drafts")
 
     def saved_states(self) -> tuple[int, int, int]:
         """For /metrics: bytes of parked turns' model state on disk (every model's), and the
         prefixes saved and restored by the models loaded now."""
-        counts = [getattr(b, "state_counts", (0, 0)) for b in self._backends.values()]
         size = directory_bytes(self._states_dir) if self._states_dir is not None else 0
-        return size, sum(c[0] for c in counts), sum(c[1] for c in counts)
+        return size, *self._summed("state_counts")
+
+    def _summed(self, counter: str) -> tuple[int, int]:
+        """A pair of counts (a llama.cpp backend's `drafts`, `state_counts`) over the loaded models."""
+        counts = [getattr(b, counter, (0, 0)) for b in self._backends.values()]
+        return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
     async def forget(self, path: Path) -> None:
         """Unload the model at `path` (after a generation under way) and drop it: it is being removed."""
