@@ -277,7 +277,10 @@ class BatchEngine:
         then the tokens sampled for each that has logits."""
         batch, n = self._batch, 0
         decoding = sum(1 for job in active if job.last is not None)
-        for job in active:
+        # In sequence order: llama.cpp splits a batch whose sequences' KV streams are not in
+        # order into several decodes (each reading the weights again): 25-40 % slower a step.
+        in_order = sorted(active, key=lambda job: job.slot)
+        for job in in_order:
             job.row, job.draft = -1, []
             if job.last is None or n >= self.batch_size:  # (more sequences than `batch`: next step)
                 continue
@@ -290,7 +293,7 @@ class BatchEngine:
             for i, token in enumerate([job.last, *job.draft]):
                 self._add(batch, n + i, token, job.pos + i, job.slot, logits=True)
             job.row, n = n, n + 1 + len(job.draft)
-        for job in active:  # prompts fill what is left of the batch
+        for job in in_order:  # prompts fill what is left of the batch
             if not job.pending or n >= self.batch_size:
                 continue
             chunk, job.pending = job.pending[: self.batch_size - n], job.pending[self.batch_size - n :]
