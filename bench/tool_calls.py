@@ -101,7 +101,8 @@ def decode_ms_per_token(reps: int) -> list[list[object]]:
 
     specs, _ = offer(default_tools(), "auto", ["http://127.0.0.1:9/"], [])
     schema = json.dumps(tool_call_schema(specs, "auto"))
-    from waystation.adapters.models.batching import BatchEngine, completion
+    from waystation.adapters.models.batch_job import completion
+    from waystation.adapters.models.batching import BatchEngine
 
     plain = Llama(str(default_model_path()), n_ctx=2048, verbose=False)
     checked = Llama(str(default_model_path()), n_ctx=2048, verbose=False)

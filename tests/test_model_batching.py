@@ -23,10 +23,11 @@ from support.agentproc import Agent, sse_events, started_agent
 from test_models_pull import cli
 
 from waystation.adapters.models.base import Generation, GenerationRequest, ToolSpec
-from waystation.adapters.models.batching import completion
+from waystation.adapters.models.batch_job import completion
+from waystation.adapters.models.draft_cost import RowCost
 from waystation.adapters.models.embedded import default_model_path
 from waystation.adapters.models.llamacpp import LlamaCppBackend, LlamaOptions
-from waystation.adapters.models.ngram import TRIAL_TOKENS, Drafter
+from waystation.adapters.models.ngram import Drafter
 
 MAX_TOKENS = 24
 FETCH = ToolSpec(
@@ -238,9 +239,34 @@ def test_a_draft_is_what_followed_the_last_n_gram_before() -> None:
     assert drafter.draft() == [4]  # after a miss: one more than it kept
     drafter.extend([7])
     assert drafter.draft() == []  # 2, 3, 7 never occurred before
-    drafter.scored(TRIAL_TOKENS, 0)  # a sequence whose drafts were mostly wrong stops drafting
-    drafter.extend([1, 2, 3])
-    assert not drafter.pays() and drafter.draft() == []
+
+
+def test_a_sequence_drafts_only_while_its_guesses_pay() -> None:
+    drafter = Drafter()
+    drafter.extend([1, 2, 3, 4, 1, 2, 3])
+    assert drafter.rate == 0.5
+    assert drafter.draft(needed=0.7) == []  # not sent: the guess (4) is checked instead
+    drafter.extend([8])  # the model picked another token
+    assert drafter.rate < 0.5
+    copied = 0
+    while not (draft := drafter.draft(needed=0.7)):  # it copies: each checked guess comes true
+        drafter.extend([4, 1, 2, 3])
+        copied += 1
+    assert draft == [4, 1] and drafter.rate >= 0.7 and copied < 10  # drafting again, soon
+
+
+def test_a_row_costs_what_the_steps_say() -> None:
+    costs = RowCost()
+    assert costs.break_even(1) == pytest.approx(0.4)  # a CPU's, until measured
+    for rows, ms in [(1, 10.7), (2, 15.4), (3, 21.7), (5, 29.2), (4, 24.9)]:
+        costs.observed(rows, ms / 1000)
+    fixed, per_row = costs.fitted()
+    assert per_row == pytest.approx(0.0046, abs=0.0005) and fixed == pytest.approx(0.0062, abs=0.001)
+    assert 0.35 < costs.break_even(1) < 0.5 < 0.7 < costs.break_even(4) < 0.8  # a batch's rows cost more
+    free = RowCost()
+    free.observed(1, 0.01)
+    free.observed(9, 0.01)  # a GPU's: rows cost nothing more
+    assert free.break_even(4) == 0.0
 
 
 async def test_speculation_keeps_the_greedy_reply_and_drafts_from_the_page(model_path: Path) -> None:

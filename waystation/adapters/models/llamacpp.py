@@ -28,7 +28,8 @@ from waystation.adapters.models.base import (
     urls_in,
     urls_to_call,
 )
-from waystation.adapters.models.batching import BatchEngine, completion
+from waystation.adapters.models.batch_job import completion
+from waystation.adapters.models.batching import BatchEngine
 from waystation.adapters.models.chat_messages import answer_form, plain, with_system
 from waystation.adapters.models.cpu_cores import physical_cores
 from waystation.adapters.models.gguf_check import check_gguf, return_freed_memory

@@ -7,10 +7,13 @@ model. The batch engine evaluates the draft in the same decode step as the seque
 and keeps the drafted tokens the model itself picks (batching.py), so a greedy reply is the one it
 gives without speculation, several tokens a step where the guess is right.
 
-A draft costs batch rows even when none of it is kept (on a CPU nearly as much as a token each),
-so a sequence drafts little until its drafts prove right: the draft length starts at 2, doubles
-(up to 8) after a draft kept whole, and drops to one more than what was kept after a miss; a
-sequence that keeps too few of its drafted tokens stops drafting (`Drafter.pays`).
+A draft costs batch rows even when none of it is kept, and what a row costs depends on the
+machine and on how many sequences decode together (draft_cost.py), so a sequence drafts only
+while its guesses are right often enough to pay for them there. It knows how often they are
+without drafting: when a guess is not sent as a draft, it is still checked against the token the
+model picks next. So an open-ended answer, whose guesses are mostly wrong, sends no drafts at
+all, and a sequence starts drafting as soon as it starts copying. The draft length starts at 2,
+doubles (up to 8) after a draft kept whole, and drops to one more than what was kept after a miss.
 """
 
 from __future__ import annotations
@@ -20,42 +23,58 @@ from dataclasses import dataclass, field
 MATCH = 3  # the last tokens looked up in the sequence's history
 MAX_DRAFT = 8  # tokens drafted at most per step
 FIRST_DRAFT = 2  # tokens drafted at most before a draft has been kept whole
-# After this many drafted tokens, a sequence that kept fewer than this share of them stops drafting.
-TRIAL_TOKENS = 32
-MIN_ACCEPTED = 0.25
+# How often a guess comes true: a running share (each guess weighs this much less than the one
+# after it, ~10 guesses back), starting from one right guess in two.
+FORGET = 0.9
+PRIOR_RIGHT, PRIOR_GUESSES = 1.0, 2.0
 
 
 @dataclass
 class Drafter:
-    """A sequence's history, indexed by its n-grams, and what its drafts have scored."""
+    """A sequence's history, indexed by its n-grams, and how often its guesses come true."""
 
     history: list[int] = field(default_factory=list)
     # Where each n-gram of the history ended last (its last token's index + 1).
     _seen: dict[tuple[int, ...], int] = field(default_factory=dict)
-    drafted: int = 0
-    accepted: int = 0
+    right: float = PRIOR_RIGHT  # guesses whose first token was the model's pick (decayed)
+    guesses: float = PRIOR_GUESSES
     length: int = FIRST_DRAFT  # the next draft's length at most
+    _unsent: int | None = None  # the token guessed but not drafted: checked against the next one
 
     def extend(self, tokens: list[int]) -> None:
         for token in tokens:
+            if self._unsent is not None:
+                self._judged(token == self._unsent)
+                self._unsent = None
             self.history.append(token)
             end = len(self.history)
             if end > MATCH:  # index the n-gram before this token: it now has a follower
                 self._seen[tuple(self.history[end - 1 - MATCH : end - 1])] = end - 1
 
-    def draft(self, limit: int = MAX_DRAFT) -> list[int]:
-        """The tokens that followed the last earlier occurrence of the history's last n-gram."""
-        if len(self.history) < MATCH or limit <= 0 or not self.pays():
+    def draft(self, limit: int = MAX_DRAFT, needed: float = 0.0) -> list[int]:
+        """The tokens that followed the last earlier occurrence of the history's last n-gram,
+        if its guesses come true at least `needed` of the time (else none: the guess is only
+        checked)."""
+        if len(self.history) < MATCH or limit <= 0:
             return []
         at = self._seen.get(tuple(self.history[-MATCH:]))
         if at is None:
             return []
+        if self.rate < needed:
+            self._unsent = self.history[at]
+            return []
         return self.history[at : min(at + min(limit, self.length), len(self.history))]
 
     def scored(self, drafted: int, accepted: int) -> None:
-        self.drafted += drafted
-        self.accepted += accepted
+        """A draft of `drafted` tokens, `accepted` of them kept."""
+        self._judged(accepted > 0)
         self.length = min(MAX_DRAFT, 2 * self.length) if accepted == drafted else accepted + 1
 
-    def pays(self) -> bool:
-        return self.drafted < TRIAL_TOKENS or self.accepted >= MIN_ACCEPTED * self.drafted
+    @property
+    def rate(self) -> float:
+        """How often its guesses come true lately."""
+        return self.right / self.guesses
+
+    def _judged(self, right: bool) -> None:
+        self.right = FORGET * self.right + right
+        self.guesses = FORGET * self.guesses + 1

@@ -23,7 +23,8 @@ import structlog
 
 from waystation.adapters.models import prompt_size
 from waystation.adapters.models.base import GenerationRequest
-from waystation.adapters.models.batching import BatchEngine, Finished
+from waystation.adapters.models.batch_job import Finished
+from waystation.adapters.models.batching import BatchEngine
 from waystation.adapters.models.chat_messages import answer_form
 from waystation.adapters.models.saved_state import MIN_TOKENS, SavedStates, fingerprint
 

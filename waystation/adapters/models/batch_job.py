@@ -1,0 +1,92 @@
+"""A sequence of the batch engine as its generation sees it: the job, and the text read from it.
+
+The generation's thread submits a job (batching.py) and reads its text through `completion`, as
+llama-cpp-python's streamed completion gives it; the engine's thread fills the job's queue.
+"""
+
+from __future__ import annotations
+
+import codecs
+import queue
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from waystation.adapters.models.ngram import Drafter
+from waystation.adapters.models.sampling import SequenceSampler
+from waystation.adapters.models.saved_state import Found
+from waystation.adapters.models.stop import StopStream
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last item of a job's pieces: why it ended, or the error that ended it."""
+
+    reason: str  # stop | length | cancelled
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class Job:
+    """One generation's sequence, from its prompt to its last token."""
+
+    prompt: list[int]
+    max_tokens: int
+    sampler: SequenceSampler | None  # None: a `save` job, which evaluates its prompt only
+    out: queue.SimpleQueue[str | Finished] = field(default_factory=queue.SimpleQueue)
+    cancelled: bool = False  # set by the generation's thread, read by the engine's
+    reused: int = 0  # prompt tokens found in the slot's cache (not evaluated again)
+    restore: Found | None = None  # a saved state to start from, read by `submit`
+    restored: int = 0  # prompt tokens restored from it
+    state: bytes | None = None  # a `save` job's result: the sequence's state after its prompt
+    # The engine's own bookkeeping.
+    slot: int = -1
+    pending: list[int] = field(default_factory=list)  # prompt tokens not evaluated yet
+    pos: int = 0  # the position of the next token evaluated
+    last: int | None = None  # the token sampled last, evaluated at the next step
+    generated: int = 0
+    row: int = -1  # this step's first batch row whose logits are this sequence's
+    drafter: Drafter | None = None  # its history for n-gram drafts (greedy, `speculative` on)
+    draft: list[int] = field(default_factory=list)  # this step's drafted tokens
+    text: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+POLL_S = 0.1  # how often a generation waiting for its next piece looks whether it was cancelled
+
+
+def completion(
+    job: Job, stop: Sequence[str], stopping: Callable[[], bool]
+) -> Iterator[tuple[str, str | None]]:
+    """A job's (text, finish reason) chunks as llama-cpp-python's streamed completion gives them:
+    text up to the first stop string, never including it (held back while it may begin one), the
+    reason with the last chunk. The sequence is cancelled when `stopping()` says so, when a stop
+    string ends it, or when the reader stops reading."""
+    pieces: list[str] = []
+    stream = StopStream(stop, pieces.append)
+    try:
+        while True:
+            try:
+                item = job.out.get(timeout=POLL_S)
+            except queue.Empty:
+                if stopping():
+                    job.cancel()
+                continue
+            if isinstance(item, Finished):
+                if item.error is not None:
+                    raise RuntimeError(item.error)
+                stream.finish()
+                yield "".join(pieces), item.reason
+                return
+            stream.feed(item)
+            if stream.stopped:
+                job.cancel()
+                yield "".join(pieces), "stop"
+                return
+            if pieces:
+                yield "".join(pieces), None
+                pieces.clear()
+    finally:
+        job.cancel()  # read no further: a sequence still running ends at its next step
