@@ -9,7 +9,7 @@ to the generation that waits for it, and goes on; a sequence that ends frees its
 and the next prompt joins the running batch at the next step. A decode step over 4 sequences
 costs far less than 4 steps over one (the weights are read once for all: SmolLM2-135M on 2 cores,
 24.9 ms against 4 x 10.7), which is where 4 clients at once get more tokens a second than one.
-Drafts are weighed against what a row costs here (draft_cost.py).
+Drafts are weighed against what a row costs (ngram.py).
 
 Each of the N sequence slots keeps the tokens its KV cache holds after its generation ends. A new
 prompt goes to the free slot that shares the longest prefix with it (else the one least recently
@@ -28,15 +28,13 @@ from __future__ import annotations
 import ctypes
 import queue
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import structlog
 
 from waystation.adapters.models.batch_job import Finished, Job
-from waystation.adapters.models.draft_cost import RowCost
-from waystation.adapters.models.ngram import MAX_DRAFT, Drafter
+from waystation.adapters.models.ngram import CPU_ROW_SHARE, MAX_DRAFT, Drafter, break_even
 from waystation.adapters.models.sampling import SequenceSampler, StepLogits
 from waystation.adapters.models.saved_state import SavedStates, common_prefix, copy_out, restore_into
 
@@ -47,7 +45,14 @@ _CLOSE = object()  # put in the inbox by close()
 class BatchEngine:
     """The context, its sequence slots, and the thread that decodes them all."""
 
-    def __init__(self, llm: Any, parallel: int, context: int, speculative: bool = True) -> None:
+    def __init__(
+        self,
+        llm: Any,
+        parallel: int,
+        context: int,
+        speculative: bool = True,
+        row_share: float = CPU_ROW_SHARE,
+    ) -> None:
         """Take over `llm` (a llama_cpp.Llama): its own single-sequence context is freed first
         (never two KV caches at once) and replaced by the engine's, which only this thread uses."""
         import llama_cpp
@@ -58,7 +63,7 @@ class BatchEngine:
         self.context = context
         self.speculative = speculative  # greedy sequences draft from their own n-grams (ngram.py)
         self.drafted = self.accepted = 0  # draft tokens evaluated, and kept
-        self.row_cost = RowCost()  # when a draft pays here (draft_cost.py)
+        self.row_share = row_share  # what a batch row costs, in shares of a one-row step (ngram.py)
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
         params.n_seq_max = parallel
         params.n_ctx = context * parallel
@@ -206,7 +211,7 @@ class BatchEngine:
         batch, n = self._batch, 0
         outputs: list[int] = []  # the batch rows that give logits
         decoding = sum(1 for job in active if job.last is not None)
-        needed = self.row_cost.break_even(decoding)  # the share of a draft that must come true
+        needed = break_even(self.row_share, decoding)  # the share of a draft that must come true
         # In sequence order: llama.cpp splits a batch whose sequences' KV streams are not in
         # order into several decodes (each reading the weights again): 25-40 % slower a step.
         in_order = sorted(active, key=lambda job: job.slot)
@@ -238,12 +243,9 @@ class BatchEngine:
             self._slots[job.slot].extend(chunk)
             job.pos += len(chunk)
         batch.n_tokens = n
-        started = time.perf_counter()
         status = self._lib.llama_decode(self.ctx, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
-        if len(outputs) == n:  # no prompt in it: a decode step, what drafts are weighed by
-            self.row_cost.observed(n, time.perf_counter() - started)
         for job in [j for j in active if j.sampler is None and not j.pending]:  # a save's prompt is in
             job.state = copy_out(self._lib, self.ctx, job.slot)
             self._finish(job, active, Finished("stop"))

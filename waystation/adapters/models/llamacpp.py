@@ -34,6 +34,7 @@ from waystation.adapters.models.chat_messages import answer_form, plain, with_sy
 from waystation.adapters.models.cpu_cores import physical_cores
 from waystation.adapters.models.gguf_check import check_gguf, return_freed_memory
 from waystation.adapters.models.json_objects import user_objects
+from waystation.adapters.models.ngram import CPU_ROW_SHARE, GPU_ROW_SHARE
 from waystation.adapters.models.reply_grammar import cut_answer, json_grammar, reply_schema
 from waystation.adapters.models.sampling import sampler_seed
 from waystation.adapters.models.saved_state import common_prefix
@@ -139,7 +140,9 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         context = llm.n_ctx()
         engine = None
         if self.options.parallel > 0:
-            engine = BatchEngine(llm, self.options.parallel, context, self.options.speculative != "off")
+            drafts = self.options.speculative != "off"
+            share = CPU_ROW_SHARE if self.options.gpu_layers == 0 else GPU_ROW_SHARE
+            engine = BatchEngine(llm, self.options.parallel, context, drafts, share)
             if self.states_dir is not None and self.options.saved_state_mb > 0:
                 limit = self.options.saved_state_mb
                 engine.states = resume_state.open_states(engine, path, self.states_dir, limit)

@@ -7,9 +7,20 @@ model. The batch engine evaluates the draft in the same decode step as the seque
 and keeps the drafted tokens the model itself picks (batching.py), so a greedy reply is the one it
 gives without speculation, several tokens a step where the guess is right.
 
-A draft costs batch rows even when none of it is kept, and what a row costs depends on the
-machine and on how many sequences decode together (draft_cost.py), so a sequence drafts only
-while its guesses are right often enough to pay for them there. It knows how often they are
+A draft costs batch rows even when none of it is kept. A decode step costs a fixed part (reading
+the weights, the graph, the threads' handover) and a part per row; a kept drafted token saves its
+sequence a later row and its share of a later step's fixed part (1/n of it, n sequences decoding
+together), so drafting pays when
+
+    kept share x (per_row + fixed / n) > per_row
+
+On a CPU a row costs ~40 % of a one-row step (SmolLM2-135M on 2 cores: 10.7 ms for 1 row, +4.3 ms
+a row; a larger model is bound by reading its weights and its rows cost less of a step, not
+more): a lone sequence must keep 40 % of its drafts, four decoding together 73 %, or the drafts
+slow every sequence of the batch. On a GPU a row is nearly free. The shares are fixed per device,
+not timed as the engine runs, so that the same request gets the same drafts, and the same reply,
+on a busy machine as on an idle one. So a sequence drafts only while its guesses are right often
+enough to pay for them. It knows how often they are
 without drafting: when a guess is not sent as a draft, it is still checked against the token the
 model picks next. So an open-ended answer, whose guesses are mostly wrong, sends no drafts at
 all, and a sequence starts drafting as soon as it starts copying. The draft length starts at 2,
@@ -23,6 +34,9 @@ from dataclasses import dataclass, field
 MATCH = 3  # the last tokens looked up in the sequence's history
 MAX_DRAFT = 8  # tokens drafted at most per step
 FIRST_DRAFT = 2  # tokens drafted at most before a draft has been kept whole
+# What a batch row costs, in shares of a one-row decode step (see above).
+CPU_ROW_SHARE = 0.4
+GPU_ROW_SHARE = 0.05
 # How often a guess comes true: a running share (each guess weighs this much less than the one
 # after it, ~10 guesses back), starting from one right guess in two.
 FORGET = 0.9
@@ -78,3 +92,10 @@ class Drafter:
     def _judged(self, right: bool) -> None:
         self.right = FORGET * self.right + right
         self.guesses = FORGET * self.guesses + 1
+
+
+def break_even(row_share: float, sequences: int) -> float:
+    """The share of drafted tokens that must come true for drafting to pay, with `sequences`
+    decoding in the step and a row costing `row_share` of a one-row step."""
+    fixed = 1 - row_share
+    return row_share / (row_share + fixed / max(1, sequences))
