@@ -99,6 +99,17 @@ def build_record() -> dict[str, object]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def build_note() -> str:
+    """How the cached llama-server was built, for a report's notes."""
+    build = build_record()
+    flags = build.get("cmake_flags")
+    return (
+        f"llama-server {build.get('version', '?')} built from the sdist's vendor/llama.cpp with "
+        f"`{' '.join(map(str, flags if isinstance(flags, list) else []))}` in {build.get('build_s', '?')} s, "
+        f"cached in {cache_dir()}"
+    )
+
+
 def _vendored_source(work: Path) -> Path:
     """vendor/llama.cpp of the installed version's sdist, downloaded from the package index."""
     progress(f"downloading the llama-cpp-python {version()} sdist")

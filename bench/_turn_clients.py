@@ -28,6 +28,10 @@ class Run:
     events: int
     text: str
     cpu_ms_per_token: float = float("nan")
+    # Speculation's draft tokens over the turn, where the side tells them: llama-server's
+    # `timings.draft_n` / `draft_n_accepted`; the agent's /metrics (bench/speculation.py).
+    drafted: int = 0
+    accepted: int = 0
 
 
 def summarize(started: float, stamps: list[float], ended: float, pieces: list[str], tokens: int) -> Run:
@@ -83,6 +87,7 @@ async def server_turn(client: httpx.AsyncClient, url: str, prompt: str, max_toke
     stamps: list[float] = []
     pieces: list[str] = []
     tokens = 0
+    timings: dict[str, Any] = {}
     started = time.perf_counter()
     async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
         if response.status_code != 200:
@@ -98,8 +103,11 @@ async def server_turn(client: httpx.AsyncClient, url: str, prompt: str, max_toke
                     pieces.append(content)
             if data.get("usage"):
                 tokens = data["usage"]["completion_tokens"]
+            timings = data.get("timings") or timings
     ended = time.perf_counter()
-    return summarize(started, stamps, ended, pieces, tokens or len(stamps))
+    run = summarize(started, stamps, ended, pieces, tokens or len(stamps))
+    run.drafted, run.accepted = timings.get("draft_n", 0), timings.get("draft_n_accepted", 0)
+    return run
 
 
 def raw_turn(llm: Any, prompt: str, max_tokens: int) -> Run:
