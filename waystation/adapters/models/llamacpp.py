@@ -35,7 +35,7 @@ from waystation.adapters.models.cpu_cores import physical_cores
 from waystation.adapters.models.gguf_check import check_gguf, return_freed_memory
 from waystation.adapters.models.json_objects import user_objects
 from waystation.adapters.models.reply_grammar import cut_answer, json_grammar, reply_schema
-from waystation.adapters.models.sampling import sampler_seed
+from waystation.adapters.models.sampling import sampler_options, sampler_seed
 from waystation.adapters.models.saved_state import common_prefix
 from waystation.adapters.models.stop import cut_at_stop
 from waystation.adapters.models.threaded import Admission, ThreadedBackend
@@ -338,9 +338,10 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         """A round's (text, finish reason) chunks: from the batch engine, or from llama-cpp-python
         one sequence at a time (`[model] parallel = 0`)."""
         max_tokens = request.max_tokens - len(kept)
+        options = sampler_options(request)  # top_p and the penalties
         if handle.engine is not None:
             job = handle.engine.submit(
-                prompt, max_tokens, request.temperature, sampler_seed(request.seed), grammar, kept
+                prompt, max_tokens, request.temperature, sampler_seed(request.seed), grammar, kept, **options
             )
             yield from completion(job, stop, self.stopping)
             return
@@ -348,6 +349,7 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
             prompt=prompt,
             max_tokens=max_tokens,
             temperature=request.temperature,
+            **options,
             seed=sampler_seed(request.seed),
             stop=stop,
             grammar=fast_grammar.resumed(grammar, kept) if kept else grammar,
