@@ -7,17 +7,21 @@ fifth and sixth wait with `waiting` stage events. A cancelled generation frees i
 prompt that begins as an earlier one evaluates only the rest, and over the socket four streamed
 turns at once each complete with their own text while `models ps` counts the sequences. With
 `speculative = "auto"` a reply that repeats a page drafts from it and is the reply without.
+OpenAI's penalties work as llama-server's, batched and serial alike, under a grammar too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from support.agentproc import Agent, sse_events, started_agent
 from test_models_pull import cli
@@ -27,6 +31,7 @@ from waystation.adapters.models.batch_job import completion
 from waystation.adapters.models.embedded import default_model_path
 from waystation.adapters.models.llamacpp import LlamaCppBackend, LlamaOptions
 from waystation.adapters.models.ngram import CPU_ROW_SHARE, GPU_ROW_SHARE, Drafter, break_even
+from waystation.adapters.models.sampling import PENALTY_LAST_N, SequenceSampler
 
 MAX_TOKENS = 24
 FETCH = ToolSpec(
@@ -141,6 +146,88 @@ async def test_a_seed_repeats_a_sampled_reply(batched: LlamaCppBackend, model_pa
         assert (await serial.generate(asked(7))).text == (await serial.generate(asked(7))).text
     finally:
         await serial.close()
+
+
+FRUITS = "Write a list of ten fruits, one per line."
+DESCRIBE_FORMAT = {
+    "type": "object",
+    "properties": {"description": {"type": "string"}},
+    "required": ["description"],
+}
+
+
+async def test_a_frequency_penalty_is_llama_servers_batched_and_serial(
+    batched: LlamaCppBackend, model_path: Path
+) -> None:
+    """OpenAI's frequency_penalty in llama-server's chain (the penalties over the last 64 tokens,
+    the prompt's among them, then the greedy pick): a reply that repeats fewer tokens than
+    without it, the same again beside another sequence or alone, and the same from the serial
+    path. Under a grammar too: a tool call that parses, and a JSON answer that is the serial
+    path's (a pick the grammar refused, or a token taken in twice, would change what follows)."""
+
+    def asked(text: str, max_tokens: int = 32, **extra: Any) -> GenerationRequest:
+        return GenerationRequest([{"role": "user", "content": text}], max_tokens=max_tokens, **extra)
+
+    penalized = [
+        asked(FRUITS, frequency_penalty=2.0),
+        dataclasses.replace(requests()[3], frequency_penalty=2.0),  # a tool call
+        asked("Describe a cat.", 48, response_format=DESCRIBE_FORMAT, frequency_penalty=1.5),
+    ]
+    plain = await batched.generate(asked(FRUITS))
+    first, beside = await asyncio.gather(batched.generate(penalized[0]), batched.generate(penalized[0]))
+    replies = [reply(first)] + [reply(await batched.generate(r)) for r in penalized[1:]]
+    assert first.text == beside.text != plain.text
+    assert _repeated_tokens(batched, first.text) < _repeated_tokens(batched, plain.text)
+    assert replies[1][1] == [{"url": "http://example.com/page"}] and replies[1][2] == "tool_calls"
+    assert set(json.loads(replies[2][0])) == {"description"}
+    serial = LlamaCppBackend(str(model_path), options=LlamaOptions(parallel=0))
+    try:
+        assert [reply(await serial.generate(r)) for r in penalized] == replies
+    finally:
+        await serial.close()
+
+
+def _repeated_tokens(backend: LlamaCppBackend, text: str) -> int:
+    assert backend._handle is not None
+    tokens = backend._handle.llm.tokenize(text.encode(), add_bos=False)
+    return len(tokens) - len(set(tokens))
+
+
+class _Logits:
+    """One step's logits for one row, as StepLogits hands them to a sampler."""
+
+    def __init__(self, logits: dict[int, float], n_vocab: int = 16) -> None:
+        self.logits = np.full(n_vocab, -5.0, dtype=np.float32)
+        for token, logit in logits.items():
+            self.logits[token] = logit
+
+    def row(self, index: int) -> Any:
+        return self.logits
+
+    def best(self, index: int) -> int:
+        return int(self.logits.argmax())
+
+
+def test_the_penalties_count_the_prompts_last_tokens_and_each_pick_once() -> None:
+    import llama_cpp
+
+    step = _Logits({1: 10.0, 2: 9.5, 3: 8.8})
+
+    def picks(history: list[int], n: int = 3) -> list[int]:
+        sampler = SequenceSampler(llama_cpp, None, 16, 0.0, 0, frequency_penalty=1.0, history=history)
+        try:
+            return [sampler.sample(None, 0, step) for _ in range(n)]  # type: ignore[arg-type]
+        finally:
+            sampler.close()
+
+    filler = [5] * PENALTY_LAST_N
+    assert picks([1, *filler], 1) == [1]  # 65 tokens back: out of the window
+    # 1 came once in the prompt's last 64 (10 - 1 < 9.5); then 2 once (8.5), so 1 (9.0); then 1
+    # twice (8.0), so 3 (8.8): each pick counted once, as the grammar or a draft leaves it.
+    assert picks([*filler[1:], 1]) == [2, 1, 3]
+    plain = SequenceSampler(llama_cpp, None, 16, 0.0, 0, history=[1] * 8)
+    assert plain.penalties is None and plain.sample(None, 0, step) == 1  # type: ignore[arg-type]
+    plain.close()
 
 
 async def test_a_prompt_that_begins_as_an_earlier_one_evaluates_only_the_rest(
@@ -261,17 +348,24 @@ def test_a_draft_must_come_true_more_often_beside_other_sequences() -> None:
 
 
 async def test_speculation_keeps_the_greedy_reply_and_drafts_from_the_page(model_path: Path) -> None:
+    """The same greedy reply with drafts and without, penalized too (a draft's rows are sampled
+    in turn: the penalties take in the tokens kept, never a draft token dropped)."""
     asked = GenerationRequest(
         [{"role": "user", "content": f"{PAGE}\n\nRepeat the text above word for word."}], max_tokens=48
     )
-    replies = {}
+    penalized = dataclasses.replace(asked, presence_penalty=0.3)
+    replies, penalized_replies, penalized_drafts = {}, {}, (0, 0)
     for speculative in ("off", "auto"):
         backend = LlamaCppBackend(str(model_path), options=LlamaOptions(parallel=4, speculative=speculative))
         try:
             replies[speculative] = reply(await backend.generate(asked))
             drafted, accepted = backend.drafts
+            penalized_replies[speculative] = reply(await backend.generate(penalized))
+            penalized_drafts = (backend.drafts[0] - drafted, backend.drafts[1] - accepted)
         finally:
             await backend.close()
         assert (drafted > 0) is (speculative == "auto")
     assert replies["auto"] == replies["off"]
     assert accepted > 0.5 * drafted, (accepted, drafted)
+    assert penalized_replies["auto"] == penalized_replies["off"] != replies["off"]
+    assert penalized_drafts[0] > penalized_drafts[1] > 0  # drafts kept and drafts dropped

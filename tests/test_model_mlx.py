@@ -142,6 +142,26 @@ async def test_stop_ends_the_answer_and_the_generation(mlx_dir: Path) -> None:
     assert got.finish_reason == "stop" and got.completion_tokens < 24, "it stopped generating"
 
 
+async def test_a_frequency_penalty_makes_a_reply_that_repeats_less(mlx_dir: Path) -> None:
+    """OpenAI's penalties through mlx-lm's logits processors (over the last 64 tokens, the
+    prompt's too, as llama.cpp counts them)."""
+    poem = [{"role": "user", "content": "Write a short poem about trains."}]  # "A tapestry of dreams" x3
+    backend = MlxBackend(str(mlx_dir))
+    try:
+        plain = await backend.generate(GenerationRequest(poem, max_tokens=48))
+        asked = GenerationRequest(poem, max_tokens=48, frequency_penalty=2.0, top_p=0.5)
+        penalized = [(await backend.generate(asked)).text for _ in range(2)]
+    finally:
+        await backend.close()
+
+    def repeated(text: str) -> int:
+        words = text.split()
+        return len(words) - len(set(words))
+
+    assert penalized[0] == penalized[1] != plain.text  # greedy with penalties: deterministic
+    assert repeated(penalized[0]) < repeated(plain.text)
+
+
 async def test_greedy_text_matches_llama_cpp(gguf_path: Path, mlx_dir: Path) -> None:
     expected = llama(gguf_path).create_chat_completion(DECISIVE, temperature=0, max_tokens=24)
     backend = MlxBackend(str(mlx_dir))

@@ -211,9 +211,19 @@ def test_streamed_content_parts(client: openai.OpenAI) -> None:
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 
 
-@pytest.mark.parametrize("temperature", [5, -0.5, 2.01])
-def test_temperature_out_of_range_is_a_400(
-    client: openai.OpenAI, agent: InProcessAgent, temperature: float
+OUT_OF_RANGE = [
+    ("temperature", 5),
+    ("temperature", -0.5),
+    ("temperature", 2.01),
+    ("top_p", 0),
+    ("frequency_penalty", 2.5),
+    ("presence_penalty", -3),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), OUT_OF_RANGE)
+def test_sampling_out_of_range_is_a_400(
+    client: openai.OpenAI, agent: InProcessAgent, name: str, value: float
 ) -> None:
     before = len(turn_receipts(agent))
     with pytest.raises(openai.BadRequestError) as caught:
@@ -221,11 +231,11 @@ def test_temperature_out_of_range_is_a_400(
             model="local",
             messages=[{"role": "user", "content": "hi"}],
             max_tokens=MAX_TOKENS,
-            temperature=temperature,
+            extra_body={name: value},
         )
     assert caught.value.status_code == 400
     assert caught.value.body["code"] == "malformed_request"  # type: ignore[index]
-    assert "temperature" in caught.value.body["message"]  # type: ignore[index]
+    assert caught.value.body["message"].startswith(f"{name} must be a number")  # type: ignore[index]
     assert len(turn_receipts(agent)) == before  # refused before any turn ran
     assert agent.api("GET", "/v1/status").status_code == 200
 

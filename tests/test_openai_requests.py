@@ -373,6 +373,35 @@ async def test_seed_reaches_the_model(db: Database, model_file: Path) -> None:
     assert (backend.requests[0].seed, backend.requests[0].temperature) == (42, 0.9)
 
 
+SAMPLING_RANGES = {
+    "top_p": "a number greater than 0 and at most 1",
+    "frequency_penalty": "a number between -2 and 2",
+    "presence_penalty": "a number between -2 and 2",
+}
+
+
+@pytest.mark.parametrize("name", SAMPLING_RANGES)
+def test_top_p_and_the_penalties_are_in_openais_ranges_or_a_400(name: str) -> None:
+    low, high = (0.01, 1) if name == "top_p" else (-2, 2)
+    for value in (low, high, 0.5):
+        assert getattr(chat_request(body(**{name: value})).turn, name) == value
+    asked_for_nothing = chat_request(body(**{name: None})).turn
+    assert getattr(asked_for_nothing, name) == (None if name == "top_p" else 0.0)
+    outside = [0, -0.1, 1.01] if name == "top_p" else [-2.01, 2.5, -100]
+    for bad in [*outside, "0.5", True, [0.5], {"v": 1}, float("nan"), float("inf")]:
+        with pytest.raises(MalformedRequest, match=rf"^{name} must be {SAMPLING_RANGES[name]}$"):
+            chat_request(body(**{name: bad}))
+
+
+async def test_top_p_and_the_penalties_reach_the_model(db: Database, model_file: Path) -> None:
+    backend = ScriptedBackend([Generation("Paris."), Generation("Rome.")])
+    asked = body(top_p=0.5, frequency_penalty=1.5, presence_penalty=-0.5, temperature=0.7)
+    await engine(db, backend, model_file).run(chat_request(asked).turn)
+    await engine(db, backend, model_file).run(chat_request(body()).turn)
+    sampling = [(r.top_p, r.frequency_penalty, r.presence_penalty) for r in backend.requests]
+    assert sampling == [(0.5, 1.5, -0.5), (None, 0.0, 0.0)]
+
+
 async def test_stop_reaches_the_model_and_ends_the_answer(db: Database, model_file: Path) -> None:
     backend = ScriptedBackend([Generation("Paris. Then more words.", finish_reason="length")])
     tokens: list[str] = []

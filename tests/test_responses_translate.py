@@ -51,6 +51,7 @@ def test_a_whole_request_becomes_the_chat_request() -> None:
         "text": {"format": {"type": "json_schema", "name": "x", "schema": SCHEMA, "strict": True}},
         "max_output_tokens": 7,
         "metadata": {"k": "v"},
+        "top_p": 0.5,
     }
     chat = chat_body(body)
     roles = [m["role"] for m in chat["messages"]]
@@ -62,6 +63,7 @@ def test_a_whole_request_becomes_the_chat_request() -> None:
     assert request.turn.max_tokens == 7
     assert request.turn.tool_choice == {"tool": "w"}
     assert request.turn.response_format == SCHEMA
+    assert request.turn.top_p == 0.5  # (the Responses API has no penalties)
     assert chat_request(chat_body({"input": "hi"})).turn.messages == [{"role": "user", "content": "hi"}]
 
 

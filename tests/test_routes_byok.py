@@ -241,6 +241,31 @@ async def test_stop_strings_go_as_each_api_names_them(kind: str, server: Provide
         STOP_FIELDS[kind](without)
 
 
+SAMPLING = {"top_p": 0.5, "frequency_penalty": 1.0, "presence_penalty": -0.5}
+# Where each API takes OpenAI's top_p and penalties (Anthropic's deprecated them; Vertex not sent).
+SAMPLING_FIELDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "openai": lambda body: body,
+    "ollama": lambda body: body["options"],
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_top_p_and_penalties_go_where_the_api_takes_them(
+    kind: str, server: ProviderServer, make: Make
+) -> None:
+    server.script(Reply(text="ok"), Reply(text="ok"))
+    backend = make(kind, server.url)
+    await backend.generate(GenerationRequest(PROMPT, **SAMPLING))
+    await backend.generate(GenerationRequest(PROMPT))
+    asked, not_asked = (seen.body for seen in server.requests)
+    where = SAMPLING_FIELDS.get(kind)
+    if where is None:
+        assert asked == not_asked
+    else:
+        assert {name: where(asked)[name] for name in SAMPLING} == SAMPLING
+        assert not set(SAMPLING) & set(where(not_asked))  # not asked: the provider's defaults
+
+
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "plain"])
 async def test_a_reasoning_model_takes_no_stop_so_its_answer_is_cut_here(
     stream: bool, server: ProviderServer
@@ -378,10 +403,11 @@ async def test_openai_routes_differ_where_the_apis_do(server: ProviderServer, ma
         deepseek = OpenAICompatBackend("deepseek", f"{server.url}/v1", KEY, "deepseek-chat", client)
         keyless = OpenAICompatBackend("compatible", f"{server.url}/v1", "", "local-model", client)
         for backend in (reasoning, deepseek, keyless):
-            await backend.generate(GenerationRequest(PROMPT))
+            await backend.generate(GenerationRequest(PROMPT, top_p=0.5))
     first, second, third = (seen.body for seen in server.requests)
     assert "temperature" not in first and first["max_completion_tokens"] == 256  # o-series rules
-    assert second["max_tokens"] == 256 and second["temperature"] == 0.0
+    assert "top_p" not in first  # (the API refuses it for them)
+    assert second["max_tokens"] == 256 and second["temperature"] == 0.0 and second["top_p"] == 0.5
     assert "authorization" not in server.requests[2].headers and third["model"] == "local-model"
     assert (reasoning.name, deepseek.name, keyless.name) == ("openai", "deepseek", "openai-compatible")
     assert deepseek._url == f"{server.url}/v1/chat/completions"

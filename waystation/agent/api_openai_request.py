@@ -2,12 +2,13 @@
 and results), its function tools, tool_choice, response_format, stop, and the parameters we refuse.
 
 A parameter that would change the answer and that we cannot honour is a 400 naming it, never
-silently dropped (a client asking for two choices must not get one). Parameters that only tune
-sampling or tag the request (`user`, `top_p`, penalties, `metadata`, ...) are ignored,
-as other local OpenAI-compatible servers ignore them; unknown ones too, so a newer SDK keeps
-working. `store` is OpenAI's: false (the default) keeps no copy of the conversation once the
-answer is given; true keeps it with the turn until `retention_days`. `seed` is the sampler's: the
-same seed gives the same sampled answer again from the same model and settings.
+silently dropped (a client asking for two choices must not get one). Parameters that only tag
+the request (`user`, `metadata`, ...) are ignored, as other local OpenAI-compatible servers
+ignore them; unknown ones too, so a newer SDK keeps working. `store` is OpenAI's: false (the
+default) keeps no copy of the conversation once the answer is given; true keeps it with the turn
+until `retention_days`. `seed`, `top_p`, `frequency_penalty` and `presence_penalty` are the
+sampler's, with OpenAI's ranges (out of them, a 400): the same seed gives the same sampled answer
+again from the same model and settings; the penalties work as llama-server's.
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ def chat_request(body: Mapping[str, Any]) -> ChatRequest:
     seed = body.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise MalformedRequest("seed must be an integer")
+    top_p = _number(body, "top_p", 0, 1, "a number greater than 0 and at most 1", above_low=True)
+    frequency = _number(body, "frequency_penalty", -2, 2, "a number between -2 and 2")
+    presence = _number(body, "presence_penalty", -2, 2, "a number between -2 and 2")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise MalformedRequest("stream_options must be an object")
@@ -105,6 +109,9 @@ def chat_request(body: Mapping[str, Any]) -> ChatRequest:
         messages=_messages(body.get("messages")),
         temperature=float(temperature),
         seed=seed,
+        top_p=top_p,
+        frequency_penalty=frequency or 0.0,
+        presence_penalty=presence or 0.0,
         max_tokens=bounded_int(body, limit, 256, MAX_TOKENS_LIMIT),
         tool_choice=choice if tools else "none",
         client_tools=tools,
@@ -114,6 +121,23 @@ def chat_request(body: Mapping[str, Any]) -> ChatRequest:
         store=bool(store),
     )
     return ChatRequest(turn, bool(stream), bool((options or {}).get("include_usage")))
+
+
+def _number(
+    body: Mapping[str, Any], name: str, low: float, high: float, range_: str, *, above_low: bool = False
+) -> float | None:
+    """A sampling parameter within OpenAI's range, or None when it is not asked for (absent or null)."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not low <= value <= high  # (NaN and the infinities JSON may carry are not)
+        or (above_low and value == low)
+    ):
+        raise MalformedRequest(f"{name} must be {range_}")
+    return float(value)
 
 
 def _stop(raw: Any) -> list[str] | None:

@@ -42,7 +42,7 @@ REFUSED: dict[str, str] = {
     "top_logprobs": "log probabilities are not returned",
 }
 # Fields passed on as they are: the chat parser checks them.
-SAME = ("model", "temperature", "stream", "store", "stop", "keep_alive")
+SAME = ("model", "temperature", "top_p", "stream", "store", "stop", "keep_alive")
 ROLES = ("user", "system", "developer", "assistant")
 
 

@@ -63,6 +63,13 @@ class GenerationRequest:
     max_tokens: int = 256
     temperature: float = 0.0
     seed: int | None = None  # the sampler's seed (None: a random one); greedy decoding ignores it
+    # OpenAI's nucleus sampling, in (0, 1] (None: not asked; llama.cpp's 0.95, a provider's own).
+    top_p: float | None = None
+    # OpenAI's penalties, in [-2, 2] (0: none): a token's logit is lowered by frequency_penalty
+    # for each time it came in the last 64 tokens (prompt included, as llama-server counts them)
+    # and by presence_penalty once if it came at all.
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
     on_stage: StageSink | None = field(default=None, compare=False)
     # A JSON Schema the answer must match (OpenAI's response_format); None: free text.
     response_format: Mapping[str, Any] | None = None

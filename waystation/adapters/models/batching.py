@@ -35,7 +35,7 @@ import structlog
 
 from waystation.adapters.models.batch_job import Finished, Job
 from waystation.adapters.models.ngram import CPU_ROW_SHARE, MAX_DRAFT, Drafter, break_even
-from waystation.adapters.models.sampling import SequenceSampler, StepLogits
+from waystation.adapters.models.sampling import TOP_P, SequenceSampler, StepLogits
 from waystation.adapters.models.saved_state import SavedStates, common_prefix, copy_out, restore_into
 
 log = structlog.get_logger(__name__)
@@ -104,10 +104,16 @@ class BatchEngine:
 
     def submit(
         self, prompt: Sequence[int], max_tokens: int, temperature: float, seed: int,
-        grammar: Any = None, accepted: Sequence[int] = (),
+        grammar: Any = None, accepted: Sequence[int] = (), *,
+        top_p: float = TOP_P, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
     ) -> Job:  # fmt: skip
-        """Start a sequence; read its pieces from the job."""
-        sampler = SequenceSampler(self._lib, self._vocab, self._n_vocab, temperature, seed, grammar, accepted)
+        """Start a sequence; read its pieces from the job. The penalties look back over the
+        prompt's last tokens too, as llama-server's do (sampling.py)."""
+        sampler = SequenceSampler(
+            self._lib, self._vocab, self._n_vocab, temperature, seed, grammar, accepted,
+            top_p=top_p, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+            history=prompt,
+        )  # fmt: skip
         job = Job(list(prompt), max_tokens, sampler)
         if self.speculative and temperature <= 0:
             job.drafter = Drafter()
@@ -261,7 +267,9 @@ class BatchEngine:
 
     def _verified(self, job: Job, active: list[Job], step: StepLogits) -> None:
         """Sample a decoding sequence's rows in turn: its next token, then, while each token it
-        picks is the draft's, the one after it. Cells of draft tokens not kept leave the cache."""
+        picks is the draft's, the one after it. Cells of draft tokens not kept leave the cache.
+        Every row sampled gives a token the sequence keeps (the first one that is not the draft's
+        ends the rows), so its sampler's penalties take in each kept token once, no other."""
         assert job.last is not None  # a decoding sequence
         evaluated, draft, start, slot = [job.last, *job.draft], job.draft, job.pos, job.slot
         kept = 0

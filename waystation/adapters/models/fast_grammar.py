@@ -8,7 +8,9 @@ grammar to them all. For greedy decoding the token is the same either way (the g
 removes candidates, so an allowed best stays the best), so the output is identical.
 
 `install(llm)` makes a Llama build this chain whenever it decodes greedily under a grammar; any
-other sampling keeps llama-cpp-python's own chain.
+other sampling keeps llama-cpp-python's own chain. Either way the chain's penalties (OpenAI's
+frequency and presence penalties) start from the prompt's last tokens, as llama-server's do and
+the batch engine's (sampling.py); llama-cpp-python's own start from nothing.
 
 It also lets a generation resume a grammar part-way: `resumed(grammar, tokens)` is the grammar
 with those tokens already matched (the reply so far, which the next generation's prompt ends
@@ -74,16 +76,29 @@ class _CheckFirstGrammar:
 
 
 def install(llm: Any) -> None:
-    """Decode greedily under a grammar with the check-first sampler (see the module's doc)."""
+    """Decode greedily under a grammar with the check-first sampler, and start the penalties from
+    the prompt (see the module's doc)."""
     import llama_cpp
     from llama_cpp import _internals
 
-    default = llm._init_sampler
+    default, default_generate = llm._init_sampler, llm.generate
     samplers: Any = _internals.LlamaSampler  # untyped in llama-cpp-python
+    prompt: list[int] = []  # the tokens of the generation under way (one at a time on this Llama)
+
+    def generate(tokens: Sequence[int], *args: Any, **kwargs: Any) -> Any:
+        prompt[:] = tokens  # (its sampler is built when the generator first runs)
+        return default_generate(tokens, *args, **kwargs)
 
     def init_sampler(**options: Any) -> Any:
         chain = chain_for(**options)
-        for token in getattr(options.get("grammar"), _ACCEPTED, ()):  # a resumed grammar
+        accepted = getattr(options.get("grammar"), _ACCEPTED, ())  # a resumed grammar's tokens
+        if options.get("frequency_penalty") or options.get("presence_penalty"):
+            penalties = llama_cpp.llama_sampler_chain_get(chain.sampler, 0)
+            assert llama_cpp.llama_sampler_name(penalties) == b"penalties"  # llama-cpp-python's first
+            # The prompt ends with the accepted tokens, which the whole chain takes in below.
+            for token in prompt[: len(prompt) - len(accepted)][-llm.last_n_tokens_size :]:
+                llama_cpp.llama_sampler_accept(penalties, token)
+        for token in accepted:
             llama_cpp.llama_sampler_accept(chain.sampler, token)
         return chain
 
@@ -112,6 +127,7 @@ def install(llm: Any) -> None:
         return chain
 
     llm._init_sampler = init_sampler
+    llm.generate = generate
 
 
 _ACCEPTED = "waystation_accepted"  # on a resumed grammar: the tokens it has matched already

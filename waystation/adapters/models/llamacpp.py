@@ -34,9 +34,9 @@ from waystation.adapters.models.chat_messages import answer_form, plain, with_sy
 from waystation.adapters.models.cpu_cores import physical_cores
 from waystation.adapters.models.gguf_check import check_gguf, return_freed_memory
 from waystation.adapters.models.json_objects import user_objects
-from waystation.adapters.models.ngram import CPU_ROW_SHARE, GPU_ROW_SHARE
+from waystation.adapters.models.ngram import row_share
 from waystation.adapters.models.reply_grammar import cut_answer, json_grammar, reply_schema
-from waystation.adapters.models.sampling import sampler_seed
+from waystation.adapters.models.sampling import sampler_options, sampler_seed
 from waystation.adapters.models.saved_state import common_prefix
 from waystation.adapters.models.stop import cut_at_stop
 from waystation.adapters.models.threaded import Admission, ThreadedBackend
@@ -140,8 +140,7 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         context = llm.n_ctx()
         engine = None
         if self.options.parallel > 0:
-            drafts = self.options.speculative != "off"
-            share = CPU_ROW_SHARE if self.options.gpu_layers == 0 else GPU_ROW_SHARE
+            share, drafts = row_share(self.options.gpu_layers), self.options.speculative != "off"
             engine = BatchEngine(llm, self.options.parallel, context, drafts, share)
             if self.states_dir is not None and self.options.saved_state_mb > 0:
                 limit = self.options.saved_state_mb
@@ -340,10 +339,10 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
     ) -> Iterator[tuple[str, str | None]]:
         """A round's (text, finish reason) chunks: from the batch engine, or from llama-cpp-python
         one sequence at a time (`[model] parallel = 0`)."""
-        max_tokens = request.max_tokens - len(kept)
+        max_tokens, options = request.max_tokens - len(kept), sampler_options(request)  # top_p, penalties
         if handle.engine is not None:
             job = handle.engine.submit(
-                prompt, max_tokens, request.temperature, sampler_seed(request.seed), grammar, kept
+                prompt, max_tokens, request.temperature, sampler_seed(request.seed), grammar, kept, **options
             )
             yield from completion(job, stop, self.stopping)
             return
@@ -351,6 +350,7 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
             prompt=prompt,
             max_tokens=max_tokens,
             temperature=request.temperature,
+            **options,
             seed=sampler_seed(request.seed),
             stop=stop,
             grammar=fast_grammar.resumed(grammar, kept) if kept else grammar,

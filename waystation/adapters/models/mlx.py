@@ -32,6 +32,7 @@ from waystation.adapters.models.base import (
     parse_tool_reply,
     tool_instructions,
 )
+from waystation.adapters.models.sampling import PENALTY_LAST_N
 from waystation.adapters.models.stop import StopStream, cut_at_stop
 from waystation.adapters.models.threaded import ThreadedBackend
 from waystation.errors import ModelError, PromptTooLong, UnsupportedParameter
@@ -101,7 +102,10 @@ class MlxBackend(ThreadedBackend[MlxModel]):
 
     def generate_blocking(self, handle: MlxModel, request: GenerationRequest, emit: TokenSink) -> Generation:
         import mlx_lm  # type: ignore[import-untyped, import-not-found, unused-ignore]
-        from mlx_lm.sample_utils import make_sampler  # type: ignore[import-untyped, import-not-found, unused-ignore]
+        from mlx_lm.sample_utils import (  # type: ignore[import-untyped, import-not-found, unused-ignore]
+            make_logits_processors,
+            make_sampler,
+        )
 
         if request.response_format is not None:  # no grammar here: never pretend to constrain
             raise UnsupportedParameter("response_format", "the mlx backend cannot constrain its answer")
@@ -123,13 +127,26 @@ class MlxBackend(ThreadedBackend[MlxModel]):
         first_token_ms: int | None = None
         finish_reason = "stop"
         completion_tokens = 0
-        sampler = make_sampler(temp=request.temperature)
+        # top_p only when asked (mlx-lm's 0 is none): its sampled answers are otherwise as before.
+        sampler = make_sampler(temp=request.temperature, top_p=request.top_p or 0.0)
+        # OpenAI's penalties as llama.cpp applies them: over the last 64 tokens, the prompt's too.
+        penalties = make_logits_processors(
+            frequency_penalty=request.frequency_penalty,
+            frequency_context_size=PENALTY_LAST_N,
+            presence_penalty=request.presence_penalty,
+            presence_context_size=PENALTY_LAST_N,
+        )
         if request.seed is not None:  # one generation at a time here: the global state is its own
             import mlx.core as mx  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
             mx.random.seed(request.seed % 2**32)
         for response in mlx_lm.stream_generate(
-            handle.model, handle.tokenizer, prompt, max_tokens=room, sampler=sampler
+            handle.model,
+            handle.tokenizer,
+            prompt,
+            max_tokens=room,
+            sampler=sampler,
+            logits_processors=penalties,
         ):
             if self.stopping():
                 finish_reason = "cancelled"

@@ -99,3 +99,8 @@ def break_even(row_share: float, sequences: int) -> float:
     decoding in the step and a row costing `row_share` of a one-row step."""
     fixed = 1 - row_share
     return row_share / (row_share + fixed / max(1, sequences))
+
+
+def row_share(gpu_layers: int) -> float:
+    """What a batch row costs where the model runs (`[model] gpu_layers`: 0 is the CPU)."""
+    return CPU_ROW_SHARE if gpu_layers == 0 else GPU_ROW_SHARE

@@ -70,6 +70,17 @@ def function_tools(tools: Iterable[ToolSpec]) -> list[dict[str, Any]]:
     ]
 
 
+def sampling_asked(request: GenerationRequest) -> dict[str, float]:
+    """OpenAI's top_p and penalties, by the names OpenAI-compatible APIs and Ollama's options
+    share, where the client asked for them (the rest stay the provider's defaults)."""
+    asked = {
+        "top_p": request.top_p,
+        "frequency_penalty": request.frequency_penalty or None,
+        "presence_penalty": request.presence_penalty or None,
+    }
+    return {name: value for name, value in asked.items() if value is not None}
+
+
 def new_call_id() -> str:
     """For providers whose tool calls carry no id (Ollama, Gemini): the engine needs one."""
     return f"call_{uuid.uuid4().hex[:24]}"

@@ -23,6 +23,7 @@ from waystation.adapters.routes.http_common import (
     loads_object,
     new_call_id,
     read_object,
+    sampling_asked,
     telemetry,
     text_of,
 )
@@ -87,7 +88,11 @@ class OllamaBackend(HttpRoute):
             "model": self.model_path,
             "messages": _messages(request.messages),
             "stream": stream,
-            "options": {"temperature": request.temperature, "num_predict": request.max_tokens},
+            "options": {
+                "temperature": request.temperature,
+                "num_predict": request.max_tokens,
+                **sampling_asked(request),
+            },
         }
         if request.stop:
             body["options"]["stop"] = list(request.stop)

@@ -32,6 +32,7 @@ from waystation.adapters.routes.http_common import (
     loads_object,
     new_call_id,
     read_object,
+    sampling_asked,
     sse_events,
     telemetry,
     text_of,
@@ -45,7 +46,8 @@ BASE_URLS = {
 KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "deepseek": "DEEPSEEK_API_KEY", "xai": "XAI_API_KEY"}
 PROVIDERS = {"openai": "openai", "deepseek": "deepseek", "xai": "xai", "compatible": "openai-compatible"}
 MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
-# OpenAI's reasoning models take `max_completion_tokens`, only the default temperature, no `stop`.
+# OpenAI's reasoning models take `max_completion_tokens`, only the default temperature, no `stop`,
+# no top_p or penalties.
 _REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
 
 
@@ -89,8 +91,9 @@ class OpenAICompatBackend(HttpRoute):
             body["max_completion_tokens"] = request.max_tokens
         else:
             body["max_tokens"] = request.max_tokens
-        if not self._reasoning():
+        if not self._reasoning():  # (which refuse the sampling parameters)
             body["temperature"] = request.temperature
+            body.update(sampling_asked(request))
         if request.stop and not self._reasoning():
             body["stop"] = list(request.stop)
         if request.tools:

@@ -35,6 +35,10 @@ class TurnRequest:
     # OpenAI's `seed`: a sampled answer (temperature > 0) is the same again for the same seed,
     # model and settings (None: a seed of its own each time).
     seed: int | None = None
+    # OpenAI's top_p and penalties (adapters/models/base.py GenerationRequest has what they do).
+    top_p: float | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
     defer: bool = False  # offline on a cloud route: park the whole turn until the network is back
     # An OpenAI client's own function tools ({"name", "description", "parameters"}): offered
     # instead of ours, and the model's calls to them end the turn, returned for the client to run.
