@@ -4,8 +4,12 @@ An answer that quotes a fetched page, a summary of tool results or a JSON value 
 prompt repeats runs of tokens the sequence has already seen. Where the last few tokens occurred
 before, the tokens that followed them then are a likely continuation: a draft, with no draft
 model. The batch engine evaluates the draft in the same decode step as the sequence's next token
-and keeps the drafted tokens the model itself picks (batching.py), so a greedy reply is the one it
-gives without speculation, several tokens a step where the guess is right.
+and keeps the drafted tokens the model itself picks (batching.py): several tokens a step where the
+guess is right. The reply is the model's greedy pick token by token, but not always to the last
+bit the reply without speculation: llama.cpp evaluates several tokens of one sequence with
+another attention kernel than one token, and past 256 cached tokens with flash attention (and
+at any length without it) their sums differ (SmolLM2's logits by up to ~0.5, measured on this
+llama.cpp), so at a near tie the two can part.
 
 A draft costs batch rows even when none of it is kept. A decode step costs a fixed part (reading
 the weights, the graph, the threads' handover) and a part per row; a kept drafted token saves its
