@@ -16,6 +16,7 @@ from waystation.adapters.models.ngram import Drafter
 from waystation.adapters.models.sampling import SequenceSampler
 from waystation.adapters.models.saved_state import Found
 from waystation.adapters.models.stop import StopStream
+from waystation.adapters.models.token_relay import INTERVAL_S as HAND_S
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,30 @@ class Job:
     drafter: Drafter | None = None  # its history for n-gram drafts (greedy, `speculative` on)
     draft: list[int] = field(default_factory=list)  # this step's drafted tokens
     text: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+    held: list[str] = field(default_factory=list)  # reply text not handed to the generation yet
+    handed_at: float = float("-inf")  # when text last went to `out` (time.monotonic)
 
     def cancel(self) -> None:
         self.cancelled = True
+
+    def hand(self, text: str, now: float) -> None:
+        """Give the reply's text to the generation's thread: at once after a pause (the first
+        piece, what a reader waits for), else at most every HAND_S. Each hand-over wakes that
+        thread and the event loop after it, which take the cores from llama.cpp's threads
+        mid-decode: one a token cost a lone stream on 2 cores ~12 % of its speed."""
+        self.held.append(text)
+        if now - self.handed_at >= HAND_S:
+            self.out.put("".join(self.held))
+            self.held.clear()
+            self.handed_at = now
+
+    def end(self, finished: Finished) -> None:
+        """Hand over what is left of the reply, then why it ended."""
+        rest = "".join(self.held) + self.text.decode(b"", final=True)
+        self.held.clear()
+        if rest:
+            self.out.put(rest)
+        self.out.put(finished)
 
 
 POLL_S = 0.1  # how often a generation waiting for its next piece looks whether it was cancelled

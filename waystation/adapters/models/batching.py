@@ -28,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -298,7 +299,7 @@ class BatchEngine:
             return False
         text = job.text.decode(piece)
         if text:
-            job.out.put(text)
+            job.hand(text, time.monotonic())
         if job.generated >= job.max_tokens or job.pos >= self.context:
             self._finish(job, active, Finished("length"))
             return False
@@ -306,10 +307,7 @@ class BatchEngine:
         return True
 
     def _finish(self, job: Job, active: list[Job], finished: Finished) -> None:
-        rest = job.text.decode(b"", final=True)
-        if rest:
-            job.out.put(rest)
-        job.out.put(finished)
+        job.end(finished)
         if job.sampler is not None:
             job.sampler.close()
         self._saves.discard(job)
