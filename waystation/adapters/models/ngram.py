@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-MATCH = 3  # the last tokens looked up in the sequence's history
+MATCHES = (3, 2)  # the last tokens looked up in the sequence's history: 3, else 2
 MAX_DRAFT = 8  # tokens drafted at most per step
 FIRST_DRAFT = 2  # tokens drafted at most before a draft has been kept whole
 # What a batch row costs, in shares of a one-row decode step (see above).
@@ -66,16 +66,17 @@ class Drafter:
                 self._unsent = None
             self.history.append(token)
             end = len(self.history)
-            if end > MATCH:  # index the n-gram before this token: it now has a follower
-                self._seen[tuple(self.history[end - 1 - MATCH : end - 1])] = end - 1
+            for match in MATCHES:  # index the n-grams before this token: they now have a follower
+                if end > match:
+                    self._seen[tuple(self.history[end - 1 - match : end - 1])] = end - 1
 
     def draft(self, limit: int = MAX_DRAFT, needed: float = 0.0) -> list[int]:
         """The tokens that followed the last earlier occurrence of the history's last n-gram,
         if its guesses come true at least `needed` of the time (else none: the guess is only
         checked)."""
-        if len(self.history) < MATCH or limit <= 0:
+        if limit <= 0:
             return []
-        at = self._seen.get(tuple(self.history[-MATCH:]))
+        at = next((self._seen[k] for m in MATCHES if (k := tuple(self.history[-m:])) in self._seen), None)
         if at is None:
             return []
         if self.rate < needed:
