@@ -45,7 +45,7 @@ from typing import Any
 import httpx
 from _concurrent import measure_streams, report_streams
 from _harness import cpu_seconds, print_notes, print_table, proc_status, progress, running_agent, uds_client
-from _llama_server import build_record, cache_dir, ensure_built, running, threads_in_log
+from _llama_server import build_note, cache_dir, ensure_built, running, threads_in_log
 from _tiny_gguf import write_tiny_gguf
 from _turn_clients import Run, agent_turn, print_sides, raw_turn, server_turn
 
@@ -231,7 +231,6 @@ async def main_async(args: argparse.Namespace) -> None:
             )
     want_footprint = "embedded" in args.models and not args.only_streams
     footprint_rows = await footprint(default_model_path()) if want_footprint else []
-    build = build_record()
     for label, measured in results.items():
         report(label, measured, args.threads, args.max_tokens)
     for label, rounds in concurrent.items():
@@ -240,9 +239,7 @@ async def main_async(args: argparse.Namespace) -> None:
         print()
         print_table(["agent, embedded model", "value"], footprint_rows)
     print_notes(
-        f"llama-server {build.get('version', '?')} built from the sdist's vendor/llama.cpp with "
-        f"`{' '.join(map(str, build.get('cmake_flags', [])))}` in {build.get('build_s', '?')} s, cached in "
-        f"{cache_dir()}",
+        build_note(),
         f"{args.reps} repetitions per side, rotating which side goes first; ratio > 1: the first did better",
         f"reproduce: `python bench/turns.py --reps {args.reps} --max-tokens {args.max_tokens} "
         f"--threads {args.threads} --models {args.models} --streams {args.streams}"

@@ -75,11 +75,7 @@ def chat_request(body: Mapping[str, Any]) -> ChatRequest:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise MalformedRequest("model must be a string")
-    temperature = body.get("temperature", 0.0)
-    if temperature is None:
-        temperature = 0.0
-    if not isinstance(temperature, int | float) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
-        raise MalformedRequest("temperature must be a number between 0 and 2")
+    temperature = _number(body, "temperature", 0, 2, "a number between 0 and 2") or 0.0
     # OpenAI's newer name wins; 0 is a 400 as OpenAI answers it, never read as "unset" (it was 256).
     limit = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     tools = _tools(body.get("tools"))
@@ -107,7 +103,7 @@ def chat_request(body: Mapping[str, Any]) -> ChatRequest:
         prompt="",
         model=model,
         messages=_messages(body.get("messages")),
-        temperature=float(temperature),
+        temperature=temperature,
         seed=seed,
         top_p=top_p,
         frequency_penalty=frequency or 0.0,

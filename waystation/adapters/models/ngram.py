@@ -24,11 +24,11 @@ more): a lone sequence must keep 40 % of its drafts, four decoding together 73 %
 slow every sequence of the batch. On a GPU a row is nearly free. The shares are fixed per device,
 not timed as the engine runs, so that the same request gets the same drafts, and the same reply,
 on a busy machine as on an idle one. So a sequence drafts only while its guesses are right often
-enough to pay for them. It knows how often they are
-without drafting: when a guess is not sent as a draft, it is still checked against the token the
-model picks next. So an open-ended answer, whose guesses are mostly wrong, sends no drafts at
-all, and a sequence starts drafting as soon as it starts copying. The draft length starts at 2,
-doubles (up to 8) after a draft kept whole, and drops to one more than what was kept after a miss.
+enough to pay for them. It knows how often they are without drafting: when a guess is not sent
+as a draft, it is still checked against the token the model picks next. So an open-ended
+answer, whose guesses are mostly wrong, sends no drafts at all, and a sequence starts drafting as
+soon as it starts copying. The draft length starts at 2, doubles (up to 8) after a draft kept
+whole, and drops to one more than what was kept after a miss.
 """
 
 from __future__ import annotations
