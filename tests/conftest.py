@@ -29,6 +29,12 @@ from support.powercut.disk import unavailable as powercut_unavailable
 
 from waystation.db import Database
 
+# A model in a test's own process gets this worker's share of the cores, as the agents the tests
+# start do: llama.cpp runs as many threads as OpenMP grants it, and OpenMP reads its limit when
+# llama.cpp's library loads (no test module has imported it yet).
+if (_cores := agentproc.worker_cores()) is not None:
+    os.environ.setdefault("OMP_THREAD_LIMIT", str(_cores))
+
 # Commands under test write to a pipe, as in CI; a terminal size handed down (pytest-xdist's
 # workers get COLUMNS=80) would make rich wrap the tables the tests read.
 for _size in ("COLUMNS", "LINES"):
@@ -66,12 +72,9 @@ def fresh_logging() -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test by what it starts (`process`, `model`, `netns`, `soak`): support/markers.py;
-    a model in this process wants every core (`alone`); the costliest files first."""
+    the costliest files first."""
     registered = {line.split(":")[0].strip() for line in config.getini("markers")}
     markers.add_marks(items, markers.Reach(), registered.__contains__)
-    for item in items:
-        if item.get_closest_marker("model") is not None and item.get_closest_marker("process") is None:
-            item.add_marker(pytest.mark.alone)
     items[:] = alone.costliest_files_first(items)
 
 

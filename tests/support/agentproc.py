@@ -96,6 +96,14 @@ def started_agent(env: Mapping[str, str]) -> Iterator[Agent]:
         remove_home(home)
 
 
+def worker_cores() -> int | None:
+    """The cores a model gets on this pytest-xdist worker, beside the other workers' tests (its
+    share, as a person running two model processes on one machine would set `[model] threads`);
+    None when no other worker runs."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
+
+
 def agent_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WAYSTATION_")}
     for name in ("NOTIFY_SOCKET", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
@@ -103,9 +111,8 @@ def agent_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, s
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     env["WAYSTATION_HOME"] = str(home)
     env["PYTHONUNBUFFERED"] = "1"
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:  # beside another worker's tests: a model gets this worker's share of the cores
-        env["WAYSTATION_MODEL__THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    if (cores := worker_cores()) is not None:  # beside another worker's tests
+        env["WAYSTATION_MODEL__THREADS"] = str(cores)
     env.update(extra or {})
     return env
 

@@ -2,20 +2,16 @@
 
 The README's test command runs the suite on pytest-xdist workers, one per core. Most tests spend
 their time waiting (on an agent starting, a socket, a delivery, a sleep), so two workers finish
-them in well under the time of one. Some cannot share the machine:
-- a real model in this process generates with one thread per core (llama.cpp's default): with a
-  busy neighbour its threads wait on each other at every step, many times slower;
-- tests that time real processes (floods of connections, idle wakeups, what a terminal shows
-  while a turn runs) measure what a neighbour would disturb.
-Those are marked `alone` (by hand; conftest.py marks a `model` test that starts no process):
-each takes the run's lock exclusively, every other test takes it shared, so an `alone` test waits
-for the running test to end and nothing starts beside it. A turnstile (the `gate` lock, taken
-briefly by every test before the run lock) lets an `alone` test that waits go before any shared
-test asked later.
-
-Agents that a test starts run their model on a worker's share of the cores (agentproc.agent_env,
-as a person running two model processes on one machine would set `[model] threads`), so two of
-them side by side do not fight over the same cores.
+them in well under the time of one. A model generates on this worker's share of the cores, both in
+an agent a test starts (agentproc.agent_env sets `[model] threads`, as a person running two model
+processes on one machine would) and in the test's own process (conftest.py limits OpenMP, whose
+threads llama.cpp runs on; MLX on a CPU keeps about one core busy), so that two of them side by
+side do not fight over the same cores. The tests that time real processes (floods of connections,
+idle wakeups, what a terminal shows while a turn runs) measure what a neighbour would disturb: they
+are marked `alone` (by hand). Each takes the run's lock exclusively, every other test takes it
+shared, so an `alone` test waits for the running test to end and nothing starts beside it. A
+turnstile (the `gate` lock, taken briefly by every test before the run lock) lets an `alone` test
+that waits go before any shared test asked later.
 """
 
 from __future__ import annotations
