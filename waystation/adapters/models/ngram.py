@@ -6,10 +6,11 @@ before, the tokens that followed them then are a likely continuation: a draft, w
 model. The batch engine evaluates the draft in the same decode step as the sequence's next token
 and keeps the drafted tokens the model itself picks (batching.py): several tokens a step where the
 guess is right. The reply is the model's greedy pick token by token, but not always to the last
-bit the reply without speculation: llama.cpp evaluates several tokens of one sequence with
-another attention kernel than one token, and past 256 cached tokens with flash attention (and
-at any length without it) their sums differ (SmolLM2's logits by up to ~0.5, measured on this
-llama.cpp), so at a near tie the two can part.
+bit the reply without speculation: llama.cpp's CPU flash attention evaluates a lone sequence's
+one token with the cache split among the threads once 512 cells are in view (past 256 cached
+tokens), and several tokens of a sequence a row at a time over the whole cache (ggml-cpu's
+ops.cpp, `use_split_kv_path`). The sums differ (SmolLM2's logits by up to ~0.7), so at a near
+tie the two can part; with one thread they agree exactly.
 
 A draft costs batch rows even when none of it is kept. A decode step costs a fixed part (reading
 the weights, the graph, the threads' handover) and a part per row; a kept drafted token saves its
