@@ -69,7 +69,8 @@ class BatchEngine:
         params.n_seq_max = parallel
         params.n_ctx = context * parallel
         # A stream of its own per sequence: a sequence's attention never runs over the others'
-        # cells, so its numbers (and a greedy reply) are those it gets decoded alone.
+        # cells (as llama-server's slots). Its numbers are those it gets decoded alone, up to
+        # how llama.cpp splits a lone token's attention among threads (ngram.py says when).
         params.kv_unified = False
         llm._ctx.close()
         self._context: Any = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
@@ -116,7 +117,7 @@ class BatchEngine:
             history=prompt,
         )  # fmt: skip
         job = Job(list(prompt), max_tokens, sampler)
-        if self.speculative and temperature <= 0:
+        if self.speculative and temperature <= 0:  # greedy only (ngram.py says why)
             job.drafter = Drafter()
             job.drafter.extend(job.prompt)
         if self.states is not None:  # (the slots read as they are now: a guess, checked in _start)

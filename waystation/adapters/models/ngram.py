@@ -2,15 +2,15 @@
 
 An answer that quotes a fetched page, a summary of tool results or a JSON value copied from the
 prompt repeats runs of tokens the sequence has already seen. Where the last few tokens occurred
-before, the tokens that followed them then are a likely continuation: a draft, with no draft
-model. The batch engine evaluates the draft in the same decode step as the sequence's next token
-and keeps the drafted tokens the model itself picks (batching.py): several tokens a step where the
-guess is right. The reply is the model's greedy pick token by token, but not always to the last
-bit the reply without speculation: llama.cpp's CPU flash attention evaluates a lone sequence's
-one token with the cache split among the threads once 512 cells are in view (past 256 cached
-tokens), and several tokens of a sequence a row at a time over the whole cache (ggml-cpu's
-ops.cpp, `use_split_kv_path`). The sums differ (SmolLM2's logits by up to ~0.7), so at a near
-tie the two can part; with one thread they agree exactly.
+before, the tokens that followed them then are a likely continuation: a draft, with no draft model.
+The batch engine evaluates the draft in the same decode step as the sequence's next token and keeps
+the drafted tokens the model itself picks (batching.py): several tokens a step where the guess is
+right. The reply is the greedy one without speculation token by token, but not always to the last
+bit: llama.cpp's CPU flash attention evaluates a lone sequence's one token with the cache split
+among the threads once 512 cells are in view (past 256 cached tokens), and several tokens of a
+sequence a row at a time over the whole cache (ggml-cpu's ops.cpp, `use_split_kv_path`). The sums
+differ (SmolLM2's logits by up to ~0.7), so at a near tie the two can part; with one thread they
+agree exactly.
 
 A draft costs batch rows even when none of it is kept. A decode step costs a fixed part (reading
 the weights, the graph, the threads' handover) and a part per row; a kept drafted token saves its
@@ -19,17 +19,19 @@ together), so drafting pays when
 
     kept share x (per_row + fixed / n) > per_row
 
-On a CPU a row costs ~40 % of a one-row step (SmolLM2-135M on 2 cores: 10.7 ms for 1 row, +4.3 ms
-a row; a larger model is bound by reading its weights and its rows cost less of a step, not
-more): a lone sequence must keep 40 % of its drafts, four decoding together 73 %, or the drafts
-slow every sequence of the batch. On a GPU a row is nearly free. The shares are fixed per device,
-not timed as the engine runs, so that the same request gets the same drafts, and the same reply,
-on a busy machine as on an idle one. So a sequence drafts only while its guesses are right often
-enough to pay for them. It knows how often they are without drafting: when a guess is not sent
-as a draft, it is still checked against the token the model picks next. So an open-ended
-answer, whose guesses are mostly wrong, sends no drafts at all, and a sequence starts drafting as
-soon as it starts copying. The draft length starts at 2, doubles (up to 8) after a draft kept
-whole, and drops to one more than what was kept after a miss.
+On a CPU a row costs ~40 % of a one-row step (SmolLM2-135M on 2 cores: 10.7 ms for 1 row, +4.3 ms a
+row; a larger model is bound by reading its weights and its rows cost less of a step, not more): a
+lone sequence must keep 40 % of its drafts, four decoding together 73 %, or the drafts slow every
+sequence of the batch. On a GPU a row is nearly free. The shares are fixed per device, not timed as
+the engine runs, so that the same request gets the same drafts, and the same reply, on a busy
+machine as on an idle one. So a sequence drafts only while its guesses are right often enough to
+pay for them. It knows how often they are without drafting: when a guess is not sent as a draft, it
+is still checked against the token the model picks next. So an open-ended answer, whose guesses are
+mostly wrong, sends no drafts at all, and a sequence starts drafting as soon as it starts copying.
+A sampled sequence does not draft: each of a draft's rows could be drawn in turn (one draw per kept
+token, in the order without drafts: the same odds and seeded reply), but at temperature 0.8 copies
+kept 46 % of their drafts here and decoded 8 % slower. The draft length starts at 2, doubles (up to
+8) after a draft kept whole, and drops to one more than what was kept after a miss.
 """
 
 from __future__ import annotations
