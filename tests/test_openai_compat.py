@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -293,3 +294,37 @@ def test_more_than_four_stop_strings_is_a_400_naming_stop(
         )
     assert caught.value.body["message"] == "stop takes at most 4 sequences, not 5"  # type: ignore[index]
     assert len(turn_receipts(agent)) == before, "refused before any turn ran"
+
+
+NUMBERS = "Write the numbers from 1 to 3000 separated by commas: 1, 2, 3, 4,"
+GOING_AWAY = {
+    "whole": ("chat/completions", {"messages": [{"role": "user", "content": NUMBERS}], "max_tokens": 2000}),
+    "streamed": (
+        "chat/completions",
+        {"messages": [{"role": "user", "content": NUMBERS}], "max_tokens": 2000, "stream": True},
+    ),
+    "response": ("responses", {"input": NUMBERS, "max_output_tokens": 2000}),
+}
+
+
+@pytest.mark.parametrize("kind", GOING_AWAY)
+def test_a_caller_that_goes_away_stops_its_completion(agent: InProcessAgent, kind: str) -> None:
+    """A chat completion (or a Response) belongs to its caller: one whose client closes the
+    connection stops (an interrupted receipt) instead of holding the model for its 2,000 tokens,
+    answered whole or streamed, as llama-server and Ollama stop on a disconnect."""
+    before = {r["id"] for r in turn_receipts(agent)}
+    path, body = GOING_AWAY[kind]
+    url = f"http://waystation/v1/{path}"
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(agent.socket)), timeout=1.0) as http:
+        if body.get("stream"):
+            with http.stream("POST", url, json={"model": "local", **body}) as response:
+                next(response.iter_lines())  # the first chunk, then the client goes
+        else:
+            with pytest.raises(httpx.ReadTimeout):
+                http.post(url, json={"model": "local", **body})
+    deadline = time.monotonic() + 10
+    while not (ended := [r for r in turn_receipts(agent) if r["id"] not in before]):
+        assert time.monotonic() < deadline, "the completion went on after its caller left"
+        time.sleep(0.1)
+    assert ended[0]["reason"].startswith("interrupted"), ended[0]
+    assert ended[0]["usage"]["completion_tokens"] < 2000, ended[0]["usage"]

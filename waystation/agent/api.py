@@ -20,6 +20,7 @@ from waystation.agent.api_turns import add_turn_routes
 from waystation.agent.http_io import (
     MAX_BODY_BYTES,
     STATION,
+    client_left,
     error_response,
     json_body,
     query_int,
@@ -54,7 +55,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         return error_response(exc.status, code, exc.reason or code)
     except Exception as exc:
-        if isinstance(exc, ConnectionResetError) and _client_left(request):
+        if isinstance(exc, ConnectionResetError) and client_left(request):
             # aiohttp's ClientConnectionResetError from a write: the client of a streaming answer
             # (events, a streamed turn, a pull's progress) closed it, which is how such streams
             # end. The handlers stopped their work on the way out; this answer reaches nobody.
@@ -62,11 +63,6 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
             return error_response(499, "client_closed", "the client closed the connection")
         log.exception("unexpected error in request", path=request.path)
         return error_response(500, "internal_error", "unexpected error; see the agent's log")
-
-
-def _client_left(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
 
 
 def create_app(station: AgentStation, token: TokenCheck | None = None) -> web.Application:

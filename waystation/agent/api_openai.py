@@ -23,7 +23,7 @@ from aiohttp import web
 from waystation import contract, sse
 from waystation.agent import responses_translate
 from waystation.agent.api_openai_request import ChatRequest, chat_request
-from waystation.agent.api_turns import stream_turn
+from waystation.agent.api_turns import stream_turn, whole_turn
 from waystation.agent.http_io import json_body, station_of
 from waystation.station import AgentStation
 from waystation.station.ops import chat, turns
@@ -48,7 +48,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     turn, model_name = await _turn_of(station, chat_req)
     completion = Completion(f"chatcmpl-{int(time.time() * 1000):x}", int(time.time()), model_name)
     if not chat_req.stream:
-        result = await turns.run(station, turn)
+        result = await whole_turn(request, asyncio.create_task(turns.run(station, turn)))
         return web.json_response(completion.whole(result))
     frames: asyncio.Queue[bytes | None] = asyncio.Queue()
     running = asyncio.create_task(
@@ -81,7 +81,8 @@ async def responses(request: web.Request) -> web.StreamResponse:
     turn, model_name = await _turn_of(station, chat_req)
     answer = responses_translate.ResponseBuilder(body, model_name)
     if not chat_req.stream:
-        return web.json_response(answer.response(await turns.run(station, turn)))
+        result = await whole_turn(request, asyncio.create_task(turns.run(station, turn)))
+        return web.json_response(answer.response(result))
     frames: asyncio.Queue[bytes | None] = asyncio.Queue()
     running = asyncio.create_task(
         turns.run(station, turn, lambda piece: frames.put_nowait(answer.delta(piece)))

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from waystation import sse
-from waystation.agent.http_io import json_body, query_int, station_of
+from waystation.agent.http_io import client_left, json_body, query_int, station_of
 from waystation.errors import WaystationError
 from waystation.station.ops import turns
 from waystation.station.turns.request import TURN_ID_HEADER, TurnResult, turn_request
@@ -117,13 +117,9 @@ async def stream_turn(
             await response.write(frame)
     except BaseException:
         # The client went away or the agent is stopping (the handler is cancelled). A detached
-        # turn goes on (the agent's stop interrupts it); one that belongs to its caller stops at
-        # the model's next token, and still writes its ("interrupted") receipt.
+        # turn goes on (the agent's stop interrupts it); one that belongs to its caller stops.
         if not detached:
-            turn.cancel()
-            await asyncio.wait({turn})
-            if not turn.cancelled():
-                turn.exception()  # it ended on its own meanwhile; nobody is left to tell
+            await _stop(turn)
         raise
     try:
         result = await turn
@@ -133,3 +129,30 @@ async def stream_turn(
         await response.write(done(result))
     await response.write_eof()
     return response
+
+
+CALLER_POLL_S = 0.25  # how soon the model stops for a caller of a whole answer that went away
+
+
+async def whole_turn(request: web.Request, turn: asyncio.Task[TurnResult]) -> TurnResult:
+    """The result of a turn that belongs to its caller, answered whole (a chat completion without
+    `stream`). aiohttp runs a handler to its end after its client left, and this one writes
+    nothing until then: so the client's connection is looked at while the turn runs, and a turn
+    whose caller closed it stops, as a streamed one does, instead of generating for nobody."""
+    try:
+        while not turn.done():
+            await asyncio.wait({turn}, timeout=CALLER_POLL_S)
+            if not turn.done() and client_left(request):
+                raise ConnectionResetError("the client closed the connection")
+    except BaseException:
+        await _stop(turn)
+        raise
+    return turn.result()
+
+
+async def _stop(turn: asyncio.Task[TurnResult]) -> None:
+    """Stop a turn at the model's next token; it still writes its ("interrupted") receipt."""
+    turn.cancel()
+    await asyncio.wait({turn})
+    if not turn.cancelled():
+        turn.exception()  # it ended on its own meanwhile; nobody is left to tell

@@ -24,6 +24,13 @@ def error_response(
     return web.json_response(error_body(code, message, details), status=status)
 
 
+def client_left(request: web.Request) -> bool:
+    """Whether the request's client closed its connection (aiohttp runs a handler to its end
+    after its client left, unless it writes)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 async def read_body(request: web.Request) -> bytes:
     try:
         async with asyncio.timeout(BODY_TIMEOUT_S):
