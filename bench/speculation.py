@@ -20,8 +20,9 @@ the last 24 tokens (`--spec-ngram-mod-n-match`) occurred before: a reply of fewe
 gets no drafts there (a `--max-tokens 24` run shows none).
 
 Three kinds of prompt; each repetition gives the copy kinds a page not used before in the run (a
-README.md section's prose: llama-server's ngram-mod keeps n-grams across requests, and a page seen
-again would be drafted from the last reply):
+README.md section's prose, kept in bench/data/speculation_pages.json so that runs on other days
+use the same pages: llama-server's ngram-mod keeps n-grams across requests, and a page seen again
+would be drafted from the last reply):
   copy: repeat   "Repeat the following text word for word." and the page
   copy: quote    "Here is a page I fetched:", the page, "Using the page above, list its main points
                  as bullet points, quoting its sentences exactly." (an answer that quotes a fetched
@@ -55,6 +56,10 @@ from turns import PROMPTS, timed
 from waystation.adapters.models.embedded import default_model_path
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+# The pages, kept as they were when written (`--write-pages`, from README.md): a page's wording
+# decides how much of the answer is copied (a quote ratio went 1.23 -> 1.07 when README.md's
+# sections were edited, with the same code), so runs on other days compare only on the same pages.
+PAGES = Path(__file__).resolve().parent / "data" / "speculation_pages.json"
 PAGE_CHARS = (800, 1800)  # a page's prose: sections with less are skipped, more is cut at a paragraph
 NGRAM_FLAGS = ["--spec-type", "ngram-mod"]
 KINDS = ("copy: repeat", "copy: quote", "open-ended")
@@ -238,7 +243,7 @@ def report(runs: Runs, commands: list[str], reps: int, max_tokens: int, pages: l
     print_notes(
         *commands,
         build_note(),
-        "pages (README.md sections' prose, code blocks and tables left out, "
+        f"pages ({PAGES.name}: README.md sections' prose, code blocks and tables left out, "
         f"{PAGE_CHARS[0]:,}-{PAGE_CHARS[1]:,}+ characters), repeat / quote per repetition: "
         + "; ".join(f'"{h}"' for h in used),
         f"{reps} repetitions per side and kind, rotating which side goes first; max_tokens {max_tokens}; "
@@ -247,8 +252,19 @@ def report(runs: Runs, commands: list[str], reps: int, max_tokens: int, pages: l
     )
 
 
+def stored_pages() -> list[tuple[str, str]]:
+    return [(page["heading"], page["text"]) for page in json.loads(PAGES.read_text())]
+
+
+def write_pages() -> None:
+    PAGES.parent.mkdir(exist_ok=True)
+    pages = [{"heading": heading, "text": text} for heading, text in readme_pages()]
+    PAGES.write_text(json.dumps(pages, indent=1, ensure_ascii=False) + "\n")
+    progress(f"{len(pages)} pages from README.md written to {PAGES}")
+
+
 async def main_async(reps: int, max_tokens: int) -> Runs:
-    pages = readme_pages()
+    pages = stored_pages()
     if 2 * reps > len(pages):
         progress(
             f"{len(pages)} README pages for {2 * reps} copy prompts: pages repeat (ngram-mod keeps n-grams)"
@@ -267,7 +283,13 @@ def main() -> None:
     parser.add_argument(
         "--replies", metavar="FILE", help="write every reply here (JSON: kind -> side -> texts)"
     )
+    parser.add_argument(
+        "--write-pages", action="store_true", help=f"take the pages from README.md again, into {PAGES.name}"
+    )
     args = parser.parse_args()
+    if args.write_pages:
+        write_pages()
+        return
     runs = asyncio.run(main_async(args.reps, args.max_tokens))
     if args.replies:
         replies = {
