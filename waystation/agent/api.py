@@ -58,7 +58,8 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         if isinstance(exc, ConnectionResetError) and client_left(request):
             # aiohttp's ClientConnectionResetError from a write: the client of a streaming answer
             # (events, a streamed turn, a pull's progress) closed it, which is how such streams
-            # end. The handlers stopped their work on the way out; this answer reaches nobody.
+            # end; or a chat completion's caller left before its whole answer (whole_turn). The
+            # handlers stopped their work on the way out; this answer reaches nobody.
             log.debug("the client closed the connection mid-answer", path=request.path)
             return error_response(499, "client_closed", "the client closed the connection")
         log.exception("unexpected error in request", path=request.path)
