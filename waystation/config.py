@@ -57,8 +57,9 @@ class ModelSettings:
     gpu_layers: int = 0  # layers offloaded to the GPU; -1 = all that the build's GPU can take
     context: int = 4096  # tokens of prompt and reply together (the KV cache is sized for it)
     batch: int = 512  # prompt tokens evaluated per step
-    # Sequences llama.cpp generates at once (continuous batching: one decode step for all, a KV
-    # cache of `context` tokens for each); 0 = one at a time. MLX generates one at a time.
+    # Sequences generated at once (continuous batching: one decode step for all; llama.cpp sizes
+    # a KV cache of `context` tokens for each, MLX batches through mlx-lm's BatchGenerator);
+    # 0 = one at a time.
     parallel: int = 4
     # auto: a greedy sequence drafts its next tokens from its own earlier ones (a quote of a
     # page, a summary of tool results) and keeps those the model picks; a sequence whose drafts

@@ -33,7 +33,9 @@ def open_backend(
     if kind == "mlx":
         from waystation.adapters.models.mlx import MlxBackend
 
-        return MlxBackend(str(path), idle_unload_s=settings.idle_unload_s, admission=admission)
+        return MlxBackend(
+            str(path), idle_unload_s=settings.idle_unload_s, admission=admission, parallel=settings.parallel
+        )
     if kind == "llamacpp":
         from waystation.adapters.models.llamacpp import LlamaCppBackend
 

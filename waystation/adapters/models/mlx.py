@@ -1,10 +1,12 @@
-"""The MLX backend: an mlx-lm model directory, generated on the owner thread.
+"""The MLX backend: an mlx-lm model directory, generated on the owner thread or batched.
 
 MLX is imported only when a model loads, so Waystation runs where mlx is not installed. A GGUF
 file is not an MLX model: `python -m waystation.adapters.models.gguf_to_mlx` converts one.
 Tool calls follow the model's own tool template when its chat template takes `tools`; otherwise
 the tools are described in a system message (`base.tool_instructions`) and the reply is read as
-the JSON that message asks for.
+the JSON that message asks for (a reply read whole, then parsed: batched like any other).
+With `[model] parallel` > 0 every generation goes through the batch engine (mlx_batching.py);
+with 0, or where mlx-lm cannot batch the model, through `stream_generate`, one at a time.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import contextlib
 import gc
 import json
 import re
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +31,11 @@ from waystation.adapters.models.base import (
     TokenSink,
     ToolCall,
     ToolSpec,
-    discard,
     parse_tool_reply,
     tool_instructions,
 )
-from waystation.adapters.models.sampling import PENALTY_LAST_N
+from waystation.adapters.models.batch_job import completion
+from waystation.adapters.models.mlx_batching import MlxBatchEngine, batch_generator_class, batchable, sampling
 from waystation.adapters.models.stop import StopStream, cut_at_stop
 from waystation.adapters.models.threaded import ThreadedBackend
 from waystation.errors import ModelError, PromptTooLong, UnsupportedParameter
@@ -57,10 +60,19 @@ class MlxModel:
     tokenizer: Any  # mlx_lm.tokenizer_utils.TokenizerWrapper
     context: int | None  # max position embeddings, when the config names them
     tool_template: bool  # the chat template renders a `tools` argument
+    engine: MlxBatchEngine | None = None  # `[model] parallel` > 0: every sequence goes through it
 
 
 class MlxBackend(ThreadedBackend[MlxModel]):
     name = "mlx"
+
+    def __init__(self, model_path: str, **options: Any) -> None:
+        """ThreadedBackend's options; `parallel` > 0 asks for the batch engine."""
+        super().__init__(model_path, **options)
+        self._asked_parallel = self.parallel  # `parallel` itself reads 0 where batching cannot be
+        # Without a batch engine (parallel 0, or no BatchGenerator for this model) several
+        # generations may still be let in at once: they take the model one at a time.
+        self._one_at_a_time = threading.Lock()
 
     def load_blocking(self) -> MlxModel:
         path = Path(self.model_path).expanduser()
@@ -91,9 +103,17 @@ class MlxBackend(ThreadedBackend[MlxModel]):
         if not tokenizer.has_chat_template:
             raise ModelError(path, "the tokenizer has no chat template (an instruct model is needed)")
         context = config.get("max_position_embeddings") or config.get("max_sequence_length")
-        return MlxModel(model, tokenizer, int(context) if context else None, _renders_tools(tokenizer))
+        engine = None
+        if self._asked_parallel > 0 and batch_generator_class() is not None and batchable(model):
+            engine = MlxBatchEngine(model, tokenizer, self._asked_parallel)
+        self.parallel = self._asked_parallel if engine is not None else 0  # `models ps`: serial
+        return MlxModel(
+            model, tokenizer, int(context) if context else None, _renders_tools(tokenizer), engine
+        )
 
     def unload_blocking(self, handle: MlxModel) -> None:
+        if handle.engine is not None:
+            handle.engine.close()
         del handle
         gc.collect()
         import mlx.core as mx  # type: ignore[import-untyped, import-not-found, unused-ignore]
@@ -101,12 +121,6 @@ class MlxBackend(ThreadedBackend[MlxModel]):
         mx.clear_cache()
 
     def generate_blocking(self, handle: MlxModel, request: GenerationRequest, emit: TokenSink) -> Generation:
-        import mlx_lm  # type: ignore[import-untyped, import-not-found, unused-ignore]
-        from mlx_lm.sample_utils import (  # type: ignore[import-untyped, import-not-found, unused-ignore]
-            make_logits_processors,
-            make_sampler,
-        )
-
         if request.response_format is not None:  # no grammar here: never pretend to constrain
             raise UnsupportedParameter("response_format", "the mlx backend cannot constrain its answer")
         started = time.perf_counter()
@@ -123,46 +137,23 @@ class MlxBackend(ThreadedBackend[MlxModel]):
         # A reply that may be a tool call is read whole, then its answer is held to the stop
         # strings and given out (a call's JSON is neither streamed as text nor cut); a plain
         # answer streams, ending before the first stop string (no grammar here to end it).
-        stream = StopStream(() if tools else request.stop, discard if tools else emit)
-        first_token_ms: int | None = None
-        finish_reason = "stop"
-        completion_tokens = 0
-        # top_p only when asked (mlx-lm's 0 is none): its sampled answers are otherwise as before.
-        sampler = make_sampler(temp=request.temperature, top_p=request.top_p or 0.0)
-        # OpenAI's penalties as llama.cpp applies them: over the last 64 tokens, the prompt's too.
-        penalties = make_logits_processors(
-            frequency_penalty=request.frequency_penalty,
-            frequency_context_size=PENALTY_LAST_N,
-            presence_penalty=request.presence_penalty,
-            presence_context_size=PENALTY_LAST_N,
+        stop = () if tools else request.stop
+        chunks = (
+            self._batched(handle.engine, prompt, room, request, stop)
+            if handle.engine is not None
+            else self._serial(handle, prompt, room, request, stop)
         )
-        if request.seed is not None:  # one generation at a time here: the global state is its own
-            import mlx.core as mx  # type: ignore[import-untyped, import-not-found, unused-ignore]
-
-            mx.random.seed(request.seed % 2**32)
-        for response in mlx_lm.stream_generate(
-            handle.model,
-            handle.tokenizer,
-            prompt,
-            max_tokens=room,
-            sampler=sampler,
-            logits_processors=penalties,
-        ):
-            if self.stopping():
-                finish_reason = "cancelled"
-                completion_tokens = response.generation_tokens
-                break
+        first_token_ms: int | None = None
+        finish_reason, completion_tokens, pieces = "stop", 0, []
+        for piece, reason, generated in chunks:
+            completion_tokens = generated
             if first_token_ms is None:
                 first_token_ms = int((time.perf_counter() - started) * 1000)
-            stream.feed(response.text)
-            if stream.stopped:
-                finish_reason, completion_tokens = "stop", response.generation_tokens
-                break
-            if response.finish_reason is not None:
-                finish_reason = response.finish_reason
-                # the stop token ends the reply but is not part of it
-                completion_tokens = response.generation_tokens - (finish_reason == "stop")
-        text = stream.finish()
+            pieces.append(piece)
+            if piece and not tools:
+                emit(piece)
+            finish_reason = reason or finish_reason
+        text = "".join(pieces)
         tool_calls: list[ToolCall] = []
         if tools:
             text, tool_calls = parse_tool_calls(text)
@@ -181,6 +172,58 @@ class MlxBackend(ThreadedBackend[MlxModel]):
             finish_reason=finish_reason,
             first_token_ms=first_token_ms,
         )
+
+    def _batched(
+        self,
+        engine: MlxBatchEngine,
+        prompt: list[int],
+        room: int,
+        request: GenerationRequest,
+        stop: Sequence[str],
+    ) -> Iterator[tuple[str, str | None, int]]:
+        """(text, finish reason, tokens so far) from the batch engine (mlx_batching.py)."""
+        job = engine.submit(prompt, room, request)
+        for piece, reason in completion(job, stop, self.stopping):
+            yield piece, reason, job.generated
+
+    def _serial(
+        self, handle: MlxModel, prompt: list[int], room: int, request: GenerationRequest, stop: Sequence[str]
+    ) -> Iterator[tuple[str, str | None, int]]:
+        """(text, finish reason, tokens so far) from mlx-lm's one-sequence `stream_generate`."""
+        import mlx_lm  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+        sampler, penalties = sampling(request)
+        pieces: list[str] = []
+        stream = StopStream(stop, pieces.append)
+        with self._one_at_a_time:
+            if request.seed is not None:  # one generation at a time here: the global state is its own
+                import mlx.core as mx  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+                mx.random.seed(request.seed % 2**32)
+            for response in mlx_lm.stream_generate(
+                handle.model,
+                handle.tokenizer,
+                prompt,
+                max_tokens=room,
+                sampler=sampler,
+                logits_processors=penalties,
+            ):
+                reason, generated = None, response.generation_tokens
+                if self.stopping():
+                    reason = "cancelled"
+                else:
+                    stream.feed(response.text)
+                    if stream.stopped:
+                        reason = "stop"
+                    elif response.finish_reason is not None:
+                        reason = response.finish_reason
+                        generated -= reason == "stop"  # the stop token ends the reply, not part of it
+                if reason is not None:
+                    stream.finish()
+                yield "".join(pieces), reason, generated
+                pieces.clear()
+                if reason is not None:
+                    return
 
     def prompt_tokens(
         self,
