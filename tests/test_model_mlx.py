@@ -83,6 +83,30 @@ def test_conversion_writes_an_mlx_model_dir(mlx_dir: Path) -> None:
     assert tokenizer_config["eos_token"] == "<|im_end|>"
 
 
+def test_a_conversion_cut_short_leaves_no_model_that_mixes_two(
+    gguf_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Converting again over a model directory, cut short right after the weights: the directory
+    is refused as no model (never the old config and tokenizer beside new weights), nothing
+    half-written is left, and converting again makes it whole."""
+    import mlx.core as mx
+
+    out = convert_gguf_to_mlx(gguf_path, tmp_path / "model")
+    save = mx.save_safetensors
+
+    def save_then_fail(*args: Any, **kwargs: Any) -> None:
+        save(*args, **kwargs)
+        raise OSError("the disk went away")
+
+    monkeypatch.setattr(mx, "save_safetensors", save_then_fail)
+    with pytest.raises(OSError):
+        convert_gguf_to_mlx(gguf_path, out)
+    assert not is_mlx_model_dir(out)
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    monkeypatch.undo()
+    assert is_mlx_model_dir(convert_gguf_to_mlx(gguf_path, out))
+
+
 def test_tokenizer_matches_llama_cpp(gguf_path: Path, loaded: MlxModel) -> None:
     vocab = llama(gguf_path, vocab_only=True)
     samples = [

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from waystation import durable
 from waystation.errors import ModelError
 
 GROUP_SIZE = 32  # every GGUF block type MLX keeps quantized has 32 weights per block
@@ -96,12 +98,36 @@ def convert_gguf_to_mlx(gguf_path: Path, out_dir: Path) -> Path:
     config = model_config(meta, weights)
     tokenizer_json, tokenizer_config = tokenizer_files(meta)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    mx.save_safetensors(str(out_dir / "model.safetensors"), weights, metadata={"format": "mlx"})
-    _write_json(out_dir / "config.json", config)
-    (out_dir / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-    _write_json(out_dir / "tokenizer_config.json", tokenizer_config)
+    def save_weights(path: Path) -> None:
+        mx.save_safetensors(str(path), weights, metadata={"format": "mlx"})
+
+    tokenizers = {"tokenizer.json": tokenizer_json, "tokenizer_config.json": _json(tokenizer_config)}
+    _write_model_dir(out_dir, save_weights, tokenizers, _json(config))
     return out_dir
+
+
+def _write_model_dir(
+    out_dir: Path, save_weights: Callable[[Path], None], files: dict[str, str], config: str
+) -> None:
+    """The directory's files, each whole or not there after a crash or a power cut, config.json
+    (what makes it a model directory, mlx.is_mlx_model_dir) removed first and written last: a
+    conversion cut short leaves a directory refused as no model, never one whose config and
+    weights come from different conversions."""
+    durable.make_dirs(out_dir)
+    (out_dir / "config.json").unlink(missing_ok=True)
+    durable.fsync_dir(out_dir)
+    partial = out_dir / ".partial-weights.safetensors"  # (not model*.safetensors: not a model yet)
+    try:
+        save_weights(partial)
+        with partial.open("rb") as written:
+            os.fsync(written.fileno())
+        durable.move_into(partial, out_dir / "model.safetensors")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    for name, text in files.items():
+        durable.write_atomic(out_dir / name, text, mode=0o644)
+    durable.write_atomic(out_dir / "config.json", config, mode=0o644)
 
 
 def model_config(meta: dict[str, Any], weights: dict[str, Any]) -> dict[str, Any]:
@@ -277,8 +303,8 @@ def _text(meta: dict[str, Any], key: str, default: str | None = None) -> str:
     return value
 
 
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def _json(value: dict[str, Any]) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
