@@ -76,6 +76,24 @@ class Job:
         self.out.put(finished)
 
 
+CLOSE = object()  # put in an engine's inbox by its close()
+
+
+def arrivals(inbox: queue.SimpleQueue[Any], block: bool) -> tuple[list[Any], bool]:
+    """What came into an engine's inbox (batching.py, mlx_batching.py): the first item waited for
+    only when `block` (the engine has nothing else to do), then all that is there already; and
+    whether `close` came among them (what came before it is still returned, to be ended)."""
+    items: list[Any] = []
+    try:
+        item = inbox.get(block=block)
+        while item is not CLOSE:
+            items.append(item)
+            item = inbox.get_nowait()
+    except queue.Empty:
+        return items, False
+    return items, True
+
+
 POLL_S = 0.1  # how often a generation waiting for its next piece looks whether it was cancelled
 
 

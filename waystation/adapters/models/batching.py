@@ -34,13 +34,12 @@ from typing import Any
 
 import structlog
 
-from waystation.adapters.models.batch_job import Finished, Job
+from waystation.adapters.models.batch_job import CLOSE, Finished, Job, arrivals
 from waystation.adapters.models.ngram import CPU_ROW_SHARE, MAX_DRAFT, Drafter, break_even
 from waystation.adapters.models.sampling import TOP_P, SequenceSampler, StepLogits
 from waystation.adapters.models.saved_state import SavedStates, common_prefix, copy_out, restore_into
 
 log = structlog.get_logger(__name__)
-_CLOSE = object()  # put in the inbox by close()
 
 
 class BatchEngine:
@@ -141,7 +140,7 @@ class BatchEngine:
 
     def close(self) -> None:
         """Stop the thread (ending any sequence still running) and free the context."""
-        self._inbox.put(_CLOSE)
+        self._inbox.put(CLOSE)
         self._thread.join()
         self._lib.llama_batch_free(self._batch)
         self._context.close()
@@ -152,20 +151,12 @@ class BatchEngine:
         active: list[Job] = []
         waiting: list[Job] = []
         while True:
-            try:
-                item = self._inbox.get(block=not active and not waiting)
-            except queue.Empty:
-                item = None
-            while item is not None:
-                if item is _CLOSE:
-                    for job in active + waiting:
-                        self._finish(job, active, Finished("cancelled"))
-                    return
-                waiting.append(item)
-                try:
-                    item = self._inbox.get_nowait()
-                except queue.Empty:
-                    item = None
+            arrived, closing = arrivals(self._inbox, block=not active and not waiting)
+            waiting.extend(arrived)
+            if closing:
+                for job in active + waiting:
+                    self._finish(job, active, Finished("cancelled"))
+                return
             for job in [j for j in waiting if j.cancelled]:
                 waiting.remove(job)
                 self._finish(job, active, Finished("cancelled"))

@@ -30,11 +30,10 @@ from typing import Any
 import structlog
 
 from waystation.adapters.models.base import GenerationRequest
-from waystation.adapters.models.batch_job import Finished, Job
+from waystation.adapters.models.batch_job import CLOSE, Finished, Job, arrivals
 from waystation.adapters.models.sampling import PENALTY_LAST_N
 
 log = structlog.get_logger(__name__)
-_CLOSE = object()  # put in the inbox by close()
 
 
 def batch_generator_class() -> Any | None:
@@ -118,7 +117,7 @@ class MlxBatchEngine:
 
     def close(self) -> None:
         """Stop the thread (ending any sequence still running) and let the generator go."""
-        self._inbox.put(_CLOSE)
+        self._inbox.put(CLOSE)
         self._thread.join()
         self._generator.close()
 
@@ -129,20 +128,12 @@ class MlxBatchEngine:
         waiting: deque[_Sequence] = deque()
         while True:
             self.running = len(running)
-            try:
-                item = self._inbox.get(block=not running and not waiting)
-            except queue.Empty:
-                item = None
-            while item is not None:
-                if item is _CLOSE:
-                    for sequence in [*running.values(), *waiting]:
-                        sequence.job.end(Finished("cancelled"))
-                    return
-                waiting.append(item)
-                try:
-                    item = self._inbox.get_nowait()
-                except queue.Empty:
-                    item = None
+            arrived, closing = arrivals(self._inbox, block=not running and not waiting)
+            waiting.extend(arrived)
+            if closing:
+                for sequence in [*running.values(), *waiting]:
+                    sequence.job.end(Finished("cancelled"))
+                return
             for sequence in [s for s in waiting if s.job.cancelled]:
                 waiting.remove(sequence)
                 sequence.job.end(Finished("cancelled"))
