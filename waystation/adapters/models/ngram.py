@@ -9,8 +9,12 @@ right. The reply is the greedy one without speculation token by token, but not a
 bit: llama.cpp's CPU flash attention evaluates a lone sequence's one token with the cache split
 among the threads once 512 cells are in view (past 256 cached tokens), and several tokens of a
 sequence a row at a time over the whole cache (ggml-cpu's ops.cpp, `use_split_kv_path`). The sums
-differ (SmolLM2's logits by up to ~0.7), so at a near tie the two can part; with one thread they
-agree exactly.
+differ (SmolLM2's logits by up to ~0.7-1.3), so at a near tie the two can part; with one thread
+they agree exactly. The cells a draft's step writes carry its numbers on, and a later token
+decoded alone can then part at a near tie too (picks 0.01-0.03 apart seen): taking a drafted row's
+pick only when it led the runner-up by 1.5 or 3 logits (tried) kept no more replies whole and cost
+the drafts' gain, so there is no such rule. Only attention summed in one order for any number of
+rows (llama.cpp's kernels) would make the two identical.
 
 A draft costs batch rows even when none of it is kept. A decode step costs a fixed part (reading
 the weights, the graph, the threads' handover) and a part per row; a kept drafted token saves its
