@@ -95,14 +95,26 @@ async def test_four_at_once_reply_as_one_at_a_time_and_the_rest_wait(
         )
         for i, r in enumerate(requests())
     ]
-    replies = [reply(g) for g in await asyncio.gather(*(batched.generate(r) for r in asked))]
+    seen: set[tuple[int, int]] = set()  # (sequences generating, requests waiting), as models ps shows
+
+    async def watch() -> None:
+        while True:
+            seen.add((batched.in_use, batched.waiting))
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        replies = [reply(g) for g in await asyncio.gather(*(batched.generate(r) for r in asked))]
+    finally:
+        watcher.cancel()
     assert replies == one_at_a_time
+    assert (4, 2) in seen, seen
     assert replies[3][1] == [{"url": "http://example.com/page"}] and replies[3][2] == "tool_calls"
     assert replies[4][2] == "stop" and "," not in replies[4][0]
     assert all(("waiting", 1) not in stages[i] for i in range(4))
     assert stages[4] == [("waiting", 1), ("generating", 0)]
     assert stages[5] == [("waiting", 2), ("generating", 0)]
-    assert batched.in_use == 0 and not batched.busy
+    assert batched.in_use == batched.waiting == 0 and not batched.busy
 
 
 async def test_a_cancelled_generation_frees_its_sequence(batched: LlamaCppBackend) -> None:
@@ -291,6 +303,14 @@ def test_four_streams_over_the_socket_each_get_their_own_text(agent: Agent) -> N
     assert max(seen, default=0) > 1, "generated at once, not one after another"
     (row,) = agent.api("GET", "/v1/models/loaded").json()
     assert (row["parallel"], row["sequences"]) == (4, 0)
+
+
+def test_models_ps_counts_the_requests_waiting_for_a_sequence() -> None:
+    from waystation.cli.commands.models import _sequences
+
+    assert _sequences({"parallel": 4, "sequences": 4, "waiting": 2}) == "4/4 +2 waiting"
+    assert _sequences({"parallel": 0, "sequences": 1, "waiting": 1}) == "serial +1 waiting"
+    assert _sequences({"parallel": 4, "sequences": 1, "waiting": 0}) == "1/4"
 
 
 def test_models_ps_shows_the_sequences(agent: Agent) -> None:

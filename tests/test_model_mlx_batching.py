@@ -83,7 +83,7 @@ async def test_a_fifth_waits_then_runs_and_models_ps_shows_sequences(mlx_dir: Pa
     route = LocalRoute(settings)
     _, backend = route.backend()
     stages: list[list[str]] = [[] for _ in range(5)]
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[int, int, int]] = []
 
     def request(i: int) -> GenerationRequest:
         def stage(name: str, _ahead: int) -> None:
@@ -93,7 +93,7 @@ async def test_a_fifth_waits_then_runs_and_models_ps_shows_sequences(mlx_dir: Pa
 
     async def watch() -> None:
         while True:
-            seen.extend((row["sequences"], row["parallel"]) for row in route.loaded())
+            seen.extend((row["sequences"], row["parallel"], row["waiting"]) for row in route.loaded())
             await asyncio.sleep(0.2)
 
     watcher = asyncio.ensure_future(watch())
@@ -105,8 +105,8 @@ async def test_a_fifth_waits_then_runs_and_models_ps_shows_sequences(mlx_dir: Pa
     assert all(g.text for g in got)
     assert "waiting" in stages[4] and "generating" in stages[4]
     assert not any("waiting" in s for s in stages[:4])
-    assert (4, 4) in seen, "`models ps` shows 4 of 4 sequences in use"
-    assert all(parallel == 4 and 0 <= sequences <= 4 for sequences, parallel in seen)
+    assert (4, 4, 1) in seen, "`models ps` shows 4 of 4 sequences in use, and one waiting"
+    assert all(p == 4 and 0 <= sequences <= 4 and waiting <= 1 for sequences, p, waiting in seen)
 
 
 async def test_penalties_and_top_p_reach_the_model_batched(mlx_dir: Path) -> None:  # noqa: F811

@@ -137,6 +137,7 @@ class LoadedModel(TypedDict):
     until: str
     busy: bool
     sequences: int  # generating now
+    waiting: int  # requests waiting for a sequence (or, serial, for the one generating)
     parallel: int  # sequences it generates at once; 0: one at a time (serial)
     saved_state: SavedState | None  # parked turns' model state on disk; None: not kept (off)
 

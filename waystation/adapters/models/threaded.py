@@ -93,6 +93,11 @@ class ThreadedBackend(abc.ABC, Generic[Handle]):
         return self._active
 
     @property
+    def waiting(self) -> int:
+        """Generations waiting for one of those to end (the `waiting` stage)."""
+        return self._queued
+
+    @property
     def last_used(self) -> float:
         """When its last generation ended (monotonic): the least recently used unloads first."""
         return self._last_used

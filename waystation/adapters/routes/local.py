@@ -146,6 +146,7 @@ class LocalRoute:
                     "until": "busy" if busy else unloads_at or "forever",
                     "busy": busy,
                     "sequences": int(getattr(backend, "in_use", 0)),
+                    "waiting": int(getattr(backend, "waiting", 0)),
                     "parallel": int(getattr(backend, "parallel", 0)),
                     "saved_state": getattr(backend, "saved_state", None),
                 }

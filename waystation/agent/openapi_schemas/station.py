@@ -137,6 +137,10 @@ STATION_SCHEMAS: dict[str, Schema] = {
             },
             "busy": {"type": "boolean"},
             "sequences": {"type": "integer", "description": "sequences it generates now"},
+            "waiting": {
+                "type": "integer",
+                "description": "requests waiting for a sequence (serial: for the one generating)",
+            },
             "parallel": {
                 "type": "integer",
                 "description": "sequences it may generate at once ([model] parallel); 0: one at a time",

@@ -220,8 +220,8 @@ def models_rm(name: Annotated[str, typer.Argument(metavar="NAME")], as_json: Jso
 def models_ps(as_json: JsonFlag = False) -> None:
     """What the running agent has in memory: each model, the memory it takes (weights and KV
     cache, as `[model] memory_budget_mb` counts them), its sequences generating now of those it
-    may at once, the parked turns' model state it keeps on disk (SAVED: entries and size; `-`:
-    off) and when it unloads."""
+    may at once and the requests waiting for one, the parked turns' model state it keeps on disk
+    (SAVED: entries and size; `-`: off) and when it unloads."""
     from waystation.cli import render
 
     with waystation() as ws:
@@ -255,11 +255,12 @@ def _loaded_table(loaded: list[dict[str, Any]]) -> None:
 
 
 def _sequences(row: dict[str, Any]) -> str:
-    """Sequences generating now of those it may at once ("1/4"), or "serial" (one at a time)."""
-    parallel = row.get("parallel")
-    if not isinstance(parallel, int) or parallel <= 0:
-        return "serial"
-    return f"{row.get('sequences', 0)}/{parallel}"
+    """Sequences generating now of those it may at once ("1/4"), or "serial" (one at a time),
+    and the requests waiting for one ("4/4 +2 waiting")."""
+    parallel, waiting = row.get("parallel"), row.get("waiting")
+    serial = not isinstance(parallel, int) or parallel <= 0
+    now = "serial" if serial else f"{row.get('sequences', 0)}/{parallel}"
+    return f"{now} +{waiting} waiting" if isinstance(waiting, int) and waiting > 0 else now
 
 
 def _saved(saved: object) -> str:
