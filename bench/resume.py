@@ -13,7 +13,8 @@ three ways, each in a fresh child process:
   after kill -9  the turn parked in a process killed with SIGKILL once the state was written;
                  a new process resumes it (the state read from disk)
 Goal (issue 23): restored <= 15 % of cold, after kill -9 too. Replies are compared with the cold
-one (they may differ in a late token: llama.cpp's sums depend on how a prompt was batched).
+one: the cold prompt is evaluated in the batches a restoration gives (resume_state.split_point),
+as llama.cpp's sums depend on them.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ answer from a full prefill, the file dropped.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 import struct
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 from support.agentproc import Receiver, started_agent, wait_for
 
+from waystation.adapters.models import resume_state
 from waystation.adapters.models.base import GenerationRequest
 from waystation.adapters.models.embedded import default_model_path
 from waystation.adapters.models.llamacpp import LlamaCppBackend, LlamaOptions
@@ -161,6 +163,7 @@ PARKED: list[dict[str, Any]] = [
     },
     {"role": "tool", "tool_call_id": "call_1", "content": '{"status": "deferred", "task_id": "t_1"}'},
 ]
+ANSWER_TOKENS = 96  # long enough for a prompt batched otherwise to part in a late token
 RESUMED: list[dict[str, Any]] = [
     *PARKED[:-1],
     {**PARKED[-1], "content": "Ferry timetable: the island ferry leaves at 7:00."},
@@ -168,7 +171,7 @@ RESUMED: list[dict[str, Any]] = [
 
 
 def answer(messages: list[dict[str, Any]]) -> GenerationRequest:
-    return GenerationRequest(messages, tool_choice="none", max_tokens=16)
+    return GenerationRequest(messages, tool_choice="none", max_tokens=ANSWER_TOKENS)
 
 
 async def _run(states: Path | None, **options: Any) -> tuple[str, int]:
@@ -226,14 +229,44 @@ def cold() -> str:
     return text
 
 
-async def test_a_restored_state_gives_the_answer_its_evaluation_gave(
-    states: Path, parked: tuple[Path, list[int], str]
+async def test_a_restored_state_gives_the_cold_answer_token_for_token(
+    states: Path, parked: tuple[Path, list[int], str], cold: str
 ) -> None:
+    """Restored (after a restart, or in the process that saved it) or evaluated whole, the
+    resumed answer is the same: the whole prompt is evaluated in the batches a restored prefix
+    gives (resume_state.split_point), as llama.cpp's sums depend on them."""
     _, kept, in_process = parked
     assert len(kept) > 150  # the system prompt and the earlier exchange
     text, restored = await _run(states)  # as after a restart
     assert restored == 1, "the resumed answer started from the saved state"
-    assert text == in_process != ""
+    assert text == in_process == cold != ""
+
+
+async def test_a_prompt_evaluated_whole_is_cut_where_a_restored_prefix_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No state saved (`saved_state_mb = 0`), the resumed answer's prompt is still evaluated in
+    the batches a restoration would give: its answer prefix, then the rest."""
+    import llama_cpp
+
+    decode, batches = llama_cpp.llama_decode, []
+
+    def recorded(ctx: Any, batch: Any) -> int:
+        batches.append(batch.n_tokens)
+        return int(decode(ctx, batch))
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", recorded)
+    settings = LlamaOptions(parallel=2, saved_state_mb=0)
+    backend = LlamaCppBackend(str(default_model_path()), options=settings)
+    try:
+        request = dataclasses.replace(answer(RESUMED), max_tokens=2)
+        await backend.generate(request)
+        assert backend._handle is not None
+        cut = len(resume_state.answer_prefix(backend._handle, request))
+    finally:
+        await backend.close()
+    assert cut >= MIN_TOKENS
+    assert batches[0] == cut and batches[1] > 1, batches  # (the whole prompt is under one batch)
 
 
 @pytest.mark.parametrize("damage", ["flipped", "refused"])

@@ -38,6 +38,7 @@ class Job:
     cancelled: bool = False  # set by the generation's thread, read by the engine's
     reused: int = 0  # prompt tokens found in the slot's cache (not evaluated again)
     restore: Found | None = None  # a saved state to start from, read by `submit`
+    split_at: int = 0  # its prompt is evaluated up to here first, in batches of its own (batching.py)
     restored: int = 0  # prompt tokens restored from it
     state: bytes | None = None  # a `save` job's result: the sequence's state after its prompt
     # The engine's own bookkeeping.

@@ -17,7 +17,9 @@ used), and only the rest is evaluated: a conversation's next turn, a resumed tur
 with the same tool instructions starts where the cache already is (as llama-server's slots do).
 A prompt that starts with a prefix saved on disk (saved_state.py: a parked turn's, kept by
 `save`), longer than any slot shares, has that state read on its own thread and restored into
-its slot first (`llama_state_seq_set_data`); a state llama.cpp refuses is a full prefill.
+its slot first (`llama_state_seq_set_data`); a state llama.cpp refuses is a full prefill. A prompt
+evaluated whole stops a batch where such a prefix would end (`split_at`), so either way its cache
+holds the same numbers (llama.cpp's sums depend on how a prompt is cut into batches).
 
 Generations call `submit` and read the job's text through `completion` (batch_job.py) on their
 own threads; only the engine's thread touches the context.
@@ -107,15 +109,18 @@ class BatchEngine:
         self, prompt: Sequence[int], max_tokens: int, temperature: float, seed: int,
         grammar: Any = None, accepted: Sequence[int] = (), *,
         top_p: float = TOP_P, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+        split_at: int = 0,
     ) -> Job:  # fmt: skip
         """Start a sequence; read its pieces from the job. The penalties look back over the
-        prompt's last tokens too, as llama-server's do (sampling.py)."""
+        prompt's last tokens too, as llama-server's do (sampling.py). `split_at`: where the
+        prompt's first part ends, evaluated in batches of its own (a state saved of that part
+        holds the same numbers: resume_state.py)."""
         sampler = SequenceSampler(
             self._lib, self._vocab, self._n_vocab, temperature, seed, grammar, accepted,
             top_p=top_p, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
             history=prompt,
         )  # fmt: skip
-        job = Job(list(prompt), max_tokens, sampler)
+        job = Job(list(prompt), max_tokens, sampler, split_at=split_at)
         if self.speculative and temperature <= 0:  # greedy only (ngram.py says why)
             job.drafter = Drafter()
             job.drafter.extend(job.prompt)
@@ -231,7 +236,10 @@ class BatchEngine:
         for job in in_order:  # prompts fill what is left of the batch
             if not job.pending or n >= self.batch_size:
                 continue
-            chunk, job.pending = job.pending[: self.batch_size - n], job.pending[self.batch_size - n :]
+            room = self.batch_size - n
+            if job.pos < job.split_at:  # the first part ends a batch of its own
+                room = min(room, job.split_at - job.pos)
+            chunk, job.pending = job.pending[:room], job.pending[room:]
             for i, token in enumerate(chunk):
                 done = not job.pending and i == len(chunk) - 1 and job.sampler is not None
                 self._add(batch, n, token, job.pos + i, job.slot, logits=done)

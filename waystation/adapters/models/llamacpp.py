@@ -337,13 +337,13 @@ class LlamaCppBackend(ThreadedBackend[Loaded]):
         grammar: Any,
         items: ArrayItems | None,
     ) -> Iterator[tuple[str, str | None]]:
-        """A round's (text, finish reason) chunks: from the batch engine, or from llama-cpp-python
-        one sequence at a time (`[model] parallel = 0`)."""
+        """A round's (text, finish reason): the batch engine's, or (`parallel = 0`) llama-cpp-python's."""
         max_tokens, options = request.max_tokens - len(kept), sampler_options(request)  # top_p, penalties
         if handle.engine is not None:
             job = handle.engine.submit(
-                prompt, max_tokens, request.temperature, sampler_seed(request.seed), grammar, kept, **options
-            )
+                prompt, max_tokens, request.temperature, sampler_seed(request.seed), grammar, kept,
+                **options, split_at=resume_state.split_point(handle, request, prompt),
+            )  # fmt: skip
             yield from completion(job, stop, self.stopping)
             return
         for chunk in handle.llm.create_completion(

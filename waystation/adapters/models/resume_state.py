@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,18 @@ def answer_prefix(handle: Loaded, request: GenerationRequest) -> list[int]:
     if cut < 0:
         return []
     return prompt_size.tokenized(handle.llm, rendered[:cut], handle.boundary)
+
+
+def split_point(handle: Loaded, request: GenerationRequest, prompt: Sequence[int]) -> int:
+    """Where the engine stops a batch while it evaluates `prompt`: at the end of the answer prefix
+    a parked turn keeps, when the prompt starts with one long enough to keep (else 0: nowhere).
+
+    llama.cpp's sums depend on how a prompt is cut into batches, and a resumption evaluates what
+    follows a restored prefix in batches of its own. A prompt evaluated cold is cut there too, so
+    its cache holds the numbers a restored state gives: the resumed reply is the cold one, token
+    for token, whether its state was kept, lost or never saved (`saved_state_mb = 0`)."""
+    prefix = answer_prefix(handle, request)
+    return len(prefix) if len(prefix) >= MIN_TOKENS and list(prompt[: len(prefix)]) == prefix else 0
 
 
 def keep(handle: Loaded, request: GenerationRequest) -> bool:
