@@ -246,7 +246,8 @@ async def test_a_prompt_evaluated_whole_is_cut_where_a_restored_prefix_ends(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """No state saved (`saved_state_mb = 0`), the resumed answer's prompt is still evaluated in
-    the batches a restoration would give: its answer prefix, then the rest."""
+    the batches a restoration would give: its answer prefix, then the rest. A prompt with no tool
+    results to answer from is evaluated whole, as llama-server evaluates it."""
     import llama_cpp
 
     decode, batches = llama_cpp.llama_decode, []
@@ -262,7 +263,12 @@ async def test_a_prompt_evaluated_whole_is_cut_where_a_restored_prefix_ends(
         request = dataclasses.replace(answer(RESUMED), max_tokens=2)
         await backend.generate(request)
         assert backend._handle is not None
-        cut = len(resume_state.answer_prefix(backend._handle, request))
+        prefix = resume_state.answer_prefix(backend._handle, request)
+        asked = dataclasses.replace(request, messages=RESUMED[:4])  # the question, before its tool call
+        assert resume_state.answer_prefix(backend._handle, asked) == prefix
+        assert resume_state.split_point(backend._handle, request, [*prefix, 1]) == len(prefix)
+        assert resume_state.split_point(backend._handle, asked, [*prefix, 1]) == 0
+        cut = len(prefix)
     finally:
         await backend.close()
     assert cut >= MIN_TOKENS

@@ -17,9 +17,9 @@ used), and only the rest is evaluated: a conversation's next turn, a resumed tur
 with the same tool instructions starts where the cache already is (as llama-server's slots do).
 A prompt that starts with a prefix saved on disk (saved_state.py: a parked turn's, kept by
 `save`), longer than any slot shares, has that state read on its own thread and restored into
-its slot first (`llama_state_seq_set_data`); a state llama.cpp refuses is a full prefill. A prompt
-evaluated whole stops a batch where such a prefix would end (`split_at`), so either way its cache
-holds the same numbers (llama.cpp's sums depend on how a prompt is cut into batches).
+its slot first (`llama_state_seq_set_data`); a state llama.cpp refuses is a full prefill. A
+resumption evaluated whole stops a batch where such a prefix would end (`split_at`), so either way
+its cache holds the same numbers (llama.cpp's sums depend on how a prompt is cut into batches).
 
 Generations call `submit` and read the job's text through `completion` (batch_job.py) on their
 own threads; only the engine's thread touches the context.

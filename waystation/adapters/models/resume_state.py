@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from waystation.adapters.models import prompt_size
-from waystation.adapters.models.base import GenerationRequest
+from waystation.adapters.models.base import GenerationRequest, Message
 from waystation.adapters.models.batch_job import Finished
 from waystation.adapters.models.batching import BatchEngine
 from waystation.adapters.models.chat_messages import answer_form
@@ -49,7 +49,7 @@ def answer_prefix(handle: Loaded, request: GenerationRequest) -> list[int]:
     """The tokens an answer to `request`'s last user message starts with, whatever that message
     and the results after it say: [] where there is no user message or the template hides it."""
     messages = list(request.messages)
-    at = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    at = _last_user(messages)
     if at < 0:
         return []
     asked = answer_form([*messages[:at], {"role": "user", "content": SENTINEL}], request.response_format)
@@ -61,15 +61,25 @@ def answer_prefix(handle: Loaded, request: GenerationRequest) -> list[int]:
 
 
 def split_point(handle: Loaded, request: GenerationRequest, prompt: Sequence[int]) -> int:
-    """Where the engine stops a batch while it evaluates `prompt`: at the end of the answer prefix
-    a parked turn keeps, when the prompt starts with one long enough to keep (else 0: nowhere).
+    """Where the engine stops a batch while it evaluates `prompt`, the answer after tool results:
+    at the end of the answer prefix a parked turn keeps, when the prompt starts with one long
+    enough to keep (else 0: nowhere).
 
     llama.cpp's sums depend on how a prompt is cut into batches, and a resumption evaluates what
-    follows a restored prefix in batches of its own. A prompt evaluated cold is cut there too, so
-    its cache holds the numbers a restored state gives: the resumed reply is the cold one, token
-    for token, whether its state was kept, lost or never saved (`saved_state_mb = 0`)."""
+    follows a restored prefix in batches of its own. Evaluated cold, it is cut there too, so its
+    cache holds the numbers a restored state gives: the resumed reply is the cold one, token for
+    token, whether its state was kept, lost or never saved (`saved_state_mb = 0`). Other prompts
+    are not cut: evaluated whole, as llama-server evaluates them, they get its replies."""
+    messages = list(request.messages)
+    if not any(m.get("role") == "tool" for m in messages[_last_user(messages) + 1 :]):
+        return 0
     prefix = answer_prefix(handle, request)
     return len(prefix) if len(prefix) >= MIN_TOKENS and list(prompt[: len(prefix)]) == prefix else 0
+
+
+def _last_user(messages: Sequence[Message]) -> int:
+    """The index of the last user message (-1: none)."""
+    return max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
 
 
 def keep(handle: Loaded, request: GenerationRequest) -> bool:
