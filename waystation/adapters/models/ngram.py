@@ -17,21 +17,24 @@ the drafts' gain, so there is no such rule. Only attention summed in one order f
 rows (llama.cpp's kernels) would make the two identical.
 
 A draft costs batch rows even when none of it is kept. A decode step costs a fixed part (reading
-the weights, the graph, the threads' handover) and a part per row; a kept drafted token saves its
-sequence a later row and its share of a later step's fixed part (1/n of it, n sequences decoding
-together), so drafting pays when
+the weights, the graph, the threads' handover) and a part per row. Decoding alone, a kept drafted
+token saves its sequence a later step, fixed part and row, so drafting pays when
 
-    kept share x (per_row + fixed / n) > per_row
+    kept share x (per_row + fixed) > per_row,  i.e. kept share > per_row (in one-row steps)
 
-On a CPU a row costs ~40 % of a one-row step (SmolLM2-135M on 2 cores: 10.7 ms for 1 row, +4.3 ms a
-row; a larger model is bound by reading its weights and its rows cost less of a step, not more): a
-lone sequence must keep 40 % of its drafts, four decoding together 73 %, or the drafts slow every
-sequence of the batch. On a GPU a row is nearly free. The shares are fixed per device, not timed as
-the engine runs, so that the same request gets the same drafts, and the same reply, on a busy
-machine as on an idle one. So a sequence drafts only while its guesses are right often enough to
-pay for them. It knows how often they are without drafting: when a guess is not sent as a draft, it
-is still checked against the token the model picks next. So an open-ended answer, whose guesses are
-mostly wrong, sends no drafts at all, and a sequence starts drafting as soon as it starts copying.
+Beside other sequences a kept token saves only its row: the steps go on for the others, and a
+sequence that ends sooner frees a place that only a waiting request would take. Its drafts then
+slow the whole batch for a gain of its own (4 streams of open-ended answers, whose loops this model's
+guesses follow: 0.95 of llama-server's aggregate with drafts beside others, 1.01 without), so a
+sequence drafts only while it decodes alone. On a CPU a row costs ~40 % of a one-row step
+(SmolLM2-135M on 2 cores: 10.7 ms for 1 row, +4.3 ms a row; a larger model is bound by reading its
+weights and its rows cost less of a step, not more): a lone sequence must keep 40 % of its drafts.
+On a GPU a row is nearly free. The shares are fixed per device, not timed as the engine runs, so
+that the same request gets the same drafts, and the same reply, on a busy machine as on an idle
+one. So a sequence drafts only while its guesses are right often enough to pay for them. It knows
+how often they are without drafting: when a guess is not sent as a draft, it is still checked
+against the token the model picks next. So an open-ended answer, whose guesses are mostly wrong,
+sends no drafts at all, and a sequence starts drafting as soon as it starts copying.
 A sampled sequence does not draft: each of a draft's rows could be drawn in turn (one draw per kept
 token, in the order without drafts: the same odds and seeded reply), but at temperature 0.8 copies
 kept 46 % of their drafts here and decoded 8 % slower. The draft length starts at 2, doubles (up to
@@ -40,6 +43,7 @@ kept 46 % of their drafts here and decoded 8 % slower. The draft length starts a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 MATCHES = (3, 2)  # the last tokens looked up in the sequence's history: 3, else 2
@@ -108,9 +112,9 @@ class Drafter:
 
 def break_even(row_share: float, sequences: int) -> float:
     """The share of drafted tokens that must come true for drafting to pay, with `sequences`
-    decoding in the step and a row costing `row_share` of a one-row step."""
-    fixed = 1 - row_share
-    return row_share / (row_share + fixed / max(1, sequences))
+    decoding in the step and a row costing `row_share` of a one-row step: beside others, none
+    (see above; its guesses are still checked, so it drafts again as soon as it is alone)."""
+    return row_share if sequences <= 1 else math.inf
 
 
 def row_share(gpu_layers: int) -> float:
