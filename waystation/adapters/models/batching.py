@@ -215,7 +215,7 @@ class BatchEngine:
         batch, n = self._batch, 0
         outputs: list[int] = []  # the batch rows that give logits
         decoding = sum(1 for job in active if job.last is not None)
-        needed = break_even(self.row_share, decoding)  # the share of a draft that must come true (alone)
+        needed = break_even(self.row_share, decoding)  # of its guesses, to draft (alone only: ngram.py)
         # In sequence order: llama.cpp splits a batch whose sequences' KV streams are not in
         # order into several decodes (each reading the weights again): 25-40 % slower a step.
         in_order = sorted(active, key=lambda job: job.slot)
