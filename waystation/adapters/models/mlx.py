@@ -35,7 +35,13 @@ from waystation.adapters.models.base import (
     tool_instructions,
 )
 from waystation.adapters.models.batch_job import completion
-from waystation.adapters.models.mlx_batching import MlxBatchEngine, batch_generator_class, batchable, sampling
+from waystation.adapters.models.mlx_batching import (
+    MlxBatchEngine,
+    batch_generator_class,
+    batchable,
+    sampling,
+    seed_random,
+)
 from waystation.adapters.models.stop import StopStream, cut_at_stop
 from waystation.adapters.models.threaded import ThreadedBackend
 from waystation.errors import ModelError, PromptTooLong, UnsupportedParameter
@@ -197,9 +203,7 @@ class MlxBackend(ThreadedBackend[MlxModel]):
         stream = StopStream(stop, pieces.append)
         with self._one_at_a_time:
             if request.seed is not None:  # one generation at a time here: the global state is its own
-                import mlx.core as mx  # type: ignore[import-untyped, import-not-found, unused-ignore]
-
-                mx.random.seed(request.seed % 2**32)
+                seed_random(request.seed)
             for response in mlx_lm.stream_generate(
                 handle.model,
                 handle.tokenizer,

@@ -73,6 +73,14 @@ def sampling(request: GenerationRequest) -> tuple[Callable[..., Any], list[Calla
     return sampler, list(penalties)
 
 
+def seed_random(seed: int) -> None:
+    """Seed MLX's one global random state, which mlx-lm's samplers draw from, with OpenAI's
+    `seed` (any integer, folded into MLX's 32 bits): batched or serial, the same reply."""
+    import mlx.core as mx  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+    mx.random.seed(seed % 2**32)
+
+
 @dataclass(eq=False)
 class _Sequence:
     """A submitted job and what the engine needs to start it and to read its tokens."""
@@ -169,9 +177,7 @@ class MlxBatchEngine:
             if sequence.seed is not None:
                 if running:
                     return
-                import mlx.core as mx  # type: ignore[import-untyped, import-not-found, unused-ignore]
-
-                mx.random.seed(sequence.seed % 2**32)
+                seed_random(sequence.seed)
                 alone = True
             waiting.popleft()
             job = sequence.job
